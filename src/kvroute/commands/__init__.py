@@ -1,0 +1,1 @@
+"""One module per ``kvroute`` subcommand: ``configure(parser)`` and ``run(args) -> int``."""

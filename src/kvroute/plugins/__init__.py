@@ -1,0 +1,1 @@
+"""The plugin-author API: base protocol, typed names and the registry."""

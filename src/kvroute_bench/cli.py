@@ -1,0 +1,15 @@
+"""Placeholder CLI for kvroute_bench (until its issue lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+def run(args: argparse.Namespace) -> int:
+    del args
+    print("kvroute_bench: not implemented yet")
+    return 2

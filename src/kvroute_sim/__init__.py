@@ -1,0 +1,1 @@
+"""kvroute_sim package."""
