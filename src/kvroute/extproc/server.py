@@ -1,0 +1,126 @@
+"""grpc.aio shell around :class:`~kvroute.extproc.stream.ExtProcStream`, plus gRPC health.
+
+The servicer only moves messages between the gRPC stream and the state machine; every rule
+lives in ``stream.py``. The stream is closed in a ``finally`` so completion is recorded when
+Envoy ends the stream normally *and* when it cancels it (client disconnect), exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kvroute.extproc.backend import RoutingBackend
+from kvroute.extproc.stream import ExtProcStream, ProtocolViolation, StreamOptions
+
+log = logging.getLogger(__name__)
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """``envoy.service.ext_proc.v3.ExternalProcessor/Process``: one stream per HTTP request."""
+
+    def __init__(self, backend: RoutingBackend, options: StreamOptions) -> None:
+        self._backend = backend
+        self._options = options
+        self.active_streams = 0
+
+    async def Process(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        stream = ExtProcStream(self._backend, self._options)
+        self.active_streams += 1
+        try:
+            async for request in request_iterator:
+                for response in stream.receive(request):
+                    yield response
+        except ProtocolViolation as exc:
+            log.warning("ext_proc protocol violation: %s", exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            self.active_streams -= 1
+            stream.close()
+
+
+class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """gRPC health with upstream semantics (no leader election): every service name is
+    SERVING once the pool has synced (``ready()`` true), NOT_SERVING before."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self._ready = ready
+
+    def _status(self) -> Any:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        return serving if self._ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def Check(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        return health_pb2.HealthCheckResponse(status=self._status())
+
+    async def Watch(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        last = None
+        while True:
+            status = self._status()
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status)
+            await asyncio.sleep(0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    cert_chain: bytes
+    private_key: bytes
+
+
+def _add_port(server: grpc.aio.Server, host: str, port: int, tls: TlsMaterial | None) -> int:
+    address = f"{host}:{port}"
+    if tls is None:
+        return server.add_insecure_port(address)
+    creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
+    return server.add_secure_port(address, creds)
+
+
+def build_ext_proc_server(
+    processor: ExternalProcessor,
+    *,
+    host: str,
+    port: int,
+    tls: TlsMaterial | None,
+    health: ReadinessHealth | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """The ext_proc server (optionally also serving health, upstream ``--health-checking``).
+
+    Returns the server (not started) and the bound port (useful when ``port`` is 0).
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ]
+    )
+    pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    if health is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    bound = _add_port(server, host, port, tls)
+    return server, bound
+
+
+def build_health_server(
+    health: ReadinessHealth, *, host: str, port: int
+) -> tuple[grpc.aio.Server, int]:
+    """The plaintext gRPC health server on ``--grpc-health-port`` (as upstream)."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server, server.add_insecure_port(f"{host}:{port}")

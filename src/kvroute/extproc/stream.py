@@ -1,0 +1,322 @@
+"""The per-stream ext_proc state machine of the Endpoint Picker (sans-IO).
+
+One gRPC ``Process`` stream carries one HTTP exchange. :class:`ExtProcStream` is fed the decoded
+``ProcessingRequest`` messages in arrival order and returns the ``ProcessingResponse`` messages
+to send; it never touches a socket, so every protocol rule is tested message by message.
+
+Protocol (upstream ``pkg/epp/handlers``, ``docs/proposals/004-endpoint-picker-protocol``):
+
+* request headers: read or generate ``x-request-id``, pull the control headers, send nothing
+  yet (FULL_DUPLEX_STREAMED lets the header answer wait for the body). A header-only request
+  (GET) is routed to any endpoint at once.
+* request body: buffer until end of stream, ask the backend to route, then send the header
+  answer (destination header + ``envoy.lb`` metadata + ``clear_route_cache`` + content-length)
+  followed by the body in <= 62,000-byte ``StreamedBodyResponse`` chunks.
+* response headers/body/trailers: restore the client-facing model name (SSE chunk by chunk,
+  JSON buffered until the end), read usage, record completion exactly once.
+* any :class:`~kvroute.errors.EppError` becomes an ``ImmediateResponse`` with
+  ``inference error: <Code> - <message>``.
+
+Response processing has two modes, chosen together with the Envoy filter config. ``full`` is
+upstream's: every response chunk travels through the EPP. ``light`` pairs with a filter config of
+``response_body_mode: NONE`` and ``response_trailer_mode: SEND``: the body never reaches the EPP,
+and because trailers are still wanted Envoy keeps the ext_proc stream open until the HTTP
+exchange ends, so the stream's end (:meth:`ExtProcStream.close`) is the completion signal.
+(Verified with Envoy 1.40: with trailers SKIP as well, Envoy closes the stream right after the
+response headers, which would end in-flight accounting at the first byte. Envoy also ignores a
+per-request ``mode_override`` whenever a FULL_DUPLEX_STREAMED body mode is configured, so the
+choice cannot be made per request.) ``light`` cannot restore a rewritten model name nor read
+usage; it is for pools that serve models under their own names.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kvroute.errors import BadRequestError, EppError
+from kvroute.extproc import messages as msg
+from kvroute.extproc.backend import (
+    Outcome,
+    ResponseFilter,
+    Routed,
+    RoutingBackend,
+    RoutingInput,
+    subset_from_metadata,
+)
+
+
+class ResponseProcessing(enum.StrEnum):
+    """``full``: upstream behaviour. ``light``: skip the response body when not needed."""
+
+    FULL = "full"
+    LIGHT = "light"
+
+
+class State(enum.Enum):
+    AWAIT_REQUEST_HEADERS = "await-request-headers"
+    REQUEST_BODY = "request-body"
+    ROUTED = "routed"  # request answered; waiting for the upstream's response headers
+    RESPONSE_BODY = "response-body"
+    COMPLETE = "complete"  # response fully seen; completion recorded
+    REJECTED = "rejected"  # an ImmediateResponse was sent; nothing else follows
+
+
+class Event(enum.Enum):
+    REQUEST_HEADERS = "request_headers"
+    REQUEST_BODY = "request_body"
+    REQUEST_TRAILERS = "request_trailers"
+    RESPONSE_HEADERS = "response_headers"
+    RESPONSE_BODY = "response_body"
+    RESPONSE_TRAILERS = "response_trailers"
+
+
+# Which events each state accepts; anything else is a protocol violation by the proxy.
+TRANSITIONS: dict[State, frozenset[Event]] = {
+    State.AWAIT_REQUEST_HEADERS: frozenset({Event.REQUEST_HEADERS}),
+    State.REQUEST_BODY: frozenset({Event.REQUEST_BODY, Event.REQUEST_TRAILERS}),
+    State.ROUTED: frozenset({Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS}),
+    State.RESPONSE_BODY: frozenset({Event.RESPONSE_BODY, Event.RESPONSE_TRAILERS}),
+    State.COMPLETE: frozenset({Event.RESPONSE_TRAILERS, Event.RESPONSE_BODY}),
+    State.REJECTED: frozenset(Event),
+}
+
+
+class ProtocolViolation(Exception):
+    """The proxy sent a message the protocol does not allow here (aborts the gRPC stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    response_processing: ResponseProcessing = ResponseProcessing.FULL
+
+
+def _default_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ExtProcStream:
+    """State of one ext_proc stream; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        backend: RoutingBackend,
+        options: StreamOptions | None = None,
+        *,
+        request_id_factory: Callable[[], str] = _default_request_id,
+    ) -> None:
+        self._backend = backend
+        self._options = options or StreamOptions()
+        self._light = self._options.response_processing is ResponseProcessing.LIGHT
+        self._new_request_id = request_id_factory
+        self.state = State.AWAIT_REQUEST_HEADERS
+        self.request_id = ""
+        self._generated_request_id = False
+        self._headers: dict[str, str] = {}
+        self._body = bytearray()
+        self._subset: tuple[str, ...] | None = None
+        self.routed: Routed | None = None
+        self._filter: ResponseFilter | None = None
+        self._streaming = False
+        self._skip_response_body = False
+        self._status: int | None = None
+        self._served: str | None = None
+        self._response_buf = bytearray()
+        self._response_bytes = 0
+        self._completed = False
+
+    # -- entry points ------------------------------------------------------------------------
+
+    def receive(self, request: Any) -> list[Any]:
+        """Feed one ``ProcessingRequest``; returns the ``ProcessingResponse`` messages to send."""
+        kind = request.WhichOneof("request")
+        if kind is None:
+            raise ProtocolViolation("ProcessingRequest without a request field")
+        event = Event(kind)
+        if event not in TRANSITIONS[self.state]:
+            raise ProtocolViolation(f"{event.value} not allowed in state {self.state.value}")
+        if self.state is State.REJECTED:
+            return []
+        self._read_metadata(request)
+        handler = _HANDLERS[event]
+        return handler(self, getattr(request, kind))
+
+    def close(self) -> None:
+        """The stream ended (normally, or the client went away): complete exactly once."""
+        if self.routed is None or self._completed:
+            return
+        # In light mode the body never comes through here: the stream's end *is* completion.
+        disconnected = not (self._skip_response_body and self.state is State.RESPONSE_BODY)
+        self._complete(disconnected=disconnected)
+
+    # -- request path -------------------------------------------------------------------------
+
+    def _read_metadata(self, request: Any) -> None:
+        fm = request.metadata_context.filter_metadata
+        if msg.SUBSET_HINT_NAMESPACE in fm:
+            field = fm[msg.SUBSET_HINT_NAMESPACE].fields.get(msg.DESTINATION_SUBSET_KEY)
+            if field is not None:
+                self._subset = subset_from_metadata(
+                    [v.string_value for v in field.list_value.values]
+                )
+        if msg.LB_METADATA_NAMESPACE in fm:
+            served = fm[msg.LB_METADATA_NAMESPACE].fields.get(msg.DESTINATION_SERVED_HEADER)
+            if served is not None and served.string_value:
+                self._served = served.string_value
+
+    def _on_request_headers(self, headers: Any) -> list[Any]:
+        self._headers = msg.decode_headers(headers)
+        rid = self._headers.get(msg.REQUEST_ID_HEADER, "")
+        if not rid:
+            rid = self._new_request_id()
+            self._generated_request_id = True
+        self.request_id = rid
+        if headers.end_of_stream:
+            return self._route_header_only()
+        self.state = State.REQUEST_BODY
+        return []
+
+    def _route_header_only(self) -> list[Any]:
+        target = self._backend.route_any(self.request_id)
+        if target is None:
+            return self._reject(EppError("no pods available in datastore"), None)
+        self.routed = Routed(endpoints=(target,), body=b"")
+        self._skip_response_body = self._light
+        self.state = State.ROUTED
+        return [
+            msg.routing_headers_response(
+                endpoint_header=target,
+                content_length=None,
+                request_id=self.request_id if self._generated_request_id else None,
+                remove=self._control_headers_present(),
+                extra_metadata={},
+            )
+        ]
+
+    def _on_request_body(self, body: Any) -> list[Any]:
+        self._body += body.body
+        if not body.end_of_stream:
+            return []
+        return self._route()
+
+    def _on_request_trailers(self, _trailers: Any) -> list[Any]:
+        if self.state is State.REQUEST_BODY:  # trailers end the body
+            return [*self._route(), msg.trailers_response(request=True)]
+        return [msg.trailers_response(request=True)]
+
+    def _route(self) -> list[Any]:
+        h = self._headers
+        rin = RoutingInput(
+            body=bytes(self._body),
+            headers=h,
+            path=h.get(":path", "")
+            or h.get("x-original-path", "")
+            or h.get("x-forwarded-path", ""),
+            request_id=self.request_id,
+            subset_hint=self._subset,
+            objective=h.get(msg.OBJECTIVE_HEADER) or None,
+            fairness_id=h.get(msg.FAIRNESS_ID_HEADER) or "default-flow",
+            model_rewrite=h.get(msg.MODEL_REWRITE_HEADER) or None,
+        )
+        self._body = bytearray()  # the backend owns the bytes now
+        try:
+            routed = self._backend.route(rin)
+        except EppError as exc:
+            return self._reject(exc, rin)
+        except (ValueError, UnicodeDecodeError) as exc:  # a parser that let one slip through
+            return self._reject(BadRequestError(str(exc)), rin)
+        self.routed = routed
+        self._skip_response_body = self._light
+        self.state = State.ROUTED
+        head = msg.routing_headers_response(
+            endpoint_header=routed.endpoint_header,
+            content_length=len(routed.body),
+            request_id=self.request_id if self._generated_request_id else None,
+            remove=self._control_headers_present(),
+            extra_metadata=routed.metadata,
+        )
+        return [head, *msg.body_chunks(routed.body, request=True)]
+
+    def _control_headers_present(self) -> list[str]:
+        return [k for k in msg.SYSTEM_OWNED_HEADERS if k in self._headers]
+
+    def _reject(self, error: EppError, rin: RoutingInput | None) -> list[Any]:
+        self.state = State.REJECTED
+        self._backend.rejected(error, rin)
+        return [msg.immediate_response(error.http_status, error.response_body())]
+
+    # -- response path ------------------------------------------------------------------------
+
+    def _on_response_headers(self, headers: Any) -> list[Any]:
+        h = msg.decode_headers(headers)
+        status = h.get(":status", "")
+        self._status = int(status) if status.isdigit() else None
+        self._served = h.get(msg.DESTINATION_SERVED_HEADER) or self._served
+        self._streaming = "text/event-stream" in h.get("content-type", "")
+        assert self.routed is not None  # ROUTED implies a decision
+        if not self._skip_response_body:
+            self._filter = self._backend.response_filter(self.routed, self._streaming)
+        if headers.end_of_stream:
+            self._complete(disconnected=False)
+        else:
+            self.state = State.RESPONSE_BODY
+        return [msg.response_headers_response()]
+
+    def _on_response_body(self, body: Any) -> list[Any]:
+        if self.state is State.COMPLETE:  # an empty EOS chunk after trailers-less completion
+            return []
+        chunk: bytes = body.body
+        end: bool = body.end_of_stream
+        self._response_bytes += len(chunk)
+        out: list[Any]
+        if self._filter is None:  # body not wanted but sent anyway: pass it through untouched
+            out = [msg.streamed_body(chunk, end, request=False)]
+        elif self._streaming:
+            out = [msg.streamed_body(self._filter.feed(chunk, end), end, request=False)]
+        else:
+            self._response_buf += chunk
+            if not end:
+                return []
+            whole = self._filter.feed(bytes(self._response_buf), True)
+            self._response_buf = bytearray()
+            out = msg.body_chunks(whole, request=False)
+        if end:
+            self._complete(disconnected=False)
+        return out
+
+    def _on_response_trailers(self, _trailers: Any) -> list[Any]:
+        out: list[Any] = []
+        if self._response_buf and self._filter is not None:  # JSON body ended by trailers
+            out = msg.body_chunks(self._filter.feed(bytes(self._response_buf), True), request=False)
+            self._response_buf = bytearray()
+        self._complete(disconnected=False)
+        return [*out, msg.trailers_response(request=False)]
+
+    def _complete(self, *, disconnected: bool) -> None:
+        self.state = State.COMPLETE if not disconnected else self.state
+        if self._completed or self.routed is None:
+            return
+        self._completed = True
+        self._backend.complete(
+            self.routed,
+            Outcome(
+                status=self._status,
+                usage=self._filter.usage if self._filter is not None else None,
+                served_endpoint=self._served,
+                response_bytes=self._response_bytes,
+                disconnected=disconnected,
+            ),
+        )
+
+
+_HANDLERS: dict[Event, Callable[[ExtProcStream, Any], list[Any]]] = {
+    Event.REQUEST_HEADERS: ExtProcStream._on_request_headers,
+    Event.REQUEST_BODY: ExtProcStream._on_request_body,
+    Event.REQUEST_TRAILERS: ExtProcStream._on_request_trailers,
+    Event.RESPONSE_HEADERS: ExtProcStream._on_response_headers,
+    Event.RESPONSE_BODY: ExtProcStream._on_response_body,
+    Event.RESPONSE_TRAILERS: ExtProcStream._on_response_trailers,
+}

