@@ -13,6 +13,8 @@ Built-in plugin modules each export ``PLUGINS: Mapping[str, PluginFactory]``; li
 from __future__ import annotations
 
 import importlib
+import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -23,7 +25,18 @@ from kvroute.plugins.base import Plugin
 
 ENTRY_POINT_GROUP = "kvroute.plugins"
 
-BUILTIN_PLUGIN_MODULES: tuple[str, ...] = ()
+BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
+    "kvroute.scheduling.plugins.scorers.queue",
+    "kvroute.scheduling.plugins.scorers.running_requests",
+    "kvroute.scheduling.plugins.scorers.kv_cache_utilization",
+    "kvroute.scheduling.plugins.scorers.lora_affinity",
+    "kvroute.scheduling.plugins.pickers.max_score",
+    "kvroute.scheduling.plugins.pickers.random_picker",
+    "kvroute.scheduling.plugins.pickers.weighted_random",
+    "kvroute.scheduling.plugins.profile_handlers.single_profile",
+    "kvroute.scheduling.plugins.filters.utilization_detector",
+    "kvroute.scheduling.plugins.filters.decision_tree",
+)
 
 
 class PluginHandle(Protocol):
@@ -32,6 +45,53 @@ class PluginHandle(Protocol):
     def plugin(self, name: str) -> Plugin: ...
 
     def now(self) -> float: ...
+
+
+class RandomSource(Protocol):
+    """Optional extension of :class:`PluginHandle`: the seeded RNG a plugin should draw from.
+
+    Factories that need randomness (pickers, the decision tree) use :func:`handle_rng`, which
+    returns the handle's RNG when it offers one and a fresh ``random.Random`` otherwise, so a
+    handle written before this existed keeps working.
+    """
+
+    def rng(self) -> random.Random: ...
+
+
+def handle_rng(handle: PluginHandle) -> random.Random:
+    """The RNG a plugin built through ``handle`` should use (seeded in tests and dry runs)."""
+    get = getattr(handle, "rng", None)
+    if callable(get):
+        rng = get()
+        if isinstance(rng, random.Random):
+            return rng
+    return random.Random()
+
+
+@dataclass
+class PluginContext:
+    """The concrete :class:`PluginHandle` the config loader passes to factories.
+
+    It owns the plugins built so far (so a factory can look up one declared before it), the
+    clock (``time.monotonic`` unless a test injects one) and one RNG shared by every plugin, so a
+    seeded dry run is reproducible end to end.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    random_source: random.Random = field(default_factory=random.Random)
+    plugins: dict[str, Plugin] = field(default_factory=dict)
+
+    def plugin(self, name: str) -> Plugin:
+        found = self.plugins.get(name)
+        if found is None:
+            raise PluginValidationError(f"plugin {name!r} is not defined (or defined later)")
+        return found
+
+    def now(self) -> float:
+        return self.clock()
+
+    def rng(self) -> random.Random:
+        return self.random_source
 
 
 PluginFactory = Callable[[str, Mapping[str, Any], PluginHandle], Plugin]
@@ -60,6 +120,9 @@ class PluginRegistry:
                 f"plugin {name!r}: unknown type {type_name!r} (registered: {known})"
             )
         return factory(name, parameters, handle)
+
+    def __contains__(self, type_name: object) -> bool:
+        return type_name in self.factories
 
     @property
     def types(self) -> Iterable[str]:

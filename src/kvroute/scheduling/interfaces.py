@@ -17,6 +17,7 @@ from kvroute.plugins.base import Plugin
 from kvroute.scheduling.request import InferenceRequest
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 
 class StateKey(Generic[T]):
@@ -46,7 +47,7 @@ class CycleState:
     def read(self, key: StateKey[T]) -> T:
         return self._data[key]  # type: ignore[no-any-return]
 
-    def get(self, key: StateKey[T], default: T) -> T:
+    def get(self, key: StateKey[T], default: D) -> T | D:
         return self._data.get(key, default)  # type: ignore[no-any-return]
 
 
@@ -100,6 +101,58 @@ class Picker(Plugin, Protocol):
     def pick(self, state: CycleState, scored: Sequence[ScoredEndpoint]) -> ProfileResult: ...
 
 
+class ProfileRunner(Protocol):
+    """What a profile handler sees of a profile: its name (the framework runs it)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+class ProfileHandler(Plugin, Protocol):
+    """Chooses which profiles run (possibly over several rounds) and which result is primary.
+
+    ``pick`` is called until it returns an empty mapping; ``results`` holds what each profile run
+    so far produced (``None`` when a profile found no endpoint). ``check_profiles`` runs once when
+    the config loads, so a handler can reject a profile set it cannot drive.
+    """
+
+    def check_profiles(self, names: Sequence[str]) -> None: ...
+
+    def pick(
+        self,
+        state: CycleState,
+        request: InferenceRequest,
+        profiles: Mapping[str, ProfileRunner],
+        results: Mapping[str, ProfileResult | None],
+    ) -> Sequence[str]: ...
+
+    def process_results(
+        self,
+        state: CycleState,
+        request: InferenceRequest,
+        results: Mapping[str, ProfileResult | None],
+    ) -> SchedulingResult: ...
+
+
+class SaturationDetector(Plugin, Protocol):
+    """Pool saturation for admission: >= 1.0 means saturated (sheddable requests get 429)."""
+
+    def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float: ...
+
+
+# Present in the CycleState only while a dry run traces the cycle. A plugin that can explain
+# itself appends human-readable notes to it (``state.get(EXPLAIN, None)``); on the hot path the
+# key is absent and the plugin skips the work.
+EXPLAIN: StateKey[list[str]] = StateKey("explain")
+
+# A filter that returns no endpoints on purpose may say why (e.g. the decision tree dropping a
+# sheddable request); the framework appends it to the profile's failure reason.
+EMPTY_REASON: StateKey[str] = StateKey("empty-reason")
+
+# Why a profile produced no result (written by the framework; read by profile handlers).
+PROFILE_FAILURES: StateKey[dict[str, str]] = StateKey("profile-failures")
+
+
 @dataclass(slots=True)
 class PluginTrace:
     """What one plugin did in one cycle; only collected for dry runs (``kvroute schedule``)."""
@@ -111,6 +164,9 @@ class PluginTrace:
     scores: dict[str, float] | None = None
     picked: list[str] | None = None
     duration_us: float = 0.0
+    raw_scores: dict[str, float] | None = None  # scorer output before clamping
+    notes: list[str] | None = None  # what the plugin said about itself (see EXPLAIN)
+    plugin_type: str = ""
 
 
 @dataclass(slots=True)

@@ -1,0 +1,1 @@
+"""Built-in scheduling profile handlers."""

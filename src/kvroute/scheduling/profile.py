@@ -1,0 +1,294 @@
+"""One scheduling profile: filters -> weighted scorers -> picker, with the framework's invariants.
+
+The framework, not the plugins, enforces the rules of upstream ``SchedulerProfile.Run``:
+
+* filters run in order and the chain stops as soon as one leaves nothing (the profile then has
+  no result, and the reason is written to ``PROFILE_FAILURES`` for the handler's error message);
+* every survivor starts at a total of 0; each scorer's value is clamped into [0, 1] (NaN counts
+  as 0), multiplied by the scorer's weight and added; keys a scorer returns for endpoints that
+  are not candidates are ignored;
+* the picker gets the survivors with their totals.
+
+Hot-path design (the cycle runs for every request, synchronously, over a frozen snapshot):
+scorers return ``dict[name, score]`` so the framework accumulates with dict operations only;
+totals live in one dict; the picker receives a :class:`ScoredView` that materialises
+:class:`ScoredEndpoint` objects only if a third-party picker iterates it (the built-in pickers
+read the endpoint tuple and the totals dict directly). Tracing is a separate code path selected
+once per cycle, so a ``None`` trace costs nothing per plugin.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import overload
+
+from kvroute.datastore.endpoint import Endpoint
+from kvroute.scheduling.interfaces import (
+    EMPTY_REASON,
+    EXPLAIN,
+    PROFILE_FAILURES,
+    CycleState,
+    Filter,
+    Picker,
+    PluginTrace,
+    ProfileResult,
+    ScoredEndpoint,
+    Scorer,
+)
+from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.timing import PluginTimings
+
+
+class ScoredView(Sequence[ScoredEndpoint]):
+    """The picker's input: survivors in filter order plus their weighted totals.
+
+    A ``Sequence[ScoredEndpoint]`` for any picker, built lazily; built-in pickers check
+    ``type(scored) is ScoredView`` and read :attr:`endpoints` / :attr:`totals` directly, which
+    avoids one object per endpoint per cycle.
+    """
+
+    __slots__ = ("endpoints", "totals")
+
+    def __init__(self, endpoints: Sequence[Endpoint], totals: Mapping[str, float]) -> None:
+        self.endpoints = endpoints
+        self.totals = totals
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
+
+    @overload
+    def __getitem__(self, index: int) -> ScoredEndpoint: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ScoredEndpoint]: ...
+
+    def __getitem__(self, index: int | slice) -> ScoredEndpoint | Sequence[ScoredEndpoint]:
+        if isinstance(index, slice):
+            return [ScoredEndpoint(e, self.totals[e.name]) for e in self.endpoints[index]]
+        e = self.endpoints[index]
+        return ScoredEndpoint(e, self.totals[e.name])
+
+    def __iter__(self) -> Iterator[ScoredEndpoint]:
+        totals = self.totals
+        for e in self.endpoints:
+            yield ScoredEndpoint(e, totals[e.name])
+
+
+def as_arrays(scored: Sequence[ScoredEndpoint]) -> tuple[Sequence[Endpoint], Mapping[str, float]]:
+    """Endpoints and name->score for a picker, without copies when given a :class:`ScoredView`."""
+    if type(scored) is ScoredView:
+        return scored.endpoints, scored.totals
+    return [s.endpoint for s in scored], {s.endpoint.name: s.score for s in scored}
+
+
+def clamp01(value: float) -> float:
+    """Clamp into [0, 1]; NaN becomes 0 (``not value >= 0`` is true for NaN)."""
+    if not value >= 0.0:
+        return 0.0
+    if value > 1.0:
+        return 1.0
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedScorer:
+    scorer: Scorer
+    weight: float
+
+
+class SchedulerProfile:
+    """A named chain of plugins; :meth:`run` is one profile's part of a scheduling cycle."""
+
+    __slots__ = (
+        "_filters",
+        "_picker",
+        "_picker_buf",
+        "_scorers",
+        "filters",
+        "name",
+        "picker",
+        "scorers",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        filters: Sequence[Filter],
+        scorers: Sequence[WeightedScorer],
+        picker: Picker,
+        timings: PluginTimings | None = None,
+    ) -> None:
+        self.name = name
+        self.filters = tuple(filters)
+        self.scorers = tuple(scorers)
+        self.picker = picker
+        # Pre-bind everything the hot loop touches: (plugin, timing buffer or None).
+        self._filters: tuple[tuple[Filter, deque[float] | None], ...] = tuple(
+            (f, _series(timings, "Filter", f)) for f in self.filters
+        )
+        self._scorers: tuple[tuple[Scorer, float, deque[float] | None], ...] = tuple(
+            (ws.scorer, float(ws.weight), _series(timings, "Scorer", ws.scorer))
+            for ws in self.scorers
+        )
+        self._picker = picker
+        self._picker_buf = _series(timings, "Picker", picker)
+
+    def run(
+        self,
+        state: CycleState,
+        request: InferenceRequest,
+        endpoints: Sequence[Endpoint],
+        trace: list[PluginTrace] | None = None,
+        totals_out: dict[str, float] | None = None,
+    ) -> ProfileResult | None:
+        """Run the chain; ``None`` when a filter left nothing (reason in ``PROFILE_FAILURES``).
+
+        ``trace`` (dry runs only) receives one :class:`PluginTrace` per plugin that ran;
+        ``totals_out`` receives the weighted totals.
+        """
+        if trace is not None:
+            return self._run_traced(state, request, endpoints, trace, totals_out)
+        eps = endpoints
+        for f, buf in self._filters:
+            if buf is None:
+                eps = f.filter(state, request, eps)
+            else:
+                t0 = perf_counter()
+                eps = f.filter(state, request, eps)
+                buf.append(perf_counter() - t0)
+            if not eps:
+                self._fail(state, f)
+                return None
+        totals = dict.fromkeys([e.name for e in eps], 0.0)
+        for scorer, weight, buf in self._scorers:
+            if buf is None:
+                raw = scorer.score(state, request, eps)
+            else:
+                t0 = perf_counter()
+                raw = scorer.score(state, request, eps)
+                buf.append(perf_counter() - t0)
+            _accumulate(totals, raw, weight)
+        if totals_out is not None:
+            totals_out.update(totals)
+        buf = self._picker_buf
+        if buf is None:
+            return self._picker.pick(state, ScoredView(eps, totals))
+        t0 = perf_counter()
+        result = self._picker.pick(state, ScoredView(eps, totals))
+        buf.append(perf_counter() - t0)
+        return result
+
+    def _fail(self, state: CycleState, emptied_by: Filter) -> None:
+        reason = f"filter {emptied_by.typed_name} left no endpoints"
+        why = state.get(EMPTY_REASON, None)
+        if why:
+            reason = f"{reason} ({why})"
+        failures = state.get(PROFILE_FAILURES, None)
+        if failures is None:
+            failures = {}
+            state.write(PROFILE_FAILURES, failures)
+        failures[self.name] = reason
+
+    def _run_traced(
+        self,
+        state: CycleState,
+        request: InferenceRequest,
+        endpoints: Sequence[Endpoint],
+        trace: list[PluginTrace],
+        totals_out: dict[str, float] | None,
+    ) -> ProfileResult | None:
+        """The same algorithm as :meth:`run`, recording what every plugin saw and did."""
+        eps = endpoints
+        for f in self.filters:
+            notes: list[str] = []
+            state.write(EXPLAIN, notes)
+            t0 = perf_counter()
+            eps = f.filter(state, request, eps)
+            dt = perf_counter() - t0
+            trace.append(
+                PluginTrace(
+                    plugin=f.typed_name.name,
+                    plugin_type=f.typed_name.type,
+                    kind="filter",
+                    survivors=[e.name for e in eps],
+                    duration_us=dt * 1e6,
+                    notes=notes or None,
+                )
+            )
+            if not eps:
+                self._fail(state, f)
+                return None
+        totals = dict.fromkeys([e.name for e in eps], 0.0)
+        for scorer, weight, _buf in self._scorers:
+            notes = []
+            state.write(EXPLAIN, notes)
+            t0 = perf_counter()
+            raw = dict(scorer.score(state, request, eps))
+            dt = perf_counter() - t0
+            _accumulate(totals, raw, weight)
+            trace.append(
+                PluginTrace(
+                    plugin=scorer.typed_name.name,
+                    plugin_type=scorer.typed_name.type,
+                    kind="scorer",
+                    weight=weight,
+                    raw_scores={k: v for k, v in raw.items() if k in totals},
+                    scores={k: clamp01(v) for k, v in raw.items() if k in totals},
+                    duration_us=dt * 1e6,
+                    notes=notes or None,
+                )
+            )
+        if totals_out is not None:
+            totals_out.update(totals)
+        notes = []
+        state.write(EXPLAIN, notes)
+        t0 = perf_counter()
+        result = self.picker.pick(state, ScoredView(eps, totals))
+        dt = perf_counter() - t0
+        trace.append(
+            PluginTrace(
+                plugin=self.picker.typed_name.name,
+                plugin_type=self.picker.typed_name.type,
+                kind="picker",
+                picked=[e.name for e in result.targets],
+                duration_us=dt * 1e6,
+                notes=notes or None,
+            )
+        )
+        return result
+
+
+def _accumulate(totals: dict[str, float], raw: Mapping[str, float], weight: float) -> None:
+    """``totals[k] += clamp01(raw[k]) * weight`` for candidate keys only.
+
+    Fast path: when every value is already in [0, 1] and every key is a candidate (true for all
+    well-behaved scorers) this is one C-level min/max/sum check plus one dict update per key.
+    ``sum`` catches NaN, which ``min``/``max`` would let through.
+    """
+    if not raw:
+        return
+    vals = raw.values()
+    total = sum(vals)
+    if total == total and min(vals) >= 0.0 and max(vals) <= 1.0 and raw.keys() <= totals.keys():
+        if weight == 1.0:
+            for k, v in raw.items():
+                totals[k] += v
+        else:
+            for k, v in raw.items():
+                totals[k] += v * weight
+        return
+    for k, v in raw.items():
+        if k in totals:
+            totals[k] += clamp01(v) * weight
+
+
+def _series(
+    timings: PluginTimings | None, extension_point: str, plugin: Filter | Scorer | Picker
+) -> deque[float] | None:
+    if timings is None:
+        return None
+    tn = plugin.typed_name
+    return timings.series(extension_point, tn.type, tn.name)
