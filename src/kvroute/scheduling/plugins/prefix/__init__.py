@@ -1,0 +1,16 @@
+"""Prefix-cache-aware routing: approximate (upstream), token-accurate and precise (KV events).
+
+One concept per module: ``hashing`` (block hash chains), ``index`` (the LRU index of levels 1-2),
+``approximate`` (``prefix-cache-scorer``), ``precise_index`` (the KV-event index),
+``precise`` (``precise-prefix-cache-scorer``) and ``hotspot`` (the anti-hotspot rule).
+``PLUGINS`` is what the registry loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kvroute.plugins.registry import PluginFactory
+from kvroute.scheduling.plugins.prefix import approximate
+
+PLUGINS: Mapping[str, PluginFactory] = {**approximate.PLUGINS}

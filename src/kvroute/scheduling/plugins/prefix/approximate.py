@@ -1,0 +1,293 @@
+"""``prefix-cache-scorer`` (Affinity): prefer the servers that were recently sent this prefix.
+
+Formula (upstream)::
+
+    score(e) = matched_blocks(e) / total_blocks      (0 for every server when total_blocks == 0)
+
+where ``total_blocks`` is the number of prefix blocks of the request and ``matched_blocks(e)``
+is what upstream's ``matchLongestPrefix`` counts for ``e`` in the index (see ``index.py``). The
+plugin is its own producer (upstream's auto-added ``approx-prefix-cache-producer`` with the same
+parameters): ``prepare_data`` hashes the request and matches it, ``pre_request`` adds the
+request's blocks for the chosen target (and the ``prefill`` profile's target, if any).
+
+Two hashing levels share this one index:
+
+* **level 1** (default, upstream-compatible): character blocks, ``hashing.char_block_hashes``;
+* **level 2** (``tokenizer: <local dir>``): the engine's token ids in blocks of the engine's KV
+  block size (auto-tuned from ``vllm:cache_config_info{block_size}``), so a match means the
+  engine very likely has the same blocks cached. Requests the tokenizer cannot handle (no chat
+  template, a template error) fall back to level 1.
+
+kvroute addition: the anti-hotspot rule of ``hotspot.py`` (``hotspotPolicy``, default
+``load-bound``) zeroes the score of overloaded servers; ``hotspotPolicy: none`` is upstream.
+
+Parameters (upstream names and defaults): ``autoTune`` true, ``blockSizeTokens`` 16,
+``maxPrefixBlocksToMatch`` 256, ``maxPrefixTokensToMatch`` (> 0 overrides: blocks =
+tokens / blockSize), ``lruCapacityPerServer`` 31250, deprecated ``blockSize`` (characters; an
+error unless ``blockSizeTokens`` is also set). kvroute: ``tokenizer``, ``tokenizerCacheSize``,
+``pruneIntervalSeconds`` 120, ``hotspotPolicy``, ``hotspotAbsSlack``, ``hotspotRelSlack``.
+
+Metrics consumed: ``EndpointMetrics.cache_block_size`` and ``cache_num_blocks`` (auto-tune), and
+the load signals of ``hotspot.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import Field, model_validator
+
+from kvroute.datalayer.tokenization import PromptTokenizer
+from kvroute.datastore.endpoint import Endpoint
+from kvroute.datastore.store import EndpointEvent, EndpointEventKind
+from kvroute.errors import ConfigError, PluginValidationError
+from kvroute.plugins.base import TypedName
+from kvroute.plugins.registry import PluginFactory, PluginHandle
+from kvroute.requestcontrol.hooks import PrepareData, PreRequest
+from kvroute.scheduling.interfaces import (
+    EXPLAIN,
+    CycleState,
+    SchedulingResult,
+    Scorer,
+    ScorerCategory,
+    StateKey,
+)
+from kvroute.scheduling.plugins.params import PluginParams, parse_params
+from kvroute.scheduling.plugins.prefix.hashing import (
+    AVERAGE_CHARS_PER_TOKEN,
+    char_block_hashes,
+    model_root_hash,
+    request_input_bytes,
+    token_block_hashes,
+    token_root_hash,
+)
+from kvroute.scheduling.plugins.prefix.hotspot import HotspotGuard, HotspotPolicy
+from kvroute.scheduling.plugins.prefix.index import PrefixIndex
+from kvroute.scheduling.request import InferenceRequest
+
+T = TypeVar("T")
+
+TYPE = "prefix-cache-scorer"
+PREFILL_PROFILE = "prefill"  # upstream's experimentalDefaultPrefillProfile
+
+
+class PrefixCacheParams(PluginParams):
+    auto_tune: bool = Field(default=True, alias="autoTune")
+    block_size_tokens: int | None = Field(default=None, alias="blockSizeTokens", gt=0)
+    block_size: int | None = Field(default=None, alias="blockSize", gt=0)  # deprecated, chars
+    max_prefix_blocks_to_match: int = Field(default=256, alias="maxPrefixBlocksToMatch", gt=0)
+    max_prefix_tokens_to_match: int = Field(default=0, alias="maxPrefixTokensToMatch", ge=0)
+    lru_capacity_per_server: int = Field(default=31250, alias="lruCapacityPerServer", gt=0)
+    tokenizer: str | None = None
+    tokenizer_cache_size: int = Field(default=1024, alias="tokenizerCacheSize", ge=0)
+    prune_interval_seconds: float = Field(default=120.0, alias="pruneIntervalSeconds", gt=0)
+    hotspot_policy: HotspotPolicy = Field(default=HotspotPolicy.LOAD_BOUND, alias="hotspotPolicy")
+    hotspot_abs_slack: float = Field(default=16.0, alias="hotspotAbsSlack", ge=0)
+    hotspot_rel_slack: float = Field(default=1.5, alias="hotspotRelSlack", ge=1.0)
+
+    @model_validator(mode="after")
+    def _deprecated_block_size(self) -> PrefixCacheParams:
+        if self.block_size is not None and self.block_size_tokens is None:
+            raise ValueError(
+                "blockSize (characters) is deprecated; set blockSizeTokens instead "
+                "(blockSizeTokens = blockSize / 4)"
+            )
+        return self
+
+    @property
+    def block_tokens(self) -> int:
+        return self.block_size_tokens or 16
+
+    def max_blocks(self, block_tokens: int) -> int:
+        if self.max_prefix_tokens_to_match > 0:
+            return max(1, self.max_prefix_tokens_to_match // block_tokens)
+        return self.max_prefix_blocks_to_match
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """What ``prepare_data`` found for one request (read by ``score`` and ``pre_request``)."""
+
+    level: int  # 1 = characters, 2 = tokens
+    hashes: tuple[int, ...]
+    matched: Mapping[str, int]
+
+    @property
+    def total_blocks(self) -> int:
+        return len(self.hashes)
+
+
+def _read(state: CycleState, key: StateKey[T]) -> T | None:
+    try:
+        return state.read(key)
+    except KeyError:
+        return None
+
+
+class PrefixCacheScorer:
+    """Upstream's approximate prefix-cache scorer and producer in one plugin (levels 1 and 2)."""
+
+    category = ScorerCategory.AFFINITY
+
+    def __init__(
+        self,
+        name: str = TYPE,
+        params: PrefixCacheParams | None = None,
+        *,
+        tokenizer: PromptTokenizer | None = None,
+    ) -> None:
+        self.typed_name = TypedName(TYPE, name)
+        self.params = p = params or PrefixCacheParams()
+        self.index = PrefixIndex(p.lru_capacity_per_server)
+        self.tokenizer = tokenizer
+        if tokenizer is None and p.tokenizer:
+            self.tokenizer = PromptTokenizer.from_directory(
+                p.tokenizer, cache_size=p.tokenizer_cache_size
+            )
+        self.guard = HotspotGuard(p.hotspot_policy, p.hotspot_abs_slack, p.hotspot_rel_slack)
+        self._key: StateKey[PrefixMatch] = StateKey(f"prefix-match/{name}")
+        self._last_seen: dict[str, float] = {}
+        self._next_prune = 0.0
+        self._tuned_capacity: dict[str, int] = {}
+
+    # -- PrepareData ---------------------------------------------------------------------------
+
+    def prepare_data(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> None:
+        state.write(self._key, self._match(state, request, endpoints))
+
+    def _match(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> PrefixMatch:
+        self._observe(state.now, endpoints)
+        level, hashes = self.hash_request(request, endpoints)
+        matched = self.index.match_longest_prefix(hashes)
+        return PrefixMatch(level=level, hashes=tuple(hashes), matched=matched)
+
+    def block_size_tokens(self, endpoints: Sequence[Endpoint]) -> int:
+        """Upstream auto-tune: the first endpoint that reports a block size decides."""
+        if self.params.auto_tune:
+            for e in endpoints:
+                if e.metrics.cache_block_size > 0:
+                    return e.metrics.cache_block_size
+        return self.params.block_tokens
+
+    def hash_request(
+        self, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> tuple[int, list[int]]:
+        """(level, chained block hashes) of ``request``."""
+        block_tokens = self.block_size_tokens(endpoints)
+        max_blocks = self.params.max_blocks(block_tokens)
+        salt = request.body.get("cache_salt")
+        salt = salt if isinstance(salt, str) else ""
+        if self.tokenizer is not None:
+            tokens = self.tokenizer.encode_request(request)
+            if tokens is not None:
+                root = token_root_hash(request.target_model + salt)
+                return 2, token_block_hashes(
+                    tokens, block_size=block_tokens, root=root, max_blocks=max_blocks
+                )
+        return 1, char_block_hashes(
+            request_input_bytes(request),
+            block_chars=block_tokens * AVERAGE_CHARS_PER_TOKEN,
+            max_blocks=max_blocks,
+            root=model_root_hash(request.target_model, salt),
+        )
+
+    def _observe(self, now: float, endpoints: Sequence[Endpoint]) -> None:
+        """Auto-tune LRU capacities and prune servers not seen for a prune interval.
+
+        Upstream prunes with a 2-minute goroutine against the datastore; without a subscription
+        (``endpoint_event``) a server that has been absent from every cycle for that long is
+        treated the same way.
+        """
+        seen = self._last_seen
+        for e in endpoints:
+            seen[e.name] = now
+            if self.params.auto_tune and e.metrics.cache_num_blocks > 0:
+                blocks = e.metrics.cache_num_blocks
+                if self._tuned_capacity.get(e.name) != blocks:
+                    self._tuned_capacity[e.name] = blocks
+                    self.index.set_capacity(e.name, blocks)
+        if now >= self._next_prune:
+            horizon = now - self.params.prune_interval_seconds
+            for name in [n for n, t in seen.items() if t < horizon]:
+                self.forget(name)
+            self._next_prune = now + self.params.prune_interval_seconds
+
+    def forget(self, server: str) -> None:
+        self.index.remove_server(server)
+        self._last_seen.pop(server, None)
+        self._tuned_capacity.pop(server, None)
+
+    def endpoint_event(self, event: EndpointEvent) -> None:
+        """Datastore listener: prune a server as soon as it leaves the pool."""
+        if event.kind is EndpointEventKind.REMOVED:
+            self.forget(event.endpoint.name)
+
+    # -- Scorer --------------------------------------------------------------------------------
+
+    def score(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> Mapping[str, float]:
+        match = _read(state, self._key)
+        if match is None:  # no PrepareData hook ran (e.g. a bare profile in a test)
+            match = self._match(state, request, endpoints)
+            state.write(self._key, match)
+        total = match.total_blocks
+        if total == 0:
+            return {e.name: 0.0 for e in endpoints}
+        overloaded = self.guard.overloaded(endpoints)
+        explain = _read(state, EXPLAIN)
+        if explain is not None:
+            explain.append(
+                f"level {match.level}: {total} blocks; matched "
+                + ", ".join(f"{n}={c}" for n, c in sorted(match.matched.items()))
+                + (f"; overloaded (affinity off): {sorted(overloaded)}" if overloaded else "")
+            )
+        return {
+            e.name: 0.0 if e.name in overloaded else match.matched.get(e.name, 0) / total
+            for e in endpoints
+        }
+
+    # -- PreRequest ----------------------------------------------------------------------------
+
+    def pre_request(
+        self, state: CycleState, request: InferenceRequest, result: SchedulingResult
+    ) -> None:
+        match = _read(state, self._key)
+        hashes: Sequence[int]
+        if match is None:
+            _, hashes = self.hash_request(request, ())
+        else:
+            hashes = match.hashes
+        if not hashes:
+            return
+        targets = []
+        primary = result.primary
+        if primary is not None and primary.targets:
+            targets.append(primary.targets[0])
+        prefill = result.profile_results.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.targets and result.primary_profile != PREFILL_PROFILE:
+            targets.append(prefill.targets[0])
+        for target in targets:
+            self.index.add(target.name, hashes)
+
+
+def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> PrefixCacheScorer:
+    del handle
+    params = parse_params(PrefixCacheParams, name, TYPE, parameters)
+    try:
+        return PrefixCacheScorer(name, params)
+    except ConfigError as exc:
+        raise PluginValidationError(f"plugin {name!r} ({TYPE}): {exc.message}") from exc
+
+
+PLUGINS: Mapping[str, PluginFactory] = {TYPE: _factory}
+
+_scorer: type[Scorer] = PrefixCacheScorer
+_prepare: type[PrepareData] = PrefixCacheScorer
+_pre: type[PreRequest] = PrefixCacheScorer

@@ -1,0 +1,60 @@
+"""Anti-hotspot rule: prefix affinity only counts on servers that are not overloaded.
+
+Pure affinity sends every request that shares a system prompt to the one server that cached it
+first; its queue grows while the others idle (the llm-d "shared system prompt" hot spot). The
+rule here is SGLang's imbalance test applied per server, on the freshest load kvroute knows:
+
+    load(e)      = max(waiting(e) + running(e) + sent_since_scrape(e), inflight(e))
+    min_load     = min over the candidates of load(e)
+    overloaded(e) <=> load(e) - min_load > abs_slack  and  load(e) > rel_slack * min_load
+
+An overloaded server's prefix score is set to 0, so the load scorers decide among the others;
+the chosen one then receives the prefix (PreRequest) and the hot prefix is replicated instead of
+queued. A multi-turn session therefore stays on the server that holds its history until that
+server is ``abs_slack`` requests *and* ``rel_slack`` times busier than the least loaded one.
+
+``waiting``/``running`` come from the last scrape; ``sent_since_scrape`` and ``inflight`` are the
+EPP's own counters (see :class:`~kvroute.datastore.endpoint.EndpointLoad`), which keep the rule
+honest between scrapes. Defaults (abs 16, rel 1.5) are deliberately looser than SGLang's library
+defaults (32 / 1.1 on router in-flight only): vLLM batches, so a few extra running requests cost
+far less than re-prefilling a long shared prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kvroute.datastore.endpoint import Endpoint
+
+
+class HotspotPolicy(StrEnum):
+    NONE = "none"
+    LOAD_BOUND = "load-bound"
+
+
+def endpoint_load(endpoint: Endpoint) -> int:
+    """Requests on (or on their way to) ``endpoint``, by the freshest signal available."""
+    m = endpoint.metrics
+    scraped = m.waiting_queue_size + m.running_queue_size + endpoint.load.sent_since_scrape
+    return max(scraped, endpoint.load.inflight)
+
+
+@dataclass(frozen=True, slots=True)
+class HotspotGuard:
+    policy: HotspotPolicy = HotspotPolicy.LOAD_BOUND
+    abs_slack: float = 16.0
+    rel_slack: float = 1.5
+
+    def overloaded(self, endpoints: Sequence[Endpoint]) -> frozenset[str]:
+        """Names of the candidates whose prefix affinity is suspended this cycle."""
+        if self.policy is HotspotPolicy.NONE or len(endpoints) < 2:
+            return frozenset()
+        loads = [(e.name, endpoint_load(e)) for e in endpoints]
+        least = min(load for _, load in loads)
+        return frozenset(
+            name
+            for name, load in loads
+            if load - least > self.abs_slack and load > self.rel_slack * least
+        )

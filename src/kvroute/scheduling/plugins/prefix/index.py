@@ -1,0 +1,119 @@
+"""The approximate prefix index: block hash -> servers, bounded by a per-server LRU.
+
+Upstream (``approximateprefix/indexer.go``) keeps ``hashToPods map[hash]set[pod]`` plus one
+``golang-lru`` per pod; adding a hash for a pod refreshes it in that pod's LRU and evicting it
+from the LRU removes the pod from ``hashToPods``. This is the same structure in Python: a dict of
+per-server ``OrderedDict`` LRUs (``move_to_end`` / ``popitem(last=False)``) and a dict of sets.
+
+Memory is bounded by ``sum(capacity(server))`` entries. The capacity of a server is set when it is
+first seen (auto-tuned from ``vllm:cache_config_info{num_gpu_blocks}`` when known) and can be
+lowered later, which evicts down immediately. ``benchmarks.md`` records the measured bytes per
+cached block.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+
+class PrefixIndex:
+    """Which servers were sent which prefix blocks (recently, within their LRU capacity)."""
+
+    __slots__ = ("_capacity", "_default_capacity", "_hash_to_servers", "_lru")
+
+    def __init__(self, default_capacity: int) -> None:
+        if default_capacity <= 0:
+            raise ValueError("default_capacity must be positive")
+        self._default_capacity = default_capacity
+        self._hash_to_servers: dict[int, set[str]] = {}
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._capacity: dict[str, int] = {}
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def match_longest_prefix(self, hashes: Sequence[int]) -> dict[str, int]:
+        """Upstream ``matchLongestPrefix``: walk in order, stop at the first block no server has,
+        and count per server the blocks it holds along the way."""
+        counts: dict[str, int] = {}
+        lookup = self._hash_to_servers.get
+        for h in hashes:
+            servers = lookup(h)
+            if not servers:
+                break
+            for server in servers:
+                counts[server] = counts.get(server, 0) + 1
+        return counts
+
+    def servers(self) -> frozenset[str]:
+        return frozenset(self._lru)
+
+    def size(self, server: str) -> int:
+        lru = self._lru.get(server)
+        return 0 if lru is None else len(lru)
+
+    def capacity(self, server: str) -> int:
+        return self._capacity.get(server, self._default_capacity)
+
+    def __len__(self) -> int:
+        """Number of distinct block hashes held by at least one server."""
+        return len(self._hash_to_servers)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def set_capacity(self, server: str, capacity: int) -> None:
+        """Set a server's LRU size (auto-tune); evicts its oldest blocks if it shrank."""
+        if capacity <= 0:
+            return
+        self._capacity[server] = capacity
+        lru = self._lru.get(server)
+        if lru is not None:
+            self._evict_to(server, lru, capacity)
+
+    def add(self, server: str, hashes: Iterable[int]) -> None:
+        """Record that ``server`` now holds ``hashes`` (refreshing them in its LRU)."""
+        lru = self._lru.get(server)
+        if lru is None:
+            lru = self._lru[server] = OrderedDict()
+        index = self._hash_to_servers
+        for h in hashes:
+            if h in lru:
+                lru.move_to_end(h)
+                continue
+            lru[h] = None
+            holders = index.get(h)
+            if holders is None:
+                index[h] = {server}
+            else:
+                holders.add(server)
+        self._evict_to(server, lru, self.capacity(server))
+
+    def remove_server(self, server: str) -> None:
+        """Forget everything about ``server`` (it left the pool)."""
+        lru = self._lru.pop(server, None)
+        self._capacity.pop(server, None)
+        if lru is None:
+            return
+        for h in lru:
+            self._drop(h, server)
+
+    def retain_servers(self, live: Iterable[str]) -> list[str]:
+        """Remove every server not in ``live``; returns the names removed."""
+        keep = set(live)
+        gone = [s for s in self._lru if s not in keep]
+        for server in gone:
+            self.remove_server(server)
+        return gone
+
+    def _evict_to(self, server: str, lru: OrderedDict[int, None], capacity: int) -> None:
+        while len(lru) > capacity:
+            h, _ = lru.popitem(last=False)
+            self._drop(h, server)
+
+    def _drop(self, h: int, server: str) -> None:
+        holders = self._hash_to_servers.get(h)
+        if holders is None:
+            return
+        holders.discard(server)
+        if not holders:
+            del self._hash_to_servers[h]
