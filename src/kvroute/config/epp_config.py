@@ -1,0 +1,315 @@
+"""The upstream ``EndpointPickerConfig`` YAML: model, strict loader, static defaults, built-ins.
+
+Format (``apix/config/v1alpha1``)::
+
+    apiVersion: inference.networking.x-k8s.io/v1alpha1
+    kind: EndpointPickerConfig
+    featureGates: [flowControl]               # flowControl | dataLayer | enableLegacyMetrics
+    plugins: [{name, type, parameters}]       # name defaults to type
+    schedulingProfiles: [{name, plugins: [{pluginRef, weight}]}]
+    saturationDetector: {pluginRef}
+    dataLayer: {sources: [{pluginRef, extractors: [{pluginRef}]}]}
+    parser: {pluginRef}
+    flowControl: {maxBytes, maxRequests, defaultRequestTTL, usageLimitPolicyPluginRef,
+                  defaultPriorityBand, priorityBands: [{priority, maxBytes, ...}]}
+
+Decoding is strict, as upstream's: unknown fields and repeated keys are errors, and every error
+names the source and the field path (``epp.yaml: schedulingProfiles[0].plugins[1].weight: ...``).
+
+This module applies the *static* defaulting rules (a plugin's ``name`` defaults to its ``type``;
+plugin and profile names are unique; every ``pluginRef`` names a declared plugin). The rules that
+depend on what a plugin *is* (a default profile with every filter/scorer/picker, an injected
+``single-profile-handler`` and ``max-score-picker``, scorer weight 1, one profile handler at
+most, registered types, parameter validation) need the plugins built and live in
+:mod:`kvroute.scheduling.builder`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kvroute.config.yaml_errors import format_validation_error
+from kvroute.errors import ConfigError
+from kvroute.plugins.registry import PluginRegistry
+from kvroute.scheduling.plugins.params import parse_go_duration
+
+API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
+KIND = "EndpointPickerConfig"
+KNOWN_FEATURE_GATES = frozenset({"flowControl", "dataLayer", "enableLegacyMetrics"})
+PREFIX_SCORER_TYPE = "prefix-cache-scorer"
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _quantity(value: int | str | None) -> int | str | None:
+    if isinstance(value, str) and not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 10Gi, 500M, 1000)")
+    if isinstance(value, int) and value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+class PluginSpec(_Strict):
+    name: str | None = Field(default=None, min_length=1)
+    type: str = Field(min_length=1)
+    parameters: dict[str, Any] | None = None
+
+    @property
+    def instance_name(self) -> str:
+        return self.name or self.type
+
+
+class ProfilePluginRef(_Strict):
+    plugin_ref: str = Field(alias="pluginRef", min_length=1)
+    weight: float | None = Field(default=None, ge=0)
+
+
+class SchedulingProfileSpec(_Strict):
+    name: str = Field(min_length=1)
+    plugins: list[ProfilePluginRef] = Field(default_factory=list)
+
+
+class PluginRef(_Strict):
+    plugin_ref: str = Field(alias="pluginRef", min_length=1)
+
+
+class DataLayerSourceSpec(_Strict):
+    plugin_ref: str = Field(alias="pluginRef", min_length=1)
+    extractors: list[PluginRef] = Field(default_factory=list)
+
+
+class DataLayerSpec(_Strict):
+    sources: list[DataLayerSourceSpec] = Field(default_factory=list)
+
+
+class _BandLimits(_Strict):
+    max_bytes: int | str | None = Field(default=None, alias="maxBytes")
+    max_requests: int | None = Field(default=None, ge=0, alias="maxRequests")
+    ordering_policy_ref: str | None = Field(default=None, alias="orderingPolicyRef")
+    fairness_policy_ref: str | None = Field(default=None, alias="fairnessPolicyRef")
+
+    _check_bytes = field_validator("max_bytes")(_quantity)
+
+
+class DefaultPriorityBandSpec(_BandLimits):
+    pass
+
+
+class PriorityBandSpec(_BandLimits):
+    priority: int
+
+
+class FlowControlSpec(_Strict):
+    max_bytes: int | str | None = Field(default=None, alias="maxBytes")
+    max_requests: int | None = Field(default=None, ge=0, alias="maxRequests")
+    default_request_ttl: str | None = Field(default=None, alias="defaultRequestTTL")
+    usage_limit_policy_plugin_ref: str | None = Field(
+        default=None, alias="usageLimitPolicyPluginRef"
+    )
+    default_priority_band: DefaultPriorityBandSpec | None = Field(
+        default=None, alias="defaultPriorityBand"
+    )
+    priority_bands: list[PriorityBandSpec] = Field(default_factory=list, alias="priorityBands")
+
+    _check_bytes = field_validator("max_bytes")(_quantity)
+
+    @field_validator("default_request_ttl")
+    @classmethod
+    def _ttl(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_go_duration(value)
+        return value
+
+
+class EndpointPickerConfig(_Strict):
+    api_version: Literal["inference.networking.x-k8s.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["EndpointPickerConfig"]
+    feature_gates: list[str] = Field(default_factory=list, alias="featureGates")
+    plugins: list[PluginSpec] = Field(default_factory=list)
+    scheduling_profiles: list[SchedulingProfileSpec] = Field(
+        default_factory=list, alias="schedulingProfiles"
+    )
+    saturation_detector: PluginRef | None = Field(default=None, alias="saturationDetector")
+    data_layer: DataLayerSpec | None = Field(default=None, alias="dataLayer")
+    parser: PluginRef | None = None
+    flow_control: FlowControlSpec | None = Field(default=None, alias="flowControl")
+
+    @field_validator("feature_gates")
+    @classmethod
+    def _gates(cls, gates: list[str]) -> list[str]:
+        unknown = [g for g in gates if g not in KNOWN_FEATURE_GATES]
+        if unknown:
+            known = ", ".join(sorted(KNOWN_FEATURE_GATES))
+            raise ValueError(f"unknown feature gate(s) {', '.join(unknown)} (known: {known})")
+        return gates
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The config as upstream YAML keys (for dry-run output and docs)."""
+        return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a repeated mapping key (sigs.k8s.io/yaml strict mode does)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_epp_config(text: str, source: str = "<config-text>") -> EndpointPickerConfig:
+    """Parse one EndpointPickerConfig document and apply the static defaults.
+
+    Raises :class:`~kvroute.errors.ConfigError` naming ``source`` and the field path; all
+    problems found are reported together, one per line.
+    """
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: {where}YAML error: {problem}") from None
+    if not docs:
+        raise ConfigError(f"{source}: empty document (expected an {KIND})")
+    if len(docs) > 1:
+        raise ConfigError(f"{source}: expected one {KIND} document, found {len(docs)}")
+    doc = docs[0]
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a mapping, got {type(doc).__name__}")
+    try:
+        config = EndpointPickerConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(
+            "\n".join(f"{source}: {line}" for line in format_validation_error(exc))
+        ) from None
+    return apply_static_defaults(config, source)
+
+
+def load_epp_config(path: Path) -> EndpointPickerConfig:
+    """Read and parse ``path`` (``--config-file``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_epp_config(text, str(path))
+
+
+def apply_static_defaults(config: EndpointPickerConfig, source: str) -> EndpointPickerConfig:
+    """Name defaults and reference checks that need no plugin instances (returns a copy)."""
+    errors: list[str] = []
+    plugins = [p.model_copy(update={"name": p.instance_name}) for p in config.plugins]
+    seen: dict[str, int] = {}
+    for i, p in enumerate(plugins):
+        name = p.instance_name
+        if name in seen:
+            errors.append(
+                f"plugins[{i}].name: duplicate plugin name {name!r} (also plugins[{seen[name]}])"
+            )
+        seen.setdefault(name, i)
+    profile_names: set[str] = set()
+    for i, prof in enumerate(config.scheduling_profiles):
+        if prof.name in profile_names:
+            errors.append(f"schedulingProfiles[{i}].name: duplicate profile name {prof.name!r}")
+        profile_names.add(prof.name)
+        for j, ref in enumerate(prof.plugins):
+            if ref.plugin_ref not in seen:
+                errors.append(
+                    f"schedulingProfiles[{i}].plugins[{j}].pluginRef: "
+                    f"no plugin named {ref.plugin_ref!r}"
+                )
+    refs: list[tuple[str, str]] = []
+    if config.saturation_detector is not None:
+        refs.append(("saturationDetector.pluginRef", config.saturation_detector.plugin_ref))
+    if config.parser is not None:
+        refs.append(("parser.pluginRef", config.parser.plugin_ref))
+    if config.data_layer is not None:
+        for i, src in enumerate(config.data_layer.sources):
+            refs.append((f"dataLayer.sources[{i}].pluginRef", src.plugin_ref))
+            for j, ext in enumerate(src.extractors):
+                refs.append((f"dataLayer.sources[{i}].extractors[{j}].pluginRef", ext.plugin_ref))
+    fc = config.flow_control
+    if fc is not None and fc.usage_limit_policy_plugin_ref is not None:
+        refs.append(("flowControl.usageLimitPolicyPluginRef", fc.usage_limit_policy_plugin_ref))
+    errors.extend(f"{path}: no plugin named {ref!r}" for path, ref in refs if ref not in seen)
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {e}" for e in errors))
+    return config.model_copy(update={"plugins": plugins})
+
+
+def default_config_text(registry: PluginRegistry) -> str:
+    """Upstream's default profile: queue 2, kv-cache 2, prefix-cache 3 (when registered), max-score.
+
+    ``prefix-cache-scorer`` is included only when its type is registered, so the default switches
+    it on as soon as the prefix-cache plugin module is listed in ``BUILTIN_PLUGIN_MODULES``.
+    """
+    prefix = PREFIX_SCORER_TYPE in registry
+    plugins = ["queue-scorer", "kv-cache-utilization-scorer"]
+    refs = [
+        "- {pluginRef: queue-scorer, weight: 2}",
+        "- {pluginRef: kv-cache-utilization-scorer, weight: 2}",
+    ]
+    if prefix:
+        plugins.append(PREFIX_SCORER_TYPE)
+        refs.append(f"- {{pluginRef: {PREFIX_SCORER_TYPE}, weight: 3}}")
+    plugins.append("max-score-picker")
+    refs.append("- {pluginRef: max-score-picker}")
+    return "\n".join(
+        [
+            f"apiVersion: {API_VERSION}",
+            f"kind: {KIND}",
+            "plugins:",
+            *(f"- type: {t}" for t in plugins),
+            "schedulingProfiles:",
+            "- name: default",
+            "  plugins:",
+            *(f"  {r}" for r in refs),
+            "",
+        ]
+    )
+
+
+DECISION_TREE_CONFIG_TEXT = f"""\
+apiVersion: {API_VERSION}
+kind: {KIND}
+plugins:
+- type: decision-tree-filter
+- type: random-picker
+schedulingProfiles:
+- name: decision-tree
+  plugins:
+  - {{pluginRef: decision-tree-filter}}
+  - {{pluginRef: random-picker}}
+"""
+
+BUILTIN_PROFILES = ("default", "decision-tree")
+
+
+def builtin_epp_config(name: str, registry: PluginRegistry) -> EndpointPickerConfig:
+    """The config behind ``--profile default`` or ``--profile decision-tree`` (no ``--config``)."""
+    if name == "default":
+        return parse_epp_config(default_config_text(registry), "<default config>")
+    if name == "decision-tree":
+        return parse_epp_config(DECISION_TREE_CONFIG_TEXT, "<decision-tree config>")
+    raise ConfigError(
+        f"unknown built-in profile {name!r} (built-in: {', '.join(BUILTIN_PROFILES)})"
+    )
