@@ -1,0 +1,321 @@
+"""OpenAI-style request bodies: parse once, validate per API, rewrite ``model`` cheaply (sans-IO).
+
+:func:`parse_request` follows upstream's ``openai-parser``: the API kind comes from the path
+suffix (checked in the order ``/conversations``, ``/responses``, ``/chat/completions``,
+``/completions``, ``/embeddings``; no path or no match means completions), the body must be a
+JSON object with a string ``model`` ("model not found in request body" otherwise) and the
+field each API needs. Every failure is a :class:`BadRequestError` (400).
+
+``prompt_text`` is what prefix-affinity plugins hash. For chat it is a serialization of the
+messages chosen so that *extending a conversation extends the string* (a JSON array would
+not: its closing bracket moves), which is what prefix caching needs::
+
+    <|role|>\\n<content>\\n            one block per message, in order
+    <|role name=NAME|>\\n...          when the message has a ``name``
+
+Text content parts are concatenated; any other content part (images, audio), ``tool_calls``
+and ``tool_call_id`` are appended as compact JSON with sorted keys, so the text is
+deterministic for a given body. Completions: the prompt string, a list of strings joined with
+``\\n``, or token ids as space-separated decimals. Responses: ``instructions`` (as a system
+block) then ``input`` (a string, or items serialized like messages). Embeddings: like
+completions. Conversations: ``items`` like messages.
+
+:func:`rewrite_request_body` replaces the top-level ``model`` value in the raw bytes instead of
+re-serializing the whole body (upstream pays a full ``json.Marshal`` per request, which grows
+with the prompt). It finds the ``"model"`` key with memchr-speed scans and checks that it is
+the only one and sits at the top level by scanning the shorter side of the body outside
+strings; anything unusual falls back to ``json.dumps``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kvroute.errors import BadRequestError
+from kvroute.scheduling.request import ApiKind
+
+__all__ = ["ParsedRequest", "api_kind_for_path", "parse_request", "rewrite_request_body"]
+
+_SUFFIXES: tuple[tuple[str, ApiKind], ...] = (
+    ("/conversations", ApiKind.CONVERSATIONS),
+    ("/responses", ApiKind.RESPONSES),
+    ("/chat/completions", ApiKind.CHAT_COMPLETIONS),
+    ("/completions", ApiKind.COMPLETIONS),
+    ("/embeddings", ApiKind.EMBEDDINGS),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """One parsed request body. ``body`` is the decoded dict: treat it as read-only."""
+
+    api: ApiKind
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    prompt_text: str
+    max_tokens: int | None
+    raw: bytes = b""
+
+
+def api_kind_for_path(path: str | None) -> ApiKind:
+    """The API from a request path (query string ignored); completions when unknown."""
+    if not path:
+        return ApiKind.COMPLETIONS
+    path = path.split("?", 1)[0].rstrip("/")
+    for suffix, kind in _SUFFIXES:
+        if path.endswith(suffix):
+            return kind
+    return ApiKind.COMPLETIONS
+
+
+def parse_request(body: bytes, path: str | None = None) -> ParsedRequest:
+    """Decode and validate ``body`` for the API that ``path`` names."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(
+            f"invalid JSON body: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(f"invalid JSON body: not UTF-8 ({exc.reason})") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("invalid JSON body: expected a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("model not found in request body")
+    api = api_kind_for_path(path)
+    prompt_text = _PROMPT_BUILDERS[api](data)
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequestError("invalid request: 'stream' must be a boolean")
+    options = data.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ParsedRequest(
+        api=api,
+        body=data,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        prompt_text=prompt_text,
+        max_tokens=_max_tokens(data),
+        raw=body,
+    )
+
+
+def _max_tokens(data: dict[str, Any]) -> int | None:
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+# --- prompt text ----------------------------------------------------------------------------
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+            else:
+                parts.append(_compact(part))
+        return "".join(parts)
+    return _compact(content)
+
+
+def _messages_text(messages: list[Any], what: str) -> str:
+    out: list[str] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequestError(f"invalid request: {what}[{i}] must be an object")
+        role = message.get("role", message.get("type", ""))
+        name = message.get("name")
+        header = f"<|{role} name={name}|>" if isinstance(name, str) and name else f"<|{role}|>"
+        text = _content_text(message.get("content"))
+        extras = [
+            _compact(message[key]) for key in ("tool_calls", "tool_call_id") if key in message
+        ]
+        out.append(f"{header}\n{text}{''.join(extras)}\n")
+    return "".join(out)
+
+
+def _prompt_like_text(value: Any, field: str) -> str:
+    """A completions ``prompt`` / embeddings ``input``: string, strings, ids, or id lists."""
+    if isinstance(value, str):
+        if not value:
+            raise BadRequestError(f"invalid request: '{field}' must not be empty")
+        return value
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return "\n".join(value)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return " ".join(map(str, value))
+        if all(isinstance(v, list) for v in value):
+            return "\n".join(" ".join(map(str, v)) for v in value)
+        raise BadRequestError(
+            f"invalid request: '{field}' must be a string, a list of strings or token ids"
+        )
+    raise BadRequestError(f"invalid request: '{field}' is required and must not be empty")
+
+
+def _chat_text(data: dict[str, Any]) -> str:
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("invalid request: chat completions need at least one message")
+    return _messages_text(messages, "messages")
+
+
+def _completions_text(data: dict[str, Any]) -> str:
+    return _prompt_like_text(data.get("prompt"), "prompt")
+
+
+def _embeddings_text(data: dict[str, Any]) -> str:
+    return _prompt_like_text(data.get("input"), "input")
+
+
+def _responses_text(data: dict[str, Any]) -> str:
+    value = data.get("input")
+    instructions = data.get("instructions")
+    prefix = f"<|system|>\n{instructions}\n" if isinstance(instructions, str) else ""
+    if isinstance(value, str) and value:
+        return prefix + value
+    if isinstance(value, list) and value:
+        return prefix + _messages_text(value, "input")
+    raise BadRequestError("invalid request: responses need 'input'")
+
+
+def _conversations_text(data: dict[str, Any]) -> str:
+    items = data.get("items")
+    if not isinstance(items, list) or not items:
+        raise BadRequestError("invalid request: conversations need 'items'")
+    return _messages_text(items, "items")
+
+
+_PROMPT_BUILDERS = {
+    ApiKind.CHAT_COMPLETIONS: _chat_text,
+    ApiKind.COMPLETIONS: _completions_text,
+    ApiKind.EMBEDDINGS: _embeddings_text,
+    ApiKind.RESPONSES: _responses_text,
+    ApiKind.CONVERSATIONS: _conversations_text,
+}
+
+
+# --- body rewrite ---------------------------------------------------------------------------
+
+_KEY = b'"model"'
+_QUOTE = 0x22
+_BACKSLASH = 0x5C
+_WS = b" \t\r\n"
+
+
+def rewrite_request_body(parsed: ParsedRequest, target_model: str) -> bytes:
+    """``parsed.raw`` with the top-level ``model`` set to ``target_model``.
+
+    Returns ``parsed.raw`` itself when nothing changes, a byte-level splice when the key can
+    be located safely, else a compact ``json.dumps`` of the body (key order kept).
+    """
+    raw = parsed.raw
+    if target_model == parsed.model and raw:
+        return raw
+    spliced = _splice_model(raw, parsed.model, target_model) if raw else None
+    if spliced is not None:
+        return spliced
+    body = dict(parsed.body)
+    body["model"] = target_model
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _splice_model(raw: bytes, current: str, target: str) -> bytes | None:
+    key_at = raw.find(_KEY)
+    if key_at < 0 or raw.find(_KEY, key_at + 1) >= 0:
+        return None  # no literal key (escaped spelling) or several: let json.dumps decide
+    if key_at > 0 and raw[key_at - 1] == _BACKSLASH:
+        return None
+    colon = _skip_ws(raw, key_at + len(_KEY))
+    if colon >= len(raw) or raw[colon] != 0x3A:  # ':'
+        return None  # the string "model" is a value, not a key
+    start = _skip_ws(raw, colon + 1)
+    if start >= len(raw) or raw[start] != _QUOTE:
+        return None
+    end = _string_end(raw, start, len(raw))
+    if end < 0:
+        return None
+    try:
+        if json.loads(raw[start : end + 1]) != current:
+            return None
+    except ValueError:
+        return None
+    # Depth at key_at must be 1. The body is valid JSON, so brackets balance overall and
+    # scanning either side outside strings tells the depth; scan the shorter side.
+    if key_at <= len(raw) - key_at:
+        depth = _net_brackets(raw, 0, key_at)
+    else:
+        net = _net_brackets(raw, key_at, len(raw))
+        depth = None if net is None else -net
+    if depth != 1:
+        return None
+    value = json.dumps(target, ensure_ascii=False).encode()
+    return b"".join((raw[:start], value, raw[end + 1 :]))
+
+
+def _skip_ws(raw: bytes, i: int) -> int:
+    n = len(raw)
+    while i < n and raw[i] in _WS:
+        i += 1
+    return i
+
+
+def _string_end(raw: bytes, start: int, end: int) -> int:
+    """Index of the quote closing the string opened at ``start``, or -1."""
+    j = start + 1
+    while True:
+        j = raw.find(b'"', j, end)
+        if j < 0:
+            return -1
+        k = j - 1
+        while raw[k] == _BACKSLASH:
+            k -= 1
+        if (j - 1 - k) % 2 == 0:  # an even number of backslashes: not escaped
+            return j
+        j += 1
+
+
+def _net_brackets(raw: bytes, start: int, end: int) -> int | None:
+    """Opening minus closing brackets in ``raw[start:end]`` outside strings.
+
+    ``start`` must be outside a string or at a string's opening quote.
+    """
+    net = 0
+    i = start
+    while i < end:
+        q = raw.find(b'"', i, end)
+        stop = end if q < 0 else q
+        net += (
+            raw.count(b"{", i, stop)
+            + raw.count(b"[", i, stop)
+            - raw.count(b"}", i, stop)
+            - raw.count(b"]", i, stop)
+        )
+        if q < 0:
+            break
+        close = _string_end(raw, q, end)
+        if close < 0:
+            return None
+        i = close + 1
+    return net
