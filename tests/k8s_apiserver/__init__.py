@@ -1,0 +1,5 @@
+"""An in-process fake Kubernetes API server for tests; see :mod:`tests.k8s_apiserver.server`."""
+
+from tests.k8s_apiserver.server import FakeApiServer, merge_patch, status_body
+
+__all__ = ["FakeApiServer", "merge_patch", "status_body"]
