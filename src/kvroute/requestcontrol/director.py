@@ -1,0 +1,328 @@
+"""The director: one request from parsed body to routing decision (upstream ``Director``).
+
+The pipeline of upstream ``Director.HandleRequest``, without I/O (the ext_proc server owns the
+stream; this is pure and synchronous so it runs inline on the event loop)::
+
+    model resolution  -> InferenceModel / Rewrite / header: target model, criticality, priority
+    candidates        -> subset hint (envoy.lb x-gateway-destination-endpoint-subset), by IP
+                         none -> 503 NoCandidatesError
+    admission         -> sheddable (priority < 0) while saturated -> 429 PoolExhaustedError
+    PrepareData hooks -> may write into the CycleState (e.g. prefix-match data); a hook that
+                         raises is logged and skipped, as upstream logs PrepareData failures
+    scheduling        -> filters / scorers / picker; nothing left -> 429 PoolExhaustedError
+    PreRequest hooks  -> the target is known (prefix-index insert, ...)
+    in-flight         -> datastore.on_request_sent(target)
+
+:meth:`Director.handle_response_complete` undoes the in-flight count and runs the
+ResponseComplete hooks exactly once per decision, however many times the caller reports the end
+(response trailers, end of body, stream cleanup after a client disconnect all may).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from types import MappingProxyType
+from typing import Any, Protocol, cast
+
+from kvroute.datastore.endpoint import Endpoint
+from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
+from kvroute.plugins.base import Plugin
+from kvroute.protocol.openai import ParsedRequest
+from kvroute.requestcontrol.admission import AdmissionController
+from kvroute.requestcontrol.hooks import PrepareData, PreRequest, ResponseComplete, Usage
+from kvroute.requestcontrol.model_resolution import MODEL_REWRITE_HEADER, ResolvedModel
+from kvroute.scheduling.interfaces import (
+    CycleState,
+    CycleTrace,
+    SaturationDetector,
+    SchedulingResult,
+)
+from kvroute.scheduling.request import Criticality, InferenceRequest
+from kvroute.scheduling.scheduler import Scheduler
+from kvroute.scheduling.timing import PluginTimings
+
+log = logging.getLogger(__name__)
+
+FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
+DEFAULT_FAIRNESS_ID = "default-flow"
+NO_CANDIDATES_MESSAGE = "failed to find endpoint candidates for serving the request"
+NO_ENDPOINTS_MESSAGE = "no pods available in datastore"
+AVG_CHARS_PER_TOKEN = 4  # upstream's estimate for untokenised text
+OUTPUT_RATIO = 1.5  # upstream inflight-load-producer: expected output tokens per input token
+
+
+class EndpointSource(Protocol):
+    """What the director needs of the datastore: a snapshot and the in-flight counters."""
+
+    def endpoints(self) -> tuple[Endpoint, ...]: ...
+
+    def on_request_sent(self, name: str, tokens: int = 0) -> None: ...
+
+    def on_request_finished(self, name: str, tokens: int = 0) -> None: ...
+
+
+class Resolver(Protocol):
+    def resolve(self, model: str, headers: Mapping[str, str]) -> ResolvedModel: ...
+
+
+class PassthroughResolver:
+    """Model resolution without resources: the model (or the rewrite header) goes through."""
+
+    def __init__(self, criticality: Criticality = Criticality.STANDARD) -> None:
+        self.criticality = criticality
+
+    def resolve(self, model: str, headers: Mapping[str, str]) -> ResolvedModel:
+        target = headers.get(MODEL_REWRITE_HEADER) or model
+        return ResolvedModel(
+            incoming_model=model,
+            target_model=target,
+            criticality=self.criticality,
+            priority=self.criticality.to_priority(),
+        )
+
+
+@dataclass(slots=True, eq=False)
+class RoutingDecision:
+    """Where one request goes, and what the response path needs to finish it.
+
+    ``endpoint_header`` is the ``x-gateway-destination-endpoint`` value: the target then the
+    fallbacks, ``ip:port`` joined with ``,``.
+    """
+
+    target: Endpoint
+    fallbacks: tuple[Endpoint, ...]
+    request: InferenceRequest
+    result: SchedulingResult
+    endpoint_header: str
+    resolved: ResolvedModel
+    inflight_tokens: int = 0
+    completed: bool = False
+
+
+def subset_candidates(
+    endpoints: Sequence[Endpoint], subset_hint: Sequence[str] | None
+) -> Sequence[Endpoint]:
+    """Endpoints whose IP is in the hint (``ip:port`` or ``ip`` entries; ports are ignored).
+
+    ``None`` (no hint) keeps everything; an empty hint keeps nothing, as upstream.
+    """
+    if subset_hint is None:
+        return endpoints
+    ips = {_host_of(h) for h in subset_hint}
+    return [e for e in endpoints if e.address in ips]
+
+
+def _host_of(hostport: str) -> str:
+    hostport = hostport.strip()
+    if hostport.startswith("["):  # [v6]:port
+        return hostport[1 : hostport.find("]")] if "]" in hostport else hostport[1:]
+    if hostport.count(":") == 1:
+        return hostport.rsplit(":", 1)[0]
+    return hostport  # bare IPv4 or bare IPv6
+
+
+class Director:
+    """Turns a parsed request into a :class:`RoutingDecision` or an :class:`EppError`."""
+
+    def __init__(
+        self,
+        datastore: EndpointSource,
+        resolver: Resolver | None,
+        scheduler: Scheduler,
+        saturation_detector: SaturationDetector,
+        hooks: Sequence[Plugin] = (),
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        timings: PluginTimings | None = None,
+        disable_subset_filter: bool = False,
+    ) -> None:
+        self.datastore = datastore
+        self.resolver: Resolver = resolver or PassthroughResolver()
+        self.scheduler = scheduler
+        self.admission = AdmissionController(saturation_detector)
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.disable_subset_filter = disable_subset_filter
+        self.timings = timings
+        self._prepare = [
+            cast(PrepareData, h) for h in hooks if callable(getattr(h, "prepare_data", None))
+        ]
+        self._pre_request = [
+            cast(PreRequest, h) for h in hooks if callable(getattr(h, "pre_request", None))
+        ]
+        self._complete = [
+            cast(ResponseComplete, h)
+            for h in hooks
+            if callable(getattr(h, "response_complete", None))
+        ]
+
+    def handle_request(
+        self,
+        parsed: ParsedRequest,
+        headers: Mapping[str, str],
+        request_id: str,
+        subset_hint: Sequence[str] | None = None,
+        *,
+        trace: CycleTrace | None = None,
+    ) -> RoutingDecision:
+        """Decide where ``parsed`` goes. ``headers`` must have lowercase keys.
+
+        Raises ``BadRequestError`` (400; also ``ModelNotFoundError`` 404 when the resolver is
+        configured to reject unknown models), ``NoCandidatesError`` (503),
+        ``PoolExhaustedError`` (429).
+        """
+        resolved = self.resolver.resolve(parsed.model, headers)
+        request = self._build_request(parsed, headers, request_id, resolved)
+        now = self.clock()
+
+        snapshot = self.datastore.endpoints()
+        hint = None if self.disable_subset_filter else subset_hint
+        candidates = subset_candidates(snapshot, hint)
+        if trace is not None:
+            _note_candidates(trace, snapshot, candidates, hint)
+        if not candidates:
+            raise NoCandidatesError(NO_CANDIDATES_MESSAGE)
+
+        if trace is not None:
+            _note_admission(trace, request, self.admission.detector, candidates, now)
+        self.admission.admit(request, candidates, now)
+
+        state = CycleState(now)
+        for hook in self._prepare:
+            self._run_hook("PrepareData", hook, hook.prepare_data, state, request, candidates)
+
+        try:
+            result = self.scheduler.schedule(request, candidates, state=state, trace=trace)
+        except PoolExhaustedError:
+            raise
+        except EppError as exc:
+            raise PoolExhaustedError(f"failed to find target endpoint: {exc.message}") from exc
+        primary = result.primary
+        if primary is None or not primary.targets:
+            raise PoolExhaustedError("failed to find target endpoint: no result")
+        targets = primary.targets
+
+        for pre in self._pre_request:
+            self._run_hook("PreRequest", pre, pre.pre_request, state, request, result)
+
+        target = targets[0]
+        tokens = _estimate_tokens(parsed)
+        self.datastore.on_request_sent(target.name, tokens)
+        return RoutingDecision(
+            target=target,
+            fallbacks=tuple(targets[1:]),
+            request=request,
+            result=result,
+            endpoint_header=",".join(e.hostport for e in targets),
+            resolved=resolved,
+            inflight_tokens=tokens,
+        )
+
+    def handle_response_complete(
+        self, decision: RoutingDecision, usage: Usage | None = None
+    ) -> None:
+        """Finish ``decision``: in-flight count down, ResponseComplete hooks. Idempotent."""
+        if decision.completed:
+            return
+        decision.completed = True
+        self.datastore.on_request_finished(decision.target.name, decision.inflight_tokens)
+        for done in self._complete:
+            self._run_hook(
+                "ResponseComplete",
+                done,
+                done.response_complete,
+                decision.request,
+                decision.target,
+                usage,
+            )
+
+    def random_endpoint(self) -> Endpoint:
+        """Any endpoint, for header-only requests (no body to schedule on). 500 when none."""
+        endpoints = self.datastore.endpoints()
+        if not endpoints:
+            raise EppError(NO_ENDPOINTS_MESSAGE)
+        return self.rng.choice(endpoints)
+
+    def _build_request(
+        self,
+        parsed: ParsedRequest,
+        headers: Mapping[str, str],
+        request_id: str,
+        resolved: ResolvedModel,
+    ) -> InferenceRequest:
+        body: Mapping[str, Any] = parsed.body
+        if resolved.target_model != parsed.model:
+            body = {**parsed.body, "model": resolved.target_model}
+        return InferenceRequest(
+            request_id=request_id,
+            incoming_model=resolved.incoming_model,
+            target_model=resolved.target_model,
+            api=parsed.api,
+            priority=resolved.priority,
+            criticality=resolved.criticality,
+            body=MappingProxyType(body),
+            headers=headers,
+            prompt_text=parsed.prompt_text,
+            request_size_bytes=len(parsed.raw),
+            stream=parsed.stream,
+            fairness_id=headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID,
+        )
+
+    def _run_hook(
+        self, point: str, hook: Plugin, method: Callable[..., None], *args: object
+    ) -> None:
+        """Run one hook; log (never propagate) its failure, and time it when timing is on."""
+        t0 = perf_counter()
+        try:
+            method(*args)
+        except Exception:
+            log.exception("%s hook %s failed; continuing", point, hook.typed_name)
+        if self.timings is not None:
+            tn = hook.typed_name
+            self.timings.series(point, tn.type, tn.name).append(perf_counter() - t0)
+
+
+def _estimate_tokens(parsed: ParsedRequest) -> int:
+    """Prompt + expected output tokens, for the datastore's in-flight token count."""
+    prompt = len(parsed.prompt_text) // AVG_CHARS_PER_TOKEN
+    output = parsed.max_tokens if parsed.max_tokens is not None else int(prompt * OUTPUT_RATIO)
+    return prompt + output
+
+
+def _note_candidates(
+    trace: CycleTrace,
+    snapshot: Sequence[Endpoint],
+    candidates: Sequence[Endpoint],
+    hint: Sequence[str] | None,
+) -> None:
+    if hint is None:
+        trace.notes.append(f"candidates: all {len(snapshot)} endpoints (no subset hint)")
+    else:
+        trace.notes.append(
+            f"candidates: {len(candidates)} of {len(snapshot)} endpoints match subset hint "
+            f"{list(hint)}"
+        )
+
+
+def _note_admission(
+    trace: CycleTrace,
+    request: InferenceRequest,
+    detector: SaturationDetector,
+    candidates: Sequence[Endpoint],
+    now: float,
+) -> None:
+    saturation = detector.saturation(candidates, now)
+    verdict = "saturated" if saturation >= 1.0 else "not saturated"
+    if request.priority < 0:
+        action = "sheddable request is shed" if saturation >= 1.0 else "sheddable request admitted"
+    else:
+        action = f"priority {request.priority} is never shed"
+    trace.notes.append(
+        f"admission: pool saturation {saturation:.3f} ({verdict}, {detector.typed_name}); {action}"
+    )
