@@ -88,8 +88,16 @@ def status_body(code: int, reason: str, message: str) -> Obj:
     }
 
 
+def _json(obj: Any, status: int = 200) -> web.Response:
+    """A JSON response with exactly ``Content-Type: application/json``, as kube-apiserver sends
+    (lightkube turns error bodies into ``ApiError`` only for that exact header value)."""
+    return web.Response(
+        body=json.dumps(obj).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
 def _error(code: int, reason: str, message: str) -> web.Response:
-    return web.json_response(status_body(code, reason, message), status=code)
+    return _json(status_body(code, reason, message), status=code)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -350,13 +358,11 @@ class FakeApiServer:
         parts = [p for p in request.path.split("/") if p]
         try:
             if not parts:
-                return web.json_response({"paths": ["/api", "/apis", "/version"]})
+                return _json({"paths": ["/api", "/apis", "/version"]})
             if parts == ["version"]:
-                return web.json_response(
-                    {"major": "1", "minor": "32", "gitVersion": "v1.32.0-kvroute-fake"}
-                )
+                return _json({"major": "1", "minor": "32", "gitVersion": "v1.32.0-kvroute-fake"})
             if parts == ["api"]:
-                return web.json_response(
+                return _json(
                     {
                         "kind": "APIVersions",
                         "versions": ["v1"],
@@ -366,7 +372,7 @@ class FakeApiServer:
                     }
                 )
             if parts == ["apis"]:
-                return web.json_response(self._group_list())
+                return _json(self._group_list())
             if (parts[0] == "api" and len(parts) == 2) or (parts[0] == "apis" and len(parts) == 3):
                 return self._resource_list(*(["", parts[1]] if parts[0] == "api" else parts[1:]))
             if parts[0] not in ("api", "apis"):
@@ -429,7 +435,7 @@ class FakeApiServer:
         if not resources:
             return _error(404, "NotFound", f"no resources in {group}/{version}")
         gv = f"{group}/{version}" if group else version
-        return web.json_response(
+        return _json(
             {
                 "kind": "APIResourceList",
                 "apiVersion": "v1",
@@ -454,13 +460,13 @@ class FakeApiServer:
         if method == "GET":
             if current is None:
                 return self._not_found(t)
-            return web.json_response(current)
+            return _json(current)
         if method == "DELETE":
             if current is None:
                 return self._not_found(t)
             del self._objects[key]
             self._emit(t.rtype, "DELETED", current, bump=True)
-            return web.json_response(current)
+            return _json(current)
         if method == "PUT":
             return self._replace(await self._body(request), t, key, current)
         if method == "PATCH":
@@ -498,7 +504,7 @@ class FakeApiServer:
         meta: Obj = {"resourceVersion": str(self._rv)}
         if end < len(items):
             meta["continue"] = str(end)
-        return web.json_response(
+        return _json(
             {
                 "kind": f"{t.rtype.kind}List",
                 "apiVersion": t.rtype.api_version,
@@ -521,7 +527,7 @@ class FakeApiServer:
         if key in self._objects:
             return _error(409, "AlreadyExists", f'{t.rtype.plural} "{name}" already exists')
         meta.pop("resourceVersion", None)
-        return web.json_response(self._store(t.rtype, key, body, None), status=201)
+        return _json(self._store(t.rtype, key, body, None), status=201)
 
     def _merge_subresource(self, t: _Target, current: Obj, new: Obj) -> Obj:
         """Status writes change only ``.status``; main writes keep ``.status`` (subresource)."""
@@ -555,7 +561,7 @@ class FakeApiServer:
         new["metadata"]["name"] = t.name
         if t.rtype.namespaced:
             new["metadata"]["namespace"] = key[2]
-        return web.json_response(self._store(t.rtype, key, new, current))
+        return _json(self._store(t.rtype, key, new, current))
 
     async def _patch(
         self, request: web.Request, t: _Target, key: _Key, current: Obj | None
@@ -577,7 +583,7 @@ class FakeApiServer:
             return _error(409, "Conflict", "the object has been modified")
         patched = merge_patch(current, patch)
         new = self._merge_subresource(t, current, patched)
-        return web.json_response(self._store(t.rtype, key, new, current))
+        return _json(self._store(t.rtype, key, new, current))
 
     async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
         q = request.query
@@ -607,7 +613,7 @@ class FakeApiServer:
                     if rv > since and watcher.wants(rt, o)
                 ]
         if gone is not None and self.gone_as_http:
-            return web.json_response(gone, status=410)
+            return _json(gone, status=410)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
