@@ -84,7 +84,11 @@ def reason(error: ErrorDetails) -> str:
         return f"must have at least {ctx.get('min_length')} item(s)"
     if kind == "too_long":
         unit = "characters" if isinstance(value, str) else "items"
-        return f"must have at most {ctx.get('max_length')} {unit} (got {ctx.get('actual_length')})"
+        actual = ctx.get("actual_length")
+        if actual is None and isinstance(value, str | list | dict):
+            actual = len(value)
+        got = f" (got {actual})" if actual is not None else ""
+        return f"must have at most {ctx.get('max_length')} {unit}{got}"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":
