@@ -92,7 +92,8 @@ class RoutingBackend(Protocol):
         ...
 
     def route_any(self, request_id: str) -> str | None:
-        """``host:port`` of any endpoint for a header-only request, or None if there is none."""
+        """``host:port`` of any endpoint for a header-only request; None (or an EppError) when
+        there is none."""
         ...
 
     def response_filter(self, routed: Routed, streaming: bool) -> ResponseFilter:

@@ -61,9 +61,7 @@ class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         serving = health_pb2.HealthCheckResponse.SERVING
         return serving if self._ready() else health_pb2.HealthCheckResponse.NOT_SERVING
 
-    async def Check(
-        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return health_pb2.HealthCheckResponse(status=self._status())
 
     async def Watch(

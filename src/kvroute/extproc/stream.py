@@ -180,7 +180,10 @@ class ExtProcStream:
         return []
 
     def _route_header_only(self) -> list[Any]:
-        target = self._backend.route_any(self.request_id)
+        try:
+            target = self._backend.route_any(self.request_id)
+        except EppError as exc:
+            return self._reject(exc, None)
         if target is None:
             return self._reject(EppError("no pods available in datastore"), None)
         self.routed = Routed(endpoints=(target,), body=b"")

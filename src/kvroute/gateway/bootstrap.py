@@ -15,10 +15,17 @@ enough for long generations. kvroute adds:
   under FailOpen, or get a 503 under FailClose;
 * ``x-gateway-destination-endpoint-served`` added to the response (the upstream address that
   served it), which the EPP reads back on the response path;
-* a retry policy for connect failures and resets before the first byte. Envoy's ORIGINAL_DST
-  load balancer takes one address from the header, so the retry goes back to the same
-  endpoint; the fallback list is walked by the EPP side (see ``docs`` in
-  :mod:`kvroute.gateway.envoy`).
+* a retry policy for connect failures and resets before the first response byte (Envoy's
+  ``reset`` retry condition: no response headers at all; once headers are out, nothing is
+  retried, so a streamed generation is never duplicated after it started).
+
+The fallback list. Envoy's ORIGINAL_DST load balancer (upstream's reference shape) takes
+exactly one ``host:port`` from the header: a comma list is rejected ("invalid override header
+value") and the request fails with 503 (verified with Envoy 1.40). kvroute therefore defaults to
+a STATIC cluster of the known endpoints with Envoy's ``override_host`` load balancer, which
+reads the comma list (header or ``envoy.lb`` metadata) and moves to the next entry on each
+retry; with no list at all it falls back to round robin, which is also what FailOpen needs.
+``upstream_lb="original_dst"`` keeps upstream's shape (single endpoint only).
 """
 
 from __future__ import annotations
@@ -65,6 +72,11 @@ class BootstrapOptions:
     # the EPP at all (Envoy ignores ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is
     # configured, so the choice has to be made in the filter config).
     response_processing: str = "full"
+    # "override_host": a STATIC cluster of the known endpoints with Envoy's override_host load
+    # balancer, which reads the comma list and walks it on retries (needs the endpoint set up
+    # front, as ``kvroute serve --endpoint`` has it). "original_dst": upstream's reference
+    # shape; Envoy's ORIGINAL_DST rejects a comma list, so it only works with one endpoint.
+    upstream_lb: str = "override_host"
 
 
 def _duration(seconds: float) -> str:
@@ -130,7 +142,7 @@ def _strip_client_destination() -> dict[str, Any]:
 
 def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
     retry = {
-        "retry_on": "connect-failure,reset-before-request",
+        "retry_on": "connect-failure,refused-stream,reset",
         "num_retries": opts.retries,
     }
     served = [
@@ -145,9 +157,10 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
         "response_headers_to_add": served,
     }
     if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
+        cluster = FAILOPEN_CLUSTER if _needs_failopen_cluster(opts) else POOL_CLUSTER
         unpicked: dict[str, Any] = {
             "match": {"prefix": "/"},
-            "route": {"cluster": FAILOPEN_CLUSTER, "timeout": "0s", "retry_policy": retry},
+            "route": {"cluster": cluster, "timeout": "0s", "retry_policy": retry},
             "response_headers_to_add": served,
         }
     else:
@@ -161,6 +174,83 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
             },
         }
     return [picked, unpicked]
+
+
+_UNLIMITED = {
+    "thresholds": [
+        {
+            "max_connections": 1_000_000,
+            "max_pending_requests": 1_000_000,
+            "max_requests": 1_000_000,
+            "max_retries": 1_000_000,
+        }
+    ]
+}
+
+
+def _needs_failopen_cluster(opts: BootstrapOptions) -> bool:
+    # override_host falls back to round robin by itself when no destination was set.
+    return (
+        opts.failure_mode is FailureMode.FAIL_OPEN
+        and bool(opts.endpoints)
+        and opts.upstream_lb != "override_host"
+    )
+
+
+def _pool_cluster(opts: BootstrapOptions, timeout: str) -> dict[str, Any]:
+    if opts.upstream_lb == "override_host" and opts.endpoints:
+        cluster = _static_cluster(POOL_CLUSTER, opts.endpoints, timeout)
+        del cluster["lb_policy"]
+        cluster["load_balancing_policy"] = {
+            "policies": [
+                {
+                    "typed_extension_config": {
+                        "name": "envoy.load_balancing_policies.override_host",
+                        "typed_config": {
+                            "@type": _T
+                            + "envoy.extensions.load_balancing_policies.override_host.v3."
+                            "OverrideHost",
+                            "override_host_sources": [
+                                {"header": DESTINATION_HEADER},
+                                {
+                                    "metadata": {
+                                        "key": "envoy.lb",
+                                        "path": [{"key": DESTINATION_HEADER}],
+                                    }
+                                },
+                            ],
+                            "fallback_policy": {
+                                "policies": [
+                                    {
+                                        "typed_extension_config": {
+                                            "name": "envoy.load_balancing_policies.round_robin",
+                                            "typed_config": {
+                                                "@type": _T
+                                                + "envoy.extensions.load_balancing_policies."
+                                                "round_robin.v3.RoundRobin"
+                                            },
+                                        }
+                                    }
+                                ]
+                            },
+                        },
+                    }
+                }
+            ]
+        }
+    else:
+        cluster = {
+            "name": POOL_CLUSTER,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": timeout,
+            "original_dst_lb_config": {
+                "use_http_header": True,
+                "http_header_name": DESTINATION_HEADER,
+            },
+        }
+    cluster["circuit_breakers"] = _UNLIMITED
+    return cluster
 
 
 def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
@@ -213,25 +303,8 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
                 "common_tls_context": {"alpn_protocols": ["h2"]},
             },
         }
-    pool = {
-        "name": POOL_CLUSTER,
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": timeout,
-        "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_HEADER},
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "max_connections": 100000,
-                    "max_pending_requests": 100000,
-                    "max_requests": 100000,
-                    "max_retries": 1000,
-                }
-            ]
-        },
-    }
-    clusters = [pool, epp]
-    if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
+    clusters = [_pool_cluster(opts, timeout), epp]
+    if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
     return {
         "admin": {"address": _address("127.0.0.1", opts.admin_port)},

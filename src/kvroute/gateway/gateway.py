@@ -1,0 +1,103 @@
+"""One-process gateway: the EPP (in-process asyncio) plus a real Envoy child in front of it.
+
+``async with Gateway(endpoints=["http://127.0.0.1:8001", ...]) as gw: gw.url`` is the Python API
+``kvroute serve``, the demo and the benchmarks use. The EPP binds loopback ports chosen by the
+OS; Envoy listens on ``port`` (0 = any free port, read back from Envoy's admin API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from kvroute.app import BackendFactory, EppApp
+from kvroute.extproc.stream import ResponseProcessing
+from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
+from kvroute.gateway.envoy import EnvoyProcess
+from kvroute.settings import EppSettings, parse_endpoint_url
+
+DEFAULT_LOG_DIR = Path(".kvroute")
+
+
+class Gateway:
+    """EPP + Envoy; see the module docstring. Attributes are valid inside the ``async with``."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] = (),
+        *,
+        resources: Sequence[Path] = (),
+        config: Path | None = None,
+        config_text: str | None = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        failure_mode: FailureMode = FailureMode.FAIL_CLOSE,
+        response_processing: ResponseProcessing = ResponseProcessing.FULL,
+        secure_serving: bool = False,
+        metrics_port: int = 0,
+        log_dir: Path = DEFAULT_LOG_DIR,
+        envoy_concurrency: int = 1,
+        upstream_lb: str = "override_host",
+        settings: EppSettings | None = None,
+        backend_factory: BackendFactory | None = None,
+    ) -> None:
+        base = settings or EppSettings(
+            grpc_port=0,
+            grpc_health_port=0,
+            metrics_port=metrics_port,
+            bind_host="127.0.0.1",
+            endpoints=tuple(parse_endpoint_url(u) for u in endpoints),
+            resources=tuple(resources),
+            config_file=config,
+            config_text=config_text,
+            secure_serving=secure_serving,
+            response_processing=response_processing,
+        )
+        self.settings = base
+        self.epp = EppApp(base, backend_factory=backend_factory)
+        self._host = host
+        self._port = port
+        self._failure_mode = failure_mode
+        self._log_dir = log_dir
+        self._concurrency = envoy_concurrency
+        self._upstream_lb = upstream_lb
+        self.envoy: EnvoyProcess | None = None
+        self.url = ""
+
+    def bootstrap_options(self) -> BootstrapOptions:
+        s = self.settings
+        return BootstrapOptions(
+            listen_host=self._host,
+            port=self._port,
+            epp_host="127.0.0.1",
+            epp_port=self.epp.ports.grpc,
+            epp_tls=s.secure_serving,
+            endpoints=s.endpoints,
+            failure_mode=self._failure_mode,
+            response_processing=s.response_processing.value,
+            upstream_lb=self._upstream_lb,
+        )
+
+    async def __aenter__(self) -> Gateway:
+        await self.epp.__aenter__()
+        try:
+            bootstrap = build_bootstrap(self.bootstrap_options())
+            self.envoy = EnvoyProcess(
+                bootstrap, log_dir=self._log_dir, concurrency=self._concurrency
+            )
+            await self.envoy.start()
+        except BaseException as exc:
+            await self.epp.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self.url = f"http://{self._host}:{self.envoy.port}"
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self.envoy is not None:
+                await self.envoy.stop()
+        finally:
+            await self.epp.__aexit__(et, e, tb)

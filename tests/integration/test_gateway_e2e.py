@@ -1,0 +1,315 @@
+"""End to end: a real Envoy, kvroute's EPP (real director, scheduler, scraper) and model servers.
+
+Everything runs on loopback with OS-chosen ports. One gateway and pool are shared by the module
+(starting Envoy costs ~0.5 s); tests that need a different Envoy or EPP start their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
+from kvroute.gateway.envoy import EnvoyProcess
+from kvroute.gateway.gateway import Gateway
+from tests.integration.conftest import MiniModelServer, mini_pool
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+RESOURCES = """\
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: e2e-pool}
+spec:
+  selector: {matchLabels: {app: e2e}}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: e2e-epp, port: {number: 9002}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: food-review}
+spec:
+  modelName: food-review
+  targetModels: [{name: base, weight: 1}]
+  poolRef: {name: e2e-pool}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: batch}
+spec: {priority: -1, poolRef: {name: e2e-pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: premium}
+spec: {priority: 10, poolRef: {name: e2e-pool}}
+"""
+
+CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: lora-affinity-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 1}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 1}
+  - {pluginRef: lora-affinity-scorer, weight: 5}
+  - {pluginRef: max-score-picker}
+"""
+
+
+class Stack:
+    def __init__(self, gateway: Gateway, servers: list[MiniModelServer]) -> None:
+        self.gateway = gateway
+        self.servers = servers
+        self.client = httpx.AsyncClient(base_url=gateway.url, timeout=30.0)
+
+    def by_name(self, name: str) -> MiniModelServer:
+        return next(s for s in self.servers if s.name == name)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    resources = tmp / "pool.yaml"
+    resources.write_text(RESOURCES)
+    servers = [
+        MiniModelServer("s0", adapters=("sql-lora",), token_delay_s=0.01),
+        MiniModelServer("s1", adapters=("sql-lora",), token_delay_s=0.01),
+        MiniModelServer("s2", token_delay_s=0.01),
+    ]
+    async with mini_pool(servers):
+        gw = Gateway(
+            [s.url for s in servers],
+            resources=[resources],
+            config_text=CONFIG,
+            log_dir=tmp,
+        )
+        async with gw:
+            st = Stack(gw, servers)
+            await _wait_scraped(gw)
+            yield st
+            await st.client.aclose()
+
+
+async def _wait_scraped(gw: Gateway) -> None:
+    for _ in range(100):
+        if all(e.metrics.updated_at > 0 for e in gw.epp.datastore.endpoints()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("scraper never filled the datastore")
+
+
+def _sse_events(text: str) -> list[dict[str, object]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            out.append(json.loads(line.removeprefix("data: ")))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/v1/completions", {"prompt": "hello"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}]}),
+    ],
+    ids=["completions", "chat"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_model_restored_stream_and_not(
+    stack: Stack, path: str, payload: dict[str, object], stream: bool
+) -> None:
+    body = {"model": "food-review", **payload, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    r = await stack.client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    served = r.headers["x-sim-server"]
+    # The server saw the InferenceModel's target; the client sees its own name back.
+    assert stack.by_name(served).seen_models[-1] == "base"
+    if stream:
+        events = _sse_events(r.text)
+        assert events and all(e["model"] == "food-review" for e in events)
+    else:
+        assert r.json()["model"] == "food-review"
+    served_hdr = r.headers["x-gateway-destination-endpoint-served"]
+    assert served_hdr == stack.by_name(served).hostport
+
+
+async def test_requests_spread_by_load(stack: Stack) -> None:
+    for s in stack.servers:
+        s.token_delay_s = 0.05
+    try:
+        body = {"model": "base", "prompt": "spread me", "stream": True}
+        rs = await asyncio.gather(
+            *(stack.client.post("/v1/completions", json=body) for _ in range(12))
+        )
+    finally:
+        for s in stack.servers:
+            s.token_delay_s = 0.01
+    assert all(r.status_code == 200 for r in rs)
+    counts = Counter(r.headers["x-sim-server"] for r in rs)
+    # In-flight accounting between scrapes spreads concurrent requests over the pool.
+    assert len(counts) == 3, counts
+    assert max(counts.values()) <= 6, counts
+    # Every completion was recorded: nothing is left in flight.
+    assert all(e.load.inflight == 0 for e in stack.gateway.epp.datastore.endpoints())
+
+
+async def test_lora_requests_land_on_adapter_holders(stack: Stack) -> None:
+    body = {"model": "sql-lora", "prompt": "select"}
+    rs = [await stack.client.post("/v1/completions", json=body) for _ in range(8)]
+    assert all(r.status_code == 200 for r in rs)
+    assert {r.headers["x-sim-server"] for r in rs} <= {"s0", "s1"}
+
+
+async def test_sheddable_rejected_under_saturation_while_critical_passes(stack: Stack) -> None:
+    for s in stack.servers:
+        s.saturated = True
+    try:
+        await asyncio.sleep(0.4)  # a few scrape intervals
+        body = {"model": "base", "prompt": "x"}
+        shed = await stack.client.post(
+            "/v1/completions", json=body, headers={"x-gateway-inference-objective": "batch"}
+        )
+        critical = await stack.client.post(
+            "/v1/completions", json=body, headers={"x-gateway-inference-objective": "premium"}
+        )
+    finally:
+        for s in stack.servers:
+            s.saturated = False
+        await asyncio.sleep(0.2)
+    assert shed.status_code == 429
+    assert shed.text.startswith("inference error: ResourceExhausted")
+    assert critical.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "prefix"),
+    [
+        (b"{not json", 400, "inference error: BadRequest"),
+        (b'{"prompt": "no model"}', 400, "inference error: BadRequest"),
+    ],
+    ids=["bad-json", "missing-model"],
+)
+async def test_bad_requests(stack: Stack, content: bytes, status: int, prefix: str) -> None:
+    r = await stack.client.post(
+        "/v1/completions", content=content, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status
+    assert r.text.startswith(prefix)
+
+
+async def test_unknown_model_passes_through_as_upstream(stack: Stack) -> None:
+    r = await stack.client.post("/v1/completions", json={"model": "not-declared", "prompt": "x"})
+    assert r.status_code == 200
+    assert r.json()["model"] == "not-declared"
+    assert stack.by_name(r.headers["x-sim-server"]).seen_models[-1] == "not-declared"
+
+
+async def test_one_megabyte_prompt_arrives_intact(stack: Stack) -> None:
+    prompt = ("kvroute " * 140_000)[: 1024 * 1024]
+    r = await stack.client.post("/v1/completions", json={"model": "food-review", "prompt": prompt})
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["prompt_len"] == len(prompt)
+    assert doc["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
+    assert doc["model"] == "food-review"
+
+
+async def test_header_only_get_is_routed(stack: Stack) -> None:
+    r = await stack.client.get("/v1/models")
+    assert r.status_code == 200
+    assert r.headers["x-sim-server"] in {"s0", "s1", "s2"}
+
+
+async def test_epp_metrics_exposed(stack: Stack) -> None:
+    port = stack.gateway.epp.ports.metrics
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+    for name in (
+        "inference_objective_request_total",
+        "inference_objective_request_duration_seconds_bucket",
+        "inference_objective_input_tokens_bucket",
+        "inference_pool_ready_pods",
+        "inference_pool_per_pod_queue_size",
+        "inference_extension_scheduler_e2e_duration_seconds_bucket",
+        "inference_extension_info",
+    ):
+        assert name in text, name
+    assert 'inference_pool_ready_pods{name="e2e-pool"} 3.0' in text
+
+
+FALLBACK_CONFIG = CONFIG.replace(
+    "- type: max-score-picker", "- type: max-score-picker\n  parameters: {maxNumOfEndpoints: 2}"
+).replace("lora-affinity-scorer, weight: 5", "lora-affinity-scorer, weight: 0")
+
+
+async def test_fallback_endpoint_taken_when_first_is_dead(tmp_path: Path) -> None:
+    # "dead" answers scrapes as the idlest server, so the picker ranks it first, but resets
+    # every request before a byte of response; Envoy retries on the next endpoint in the list.
+    dead = MiniModelServer("dead", reset_requests=True)
+    live = MiniModelServer("live")
+    async with mini_pool([dead, live]):
+        live.inflight = 3  # looks busier than "dead"
+        gw = Gateway([dead.url, live.url], config_text=FALLBACK_CONFIG, log_dir=tmp_path)
+        async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
+            await _wait_scraped(gw)
+            r = await c.post("/v1/completions", json={"model": "base", "prompt": "x"})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-sim-server"] == "live"
+        assert r.headers["x-gateway-destination-endpoint-served"] == live.hostport
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"),
+    [(FailureMode.FAIL_OPEN, 200), (FailureMode.FAIL_CLOSE, 503)],
+    ids=["FailOpen", "FailClose"],
+)
+async def test_failure_mode_with_epp_down(
+    tmp_path: Path, mode: FailureMode, status: int, unused_tcp_port: int
+) -> None:
+    server = MiniModelServer("only")
+    async with mini_pool([server]):
+        opts = BootstrapOptions(
+            port=0,
+            epp_port=unused_tcp_port,  # nothing listens there
+            epp_tls=False,
+            endpoints=[("127.0.0.1", server.port)],
+            failure_mode=mode,
+        )
+        async with (
+            EnvoyProcess(build_bootstrap(opts), log_dir=tmp_path) as envoy,
+            httpx.AsyncClient(timeout=30) as c,
+        ):
+            r = await c.post(
+                f"http://127.0.0.1:{envoy.port}/v1/completions",
+                json={"model": "base", "prompt": "x"},
+            )
+    assert r.status_code == status
+    if status == 200:
+        assert r.headers["x-sim-server"] == "only"
+
+
+async def test_tls_between_envoy_and_epp(tmp_path: Path) -> None:
+    server = MiniModelServer("tls")
+    async with mini_pool([server]):
+        gw = Gateway([server.url], secure_serving=True, log_dir=tmp_path)
+        async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
+            assert gw.epp.tls is not None
+            r = await c.post("/v1/completions", json={"model": "base", "prompt": "x"})
+    assert r.status_code == 200
+    assert r.headers["x-sim-server"] == "tls"
