@@ -142,7 +142,8 @@ async def test_model_restored_stream_and_not(
     assert stack.by_name(served).seen_models[-1] == "base"
     if stream:
         events = _sse_events(r.text)
-        assert events and all(e["model"] == "food-review" for e in events)
+        assert events
+        assert all(e["model"] == "food-review" for e in events)
     else:
         assert r.json()["model"] == "food-review"
     served_hdr = r.headers["x-gateway-destination-endpoint-served"]
