@@ -45,14 +45,16 @@ class ModelNameRewriter:
             return chunk
         data = self._carry + chunk if self._carry else chunk
         self._carry = b""
+        # Replace complete matches first, then hold back a tail that may start one: holding
+        # first could cut a complete match whose closing quote looks like a new beginning.
+        if self._needle in data:
+            for old, new in self._patterns:
+                data = data.replace(old, new)
         if not end:
             hold = self._holdback(data)
             if hold < len(data):
                 self._carry = data[hold:]
                 data = data[:hold]
-        if self._needle in data:
-            for old, new in self._patterns:
-                data = data.replace(old, new)
         return data
 
     def flush(self) -> bytes:
