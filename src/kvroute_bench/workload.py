@@ -1,0 +1,375 @@
+"""Generated workloads: named presets of request shapes and arrival processes, all seeded.
+
+A workload is a list of :class:`BenchRequest` sorted by arrival time. Prompts are token-id tuples
+(what the simulated engine caches and hashes) that render to text deterministically (what
+kvroute's prefix scorer hashes and what the live generator sends), so a prefix shared in tokens is
+also shared in text. Requests that share nothing get disjoint token-id ranges, which costs nothing
+to generate and can never produce an accidental cache hit.
+
+Presets follow the shapes in ``docs/benchmarks.md`` / the performance-model reference (§6):
+ShareGPT-like lengths, upstream's shared-prefix benchmark, multi-turn chat, multi-LoRA with Zipf
+adapter popularity, mixed criticality and gamma-bursty arrivals. Every parameter is overridable by
+name (``--param key=value``); unknown names are errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from kvroute.scheduling.request import Criticality
+from kvroute_bench.arrivals import arrival_times
+
+# Token ids from here up are handed out once each (never shared). Ids stay below 2**32, which is
+# what the simulator's block hashing packs them into.
+_UNIQUE_BASE = 1 << 20
+_UNIQUE_SPAN = 1 << 28  # ids per seed slot (16 slots)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchRequest:
+    """One request of a workload. ``arrival`` is seconds from the start of the stage."""
+
+    request_id: str
+    arrival: float
+    prompt: tuple[int, ...]
+    output_len: int
+    adapter: str | None = None  # LoRA adapter name; None = the base model
+    criticality: Criticality = Criticality.STANDARD
+    ttft_slo: float | None = None  # seconds; None = the run's default SLO
+    group: str = ""  # prefix group / session / adapter class, for per-group reports
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt)
+
+    def text(self) -> str:
+        """The prompt rendered as words, one word per token, so shared token prefixes stay
+        shared text prefixes (kvroute's approximate prefix scorer hashes characters)."""
+        return " ".join(f"w{t}" for t in self.prompt)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """All knobs of all presets; each preset uses the subset named in its docstring."""
+
+    kind: str = "sharegpt"
+    arrival: str = "poisson"  # poisson | gamma
+    burstiness: float = 1.0  # gamma shape (1 = Poisson, < 1 burstier)
+    # ShareGPT-like lognormal lengths (mean, sigma of the underlying normal), clipped.
+    input_mean: float = 220.0
+    input_sigma: float = 0.9
+    output_mean: float = 200.0
+    output_sigma: float = 0.9
+    min_len: int = 4
+    max_input: int = 2048
+    max_output: int = 1024
+    # shared-prefix / multi-turn
+    num_groups: int = 150
+    prompts_per_group: int = 5
+    system_prompt_len: int = 6000
+    question_len: int = 1200
+    output_len: int = 1000
+    turns: int = 5  # multi-turn: turns per session before it restarts
+    # multi-lora
+    num_adapters: int = 12
+    zipf_s: float = 1.1
+    # mixed-criticality
+    critical_fraction: float = 0.3
+    critical_ttft_slo: float = 0.5
+    batch_input_mean: float = 1000.0
+    batch_output_mean: float = 400.0
+
+    def with_params(self, params: Mapping[str, str]) -> WorkloadSpec:
+        """Override fields from ``key=value`` strings, converting to each field's type."""
+        types = {f.name: f.type for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for key, raw in params.items():
+            name = key.replace("-", "_")
+            if name not in types:
+                known = ", ".join(sorted(types))
+                raise ValueError(f"unknown workload parameter {key!r} (known: {known})")
+            current = getattr(self, name)
+            if isinstance(current, bool):
+                changes[name] = raw.lower() in ("1", "true", "yes")
+            elif isinstance(current, int):
+                changes[name] = int(raw)
+            elif isinstance(current, float):
+                changes[name] = float(raw)
+            else:
+                changes[name] = raw
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, WorkloadSpec] = {
+    "sharegpt": WorkloadSpec(kind="sharegpt"),
+    "bursty": WorkloadSpec(kind="sharegpt", arrival="gamma", burstiness=0.3),
+    # upstream benchmarking/prefix-cache-aware high-cache-values (150x5, 6000/1200/1000)
+    "shared-prefix": WorkloadSpec(kind="shared-prefix"),
+    # the same with system prompt and question flipped (low-cache-values)
+    "shared-prefix-low": WorkloadSpec(
+        kind="shared-prefix", system_prompt_len=1200, question_len=6000
+    ),
+    # SGLang generated-shared-prefix: 64 groups x 16, 2048/128/256
+    "shared-prefix-sglang": WorkloadSpec(
+        kind="shared-prefix",
+        num_groups=64,
+        prompts_per_group=16,
+        system_prompt_len=2048,
+        question_len=128,
+        output_len=256,
+    ),
+    "multi-turn": WorkloadSpec(
+        kind="multi-turn",
+        num_groups=6,
+        prompts_per_group=50,
+        system_prompt_len=1000,
+        question_len=100,
+        output_len=150,
+    ),
+    "multi-lora": WorkloadSpec(kind="multi-lora"),
+    "mixed-criticality": WorkloadSpec(kind="mixed-criticality"),
+}
+
+
+def _lognormal_len(rng: random.Random, mean: float, sigma: float, lo: int, hi: int) -> int:
+    """A lognormal draw with the given *mean* (not median), clipped to [lo, hi]."""
+    mu = math.log(mean) - sigma * sigma / 2.0
+    return max(lo, min(hi, round(rng.lognormvariate(mu, sigma))))
+
+
+class _UniqueTokens:
+    """Hands out disjoint token-id ranges: prompts built from them never share a block."""
+
+    def __init__(self, seed: int) -> None:
+        # Different seeds get different ranges too, so two workloads never collide by accident.
+        self._base = _UNIQUE_BASE + (seed % 15) * _UNIQUE_SPAN
+        self._used = 0
+
+    def take(self, n: int) -> tuple[int, ...]:
+        if self._used + n > _UNIQUE_SPAN:
+            self._used = 0  # wrap: after 268M tokens an old id may recur (harmless)
+        start = self._base + self._used
+        self._used += n
+        return tuple(range(start, start + n))
+
+
+def _zipf_weights(n: int, s: float) -> list[float]:
+    raw = [1.0 / (k**s) for k in range(1, n + 1)]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+Shape = tuple[tuple[int, ...], int, str | None, Criticality, float | None, str]
+ShapeFn = Callable[[int], Shape]
+
+
+def _sharegpt_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
+    def shape(_i: int) -> Shape:
+        n_in = _lognormal_len(rng, spec.input_mean, spec.input_sigma, spec.min_len, spec.max_input)
+        n_out = _lognormal_len(
+            rng, spec.output_mean, spec.output_sigma, spec.min_len, spec.max_output
+        )
+        return uniq.take(n_in), n_out, None, Criticality.STANDARD, None, "sharegpt"
+
+    return shape
+
+
+def _shared_prefix_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
+    """Each (group, prompt) pair is a fixed prompt: the group's system prompt + its question;
+    arrivals pick a pair uniformly, as inference-perf's shared_prefix data generator does."""
+    systems = [uniq.take(spec.system_prompt_len) for _ in range(spec.num_groups)]
+    questions: dict[tuple[int, int], tuple[int, ...]] = {}
+
+    def shape(_i: int) -> Shape:
+        g = rng.randrange(spec.num_groups)
+        p = rng.randrange(spec.prompts_per_group)
+        q = questions.get((g, p))
+        if q is None:
+            q = questions[(g, p)] = uniq.take(spec.question_len)
+        return systems[g] + q, spec.output_len, None, Criticality.STANDARD, None, f"g{g}"
+
+    return shape
+
+
+def _multi_turn_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
+    """``num_groups`` system prompts, ``prompts_per_group`` sessions each; an arrival advances a
+    random session by one turn: its prompt is the session's whole history (system prompt, earlier
+    questions and answers) plus a new question. Answers are synthesized tokens (the engine's own
+    output is not fed back), and after ``turns`` turns the session starts over. Open-loop arrivals
+    can send turn k+1 before turn k finished; real chat cannot, which makes this slightly
+    pessimistic for affinity routing."""
+    systems = [uniq.take(spec.system_prompt_len) for _ in range(spec.num_groups)]
+    history: dict[tuple[int, int], tuple[int, ...]] = {}
+    turn: dict[tuple[int, int], int] = {}
+
+    def shape(_i: int) -> Shape:
+        key = (rng.randrange(spec.num_groups), rng.randrange(spec.prompts_per_group))
+        if turn.get(key, 0) >= spec.turns:
+            turn[key] = 0
+            history[key] = ()
+        prompt = systems[key[0]] + history.get(key, ()) + uniq.take(spec.question_len)
+        history[key] = prompt[spec.system_prompt_len :] + uniq.take(spec.output_len)
+        turn[key] = turn.get(key, 0) + 1
+        return prompt, spec.output_len, None, Criticality.STANDARD, None, f"s{key[0]}.{key[1]}"
+
+    return shape
+
+
+def _multi_lora_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
+    """ShareGPT-like lengths; adapter k (1-based) drawn with probability ∝ 1/k^s."""
+    weights = _zipf_weights(spec.num_adapters, spec.zipf_s)
+    names = [f"adapter-{k}" for k in range(spec.num_adapters)]
+    base = _sharegpt_shapes(spec, rng, uniq)
+
+    def shape(i: int) -> Shape:
+        prompt, n_out, _a, crit, slo, _g = base(i)
+        k = rng.choices(range(spec.num_adapters), weights)[0]
+        return prompt, n_out, names[k], crit, slo, names[k]
+
+    return shape
+
+
+def _mixed_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
+    """Critical chat (ShareGPT lengths, TTFT SLO) mixed with sheddable long batch requests."""
+    chat = _sharegpt_shapes(spec, rng, uniq)
+
+    def shape(i: int) -> Shape:
+        if rng.random() < spec.critical_fraction:
+            prompt, n_out, *_ = chat(i)
+            return prompt, n_out, None, Criticality.CRITICAL, spec.critical_ttft_slo, "critical"
+        n_in = _lognormal_len(rng, spec.batch_input_mean, 0.5, spec.min_len, 4 * spec.max_input)
+        n_out = _lognormal_len(rng, spec.batch_output_mean, 0.5, spec.min_len, spec.max_output)
+        return uniq.take(n_in), n_out, None, Criticality.SHEDDABLE, None, "sheddable"
+
+    return shape
+
+
+_SHAPES: dict[str, Callable[[WorkloadSpec, random.Random, _UniqueTokens], ShapeFn]] = {
+    "sharegpt": _sharegpt_shapes,
+    "shared-prefix": _shared_prefix_shapes,
+    "multi-turn": _multi_turn_shapes,
+    "multi-lora": _multi_lora_shapes,
+    "mixed-criticality": _mixed_shapes,
+}
+
+
+def resolve_spec(name: str, params: Mapping[str, str] | None = None) -> WorkloadSpec:
+    if name not in PRESETS:
+        raise ValueError(f"unknown workload {name!r} (presets: {', '.join(sorted(PRESETS))})")
+    return PRESETS[name].with_params(params or {})
+
+
+def generate(spec: WorkloadSpec, *, rate: float, duration: float, seed: int) -> list[BenchRequest]:
+    """Requests arriving over ``[0, duration)`` at mean ``rate`` per second, deterministic for
+    ``seed``. Arrival times and shapes come from separate streams, so changing the rate changes
+    when requests come, not what they are."""
+    if spec.kind not in _SHAPES:
+        raise ValueError(f"unknown workload kind {spec.kind!r}")
+    times = arrival_times(
+        random.Random(seed * 7919 + 1),
+        rate=rate,
+        duration=duration,
+        process=spec.arrival,
+        shape=spec.burstiness,
+    )
+    rng = random.Random(seed)
+    shape = _SHAPES[spec.kind](spec, rng, _UniqueTokens(seed))
+    out: list[BenchRequest] = []
+    for i, t in enumerate(times):
+        prompt, n_out, adapter, crit, slo, group = shape(i)
+        out.append(BenchRequest(f"r{i}", t, prompt, n_out, adapter, crit, slo, group))
+    return out
+
+
+# ---------------------------------------------------------------- trace replay (JSONL)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceOptions:
+    hash_block: int = 512  # tokens per entry of a Mooncake-style ``hash_ids`` list
+    time_scale: float = 1.0  # multiply arrival times (<1 compresses the trace)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_trace(path: Path, options: TraceOptions | None = None) -> list[BenchRequest]:
+    """Read a JSONL trace. Each line is an object with:
+
+    - arrival: ``arrival`` (seconds) or ``timestamp`` (milliseconds, Mooncake);
+    - prompt: ``prompt_tokens`` (token ids), or ``hash_ids`` (Mooncake: each id is one
+      ``hash_block``-token block; equal ids are equal blocks) with ``input_length``, or just
+      ``prompt_len``/``input_length`` (unique tokens);
+    - ``output_len``/``output_length``; optional ``adapter``, ``criticality``, ``ttft_slo``,
+      ``group``.
+    """
+    opts = options or TraceOptions()
+    uniq = _UniqueTokens(0)
+    out: list[BenchRequest] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out.append(_trace_record(rec, len(out), opts, uniq))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{lineno}: {exc}") from exc
+    out.sort(key=lambda r: r.arrival)
+    return out
+
+
+def _trace_record(
+    rec: Mapping[str, Any], index: int, opts: TraceOptions, uniq: _UniqueTokens
+) -> BenchRequest:
+    arrival = float(rec["arrival"]) if "arrival" in rec else float(rec["timestamp"]) / 1000.0
+    n_in = int(rec.get("prompt_len", rec.get("input_length", 0)))
+    if "prompt_tokens" in rec:
+        prompt = tuple(int(t) for t in rec["prompt_tokens"])
+    elif "hash_ids" in rec:
+        blocks: list[int] = []
+        for h in rec["hash_ids"]:
+            base = int(h) * opts.hash_block
+            blocks.extend(range(base, base + opts.hash_block))
+        prompt = tuple(blocks[:n_in]) if n_in else tuple(blocks)
+        if n_in > len(prompt):
+            prompt += uniq.take(n_in - len(prompt))
+    else:
+        if n_in <= 0:
+            raise KeyError("prompt_tokens, hash_ids or prompt_len/input_length")
+        prompt = uniq.take(n_in)
+    n_out = int(rec.get("output_len", rec.get("output_length", 1)))
+    crit = Criticality(rec.get("criticality", Criticality.STANDARD.value))
+    slo = rec.get("ttft_slo")
+    return BenchRequest(
+        request_id=str(rec.get("request_id", f"t{index}")),
+        arrival=arrival * opts.time_scale,
+        prompt=prompt,
+        output_len=max(1, n_out),
+        adapter=rec.get("adapter"),
+        criticality=crit,
+        ttft_slo=float(slo) if slo is not None else None,
+        group=str(rec.get("group", "")),
+    )
+
+
+def dump_trace(requests: Iterable[BenchRequest], path: Path) -> None:
+    """Write requests as JSONL that :func:`load_trace` reads back identically."""
+    with path.open("w") as fh:
+        for r in requests:
+            rec: dict[str, Any] = {
+                "request_id": r.request_id,
+                "arrival": r.arrival,
+                "prompt_tokens": list(r.prompt),
+                "output_len": r.output_len,
+                "criticality": r.criticality.value,
+                "group": r.group,
+            }
+            if r.adapter is not None:
+                rec["adapter"] = r.adapter
+            if r.ttft_slo is not None:
+                rec["ttft_slo"] = r.ttft_slo
+            fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
