@@ -1,25 +1,33 @@
 """End to end: a real Envoy, kvroute's EPP (real director, scheduler, scraper) and model servers.
 
-Everything runs on loopback with OS-chosen ports. One gateway and pool are shared by the module
-(starting Envoy costs ~0.5 s); tests that need a different Envoy or EPP start their own.
+Everything runs on loopback with OS-chosen ports. The shared ``stack`` runs twice: once with the
+Envoy config kvroute generates (``kvroute serve``), once with the hand-written upstream-shaped
+``examples/envoy/envoy.yaml`` (TLS to the EPP, ORIGINAL_DST, health-checked ext_proc cluster),
+the drop-in-compatibility proof. Tests that need a different Envoy or EPP start their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+import yaml
 
+from kvroute.app import EppApp
 from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
 from kvroute.gateway.envoy import EnvoyProcess
 from kvroute.gateway.gateway import Gateway
+from kvroute.settings import EppSettings, parse_endpoint_url
 from tests.integration.conftest import MiniModelServer, mini_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -70,18 +78,39 @@ schedulingProfiles:
 """
 
 
+EXAMPLE_ENVOY = Path(__file__).parents[2] / "examples" / "envoy" / "envoy.yaml"
+
+
+def upstream_shaped_bootstrap(epp_port: int) -> dict[str, Any]:
+    """``examples/envoy/envoy.yaml`` with loopback ports patched in (nothing else changed)."""
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE_ENVOY.read_text())
+    doc["admin"]["address"]["socket_address"]["port_value"] = 0
+    sr = doc["static_resources"]
+    sr["listeners"][0]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    (ext_proc,) = (c for c in sr["clusters"] if c["name"] == "ext_proc")
+    ep = ext_proc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    ep["address"]["socket_address"]["port_value"] = epp_port
+    return doc
+
+
+@dataclass
 class Stack:
-    def __init__(self, gateway: Gateway, servers: list[MiniModelServer]) -> None:
-        self.gateway = gateway
-        self.servers = servers
-        self.client = httpx.AsyncClient(base_url=gateway.url, timeout=30.0)
+    kind: str
+    url: str
+    epp: EppApp
+    servers: list[MiniModelServer]
+    client: httpx.AsyncClient
 
     def by_name(self, name: str) -> MiniModelServer:
         return next(s for s in self.servers if s.name == name)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=["kvroute-config", "upstream-shaped-config"]
+)
+async def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
     tmp = tmp_path_factory.mktemp("e2e")
     resources = tmp / "pool.yaml"
     resources.write_text(RESOURCES)
@@ -90,23 +119,39 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         MiniModelServer("s1", adapters=("sql-lora",), token_delay_s=0.01),
         MiniModelServer("s2", token_delay_s=0.01),
     ]
-    async with mini_pool(servers):
-        gw = Gateway(
-            [s.url for s in servers],
-            resources=[resources],
-            config_text=CONFIG,
-            log_dir=tmp,
-        )
-        async with gw:
-            st = Stack(gw, servers)
-            await _wait_scraped(gw)
-            yield st
-            await st.client.aclose()
+    urls = [s.url for s in servers]
+    async with mini_pool(servers), contextlib.AsyncExitStack() as stack_:
+        urls = [s.url for s in servers]
+        if request.param == "kvroute-config":
+            gw = await stack_.enter_async_context(
+                Gateway(urls, resources=[resources], config_text=CONFIG, log_dir=tmp)
+            )
+            url, epp = gw.url, gw.epp
+        else:
+            settings = EppSettings(
+                grpc_port=0,
+                grpc_health_port=0,
+                metrics_port=0,
+                bind_host="127.0.0.1",
+                endpoints=tuple(parse_endpoint_url(u) for u in urls),
+                resources=(resources,),
+                config_text=CONFIG,
+                secure_serving=True,  # upstream's default, self-signed
+                health_checking=True,  # the example health-checks the ext_proc port
+            )
+            epp = await stack_.enter_async_context(EppApp(settings))
+            envoy = await stack_.enter_async_context(
+                EnvoyProcess(upstream_shaped_bootstrap(epp.ports.grpc), log_dir=tmp)
+            )
+            url = f"http://127.0.0.1:{envoy.port}"
+        client = await stack_.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30.0))
+        await _wait_scraped(epp)
+        yield Stack(request.param, url, epp, servers, client)
 
 
-async def _wait_scraped(gw: Gateway) -> None:
+async def _wait_scraped(epp: EppApp) -> None:
     for _ in range(100):
-        if all(e.metrics.updated_at > 0 for e in gw.epp.datastore.endpoints()):
+        if all(e.metrics.updated_at > 0 for e in epp.datastore.endpoints()):
             return
         await asyncio.sleep(0.02)
     raise AssertionError("scraper never filled the datastore")
@@ -146,8 +191,9 @@ async def test_model_restored_stream_and_not(
         assert all(e["model"] == "food-review" for e in events)
     else:
         assert r.json()["model"] == "food-review"
-    served_hdr = r.headers["x-gateway-destination-endpoint-served"]
-    assert served_hdr == stack.by_name(served).hostport
+    if stack.kind == "kvroute-config":  # the upstream shape does not add this header
+        served_hdr = r.headers["x-gateway-destination-endpoint-served"]
+        assert served_hdr == stack.by_name(served).hostport
 
 
 async def test_requests_spread_by_load(stack: Stack) -> None:
@@ -167,7 +213,7 @@ async def test_requests_spread_by_load(stack: Stack) -> None:
     assert len(counts) == 3, counts
     assert max(counts.values()) <= 6, counts
     # Every completion was recorded: nothing is left in flight.
-    assert all(e.load.inflight == 0 for e in stack.gateway.epp.datastore.endpoints())
+    assert all(e.load.inflight == 0 for e in stack.epp.datastore.endpoints())
 
 
 async def test_lora_requests_land_on_adapter_holders(stack: Stack) -> None:
@@ -238,7 +284,7 @@ async def test_header_only_get_is_routed(stack: Stack) -> None:
 
 
 async def test_epp_metrics_exposed(stack: Stack) -> None:
-    port = stack.gateway.epp.ports.metrics
+    port = stack.epp.ports.metrics
     async with httpx.AsyncClient() as c:
         text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
     for name in (
@@ -268,7 +314,7 @@ async def test_fallback_endpoint_taken_when_first_is_dead(tmp_path: Path) -> Non
         live.inflight = 3  # looks busier than "dead"
         gw = Gateway([dead.url, live.url], config_text=FALLBACK_CONFIG, log_dir=tmp_path)
         async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
-            await _wait_scraped(gw)
+            await _wait_scraped(gw.epp)
             r = await c.post("/v1/completions", json={"model": "base", "prompt": "x"})
         assert r.status_code == 200, r.text
         assert r.headers["x-sim-server"] == "live"
@@ -280,14 +326,12 @@ async def test_fallback_endpoint_taken_when_first_is_dead(tmp_path: Path) -> Non
     [(FailureMode.FAIL_OPEN, 200), (FailureMode.FAIL_CLOSE, 503)],
     ids=["FailOpen", "FailClose"],
 )
-async def test_failure_mode_with_epp_down(
-    tmp_path: Path, mode: FailureMode, status: int, unused_tcp_port: int
-) -> None:
+async def test_failure_mode_with_epp_down(tmp_path: Path, mode: FailureMode, status: int) -> None:
     server = MiniModelServer("only")
     async with mini_pool([server]):
         opts = BootstrapOptions(
             port=0,
-            epp_port=unused_tcp_port,  # nothing listens there
+            epp_port=1,  # tcpmux: nothing listens there
             epp_tls=False,
             endpoints=[("127.0.0.1", server.port)],
             failure_mode=mode,
