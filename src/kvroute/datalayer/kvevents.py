@@ -326,6 +326,7 @@ class KvEventSubscriber:
         self._reorder_window = reorder_window
         self._ctx = zmq.asyncio.Context()
         self._subs: dict[str, _Subscription] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
         self._on_connected = on_connected
         self.decode_errors = 0
         self.closed = False
@@ -355,17 +356,17 @@ class KvEventSubscriber:
         sub = self._subs.pop(server, None)
         if sub is not None:
             sub.task.cancel()
+            self._stopping.add(sub.task)
+            sub.task.add_done_callback(self._stopping.discard)
 
     async def aclose(self) -> None:
         self.closed = True
-        subs = list(self._subs.values())
-        self._subs.clear()
-        for sub in subs:
-            sub.task.cancel()
-        for sub in subs:
+        for server in list(self._subs):
+            self.unsubscribe(server)
+        for task in list(self._stopping):
             with contextlib.suppress(asyncio.CancelledError):
-                await sub.task
-        self._ctx.term()
+                await task
+        self._ctx.destroy(linger=0)
 
     async def _run(self, server: str, endpoint: str, tracker: SequenceTracker) -> None:
         sock = self._ctx.socket(zmq.SUB)

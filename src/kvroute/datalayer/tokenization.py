@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 import jinja2.ext
@@ -33,6 +33,16 @@ from tokenizers import Tokenizer
 
 from kvroute.errors import ConfigError
 from kvroute.scheduling.request import ApiKind, InferenceRequest
+
+
+class RequestTokenizer(Protocol):
+    """Anything that turns a request into the engine's token ids (``None``: cannot).
+
+    :class:`PromptTokenizer` is the production implementation; a simulator or a test may pass
+    its own (e.g. an adapter over ``kvroute_sim.tokenizer``) to the prefix scorers.
+    """
+
+    def encode_request(self, request: InferenceRequest) -> Sequence[int] | None: ...
 
 
 class ChatTemplateError(ValueError):

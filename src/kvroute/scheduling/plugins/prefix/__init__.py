@@ -11,6 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kvroute.plugins.registry import PluginFactory
-from kvroute.scheduling.plugins.prefix import approximate
+from kvroute.scheduling.plugins.prefix import approximate, precise
 
-PLUGINS: Mapping[str, PluginFactory] = {**approximate.PLUGINS}
+PLUGINS: Mapping[str, PluginFactory] = {**approximate.PLUGINS, **precise.PLUGINS}

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from pydantic import Field, model_validator
 
-from kvroute.datalayer.tokenization import PromptTokenizer
+from kvroute.datalayer.tokenization import PromptTokenizer, RequestTokenizer
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError, PluginValidationError
@@ -136,12 +136,12 @@ class PrefixCacheScorer:
         name: str = TYPE,
         params: PrefixCacheParams | None = None,
         *,
-        tokenizer: PromptTokenizer | None = None,
+        tokenizer: RequestTokenizer | None = None,
     ) -> None:
         self.typed_name = TypedName(TYPE, name)
         self.params = p = params or PrefixCacheParams()
         self.index = PrefixIndex(p.lru_capacity_per_server)
-        self.tokenizer = tokenizer
+        self.tokenizer: RequestTokenizer | None = tokenizer
         if tokenizer is None and p.tokenizer:
             self.tokenizer = PromptTokenizer.from_directory(
                 p.tokenizer, cache_size=p.tokenizer_cache_size
