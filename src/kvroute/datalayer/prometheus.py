@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 _LINE_PREVIEW = 160
+_MEMO_LIMIT = 1024
 
 
 class MetricsParseError(ValueError):
@@ -60,7 +61,7 @@ def decode_page(body: bytes) -> str:
 class SeriesSelector:
     """Finds the lines of a fixed set of sample names in a page; build once, reuse per scrape."""
 
-    __slots__ = ("_pattern", "names")
+    __slots__ = ("_memo", "_pattern", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names: tuple[str, ...] = tuple(sorted(set(names)))
@@ -71,6 +72,7 @@ class SeriesSelector:
         alternatives = "|".join(re.escape(n) for n in sorted(self.names, key=len, reverse=True))
         # The literal "\n" in front lets the regex engine skip ahead with a fast search for
         # newlines; the lookahead keeps ``foo`` from matching ``foo_bucket``.
+        self._memo: dict[str, Sample] = {}
         self._pattern = re.compile(f"\\n({alternatives})(?=[{{ \\t]|$)[^\\n]*")
 
     def select(self, text: str) -> dict[str, list[str]]:
@@ -95,16 +97,31 @@ class SeriesSelector:
         return found
 
     def parse(self, text: str) -> dict[str, list[Sample]]:
-        """Selected lines parsed into samples; raises :class:`MetricsParseError` on a bad one."""
+        """Selected lines parsed into samples; raises :class:`MetricsParseError` on a bad one.
+
+        Parsed lines are memoised by their exact text: info series (``cache_config_info``,
+        ``lora_requests_info``) are the longest lines and rarely change between scrapes, and
+        the endpoints of one deployment publish identical ones. Samples are immutable values,
+        so sharing them is safe; the memo is cleared when it reaches ``_MEMO_LIMIT`` lines.
+        """
         parsed: dict[str, list[Sample]] = {}
+        memo = self._memo
         for name, lines in self.select(text).items():
             samples = []
             for line in lines:
-                try:
-                    samples.append(parse_sample(line))
-                except ValueError as exc:
-                    preview = line[:_LINE_PREVIEW]
-                    raise MetricsParseError(f"malformed sample line {preview!r}: {exc}") from exc
+                sample = memo.get(line)
+                if sample is None:
+                    try:
+                        sample = parse_sample(line)
+                    except ValueError as exc:
+                        preview = line[:_LINE_PREVIEW]
+                        raise MetricsParseError(
+                            f"malformed sample line {preview!r}: {exc}"
+                        ) from exc
+                    if len(memo) >= _MEMO_LIMIT:
+                        memo.clear()
+                    memo[line] = sample
+                samples.append(sample)
             parsed[name] = samples
         return parsed
 

@@ -218,3 +218,23 @@ def test_decode_page_rejects_binary(body: bytes, message: str) -> None:
 
 def test_decode_page_returns_text() -> None:
     assert decode_page(b"up 1\n") == "up 1\n"
+
+
+def test_parsed_lines_are_memoised_and_memo_is_bounded() -> None:
+    selector = SeriesSelector(["info", "gauge"])
+    first = selector.parse('info{a="1"} 1\ngauge 5\n')
+    second = selector.parse('info{a="1"} 1\ngauge 6\n')
+    assert second["info"][0] is first["info"][0]  # unchanged line: parsed once
+    assert second["gauge"][0].value == 6.0  # changed line: parsed again
+    many = "\n".join(f"gauge {i}" for i in range(3000))
+    parsed = selector.parse(many)
+    assert [s.value for s in parsed["gauge"]] == [float(i) for i in range(3000)]
+    assert len(selector._memo) <= 1024
+
+
+def test_malformed_line_is_not_memoised() -> None:
+    selector = SeriesSelector(["m"])
+    for _ in range(2):
+        with pytest.raises(MetricsParseError):
+            selector.parse("m{a=1} 1\n")
+    assert selector._memo == {}
