@@ -18,7 +18,7 @@ under overload instead of silently dropping the worst requests.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -255,4 +255,3 @@ def gap_closed(rr: float, policy: float, oracle: float) -> float:
     if not math.isfinite(denom) or denom <= 0 or not math.isfinite(policy):
         return math.nan
     return (rr - policy) / denom
-

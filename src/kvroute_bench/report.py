@@ -85,10 +85,29 @@ TABLE_COLUMNS: tuple[tuple[str, str, float, int], ...] = (
 )
 
 
-def stage_rows(stage: Mapping[str, Any]) -> list[list[str]]:
+# The subset shown live in the terminal (the Markdown has every column).
+TERMINAL_KEYS = frozenset(
+    {
+        "achieved_qps",
+        "output_tok_s",
+        "ttft_p90",
+        "ntpot_p90",
+        "e2e_p90",
+        "goodput_rps",
+        "prefix_hit_rate",
+        "adapter_loads_per_1k",
+        "shed",
+        "decision_us_p50",
+    }
+)
+
+
+def stage_rows(
+    stage: Mapping[str, Any], columns: Sequence[tuple[str, str, float, int]] = TABLE_COLUMNS
+) -> list[list[str]]:
     rows = []
     for name, m in stage["policies"].items():
-        rows.append([name] + [_fmt(m.get(k), s, d) for _h, k, s, d in TABLE_COLUMNS])
+        rows.append([name] + [_fmt(m.get(k), s, d) for _h, k, s, d in columns])
     return rows
 
 
@@ -156,6 +175,7 @@ def plot(results: Mapping[str, Any], path: Path, *, title: str | None = None) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     stages = results["stages"]
     qps = [s["offered_qps"] for s in stages]
@@ -175,6 +195,9 @@ def plot(results: Mapping[str, Any], path: Path, *, title: str | None = None) ->
         ax.set_ylabel(label)
         if key != "output_tok_s":
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.grid(True, alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(title or str(results["meta"].get("title", "")))
