@@ -75,10 +75,9 @@ class StaticEndpoints:
 def endpoint_source_for(settings: EppSettings) -> EndpointSource:
     """The seam where Kubernetes discovery plugs in (``--pool-name``/``--endpoint-selector``)."""
     if settings.endpoint_selector or (settings.pool_name and not settings.endpoints):
-        raise ConfigError(
-            "--pool-name/--endpoint-selector need Kubernetes discovery, which this build does "
-            "not include yet; name the model servers with --endpoint URL instead"
-        )
+        from kvroute.k8s.source import KubernetesEndpointSource
+
+        return KubernetesEndpointSource.from_settings(settings)
     if not settings.endpoints:
         raise ConfigError("no endpoints: pass --endpoint URL (repeatable)")
     return StaticEndpoints(settings.endpoints)

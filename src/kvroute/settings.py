@@ -53,6 +53,8 @@ class EppSettings:
     bind_host: str = "0.0.0.0"
     pool_name: str = ""
     pool_namespace: str = field(default_factory=lambda: os.environ.get("NAMESPACE", "default"))
+    pool_group: str = "inference.networking.k8s.io"
+    ha_enable_leader_election: bool = False
     config_file: Path | None = None
     config_text: str | None = None
     refresh_metrics_interval_s: float = 0.05
@@ -102,6 +104,20 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
     g.add_argument("--metrics-port", type=int, default=9090)
     g.add_argument("--pool-name", default="", help="InferencePool to follow (Kubernetes)")
     g.add_argument("--pool-namespace", default=os.environ.get("NAMESPACE", "default"))
+    g.add_argument(
+        "--pool-group",
+        default="inference.networking.k8s.io",
+        help="API group of the InferencePool (inference.networking.x-k8s.io: legacy v1alpha2)",
+    )
+    g.add_argument(
+        "--ha-enable-leader-election",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="active-passive HA: only the Lease holder reports ready (needs --pool-name)",
+    )
     cfg = g.add_mutually_exclusive_group()
     cfg.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML file")
     cfg.add_argument("--config-text", help="EndpointPickerConfig YAML text")
@@ -162,6 +178,8 @@ def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") 
         bind_host=bind_host,
         pool_name=args.pool_name,
         pool_namespace=args.pool_namespace,
+        pool_group=args.pool_group,
+        ha_enable_leader_election=args.ha_enable_leader_election,
         config_file=args.config_file,
         config_text=args.config_text,
         refresh_metrics_interval_s=args.refresh_metrics_interval,
