@@ -40,6 +40,7 @@ class ModelServer:
         self.waiting = 0
         self.hits = 0
         self.peers: set[tuple[str, int]] = set()
+        self.accept_encodings: set[str] = set()
         self.release = asyncio.Event()
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -54,6 +55,7 @@ class ModelServer:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hits += 1
+        self.accept_encodings.add(request.headers.get("Accept-Encoding", ""))
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if peer is not None:
             self.peers.add((peer[0], peer[1]))
@@ -165,6 +167,8 @@ async def test_scraper_follows_changing_values_over_one_keepalive_connection(
     # One pooled session with keep-alive: all scrapes share very few TCP connections
     # (a new one only if a timeout on the loaded box closed the old one).
     assert len(server.peers) <= 1 + stats.timeouts
+    # no gzip: inflating the page would cost the picker as much CPU as parsing it
+    assert server.accept_encodings == {"identity"}
 
 
 async def test_failing_endpoints_time_out_back_off_and_go_stale(

@@ -218,7 +218,10 @@ class MetricsCollector:
         return aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),  # the per-scrape timeout is ours
-            headers={"Accept": "text/plain;version=0.0.4"},
+            # identity: prometheus_client (vLLM, SGLang) gzips a 59 KB page to ~6 KB when asked,
+            # and inflating it costs ~60 us of picker CPU per scrape, as much as parsing it.
+            # In-cluster bandwidth (~1.2 MB/s per endpoint at 50 ms) is the cheaper resource.
+            headers={"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "identity"},
         )
 
     def _on_event(self, event: EndpointEvent) -> None:
