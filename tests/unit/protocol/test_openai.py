@@ -273,25 +273,45 @@ def test_rewrite_splices_the_top_level_model(raw: bytes, expected: bytes) -> Non
     assert json.loads(out) == {**parsed.body, "model": "target"}
 
 
-FALLBACK = [
+AMBIGUOUS = [
     (
         "nested model key first",
         {"messages": [{"role": "user", "content": "x", "model": "a"}], "model": "a"},
     ),
     ("nested model key after", {"model": "a", "metadata": {"model": "a"}, "prompt": "p"}),
     ("model string as a value", {"model": "a", "prompt": "p", "user": "model"}),
+    ("model string value last", {"prompt": "p", "model": "a", "user": "model"}),
 ]
 
 
-@pytest.mark.parametrize("body", [f[1] for f in FALLBACK], ids=[f[0] for f in FALLBACK])
-def test_rewrite_falls_back_to_json_when_ambiguous(body: dict[str, Any]) -> None:
+@pytest.mark.parametrize("body", [f[1] for f in AMBIGUOUS], ids=[f[0] for f in AMBIGUOUS])
+def test_rewrite_only_touches_the_top_level_key(body: dict[str, Any]) -> None:
     raw = json.dumps(body).encode()
     parsed = parse_request(raw, "/v1/chat/completions" if "messages" in body else None)
     out_bytes = rewrite_request_body(parsed, "target")
     out = json.loads(out_bytes)
     assert out == {**body, "model": "target"}
     assert list(out) == list(body)  # key order kept
-    assert b'"model":"target"' in out_bytes  # re-serialized compactly: the fallback ran
+    assert len(out_bytes) == len(raw) + len("target") - len("a")  # spliced, not re-encoded
+
+
+def test_rewrite_falls_back_when_the_key_is_deep_in_a_huge_body() -> None:
+    """Key in the middle, thousands of strings on both sides: json.dumps is cheaper."""
+    filler = [{"role": "user", "content": f"m{i}"} for i in range(5000)]
+    body = {"messages": filler, "model": "a", "tools": [{"name": f"t{i}"} for i in range(5000)]}
+    raw = json.dumps(body).encode()
+    out_bytes = rewrite_request_body(parse_request(raw, "/v1/chat/completions"), "target")
+    assert json.loads(out_bytes) == {**body, "model": "target"}
+    assert b'"model":"target"' in out_bytes  # compact separators: the fallback ran
+
+
+def test_rewrite_uses_the_last_duplicate_key_like_the_decoder() -> None:
+    raw = b'{"model":"x","prompt":"p","model":"a"}'
+    parsed = parse_request(raw)
+    assert parsed.model == "a"
+    out = rewrite_request_body(parsed, "target")
+    assert out == b'{"model":"x","prompt":"p","model":"target"}'
+    assert json.loads(out)["model"] == "target"
 
 
 def test_rewrite_never_touches_a_nested_model_when_top_level_key_is_escaped() -> None:
