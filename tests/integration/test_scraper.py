@@ -292,3 +292,33 @@ async def test_stop_returns_and_cancels_polling(servers: Callable[..., ModelServ
     hits = server.hits
     await asyncio.sleep(INTERVAL * 3)
     assert server.hits == hits
+
+
+async def test_engine_label_is_read_on_every_scrape(
+    servers: Callable[..., ModelServer],
+    collector_factory: Callable[[Datastore], MetricsCollector],
+) -> None:
+    """A vLLM page read with the SGLang mapping fails; fixing the label fixes the scrape."""
+    server = servers()
+    await _start_all(server)
+    server.waiting = 4
+    store = Datastore()
+    engine_label = "inference.networking.k8s.io/engine-type"
+    store.upsert_endpoint("mislabeled", "127.0.0.1", server.port, {engine_label: "sglang"})
+    collector = collector_factory(store)
+
+    def stats() -> tuple[int, int]:
+        s = collector.endpoint_stats("mislabeled")
+        return (0, 0) if s is None else (s.parse_errors, s.successes)
+
+    await wait_for(lambda: stats()[0] >= 2, "parse errors under the wrong engine label")
+    assert stats()[1] == 0
+    s = collector.endpoint_stats("mislabeled")
+    assert s is not None
+    assert "none of the sglang metrics" in s.last_error
+
+    store.upsert_endpoint("mislabeled", "127.0.0.1", server.port, {engine_label: "vllm"})
+    await wait_for(lambda: stats()[1] >= 1, "a successful scrape after relabelling")
+    endpoint = store.get("mislabeled")
+    assert endpoint is not None
+    assert endpoint.metrics.waiting_queue_size == 4
