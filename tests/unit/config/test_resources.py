@@ -264,3 +264,24 @@ def test_from_objects_groups_by_kind_without_rejecting_conflicts() -> None:
     # Two models with the same modelName: a cluster can hold this; age decides later.
     combined = ResourceSet.from_objects([*loaded.pools, legacy, *loaded.models, *loaded.models])
     assert (len(combined.pools), len(combined.models)) == (2, 2)
+
+
+def test_map_keys_in_paths_are_quoted() -> None:
+    err = _load_error(POOL.replace("{app: vllm}", '{"bad key": vllm, "app.io/name": "-x"}'))
+    assert err.errors[0].startswith(
+        "pool.yaml: document 1 (InferencePool pool): "
+        "spec.selector.matchLabels[\"bad key\"]: key: 'bad key' is not a valid label key"
+    )
+    assert err.errors[1].startswith(
+        "pool.yaml: document 1 (InferencePool pool): "
+        "spec.selector.matchLabels[\"app.io/name\"]: '-x' is not a valid label value"
+    )
+
+
+def test_yaml_booleans_are_not_strings() -> None:
+    """YAML 1.1 reads `yes` as true; Kubernetes rejects it as a label value, and so do we."""
+    err = _load_error(POOL.replace("{app: vllm}", "{app: yes}"))
+    assert err.errors == (
+        "pool.yaml: document 1 (InferencePool pool): "
+        "spec.selector.matchLabels.app: expected a string, got a boolean",
+    )

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from kvroute.protocol.response_rewrite import ModelNameRewriter
+from kvroute.protocol.usage import parse_usage_body
+from kvroute.requestcontrol.hooks import Usage
 
 WHOLE = [
     ("compact", b'{"id":"1","model":"tgt","x":1}', b'{"id":"1","model":"client","x":1}'),
@@ -73,3 +75,31 @@ def test_names_needing_json_escapes() -> None:
     body = json.dumps({"model": target}, ensure_ascii=False).encode()
     out = ModelNameRewriter(target, incoming).feed(body, end=True)
     assert json.loads(out) == {"model": incoming}
+
+
+def test_hermetic_response_buffering_multi_chunk_json() -> None:
+    """Upstream hermetic case: a JSON response in several chunks is rewritten and counted."""
+    body = json.dumps(
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "model": "tgt",
+            "choices": [{"text": "hello world", "index": 0}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+        }
+    ).encode()
+    chunks = [body[i : i + 17] for i in range(0, len(body), 17)] + [b""]  # empty EOS chunk
+    rewriter = ModelNameRewriter("tgt", "client")
+    buffered = b"".join(chunks)
+    assert parse_usage_body(buffered) == Usage(7, 2, 0)
+    out = b"".join(rewriter.feed(c, end=i == len(chunks) - 1) for i, c in enumerate(chunks))
+    assert json.loads(out) == {**json.loads(body), "model": "client"}
+
+
+def test_hermetic_response_buffering_invalid_json_passes_through() -> None:
+    """Invalid JSON from the server reaches the client unchanged (only the model is swapped)."""
+    rewriter = ModelNameRewriter("tgt", "client")
+    assert rewriter.feed(b'{"model":"tgt", broken', end=True) == b'{"model":"client", broken'
+    assert ModelNameRewriter("tgt", "client").feed(b"not json at all", end=True) == (
+        b"not json at all"
+    )

@@ -459,3 +459,10 @@ def test_hermetic_rewrite_request_model() -> None:
     rewriter = ModelNameRewriter(resolved.target_model, resolved.incoming_model)
     client_sees = rewriter.feed(server_response, end=True)
     assert json.loads(client_sees)["model"] == "my-model"
+
+
+def test_hermetic_do_not_shed_requests_by_default() -> None:
+    """Upstream hermetic case: with no objective and no InferenceModel, nothing is sheddable."""
+    r = ModelResolver(ResourceSet()).resolve("any-model", {"x-request-id": "1"})
+    assert (r.target_model, r.priority, r.criticality) == ("any-model", 0, Criticality.STANDARD)
+    assert r.priority >= 0  # InferenceRequest.sheddable is priority < 0
