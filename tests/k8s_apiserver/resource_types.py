@@ -64,6 +64,9 @@ DEFAULT_TYPES: tuple[ResourceType, ...] = (
         has_status=True,
         short_names=("crd",),
     ),
+    ResourceType("gateway.networking.k8s.io", "v1", "GatewayClass", "gatewayclasses", False, True),
+    ResourceType("gateway.networking.k8s.io", "v1", "Gateway", "gateways", True, True),
+    ResourceType("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", True, True),
     ResourceType(
         INFERENCE_GROUP, "v1", "InferencePool", "inferencepools", True, True, ("infpool",)
     ),
