@@ -137,11 +137,11 @@ class ResourceSet:
         )
 
 
-def load_resources(paths: Sequence[Path]) -> ResourceSet:
+def load_resources(paths: Sequence[Path | str]) -> ResourceSet:
     """Load and validate every file (a directory means its ``*.yaml``/``*.yml``, sorted)."""
     loaded: list[_Loaded] = []
     errors: list[str] = []
-    for path in _expand(paths, errors):
+    for path in _expand([Path(p) for p in paths], errors):
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -195,9 +195,11 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects a repeated key in one mapping instead of keeping the last."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
+        # Only keys written in this mapping count: `<<: *anchor` merges may be overridden.
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen

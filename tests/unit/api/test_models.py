@@ -484,3 +484,14 @@ def test_python_code_can_use_field_names() -> None:
     )
     assert obj.spec.model_name == "m"
     assert obj.model_dump(by_alias=True, exclude_none=True)["spec"]["modelName"] == "m"
+
+
+@pytest.mark.parametrize(
+    "key", list(RESOURCE_KINDS), ids=[f"{k}@{v.rsplit('/', 1)[-1]}" for v, k in RESOURCE_KINDS]
+)
+def test_every_kind_emits_a_closed_json_schema(key: tuple[str, str]) -> None:
+    schema = RESOURCE_KINDS[key].model_json_schema(by_alias=True)
+    assert schema["additionalProperties"] is False
+    assert {"apiVersion", "kind", "spec"} <= set(schema["properties"])
+    assert schema["properties"]["kind"]["const"] == key[1]
+    assert "spec" in schema["required"]

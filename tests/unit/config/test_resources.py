@@ -285,3 +285,19 @@ def test_yaml_booleans_are_not_strings() -> None:
         "pool.yaml: document 1 (InferencePool pool): "
         "spec.selector.matchLabels.app: expected a string, got a boolean",
     )
+
+
+def test_anchors_and_merge_keys() -> None:
+    """A merged key may be overridden explicitly; that is not a duplicate."""
+    text = (
+        "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceObjective\n"
+        "metadata: {name: a}\nspec: &spec {priority: 1, poolRef: {name: pool}}\n"
+        "---\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceObjective\n"
+        "metadata: {name: b}\nspec:\n  <<: {priority: 1, poolRef: {name: pool}}\n  priority: 5\n"
+    )
+    resources = load_resources_text(text)
+    assert [o.spec.priority for o in resources.objectives] == [1, 5]
+
+
+def test_paths_may_be_strings() -> None:
+    assert len(load_resources([str(UPSTREAM / "inferencepool-v1.yaml")])) == 1
