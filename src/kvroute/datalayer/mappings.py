@@ -242,7 +242,9 @@ class MappingRegistry:
         default_engine: str = DEFAULT_ENGINE,
         engine_label_key: str = ENGINE_TYPE_LABEL,
     ) -> None:
-        by_name = {m.name: m for m in BUILTIN_MAPPINGS}
+        # Copies: each registry gets its own selectors (and their parse memos), so no mutable
+        # state is shared between registries through the module-level built-ins.
+        by_name = {m.name: dataclasses.replace(m) for m in BUILTIN_MAPPINGS}
         seen: set[str] = set()
         for mapping in overrides:
             if mapping.name in seen:

@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvroute.datalayer.mappings import MappingRegistry, extract_result
 from kvroute.datalayer.prometheus import MetricsParseError, decode_page
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_STALENESS_THRESHOLD",
     "SATURATION_STALENESS_THRESHOLD",
     "MetricsCollector",
+    "MetricsDataSourceParams",
     "ScrapeStats",
     "backoff_delay",
     "is_stale",
@@ -113,6 +116,16 @@ def metrics_url(
     return f"{scheme}://{hostport}{path}"
 
 
+class MetricsDataSourceParams(BaseModel):
+    """Upstream's ``metrics-data-source`` plugin parameters (``scheme``, ``path``, TLS)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    scheme: str = "http"
+    path: str = "/metrics"
+    insecure_skip_verify: bool = Field(True, alias="insecureSkipVerify")
+
+
 class MetricsCollector:
     """Keeps every endpoint's metrics fresh; see the module docstring for the failure rules."""
 
@@ -165,6 +178,41 @@ class MetricsCollector:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._endpoint_stats: dict[str, ScrapeStats] = {}
         self._stop = asyncio.Event()
+
+    @classmethod
+    def from_params(
+        cls,
+        datastore: Datastore,
+        *,
+        data_source: Mapping[str, Any] | None = None,
+        extractor: Mapping[str, Any] | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        timeout: float | None = None,
+        port: int | None = None,
+    ) -> MetricsCollector:
+        """Build from ``EndpointPickerConfig`` plugin parameters.
+
+        ``data_source`` is the ``metrics-data-source`` plugin's ``parameters`` and ``extractor``
+        the ``core-metrics-extractor``'s; ``interval`` is ``--refresh-metrics-interval``.
+        Errors are :class:`ConfigError` naming the field.
+        """
+        try:
+            source = MetricsDataSourceParams.model_validate(data_source or {})
+        except ValidationError as exc:
+            fields = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"metrics-data-source parameters: {fields}") from None
+        return cls(
+            datastore,
+            MappingRegistry.from_params(extractor),
+            interval,
+            timeout,
+            scheme=source.scheme,
+            path=source.path,
+            port=port,
+            insecure_skip_verify=source.insecure_skip_verify,
+        )
 
     # -- public -----------------------------------------------------------------------------
 

@@ -104,3 +104,39 @@ def test_metrics_age_and_upstream_defaults() -> None:
     endpoint = Endpoint("e", "a", 1, metrics=EndpointMetrics(updated_at=4.0))
     assert metrics_age(endpoint, 5.5) == pytest.approx(1.5)
     assert (DEFAULT_STALENESS_THRESHOLD, SATURATION_STALENESS_THRESHOLD) == (2.0, 0.2)
+
+
+def test_from_params_reads_upstream_plugin_parameters() -> None:
+    collector = MetricsCollector.from_params(
+        Datastore(),
+        data_source={"scheme": "https", "path": "/v2/metrics", "insecureSkipVerify": False},
+        extractor={"defaultEngine": "sglang"},
+        interval=0.1,
+        port=9400,
+    )
+    assert (collector.scheme, collector.path, collector.port) == ("https", "/v2/metrics", 9400)
+    assert collector.insecure_skip_verify is False
+    assert collector.interval == 0.1
+    assert collector.timeout < collector.interval
+
+
+@pytest.mark.parametrize(
+    ("data_source", "extractor", "message"),
+    [
+        ({"schema": "http"}, None, "metrics-data-source parameters: schema: Extra inputs"),
+        ({"scheme": "gopher"}, None, "http or https"),
+        (None, {"defaultEngine": "nope"}, "defaultEngine"),
+    ],
+    ids=["unknown-field", "bad-scheme", "bad-extractor"],
+)
+def test_from_params_errors_are_config_errors(
+    data_source: dict[str, Any] | None, extractor: dict[str, Any] | None, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        MetricsCollector.from_params(Datastore(), data_source=data_source, extractor=extractor)
+
+
+def test_registries_do_not_share_parse_memos() -> None:
+    first, second = MappingRegistry(), MappingRegistry()
+    assert first.default == second.default
+    assert first.default.selector is not second.default.selector
