@@ -94,8 +94,10 @@ def parse_request(body: bytes, path: str | None = None) -> ParsedRequest:
         raise BadRequestError("model not found in request body")
     api = api_kind_for_path(path)
     prompt_text = _PROMPT_BUILDERS[api](data)
-    stream = data.get("stream", False)
-    if not isinstance(stream, bool):
+    stream = data.get("stream")
+    if stream is None:
+        stream = False  # absent or null, as Go's decoder leaves the bool false
+    elif not isinstance(stream, bool):
         raise BadRequestError("invalid request: 'stream' must be a boolean")
     options = data.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True

@@ -338,3 +338,7 @@ def test_rewrite_large_body_keeps_every_byte_but_the_model() -> None:
     raw = json.dumps({"messages": [{"role": "user", "content": prompt}], "model": "a"}).encode()
     out = rewrite_request_body(parse_request(raw, "/v1/chat/completions"), "bb")
     assert out == raw.replace(b'"model": "a"', b'"model": "bb"')
+
+
+def test_null_stream_means_not_streaming() -> None:
+    assert parse_request(b'{"model":"m","prompt":"p","stream":null}').stream is False
