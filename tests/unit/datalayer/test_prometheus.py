@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,41 @@ def test_malformed_line_is_not_memoised() -> None:
         with pytest.raises(MetricsParseError):
             selector.parse("m{a=1} 1\n")
     assert selector._memo == {}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@pytest.mark.parametrize("seed", range(5), ids=[f"seed-{i}" for i in range(5)])
+def test_randomised_lines_agree_with_prometheus_client(seed: int) -> None:
+    """Seeded random lines with hostile label values (quotes, backslashes, commas, braces,
+    newlines, unicode), odd spacing, special values and timestamps parse exactly as
+    prometheus_client parses them."""
+    rng = random.Random(seed)
+    alphabet = 'ab,}{="\\\n xé:_0'
+    values = ["0", "1", "-1.5e-3", "NaN", "+Inf", "-Inf", "42", "3.14159", "1e+09"]
+    for i in range(200):
+        labels = {
+            f"l{j}_{rng.choice('abc')}": "".join(
+                rng.choice(alphabet) for _ in range(rng.randrange(8))
+            )
+            for j in range(rng.randrange(5))
+        }
+        body = ",".join(f'{k}{rng.choice(["=", " = "])}"{_escape(v)}"' for k, v in labels.items())
+        name = f"fam_{i}:x"
+        text = f"{name}{{{body}}}" if labels or rng.random() < 0.5 else name
+        text += rng.choice([" ", "\t", "  "]) + rng.choice(values)
+        timestamp = rng.choice([None, rng.randrange(10**12, 10**13)])
+        if timestamp is not None:
+            text += f" {timestamp}"
+        ours = parse_sample(text)
+        (family,) = text_string_to_metric_families(text + "\n")
+        (theirs,) = family.samples
+        assert (ours.name, dict(ours.labels)) == (theirs.name, theirs.labels), text
+        if math.isnan(theirs.value):
+            assert math.isnan(ours.value)
+        else:
+            assert ours.value == theirs.value, text
+        expected_ts = None if theirs.timestamp is None else round(float(theirs.timestamp) * 1000)
+        assert ours.timestamp_ms == expected_ts, text
