@@ -5,7 +5,8 @@
 KV use, LoRA adapters) for the gateway's end-to-end checks. It reports its own in-flight
 requests as ``num_requests_running`` and lets a test force saturation or make it reset
 connections (a "dead" endpoint that still answers scrapes). Responses carry ``x-sim-server``,
-the same header the project's simulator sends, so tests can switch between them.
+the same header the project's simulator sends, so tests can switch between them. A request's
+``max_tokens`` (when set) is the number of tokens generated, each ``token_delay_s`` apart.
 
 Other test modules may import :class:`MiniModelServer` and :func:`mini_pool`.
 """
@@ -98,13 +99,15 @@ class MiniModelServer:
         chat = req.path.endswith("/chat/completions")
         prompt = json.dumps(body.get("messages")) if chat else str(body.get("prompt", ""))
         digest = hashlib.sha256(prompt.encode()).hexdigest()
-        usage = {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": self.tokens}
+        max_tokens = body.get("max_tokens")
+        n_tokens = self.tokens if max_tokens is None else int(max_tokens)
+        usage = {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": n_tokens}
         headers = {"x-sim-server": self.name}
         try:
             if body.get("stream"):
                 resp = web.StreamResponse(headers={**headers, "content-type": "text/event-stream"})
                 await resp.prepare(req)
-                for i in range(self.tokens):
+                for i in range(n_tokens):
                     await asyncio.sleep(self.token_delay_s)
                     chunk = _chunk(model, chat, f"t{i} ", None)
                     await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -114,7 +117,7 @@ class MiniModelServer:
                 await resp.write(b"data: [DONE]\n\n")
                 await resp.write_eof()
                 return resp
-            await asyncio.sleep(self.token_delay_s * self.tokens)
+            await asyncio.sleep(self.token_delay_s * n_tokens)
             doc = _chunk(model, chat, "done", usage, final=True)
             doc["prompt_sha256"] = digest
             doc["prompt_len"] = len(prompt)
