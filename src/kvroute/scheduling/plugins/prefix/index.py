@@ -3,7 +3,8 @@
 Upstream (``approximateprefix/indexer.go``) keeps ``hashToPods map[hash]set[pod]`` plus one
 ``golang-lru`` per pod; adding a hash for a pod refreshes it in that pod's LRU and evicting it
 from the LRU removes the pod from ``hashToPods``. This is the same structure in Python: a dict of
-per-server ``OrderedDict`` LRUs (``move_to_end`` / ``popitem(last=False)``) and a dict of sets.
+per-server ``OrderedDict`` LRUs (``move_to_end`` / ``popitem(last=False)``) and a dict of
+holders (a name, or a set once two servers hold a block; ``holders.py``).
 
 Memory is bounded by ``sum(capacity(server))`` entries. The capacity of a server is set when it is
 first seen (auto-tuned from ``vllm:cache_config_info{num_gpu_blocks}`` when known) and can be
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+from kvroute.scheduling.plugins.prefix.holders import Holders, add_holder, drop_holder, holder_names
+
 
 class PrefixIndex:
     """Which servers were sent which prefix blocks (recently, within their LRU capacity)."""
@@ -26,7 +29,7 @@ class PrefixIndex:
         if default_capacity <= 0:
             raise ValueError("default_capacity must be positive")
         self._default_capacity = default_capacity
-        self._hash_to_servers: dict[int, set[str]] = {}
+        self._hash_to_servers: dict[int, Holders] = {}
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
 
@@ -39,8 +42,11 @@ class PrefixIndex:
         lookup = self._hash_to_servers.get
         for h in hashes:
             servers = lookup(h)
-            if not servers:
+            if servers is None:
                 break
+            if isinstance(servers, str):
+                counts[servers] = counts.get(servers, 0) + 1
+                continue
             for server in servers:
                 counts[server] = counts.get(server, 0) + 1
         return counts
@@ -81,11 +87,7 @@ class PrefixIndex:
                 lru.move_to_end(h)
                 continue
             lru[h] = None
-            holders = index.get(h)
-            if holders is None:
-                index[h] = {server}
-            else:
-                holders.add(server)
+            add_holder(index, h, server)
         self._evict_to(server, lru, self.capacity(server))
 
     def remove_server(self, server: str) -> None:
@@ -111,9 +113,7 @@ class PrefixIndex:
             self._drop(h, server)
 
     def _drop(self, h: int, server: str) -> None:
-        holders = self._hash_to_servers.get(h)
-        if holders is None:
-            return
-        holders.discard(server)
-        if not holders:
-            del self._hash_to_servers[h]
+        drop_holder(self._hash_to_servers, h, server)
+
+    def holders(self, h: int) -> frozenset[str]:
+        return frozenset(holder_names(self._hash_to_servers.get(h)))

@@ -40,6 +40,13 @@ from kvroute.datalayer.kvevents import (
     KvEventBatch,
 )
 from kvroute.scheduling.plugins.prefix.hashing import chain_token_block, token_root_hash
+from kvroute.scheduling.plugins.prefix.holders import (
+    Holders,
+    add_holder,
+    drop_holder,
+    holder_names,
+    holds,
+)
 
 
 class ServerSync(StrEnum):
@@ -48,14 +55,12 @@ class ServerSync(StrEnum):
 
 
 @dataclass(slots=True)
-class _Entry:
-    our_hash: int
-    media: set[str | None]
-
-
-@dataclass(slots=True)
 class _ServerBlocks:
-    engine: dict[BlockHash, _Entry] = field(default_factory=dict)
+    # engine hash -> (our hash, medium). A block held in a second medium (e.g. offloaded to CPU
+    # as well) is also listed in ``multi`` with every medium; kept apart because a set per block
+    # would triple the memory of the common case.
+    engine: dict[BlockHash, tuple[int, str | None]] = field(default_factory=dict)
+    multi: dict[BlockHash, set[str | None]] = field(default_factory=dict)
     refs: dict[int, int] = field(default_factory=dict)  # our_hash -> engine blocks mapping to it
     speculative: dict[int, float] = field(default_factory=dict)  # our_hash -> expiry
     sync: ServerSync = ServerSync.SYNCED
@@ -80,7 +85,7 @@ class PreciseIndex:
 
     def __init__(self, *, max_blocks_per_server: int = 4_000_000) -> None:
         self.max_blocks_per_server = max_blocks_per_server
-        self._holders: dict[int, set[str]] = {}
+        self._holders: dict[int, Holders] = {}
         self._servers: dict[str, _ServerBlocks] = {}
         self.stats = IndexStats()
 
@@ -141,7 +146,7 @@ class PreciseIndex:
             if parent_entry is None:
                 self.stats.orphans += len(event.block_hashes)
                 return
-            parent = parent_entry.our_hash
+            parent = parent_entry[0]
         tokens = event.token_ids
         for i, engine_hash in enumerate(event.block_hashes):
             chunk = tokens[i * size : (i + 1) * size]
@@ -151,21 +156,18 @@ class PreciseIndex:
             parent = ours
             entry = blocks.engine.get(engine_hash)
             if entry is not None:
-                entry.media.add(event.medium)
+                if entry[1] != event.medium:
+                    blocks.multi.setdefault(engine_hash, {entry[1]}).add(event.medium)
                 continue
             if len(blocks.engine) >= self.max_blocks_per_server:
                 self.stats.dropped_over_cap += 1
                 return
-            blocks.engine[engine_hash] = _Entry(ours, {event.medium})
+            blocks.engine[engine_hash] = (ours, event.medium)
             self.stats.stored += 1
             count = blocks.refs.get(ours, 0)
             blocks.refs[ours] = count + 1
             if count == 0:
-                holders = self._holders.get(ours)
-                if holders is None:
-                    self._holders[ours] = {server}
-                else:
-                    holders.add(server)
+                add_holder(self._holders, ours, server)
 
     def _removed(self, server: str, blocks: _ServerBlocks, event: BlockRemoved) -> None:
         if event.group_idx not in (None, 0):
@@ -174,12 +176,20 @@ class PreciseIndex:
             entry = blocks.engine.get(engine_hash)
             if entry is None:
                 continue
-            entry.media.discard(event.medium)
-            if entry.media:
-                continue  # still held in another medium (e.g. offloaded to CPU)
+            media = blocks.multi.get(engine_hash)
+            if media is not None:
+                media.discard(event.medium)
+                if media:  # still held in another medium (e.g. offloaded to CPU)
+                    blocks.engine[engine_hash] = (entry[0], next(iter(media)))
+                    if len(media) == 1:
+                        del blocks.multi[engine_hash]
+                    continue
+                del blocks.multi[engine_hash]
+            elif entry[1] != event.medium:
+                continue  # removed from a medium it was never stored in
             del blocks.engine[engine_hash]
             self.stats.removed += 1
-            self._unref(server, blocks, entry.our_hash)
+            self._unref(server, blocks, entry[0])
 
     def _unref(self, server: str, blocks: _ServerBlocks, ours: int) -> None:
         count = blocks.refs.get(ours, 0) - 1
@@ -187,20 +197,13 @@ class PreciseIndex:
             blocks.refs[ours] = count
             return
         blocks.refs.pop(ours, None)
-        holders = self._holders.get(ours)
-        if holders is not None:
-            holders.discard(server)
-            if not holders:
-                del self._holders[ours]
+        drop_holder(self._holders, ours, server)
 
     def _clear(self, server: str, blocks: _ServerBlocks) -> None:
         for ours in blocks.refs:
-            holders = self._holders.get(ours)
-            if holders is not None:
-                holders.discard(server)
-                if not holders:
-                    del self._holders[ours]
+            drop_holder(self._holders, ours, server)
         blocks.engine.clear()
+        blocks.multi.clear()
         blocks.refs.clear()
         blocks.speculative.clear()
 
@@ -225,12 +228,11 @@ class PreciseIndex:
         engine's prefix cache can only reuse an unbroken prefix)."""
         result = dict.fromkeys(servers, 0)
         alive = list(servers)
-        empty: set[str] = set()
         for depth, h in enumerate(hashes):
-            holders = self._holders.get(h, empty)
+            value = self._holders.get(h)
             still = []
             for s in alive:
-                if s in holders or self._speculative_hit(s, h, now):
+                if holds(value, s) or self._speculative_hit(s, h, now):
                     still.append(s)
                 else:
                     result[s] = depth
@@ -263,7 +265,7 @@ class PreciseIndex:
         return 0 if blocks is None else len(blocks.engine)
 
     def holders(self, h: int) -> frozenset[str]:
-        return frozenset(self._holders.get(h, ()))
+        return frozenset(holder_names(self._holders.get(h)))
 
     def __len__(self) -> int:
         return len(self._holders)

@@ -71,3 +71,17 @@ def test_remove_and_retain_prune_servers() -> None:
 def test_capacity_must_be_positive(capacity: int) -> None:
     with pytest.raises(ValueError):
         PrefixIndex(capacity)
+
+
+def test_holders_grow_to_a_set_and_shrink_back() -> None:
+    index = PrefixIndex(10)
+    index.add("a", [1])
+    index.add("b", [1])
+    index.add("c", [1])
+    assert index.holders(1) == frozenset({"a", "b", "c"})
+    index.remove_server("b")
+    index.remove_server("c")
+    assert index.holders(1) == frozenset({"a"})
+    assert index.match_longest_prefix([1]) == {"a": 1}
+    index.remove_server("a")
+    assert index.holders(1) == frozenset()

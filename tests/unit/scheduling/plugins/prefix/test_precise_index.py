@@ -140,3 +140,19 @@ def test_duplicate_store_does_not_double_count() -> None:
     index.apply("a", batch(BlockRemoved((1,))))
     assert held(index, "a") == 0
     assert len(index) == 0
+
+
+def test_removal_from_a_medium_the_block_was_never_in_is_ignored() -> None:
+    index = PreciseIndex()
+    index.apply("a", batch(stored([1], None, TOKENS[:4], medium="GPU")))
+    index.apply("a", batch(BlockRemoved((1,), medium="CPU")))
+    assert index.matched_blocks(OURS[:1], ["a"], 0.0) == {"a": 1}
+
+
+def test_three_media_removed_one_by_one() -> None:
+    index = PreciseIndex()
+    for medium in ("GPU", "CPU", "DISK"):
+        index.apply("a", batch(stored([1], None, TOKENS[:4], medium=medium)))
+    for medium, still in (("CPU", 1), ("GPU", 1), ("DISK", 0)):
+        index.apply("a", batch(BlockRemoved((1,), medium=medium)))
+        assert index.matched_blocks(OURS[:1], ["a"], 0.0) == {"a": still}
