@@ -299,6 +299,8 @@ schedulingProfiles:
   plugins:
   - {{pluginRef: decision-tree-filter}}
   - {{pluginRef: random-picker}}
+saturationDetector:
+  pluginRef: decision-tree-filter
 """
 
 BUILTIN_PROFILES = ("default", "decision-tree")

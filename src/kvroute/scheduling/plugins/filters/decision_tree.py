@@ -23,6 +23,12 @@ result; on an empty result the next step (``on failure`` or ``either``) gets the
   wins with probability ``loraAffinityThreshold`` (0.999), else the available group.
 * low-cost LoRA keeps endpoints with the adapter active or a free adapter slot.
 
+The plugin is also a saturation detector with the legacy (v0.5.1) rule: the pool is saturated
+(1.0) when no endpoint has capacity for a sheddable request (the test above), else 0.0. The
+built-in ``decision-tree`` config uses it for admission, so admission and the tree agree on when
+a sheddable request is dropped (the mean-utilization detector would shed some requests the tree
+would still place).
+
 Legacy treated every request that is not Critical as sheddable here; set
 ``treatStandardAsCritical: true`` to send Standard requests down the critical branch.
 Metrics consumed: ``waiting_queue_size``, ``kv_cache_usage``, ``active_models``,
@@ -41,12 +47,21 @@ from pydantic import Field
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle, handle_rng
-from kvroute.scheduling.interfaces import EMPTY_REASON, EXPLAIN, CycleState, Filter
+from kvroute.scheduling.interfaces import (
+    EMPTY_REASON,
+    EXPLAIN,
+    CycleState,
+    Filter,
+    SaturationDetector,
+)
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import Criticality, InferenceRequest
 
 TYPE = "decision-tree-filter"
 DROP_REASON = "dropping request due to limited backend resources"
+
+# The capacity test reads only endpoint metrics; the detector has no request to pass.
+_NO_REQUEST = InferenceRequest(request_id="", incoming_model="", target_model="")
 
 Step = Callable[[InferenceRequest, Sequence[Endpoint]], Sequence[Endpoint]]
 
@@ -165,6 +180,10 @@ class DecisionTreeFilter:
             state.write(EMPTY_REASON, DROP_REASON)
         return out
 
+    def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
+        """1.0 when no endpoint could take a sheddable request, else 0.0 (legacy detector)."""
+        return 0.0 if self._has_capacity(_NO_REQUEST, endpoints) else 1.0
+
     def _low_queueing(
         self, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> list[Endpoint]:
@@ -208,3 +227,4 @@ def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> 
 PLUGINS: Mapping[str, PluginFactory] = {TYPE: _factory}
 
 _: type[Filter] = DecisionTreeFilter
+_d: type[SaturationDetector] = DecisionTreeFilter

@@ -219,3 +219,22 @@ def test_drop_becomes_429_with_reason_through_the_scheduler() -> None:
     assert exc.value.http_status == 429
     assert DROP_REASON in exc.value.message
     assert "decision-tree-filter" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "expected"),
+    [
+        ([make_endpoint("e0", waiting=6), make_endpoint("e1", waiting=4, kv=0.5)], 0.0),
+        ([make_endpoint("e0", waiting=6), make_endpoint("e1", kv=0.81)], 1.0),
+        ([make_endpoint("e0", waiting=5, kv=0.8)], 0.0),
+        ([], 1.0),
+    ],
+    ids=["one endpoint with capacity", "none with capacity", "at both thresholds", "empty"],
+)
+def test_legacy_saturation_agrees_with_the_sheddable_branch(
+    endpoints: list[Endpoint], expected: float
+) -> None:
+    tree = DecisionTreeFilter()
+    assert tree.saturation(endpoints, 0.0) == expected
+    dropped = not tree.filter(make_state(), make_request(criticality=SHED), endpoints)
+    assert dropped == (expected == 1.0)
