@@ -264,25 +264,18 @@ class SchedulerProfile:
 def _accumulate(totals: dict[str, float], raw: Mapping[str, float], weight: float) -> None:
     """``totals[k] += clamp01(raw[k]) * weight`` for candidate keys only.
 
-    Fast path: when every value is already in [0, 1] and every key is a candidate (true for all
-    well-behaved scorers) this is one C-level min/max/sum check plus one dict update per key.
-    ``sum`` catches NaN, which ``min``/``max`` would let through.
+    The clamp is inlined: measured at 1000 endpoints it beats both a call to :func:`clamp01`
+    per value and a C-level min/max/sum pre-check that skips clamping for in-range scorers.
+    ``not v >= 0`` is true for NaN, so NaN counts as 0.
     """
-    if not raw:
-        return
-    vals = raw.values()
-    total = sum(vals)
-    if total == total and min(vals) >= 0.0 and max(vals) <= 1.0 and raw.keys() <= totals.keys():
-        if weight == 1.0:
-            for k, v in raw.items():
-                totals[k] += v
-        else:
-            for k, v in raw.items():
-                totals[k] += v * weight
-        return
     for k, v in raw.items():
         if k in totals:
-            totals[k] += clamp01(v) * weight
+            if v >= 0.0:
+                if v > 1.0:
+                    v = 1.0
+            else:
+                v = 0.0
+            totals[k] += v * weight
 
 
 def _series(

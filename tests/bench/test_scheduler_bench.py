@@ -1,0 +1,160 @@
+"""Scheduling-cycle cost at 10 / 100 / 1000 endpoints (default profile) and the decision tree.
+
+Run::
+
+    .venv/bin/pytest -q -m bench --benchmark-enable tests/bench/test_scheduler_bench.py
+
+What one timed call is:
+
+* ``cycle[default-N]``: what the director runs per request around the scheduler for the default
+  profile (queue-scorer 2, kv-cache-utilization-scorer 2, prefix-cache-scorer 3 when registered,
+  max-score-picker): every PrepareData hook, then ``Scheduler.schedule`` over a frozen tuple of
+  N endpoints. The prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and
+  plugin timing is on, as in the EPP.
+* ``cycle[queue-kv-N]``: the same without the prefix scorer: the framework plus the two
+  load scorers and the picker, i.e. this package's own cost.
+* ``cycle[decision-tree-100]``: the legacy tree + random picker.
+* ``director[default-100]``: the whole request-control pipeline (model resolution, admission,
+  PrepareData, schedule, PreRequest, in-flight accounting, completion).
+
+Endpoint metrics are random but fixed (seeded): queues 0..20, KV 0..0.95, a few LoRA adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kvroute.config.epp_config import builtin_epp_config, parse_epp_config
+from kvroute.datastore.endpoint import Endpoint, EndpointMetrics
+from kvroute.datastore.store import Datastore
+from kvroute.plugins.registry import default_registry
+from kvroute.protocol.openai import parse_request
+from kvroute.requestcontrol.director import Director
+from kvroute.scheduling.builder import SchedulingSetup, build_scheduling
+from kvroute.scheduling.interfaces import CycleState
+from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.timing import PluginTimings
+
+pytestmark = pytest.mark.bench
+
+NOW = 1_000.0
+PROMPT = ("the quick brown fox jumps over the lazy dog while the router picks a server " * 14)[
+    :1024
+]
+QUEUE_KV = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}, {type: max-score-picker}]
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: max-score-picker}
+"""
+
+
+def _endpoints(n: int) -> tuple[Endpoint, ...]:
+    rng = random.Random(n)
+    adapters = ["lora-a", "lora-b", "lora-c"]
+    return tuple(
+        Endpoint(
+            name=f"vllm-{i}",
+            address=f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}",
+            port=8000,
+            metrics=EndpointMetrics(
+                waiting_queue_size=rng.randint(0, 20),
+                running_queue_size=rng.randint(0, 64),
+                kv_cache_usage=rng.random() * 0.95,
+                active_models=frozenset(rng.sample(adapters, rng.randint(0, 2))),
+                max_active_models=4,
+                updated_at=NOW - 0.01,
+            ),
+        )
+        for i in range(n)
+    )
+
+
+def _setup(config_text: str | None, profile: str = "default") -> SchedulingSetup:
+    registry = default_registry()
+    config = (
+        builtin_epp_config(profile, registry)
+        if config_text is None
+        else parse_epp_config(config_text)
+    )
+    return build_scheduling(
+        config, registry, rng=random.Random(0), clock=lambda: NOW, timings=PluginTimings()
+    )
+
+
+def _request() -> InferenceRequest:
+    return InferenceRequest(
+        request_id="bench",
+        incoming_model="base",
+        target_model="base",
+        prompt_text=PROMPT,
+        body={"model": "base", "prompt": PROMPT},
+    )
+
+
+def _cycle(setup: SchedulingSetup, endpoints: tuple[Endpoint, ...]) -> Callable[[], Any]:
+    request = _request()
+    prepare = [h for h in setup.hooks if callable(getattr(h, "prepare_data", None))]
+    schedule = setup.scheduler.schedule
+
+    def one() -> Any:
+        state = CycleState(NOW)
+        for hook in prepare:
+            hook.prepare_data(state, request, endpoints)  # type: ignore[attr-defined]
+        return schedule(request, endpoints, state=state)
+
+    return one
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000], ids=lambda n: f"default-{n}")
+def test_cycle_default_profile(benchmark: Any, n: int) -> None:
+    setup = _setup(None)
+    result = benchmark(_cycle(setup, _endpoints(n)))
+    assert result.primary is not None
+    setup.timings.drain() if setup.timings else None
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000], ids=lambda n: f"queue-kv-{n}")
+def test_cycle_queue_kv_only(benchmark: Any, n: int) -> None:
+    result = benchmark(_cycle(_setup(QUEUE_KV), _endpoints(n)))
+    assert result.primary is not None
+
+
+def test_cycle_decision_tree_100(benchmark: Any) -> None:
+    result = benchmark(_cycle(_setup(None, "decision-tree"), _endpoints(100)))
+    assert result.primary is not None
+
+
+def test_director_default_100(benchmark: Any) -> None:
+    setup = _setup(None)
+    store = Datastore(clock=lambda: NOW)
+    for e in _endpoints(100):
+        store.upsert_endpoint(e.name, e.address, e.port)
+        store.update_metrics(e.name, e.metrics)
+    director = Director(
+        store,
+        None,
+        setup.scheduler,
+        setup.saturation_detector,
+        setup.hooks,
+        random.Random(0),
+        clock=lambda: NOW,
+    )
+    parsed = parse_request(json.dumps({"model": "base", "prompt": PROMPT}).encode())
+
+    def one() -> str:
+        decision = director.handle_request(parsed, {}, "bench")
+        director.handle_response_complete(decision)
+        return decision.target.name
+
+    assert benchmark(one).startswith("vllm-")
