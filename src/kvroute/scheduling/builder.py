@@ -281,4 +281,3 @@ def _build_profile(
         refs.append(ProfilePluginRef(plugin_ref=picker.typed_name.name))
     profile = SchedulerProfile(pspec.name, filters, scorers, picker, timings)
     return profile, SchedulingProfileSpec(name=pspec.name, plugins=refs)
-
