@@ -36,6 +36,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.profile_handlers.single_profile",
     "kvroute.scheduling.plugins.filters.utilization_detector",
     "kvroute.scheduling.plugins.filters.decision_tree",
+    "kvroute.scheduling.plugins.filters.header_based_testing",
     "kvroute.scheduling.plugins.prefix",
 )
 
