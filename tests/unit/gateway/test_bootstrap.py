@@ -1,0 +1,138 @@
+"""The generated Envoy bootstrap: shape per option, and Envoy itself accepts every variant."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvroute.gateway.bootstrap import (
+    DESTINATION_HEADER,
+    EPP_CLUSTER,
+    FAILOPEN_CLUSTER,
+    POOL_CLUSTER,
+    BootstrapOptions,
+    FailureMode,
+    build_bootstrap,
+)
+from kvroute.gateway.envoy import find_envoy
+
+EPS = (("127.0.0.1", 8001), ("127.0.0.1", 8002))
+
+
+def _hcm(doc: dict[str, Any]) -> dict[str, Any]:
+    listener = doc["static_resources"]["listeners"][0]
+    cfg: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return cfg
+
+
+def _clusters(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in doc["static_resources"]["clusters"]}
+
+
+def _ext_proc(doc: dict[str, Any]) -> dict[str, Any]:
+    (f,) = [f for f in _hcm(doc)["http_filters"] if f["name"] == "envoy.filters.http.ext_proc"]
+    cfg: dict[str, Any] = f["typed_config"]
+    return cfg
+
+
+VARIANTS = {
+    "default": BootstrapOptions(endpoints=EPS),
+    "failopen": BootstrapOptions(endpoints=EPS, failure_mode=FailureMode.FAIL_OPEN),
+    "original-dst": BootstrapOptions(endpoints=EPS, upstream_lb="original_dst"),
+    "original-dst-failopen": BootstrapOptions(
+        endpoints=EPS, upstream_lb="original_dst", failure_mode=FailureMode.FAIL_OPEN
+    ),
+    "light": BootstrapOptions(endpoints=EPS, response_processing="light"),
+    "plaintext-epp": BootstrapOptions(endpoints=EPS, epp_tls=False),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS), ids=list(VARIANTS))
+def test_envoy_validates_generated_config(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(build_bootstrap(VARIANTS[name])))
+    proc = subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_processing_mode_matches_upstream_in_full_mode() -> None:
+    ep = _ext_proc(build_bootstrap(VARIANTS["default"]))
+    assert ep["processing_mode"] == {
+        "request_header_mode": "SEND",
+        "response_header_mode": "SEND",
+        "request_body_mode": "FULL_DUPLEX_STREAMED",
+        "response_body_mode": "FULL_DUPLEX_STREAMED",
+        "request_trailer_mode": "SEND",
+        "response_trailer_mode": "SEND",
+    }
+    assert ep["message_timeout"] == "1000s"
+    assert ep["allow_mode_override"] is True
+
+
+def test_light_mode_skips_response_body_but_keeps_trailers() -> None:
+    mode = _ext_proc(build_bootstrap(VARIANTS["light"]))["processing_mode"]
+    assert mode["response_body_mode"] == "NONE"
+    # Trailers SEND keeps Envoy's stream open to the end of the exchange (completion signal).
+    assert mode["response_trailer_mode"] == "SEND"
+
+
+@pytest.mark.parametrize(
+    ("name", "allow", "fallback_cluster", "pool_type"),
+    [
+        ("default", False, None, "STATIC"),
+        ("failopen", True, POOL_CLUSTER, "STATIC"),
+        ("original-dst", False, None, "ORIGINAL_DST"),
+        ("original-dst-failopen", True, FAILOPEN_CLUSTER, "ORIGINAL_DST"),
+    ],
+    ids=["failclose", "failopen", "original-dst-failclose", "original-dst-failopen"],
+)
+def test_failure_mode_routes(
+    name: str, allow: bool, fallback_cluster: str | None, pool_type: str
+) -> None:
+    doc = build_bootstrap(VARIANTS[name])
+    assert _ext_proc(doc)["failure_mode_allow"] is allow
+    picked, unpicked = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
+    assert picked["match"]["headers"][0]["name"] == DESTINATION_HEADER
+    assert picked["route"]["cluster"] == POOL_CLUSTER
+    if fallback_cluster is None:
+        assert unpicked["direct_response"]["status"] == 503
+    else:
+        assert unpicked["route"]["cluster"] == fallback_cluster
+    clusters = _clusters(doc)
+    assert clusters[POOL_CLUSTER]["type"] == pool_type
+    assert (FAILOPEN_CLUSTER in clusters) is (fallback_cluster == FAILOPEN_CLUSTER)
+
+
+def test_client_cannot_choose_its_own_endpoint() -> None:
+    first = _hcm(build_bootstrap(VARIANTS["default"]))["http_filters"][0]
+    assert first["name"] == "envoy.filters.http.header_mutation"
+    assert first["typed_config"]["mutations"]["request_mutations"] == [
+        {"remove": DESTINATION_HEADER}
+    ]
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext"])
+def test_epp_cluster_speaks_http2_with_optional_tls(tls: bool) -> None:
+    epp = _clusters(build_bootstrap(BootstrapOptions(endpoints=EPS, epp_tls=tls)))[EPP_CLUSTER]
+    opts = epp["typed_extension_protocol_options"]
+    assert "http2_protocol_options" in json.dumps(opts)
+    assert ("transport_socket" in epp) is tls
+
+
+def test_retries_only_before_the_first_response_byte() -> None:
+    picked = _hcm(build_bootstrap(VARIANTS["default"]))["route_config"]["virtual_hosts"][0][
+        "routes"
+    ][0]
+    retry = picked["route"]["retry_policy"]
+    assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
+    assert picked["route"]["timeout"] == "0s"  # no overall timeout: generations can be long

@@ -1,0 +1,107 @@
+"""EPP flags: upstream names and defaults, durations, exclusivity, static endpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from kvroute.errors import ConfigError
+from kvroute.extproc.stream import ResponseProcessing
+from kvroute.settings import (
+    EppSettings,
+    add_epp_arguments,
+    parse_duration,
+    parse_endpoint_url,
+    settings_from_args,
+)
+
+
+def _parse(argv: list[str], gateway: bool = False) -> EppSettings:
+    p = argparse.ArgumentParser()
+    add_epp_arguments(p, gateway=gateway)
+    return settings_from_args(p.parse_args(argv))
+
+
+def test_upstream_defaults() -> None:
+    s = _parse([])
+    assert (s.grpc_port, s.grpc_health_port, s.metrics_port) == (9002, 9003, 9090)
+    assert s.refresh_metrics_interval_s == pytest.approx(0.05)
+    assert s.metrics_staleness_threshold_s == pytest.approx(2.0)
+    assert s.refresh_prometheus_metrics_interval_s == pytest.approx(5.0)
+    assert s.secure_serving is True
+    assert s.response_processing is ResponseProcessing.FULL
+
+
+def test_gateway_defaults_pick_free_ports_and_plaintext_loopback() -> None:
+    s = _parse([], gateway=True)
+    assert (s.grpc_port, s.grpc_health_port, s.secure_serving) == (0, 0, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("50ms", 0.05), ("2s", 2.0), ("1m", 60.0), ("1.5", 1.5), ("1h", 3600.0)],
+    ids=["ms", "s", "m", "bare", "h"],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_bad_duration_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(["--refresh-metrics-interval", "fast"])
+    assert "invalid duration 'fast'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:8001", ("127.0.0.1", 8001)),
+        ("10.0.0.5:8000", ("10.0.0.5", 8000)),
+        ("http://[::1]:9000", ("::1", 9000)),
+    ],
+    ids=["url", "hostport", "ipv6"],
+)
+def test_endpoint_urls(url: str, expected: tuple[str, int]) -> None:
+    assert parse_endpoint_url(url) == expected
+
+
+def test_endpoint_without_port_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="expected http://HOST:PORT"):
+        parse_endpoint_url("http://example")
+
+
+def test_repeatable_static_flags() -> None:
+    s = _parse(
+        [
+            "--endpoint",
+            "http://a:1",
+            "--endpoint",
+            "b:2",
+            "--resources",
+            "x.yaml",
+            "--secure-serving",
+            "false",
+        ]
+    )
+    assert s.endpoints == (("a", 1), ("b", 2))
+    assert s.resources == (Path("x.yaml"),)
+    assert s.secure_serving is False
+
+
+def test_config_file_and_text_are_exclusive() -> None:
+    with pytest.raises(SystemExit):
+        _parse(["--config-file", "a.yaml", "--config-text", "x"])
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        EppSettings(config_file=Path("a"), config_text="x")
+
+
+def test_pool_name_and_selector_are_exclusive() -> None:
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        EppSettings(pool_name="p", endpoint_selector="app=x")
+
+
+def test_target_ports_parsed() -> None:
+    s = _parse(["--endpoint-selector", "app=x", "--endpoint-target-ports", "8000,8001"])
+    assert s.endpoint_target_ports == (8000, 8001)
