@@ -25,7 +25,7 @@ from types import MappingProxyType
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from kvroute.datalayer.kvevents import BlockStored, KvEventBatch
+from kvroute.datalayer.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KvEventBatch
 from kvroute.datalayer.tokenization import PromptTokenizer
 from kvroute.datastore.endpoint import Endpoint, EndpointMetrics
 from kvroute.scheduling.interfaces import CycleState, ProfileResult, SchedulingResult
@@ -237,3 +237,242 @@ def test_precise_index_memory() -> None:
 def _fill(index: PreciseIndex) -> PreciseIndex:
     _fill_precise(index, ["e0"])
     return index
+
+
+# -- cluster level: virtual-time pool of simulated vLLM engines --------------------------------
+#
+# Policies (all on the same generated requests and identical fresh engines per run):
+#   round-robin   the harness's baseline
+#   load-only     kvroute with queue-scorer 2 + kv-cache-utilization-scorer 2 (no prefix)
+#   level1        kvroute's default profile: + prefix-cache-scorer 3 (characters, upstream)
+#   level1-pure   the same with hotspotPolicy: none (upstream behaviour exactly)
+#   level2        the default profile, the prefix scorer hashing engine-aligned token blocks
+#   level3        queue 2 + kv 2 + precise-prefix-cache-scorer 3 fed by the engines' KV events
+# and the pooled-cache oracle's hit rate (kvroute_bench.cache_bound, one LRU of the pool's size).
+#
+# The workload's prompts are token ids rendered as "w<id>" words (kvroute_bench.workload), so a
+# tokenizer for levels 2-3 is the exact inverse: ``_WordIdTokenizer``. Level 3 applies each
+# step's events when the step starts (the harness has no hook at its end): optimistic by one
+# step (tens of ms), the same order as the speculative entries' 2 s TTL already assumes.
+
+LOAD_ONLY = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: max-score-picker}
+"""
+
+PREFIX_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: {prefix_type}
+  parameters: {params}
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {{pluginRef: queue-scorer, weight: 2}}
+  - {{pluginRef: kv-cache-utilization-scorer, weight: 2}}
+  - {{pluginRef: {prefix_type}, weight: 3}}
+  - {{pluginRef: max-score-picker}}
+"""
+
+
+class _WordIdTokenizer:
+    """The bench workload's prompt text ``"w12 w7 ..."`` back to its token ids."""
+
+    def encode_request(self, request: InferenceRequest) -> list[int] | None:
+        prompt = request.body.get("prompt")
+        if not isinstance(prompt, str):
+            return None
+        return [int(word[1:]) for word in prompt.split()]
+
+
+def _prefix_plugins(router: object) -> list[object]:
+    scheduler = router.director.scheduler  # type: ignore[attr-defined]
+    return [ws.scorer for p in scheduler.profiles.values() for ws in p.scorers]
+
+
+def _cluster_router(policy: str, tmp: Path, tokenizer_dir: Path, seed: int) -> object:
+    from kvroute_bench.baselines import BASELINES
+    from kvroute_bench.epp_router import EppRouter
+
+    if policy == "round-robin":
+        return BASELINES["round-robin"](seed)
+    if policy in ("load-only", "level1-pure", "level3"):
+        if policy == "load-only":
+            text = LOAD_ONLY
+        elif policy == "level1-pure":
+            text = PREFIX_CONFIG.format(
+                prefix_type="prefix-cache-scorer", params="{hotspotPolicy: none}"
+            )
+        else:
+            text = PREFIX_CONFIG.format(
+                prefix_type="precise-prefix-cache-scorer",
+                params=f"{{tokenizer: '{tokenizer_dir}', subscribe: false}}",
+            )
+        path = tmp / f"{policy}.yaml"
+        path.write_text(text)
+        router = EppRouter(policy, str(path), seed=seed)
+    else:
+        router = EppRouter(policy, "default", seed=seed)
+    if policy in ("level2", "level3"):
+        for plugin in _prefix_plugins(router):
+            if isinstance(plugin, PrefixCacheScorer | PrecisePrefixCacheScorer):
+                plugin.tokenizer = _WordIdTokenizer()
+    return router
+
+
+def _engines(policy: str, router: object, n: int, overrides: dict[str, object]) -> list[object]:
+    from kvroute_bench.sim_replica import SimReplica, replica_config
+    from kvroute_sim import kvcache
+    from kvroute_sim.engine import Engine, StepOutcome
+
+    cfg = replica_config("h100-llama3-8b", {**overrides, "kv_events": policy == "level3"})
+    replicas = [SimReplica(cfg) for _ in range(n)]
+    if policy != "level3":
+        return list(replicas)
+    (precise,) = [p for p in _prefix_plugins(router) if isinstance(p, PrecisePrefixCacheScorer)]
+
+    class EventEngine(Engine):
+        name = ""
+
+        def step(self, now: float) -> StepOutcome:
+            out = super().step(now)
+            events: list[BlockStored | BlockRemoved | AllBlocksCleared] = []
+            for e in out.kv_events:
+                if isinstance(e, kvcache.BlockStored):
+                    stored = BlockStored(e.block_hashes, e.parent_block_hash, e.token_ids, 16)
+                    events.append(stored)
+                elif isinstance(e, kvcache.BlockRemoved):
+                    events.append(BlockRemoved(e.block_hashes))
+                else:
+                    events.append(AllBlocksCleared())
+            if events:
+                precise.index.apply(self.name, KvEventBatch(now, tuple(events)))
+            return out
+
+    for i, replica in enumerate(replicas):
+        engine = EventEngine(cfg)
+        engine.name = f"replica-{i}"
+        replica.engine = engine
+    return list(replicas)
+
+
+def run_cluster(
+    workload: str,
+    params: dict[str, str],
+    qps: float,
+    policies: list[str],
+    *,
+    tmp: Path,
+    tokenizer_dir: Path,
+    replicas: int = 10,
+    duration: float = 60.0,
+    seed: int = 0,
+    overrides: dict[str, object] | None = None,
+) -> list[dict[str, object]]:
+    """One stage per policy on the same requests; rows of the figures ``benchmarks.md`` shows."""
+    from kvroute_bench.cache_bound import pooled_cache_hit_rate
+    from kvroute_bench.cluster import RunConfig, run_stage
+    from kvroute_bench.workload import generate, resolve_spec
+
+    overrides = overrides or {}
+    spec = resolve_spec(workload, params)
+    requests = generate(spec, rate=qps, duration=duration, seed=seed)
+    blocks = int(overrides.get("num_gpu_blocks", 27000))  # type: ignore[call-overload]
+    oracle = pooled_cache_hit_rate(requests, capacity_blocks=replicas * blocks).hit_rate
+    rows: list[dict[str, object]] = []
+    for policy in policies:
+        router = _cluster_router(policy, tmp, tokenizer_dir, seed)
+        engines = _engines(policy, router, replicas, overrides)
+        result = run_stage(
+            requests,
+            engines,  # type: ignore[arg-type]
+            router,  # type: ignore[arg-type]
+            offered_qps=qps,
+            duration=duration,
+            config=RunConfig(warmup=0.2 * duration, drain=120.0),
+        )
+        m = result.metrics
+        rows.append(
+            {
+                "workload": workload,
+                "qps": qps,
+                "policy": policy,
+                "output_tok_s": round(m.output_tok_s),
+                "ttft_p50": round(m.ttft_p50, 3),
+                "ttft_p90": round(m.ttft_p90, 3),
+                "hit_rate": round(m.prefix_hit_rate, 3),
+                "oracle_hit_rate": round(oracle, 3),
+                "of_oracle": round(m.prefix_hit_rate / oracle, 3) if oracle else None,
+                "completed": m.completed,
+                "decision_us_p50": round(m.decision_us_p50),
+                "wall_s": round(result.wall_seconds, 1),
+            }
+        )
+    return rows
+
+
+def _print_rows(rows: list[dict[str, object]]) -> None:
+    keys = list(rows[0])
+    print("\n| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+
+
+@pytest.mark.slow
+def test_cluster_levels_on_shared_prefix(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """A short shared-prefix stage (SGLang's shape: 64 groups x 16, 2048 + 128 tokens):
+    every prefix level must beat round-robin's hit rate and level 3 must reach 90% of the
+    pooled-cache oracle. The full sweep in benchmarks.md uses ``KVROUTE_PREFIX_SWEEP``."""
+    import os
+
+    spec = os.environ.get("KVROUTE_PREFIX_SWEEP")
+    if spec:  # "workload;k=v,k=v;qps1,qps2;duration" for the documented figures
+        workload, raw_params, raw_qps, raw_duration = spec.split(";")
+        params = dict(kv.split("=") for kv in raw_params.split(",") if kv)
+        policies = os.environ.get(
+            "KVROUTE_PREFIX_POLICIES", "round-robin,load-only,level1,level1-pure,level2,level3"
+        ).split(",")
+        overrides: dict[str, object] = {"max_model_len": 16384}
+        for q in raw_qps.split(","):
+            rows = run_cluster(
+                workload,
+                params,
+                float(q),
+                policies,
+                tmp=tmp_path,
+                tokenizer_dir=tokenizer_dir,
+                duration=float(raw_duration),
+                overrides=overrides,
+            )
+            _print_rows(rows)
+        return
+    rows = run_cluster(
+        "shared-prefix-sglang",
+        {},
+        30.0,
+        ["round-robin", "level1", "level2", "level3"],
+        tmp=tmp_path,
+        tokenizer_dir=tokenizer_dir,
+        duration=20.0,
+    )
+    _print_rows(rows)
+    by = {r["policy"]: r for r in rows}
+    rr_hit = float(by["round-robin"]["hit_rate"])  # type: ignore[arg-type]
+    for level in ("level1", "level2", "level3"):
+        assert float(by[level]["hit_rate"]) > rr_hit  # type: ignore[arg-type]
+    assert float(by["level3"]["of_oracle"]) >= 0.9  # type: ignore[arg-type]
