@@ -101,15 +101,41 @@ class _State(BaseModel):
     endpoints: list[StateEndpoint]
 
 
+_EPILOG = """\
+STATE (YAML or JSON list; inline JSON allowed):
+  - name: vllm-0                       # required, unique
+    address: 10.0.0.1                  # default 10.0.0.<n>; port: 8000
+    labels: {...}
+    metrics: {waiting_queue_size, running_queue_size, kv_cache_usage (0..1),
+              active_models: [..], waiting_models: [..], max_active_models,
+              age_ms}                  # scrape age; > 200 ms counts as stale
+    load: {inflight, sent_since_scrape}
+
+REQ (JSON; inline allowed): the OpenAI body ("model", "prompt" or "messages", ...)
+plus keys that are not sent upstream: "headers": {...}, "criticality":
+"Critical"|"Standard"|"Sheddable" (overrides the resources), "path" (API path;
+default chat if "messages" else completions), "subset": ["ip:port", ...].
+
+Example:
+  kvroute schedule --endpoints tests/testdata/schedule/pool-state.yaml \\
+      --request tests/testdata/schedule/lora-critical-request.json --profile decision-tree
+
+Exit status 0 when a decision of any HTTP status was printed, 2 for invalid input.
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Run one scheduling cycle offline over a given endpoint state and print a JSON "
-        "explanation: target, fallbacks, HTTP status, and every plugin's view."
+        "explanation: target, fallbacks, the HTTP status the gateway would answer, and every "
+        "plugin's view (filter survivors, raw/clamped/weighted scores, totals, the pick)."
     )
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
-        "--endpoints", required=True, metavar="STATE", help="YAML/JSON endpoint list (file)"
+        "--endpoints", required=True, metavar="STATE", help="endpoint state: YAML/JSON file"
     )
-    parser.add_argument("--request", required=True, metavar="REQ", help="JSON request (file)")
+    parser.add_argument("--request", required=True, metavar="REQ", help="request: JSON file")
     parser.add_argument("--config", type=Path, metavar="EPPCONFIG", help="EndpointPickerConfig")
     parser.add_argument(
         "--resources",
