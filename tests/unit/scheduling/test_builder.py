@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -187,7 +187,7 @@ def test_utilization_detector_can_be_filter_and_detector_at_once() -> None:
         + "saturationDetector: {pluginRef: utilization-detector}\n"
     )
     profile = setup.scheduler.profiles["default"]
-    assert profile.filters[0] is setup.saturation_detector
+    assert profile.filters[0] is cast(object, setup.saturation_detector)
     endpoints = [make_endpoint("e0", waiting=9), make_endpoint("e1", waiting=7, kv=0.1)]
     # Both saturated: the filter fails open and the queue scorer decides.
     result = setup.scheduler.schedule(make_request(), endpoints, state=CycleState(NOW))

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
+from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import EppError, PoolExhaustedError
 from kvroute.plugins.base import TypedName
 from kvroute.scheduling.interfaces import (
@@ -139,8 +140,8 @@ class _EmptyFilter:
     typed_name = TypedName("empty-filter", "empty")
 
     def filter(
-        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[object]
-    ) -> Sequence[object]:
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]:
         return []
 
 
@@ -148,7 +149,9 @@ def test_cycle_state_now_comes_from_the_clock() -> None:
     seen: list[float] = []
 
     class Spy(UtilizationDetector):
-        def filter(self, state, request, endpoints):  # type: ignore[no-untyped-def]
+        def filter(
+            self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+        ) -> Sequence[Endpoint]:
             seen.append(state.now)
             return super().filter(state, request, endpoints)
 
