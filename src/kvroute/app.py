@@ -99,6 +99,8 @@ class BuiltBackend:
 
     backend: RoutingBackend
     tasks: tuple[Callable[[], Awaitable[None]], ...] = ()
+    # Live InferenceModel/Objective/Rewrite updates (Kubernetes): replaces the model resolver.
+    on_resources: Callable[[Any], None] | None = None
 
 
 class EppApp:
@@ -153,6 +155,8 @@ class EppApp:
         if factory is None:
             factory = build_director_backend
         built = await factory(s, self.datastore, self.metrics)
+        if built.on_resources is not None and hasattr(self._source, "on_resources"):
+            self._source.on_resources = built.on_resources  # Kubernetes: live model objects
         tls = self.tls
         if s.secure_serving and tls is None:
             from kvroute.extproc.tls import load_cert_dir, self_signed
@@ -323,7 +327,17 @@ async def build_director_backend(
         response_filter=OpenAIResponseFilter,
     )
     backend = DirectorBackend(director, codec, metrics)
-    return BuiltBackend(backend=backend, tasks=_scraper_tasks(settings, datastore, config))
+
+    def on_resources(resources: Any) -> None:
+        from kvroute.requestcontrol.model_resolution import ModelResolver
+
+        director.resolver = ModelResolver(resources)
+
+    return BuiltBackend(
+        backend=backend,
+        tasks=_scraper_tasks(settings, datastore, config),
+        on_resources=on_resources,
+    )
 
 
 def _scraper_tasks(
