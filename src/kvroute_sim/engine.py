@@ -22,7 +22,8 @@ API::
 
 A ``SimRequest`` is mutable and the engine fills its progress fields in place (no per-token
 objects): ``num_output_tokens``, ``num_cached_tokens``, ``first_token_time``,
-``last_token_time``, ``finish_time``, ``num_preemptions``, ``status``.
+``prev_token_time``/``last_token_time`` (the two latest token times, for ITL), ``finish_time``,
+``num_preemptions``, ``status``.
 
 Semantics (``vllm-performance-model.md`` §2.1-2.2): a request becomes schedulable at
 ``arrival_time + api_overhead_s``. Each step serves running requests first (oldest first: one
@@ -80,6 +81,7 @@ class SimRequest:
     num_preemptions: int = 0
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    prev_token_time: float | None = None
     last_token_time: float | None = None
     finish_time: float | None = None
     # --- engine internals ---
@@ -369,6 +371,7 @@ class Engine:
             if req.num_computed_tokens < req.num_prompt_tokens + req.num_output_tokens:
                 continue  # a partial prefill chunk: no token yet
             req.num_output_tokens += 1
+            req.prev_token_time = req.last_token_time
             req.last_token_time = end
             out.emitted.append(req)
             if req.first_token_time is None:

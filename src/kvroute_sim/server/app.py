@@ -1,0 +1,368 @@
+"""One simulated model server: the aiohttp shell around a real-time engine.
+
+Routes (vLLM's): ``POST /v1/completions``, ``POST /v1/chat/completions`` (JSON or SSE),
+``GET /v1/models``, ``GET /health``, ``GET /metrics``, ``POST /v1/load_lora_adapter``,
+``POST /v1/unload_lora_adapter``, ``POST /reset_prefix_cache``; and the simulator's own
+``GET|POST /admin/faults`` (read or change the ``FaultConfig``; ``{"dead": true}`` kills the
+listener). Every response carries ``x-sim-server: <name>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+
+from kvroute_sim.config import FaultConfig, ServerConfig
+from kvroute_sim.engine import Engine, RequestRejected, SimRequest, StepOutcome
+from kvroute_sim.realtime import RealtimeEngine
+from kvroute_sim.server.kvevents import KVEventPublisher
+from kvroute_sim.server.metrics import ServerMetrics, render
+from kvroute_sim.server.openai_api import (
+    DONE,
+    ApiError,
+    ApiKind,
+    ResponseBuilder,
+    parse_generation,
+    usage,
+)
+from kvroute_sim.tokenizer import output_tokens
+
+log = logging.getLogger(__name__)
+SERVER_HEADER = "x-sim-server"
+
+
+def _error(err: ApiError) -> web.Response:
+    return web.json_response(err.body(), status=err.status)
+
+
+class SimServer:
+    """A simulated vLLM server on one loopback port (``start``/``stop``, ``url``)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        name: str = "sim-0",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.host = host
+        self.port = port
+        self.faults = config.faults.model_copy()
+        self.adapters: dict[str, str] = {lora: lora for lora in config.loras}
+        self._rng = random.Random(seed)
+        self._seq = 0
+        self.metrics = ServerMetrics()
+        self.engine = Engine(config.engine)
+        self.shell = RealtimeEngine(self.engine, name=name, on_step=self._on_step)
+        self._kv_pub: KVEventPublisher | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def kv_events_endpoint(self) -> str | None:
+        return self._kv_pub.endpoint if self._kv_pub is not None else None
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.on_response_prepare.append(self._tag_response)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v1/load_lora_adapter", self._load_lora)
+        app.router.add_post("/v1/unload_lora_adapter", self._unload_lora)
+        app.router.add_post("/reset_prefix_cache", self._reset_prefix_cache)
+        app.router.add_get("/admin/faults", self._get_faults)
+        app.router.add_post("/admin/faults", self._set_faults)
+        return app
+
+    async def start(self) -> None:
+        """Start the engine loop and listen (a ``dead`` fault config means: never listen)."""
+        if self.config.kv_events_endpoint and self._kv_pub is None:
+            topic = self.config.kv_events_topic.format(model=self.config.model)
+            self._kv_pub = KVEventPublisher(self.config.kv_events_endpoint, topic)
+        await self.shell.start()
+        if self.faults.dead:
+            return
+        await self._listen()
+
+    async def _listen(self) -> None:
+        self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
+        if self.port == 0 and server is not None:
+            sockets = getattr(server, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def kill(self) -> None:
+        """Die: close the listener and every open connection (the engine state is kept)."""
+        self.faults.dead = True
+        if self._runner is not None:
+            runner, self._runner, self._site = self._runner, None, None
+            await runner.cleanup()
+
+    async def revive(self) -> None:
+        """Listen again on the same port after ``kill``."""
+        self.faults.dead = False
+        if self._runner is None:
+            await self._listen()
+
+    def _kill_later(self) -> None:
+        task = asyncio.ensure_future(self.kill())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        await self.kill()
+        await self.shell.stop()
+        if self._kv_pub is not None:
+            self._kv_pub.close()
+            self._kv_pub = None
+
+    # --- engine hook --------------------------------------------------------------------------
+
+    def _on_step(self, out: StepOutcome) -> None:
+        self.metrics.on_step(out)
+        if self._kv_pub is not None and out.kv_events:
+            self._kv_pub.publish(time.time(), out.kv_events)
+
+    async def _tag_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        del request
+        response.headers[SERVER_HEADER] = self.name
+
+    # --- generation ---------------------------------------------------------------------------
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "completion")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "chat")
+
+    def _served(self) -> frozenset[str]:
+        return frozenset((self.config.model, *self.adapters))
+
+    async def _generate(self, request: web.Request, kind: ApiKind) -> web.StreamResponse:
+        faults = self.faults
+        if faults.hang:
+            await asyncio.Event().wait()  # until the client gives up (the handler is cancelled)
+        if faults.error_rate and self._rng.random() < faults.error_rate:
+            return _error(ApiError(500, "Simulated internal server error (fault injection)."))
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(ApiError(400, "The request body is not valid JSON."))
+        try:
+            parsed = parse_generation(
+                kind,
+                body,
+                served=self._served(),
+                max_model_len=self.config.engine.max_model_len,
+                default_chat_max_tokens=self.config.default_chat_max_tokens,
+            )
+        except ApiError as err:
+            return _error(err)
+        self._seq += 1
+        rid = f"{self.name}-{self._seq}"
+        out_ids, out_texts = output_tokens(self._seq, parsed.max_tokens)
+        req = SimRequest(
+            rid,
+            prompt_token_ids=parsed.prompt_token_ids,
+            max_tokens=parsed.max_tokens,
+            lora=None if parsed.model == self.config.model else parsed.model,
+            output_token_ids=out_ids,
+        )
+        try:
+            queue = self.shell.submit(req)
+        except RequestRejected as exc:
+            return _error(ApiError(400, str(exc)))
+        builder = ResponseBuilder(kind, rid, parsed.model)
+        try:
+            if parsed.stream:
+                return await self._stream(request, req, queue, builder, out_texts, parsed)
+            while await queue.get() is not None:
+                pass
+            text = "".join(out_texts[: req.num_output_tokens])
+            body_out = builder.full(
+                text, usage(req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens)
+            )
+            return web.json_response(body_out)
+        finally:
+            if not req.finished:
+                self.shell.abort(rid)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        req: SimRequest,
+        queue: asyncio.Queue[int | None],
+        builder: ResponseBuilder,
+        texts: list[str],
+        parsed: Any,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        close_after = self.faults.close_mid_stream_after
+        sent = 0
+        if builder.kind == "chat":
+            await resp.write(builder.chunk("", first=True))
+            sent += 1
+        last = req.max_tokens - 1
+        while True:
+            if close_after is not None and sent >= close_after:
+                if request.transport is not None:
+                    request.transport.close()
+                return resp
+            idx = await queue.get()
+            if idx is None:
+                break
+            cont = (
+                usage(req.num_prompt_tokens, idx + 1, req.num_cached_tokens)
+                if parsed.continuous_usage
+                else None
+            )
+            await resp.write(builder.chunk(texts[idx], finish=idx == last, usage_body=cont))
+            sent += 1
+        if parsed.include_usage:
+            final = usage(req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens)
+            await resp.write(builder.chunk(None, usage_body=final))
+        await resp.write(DONE)
+        await resp.write_eof()
+        return resp
+
+    # --- other routes -------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        del request
+        created = int(time.time())
+        base = self.config.model
+        data: list[dict[str, Any]] = [
+            {
+                "id": base,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": base,
+                "parent": None,
+                "max_model_len": self.config.engine.max_model_len,
+            }
+        ]
+        for name, path in self.adapters.items():
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "vllm",
+                    "root": path,
+                    "parent": base,
+                    "max_model_len": None,
+                }
+            )
+        return web.json_response({"object": "list", "data": data})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        del request
+        return web.Response(status=200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        del request
+        if self.faults.metrics_delay_s:
+            await asyncio.sleep(self.faults.metrics_delay_s)
+        if self.faults.metrics_garbage:
+            return web.Response(text="<html>{{not prometheus}} \x00\x01 vllm:num_requests_running{")
+        text = render(
+            self.engine.stats(),
+            self.metrics,
+            model=self.config.model,
+            flavour=self.config.metrics_flavour,
+            timestamp=time.time(),
+            lag_max_s=self.shell.max_lag_s,
+            lag_mean_s=self.shell.mean_lag_s,
+            steps_late=self.shell.steps_late,
+        )
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "The request body is not valid JSON.") from exc
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        return body
+
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._json_body(request)
+            name = body.get("lora_name")
+            path = body.get("lora_path")
+            if not isinstance(name, str) or not isinstance(path, str) or not name or not path:
+                raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.")
+            if name in self.adapters:
+                raise ApiError(400, f"The lora adapter '{name}' has already been loaded.")
+        except ApiError as err:
+            return _error(err)
+        cost = self.engine.load_adapter(name)
+        if cost:
+            await asyncio.sleep(cost)
+        self.adapters[name] = path
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload_lora(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._json_body(request)
+            name = body.get("lora_name")
+            if not isinstance(name, str) or not name:
+                raise ApiError(400, "'lora_name' must be provided.")
+            if name not in self.adapters:
+                raise ApiError(404, f"The lora adapter '{name}' cannot be found.")
+        except ApiError as err:
+            return _error(err)
+        del self.adapters[name]
+        self.engine.unload_adapter(name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+    async def _reset_prefix_cache(self, request: web.Request) -> web.Response:
+        del request
+        ok = self.engine.reset_prefix_cache()
+        return web.Response(status=200 if ok else 409)
+
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        del request
+        return web.json_response(self.faults.model_dump())
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._json_body(request)
+            merged = FaultConfig.model_validate({**self.faults.model_dump(), **body})
+        except ApiError as err:
+            return _error(err)
+        except ValueError as exc:
+            return _error(ApiError(400, f"Invalid faults: {exc}"))
+        self.faults = merged
+        if merged.dead:
+            # Answer first, then die (the response must leave before the listener closes).
+            asyncio.get_running_loop().call_later(0.05, self._kill_later)
+        return web.json_response(merged.model_dump())
