@@ -1,0 +1,122 @@
+"""``kvroute serve`` and ``kvroute epp`` as a user runs them: processes, signals, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import MiniModelServer, mini_pool
+
+pytestmark = [pytest.mark.integration]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.extend(int(t) for t in (task / "children").read_text().split())
+    return out
+
+
+async def _start(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kvroute.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def test_serve_prints_url_routes_and_stops_on_sigterm(tmp_path: Path) -> None:
+    server = MiniModelServer("cli")
+    async with mini_pool([server]):
+        port = _free_port()
+        proc = await _start(
+            "serve", "--endpoint", server.url, "--port", str(port), "--metrics-port", "0",
+            "--log-dir", str(tmp_path),
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert f"gateway ready at http://127.0.0.1:{port}" in line
+            detail = (await proc.stdout.readline()).decode()
+            assert "Envoy log:" in detail
+            (envoy_pid,) = _children(proc.pid)
+            async with httpx.AsyncClient(timeout=30) as c:
+                r = await c.post(
+                    f"http://127.0.0.1:{port}/v1/completions", json={"model": "m", "prompt": "x"}
+                )
+            assert r.status_code == 200
+            assert r.headers["x-sim-server"] == "cli"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = await asyncio.wait_for(proc.wait(), 30)
+        assert rc == 0
+        rest = (await proc.stdout.read()).decode()
+        assert "stopped" in rest
+        assert _gone(envoy_pid)
+        assert _envoy_logs(tmp_path)  # Envoy logged to the file, not the terminal
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting for its (exited) parent's parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _envoy_logs(directory: Path) -> list[Path]:
+    return list(directory.glob("envoy-*.log"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve"], "no endpoints"),
+        (["epp", "--endpoint", "http://nowhere"], "expected http://HOST:PORT"),
+    ],
+    ids=["serve-without-endpoints", "epp-bad-endpoint"],
+)
+async def test_configuration_errors_exit_2_with_a_message(args: list[str], message: str) -> None:
+    proc = await _start(*args)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert message in out.decode()
+
+
+async def test_epp_serves_health_and_stops_on_sigint() -> None:
+    server = MiniModelServer("epp")
+    async with mini_pool([server]):
+        grpc_port, health_port, metrics_port = _free_port(), _free_port(), _free_port()
+        proc = await _start(
+            "epp", "--endpoint", server.url, "--bind", "127.0.0.1",
+            "--grpc-port", str(grpc_port), "--grpc-health-port", str(health_port),
+            "--metrics-port", str(metrics_port),
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert f"ext_proc on 127.0.0.1:{grpc_port} (TLS)" in line
+            async with httpx.AsyncClient() as c:
+                text = (await c.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            assert "inference_pool_ready_pods" in text
+        finally:
+            os.kill(proc.pid, signal.SIGINT)
+            rc = await asyncio.wait_for(proc.wait(), 30)
+        assert rc == 0
