@@ -42,6 +42,10 @@ API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
 KIND = "EndpointPickerConfig"
 KNOWN_FEATURE_GATES = frozenset({"flowControl", "dataLayer", "enableLegacyMetrics"})
 PREFIX_SCORER_TYPE = "prefix-cache-scorer"
+# Plugins the loader may inject (name == type), so a config may reference them undeclared.
+SYSTEM_DEFAULT_PLUGINS = frozenset(
+    {"max-score-picker", "single-profile-handler", "utilization-detector"}
+)
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
 
@@ -215,7 +219,13 @@ def load_epp_config(path: Path) -> EndpointPickerConfig:
 
 
 def apply_static_defaults(config: EndpointPickerConfig, source: str) -> EndpointPickerConfig:
-    """Name defaults and reference checks that need no plugin instances (returns a copy)."""
+    """Name defaults and reference checks that need no plugin instances (returns a copy).
+
+    A reference to an undeclared *system default* plugin (``max-score-picker``,
+    ``single-profile-handler``, ``utilization-detector``) declares it with default parameters,
+    as upstream's system defaults do: its own default config lists ``{pluginRef:
+    max-score-picker}`` in the profile without declaring the plugin.
+    """
     errors: list[str] = []
     plugins = [p.model_copy(update={"name": p.instance_name}) for p in config.plugins]
     seen: dict[str, int] = {}
@@ -226,6 +236,13 @@ def apply_static_defaults(config: EndpointPickerConfig, source: str) -> Endpoint
                 f"plugins[{i}].name: duplicate plugin name {name!r} (also plugins[{seen[name]}])"
             )
         seen.setdefault(name, i)
+    referenced = [r.plugin_ref for prof in config.scheduling_profiles for r in prof.plugins]
+    if config.saturation_detector is not None:
+        referenced.append(config.saturation_detector.plugin_ref)
+    for name in referenced:
+        if name in SYSTEM_DEFAULT_PLUGINS and name not in seen:
+            seen[name] = len(plugins)
+            plugins.append(PluginSpec(name=name, type=name))
     profile_names: set[str] = set()
     for i, prof in enumerate(config.scheduling_profiles):
         if prof.name in profile_names:

@@ -201,3 +201,31 @@ def test_unknown_builtin_profile() -> None:
 def test_decision_tree_text_parses() -> None:
     config = parse_epp_config(DECISION_TREE_CONFIG_TEXT)
     assert [p.type for p in config.plugins] == ["decision-tree-filter", "random-picker"]
+
+
+@pytest.mark.parametrize(
+    ("section", "injected"),
+    [
+        (
+            "schedulingProfiles: [{name: p, plugins: [{pluginRef: max-score-picker}]}]\n",
+            "max-score-picker",
+        ),
+        ("saturationDetector: {pluginRef: utilization-detector}\n", "utilization-detector"),
+    ],
+    ids=["picker in a profile", "saturation detector"],
+)
+def test_undeclared_system_default_plugin_is_injected(section: str, injected: str) -> None:
+    config = parse_epp_config(HEAD + section)
+    assert [(p.name, p.type) for p in config.plugins] == [(injected, injected)]
+
+
+def test_undeclared_non_default_plugin_is_still_an_error() -> None:
+    with pytest.raises(ConfigError, match="no plugin named 'random-picker'"):
+        parse_epp_config(
+            HEAD + "schedulingProfiles: [{name: p, plugins: [{pluginRef: random-picker}]}]\n"
+        )
+
+
+def test_upstream_default_profile_loads_as_written() -> None:
+    config = load_epp_config(CONFIGS / "upstream-default-profile.yaml")
+    assert [p.name for p in config.plugins][-1] == "max-score-picker"
