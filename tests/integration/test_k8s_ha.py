@@ -26,7 +26,7 @@ from tests.k8s_apiserver.objects import eventually, inference_model, pod, pool_v
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-FAST_LEASE = LeaseTimings(lease_duration=1.0, renew_deadline=0.6, retry_period=0.1)
+FAST_LEASE = LeaseTimings(lease_duration=2.0, renew_deadline=1.5, retry_period=0.1)
 
 
 @pytest.fixture

@@ -68,8 +68,10 @@ def elector(api: FakeApiServer, identity: str) -> LeaderElector:
         name=LEASE,
         namespace="default",
         identity=identity,
-        lease_duration=1.0,
-        renew_deadline=0.6,
+        # Short, but with slack for a loaded 2-core CI box: a renewal may be late by >1 s
+        # before a healthy leader loses the lease.
+        lease_duration=2.0,
+        renew_deadline=1.5,
         retry_period=0.1,
     )
 
@@ -102,8 +104,8 @@ async def test_one_leader_and_release_on_cancel_hands_over(api: FakeApiServer) -
         with contextlib.suppress(asyncio.CancelledError):
             await task_a
         assert not a.is_leader
-        # b takes over well before a's 1 s lease would have expired (the release emptied it)
-        await asyncio.wait_for(b.leading.wait(), 0.9)
+        # b takes over before a's 2 s lease would have expired (the release emptied it)
+        await asyncio.wait_for(b.leading.wait(), 1.9)
         assert holder(api) == "b"
         lease = api.get("coordination.k8s.io/v1", "Lease", LEASE)
         assert lease is not None
