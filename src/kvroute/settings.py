@@ -134,7 +134,13 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
         help="serve ext_proc over TLS (self-signed unless --cert-path)",
     )
     g.add_argument("--cert-path", type=Path, help="directory with tls.crt and tls.key")
-    g.add_argument("--health-checking", type=_bool, default=False, metavar="BOOL")
+    g.add_argument(
+        "--health-checking",
+        type=_bool,
+        default=gateway,
+        metavar="BOOL",
+        help="also serve gRPC health on the ext_proc port (kvroute serve: on, Envoy checks it)",
+    )
     g.add_argument("--endpoint-selector", default="", help="k=v,k2=v2 (standalone Kubernetes)")
     g.add_argument(
         "--endpoint-target-ports",

@@ -298,6 +298,17 @@ async def test_epp_metrics_exposed(stack: Stack) -> None:
     ):
         assert name in text, name
     assert 'inference_pool_ready_pods{name="e2e-pool"} 3.0' in text
+    # Earlier tests in this module were shed (429) and sent bad JSON (400).
+    assert (
+        'inference_objective_request_error_total{error_code="ResourceExhausted",'
+        'model_name="base",target_model_name="base"}' in text
+    )
+    assert 'error_code="BadRequest"' in text
+    # Usage was read from responses (InferenceModel food-review -> target base).
+    assert (
+        'inference_objective_output_tokens_count{model_name="food-review",'
+        'target_model_name="base"}' in text
+    )
 
 
 FALLBACK_CONFIG = CONFIG.replace(
@@ -344,7 +355,7 @@ async def test_failure_mode_with_epp_down(tmp_path: Path, mode: FailureMode, sta
                 f"http://127.0.0.1:{envoy.port}/v1/completions",
                 json={"model": "base", "prompt": "x"},
             )
-    assert r.status_code == status
+    assert r.status_code == status, r.text
     if status == 200:
         assert r.headers["x-sim-server"] == "only"
 

@@ -8,6 +8,7 @@ consumer-defined shape), so this adapter does not depend on their concrete class
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -144,10 +145,14 @@ class DirectorBackend:
                 m.ntpot.labels(model, target).observe(elapsed / usage.completion_tokens)
 
     def rejected(self, error: EppError, request: RoutingInput | None) -> None:
-        model = ""
-        if request is not None and request.model_rewrite:
-            model = request.model_rewrite
-        self._metrics.request_error_total.labels(model, model, error.code.value).inc()
+        """Error metrics. The model labels need the body's model, parsed again here: errors are
+        the rare path, and keeping the success path free of bookkeeping matters more."""
+        model = target = ""
+        if request is not None:
+            with contextlib.suppress(EppError):
+                model = self._codec.parse_request(request.body, request.path).model
+            target = request.model_rewrite or model
+        self._metrics.request_error_total.labels(model, target, error.code.value).inc()
         if error.http_status == 429:
-            self._metrics.scheduler_attempts.labels("failure", model).inc()
+            self._metrics.scheduler_attempts.labels("failure", target).inc()
         log.debug("request rejected: %s", error.response_body())

@@ -67,6 +67,14 @@ class BootstrapOptions:
     message_timeout_s: float = 1000.0
     stream_idle_timeout_s: float = 3600.0  # long generations with slow tokens
     retries: int = 2
+    # gRPC health checks of the EPP (upstream's reference config does the same). Besides taking
+    # a dead EPP out quickly, they make FailOpen deterministic: with FULL_DUPLEX_STREAMED, Envoy
+    # honours failure_mode_allow only if the ext_proc stream fails before the request body was
+    # handed to it; a connect attempt to a dead EPP races with that, a host already marked
+    # unhealthy fails at once (verified with Envoy 1.40). The EPP must serve gRPC health on the
+    # ext_proc port (``--health-checking``).
+    epp_health_check: bool = True
+    epp_health_interval_s: float = 1.0
     access_log_path: str | None = None
     # "full": upstream's FULL_DUPLEX_STREAMED response body; "light": response body not sent to
     # the EPP at all (Envoy ignores ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is
@@ -303,6 +311,19 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
                 "common_tls_context": {"alpn_protocols": ["h2"]},
             },
         }
+    if opts.epp_health_check:
+        epp["health_checks"] = [
+            {
+                "timeout": _duration(min(1.0, opts.epp_health_interval_s)),
+                "interval": _duration(opts.epp_health_interval_s),
+                "no_traffic_interval": _duration(opts.epp_health_interval_s),
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": EXT_PROC_SERVICE},
+            }
+        ]
+        # No panic routing: with every EPP host unhealthy, fail the stream at once.
+        epp["common_lb_config"] = {"healthy_panic_threshold": {"value": 0.0}}
     clusters = [_pool_cluster(opts, timeout), epp]
     if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))

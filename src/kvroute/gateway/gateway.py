@@ -53,6 +53,7 @@ class Gateway:
             config_text=config_text,
             secure_serving=secure_serving,
             response_processing=response_processing,
+            health_checking=True,  # Envoy health-checks the ext_proc port (see bootstrap)
         )
         self.settings = base
         self.epp = EppApp(base, backend_factory=backend_factory)
@@ -77,6 +78,7 @@ class Gateway:
             failure_mode=self._failure_mode,
             response_processing=s.response_processing.value,
             upstream_lb=self._upstream_lb,
+            epp_health_check=s.health_checking,
         )
 
     async def __aenter__(self) -> Gateway:

@@ -136,3 +136,13 @@ def test_retries_only_before_the_first_response_byte() -> None:
     retry = picked["route"]["retry_policy"]
     assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
     assert picked["route"]["timeout"] == "0s"  # no overall timeout: generations can be long
+
+
+def test_epp_is_health_checked_without_panic_routing() -> None:
+    # FailOpen is only deterministic if a dead EPP fails the stream before the body is sent.
+    epp = _clusters(build_bootstrap(VARIANTS["failopen"]))[EPP_CLUSTER]
+    (hc,) = epp["health_checks"]
+    assert hc["grpc_health_check"]["service_name"] == "envoy.service.ext_proc.v3.ExternalProcessor"
+    assert epp["common_lb_config"]["healthy_panic_threshold"]["value"] == 0.0
+    no_hc = build_bootstrap(BootstrapOptions(endpoints=EPS, epp_health_check=False))
+    assert "health_checks" not in _clusters(no_hc)[EPP_CLUSTER]
