@@ -638,7 +638,8 @@ class FakeApiServer:
                         break
                     wait = left if wait is None else min(wait, left)
                 try:
-                    ev = await asyncio.wait_for(watcher.queue.get(), wait)
+                    async with asyncio.timeout(wait):
+                        ev = await watcher.queue.get()
                 except TimeoutError:
                     if bookmarks:
                         ev = {

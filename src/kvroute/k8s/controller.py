@@ -282,8 +282,11 @@ class PoolController:
 
     async def _status_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and this loop would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_dirty.wait(), self._status_resync)
+                async with asyncio.timeout(self._status_resync):
+                    await self._status_dirty.wait()
             self._status_dirty.clear()
             try:
                 await self.write_model_status()

@@ -171,8 +171,11 @@ class LeaderElector:
         finally:
             if self.is_leader:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.release(), timeout=self.retry_period)
-                self._set_leading(False)
+                    async with asyncio.timeout(self.retry_period):
+                        await self.release()
+                self.leading.clear()
+                if self._on_change is not None:
+                    self._on_change(False)
 
     def _spec(self, *, acquire: bool, transitions: int, previous: Any = None) -> LeaseSpec:
         now = dt.datetime.now(dt.UTC)
