@@ -164,7 +164,9 @@ class EppApp:
             tls = load_cert_dir(s.cert_path) if s.cert_path else self_signed()
         self.tls = tls if s.secure_serving else None
 
-        health = ReadinessHealth(lambda: self._source.synced)
+        health = ReadinessHealth(
+            lambda: self._source.synced, serving=getattr(self._source, "serving", None)
+        )
         self.processor = ExternalProcessor(built.backend, StreamOptions(s.response_processing))
         server, self.ports.grpc = build_ext_proc_server(
             self.processor,

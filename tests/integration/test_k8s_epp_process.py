@@ -115,6 +115,10 @@ async def test_two_epp_processes_fail_over(api: FakeApiServer, tmp_path: Path) -
             await asyncio.sleep(0.2)
             await poll()
         leader, follower = (a, b) if statuses["a"] == "SERVING" else (b, a)
+        # upstream's per-service semantics: a follower is alive but not ready
+        assert await follower.status("liveness") == "SERVING"
+        assert await follower.status("") == "NOT_SERVING"
+        assert await leader.status("envoy.service.ext_proc.v3.ExternalProcessor") == "SERVING"
         lease = api.get(
             "coordination.k8s.io/v1",
             "Lease",

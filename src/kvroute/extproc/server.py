@@ -52,24 +52,34 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
 class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """gRPC health with upstream semantics (no leader election): every service name is
-    SERVING once the pool has synced (``ready()`` true), NOT_SERVING before."""
+    SERVING once the pool has synced (``ready()`` true), NOT_SERVING before.
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
+    ``serving(service)``, when given, answers per service name instead (with leader election
+    upstream keeps ``liveness`` SERVING on followers; see ``kvroute.k8s.source``)."""
+
+    def __init__(
+        self, ready: Callable[[], bool], serving: Callable[[str], bool] | None = None
+    ) -> None:
         self._ready = ready
+        self._serving = serving
 
-    def _status(self) -> Any:
-        serving = health_pb2.HealthCheckResponse.SERVING
-        return serving if self._ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+    def _status(self, service: str = "") -> Any:
+        ok = self._serving(service) if self._serving is not None else self._ready()
+        serving, not_serving = (
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        return serving if ok else not_serving
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return health_pb2.HealthCheckResponse(status=self._status())
+        return health_pb2.HealthCheckResponse(status=self._status(request.service))
 
     async def Watch(
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         last = None
         while True:
-            status = self._status()
+            status = self._status(request.service)
             if status != last:
                 last = status
                 yield health_pb2.HealthCheckResponse(status=status)
