@@ -375,7 +375,14 @@ class KvEventSubscriber:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        sock.connect(endpoint)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:  # a malformed address from a label: log, do not crash
+            logger.warning("kv events for %s: cannot connect to %r: %s", server, endpoint, exc)
+            self._sink.resync(server, "bad endpoint")
+            monitor.close(0)
+            sock.close(0)
+            return
         poller = zmq.asyncio.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)

@@ -268,3 +268,14 @@ async def test_subscriber_delivers_batches_and_detects_gap_and_disconnect() -> N
         await subscriber.aclose()
         pub.close(0)
         ctx.term()
+
+
+async def test_malformed_endpoint_marks_server_unknown_without_crashing() -> None:
+    sink = RecordingSink()
+    subscriber = KvEventSubscriber(sink)
+    try:
+        subscriber.subscribe("a", "not-a-zmq-address")
+        await _until(sink, lambda: sink.resyncs)
+        assert sink.resyncs == [("a", "bad endpoint")]
+    finally:
+        await subscriber.aclose()
