@@ -40,7 +40,7 @@ async def _processor(backend: _Backend, **kw: Any) -> AsyncIterator[Any]:
     try:
         yield pb_grpc.ExternalProcessorStub(channel)
     finally:
-        await channel.close()
+        await channel.close(None)
         await server.stop(None)
 
 
@@ -59,7 +59,7 @@ async def test_full_exchange_over_grpc() -> None:
         await call.write(resp_body(b'{"model":"food-review"}', True))
         assert (await call.read()).WhichOneof("response") == "response_body"
         await call.done_writing()
-        assert await call.read() == grpc.aio.EOF
+        assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
     assert len(backend.completions) == 1
     assert backend.completions[0].disconnected is False
 
