@@ -55,7 +55,6 @@ import json
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -63,82 +62,23 @@ from aiohttp import web
 
 from tests.k8s_apiserver.resource_types import (
     DEFAULT_TYPES,
-    Requirement,
     ResourceType,
     SelectorError,
     fields_match,
     labels_match,
     parse_selector,
 )
+from tests.k8s_apiserver.wire import (
+    Target,
+    Watcher,
+    error_response,
+    json_response,
+    merge_patch,
+    status_body,
+)
 
 Obj = dict[str, Any]
 _Key = tuple[str, str, str, str]  # (group, plural, namespace, name); namespace "" if cluster-scoped
-
-
-def status_body(code: int, reason: str, message: str) -> Obj:
-    """A ``meta/v1 Status`` document as kube-apiserver returns for errors."""
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    """A JSON response with exactly ``Content-Type: application/json``, as kube-apiserver sends
-    (lightkube turns error bodies into ``ApiError`` only for that exact header value)."""
-    return web.Response(
-        body=json.dumps(obj).encode(), status=status, headers={"Content-Type": "application/json"}
-    )
-
-
-def _error(code: int, reason: str, message: str) -> web.Response:
-    return _json(status_body(code, reason, message), status=code)
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            result.pop(k, None)
-        else:
-            result[k] = merge_patch(result.get(k), v)
-    return result
-
-
-@dataclass(eq=False)
-class _Watcher:
-    rtype: ResourceType
-    namespace: str | None
-    labels: tuple[Requirement, ...]
-    fields: tuple[Requirement, ...]
-    queue: asyncio.Queue[Obj | None] = field(default_factory=asyncio.Queue)
-    transport: asyncio.BaseTransport | None = None
-
-    def wants(self, rtype: ResourceType, obj: Obj) -> bool:
-        if (rtype.group, rtype.plural) != (self.rtype.group, self.rtype.plural):
-            return False
-        ns = obj["metadata"].get("namespace", "")
-        if self.namespace is not None and ns != self.namespace:
-            return False
-        return labels_match(self.labels, obj) and fields_match(self.fields, obj)
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """A parsed request path."""
-
-    rtype: ResourceType
-    namespace: str | None
-    name: str | None
-    subresource: str | None
 
 
 class FakeApiServer:
@@ -160,7 +100,7 @@ class FakeApiServer:
         self._objects: dict[_Key, Obj] = {}
         self._history: deque[tuple[int, ResourceType, str, Obj]] = deque()
         self._oldest_rv = 0  # watches resuming from below this get 410 Gone
-        self._watchers: set[_Watcher] = set()
+        self._watchers: set[Watcher] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.request_log: list[tuple[str, str]] = []  # (method, path_qs), for assertions
@@ -331,7 +271,7 @@ class FakeApiServer:
                 return t
         return None
 
-    def _parse(self, parts: list[str]) -> _Target | web.Response:
+    def _parse(self, parts: list[str]) -> Target | web.Response:
         if parts[0] == "api":
             group, version, rest = "", parts[1], parts[2:]
         else:
@@ -342,27 +282,29 @@ class FakeApiServer:
         plural = rest[0]
         rtype = self._find_type(group, version, plural)
         if rtype is None:
-            return _error(
+            return error_response(
                 404, "NotFound", f"the server could not find the requested resource {plural}"
             )
         if namespace is not None and not rtype.namespaced:
-            return _error(404, "NotFound", f"{plural} is not namespaced")
+            return error_response(404, "NotFound", f"{plural} is not namespaced")
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
         if sub is not None and not (sub == "status" and rtype.has_status):
-            return _error(404, "NotFound", f"subresource {sub} not found")
-        return _Target(rtype, namespace, name, sub)
+            return error_response(404, "NotFound", f"subresource {sub} not found")
+        return Target(rtype, namespace, name, sub)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.request_log.append((request.method, request.path_qs))
         parts = [p for p in request.path.split("/") if p]
         try:
             if not parts:
-                return _json({"paths": ["/api", "/apis", "/version"]})
+                return json_response({"paths": ["/api", "/apis", "/version"]})
             if parts == ["version"]:
-                return _json({"major": "1", "minor": "32", "gitVersion": "v1.32.0-kvroute-fake"})
+                return json_response(
+                    {"major": "1", "minor": "32", "gitVersion": "v1.32.0-kvroute-fake"}
+                )
             if parts == ["api"]:
-                return _json(
+                return json_response(
                     {
                         "kind": "APIVersions",
                         "versions": ["v1"],
@@ -372,19 +314,21 @@ class FakeApiServer:
                     }
                 )
             if parts == ["apis"]:
-                return _json(self._group_list())
+                return json_response(self._group_list())
             if (parts[0] == "api" and len(parts) == 2) or (parts[0] == "apis" and len(parts) == 3):
                 return self._resource_list(*(["", parts[1]] if parts[0] == "api" else parts[1:]))
             if parts[0] not in ("api", "apis"):
-                return _error(404, "NotFound", "the server could not find the requested resource")
+                return error_response(
+                    404, "NotFound", "the server could not find the requested resource"
+                )
             target = self._parse(parts)
             if isinstance(target, web.Response):
                 return target
             return await self._handle(request, target)
         except SelectorError as exc:
-            return _error(400, "BadRequest", str(exc))
+            return error_response(400, "BadRequest", str(exc))
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            return _error(400, "BadRequest", f"invalid body: {exc}")
+            return error_response(400, "BadRequest", f"invalid body: {exc}")
 
     def _group_list(self) -> Obj:
         groups: dict[str, list[str]] = {}
@@ -433,9 +377,9 @@ class FakeApiServer:
                     }
                 )
         if not resources:
-            return _error(404, "NotFound", f"no resources in {group}/{version}")
+            return error_response(404, "NotFound", f"no resources in {group}/{version}")
         gv = f"{group}/{version}" if group else version
-        return _json(
+        return json_response(
             {
                 "kind": "APIResourceList",
                 "apiVersion": "v1",
@@ -444,7 +388,7 @@ class FakeApiServer:
             }
         )
 
-    async def _handle(self, request: web.Request, t: _Target) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, t: Target) -> web.StreamResponse:
         method = request.method
         if t.name is None:
             if method == "GET":
@@ -453,30 +397,30 @@ class FakeApiServer:
                 return self._list(request, t)
             if method == "POST":
                 return self._create(await self._body(request), t)
-            return _error(405, "MethodNotAllowed", f"{method} on a collection")
+            return error_response(405, "MethodNotAllowed", f"{method} on a collection")
         ns = t.namespace or ""
         key = self._key(t.rtype, ns, t.name)
         current = self._objects.get(key)
         if method == "GET":
             if current is None:
                 return self._not_found(t)
-            return _json(current)
+            return json_response(current)
         if method == "DELETE":
             if current is None:
                 return self._not_found(t)
             del self._objects[key]
             self._emit(t.rtype, "DELETED", current, bump=True)
-            return _json(current)
+            return json_response(current)
         if method == "PUT":
             return self._replace(await self._body(request), t, key, current)
         if method == "PATCH":
             return await self._patch(request, t, key, current)
-        return _error(405, "MethodNotAllowed", method)
+        return error_response(405, "MethodNotAllowed", method)
 
-    def _not_found(self, t: _Target) -> web.Response:
+    def _not_found(self, t: Target) -> web.Response:
         group = t.rtype.group
         label = f"{t.rtype.plural}.{group}" if group else t.rtype.plural
-        return _error(404, "NotFound", f'{label} "{t.name}" not found')
+        return error_response(404, "NotFound", f'{label} "{t.name}" not found')
 
     @staticmethod
     async def _body(request: web.Request) -> Obj:
@@ -487,7 +431,7 @@ class FakeApiServer:
             raise json.JSONDecodeError("body is not an object", raw.decode(errors="replace"), 0)
         return loaded
 
-    def _list(self, request: web.Request, t: _Target) -> web.Response:
+    def _list(self, request: web.Request, t: Target) -> web.Response:
         labels = parse_selector(request.query.get("labelSelector"))
         fields = parse_selector(request.query.get("fieldSelector"))
         items = [
@@ -504,7 +448,7 @@ class FakeApiServer:
         meta: Obj = {"resourceVersion": str(self._rv)}
         if end < len(items):
             meta["continue"] = str(end)
-        return _json(
+        return json_response(
             {
                 "kind": f"{t.rtype.kind}List",
                 "apiVersion": t.rtype.api_version,
@@ -513,23 +457,25 @@ class FakeApiServer:
             }
         )
 
-    def _create(self, body: Obj, t: _Target) -> web.Response:
+    def _create(self, body: Obj, t: Target) -> web.Response:
         meta = body.setdefault("metadata", {})
         name = meta.get("name")
         if not name:
-            return _error(422, "Invalid", "metadata.name: Required value")
+            return error_response(422, "Invalid", "metadata.name: Required value")
         if t.rtype.namespaced:
             ns = t.namespace or meta.get("namespace") or "default"
             if meta.get("namespace", ns) != ns:
-                return _error(400, "BadRequest", "the namespace of the object does not match")
+                return error_response(
+                    400, "BadRequest", "the namespace of the object does not match"
+                )
             meta["namespace"] = ns
         key = self._key(t.rtype, meta.get("namespace", ""), name)
         if key in self._objects:
-            return _error(409, "AlreadyExists", f'{t.rtype.plural} "{name}" already exists')
+            return error_response(409, "AlreadyExists", f'{t.rtype.plural} "{name}" already exists')
         meta.pop("resourceVersion", None)
-        return _json(self._store(t.rtype, key, body, None), status=201)
+        return json_response(self._store(t.rtype, key, body, None), status=201)
 
-    def _merge_subresource(self, t: _Target, current: Obj, new: Obj) -> Obj:
+    def _merge_subresource(self, t: Target, current: Obj, new: Obj) -> Obj:
         """Status writes change only ``.status``; main writes keep ``.status`` (subresource)."""
         merged = copy.deepcopy(current)
         if t.subresource == "status":
@@ -545,12 +491,12 @@ class FakeApiServer:
                 new.pop("status", None)
         return new
 
-    def _replace(self, body: Obj, t: _Target, key: _Key, current: Obj | None) -> web.Response:
+    def _replace(self, body: Obj, t: Target, key: _Key, current: Obj | None) -> web.Response:
         if current is None:
             return self._not_found(t)
         sent_rv = (body.get("metadata") or {}).get("resourceVersion")
         if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
-            return _error(
+            return error_response(
                 409,
                 "Conflict",
                 f'Operation cannot be fulfilled on {t.rtype.plural} "{t.name}": the object has '
@@ -561,10 +507,10 @@ class FakeApiServer:
         new["metadata"]["name"] = t.name
         if t.rtype.namespaced:
             new["metadata"]["namespace"] = key[2]
-        return _json(self._store(t.rtype, key, new, current))
+        return json_response(self._store(t.rtype, key, new, current))
 
     async def _patch(
-        self, request: web.Request, t: _Target, key: _Key, current: Obj | None
+        self, request: web.Request, t: Target, key: _Key, current: Obj | None
     ) -> web.Response:
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         if ctype not in (
@@ -572,7 +518,9 @@ class FakeApiServer:
             "application/strategic-merge-patch+json",
             "application/apply-patch+yaml",
         ):
-            return _error(415, "UnsupportedMediaType", f"patch type {ctype!r} not supported")
+            return error_response(
+                415, "UnsupportedMediaType", f"patch type {ctype!r} not supported"
+            )
         patch = await self._body(request)
         if current is None:
             if ctype != "application/apply-patch+yaml" or t.subresource:
@@ -580,14 +528,14 @@ class FakeApiServer:
             return self._create(patch, t)
         sent_rv = (patch.get("metadata") or {}).get("resourceVersion")
         if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
-            return _error(409, "Conflict", "the object has been modified")
+            return error_response(409, "Conflict", "the object has been modified")
         patched = merge_patch(current, patch)
         new = self._merge_subresource(t, current, patched)
-        return _json(self._store(t.rtype, key, new, current))
+        return json_response(self._store(t.rtype, key, new, current))
 
-    async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, t: Target) -> web.StreamResponse:
         q = request.query
-        watcher = _Watcher(
+        watcher = Watcher(
             t.rtype,
             t.namespace,
             parse_selector(q.get("labelSelector")),
@@ -613,7 +561,7 @@ class FakeApiServer:
                     if rv > since and watcher.wants(rt, o)
                 ]
         if gone is not None and self.gone_as_http:
-            return _json(gone, status=410)
+            return json_response(gone, status=410)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
