@@ -1,8 +1,8 @@
 """Message-by-message tests of the ext_proc state machine (upstream hermetic_test.go cases).
 
 The backend here is a small deterministic stand-in for the director (the state machine's only
-collaborator): it parses the body with ``json``, routes to a fixed endpoint list, rewrites the
-model and restores it on the way back with a plain byte replace. The real director is wired in
+collaborator): it parses the body with ``json`` and routes to a fixed endpoint list. Responses go
+through the real :class:`OpenAIResponseFilter`. The real director is wired in
 ``kvroute.extproc.director_backend`` and exercised by the integration tests; this file pins the
 protocol rules that do not depend on scheduling.
 """
@@ -27,6 +27,7 @@ from kvroute.errors import (
 )
 from kvroute.extproc.backend import Outcome, Routed, RoutingInput
 from kvroute.extproc.messages import BODY_BYTE_LIMIT
+from kvroute.extproc.response_filter import OpenAIResponseFilter
 from kvroute.extproc.stream import (
     ExtProcStream,
     ProtocolViolation,
@@ -40,33 +41,13 @@ from kvroute.requestcontrol.hooks import Usage
 
 
 @dataclass
-class _Filter:
-    incoming: str
-    target: str
-    streaming: bool
-    usage: Usage | None = None
-    fed: int = 0
-
-    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
-        self.fed += 1
-        text = chunk.decode()
-        for line in text.splitlines():
-            payload = line.removeprefix("data: ") if self.streaming else line
-            if payload.startswith("{") and '"usage"' in payload:
-                u = json.loads(payload)["usage"]
-                if u:
-                    self.usage = Usage(u["prompt_tokens"], u["completion_tokens"], 0)
-        return text.replace(f'"model":"{self.target}"', f'"model":"{self.incoming}"').encode()
-
-
-@dataclass
 class _Backend:
     endpoints: tuple[str, ...] = ("10.0.0.1:8000", "10.0.0.2:8000")
     error: EppError | None = None
     routed_inputs: list[RoutingInput] = field(default_factory=list)
     completions: list[Outcome] = field(default_factory=list)
     rejections: list[EppError] = field(default_factory=list)
-    filters: list[_Filter] = field(default_factory=list)
+    filters: list[OpenAIResponseFilter] = field(default_factory=list)
 
     def route(self, request: RoutingInput) -> Routed:
         self.routed_inputs.append(request)
@@ -98,8 +79,8 @@ class _Backend:
     def route_any(self, request_id: str) -> str | None:
         return self.endpoints[0] if self.endpoints else None
 
-    def response_filter(self, routed: Routed, streaming: bool) -> _Filter:
-        f = _Filter(routed.incoming_model, routed.target_model, streaming)
+    def response_filter(self, routed: Routed, streaming: bool) -> OpenAIResponseFilter:
+        f = OpenAIResponseFilter(routed.incoming_model, routed.target_model, streaming)
         self.filters.append(f)
         return f
 
@@ -364,7 +345,6 @@ def test_json_response_is_buffered_then_restored() -> None:
     out = stream.receive(resp_body(doc[10:], eos=True))
     body = b"".join(b for b, _ in streamed(out, "response_body"))
     assert json.loads(body)["model"] == "food-review"
-    assert backend.filters[0].fed == 1
     assert backend.completions[0].usage == Usage(3, 4, 0)
 
 
@@ -399,3 +379,27 @@ def test_light_mode_completes_when_stream_ends_without_body() -> None:
     stream.close()
     assert backend.completions == [Outcome(status=200, disconnected=False)]
     assert backend.filters == []  # light mode never builds a response filter
+
+
+@pytest.mark.parametrize(
+    ("content_type", "chunks"),
+    [
+        ("application/json", [b"{not json", b" at all"]),
+        ("application/json", [b'{"model":"served-name","x":1}', b""]),
+        ("text/event-stream", [b'data: {"model":"served-name"}\n\n', b""]),
+    ],
+    ids=["invalid-json-passes-through", "json-empty-eos-chunk", "sse-empty-eos-chunk"],
+)
+def test_response_edge_cases(content_type: str, chunks: list[bytes]) -> None:
+    backend = _Backend()
+    stream = _routed_stream(backend)
+    stream.receive(resp_headers(content_type))
+    out: list[Any] = []
+    for i, c in enumerate(chunks):
+        out += stream.receive(resp_body(c, eos=i == len(chunks) - 1))
+    body = b"".join(b for b, _ in streamed(out, "response_body"))
+    expected = b"".join(chunks).replace(b'"model":"served-name"', b'"model":"food-review"')
+    assert body == expected
+    assert streamed(out, "response_body")[-1][1] is True
+    assert len(backend.completions) == 1
+    assert backend.completions[0].usage is None
