@@ -81,6 +81,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lv.add_argument("--slo-tpot", type=float, default=0.050)
     lv.add_argument("--out", type=Path, help="write OUT.json")
 
+    cc = sub.add_parser(
+        "crosscheck", help="the same workload live (gateway vs client RR) and in virtual time"
+    )
+    _workload_args(cc)
+    cc.add_argument("--replicas", type=int, default=4)
+    cc.add_argument("--profile", default="slow", help="kvroute_sim profile of the servers")
+    cc.add_argument("--qps", type=float, required=True)
+    cc.add_argument("--duration", type=float, default=40.0)
+    cc.add_argument("--timeout", type=float, default=180.0)
+    cc.add_argument("--out", type=Path, help="write OUT.json")
+
     pl = sub.add_parser("plot", help="re-render plots and Markdown from a results JSON")
     pl.add_argument("results", type=Path)
     pl.add_argument("--out", type=Path, required=True, help="OUT.png and OUT.md")
@@ -101,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         from kvroute_bench.live import run_live_command
 
         return run_live_command(args)
+    if mode == "crosscheck":
+        from kvroute_bench.crosscheck import run_crosscheck_command
+
+        return run_crosscheck_command(args)
     if mode == "plot":
         from kvroute_bench.report import markdown, plot
 
