@@ -129,7 +129,9 @@ class PoolController:
         self._clock = clock
         self.spec: PoolSpec | None = standalone
         self._pods: dict[str, PodInfo] = {}
-        self._applied: dict[str, EndpointSpec] = {}
+        self._pod_memo: dict[str, tuple[str, PodInfo]] = {}
+        self._applied: dict[str, EndpointSpec] = {}  # endpoint name -> what the sink holds
+        self._by_pod: dict[str, dict[str, EndpointSpec]] = {}  # pod key -> its endpoints
         self._selector_changed = asyncio.Event()
         self._status_dirty = asyncio.Event()
         self._resources: dict[str, tuple[dict[str, Any], ...]] = {}
@@ -219,7 +221,8 @@ class PoolController:
             self._selector_changed.clear()
             spec = self.spec
             if spec is None:
-                self._pods = {}
+                self._pods.clear()
+                self._pod_memo.clear()
                 self._reconcile()
                 await self._selector_changed.wait()
                 continue
@@ -239,26 +242,49 @@ class PoolController:
                 task.cancel()
 
     def _on_pods(self, cache: Mapping[str, Any]) -> None:
-        self._pods = {k: pod_info_from_object(o) for k, o in cache.items()}
+        """Every event hands over the whole cache; only pods whose resourceVersion moved (or that
+        appeared/disappeared) are re-read and re-reconciled, so one pod event costs O(1) endpoint
+        work plus an O(pods) scan of cheap dict lookups, not O(pods x ports)."""
+        changed: list[str] = []
+        for key, obj in cache.items():
+            rv = obj.metadata.resourceVersion or ""
+            hit = self._pod_memo.get(key)
+            if hit is not None and rv and hit[0] == rv:
+                continue
+            info = pod_info_from_object(obj)
+            self._pod_memo[key] = (rv, info)
+            self._pods[key] = info
+            changed.append(key)
+        for key in [k for k in self._pods if k not in cache]:
+            del self._pods[key]
+            self._pod_memo.pop(key, None)
+            changed.append(key)
         self._pods_synced.set()
-        self._reconcile()
+        self._reconcile(changed)
         self._update_synced()
 
-    def _reconcile(self) -> None:
-        desired = desired_endpoints(self.spec, self._pods.values())
-        change = diff(self._applied, desired)
-        for name in change.removals:
-            self._sink.remove_endpoint(name)
-        for ep in change.upserts:
-            self._sink.upsert_endpoint(ep.name, ep.address, ep.port, ep.labels)
-        if not change.empty:
-            log.info(
-                "endpoints: +%d -%d (now %d)",
-                len(change.upserts),
-                len(change.removals),
-                len(desired),
-            )
-        self._applied = desired
+    def _reconcile(self, pod_keys: list[str] | None = None) -> None:
+        """Bring the sink to the desired endpoints of ``pod_keys`` (all pods when None)."""
+        keys = list(self._by_pod.keys() | self._pods.keys()) if pod_keys is None else pod_keys
+        upserts = removals = 0
+        for key in keys:
+            info = self._pods.get(key)
+            desired = desired_endpoints(self.spec, [info] if info is not None else [])
+            change = diff(self._by_pod.get(key, {}), desired)
+            for name in change.removals:
+                self._sink.remove_endpoint(name)
+                del self._applied[name]
+            for ep in change.upserts:
+                self._sink.upsert_endpoint(ep.name, ep.address, ep.port, ep.labels)
+                self._applied[ep.name] = ep
+            if desired:
+                self._by_pod[key] = desired
+            else:
+                self._by_pod.pop(key, None)
+            upserts += len(change.upserts)
+            removals += len(change.removals)
+        if upserts or removals:
+            log.info("endpoints: +%d -%d (now %d)", upserts, removals, len(self._applied))
 
     def _update_synced(self) -> None:
         # As upstream's PoolHasSynced: ready once the pool is known and its pods were listed; a
