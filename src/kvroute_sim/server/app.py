@@ -68,6 +68,7 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self._dying = asyncio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -105,7 +106,15 @@ class SimServer:
         await self._listen()
 
     async def _listen(self) -> None:
-        self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None)
+        # Handlers are cancelled when their client disconnects (the engine request is then
+        # aborted), and shutdown does not wait for hung handlers.
+        self._runner = web.AppRunner(
+            self.build_app(),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=0.2,
+            handler_cancellation=True,
+        )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await self._site.start()
@@ -117,6 +126,7 @@ class SimServer:
     async def kill(self) -> None:
         """Die: close the listener and every open connection (the engine state is kept)."""
         self.faults.dead = True
+        self._dying.set()
         if self._runner is not None:
             runner, self._runner, self._site = self._runner, None, None
             await runner.cleanup()
@@ -124,6 +134,7 @@ class SimServer:
     async def revive(self) -> None:
         """Listen again on the same port after ``kill``."""
         self.faults.dead = False
+        self._dying = asyncio.Event()
         if self._runner is None:
             await self._listen()
 
@@ -164,7 +175,8 @@ class SimServer:
     async def _generate(self, request: web.Request, kind: ApiKind) -> web.StreamResponse:
         faults = self.faults
         if faults.hang:
-            await asyncio.Event().wait()  # until the client gives up (the handler is cancelled)
+            await self._dying.wait()  # until the client gives up (cancelled) or the server dies
+            raise web.HTTPServiceUnavailable()
         if faults.error_rate and self._rng.random() < faults.error_rate:
             return _error(ApiError(500, "Simulated internal server error (fault injection)."))
         try:
