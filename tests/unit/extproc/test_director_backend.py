@@ -1,0 +1,153 @@
+"""The production backend over the real director, scheduler, resolver and codec (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from kvroute.app import build_director_backend
+from kvroute.datastore.endpoint import EndpointMetrics
+from kvroute.datastore.store import Datastore
+from kvroute.errors import BadRequestError, EppError, PoolExhaustedError
+from kvroute.extproc.backend import Outcome, RoutingBackend, RoutingInput
+from kvroute.observability.metrics import EppMetrics
+from kvroute.settings import EppSettings
+
+RESOURCES = """\
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: unit-pool}
+spec:
+  selector: {matchLabels: {app: x}}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: epp, port: {number: 9002}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: food-review}
+spec:
+  modelName: food-review
+  targetModels: [{name: base, weight: 1}]
+  poolRef: {name: unit-pool}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: batch}
+spec: {priority: -1, poolRef: {name: unit-pool}}
+"""
+
+
+def _setup(
+    tmp_path: Path, *, saturated: bool = False
+) -> tuple[RoutingBackend, Datastore, EppMetrics]:
+    path = tmp_path / "pool.yaml"
+    path.write_text(RESOURCES)
+    store = Datastore()
+    for i in range(3):
+        store.upsert_endpoint(f"ep{i}", f"10.0.0.{i}", 8000)
+        waiting = 50 if saturated else i
+        kv = 0.99 if saturated else 0.1
+        store.update_metrics(
+            f"ep{i}", EndpointMetrics(waiting_queue_size=waiting, kv_cache_usage=kv)
+        )
+    settings = EppSettings(endpoints=(("10.0.0.0", 8000),), resources=(path,))
+    metrics = EppMetrics("ignored")
+    built = asyncio.run(build_director_backend(settings, store, metrics))
+    return built.backend, store, metrics
+
+
+def _input(body: dict[str, object], **headers: str) -> RoutingInput:
+    return RoutingInput(
+        body=json.dumps(body).encode(),
+        headers={":path": "/v1/completions", **headers},
+        path="/v1/completions",
+        request_id="rid",
+        objective=headers.get("x-gateway-inference-objective"),
+    )
+
+
+def test_route_rewrites_model_and_counts_in_flight(tmp_path: Path) -> None:
+    backend, store, metrics = _setup(tmp_path)
+    routed = backend.route(_input({"model": "food-review", "prompt": "hi"}))
+    assert routed.endpoints == ("10.0.0.0:8000",)  # shortest queue
+    assert json.loads(routed.body)["model"] == "base"
+    assert (routed.incoming_model, routed.target_model) == ("food-review", "base")
+    assert sum(e.load.inflight for e in store.endpoints()) == 1
+    assert metrics.pool_name == "unit-pool"  # the resources' pool labels the pool gauges
+
+    f = backend.response_filter(routed, streaming=False)
+    out = f.feed(b'{"model":"base","usage":{"prompt_tokens":3,"completion_tokens":2}}', True)
+    assert json.loads(out)["model"] == "food-review"
+    backend.complete(routed, Outcome(status=200, usage=f.usage, response_bytes=len(out)))
+    backend.complete(routed, Outcome(status=200, usage=f.usage))  # idempotent in the director
+    assert sum(e.load.inflight for e in store.endpoints()) == 0
+    labels = {"model_name": "food-review", "target_model_name": "base"}
+    reg = metrics.registry
+    assert reg.get_sample_value("inference_objective_output_tokens_sum", labels) == 2 * 2
+    assert (
+        reg.get_sample_value("inference_objective_request_total", {**labels, "priority": "0"}) == 1
+    )
+
+
+def test_unchanged_model_keeps_the_original_bytes(tmp_path: Path) -> None:
+    backend, _, _ = _setup(tmp_path)
+    rin = _input({"model": "base", "prompt": "hi"})
+    assert backend.route(rin).body is rin.body
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "saturated", "error"),
+    [
+        ({"prompt": "no model"}, {}, False, BadRequestError),
+        (
+            {"model": "base", "prompt": "x"},
+            {"x-gateway-inference-objective": "batch"},
+            True,
+            PoolExhaustedError,
+        ),
+    ],
+    ids=["missing-model-400", "sheddable-while-saturated-429"],
+)
+def test_errors_are_raised_and_counted(
+    tmp_path: Path,
+    body: dict[str, object],
+    headers: dict[str, str],
+    saturated: bool,
+    error: type[EppError],
+) -> None:
+    backend, _, metrics = _setup(tmp_path, saturated=saturated)
+    rin = _input(body, **headers)
+    with pytest.raises(error) as exc:
+        backend.route(rin)
+    backend.rejected(exc.value, rin)
+    code = exc.value.code.value
+    model = str(body.get("model", ""))
+    value = metrics.registry.get_sample_value(
+        "inference_objective_request_error_total",
+        {"model_name": model, "target_model_name": model, "error_code": code},
+    )
+    assert value == 1
+
+
+def test_header_only_route_any(tmp_path: Path) -> None:
+    backend, _, _ = _setup(tmp_path)
+    assert backend.route_any("rid") in {"10.0.0.0:8000", "10.0.0.1:8000", "10.0.0.2:8000"}
+
+
+def test_usage_absent_leaves_token_metrics_empty(tmp_path: Path) -> None:
+    backend, _, metrics = _setup(tmp_path)
+    routed = backend.route(_input({"model": "base", "prompt": "hi"}))
+    backend.complete(routed, Outcome(status=200, usage=None, disconnected=True))
+    labels = {"model_name": "base", "target_model_name": "base"}
+    assert (
+        metrics.registry.get_sample_value("inference_objective_output_tokens_count", labels) is None
+    )
+    assert (
+        metrics.registry.get_sample_value(
+            "inference_objective_request_duration_seconds_count", labels
+        )
+        == 1
+    )
