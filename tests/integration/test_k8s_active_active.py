@@ -30,7 +30,8 @@ def test_random_spread_loses_prefix_affinity_and_stickiness_recovers_it() -> Non
     sticky = dict(run(epp_replicas=[4], assign="session", **common))  # type: ignore[arg-type]
     assert spread[4].prefix_hit_rate < spread[1].prefix_hit_rate
     assert sticky[4].prefix_hit_rate > spread[4].prefix_hit_rate
-    assert spread[4].completed == spread[1].completed  # divergence costs cache hits, not requests
+    for m in (*spread.values(), *sticky.values()):  # below saturation: nothing shed or failed
+        assert (m.shed, m.failed) == (0, 0)
 
 
 def test_requests_are_spread_over_replicas() -> None:

@@ -208,6 +208,12 @@ class FakeApiServer:
             )
             w.queue.put_nowait(None)
 
+    def end_watches(self) -> None:
+        """End every open watch cleanly (as ``timeoutSeconds`` would): clients resume from the
+        last resourceVersion they saw, without a relist."""
+        for w in list(self._watchers):
+            w.queue.put_nowait(None)
+
     def drop_watches(self) -> None:
         """Abort every open watch connection without a clean end of stream (a network blip)."""
         for w in list(self._watchers):
