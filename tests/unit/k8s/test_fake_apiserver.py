@@ -188,3 +188,17 @@ async def test_discovery_documents(api: FakeApiServer) -> None:
     assert {"inferencepools", "inferencepools/status"} <= {
         r["name"] for r in resources["resources"]
     }
+
+
+async def test_put_status_subresource_and_conflict(api: FakeApiServer) -> None:
+    stored = api.apply(inference_model("m", "llama"))
+    url = "/apis/inference.networking.x-k8s.io/v1alpha2/namespaces/default/inferencemodels/m"
+    body = {**stored, "spec": {**stored["spec"], "modelName": "IGNORED"}, "status": {"x": 1}}
+    async with httpx.AsyncClient(base_url=api.url) as raw:
+        ok = await raw.put(f"{url}/status", json=body)
+        stale = await raw.put(f"{url}/status", json=body)  # same old resourceVersion
+    assert ok.status_code == 200
+    assert ok.json()["status"] == {"x": 1}
+    assert ok.json()["spec"]["modelName"] == "llama"
+    assert stale.status_code == 409
+    assert stale.json()["reason"] == "Conflict"
