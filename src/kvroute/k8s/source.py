@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 from pydantic import ValidationError
 
 from kvroute.api import RESOURCE_KINDS, Resource
@@ -70,6 +72,19 @@ def default_identity() -> str:
 def _default_client() -> AsyncClient:
     # In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config.
     return AsyncClient(field_manager="kvroute-epp")
+
+
+def client_factory_from_env() -> Callable[[], AsyncClient]:
+    """Resolve the cluster configuration now, so a missing one fails at startup with a
+    :class:`ConfigError` (exit 2) instead of inside a background task."""
+    try:
+        config = KubeConfig.from_env()
+    except LightkubeConfigError as exc:
+        raise ConfigError(
+            f"no Kubernetes configuration ({exc}): run in a pod with a service account, "
+            "or set KUBECONFIG; without Kubernetes, name servers with --endpoint URL"
+        ) from None
+    return lambda: AsyncClient(config=config, field_manager="kvroute-epp")
 
 
 def to_resource_set(resources: PoolResources) -> ResourceSet:
@@ -138,8 +153,13 @@ class KubernetesEndpointSource:
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> KubernetesEndpointSource:
-        """From ``kvroute.settings.EppSettings`` (``--pool-*``, ``--endpoint-*``, ``--ha-*``)."""
+        """From ``kvroute.settings.EppSettings`` (``--pool-*``, ``--endpoint-*``, ``--ha-*``).
+
+        Without a ``client_factory`` keyword the cluster configuration is resolved here (in-cluster
+        service account, then ``$KUBECONFIG``/``~/.kube/config``)."""
         leader = bool(getattr(settings, "ha_enable_leader_election", False))
+        if "client_factory" not in kwargs:
+            kwargs["client_factory"] = client_factory_from_env()
         if settings.pool_name:
             group = getattr(settings, "pool_group", GROUP_V1) or GROUP_V1
             try:
