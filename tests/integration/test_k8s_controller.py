@@ -22,6 +22,7 @@ from kvroute.k8s.resources import GROUP_X, PoolRef
 from tests.k8s_apiserver import FakeApiServer
 from tests.k8s_apiserver.fixtures import client_for, running_api
 from tests.k8s_apiserver.objects import eventually, inference_model, pod, pool_v1, pool_v1alpha2
+from tests.k8s_apiserver.resource_types import DEFAULT_TYPES
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -263,3 +264,26 @@ async def test_models_feed_callback_and_model_name_in_use_status(
         await eventually(lambda: reason("young") == "True/Accepted")
         await asyncio.sleep(0.2)
         assert ctl.status_writes == writes + 1  # only the changed one is rewritten, no loop
+
+
+async def test_missing_optional_crds_do_not_block_discovery() -> None:
+    """A cluster with the v1 pool CRD but no InferenceModel/Rewrite CRDs (upstream v1.x
+    dropped InferenceModel): pods are still discovered; the missing kinds are retried quietly."""
+    absent = {"InferenceModel", "InferenceModelRewrite"}
+    types = [t for t in DEFAULT_TYPES if t.kind not in absent]
+    async with running_api(types=types) as api:
+        c = client_for(api)
+        store = Datastore()
+        api.apply(pool_v1())
+        api.apply(pod("a", "10.0.0.1"))
+        ctl = controller(c, store, on_resources=lambda _r: None)
+        try:
+            async with running(ctl):
+                await asyncio.wait_for(ctl.synced.wait(), 10)
+                assert names(store) == {"a-rank-0": "10.0.0.1:8000"}
+                await eventually(lambda: ctl.resource_reflectors["models"].missing)
+                assert ctl.resource_reflectors["rewrites"].missing
+                assert not ctl.resource_reflectors["objectives"].missing
+                assert ctl.resource_reflectors["models"].failures == 0  # no warning storm
+        finally:
+            await c.close()

@@ -133,12 +133,14 @@ class PoolController:
         self._applied: dict[str, EndpointSpec] = {}  # endpoint name -> what the sink holds
         self._by_pod: dict[str, dict[str, EndpointSpec]] = {}  # pod key -> its endpoints
         self._selector_changed = asyncio.Event()
+        self._pod_generation = 0
         self._status_dirty = asyncio.Event()
         self._resources: dict[str, tuple[dict[str, Any], ...]] = {}
         self._pods_synced = asyncio.Event()
         self.synced = asyncio.Event()  # pool (or standalone spec) known and its pods listed
         self.pod_reflector: Reflector | None = None
         self.pool_reflector: Reflector | None = None
+        self.resource_reflectors: dict[str, Reflector] = {}
         self.status_writes = 0
         self._last_status_write: dict[tuple[str, str], tuple[str, tuple[Any, ...]]] = {}
 
@@ -178,6 +180,7 @@ class PoolController:
                         backoff=self._backoff,
                         watch_timeout=self._watch_timeout,
                     )
+                    self.resource_reflectors[key] = reflector
                     tg.create_task(reflector.run(), name=f"k8s-{key}")
                 if self._may_write_status is not None:
                     tg.create_task(self._status_loop(), name="k8s-model-status")
@@ -210,6 +213,7 @@ class PoolController:
         new_sel = None if new is None else dict(new.selector)
         if old_sel != new_sel:
             log.info("pool selector changed %s -> %s; resyncing pods", old_sel, new_sel)
+            self._pod_generation += 1  # the old watch's late events are ignored from now on
             self._pods_synced.clear()
             self._selector_changed.set()
         self._reconcile()
@@ -219,6 +223,7 @@ class PoolController:
     async def _pods_loop(self) -> None:
         while True:
             self._selector_changed.clear()
+            self._pod_generation += 1  # retire the previous watch's callbacks
             spec = self.spec
             if spec is None:
                 self._pods.clear()
@@ -226,12 +231,20 @@ class PoolController:
                 self._reconcile()
                 await self._selector_changed.wait()
                 continue
+            self._pod_generation += 1
+            generation = self._pod_generation
+
+            def on_change(cache: Mapping[str, Any], generation: int = generation) -> None:
+                # A superseded watch (old selector) may still deliver until it is cancelled.
+                if generation == self._pod_generation:
+                    self._on_pods(cache)
+
             reflector = Reflector(
                 self._client,
                 Pod,
                 namespace=self.namespace,
                 labels=dict(spec.selector),
-                on_change=self._on_pods,
+                on_change=on_change,
                 backoff=self._backoff,
                 watch_timeout=self._watch_timeout,
             )

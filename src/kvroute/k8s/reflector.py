@@ -53,12 +53,18 @@ def object_key(obj: Any) -> str:
     return f"{meta.namespace or ''}/{meta.name}"
 
 
+def _status_code(exc: BaseException) -> int | None:
+    if isinstance(exc, ApiError):
+        code = getattr(exc.status, "code", None)
+        return code if isinstance(code, int) else None
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
 def is_gone(exc: BaseException) -> bool:
     """True for 410 Gone, whichever way the server sent it."""
-    if isinstance(exc, ApiError):
-        return getattr(exc.status, "code", None) == 410
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None) == 410
+    return _status_code(exc) == 410
 
 
 class Reflector:
@@ -73,6 +79,8 @@ class Reflector:
         fields: field selector, sent to the server (e.g. ``{"metadata.name": pool}``).
         backoff: retry policy for non-410 failures.
         watch_timeout: ask the server to end each watch after this many seconds (then resume).
+        missing_retry: seconds between lists while the kind is not served (404 before the first
+            successful list, e.g. an optional CRD that is not installed).
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class Reflector:
         fields: Mapping[str, str] | None = None,
         backoff: Backoff | None = None,
         watch_timeout: int = 300,
+        missing_retry: float = 60.0,
     ) -> None:
         self._client = client
         self._resource = resource
@@ -95,11 +104,13 @@ class Reflector:
         self._fields: dict[str, Any] | None = dict(fields) if fields else None
         self._backoff = backoff or Backoff()
         self._watch_timeout = watch_timeout
+        self._missing_retry = missing_retry
         self._cache: dict[str, Any] = {}
         self.synced = asyncio.Event()
         self.lists = 0  # how many full lists ran (1 + relists); tests and logs read it
         self.gone = 0  # how many 410s forced a relist
         self.failures = 0  # how many other failures forced a backoff
+        self.missing = False  # the list got 404: the kind is not served (yet)
 
     @property
     def cache(self) -> Mapping[str, Any]:
@@ -120,6 +131,18 @@ class Reflector:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # supervisor loop: log, back off, relist
+                if _status_code(exc) == 404 and not self.synced.is_set():
+                    # The kind is not served (CRD not installed): say so once, retry slowly.
+                    if not self.missing:
+                        log.info(
+                            "%s is not served by the API server (CRD not installed?); "
+                            "retrying every %.0fs",
+                            self.kind,
+                            self._missing_retry,
+                        )
+                    self.missing = True
+                    await asyncio.sleep(self._missing_retry)
+                    continue
                 if is_gone(exc):
                     self.gone += 1
                     log.info("%s watch expired (410 Gone); relisting", self.kind)
