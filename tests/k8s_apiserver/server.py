@@ -24,7 +24,9 @@ speaks the wire protocol those clients use:
 
 Fault injection for tests: :meth:`FakeApiServer.compact` (forget history, so resuming watches get
 410), :meth:`FakeApiServer.expire_watches` (send a 410 ``ERROR`` event to every open watch),
-:meth:`FakeApiServer.drop_watches` (abort watch connections mid-stream, a network blip), and
+:meth:`FakeApiServer.end_watches` (end streams cleanly, so clients resume from their last
+resourceVersion), :meth:`FakeApiServer.drop_watches` (abort watch connections mid-stream, a
+network blip), and
 :meth:`FakeApiServer.stop`/:meth:`FakeApiServer.start` (an API server restart on the same port; the
 stored objects survive, as etcd would keep them).
 
