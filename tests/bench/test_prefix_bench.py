@@ -8,7 +8,7 @@ Each timed call is one whole request cycle of the plugin as the director runs it
 (``prepare_data`` + ``score`` + ``pre_request``) over 10 endpoints whose index already holds
 the request's prefix on one server and 100k unrelated blocks on each (upstream-sized state).
 Prompts of 4 KB and 32 KB of English-like text. Level 2/3 use a real byte-level BPE tokenizer
-(``tokenizers``, trained here on the same kind of text, ~3.5 characters per token) with its
+(``tokenizers``, trained here on the same kind of text: 742 tokens per 4 KB) with its
 cache disabled ("miss", every prompt new) or warm ("hit", the same prompt again). The memory
 tests print bytes per cached block (tracemalloc) and assert a generous bound so a regression
 that doubles it is caught; they are deterministic, not timings.
@@ -448,6 +448,10 @@ def test_cluster_levels_on_shared_prefix(tmp_path: Path, tokenizer_dir: Path) ->
             "KVROUTE_PREFIX_POLICIES", "round-robin,load-only,level1,level1-pure,level2,level3"
         ).split(",")
         overrides: dict[str, object] = {"max_model_len": 16384}
+        for kv in os.environ.get("KVROUTE_PREFIX_ENGINE", "").split(","):
+            if kv:
+                key, value = kv.split("=")
+                overrides[key] = int(value)
         for q in raw_qps.split(","):
             rows = run_cluster(
                 workload,
