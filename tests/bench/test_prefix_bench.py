@@ -202,41 +202,46 @@ def _measure(build: Callable[[], object]) -> tuple[int, object]:
     return after - before, obj
 
 
+def _memory_blocks(request: pytest.FixtureRequest) -> int:
+    """100k blocks per server when benchmarking (the documented figure); 20k in the default
+    suite, where dicts are proportionally fuller (about 140 / 210 B per block)."""
+    config = request.config
+    disabled = config.getoption("benchmark_disable") and not config.getoption("benchmark_enable")
+    return 20_000 if disabled else BLOCKS_PER_SERVER
+
+
 @pytest.mark.parametrize("servers", [1, 4], ids=["1-server", "4-servers"])
-def test_approximate_index_memory(servers: int) -> None:
+def test_approximate_index_memory(request: pytest.FixtureRequest, servers: int) -> None:
+    blocks = _memory_blocks(request)
+
     def build() -> PrefixIndex:
-        index = PrefixIndex(BLOCKS_PER_SERVER)
+        index = PrefixIndex(blocks)
         for s in range(servers):
             base = (s + 1) << 40
-            index.add(f"e{s}", range(base, base + BLOCKS_PER_SERVER))
+            index.add(f"e{s}", range(base, base + blocks))
         return index
 
     used, index = _measure(build)
-    per_block = used / (servers * BLOCKS_PER_SERVER)
+    per_block = used / (servers * blocks)
     print(
-        f"\napproximate index: {servers} x {BLOCKS_PER_SERVER} blocks -> "
+        f"\napproximate index: {servers} x {blocks} blocks -> "
         f"{used / 2**20:.1f} MiB, {per_block:.0f} B/block"
     )
     assert isinstance(index, PrefixIndex)
-    assert index.size("e0") == BLOCKS_PER_SERVER
+    assert index.size("e0") == blocks
     assert per_block < 260
 
 
-def test_precise_index_memory() -> None:
-    used, index = _measure(lambda: _fill(PreciseIndex()))
-    per_block = used / BLOCKS_PER_SERVER
+def test_precise_index_memory(request: pytest.FixtureRequest) -> None:
+    blocks = _memory_blocks(request)
+    index = PreciseIndex()
+    used, _ = _measure(lambda: _fill_precise(index, ["e0"], blocks))
+    per_block = used / blocks
     print(
-        f"\nprecise index: 1 x {BLOCKS_PER_SERVER} blocks -> "
-        f"{used / 2**20:.1f} MiB, {per_block:.0f} B/block"
+        f"\nprecise index: 1 x {blocks} blocks -> {used / 2**20:.1f} MiB, {per_block:.0f} B/block"
     )
-    assert isinstance(index, PreciseIndex)
-    assert index.size("e0") == BLOCKS_PER_SERVER
+    assert index.size("e0") == blocks
     assert per_block < 400
-
-
-def _fill(index: PreciseIndex) -> PreciseIndex:
-    _fill_precise(index, ["e0"])
-    return index
 
 
 # -- cluster level: virtual-time pool of simulated vLLM engines --------------------------------
