@@ -38,6 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="publish KV events (ZMQ PUB) on tcp://HOST:<port+i> (off by default)",
     )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="HF tokenizer.json or its directory (default: the built-in word-piece tokenizer)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -52,6 +57,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loras=args.lora,
         kv_events_base_port=args.kv_events_base_port,
         metrics_flavour=args.metrics_flavour,
+        tokenizer=args.tokenizer,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

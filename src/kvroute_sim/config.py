@@ -115,6 +115,7 @@ class ServerConfig(BaseModel):
     kv_events_endpoint: str | None = None  # e.g. "tcp://127.0.0.1:5557"; None = off
     kv_events_topic: str = "kv@127.0.0.1@{model}"
     default_chat_max_tokens: int = Field(256, ge=1)
+    tokenizer: str | None = None  # a HF tokenizer.json (or its directory); None = word pieces
     faults: FaultConfig = FaultConfig()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvroute_sim.cluster import SimCluster
+from kvroute_sim.text import HFText, make_tokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -162,3 +164,19 @@ async def test_metrics_reflect_finished_work(cluster: SimCluster) -> None:
     assert m["vllm:time_to_first_token_seconds_count"] == 2
     assert m["vllm:cache_config_info"] == 1
     assert "sim:steps_late_total" in m
+
+
+async def test_configured_hf_tokenizer_counts_prompt_tokens(tmp_path: Path) -> None:
+    tok_dir = make_tokenizer(tmp_path / "tok", vocab_size=600)
+    prompt = "system prompt 7 w1 w2 question"
+    expected = len(HFText(tok_dir).encode(prompt))
+    async with (
+        SimCluster(n=1, profile="tiny", tokenizer=str(tok_dir)) as c,
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{c.urls[0]}/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 4}
+        ) as r,
+    ):
+        data = await r.json()
+    assert data["usage"]["prompt_tokens"] == expected
+    assert len(HFText(tok_dir).encode(data["choices"][0]["text"])) == 4

@@ -31,7 +31,7 @@ from kvroute_sim.server.openai_api import (
     parse_generation,
     usage,
 )
-from kvroute_sim.tokenizer import output_tokens
+from kvroute_sim.text import text_tokenizer
 
 log = logging.getLogger(__name__)
 SERVER_HEADER = "x-sim-server"
@@ -62,6 +62,7 @@ class SimServer:
         self._rng = random.Random(seed)
         self._seq = 0
         self.metrics = ServerMetrics()
+        self.text = text_tokenizer(config.tokenizer)
         self.engine = Engine(config.engine)
         self.shell = RealtimeEngine(self.engine, name=name, on_step=self._on_step)
         self._kv_pub: KVEventPublisher | None = None
@@ -190,12 +191,13 @@ class SimServer:
                 served=self._served(),
                 max_model_len=self.config.engine.max_model_len,
                 default_chat_max_tokens=self.config.default_chat_max_tokens,
+                encode=self.text.encode,
             )
         except ApiError as err:
             return _error(err)
         self._seq += 1
         rid = f"{self.name}-{self._seq}"
-        out_ids, out_texts = output_tokens(self._seq, parsed.max_tokens)
+        out_ids, out_texts = self.text.output_tokens(self._seq, parsed.max_tokens)
         req = SimRequest(
             rid,
             prompt_token_ids=parsed.prompt_token_ids,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -62,6 +62,7 @@ def parse_generation(
     served: frozenset[str],
     max_model_len: int,
     default_chat_max_tokens: int,
+    encode: Callable[[str], list[int]] = tokenize,
 ) -> ParsedRequest:
     """Validate a completions/chat body; raises ``ApiError`` (400/404) like vLLM would."""
     if not isinstance(body, Mapping):
@@ -78,7 +79,7 @@ def parse_generation(
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = [int(t) for t in prompt]
         elif isinstance(prompt, str):
-            ids = tokenize(prompt)
+            ids = encode(prompt)
         else:
             raise ApiError(400, "Field 'prompt' must be a string or a list of token ids.", "prompt")
     else:
@@ -87,7 +88,7 @@ def parse_generation(
             raise ApiError(400, "Field 'messages' must be a non-empty list.", "messages")
         if not all(isinstance(m, Mapping) for m in messages):
             raise ApiError(400, "Each message must be an object.", "messages")
-        ids = tokenize(render_chat(messages))
+        ids = encode(render_chat(messages))
     if not ids:
         raise ApiError(400, "The prompt is empty.", "prompt")
     raw_max = body.get("max_completion_tokens", body.get("max_tokens"))
