@@ -193,7 +193,9 @@ def _run_cluster(args: argparse.Namespace) -> int:
         command="kvroute bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         speed=[{"offered_qps": s.offered_qps, **s.speed} for s in stages],
     )
-    results = build_results(meta, [(s.offered_qps, s.by_policy) for s in stages])
+    results = build_results(
+        meta, [(s.offered_qps, s.by_policy) for s in stages], [s.cache_bound for s in stages]
+    )
     if args.out:
         write_json(results, args.out.with_suffix(".json"))
         args.out.with_suffix(".md").write_text(markdown(results))

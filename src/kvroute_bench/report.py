@@ -20,12 +20,16 @@ BASELINE_NAMES = frozenset({"random", "round-robin", "least-requests", "p2c", "o
 
 
 def build_results(
-    meta: Mapping[str, Any], stages: Sequence[tuple[float, Mapping[str, StageMetrics]]]
+    meta: Mapping[str, Any],
+    stages: Sequence[tuple[float, Mapping[str, StageMetrics]]],
+    cache_bounds: Sequence[Mapping[str, float]] = (),
 ) -> dict[str, Any]:
-    out_stages = [
+    out_stages: list[dict[str, Any]] = [
         {"offered_qps": q, "policies": {name: m.to_json() for name, m in by_policy.items()}}
         for q, by_policy in stages
     ]
+    for stage, bound in zip(out_stages, cache_bounds, strict=False):
+        stage["cache_bound"] = dict(bound)
     results: dict[str, Any] = {"meta": dict(meta), "stages": out_stages}
     results["gap_closed"] = compute_gaps(results)
     return results
@@ -119,6 +123,13 @@ def markdown(results: Mapping[str, Any]) -> str:
     headers = ["policy"] + [h for h, *_ in TABLE_COLUMNS]
     for stage in results["stages"]:
         lines.append(f"**Offered {stage['offered_qps']:g} QPS**")
+        bound = stage.get("cache_bound") or {}
+        if bound.get("unbounded_cache"):
+            lines.append("")
+            lines.append(
+                f"Prefix hit-rate ceilings: pooled cache {100 * bound['pooled_cache']:.1f} %, "
+                f"unbounded cache {100 * bound['unbounded_cache']:.1f} %."
+            )
         lines.append("")
         lines.append("| " + " | ".join(headers) + " |")
         lines.append("|" + "---|" * len(headers))

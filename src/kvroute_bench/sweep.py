@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvroute_bench.baselines import BASELINES, GreedyOracle, Router
+from kvroute_bench.cache_bound import pooled_cache_hit_rate
 from kvroute_bench.cluster import RunConfig, RunResult, run_stage
 from kvroute_bench.metrics import StageMetrics
 from kvroute_bench.pool import PoolView
@@ -74,6 +75,7 @@ class StageOutcome:
     offered_qps: float
     by_policy: dict[str, StageMetrics]
     speed: dict[str, dict[str, float]]  # policy -> {sim_s, wall_s, decisions}
+    cache_bound: dict[str, float] = field(default_factory=dict)  # pooled / unbounded hit rate
 
 
 def run_one(
@@ -130,11 +132,23 @@ def run_sweep(
                 "wall_s": result.wall_seconds,
                 "decisions": float(result.decisions),
             }
-        outcome = StageOutcome(qps, by_policy, speed)
+        outcome = StageOutcome(qps, by_policy, speed, cache_bounds(spec, requests))
         outcomes.append(outcome)
         if on_stage is not None:
             on_stage(outcome)
     return outcomes
+
+
+def cache_bounds(spec: SweepSpec, requests: Sequence[BenchRequest]) -> dict[str, float]:
+    """Prefix hit-rate ceilings for these requests: one LRU cache with the pool's total KV
+    blocks, and an unbounded one (see :mod:`kvroute_bench.cache_bound`)."""
+    if not spec.engine.prefix_caching:
+        return {}
+    bs = spec.engine.block_size
+    total = spec.engine.num_gpu_blocks * spec.replicas
+    pooled = pooled_cache_hit_rate(requests, capacity_blocks=total, block_size=bs)
+    unbounded = pooled_cache_hit_rate(requests, capacity_blocks=None, block_size=bs)
+    return {"pooled_cache": pooled.hit_rate, "unbounded_cache": unbounded.hit_rate}
 
 
 def estimate_saturation(
