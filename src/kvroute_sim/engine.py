@@ -49,6 +49,7 @@ from kvroute_sim.steptime import StepTimeModel
 from kvroute_sim.tokenizer import ROOT_HASH, block_hashes, hash_block
 
 PENDING, WAITING, RUNNING, FINISHED, ABORTED = 0, 1, 2, 3, 4
+_NO_MORE_BLOCKS = 1 << 62  # ``_n_hashed`` once a request has no further hashable blocks
 
 
 class RequestRejected(ValueError):
@@ -366,7 +367,7 @@ class Engine:
         any_finished = False
         for req, n in zip(sched, sched_n, strict=True):
             req.num_computed_tokens += n
-            if prefix:
+            if prefix and req.num_computed_tokens >= (req._n_hashed + 1) * bs:
                 self._cache_full_blocks(req)
             if req.num_computed_tokens < req.num_prompt_tokens + req.num_output_tokens:
                 continue  # a partial prefill chunk: no token yet
@@ -421,7 +422,7 @@ class Engine:
                 req._uncached -= 1
                 req._held.append(h)
                 stored.append(h)
-        req._n_hashed = end
+        req._n_hashed = end if (end < len(hashes) or req._hashable) else _NO_MORE_BLOCKS
         if stored and pool.record_events:
             toks: tuple[int, ...] = ()
             if req.prompt_token_ids is not None:
