@@ -180,3 +180,24 @@ async def test_configured_hf_tokenizer_counts_prompt_tokens(tmp_path: Path) -> N
         data = await r.json()
     assert data["usage"]["prompt_tokens"] == expected
     assert len(HFText(tok_dir).encode(data["choices"][0]["text"])) == 4
+
+
+async def test_yaml_config_file_selects_sglang_metrics_and_adapters(tmp_path: Path) -> None:
+    path = tmp_path / "sim.yaml"
+    path.write_text(
+        "profile: tiny\nmodel: my-model\nloras: [x1]\nmetrics_flavour: sglang\n"
+        "engine:\n  num_gpu_blocks: 100\n"
+    )
+    async with SimCluster(n=2, config_file=path) as c, aiohttp.ClientSession() as s:
+        assert len(set(c.urls)) == 2
+        async with s.post(
+            f"{c.urls[1]}/v1/completions", json={"model": "x1", "prompt": "a", "max_tokens": 2}
+        ) as r:
+            assert r.status == 200
+            assert r.headers["x-sim-server"] == "sim-1"
+        async with s.get(f"{c.urls[1]}/metrics") as r:
+            text = await r.text()
+    names = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert {"sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage"} <= names
+    assert 'num_pages="100"' in text
+    assert "vllm:" not in text
