@@ -66,11 +66,22 @@ class RealtimeEngine:
         self._t0 = asyncio.get_running_loop().time()
         self._busy_until = 0.0
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-engine")
+        self._task.add_done_callback(self._on_exit)
+
+    def _on_exit(self, task: asyncio.Task[None]) -> None:
+        """A crashed engine loop must not leave clients waiting forever: log and end them."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("%s: engine loop crashed", self.name, exc_info=task.exception())
+        for q in self._queues.values():
+            q.put_nowait(None)
+        self._queues.clear()
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A crash was already logged by ``_on_exit``; stopping must still succeed.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
         for q in self._queues.values():

@@ -90,3 +90,20 @@ async def test_abort_releases_the_request() -> None:
     assert not engine.has_work()
     assert engine.kv_usage == 0.0
     await shell.stop()
+
+
+async def test_a_crashed_engine_loop_ends_waiting_clients(caplog: pytest.LogCaptureFixture) -> None:
+    """A deliberately broken engine (``step`` replaced by a raising stub) stands in for a bug."""
+    engine = Engine(engine_profile("tiny"))
+
+    def broken(now: float) -> StepOutcome:
+        raise RuntimeError(f"boom at {now}")
+
+    engine.step = broken  # type: ignore[method-assign]
+    shell = RealtimeEngine(engine, name="sim-crash")
+    await shell.start()
+    with caplog.at_level(logging.ERROR, logger="kvroute_sim.realtime"):
+        q = shell.submit(SimRequest("a", prompt_token_ids=list(range(10)), max_tokens=4))
+        assert await asyncio.wait_for(q.get(), timeout=5) is None
+    await shell.stop()
+    assert any("engine loop crashed" in rec.getMessage() for rec in caplog.records)
