@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -337,19 +337,36 @@ async def build_director_backend(
 
     return BuiltBackend(
         backend=backend,
-        tasks=_scraper_tasks(settings, datastore, config),
+        tasks=_scraper_tasks(settings, datastore, setup.plugins),
         on_resources=on_resources,
     )
 
 
 def _scraper_tasks(
-    settings: EppSettings, datastore: Datastore, config: Any
+    settings: EppSettings, datastore: Datastore, plugins: Mapping[str, Any]
 ) -> tuple[Callable[[], Awaitable[None]], ...]:
-    """The model-server metrics scraper (``--refresh-metrics-interval``)."""
+    """The model-server metrics scraper (``--refresh-metrics-interval``).
+
+    Its scheme/path and engine metric mappings come from the config's ``metrics-data-source``
+    and ``core-metrics-extractor`` plugins when it declares them (validated at load time).
+    """
     from kvroute.datalayer.mappings import MappingRegistry
+    from kvroute.datalayer.plugins import CoreMetricsExtractor, MetricsDataSource
     from kvroute.datalayer.scraper import MetricsCollector
 
-    mappings = MappingRegistry.from_params(None)
+    source = next((p for p in plugins.values() if isinstance(p, MetricsDataSource)), None)
+    extractor = next((p for p in plugins.values() if isinstance(p, CoreMetricsExtractor)), None)
+    mappings = extractor.mappings if extractor else MappingRegistry.from_params(None)
     interval = settings.refresh_metrics_interval_s
-    collector = MetricsCollector(datastore, mappings, interval)
+    if source is None:
+        collector = MetricsCollector(datastore, mappings, interval)
+    else:
+        collector = MetricsCollector(
+            datastore,
+            mappings,
+            interval,
+            scheme=source.params.scheme,
+            path=source.params.path,
+            insecure_skip_verify=source.params.insecure_skip_verify,
+        )
     return (collector.run,)

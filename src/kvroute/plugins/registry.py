@@ -38,6 +38,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.filters.decision_tree",
     "kvroute.scheduling.plugins.filters.header_based_testing",
     "kvroute.scheduling.plugins.prefix",
+    "kvroute.datalayer.plugins",
 )
 
 

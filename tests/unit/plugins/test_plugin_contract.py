@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pytest
 
+from kvroute.datalayer.plugins import CoreMetricsExtractor, MetricsDataSource, RequestParser
 from kvroute.errors import PluginValidationError
 from kvroute.plugins.registry import PluginContext, default_registry
 from kvroute.scheduling.builder import is_filter, is_picker, is_profile_handler, is_scorer
@@ -68,6 +69,9 @@ def test_registry_has_the_upstream_built_ins() -> None:
         "single-profile-handler",
         "utilization-detector",
         "decision-tree-filter",
+        "metrics-data-source",
+        "core-metrics-extractor",
+        "openai-parser",
     }
     assert expected <= set(TYPES)
 
@@ -83,6 +87,8 @@ def test_plugin_builds_with_defaults_and_names_itself(type_name: str) -> None:
         or is_picker(plugin)
         or is_profile_handler(plugin)
         or callable(getattr(plugin, "prepare_data", None))
+        # data-layer/parser plugins only carry validated parameters for the composition root
+        or isinstance(plugin, (MetricsDataSource, CoreMetricsExtractor, RequestParser))
     )
 
 
