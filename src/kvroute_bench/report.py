@@ -186,7 +186,7 @@ def plot(results: Mapping[str, Any], path: Path, *, title: str | None = None) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     stages = results["stages"]
     qps = [s["offered_qps"] for s in stages]
@@ -206,8 +206,11 @@ def plot(results: Mapping[str, Any], path: Path, *, title: str | None = None) ->
         ax.set_ylabel(label)
         if key != "output_tok_s":
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            lo, hi = ax.get_ylim()
+            # Label minor ticks only when the axis spans less than a decade (else they collide).
+            ax.yaxis.set_minor_formatter(plain if hi / max(lo, 1e-12) < 10 else NullFormatter())
             ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.grid(True, alpha=0.3)
     axes.flat[0].legend(fontsize=8)
