@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +189,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
         engine_overrides=_engine_overrides(args.engine),
         saturation_qps=saturation,
         title=args.title or f"{args.workload}, {args.replicas} replicas",
-        command="kvroute bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        command=_command_line(args),
         speed=[{"offered_qps": s.offered_qps, **s.speed} for s in stages],
     )
     results = build_results(
@@ -204,6 +203,41 @@ def _run_cluster(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(results, indent=1))
     return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, rebuilt from the parsed arguments (so it is right
+    however the CLI was invoked)."""
+    parts = ["kvroute", "bench", "cluster"]
+    if args.trace:
+        parts += ["--trace", str(args.trace)]
+    else:
+        parts += ["--workload", args.workload]
+    for kv in args.param or []:
+        parts += ["--param", kv]
+    for kv in args.engine or []:
+        parts += ["--engine", kv]
+    if args.profile != "h100-llama3-8b":
+        parts += ["--profile", args.profile]
+    parts += ["--replicas", str(args.replicas)]
+    if args.qps_sweep:
+        parts += ["--qps-sweep", args.qps_sweep]
+    else:
+        parts += ["--saturation", str(args.saturation), "--load-fractions", args.load_fractions]
+    parts += ["--duration", f"{args.duration:g}"]
+    if args.warmup is not None:
+        parts += ["--warmup", f"{args.warmup:g}"]
+    parts += ["--drain", f"{args.drain:g}", "--seed", str(args.seed)]
+    if args.scrape_interval != 0.05:
+        parts += ["--scrape-interval", f"{args.scrape_interval:g}"]
+    if (args.slo_ttft, args.slo_tpot) != (1.0, 0.050):
+        parts += ["--slo-ttft", f"{args.slo_ttft:g}", "--slo-tpot", f"{args.slo_tpot:g}"]
+    parts += ["--policies", args.policies]
+    for c in args.config:
+        parts += ["--config", c]
+    if args.out:
+        parts += ["--out", str(args.out)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _sweep_with_progress(spec: Any, console: Any) -> list[Any]:
