@@ -337,9 +337,46 @@ async def build_director_backend(
 
     return BuiltBackend(
         backend=backend,
-        tasks=_scraper_tasks(settings, datastore, setup.plugins),
+        tasks=(
+            *_scraper_tasks(settings, datastore, setup.plugins),
+            *_plugin_lifecycle_tasks(datastore, setup.plugins),
+        ),
         on_resources=on_resources,
     )
+
+
+def _plugin_lifecycle_tasks(
+    datastore: Datastore, plugins: Mapping[str, Any]
+) -> tuple[Callable[[], Awaitable[None]], ...]:
+    """Connect plugins that keep per-endpoint state to the datastore, and close them on exit.
+
+    A plugin with ``attach(datastore)`` (the precise prefix scorer: one KV-event subscription per
+    endpoint) follows the datastore itself; one with only ``endpoint_event`` (the approximate
+    prefix index) is subscribed so it prunes a server the moment it leaves. Plugins with
+    ``aclose()`` are closed when the app shuts down.
+    """
+    closers = []
+    for plugin in plugins.values():
+        attach = getattr(plugin, "attach", None)
+        listener = getattr(plugin, "endpoint_event", None)
+        if callable(attach):
+            attach(datastore)
+        elif callable(listener):
+            datastore.subscribe(listener)
+        aclose = getattr(plugin, "aclose", None)
+        if callable(aclose):
+            closers.append(aclose)
+    if not closers:
+        return ()
+
+    async def close_on_shutdown() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for aclose in closers:
+                await aclose()
+
+    return (close_on_shutdown,)
 
 
 def _scraper_tasks(
