@@ -1,0 +1,1 @@
+"""``kvroute demo``: a simulated pool, the gateway in front, a mixed workload, and round-robin."""
