@@ -119,13 +119,6 @@ class PrefixMatch:
         return len(self.hashes)
 
 
-def _read(state: CycleState, key: StateKey[T]) -> T | None:
-    try:
-        return state.read(key)
-    except KeyError:
-        return None
-
-
 class PrefixCacheScorer:
     """Upstream's approximate prefix-cache scorer and producer in one plugin (levels 1 and 2)."""
 
@@ -233,7 +226,7 @@ class PrefixCacheScorer:
     def score(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
-        match = _read(state, self._key)
+        match = state.get(self._key, None)
         if match is None:  # no PrepareData hook ran (e.g. a bare profile in a test)
             match = self._match(state, request, endpoints)
             state.write(self._key, match)
@@ -241,7 +234,7 @@ class PrefixCacheScorer:
         if total == 0:
             return {e.name: 0.0 for e in endpoints}
         overloaded = self.guard.overloaded(endpoints)
-        explain = _read(state, EXPLAIN)
+        explain = state.get(EXPLAIN, None)
         if explain is not None:
             explain.append(
                 f"level {match.level}: {total} blocks; matched "
@@ -258,7 +251,7 @@ class PrefixCacheScorer:
     def pre_request(
         self, state: CycleState, request: InferenceRequest, result: SchedulingResult
     ) -> None:
-        match = _read(state, self._key)
+        match = state.get(self._key, None)
         hashes: Sequence[int]
         if match is None:
             _, hashes = self.hash_request(request, ())

@@ -89,13 +89,6 @@ class PreciseMatch:
     hashes: Mapping[str, tuple[int, ...]]  # per server (block size and LoRA root may differ)
 
 
-def _read(state: CycleState, key: StateKey[T]) -> T | None:
-    try:
-        return state.read(key)
-    except KeyError:
-        return None
-
-
 class PrecisePrefixCacheScorer:
     """Level 3: a global index fed by every server's KV events."""
 
@@ -240,12 +233,12 @@ class PrecisePrefixCacheScorer:
     def score(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
-        match = _read(state, self._key)
+        match = state.get(self._key, None)
         if match is None:
             match = self._match(state, request, endpoints)
             state.write(self._key, match)
         overloaded = self.guard.overloaded(endpoints)
-        explain = _read(state, EXPLAIN)
+        explain = state.get(EXPLAIN, None)
         if explain is not None:
             explain.append(
                 f"precise: {match.total_blocks} blocks; held "
@@ -268,7 +261,7 @@ class PrecisePrefixCacheScorer:
     ) -> None:
         if self.params.speculative_ttl_seconds <= 0:
             return
-        match = _read(state, self._key)
+        match = state.get(self._key, None)
         primary = result.primary
         if match is None or primary is None or not primary.targets:
             return
