@@ -24,62 +24,15 @@ from kvroute_bench.workload import BenchRequest
 BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ADAPTERS = ("sql-lora", "review-lora-v1", "review-lora-v2", "summarize-lora", "translate-lora")
 
-RESOURCES_YAML = f"""\
+_POOL_YAML = """\
 apiVersion: inference.networking.k8s.io/v1
 kind: InferencePool
-metadata: {{name: demo-pool}}
+metadata: {name: demo-pool}
 spec:
   selector:
-    matchLabels: {{app: kvroute-sim}}
-  targetPorts: [{{number: 8000}}]
-  endpointPickerRef: {{name: demo-epp, port: {{number: 9002}}, failureMode: FailClose}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: assistant}}
-spec:
-  modelName: assistant
-  criticality: Critical
-  targetModels: [{{name: {BASE_MODEL}, weight: 1}}]
-  poolRef: {{group: inference.networking.k8s.io, kind: InferencePool, name: demo-pool}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: sql-assistant}}
-spec:
-  modelName: sql-assistant
-  criticality: Standard
-  targetModels: [{{name: sql-lora, weight: 1}}]
-  poolRef: {{group: inference.networking.k8s.io, kind: InferencePool, name: demo-pool}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: review}}
-spec:
-  modelName: review
-  criticality: Standard
-  targetModels:
-  - {{name: review-lora-v1, weight: 90}}
-  - {{name: review-lora-v2, weight: 10}}
-  poolRef: {{group: inference.networking.k8s.io, kind: InferencePool, name: demo-pool}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: batch-summarize}}
-spec:
-  modelName: batch-summarize
-  criticality: Sheddable
-  targetModels: [{{name: summarize-lora, weight: 1}}]
-  poolRef: {{group: inference.networking.k8s.io, kind: InferencePool, name: demo-pool}}
----
-apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {{name: batch-translate}}
-spec:
-  modelName: batch-translate
-  criticality: Sheddable
-  targetModels: [{{name: translate-lora, weight: 1}}]
-  poolRef: {{group: inference.networking.k8s.io, kind: InferencePool, name: demo-pool}}
+    matchLabels: {app: kvroute-sim}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: demo-epp, port: {number: 9002}, failureMode: FailClose}
 """
 
 # kvroute's default profile plus LoRA affinity: this pool serves more adapters than it has slots.
@@ -122,6 +75,22 @@ MODELS: dict[str, tuple[tuple[tuple[str, int], ...], Criticality]] = {
 }
 
 CRITICAL_TTFT_SLO = 1.5  # seconds, for the slowed (x10) engine
+
+
+def _model_yaml(name: str, targets: tuple[tuple[str, int], ...], crit: Criticality) -> str:
+    lines = "".join(f"  - {{name: {t}, weight: {w}}}\n" for t, w in targets)
+    return (
+        "apiVersion: inference.networking.x-k8s.io/v1alpha2\n"
+        f"kind: InferenceModel\nmetadata: {{name: {name}}}\nspec:\n"
+        f"  modelName: {name}\n  criticality: {crit.value}\n  targetModels:\n{lines}"
+        "  poolRef: {group: inference.networking.k8s.io, kind: InferencePool, name: demo-pool}\n"
+    )
+
+
+# The multi-document file a user would `kubectl apply`: the pool and one InferenceModel per entry.
+RESOURCES_YAML = "---\n".join(
+    [_POOL_YAML, *(_model_yaml(n, targets, crit) for n, (targets, crit) in MODELS.items())]
+)
 
 
 @dataclass(frozen=True, slots=True)
