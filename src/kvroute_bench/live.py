@@ -102,7 +102,9 @@ async def _one(
         rec.finish = time.perf_counter() - t0
         if rec.output_tokens == 0:
             rec.output_tokens = chunks
-    except (aiohttp.ClientError, json.JSONDecodeError, ValueError):
+    except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, ValueError):
+        # TimeoutError: aiohttp raises asyncio.TimeoutError (builtin on 3.11+) when the
+        # per-request timeout expires mid-stream; the request is a failure, never a crash.
         rec.failed = True
 
 

@@ -10,6 +10,7 @@ The integration test (``tests/integration/test_bench_live.py``) runs the generat
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import pytest
@@ -31,6 +32,12 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "saturated"}, status=429)
     if body["model"] == "broken":
         return web.json_response({"error": "boom"}, status=500)
+    if body["model"] == "stalls":  # headers and one chunk, then nothing until the client gives up
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": [{"index": 0, "text": " a"}]}\n\n')
+        await asyncio.sleep(30)
+        return resp
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     n = int(body["max_tokens"])
@@ -92,6 +99,25 @@ async def test_max_requests_bound() -> None:
         records, _end = await run_live(reqs, LiveOptions(urls=(url,), max_requests=4))
     assert len(records) == 4
     assert all(r.finish is not None for r in records)
+
+
+async def test_a_stream_that_stalls_past_the_timeout_is_a_failure_not_a_crash() -> None:
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    app = web.Application()
+    app.router.add_post("/v1/completions", _completions)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        # the last send at 0.3 s makes the client timeout (0.5 s from its send) fire before
+        # run_live stops waiting (0.5 s after the last send)
+        reqs = [_req(0, 0.0, 2), _req(1, 0.0, 2, adapter="stalls"), _req(2, 0.3, 1)]
+        records, _end = await run_live(reqs, LiveOptions(urls=(url,), timeout=0.5))
+    assert records[0].finish is not None
+    assert records[1].failed
+    assert records[1].first_token is not None  # it did stream before it stalled
+    gc.collect()  # a task whose exception nobody retrieved reports it when collected
+    assert not unhandled, unhandled
 
 
 @pytest.mark.parametrize(
