@@ -85,7 +85,38 @@ def test_sheddable_on_saturated_pool_is_429(capsys: pytest.CaptureFixture[str]) 
     assert out["trace"]["profiles"] == {}
 
 
-def test_decision_tree_drop_is_429_with_reason(capsys: pytest.CaptureFixture[str]) -> None:
+def test_decision_tree_drop_is_429_with_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The legacy tree (treatStandardAsCritical: false) drops a Standard request the admission
+    # step lets through (priority 0 is never shed there).
+    legacy = (
+        (CONFIGS / "decision-tree.yaml")
+        .read_text()
+        .replace(
+            "    loraAffinityThreshold: 0.999\n",
+            "    loraAffinityThreshold: 0.999\n    treatStandardAsCritical: false\n",
+        )
+    )
+    assert "treatStandardAsCritical: false" in legacy
+    config = tmp_path / "legacy-tree.yaml"
+    config.write_text(legacy)
+    code, out, _ = _run(
+        capsys,
+        *_state("saturated-state.json"),
+        "--request",
+        '{"model": "m", "prompt": "p", "criticality": "Standard"}',
+        "--config",
+        str(config),
+    )
+    assert code == 0
+    assert out["status"] == 429
+    assert "dropping request due to limited backend resources" in out["error"]
+
+
+def test_decision_tree_places_standard_on_saturated_pool(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     code, out, _ = _run(
         capsys,
         *_state("saturated-state.json"),
@@ -95,8 +126,10 @@ def test_decision_tree_drop_is_429_with_reason(capsys: pytest.CaptureFixture[str
         "decision-tree",
     )
     assert code == 0
-    assert out["status"] == 429
-    assert "dropping request due to limited backend resources" in out["error"]
+    assert out["status"] == 200
+    assert out["target"] == "vllm-1"
+    tree = out["trace"]["profiles"]["decision-tree"]["plugins"][0]
+    assert tree["notes"][0] == "Standard request: critical branch"
 
 
 def test_resources_resolve_model_and_criticality(capsys: pytest.CaptureFixture[str]) -> None:

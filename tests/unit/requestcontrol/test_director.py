@@ -212,13 +212,28 @@ def test_admission_sheds_only_sheddable_when_saturated(
         }
 
 
+def _decision_tree_config(**parameters: Any) -> str:
+    config = builtin_epp_config("decision-tree", REGISTRY).model_dump(by_alias=True)
+    for plugin in config["plugins"]:
+        if plugin["type"] == "decision-tree-filter":
+            plugin["parameters"] = dict(plugin.get("parameters") or {}, **parameters)
+    return json.dumps(config)
+
+
 def test_filter_leaving_nothing_is_429() -> None:
-    config = builtin_epp_config("decision-tree", REGISTRY).model_dump_json(by_alias=True)
+    # The legacy tree drops a Standard request (priority 0, so admission lets it through).
+    config = _decision_tree_config(treatStandardAsCritical=False)
     director, _ = _director(SATURATED, config, resources=None)
     with pytest.raises(PoolExhaustedError) as exc:
         director.handle_request(_parsed(), {}, "r1")
     assert exc.value.http_status == 429
     assert exc.value.message.startswith("failed to find target endpoint:")
+
+
+def test_decision_tree_places_standard_on_a_saturated_pool_by_default() -> None:
+    config = builtin_epp_config("decision-tree", REGISTRY).model_dump_json(by_alias=True)
+    director, _ = _director(SATURATED, config, resources=None)
+    assert director.handle_request(_parsed(), {}, "r1").target.name in names(SATURATED)
 
 
 def test_model_resolution_rewrites_target_and_keeps_incoming() -> None:

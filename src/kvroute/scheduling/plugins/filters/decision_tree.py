@@ -5,11 +5,11 @@ the candidates and the final pick is uniform among the survivors, as the legacy 
 
 The tree (thresholds are parameters; defaults from the legacy code)::
 
-    Critical request?
+    Critical (or Standard) request?
     ├─ yes: queue < queueingThresholdLoRA (128)?
     │   ├─ some: LoRA soft affinity -> least queuing -> least KV cache
     │   └─ none: least queuing -> least queuing -> low-cost LoRA -> least KV cache
-    └─ no: queue <= queueThresholdCritical (5) and kv <= kvCacheThreshold (0.8)?
+    └─ no (Sheddable): queue <= queueThresholdCritical (5) and kv <= kvCacheThreshold (0.8)?
         ├─ some: least queuing -> low-cost LoRA -> least KV cache
         └─ none: drop (no endpoints; the request fails with 429 to keep room for critical traffic)
 
@@ -27,10 +27,14 @@ The plugin is also a saturation detector with the legacy (v0.5.1) rule: the pool
 (1.0) when no endpoint has capacity for a sheddable request (the test above), else 0.0. The
 built-in ``decision-tree`` config uses it for admission, so admission and the tree agree on when
 a sheddable request is dropped (the mean-utilization detector would shed some requests the tree
-would still place).
+would still place). The detector only reports; admission sheds nothing but ``priority < 0``.
 
-Legacy treated every request that is not Critical as sheddable here; set
-``treatStandardAsCritical: true`` to send Standard requests down the critical branch.
+Only Sheddable requests are sheddable: kvroute's priority model (InferenceObjective: negative
+priority = sheddable) and the project's definition of the tree ("a non-critical (Sheddable)
+request ... is dropped with 429") both say so, so Standard requests take the critical branch by
+default (``treatStandardAsCritical: true``). The legacy Go code treated every request that is not
+Critical as sheddable, which drops Standard traffic with 429 whenever every replica is busy; set
+``treatStandardAsCritical: false`` to reproduce that.
 Metrics consumed: ``waiting_queue_size``, ``kv_cache_usage``, ``active_models``,
 ``waiting_models``, ``max_active_models``.
 """
@@ -73,7 +77,7 @@ class DecisionTreeParams(PluginParams):
     lora_affinity_threshold: float = Field(
         default=0.999, ge=0.0, le=1.0, alias="loraAffinityThreshold"
     )
-    treat_standard_as_critical: bool = Field(default=False, alias="treatStandardAsCritical")
+    treat_standard_as_critical: bool = Field(default=True, alias="treatStandardAsCritical")
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ import pytest
 
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import PoolExhaustedError
+from kvroute.requestcontrol.admission import SHED_MESSAGE, AdmissionController
 from kvroute.scheduling.interfaces import EMPTY_REASON, EXPLAIN
 from kvroute.scheduling.plugins.filters.decision_tree import (
     DROP_REASON,
@@ -100,13 +101,22 @@ CASES: list[tuple[list[Endpoint], Criticality, dict[str, object], list[str]]] = 
         [make_endpoint("e0", waiting=6, kv=0.1), make_endpoint("e1", waiting=0, kv=0.81)],
         STD,
         {},
-        [],
+        ["e1"],
     ),
     (
         [make_endpoint("e0", waiting=6, kv=0.1), make_endpoint("e1", waiting=0, kv=0.81)],
         STD,
-        {"treatStandardAsCritical": True},
-        ["e1"],
+        {"treatStandardAsCritical": False},
+        [],
+    ),
+    (
+        [
+            make_endpoint("e0", waiting=3, kv=0.9, active=["lora"], max_active=2),
+            make_endpoint("e1", waiting=1, kv=0.2, active=["x", "y"], max_active=2),
+        ],
+        STD,
+        {},
+        ["e0"],
     ),
     (
         [make_endpoint("e0", waiting=6, kv=0.1), make_endpoint("e1", waiting=0, kv=0.81)],
@@ -135,8 +145,9 @@ IDS = [
     "critical: every queue >= 128 -> least queuing then low-cost LoRA then least kv",
     "sheddable: capacity branch keeps queue <= 5 and kv <= 0.8",
     "sheddable: no capacity -> dropped",
-    "standard is non-critical by default (legacy) -> dropped",
-    "standard as critical when configured",
+    "standard takes the critical branch by default -> not dropped",
+    "standard as sheddable (legacy, treatStandardAsCritical false) -> dropped",
+    "standard gets LoRA affinity like critical, ignoring the capacity test",
     "custom queue threshold for sheddable capacity",
     "custom kv threshold for sheddable capacity",
     "custom LoRA queueing threshold",
@@ -238,3 +249,43 @@ def test_legacy_saturation_agrees_with_the_sheddable_branch(
     assert tree.saturation(endpoints, 0.0) == expected
     dropped = not tree.filter(make_state(), make_request(criticality=SHED), endpoints)
     assert dropped == (expected == 1.0)
+
+
+@pytest.mark.parametrize(
+    ("criticality", "params", "shed"),
+    [
+        (SHED, {}, True),
+        (STD, {}, False),
+        (CRIT, {}, False),
+        (STD, {"treatStandardAsCritical": False}, False),
+    ],
+    ids=[
+        "sheddable is shed when saturated",
+        "standard is admitted when saturated",
+        "critical is admitted when saturated",
+        "legacy tree still never sheds standard at admission (priority 0)",
+    ],
+)
+def test_saturation_detector_role_only_sheds_sheddable(
+    criticality: Criticality, params: dict[str, object], shed: bool
+) -> None:
+    """Admission over the tree's detector on a saturated pool: only priority < 0 gets 429."""
+    tree = DecisionTreeFilter(params=DecisionTreeParams.model_validate(params))
+    saturated = [make_endpoint("e0", waiting=50, kv=0.95), make_endpoint("e1", kv=0.99)]
+    assert tree.saturation(saturated, 0.0) == 1.0
+    admission = AdmissionController(tree)
+    request = make_request("lora", criticality=criticality)
+    if shed:
+        with pytest.raises(PoolExhaustedError, match=SHED_MESSAGE):
+            admission.admit(request, saturated, 0.0)
+    else:
+        admission.admit(request, saturated, 0.0)
+
+
+def test_standard_is_placed_on_a_saturated_pool_through_the_scheduler() -> None:
+    profile = SchedulerProfile("decision-tree", [DecisionTreeFilter()], [], RandomPicker())
+    scheduler = Scheduler(SingleProfileHandler(), {"decision-tree": profile})
+    saturated = [make_endpoint("e0", waiting=50, kv=0.95), make_endpoint("e1", waiting=9, kv=0.99)]
+    result = scheduler.schedule(make_request(criticality=STD), saturated, state=make_state())
+    assert result.primary is not None
+    assert names(result.primary.targets) == ["e1"]
