@@ -34,6 +34,7 @@ then see whichever copy is last (an adversarial client gains nothing it could no
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -79,14 +80,7 @@ def api_kind_for_path(path: str | None) -> ApiKind:
 
 def parse_request(body: bytes, path: str | None = None) -> ParsedRequest:
     """Decode and validate ``body`` for the API that ``path`` names."""
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise BadRequestError(
-            f"invalid JSON body: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise BadRequestError(f"invalid JSON body: not UTF-8 ({exc.reason})") from None
+    data = _decode_json(body)
     if not isinstance(data, dict):
         raise BadRequestError("invalid JSON body: expected a JSON object")
     model = data.get("model")
@@ -111,6 +105,64 @@ def parse_request(body: bytes, path: str | None = None) -> ParsedRequest:
         max_tokens=_max_tokens(data),
         raw=body,
     )
+
+
+def _decode_json(body: bytes) -> Any:
+    """``body`` as JSON, or a :class:`BadRequestError` that says what is wrong with it.
+
+    Strict UTF-8 (RFC 8259 §8.1; a leading BOM is tolerated as ``json.loads`` did): invalid
+    bytes and UTF-8-encoded surrogates are refused here, where ``json.loads(bytes)`` would have
+    let surrogates through. Escaped lone surrogates (``"\\ud800"`` without its pair) decode to
+    strings that cannot be encoded back to UTF-8, which would fail later, far from the client
+    (prefix hashing, the response model-name restore), so they are refused too. Nesting deeper
+    than the interpreter's recursion limit is a 400, not a ``RecursionError``.
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(
+            f"invalid JSON body: not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(
+            f"invalid JSON body: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
+        ) from None
+    except RecursionError:
+        raise BadRequestError("invalid JSON body: nested too deeply") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(data):
+        raise BadRequestError(
+            "invalid JSON body: lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair)"
+        )
+    return data
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether any string (key or value) in decoded JSON holds an unpaired surrogate.
+
+    Iterative, so it is safe at any depth ``json.loads`` accepted. Only called when the text
+    has a surrogate escape at all (a paired one, e.g. an escaped emoji, decodes to one valid
+    code point and passes).
+    """
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _max_tokens(data: dict[str, Any]) -> int | None:

@@ -71,7 +71,7 @@ class SseUsageParser:
                 continue
             try:
                 event = json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):  # garbage from the server: not usage
                 continue
             usage = usage_from_event(event)
             if usage is not None:

@@ -72,12 +72,13 @@ def usage_from_event(event: Any) -> Usage | None:
 def parse_usage_body(body: bytes) -> Usage | None:
     """Usage from a complete non-streaming JSON body; None when absent or not JSON.
 
-    Bodies without the bytes ``"usage"`` are not decoded at all.
+    Bodies without the bytes ``"usage"`` are not decoded at all. A body nested deeper than
+    the recursion limit is garbage from the model server, not an EPP failure: no usage.
     """
     if b'"usage"' not in body:
         return None
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return usage_from_event(data)
