@@ -4,7 +4,8 @@ Hierarchy::
 
     EppError (Internal, 500)
     ├── BadRequestError (BadRequest, 400)
-    │   └── ModelNotFoundError (NotFound, 404)   -- only when configured to reject unknown models
+    │   ├── ModelNotFoundError (NotFound, 404)   -- only when configured to reject unknown models
+    │   └── PayloadTooLargeError (BadRequest, 413) -- request body over --max-request-body-bytes
     ├── PoolExhaustedError (ResourceExhausted, 429)   -- shed, or no endpoint left after filtering
     ├── ServiceUnavailableError (ServiceUnavailable, 503)
     │   └── NoCandidatesError                     -- empty pool / subset matched nothing
@@ -54,6 +55,12 @@ class BadRequestError(EppError):
 class ModelNotFoundError(BadRequestError):
     code = ErrorCode.NOT_FOUND
     http_status = 404
+
+
+class PayloadTooLargeError(BadRequestError):
+    """A request body over the EPP's limit: a bad request, answered with HTTP 413."""
+
+    http_status = 413
 
 
 class PoolExhaustedError(EppError):

@@ -95,14 +95,19 @@ def routing_headers_response(
     )
 
 
-def body_chunks(body: bytes, *, request: bool) -> list[Any]:
+def body_chunks(body: bytes, *, request: bool, end_of_stream: bool = True) -> list[Any]:
     """The body as ``StreamedBodyResponse`` messages of at most 62,000 bytes.
 
-    The last one has ``end_of_stream=True``; an empty body is still one message.
+    The last one carries ``end_of_stream`` (true by default: a whole body); an empty body is
+    still one message.
     """
-    chunks = [body[i : i + BODY_BYTE_LIMIT] for i in range(0, len(body), BODY_BYTE_LIMIT)] or [b""]
+    if len(body) <= BODY_BYTE_LIMIT:  # the common case: one message, no slicing
+        return [streamed_body(body, end_of_stream, request=request)]
+    chunks = [body[i : i + BODY_BYTE_LIMIT] for i in range(0, len(body), BODY_BYTE_LIMIT)]
     last = len(chunks) - 1
-    return [streamed_body(c, i == last, request=request) for i, c in enumerate(chunks)]
+    return [
+        streamed_body(c, end_of_stream and i == last, request=request) for i, c in enumerate(chunks)
+    ]
 
 
 def streamed_body(chunk: bytes, end_of_stream: bool, *, request: bool) -> Any:

@@ -15,7 +15,15 @@ Protocol (upstream ``pkg/epp/handlers``, ``docs/proposals/004-endpoint-picker-pr
 * response headers/body/trailers: restore the client-facing model name (SSE chunk by chunk,
   JSON buffered until the end), read usage, record completion exactly once.
 * any :class:`~kvroute.errors.EppError` becomes an ``ImmediateResponse`` with
-  ``inference error: <Code> - <message>``.
+  ``inference error: <Code> - <message>``; any other exception while routing becomes a 500
+  ``Internal`` one (logged with its traceback), so a bug never leaves the client without an
+  answer.
+* request bodies over ``max_request_body_bytes`` are answered 413 as soon as that is known
+  (from ``content-length`` at the headers, else from the bytes received), and the rest of the
+  upload is dropped: the EPP buffers the whole body, so this bounds its memory per request.
+* response bodies with a ``content-encoding`` (gzip, br, ...) are passed through untouched: the
+  model-name restore and usage reading work on plain bytes, on compressed ones a match would be
+  corruption. A response filter that cannot be built also degrades to pass-through.
 
 Response processing has two modes, chosen together with the Envoy filter config. ``full`` is
 upstream's: every response chunk travels through the EPP. ``light`` pairs with a filter config of
@@ -32,12 +40,13 @@ usage; it is for pools that serve models under their own names.
 from __future__ import annotations
 
 import enum
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kvroute.errors import BadRequestError, EppError
+from kvroute.errors import BadRequestError, EppError, PayloadTooLargeError
 from kvroute.extproc import messages as msg
 from kvroute.extproc.backend import (
     Outcome,
@@ -47,6 +56,11 @@ from kvroute.extproc.backend import (
     RoutingInput,
     subset_from_metadata,
 )
+
+log = logging.getLogger(__name__)
+
+# Generous: a 1M-token prompt as JSON is a few MB; this only stops runaway uploads.
+DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024
 
 
 class ResponseProcessing(enum.StrEnum):
@@ -92,6 +106,7 @@ class ProtocolViolation(Exception):
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
     response_processing: ResponseProcessing = ResponseProcessing.FULL
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
 
 
 def _default_request_id() -> str:
@@ -111,6 +126,7 @@ class ExtProcStream:
         self._backend = backend
         self._options = options or StreamOptions()
         self._light = self._options.response_processing is ResponseProcessing.LIGHT
+        self._max_body = self._options.max_request_body_bytes
         self._new_request_id = request_id_factory
         self.state = State.AWAIT_REQUEST_HEADERS
         self.request_id = ""
@@ -177,6 +193,9 @@ class ExtProcStream:
         if headers.end_of_stream:
             return self._route_header_only()
         self.state = State.REQUEST_BODY
+        declared = self._headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > self._max_body:
+            return self._too_large(f"request body of {int(declared)} bytes")
         return []
 
     def _route_header_only(self) -> list[Any]:
@@ -184,6 +203,8 @@ class ExtProcStream:
             target = self._backend.route_any(self.request_id)
         except EppError as exc:
             return self._reject(exc, None)
+        except Exception as exc:
+            return self._reject(_internal(exc), None)
         if target is None:
             return self._reject(EppError("no pods available in datastore"), None)
         self.routed = Routed(endpoints=(target,), body=b"")
@@ -200,6 +221,9 @@ class ExtProcStream:
         ]
 
     def _on_request_body(self, body: Any) -> list[Any]:
+        if len(self._body) + len(body.body) > self._max_body:
+            self._body = bytearray()
+            return self._too_large("request body")
         self._body += body.body
         if not body.end_of_stream:
             return []
@@ -231,6 +255,8 @@ class ExtProcStream:
             return self._reject(exc, rin)
         except (ValueError, UnicodeDecodeError) as exc:  # a parser that let one slip through
             return self._reject(BadRequestError(str(exc)), rin)
+        except Exception as exc:
+            return self._reject(_internal(exc), rin)
         self.routed = routed
         self._skip_response_body = self._light
         self.state = State.ROUTED
@@ -246,9 +272,21 @@ class ExtProcStream:
     def _control_headers_present(self) -> list[str]:
         return [k for k in msg.SYSTEM_OWNED_HEADERS if k in self._headers]
 
+    def _too_large(self, what: str) -> list[Any]:
+        limit = self._max_body
+        return self._reject(
+            PayloadTooLargeError(
+                f"{what} exceeds the limit of {limit} bytes (EPP flag --max-request-body-bytes)"
+            ),
+            None,
+        )
+
     def _reject(self, error: EppError, rin: RoutingInput | None) -> list[Any]:
         self.state = State.REJECTED
-        self._backend.rejected(error, rin)
+        try:
+            self._backend.rejected(error, rin)
+        except Exception:  # error metrics must not cost the client its answer
+            log.exception("recording a rejected request failed")
         return [msg.immediate_response(error.http_status, error.response_body())]
 
     # -- response path ------------------------------------------------------------------------
@@ -260,8 +298,12 @@ class ExtProcStream:
         self._served = h.get(msg.DESTINATION_SERVED_HEADER) or self._served
         self._streaming = "text/event-stream" in h.get("content-type", "")
         assert self.routed is not None  # ROUTED implies a decision
-        if not self._skip_response_body:
-            self._filter = self._backend.response_filter(self.routed, self._streaming)
+        encoding = h.get("content-encoding", "").strip().lower()
+        if not self._skip_response_body and encoding in ("", "identity"):
+            try:
+                self._filter = self._backend.response_filter(self.routed, self._streaming)
+            except Exception:
+                log.exception("response filter failed; passing the response through untouched")
         if headers.end_of_stream:
             self._complete(disconnected=False)
         else:
@@ -275,10 +317,10 @@ class ExtProcStream:
         end: bool = body.end_of_stream
         self._response_bytes += len(chunk)
         out: list[Any]
-        if self._filter is None:  # body not wanted but sent anyway: pass it through untouched
+        if self._filter is None:  # no filter (light, compressed, failed): pass through untouched
             out = [msg.streamed_body(chunk, end, request=False)]
-        elif self._streaming:
-            out = [msg.streamed_body(self._filter.feed(chunk, end), end, request=False)]
+        elif self._streaming:  # the restored model name may grow a chunk past the limit
+            out = msg.body_chunks(self._filter.feed(chunk, end), request=False, end_of_stream=end)
         else:
             self._response_buf += chunk
             if not end:
@@ -323,3 +365,9 @@ _HANDLERS: dict[Event, Callable[[ExtProcStream, Any], list[Any]]] = {
     Event.RESPONSE_BODY: ExtProcStream._on_response_body,
     Event.RESPONSE_TRAILERS: ExtProcStream._on_response_trailers,
 }
+
+
+def _internal(exc: Exception) -> EppError:
+    """A bug or an unexpected failure while routing: logged in full, answered 500."""
+    log.error("routing failed unexpectedly", exc_info=exc)
+    return EppError(f"internal error while routing the request: {type(exc).__name__}: {exc}")
