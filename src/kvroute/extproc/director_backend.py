@@ -95,6 +95,16 @@ class DirectorBackend:
         decision = self._director.handle_request(
             parsed, request.headers, request.request_id, request.subset_hint
         )
+        # From here the request counts as in flight on its target: anything that fails before
+        # the stream owns the Routed (the body rewrite, metrics) must give that back, or the
+        # endpoint looks one request busier for the rest of the process's life.
+        try:
+            return self._routed(request, parsed, decision, started)
+        except BaseException:
+            self._director.handle_response_complete(decision, None)
+            raise
+
+    def _routed(self, request: RoutingInput, parsed: Any, decision: Any, started: float) -> Routed:
         self._metrics.scheduler_e2e.observe(self._clock() - started)
         req: InferenceRequest = decision.request
         body = (
@@ -102,18 +112,19 @@ class DirectorBackend:
             if req.target_model == req.incoming_model
             else self._codec.rewrite_request_body(parsed, req.target_model)
         )
-        m = self._metrics
-        m.request_total.labels(req.incoming_model, req.target_model, str(req.priority)).inc()
-        m.request_sizes.labels(req.incoming_model, req.target_model).observe(len(request.body))
-        m.running_requests.labels(req.incoming_model).inc()
-        m.scheduler_attempts.labels("success", req.target_model).inc()
-        return Routed(
+        routed = Routed(
             endpoints=tuple(decision.endpoint_header.split(",")),
             body=body,
             incoming_model=req.incoming_model,
             target_model=req.target_model,
             handle=_Handle(decision, started, req.priority),
         )
+        m = self._metrics
+        m.request_total.labels(req.incoming_model, req.target_model, str(req.priority)).inc()
+        m.request_sizes.labels(req.incoming_model, req.target_model).observe(len(request.body))
+        m.scheduler_attempts.labels("success", req.target_model).inc()
+        m.running_requests.labels(req.incoming_model).inc()  # last: complete() undoes it
+        return routed
 
     def route_any(self, request_id: str) -> str | None:
         return self._director.random_endpoint().hostport

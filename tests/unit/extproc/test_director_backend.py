@@ -151,3 +151,29 @@ def test_usage_absent_leaves_token_metrics_empty(tmp_path: Path) -> None:
         )
         == 1
     )
+
+
+def test_failure_after_scheduling_gives_the_in_flight_count_back(tmp_path: Path) -> None:
+    """The body rewrite runs after the director counted the request in flight. The failing
+    rewrite is injected (the real one has no input that fails once parsing succeeded)."""
+    from kvroute.extproc.director_backend import Codec, DirectorBackend
+    from kvroute.extproc.response_filter import OpenAIResponseFilter
+    from kvroute.protocol.openai import ParsedRequest, parse_request
+
+    built, store, metrics = _setup(tmp_path)
+
+    def failing_rewrite(parsed: ParsedRequest, target: str) -> bytes:
+        raise MemoryError("no room for the rewritten body")
+
+    director = built._director  # type: ignore[attr-defined]
+    backend = DirectorBackend(
+        director, Codec(parse_request, failing_rewrite, OpenAIResponseFilter), metrics
+    )
+    with pytest.raises(MemoryError):
+        backend.route(_input({"model": "food-review", "prompt": "hi"}))
+    assert sum(e.load.inflight for e in store.endpoints()) == 0
+    assert sum(e.load.inflight_tokens for e in store.endpoints()) == 0
+    running = metrics.registry.get_sample_value(
+        "inference_objective_running_requests", {"model_name": "food-review"}
+    )
+    assert running in (None, 0.0)
