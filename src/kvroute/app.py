@@ -167,7 +167,8 @@ class EppApp:
         health = ReadinessHealth(
             lambda: self._source.synced, serving=getattr(self._source, "serving", None)
         )
-        self.processor = ExternalProcessor(built.backend, StreamOptions(s.response_processing))
+        options = StreamOptions(s.response_processing, s.max_request_body_bytes)
+        self.processor = ExternalProcessor(built.backend, options)
         server, self.ports.grpc = build_ext_proc_server(
             self.processor,
             host=s.bind_host,

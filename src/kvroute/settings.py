@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kvroute.errors import ConfigError
-from kvroute.extproc.stream import ResponseProcessing
+from kvroute.extproc.stream import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -68,6 +68,7 @@ class EppSettings:
     endpoints: tuple[tuple[str, int], ...] = ()
     resources: tuple[Path, ...] = ()
     response_processing: ResponseProcessing = ResponseProcessing.FULL
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
 
     def __post_init__(self) -> None:
         if self.config_file is not None and self.config_text is not None:
@@ -76,6 +77,10 @@ class EppSettings:
             raise ConfigError("--pool-name and --endpoint-selector are mutually exclusive")
         if len(self.endpoint_target_ports) > 8:
             raise ConfigError("--endpoint-target-ports takes 1 to 8 ports")
+        if self.max_request_body_bytes <= 0:
+            raise ConfigError(
+                f"--max-request-body-bytes must be positive, got {self.max_request_body_bytes}"
+            )
 
     @property
     def pool_label(self) -> str:
@@ -169,6 +174,14 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
         help="full: every response chunk through the EPP (upstream); light: response body "
         "skipped (no model-name restore, no usage metrics), much less EPP CPU",
     )
+    g.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+        metavar="N",
+        help="larger request bodies are answered 413 (the EPP buffers each body whole); "
+        f"default {DEFAULT_MAX_REQUEST_BODY_BYTES} (64 MiB)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") -> EppSettings:
@@ -199,4 +212,5 @@ def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") 
         endpoints=tuple(parse_endpoint_url(u) for u in args.endpoint),
         resources=tuple(args.resources),
         response_processing=ResponseProcessing(args.response_processing),
+        max_request_body_bytes=args.max_request_body_bytes,
     )

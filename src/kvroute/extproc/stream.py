@@ -18,9 +18,13 @@ Protocol (upstream ``pkg/epp/handlers``, ``docs/proposals/004-endpoint-picker-pr
   ``inference error: <Code> - <message>``; any other exception while routing becomes a 500
   ``Internal`` one (logged with its traceback), so a bug never leaves the client without an
   answer.
-* request bodies over ``max_request_body_bytes`` are answered 413 as soon as that is known
-  (from ``content-length`` at the headers, else from the bytes received), and the rest of the
-  upload is dropped: the EPP buffers the whole body, so this bounds its memory per request.
+* request bodies over ``max_request_body_bytes`` are answered 413. The EPP buffers each body
+  whole, so from the moment the limit is known to be exceeded (``content-length`` at the
+  headers, else the bytes received) the body is counted and dropped, not kept; the answer goes
+  out at the body's end. Answering mid-upload would be sooner but worse: common clients (httpx,
+  the openai SDK) write the whole body before reading, and Envoy closes the connection under
+  them after an early local reply, so they saw a connection reset instead of the 413 (verified
+  with Envoy 1.40 and a 70 MB body).
 * response bodies with a ``content-encoding`` (gzip, br, ...) are passed through untouched: the
   model-name restore and usage reading work on plain bytes, on compressed ones a match would be
   corruption. A response filter that cannot be built also degrades to pass-through.
@@ -133,6 +137,7 @@ class ExtProcStream:
         self._generated_request_id = False
         self._headers: dict[str, str] = {}
         self._body = bytearray()
+        self._dropped: int | None = None  # bytes of an oversized body being drained
         self._subset: tuple[str, ...] | None = None
         self.routed: Routed | None = None
         self._filter: ResponseFilter | None = None
@@ -195,7 +200,7 @@ class ExtProcStream:
         self.state = State.REQUEST_BODY
         declared = self._headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > self._max_body:
-            return self._too_large(f"request body of {int(declared)} bytes")
+            self._dropped = 0
         return []
 
     def _route_header_only(self) -> list[Any]:
@@ -221,18 +226,26 @@ class ExtProcStream:
         ]
 
     def _on_request_body(self, body: Any) -> list[Any]:
-        if len(self._body) + len(body.body) > self._max_body:
-            self._body = bytearray()
-            return self._too_large("request body")
-        self._body += body.body
+        chunk: bytes = body.body
+        if self._dropped is None and len(self._body) + len(chunk) > self._max_body:
+            self._dropped, self._body = len(self._body), bytearray()
+        if self._dropped is not None:
+            self._dropped += len(chunk)
+        else:
+            self._body += chunk
         if not body.end_of_stream:
             return []
-        return self._route()
+        return self._end_of_body()
 
     def _on_request_trailers(self, _trailers: Any) -> list[Any]:
         if self.state is State.REQUEST_BODY:  # trailers end the body
-            return [*self._route(), msg.trailers_response(request=True)]
+            return [*self._end_of_body(), msg.trailers_response(request=True)]
         return [msg.trailers_response(request=True)]
+
+    def _end_of_body(self) -> list[Any]:
+        if self._dropped is not None:
+            return self._too_large(self._dropped)
+        return self._route()
 
     def _route(self) -> list[Any]:
         h = self._headers
@@ -272,11 +285,11 @@ class ExtProcStream:
     def _control_headers_present(self) -> list[str]:
         return [k for k in msg.SYSTEM_OWNED_HEADERS if k in self._headers]
 
-    def _too_large(self, what: str) -> list[Any]:
-        limit = self._max_body
+    def _too_large(self, size: int) -> list[Any]:
         return self._reject(
             PayloadTooLargeError(
-                f"{what} exceeds the limit of {limit} bytes (EPP flag --max-request-body-bytes)"
+                f"request body of {size} bytes exceeds the limit of {self._max_body} bytes "
+                "(EPP flag --max-request-body-bytes)"
             ),
             None,
         )

@@ -53,33 +53,44 @@ LIMIT = 1000
 
 
 @pytest.mark.parametrize(
-    ("headers", "chunks", "answered_at"),
+    ("headers", "chunks"),
     [
-        ({"content-length": str(LIMIT + 1)}, [], 0),
-        ({}, [b"x" * 600, b"x" * 401], 2),
-        ({"content-length": "10"}, [b"x" * 600, b"x" * 600], 2),
+        ({"content-length": "2500"}, [b"x" * 1000, b"x" * 1000, b"x" * 500]),
+        ({}, [b"x" * 600, b"x" * 401, b"x" * 1499]),
+        ({"content-length": "10"}, [b"x" * 600, b"x" * 600, b"x" * 1300]),
     ],
     ids=["declared-content-length", "chunks-without-length", "lying-content-length"],
 )
-def test_oversized_body_is_a_413_as_soon_as_it_is_known(
-    headers: dict[str, str], chunks: list[bytes], answered_at: int
+def test_oversized_body_is_drained_then_answered_413(
+    headers: dict[str, str], chunks: list[bytes]
 ) -> None:
+    """Answered at the body's end (clients read only after writing it all), never buffered."""
     backend = _Backend()
     stream = ExtProcStream(backend, StreamOptions(max_request_body_bytes=LIMIT))
-    msgs = [req_headers(headers), *(req_body(c, eos=False) for c in chunks)]
-    outs = [stream.receive(m) for m in msgs]
-    assert all(o == [] for o in outs[:answered_at])
-    code, body = _immediate(outs[answered_at])
+    assert stream.receive(req_headers(headers)) == []
+    for c in chunks:
+        assert stream.receive(req_body(c, eos=False)) == []
+        assert len(stream._body) <= LIMIT  # the excess is counted, not kept
+    code, body = _immediate(stream.receive(req_body(b"", eos=True)))
     assert code == 413
-    assert body.startswith("inference error: BadRequest - request body")
-    assert f"limit of {LIMIT} bytes" in body
+    assert body == (
+        "inference error: BadRequest - request body of 2500 bytes exceeds the limit of "
+        f"{LIMIT} bytes (EPP flag --max-request-body-bytes)"
+    )
     assert stream.state is State.REJECTED
-    # The rest of the upload is ignored, not buffered; nothing was scheduled or left in flight.
-    assert stream.receive(req_body(b"y" * 5000, eos=True)) == []
     stream.close()
     assert backend.routed_inputs == []
     assert backend.completions == []
     assert len(backend.rejections) == 1
+
+
+def test_oversized_body_ended_by_trailers_is_answered_413() -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend, StreamOptions(max_request_body_bytes=LIMIT))
+    run(stream, [req_headers(), req_body(b"x" * 2000, eos=False)])
+    trailers = pb.ProcessingRequest(request_trailers=pb.HttpTrailers())
+    code, _ = _immediate(stream.receive(trailers)[:1])
+    assert code == 413
 
 
 def test_body_at_the_limit_is_routed() -> None:
@@ -241,3 +252,20 @@ def test_grown_streamed_chunk_is_split_at_the_message_limit() -> None:
     whole = b"".join(b for b, _ in first + last)
     assert whole == (big + event).replace(b'"model":"m"', b'"model":"food-review"')
     assert len(first) > 1
+
+
+@pytest.mark.parametrize("gateway", [False, True], ids=["kvroute-epp", "kvroute-serve"])
+def test_body_limit_flag(gateway: bool) -> None:
+    import argparse
+
+    from kvroute.errors import ConfigError
+    from kvroute.settings import add_epp_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_epp_arguments(parser, gateway=gateway)
+    default = settings_from_args(parser.parse_args([]))
+    assert default.max_request_body_bytes == DEFAULT_MAX_REQUEST_BODY_BYTES
+    set_ = settings_from_args(parser.parse_args(["--max-request-body-bytes", "1048576"]))
+    assert set_.max_request_body_bytes == 1048576
+    with pytest.raises(ConfigError, match="--max-request-body-bytes must be positive"):
+        settings_from_args(parser.parse_args(["--max-request-body-bytes", "0"]))
