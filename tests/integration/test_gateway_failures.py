@@ -154,3 +154,26 @@ async def test_server_dying_mid_response_releases_in_flight(tmp_path: Path, when
                     await fetch()
                 assert statuses == [200]
             assert await _until(lambda: _inflight(gw) == 0)
+
+
+async def test_large_body_falls_back_when_the_first_endpoint_is_dead(tmp_path: Path) -> None:
+    """A retry resends the body; Envoy must have kept all of it (it kept 1 MiB by default).
+
+    The live server reports itself saturated so that the picker ranks it second; standard
+    priority is never shed, so it still serves."""
+    from tests.integration.test_gateway_e2e import FALLBACK_CONFIG
+
+    dead = MiniModelServer("dead", reset_requests=True)
+    live = MiniModelServer("live", saturated=True)
+    async with mini_pool([dead, live]):
+        gw = Gateway([dead.url, live.url], config_text=FALLBACK_CONFIG, log_dir=tmp_path)
+        async with gw, httpx.AsyncClient(base_url=gw.url, timeout=60) as c:
+            await _until(
+                lambda: all(e.metrics.updated_at > 0 for e in gw.epp.datastore.endpoints())
+            )
+            prompt = "x" * (3 << 20)
+            r = await c.post("/v1/completions", json={"model": "base", "prompt": prompt})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-sim-server"] == "live"
+            assert r.json()["prompt_len"] == len(prompt)
+            assert await _until(lambda: _inflight(gw) == 0)

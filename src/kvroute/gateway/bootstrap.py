@@ -17,7 +17,12 @@ enough for long generations. kvroute adds:
   served it), which the EPP reads back on the response path;
 * a retry policy for connect failures and resets before the first response byte (Envoy's
   ``reset`` retry condition: no response headers at all; once headers are out, nothing is
-  retried, so a streamed generation is never duplicated after it started).
+  retried, so a streamed generation is never duplicated after it started). A retry resends
+  the body, so Envoy keeps a copy of it, by default only up to the 1 MiB connection buffer
+  limit: a larger body whose first endpoint was dead got ``507 exceeded request buffer limit
+  while retrying upstream`` instead of the fallback (verified with Envoy 1.40). The routes
+  therefore set ``request_body_buffer_limit`` to the EPP's own body limit
+  (``--max-request-body-bytes``): whatever the EPP accepts can also be retried.
 
 The fallback list. Envoy's ORIGINAL_DST load balancer (upstream's reference shape) takes
 exactly one ``host:port`` from the header: a comma list is rejected ("invalid override header
@@ -67,6 +72,8 @@ class BootstrapOptions:
     message_timeout_s: float = 1000.0
     stream_idle_timeout_s: float = 3600.0  # long generations with slow tokens
     retries: int = 2
+    # Per-request body copy kept for retries; kvroute serve passes --max-request-body-bytes.
+    request_body_buffer_limit_bytes: int = 64 * 1024 * 1024
     # gRPC health checks of the EPP (upstream's reference config does the same). Besides taking
     # a dead EPP out quickly, they make FailOpen deterministic: with FULL_DUPLEX_STREAMED, Envoy
     # honours failure_mode_allow only if the ext_proc stream fails before the request body was
@@ -159,9 +166,11 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }
     ]
+    buffer_limit = opts.request_body_buffer_limit_bytes
     picked = {
         "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
         "route": {"cluster": POOL_CLUSTER, "timeout": "0s", "retry_policy": retry},
+        "request_body_buffer_limit": buffer_limit,
         "response_headers_to_add": served,
     }
     if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
@@ -169,6 +178,7 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
         unpicked: dict[str, Any] = {
             "match": {"prefix": "/"},
             "route": {"cluster": cluster, "timeout": "0s", "retry_policy": retry},
+            "request_body_buffer_limit": buffer_limit,
             "response_headers_to_add": served,
         }
     else:

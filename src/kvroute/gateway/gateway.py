@@ -79,6 +79,7 @@ class Gateway:
             response_processing=s.response_processing.value,
             upstream_lb=self._upstream_lb,
             epp_health_check=s.health_checking,
+            request_body_buffer_limit_bytes=s.max_request_body_bytes,
         )
 
     async def __aenter__(self) -> Gateway:

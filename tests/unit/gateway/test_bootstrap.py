@@ -146,3 +146,15 @@ def test_epp_is_health_checked_without_panic_routing() -> None:
     assert epp["common_lb_config"]["healthy_panic_threshold"]["value"] == 0.0
     no_hc = build_bootstrap(BootstrapOptions(endpoints=EPS, epp_health_check=False))
     assert "health_checks" not in _clusters(no_hc)[EPP_CLUSTER]
+
+
+@pytest.mark.parametrize("name", ["default", "failopen"])
+def test_retried_routes_can_buffer_what_the_epp_accepts(name: str) -> None:
+    """Without it Envoy copies only 1 MiB for retries: a 2 MB body got 507 on the fallback."""
+    opts = VARIANTS[name]
+    routes = _hcm(build_bootstrap(opts))["route_config"]["virtual_hosts"][0]["routes"]
+    retried = [r for r in routes if "retry_policy" in r.get("route", {})]
+    assert len(retried) == (2 if name == "failopen" else 1)
+    for r in retried:
+        assert r["request_body_buffer_limit"] == opts.request_body_buffer_limit_bytes
+    assert opts.request_body_buffer_limit_bytes == 64 << 20
