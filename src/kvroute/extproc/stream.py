@@ -199,7 +199,8 @@ class ExtProcStream:
             return self._route_header_only()
         self.state = State.REQUEST_BODY
         declared = self._headers.get("content-length", "").strip()
-        if declared.isdigit() and int(declared) > self._max_body:
+        # isascii: str.isdigit() is true for "²", which int() refuses.
+        if declared.isascii() and declared.isdigit() and int(declared) > self._max_body:
             self._dropped = 0
         return []
 
@@ -309,7 +310,7 @@ class ExtProcStream:
         status = h.get(":status", "")
         self._status = int(status) if status.isdigit() else None
         self._served = h.get(msg.DESTINATION_SERVED_HEADER) or self._served
-        self._streaming = "text/event-stream" in h.get("content-type", "")
+        self._streaming = "text/event-stream" in h.get("content-type", "").lower()
         assert self.routed is not None  # ROUTED implies a decision
         encoding = h.get("content-encoding", "").strip().lower()
         if not self._skip_response_body and encoding in ("", "identity"):

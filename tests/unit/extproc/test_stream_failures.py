@@ -110,7 +110,9 @@ def test_body_at_the_limit_is_routed() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["-5", "abc", "1e3", ""], ids=["negative", "word", "float", "empty"]
+    "bad",
+    ["-5", "abc", "1e3", "", "\u00b2", "\u0663"],
+    ids=["negative", "word", "float", "empty", "superscript-two", "arabic-indic-three"],
 )
 def test_unparseable_content_length_does_not_reject_by_itself(bad: str) -> None:
     backend = _Backend()
@@ -269,3 +271,13 @@ def test_body_limit_flag(gateway: bool) -> None:
     assert set_.max_request_body_bytes == 1048576
     with pytest.raises(ConfigError, match="--max-request-body-bytes must be positive"):
         settings_from_args(parser.parse_args(["--max-request-body-bytes", "0"]))
+
+
+def test_event_stream_content_type_is_case_insensitive() -> None:
+    """RFC 9110 media types are case-insensitive: an SSE response must be filtered per chunk."""
+    backend = _Backend()
+    stream = ExtProcStream(backend)
+    run(stream, [req_headers(REWRITE), req_body(COMPLETION)])
+    stream.receive(_resp_headers({"content-type": "Text/Event-Stream; charset=utf-8"}))
+    out = stream.receive(resp_body(b'data: {"model":"served-name"}\n\n', False))
+    assert streamed(out, "response_body") == [(b'data: {"model":"food-review"}\n\n', False)]
