@@ -308,7 +308,7 @@ class ExtProcStream:
     def _on_response_headers(self, headers: Any) -> list[Any]:
         h = msg.decode_headers(headers)
         status = h.get(":status", "")
-        self._status = int(status) if status.isdigit() else None
+        self._status = int(status) if status.isascii() and status.isdigit() else None
         self._served = h.get(msg.DESTINATION_SERVED_HEADER) or self._served
         self._streaming = "text/event-stream" in h.get("content-type", "").lower()
         assert self.routed is not None  # ROUTED implies a decision
@@ -359,16 +359,17 @@ class ExtProcStream:
         if self._completed or self.routed is None:
             return
         self._completed = True
-        self._backend.complete(
-            self.routed,
-            Outcome(
-                status=self._status,
-                usage=self._filter.usage if self._filter is not None else None,
-                served_endpoint=self._served,
-                response_bytes=self._response_bytes,
-                disconnected=disconnected,
-            ),
+        outcome = Outcome(
+            status=self._status,
+            usage=self._filter.usage if self._filter is not None else None,
+            served_endpoint=self._served,
+            response_bytes=self._response_bytes,
+            disconnected=disconnected,
         )
+        try:
+            self._backend.complete(self.routed, outcome)
+        except Exception:  # bookkeeping must not cut off the response it is counting
+            log.exception("recording the completion of request %s failed", self.request_id)
 
 
 _HANDLERS: dict[Event, Callable[[ExtProcStream, Any], list[Any]]] = {

@@ -17,7 +17,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from kvroute.errors import EppError
-from kvroute.extproc.backend import Routed, RoutingInput
+from kvroute.extproc.backend import Outcome, Routed, RoutingInput
 from kvroute.extproc.messages import BODY_BYTE_LIMIT
 from kvroute.extproc.response_filter import OpenAIResponseFilter
 from kvroute.extproc.stream import (
@@ -131,6 +131,7 @@ class _FailingBackend(_Backend):
     fail_route_any: bool = False
     fail_filter: bool = False
     fail_rejected: bool = False
+    fail_complete: bool = False
 
     def route(self, request: RoutingInput) -> Routed:
         if self.fail_route:
@@ -151,6 +152,11 @@ class _FailingBackend(_Backend):
         super().rejected(error, request)
         if self.fail_rejected:
             raise _Boom("metrics blew up")
+
+    def complete(self, routed: Routed, outcome: Outcome) -> None:
+        super().complete(routed, outcome)
+        if self.fail_complete:
+            raise _Boom("completion hook blew up")
 
 
 @pytest.mark.parametrize(
@@ -281,3 +287,15 @@ def test_event_stream_content_type_is_case_insensitive() -> None:
     stream.receive(_resp_headers({"content-type": "Text/Event-Stream; charset=utf-8"}))
     out = stream.receive(resp_body(b'data: {"model":"served-name"}\n\n', False))
     assert streamed(out, "response_body") == [(b'data: {"model":"food-review"}\n\n', False)]
+
+
+def test_failing_completion_bookkeeping_does_not_cut_off_the_response() -> None:
+    backend = _FailingBackend(fail_complete=True)
+    stream = ExtProcStream(backend)
+    run(stream, [req_headers(REWRITE), req_body(COMPLETION)])
+    stream.receive(_resp_headers({"content-type": "application/json", ":status": "\u00b2"}))
+    out = stream.receive(resp_body(b'{"model":"served-name"}', True))
+    assert streamed(out, "response_body") == [(b'{"model":"food-review"}', True)]
+    stream.close()  # the server's finally: must not raise either
+    assert len(backend.completions) == 1
+    assert backend.completions[0].status is None  # a status Envoy would never send: unknown
