@@ -34,7 +34,6 @@ then see whichever copy is last (an adversarial client gains nothing it could no
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +87,8 @@ def parse_request(body: bytes, path: str | None = None) -> ParsedRequest:
         raise BadRequestError("model not found in request body")
     api = api_kind_for_path(path)
     prompt_text = _PROMPT_BUILDERS[api](data)
+    _require_encodable(model, "model name")
+    _require_encodable(prompt_text, "prompt")
     stream = data.get("stream")
     if stream is None:
         stream = False  # absent or null, as Go's decoder leaves the bool false
@@ -112,10 +113,8 @@ def _decode_json(body: bytes) -> Any:
 
     Strict UTF-8 (RFC 8259 §8.1; a leading BOM is tolerated as ``json.loads`` did): invalid
     bytes and UTF-8-encoded surrogates are refused here, where ``json.loads(bytes)`` would have
-    let surrogates through. Escaped lone surrogates (``"\\ud800"`` without its pair) decode to
-    strings that cannot be encoded back to UTF-8, which would fail later, far from the client
-    (prefix hashing, the response model-name restore), so they are refused too. Nesting deeper
-    than the interpreter's recursion limit is a 400, not a ``RecursionError``.
+    let surrogates through (decoding first is also faster than ``json.loads(bytes)``). Nesting
+    deeper than the interpreter's recursion limit is a 400, not a ``RecursionError``.
     """
     try:
         text = body.decode("utf-8-sig")
@@ -131,38 +130,27 @@ def _decode_json(body: bytes) -> Any:
         ) from None
     except RecursionError:
         raise BadRequestError("invalid JSON body: nested too deeply") from None
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(data):
-        raise BadRequestError(
-            "invalid JSON body: lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair)"
-        )
     return data
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+def _require_encodable(text: str, what: str) -> None:
+    """Refuse escaped lone surrogates (``"\\ud800"`` without its pair) in strings used later.
 
-
-def _has_lone_surrogate(data: Any) -> bool:
-    """Whether any string (key or value) in decoded JSON holds an unpaired surrogate.
-
-    Iterative, so it is safe at any depth ``json.loads`` accepted. Only called when the text
-    has a surrogate escape at all (a paired one, e.g. an escaped emoji, decodes to one valid
-    code point and passes).
+    JSON's grammar allows them and ``json.loads`` returns them, but such a string cannot be
+    encoded back to UTF-8, which then fails far from the client (prefix hashing of the prompt,
+    the model-name restore on the response). Only the two strings the EPP itself re-encodes are
+    checked: scanning the whole body for the escape costs more than parsing it, and
+    ``str.isascii`` makes the common case free.
     """
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequestError(
+            f"invalid JSON body: lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its "
+            f"pair) in the {what}"
+        ) from None
 
 
 def _max_tokens(data: dict[str, Any]) -> int | None:
@@ -301,7 +289,11 @@ def rewrite_request_body(parsed: ParsedRequest, target_model: str) -> bytes:
         return spliced
     body = dict(parsed.body)
     body["model"] = target_model
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate somewhere: escaped, it is the same JSON
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _splice_model(raw: bytes, current: str, target: str) -> bytes | None:

@@ -7,10 +7,12 @@ leave a later stage holding a string that cannot be encoded back to UTF-8.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kvroute.errors import BadRequestError
-from kvroute.protocol.openai import parse_request
+from kvroute.protocol.openai import parse_request, rewrite_request_body
 from kvroute.protocol.sse import SseUsageParser
 from kvroute.protocol.usage import parse_usage_body
 
@@ -82,3 +84,13 @@ def test_deeply_nested_sse_event_is_skipped() -> None:
     usage = p.finish()
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (2, 3)
+
+
+def test_rewrite_fallback_keeps_a_lone_surrogate_elsewhere_as_an_escape() -> None:
+    """An escaped key forces the re-serializing fallback; a lone surrogate in a field the EPP
+    does not read must not make it fail (it ran after the request was counted in flight)."""
+    body = b'{"\\u006dodel":"m","prompt":"x","user":"\\ud800"}'
+    parsed = parse_request(body, "/v1/completions")
+    out = rewrite_request_body(parsed, "target")
+    assert out.isascii()
+    assert json.loads(out) == {"model": "target", "prompt": "x", "user": "\ud800"}
