@@ -43,6 +43,7 @@ usage; it is for pools that serve models under their own names.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import uuid
@@ -271,7 +272,9 @@ class ExtProcStream:
             return self._reject(BadRequestError(str(exc)), rin)
         except Exception as exc:
             return self._reject(_internal(exc), rin)
-        self.routed = routed
+        # The stream lives as long as the generation (minutes); it must not pin the request
+        # body in memory all that time once the body is on its way.
+        self.routed = dataclasses.replace(routed, body=b"")
         self._skip_response_body = self._light
         self.state = State.ROUTED
         head = msg.routing_headers_response(

@@ -299,3 +299,15 @@ def test_failing_completion_bookkeeping_does_not_cut_off_the_response() -> None:
     stream.close()  # the server's finally: must not raise either
     assert len(backend.completions) == 1
     assert backend.completions[0].status is None  # a status Envoy would never send: unknown
+
+
+def test_routed_stream_does_not_pin_the_request_body() -> None:
+    """A stream lives for the whole generation; a 1 MB prompt must not stay referenced by it
+    after it was sent (thousands of long streams would hold gigabytes)."""
+    data = json.dumps({"model": "m", "prompt": "x" * (1 << 20)}).encode()
+    stream = ExtProcStream(_Backend())
+    out = run(stream, [req_headers(), req_body(data[:70_000], False), req_body(data[70_000:])])
+    assert json.loads(b"".join(b for b, _ in streamed(out, "request_body"))) == json.loads(data)
+    assert stream.routed is not None
+    assert stream.routed.body == b""
+    assert len(stream._body) == 0
