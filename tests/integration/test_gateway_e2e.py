@@ -272,8 +272,27 @@ async def test_sheddable_rejected_under_saturation_while_critical_passes(stack: 
     [
         (b"{not json", 400, "inference error: BadRequest"),
         (b'{"prompt": "no model"}', 400, "inference error: BadRequest"),
+        (b'{"model": 7, "prompt": "x"}', 400, "inference error: BadRequest - model not found"),
+        (b"[" * 100_000, 400, "inference error: BadRequest - invalid JSON body: nested too"),
+        (
+            b'{"model": "base", "prompt": "\\ud800"}',
+            400,
+            "inference error: BadRequest - invalid JSON body: lone UTF-16 surrogate",
+        ),
+        (
+            b'{"model": "base", "prompt": "\xff"}',
+            400,
+            "inference error: BadRequest - invalid JSON body: not UTF-8",
+        ),
     ],
-    ids=["bad-json", "missing-model"],
+    ids=[
+        "bad-json",
+        "missing-model",
+        "model-not-a-string",
+        "nested-too-deeply",
+        "lone-surrogate",
+        "not-utf8",
+    ],
 )
 async def test_bad_requests(stack: Stack, content: bytes, status: int, prefix: str) -> None:
     r = await stack.client.post(
