@@ -1,11 +1,28 @@
-"""lora-affinity-scorer: 1.0 active / 0.8 free slot / 0.6 waiting / 0 otherwise (upstream order)."""
+"""lora-affinity-scorer: upstream's 1.0 active / 0.8 free slot / 0.6 waiting / 0 otherwise, plus
+the EPP's in-flight adapter accounting (``inflightAdapters``, on by default)."""
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 
-from kvroute.scheduling.plugins.scorers.lora_affinity import LoraAffinityScorer
-from tests.fakes import make_endpoint, make_request, make_state
+from kvroute.config.epp_config import parse_epp_config
+from kvroute.datastore.endpoint import Endpoint
+from kvroute.datastore.store import Datastore
+from kvroute.errors import PluginValidationError
+from kvroute.plugins.registry import default_registry
+from kvroute.protocol.openai import parse_request
+from kvroute.requestcontrol.director import Director, RoutingDecision
+from kvroute.scheduling.builder import build_scheduling
+from kvroute.scheduling.interfaces import ProfileResult, SchedulingResult
+from kvroute.scheduling.plugins.scorers.lora_affinity import (
+    LoraAffinityParams,
+    LoraAffinityScorer,
+)
+from kvroute.scheduling.request import InferenceRequest
+from tests.fakes import NOW, make_endpoint, make_request, make_state
 
 CASES = [
     ({"active": ["sql-lora"], "max_active": 1}, 1.0),
@@ -38,3 +55,130 @@ def test_scores_the_target_model_not_the_incoming_name() -> None:
     e = make_endpoint("e0", active=["sql-lora-v2"], max_active=1)
     request = make_request("sql-lora", target="sql-lora-v2")
     assert LoraAffinityScorer().score(make_state(), request, [e]) == {"e0": 1.0}
+
+
+def _result(target: Endpoint) -> SchedulingResult:
+    return SchedulingResult({"default": ProfileResult((target,))}, "default")
+
+
+def _send(scorer: LoraAffinityScorer, adapter: str, target: Endpoint) -> InferenceRequest:
+    request = make_request(adapter)
+    scorer.pre_request(make_state(), request, _result(target))
+    return request
+
+
+INFLIGHT_CASES: list[tuple[dict[str, object], list[str], float]] = [
+    ({"active": ["a"], "max_active": 3}, ["sql-lora"], 1.0),
+    ({"active": ["a"], "max_active": 3}, ["b", "c"], 0.0),
+    ({"active": ["a"], "max_active": 3}, ["b"], 0.8),
+    ({"active": ["a", "b"], "max_active": 3}, ["a", "b", "a"], 0.8),
+    ({"active": ["a"], "waiting_models": ["b"], "max_active": 3}, ["b", "c"], 0.0),
+    ({"active": ["a"], "waiting_models": ["sql-lora"], "max_active": 2}, ["c"], 0.6),
+    ({"max_active": 2}, [], 0.8),
+]
+INFLIGHT_IDS = [
+    "adapter the EPP just sent counts as active before any scrape",
+    "two new adapters in flight fill the free slots the scrape still shows",
+    "one new adapter in flight leaves one slot",
+    "in-flight adapters already active take no extra slot",
+    "waiting adapter in flight is not counted twice",
+    "waiting adapter and no slot left: 0.6 as upstream",
+    "nothing in flight: upstream score",
+]
+
+
+@pytest.mark.parametrize(("metrics", "sent", "expected"), INFLIGHT_CASES, ids=INFLIGHT_IDS)
+def test_inflight_adapters_count_as_active_and_use_slots(
+    metrics: dict[str, object], sent: list[str], expected: float
+) -> None:
+    e = make_endpoint("e0", **metrics)  # type: ignore[arg-type]
+    scorer = LoraAffinityScorer()
+    for adapter in sent:
+        _send(scorer, adapter, e)
+    assert scorer.score(make_state(), make_request("sql-lora"), [e]) == {"e0": expected}
+
+
+def test_completion_uncounts_and_forgets_idle_endpoints() -> None:
+    e0 = make_endpoint("e0", max_active=1)
+    scorer = LoraAffinityScorer()
+    first = _send(scorer, "x", e0)
+    second = _send(scorer, "x", e0)
+    assert scorer.inflight("e0") == {"x": 2}
+    assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.0}
+    scorer.response_complete(first, e0, None)
+    assert scorer.inflight("e0") == {"x": 1}
+    scorer.response_complete(second, e0, None)
+    assert scorer.inflight("e0") == {}
+    assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.8}
+    scorer.response_complete(second, e0, None)  # a stray completion never goes negative
+    assert scorer.inflight("e0") == {}
+
+
+def test_upstream_formula_keeps_no_counts() -> None:
+    e0 = make_endpoint("e0", max_active=1)
+    scorer = LoraAffinityScorer(params=LoraAffinityParams(inflight_adapters=False))
+    _send(scorer, "x", e0)
+    assert scorer.inflight("e0") == {}
+    assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.8}
+
+
+_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: lora-affinity-scorer
+  parameters: %s
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: lora-affinity-scorer}
+  - {pluginRef: max-score-picker}
+"""
+
+
+def test_config_parameters_and_hook_registration() -> None:
+    registry = default_registry(include_entry_points=False)
+    for text, inflight in (("{}", True), ("{inflightAdapters: false}", False)):
+        setup = build_scheduling(parse_epp_config(_CONFIG % text), registry)
+        scorer = setup.plugins["lora-affinity-scorer"]
+        assert isinstance(scorer, LoraAffinityScorer)
+        assert scorer.params.inflight_adapters is inflight
+        assert scorer in setup.hooks  # the director runs its PreRequest/ResponseComplete
+    with pytest.raises(PluginValidationError, match="inflightAdapter"):
+        build_scheduling(parse_epp_config(_CONFIG % "{inflightAdapter: true}"), registry)
+
+
+def test_director_lifecycle_spreads_new_adapters_between_scrapes() -> None:
+    """Through the real director: two endpoints with one free slot each and a scrape that never
+    moves. The first request takes e0's slot; the second, for another adapter, must go to e1
+    (upstream's formula would still see e0's free slot); completion gives the slot back."""
+    registry = default_registry(include_entry_points=False)
+    setup = build_scheduling(parse_epp_config(_CONFIG % "{}"), registry, clock=lambda: NOW)
+    store = Datastore(clock=lambda: NOW)
+    for e in (make_endpoint("e0", max_active=1), make_endpoint("e1", max_active=1)):
+        store.upsert_endpoint(e.name, e.address, e.port)
+        store.update_metrics(e.name, e.metrics)
+    director = Director(
+        store,
+        None,
+        setup.scheduler,
+        setup.saturation_detector,
+        setup.hooks,
+        random.Random(0),
+        clock=lambda: NOW,
+    )
+    scorer = setup.plugins["lora-affinity-scorer"]
+    assert isinstance(scorer, LoraAffinityScorer)
+
+    def send(model: str) -> RoutingDecision:
+        body = json.dumps({"model": model, "prompt": "hi"}).encode()
+        return director.handle_request(parse_request(body), {}, f"r-{model}")
+
+    first = send("lora-a")
+    second = send("lora-b")
+    assert {first.target.name, second.target.name} == {"e0", "e1"}
+    assert scorer.inflight(first.target.name) == {"lora-a": 1}
+    assert send("lora-a").target.name == first.target.name  # affinity to what it just sent
+    director.handle_response_complete(first)
+    assert scorer.inflight(first.target.name) == {"lora-a": 1}
