@@ -164,6 +164,17 @@ class EppApp:
             tls = load_cert_dir(s.cert_path) if s.cert_path else self_signed()
         self.tls = tls if s.secure_serving else None
 
+        # Background loops are entered before the servers so that they stop after them: on exit
+        # the gRPC servers drain first, while the scraper and plugins are still live. Every
+        # loop is supervised: a crash is logged and restarted, never the end of the EPP.
+        tasks = await stack.enter_async_context(_OwnedTasks())
+        if not isinstance(self._source, StaticEndpoints):
+            source = self._source
+            tasks.spawn(_supervised(lambda: source.run(self.datastore)), "endpoint-source")
+        for i, make in enumerate(built.tasks):
+            tasks.spawn(_supervised(make), f"backend-task-{i}")
+        tasks.spawn(_supervised(self._refresh_pool_metrics), "pool-metrics")
+
         health = ReadinessHealth(
             lambda: self._source.synced, serving=getattr(self._source, "serving", None)
         )
@@ -186,13 +197,6 @@ class EppApp:
         await hserver.start()
         stack.push_async_callback(_stop_grpc, hserver)
         self.ports.metrics = await stack.enter_async_context(self._metrics_server())
-
-        tasks = await stack.enter_async_context(_OwnedTasks())
-        if not isinstance(self._source, StaticEndpoints):
-            tasks.spawn(self._source.run(self.datastore), "endpoint-source")
-        for i, make in enumerate(built.tasks):
-            tasks.spawn(_supervised(make), f"backend-task-{i}")
-        tasks.spawn(self._refresh_pool_metrics(), "pool-metrics")
 
     async def _refresh_pool_metrics(self) -> None:
         while True:

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from kvroute.app import EppApp, StaticEndpoints, endpoint_source_for
+from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
 from kvroute.settings import EppSettings
 
@@ -59,3 +60,30 @@ async def test_secure_serving_generates_a_certificate() -> None:
     async with EppApp(_settings(secure_serving=True)) as app:
         assert app.tls is not None
         assert app.tls.cert_chain.startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+class _CrashOnceSource:
+    """An endpoint source whose first run crashes (a watch bug, say); the second one works."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.synced = False
+
+    async def run(self, datastore: Datastore) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("watch exploded")
+        datastore.upsert_endpoint("pod-a-rank-0", "127.0.0.1", 8000)
+        self.synced = True
+        await asyncio.Event().wait()
+
+
+async def test_a_crashing_endpoint_source_is_restarted_not_fatal() -> None:
+    source = _CrashOnceSource()
+    async with EppApp(_settings(endpoints=()), endpoint_source=source) as app:
+        for _ in range(60):  # the supervisor restarts after about 1 s
+            if source.synced:
+                break
+            await asyncio.sleep(0.05)
+        assert source.runs == 2
+        assert app.datastore.get("pod-a-rank-0") is not None
