@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python docs/results/lora_affinity_cost.py``. N endpoints with 3 of 15 adapters
 active (``max_active_models`` 3, so slots are full, the common case under load) and 8 requests
 of 4 adapters in flight on each; prints the best-of-5 time of one ``score`` call and
-of one PreRequest + ResponseComplete pair. The figures are in docs/benchmarks.md.
+of one PreRequest + ResponseComplete pair, for an adapter request and (with the accounting on)
+a base-model request. The figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ def main() -> None:
     for n in (10, 100, 1000):
         rng = random.Random(n)
         endpoints = _endpoints(n, rng)
-        request = InferenceRequest(request_id="r", incoming_model="lora-0", target_model="lora-0")
         state = CycleState(0.0)
-        for inflight in (False, True):
+        for inflight, model in ((False, "lora-0"), (True, "lora-0"), (True, "base")):
+            request = InferenceRequest(request_id="r", incoming_model=model, target_model=model)
             scorer = LoraAffinityScorer(params=LoraAffinityParams(inflight_adapters=inflight))
+            for adapter in ADAPTERS:  # the scrapes have shown these as adapters
+                learn = InferenceRequest(request_id="l", incoming_model="m", target_model=adapter)
+                scorer.score(state, learn, endpoints)
             for e in endpoints:
                 for _ in range(8):
                     adapter = rng.choice(ADAPTERS[:4])
@@ -69,7 +73,7 @@ def main() -> None:
                     scorer.pre_request(state, other, result)
             score_us, hook_us = _measure(scorer, state, request, endpoints)
             print(
-                f"endpoints={n:5d} inflightAdapters={inflight!s:5}: "
+                f"endpoints={n:5d} inflightAdapters={inflight!s:5} model={model:6}: "
                 f"score {score_us:7.1f} us, PreRequest+ResponseComplete {hook_us:.2f} us"
             )
 

@@ -31,9 +31,12 @@ with no loss at 50-150 QPS. An anti-hotspot cap (the prefix scorer's load-bound 
 on servers far busier than the least loaded) was tried as well and made things worse -- moving a
 hot adapter to a server whose slots are all taken makes it wait for a slot -- so it is not here.
 
-Base-model requests are counted like adapters by ``inflightAdapters`` (the scorer cannot tell a
-base model from an adapter name), which can only make the free-slot test more conservative on
-pools that mix base and LoRA traffic.
+Only adapters are counted: a target model is counted once some scrape has listed it as a
+running or waiting adapter on some endpoint. A base model never appears there, so base-model
+traffic neither occupies a counted slot nor pulls later base requests onto the same server; a
+brand-new adapter is counted from the first scrape that shows it (within ``RECHECK_S`` = 1 s
+plus a scrape interval), and until then scores as upstream's formula says. The cost is one
+extra pass over the endpoints' adapter sets per second per model not known as an adapter.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
 
 TYPE = "lora-affinity-scorer"
+RECHECK_S = 1.0  # how long a name found in no adapter list stays "not an adapter"
+MAX_NOT_ADAPTERS = 4096
 
 
 class LoraAffinityParams(PluginParams):
@@ -74,14 +79,15 @@ def lora_affinity_with_inflight(
     endpoint: Endpoint, adapter: str, inflight: Mapping[str, int] | None
 ) -> float:
     """Upstream's score with the EPP's in-flight adapters on ``endpoint`` counted as active."""
-    if not inflight:
-        return lora_affinity(endpoint, adapter)
     m = endpoint.metrics
-    if adapter in m.active_models or adapter in inflight:
+    if adapter in m.active_models or (inflight and adapter in inflight):
         return 1.0
     used = len(m.active_models) + len(m.waiting_models)
-    if used < m.max_active_models:  # only then can the in-flight adapters change the answer
-        used += sum(1 for a in inflight if a not in m.active_models and a not in m.waiting_models)
+    if used < m.max_active_models:
+        if inflight:  # only when a slot looks free can the in-flight adapters change the answer
+            used += sum(
+                1 for a in inflight if a not in m.active_models and a not in m.waiting_models
+            )
         if used < m.max_active_models:
             return 0.8
     if adapter in m.waiting_models:
@@ -97,17 +103,39 @@ class LoraAffinityScorer:
         self.params = params or LoraAffinityParams()
         # endpoint name -> adapter -> requests sent by this EPP and not finished
         self._inflight: dict[str, dict[str, int]] = {}
+        # names some scrape has listed as an adapter (running or waiting) on some endpoint
+        self._adapters: set[str] = set()
+        # names last found in no adapter list -> when (cycle time); looked up again after
+        # RECHECK_S, so base-model traffic does not pay the pass on every request
+        self._not_adapters: dict[str, float] = {}
 
     def score(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
         adapter = request.target_model
         if self.params.inflight_adapters:
+            if adapter not in self._adapters:
+                self._learn(adapter, endpoints, state.now)
             book = self._inflight
             return {
                 e.name: lora_affinity_with_inflight(e, adapter, book.get(e.name)) for e in endpoints
             }
         return {e.name: lora_affinity(e, adapter) for e in endpoints}
+
+    def _learn(self, model: str, endpoints: Sequence[Endpoint], now: float) -> None:
+        checked = self._not_adapters.get(model)
+        if checked is not None and now - checked < RECHECK_S:
+            return
+        if any(
+            model in e.metrics.active_models or model in e.metrics.waiting_models for e in endpoints
+        ):
+            self._adapters.add(model)
+            self._not_adapters.pop(model, None)
+        elif checked is None and len(self._not_adapters) >= MAX_NOT_ADAPTERS:
+            self._not_adapters.clear()  # bounded: client-chosen names must not grow it forever
+            self._not_adapters[model] = now
+        else:
+            self._not_adapters[model] = now
 
     # -- in-flight adapter accounting (hooks; no-ops when inflightAdapters is off) ------------
 
@@ -115,7 +143,7 @@ class LoraAffinityScorer:
         self, state: CycleState, request: InferenceRequest, result: SchedulingResult
     ) -> None:
         primary = result.primary
-        if not self.params.inflight_adapters or primary is None or not primary.targets:
+        if request.target_model not in self._adapters or primary is None or not primary.targets:
             return
         per_model = self._inflight.setdefault(primary.targets[0].name, {})
         per_model[request.target_model] = per_model.get(request.target_model, 0) + 1
@@ -123,6 +151,9 @@ class LoraAffinityScorer:
     def response_complete(
         self, request: InferenceRequest, endpoint: Endpoint, usage: Usage | None
     ) -> None:
+        # A request sent before its adapter was known was not counted; its completion may then
+        # uncount a later one early. Harmless: by then a scrape lists the adapter (that is how
+        # it became known), so the score no longer depends on the count.
         per_model = self._inflight.get(endpoint.name)
         if per_model is None:
             return

@@ -18,6 +18,8 @@ from kvroute.requestcontrol.director import Director, RoutingDecision
 from kvroute.scheduling.builder import build_scheduling
 from kvroute.scheduling.interfaces import ProfileResult, SchedulingResult
 from kvroute.scheduling.plugins.scorers.lora_affinity import (
+    MAX_NOT_ADAPTERS,
+    RECHECK_S,
     LoraAffinityParams,
     LoraAffinityScorer,
 )
@@ -61,7 +63,15 @@ def _result(target: Endpoint) -> SchedulingResult:
     return SchedulingResult({"default": ProfileResult((target,))}, "default")
 
 
+def _learn(scorer: LoraAffinityScorer, *adapters: str) -> None:
+    """Let the scorer see a scrape (of some other endpoint) that lists ``adapters`` as adapters."""
+    seen = make_endpoint("seen", waiting_models=adapters, max_active=len(adapters))
+    for adapter in adapters:
+        scorer.score(make_state(), make_request(adapter), [seen])
+
+
 def _send(scorer: LoraAffinityScorer, adapter: str, target: Endpoint) -> InferenceRequest:
+    _learn(scorer, adapter)
     request = make_request(adapter)
     scorer.pre_request(make_state(), request, _result(target))
     return request
@@ -170,6 +180,7 @@ def test_director_lifecycle_spreads_new_adapters_between_scrapes() -> None:
     )
     scorer = setup.plugins["lora-affinity-scorer"]
     assert isinstance(scorer, LoraAffinityScorer)
+    _learn(scorer, "lora-a", "lora-b")  # an earlier scrape elsewhere listed both as adapters
 
     def send(model: str) -> RoutingDecision:
         body = json.dumps({"model": model, "prompt": "hi"}).encode()
@@ -182,3 +193,43 @@ def test_director_lifecycle_spreads_new_adapters_between_scrapes() -> None:
     assert send("lora-a").target.name == first.target.name  # affinity to what it just sent
     director.handle_response_complete(first)
     assert scorer.inflight(first.target.name) == {"lora-a": 1}
+
+
+def test_base_model_is_never_counted_and_does_not_herd() -> None:
+    """A name no scrape lists as an adapter (the base model) keeps upstream's 0.8 everywhere, so
+    concurrent base-model requests are spread by the load scorers, not pulled together."""
+    e0, e1 = make_endpoint("e0", max_active=2), make_endpoint("e1", max_active=2)
+    scorer = LoraAffinityScorer()
+    base = make_request("base")
+    for _ in range(3):
+        assert scorer.score(make_state(), base, [e0, e1]) == {"e0": 0.8, "e1": 0.8}
+        scorer.pre_request(make_state(), base, _result(e0))
+    assert scorer.inflight("e0") == {}
+
+
+def test_adapter_is_counted_once_a_scrape_lists_it() -> None:
+    e0 = make_endpoint("e0", max_active=1)
+    scorer = LoraAffinityScorer()
+    fresh = make_request("fresh-lora")
+    scorer.score(make_state(), fresh, [e0])
+    scorer.pre_request(make_state(), fresh, _result(e0))
+    assert scorer.inflight("e0") == {}  # not known as an adapter yet: upstream behaviour
+    e0_scraped = make_endpoint("e0", waiting_models=["fresh-lora"], max_active=1)
+    # "not an adapter" is remembered for RECHECK_S, so a lookup just after is not repeated ...
+    assert scorer.score(make_state(NOW + 0.5), fresh, [e0_scraped]) == {"e0": 0.6}
+    scorer.pre_request(make_state(NOW + 0.5), fresh, _result(e0_scraped))
+    assert scorer.inflight("e0") == {}
+    # ... and made again once it has expired: now the scrape lists it, and it is counted.
+    later = make_state(NOW + RECHECK_S)
+    assert scorer.score(later, fresh, [e0_scraped]) == {"e0": 0.6}
+    scorer.pre_request(later, fresh, _result(e0_scraped))
+    assert scorer.inflight("e0") == {"fresh-lora": 1}
+    assert scorer.score(later, fresh, [e0]) == {"e0": 1.0}
+
+
+def test_not_adapter_memory_is_bounded() -> None:
+    scorer = LoraAffinityScorer()
+    e0 = make_endpoint("e0", max_active=1)
+    for i in range(MAX_NOT_ADAPTERS + 10):
+        scorer.score(make_state(), make_request(f"client-chosen-{i}"), [e0])
+    assert len(scorer._not_adapters) <= MAX_NOT_ADAPTERS
