@@ -216,11 +216,11 @@ def test_adapter_is_counted_once_a_scrape_lists_it() -> None:
     assert scorer.inflight("e0") == {}  # not known as an adapter yet: upstream behaviour
     e0_scraped = make_endpoint("e0", waiting_models=["fresh-lora"], max_active=1)
     # "not an adapter" is remembered for RECHECK_S, so a lookup just after is not repeated ...
-    assert scorer.score(make_state(NOW + 0.5), fresh, [e0_scraped]) == {"e0": 0.6}
-    scorer.pre_request(make_state(NOW + 0.5), fresh, _result(e0_scraped))
+    assert scorer.score(make_state(NOW + RECHECK_S / 2), fresh, [e0_scraped]) == {"e0": 0.6}
+    scorer.pre_request(make_state(NOW + RECHECK_S / 2), fresh, _result(e0_scraped))
     assert scorer.inflight("e0") == {}
     # ... and made again once it has expired: now the scrape lists it, and it is counted.
-    later = make_state(NOW + RECHECK_S)
+    later = make_state(NOW + 2 * RECHECK_S)
     assert scorer.score(later, fresh, [e0_scraped]) == {"e0": 0.6}
     scorer.pre_request(later, fresh, _result(e0_scraped))
     assert scorer.inflight("e0") == {"fresh-lora": 1}
