@@ -93,10 +93,7 @@ def test_decision_tree_drop_is_429_with_reason(
     legacy = (
         (CONFIGS / "decision-tree.yaml")
         .read_text()
-        .replace(
-            "    loraAffinityThreshold: 0.999\n",
-            "    loraAffinityThreshold: 0.999\n    treatStandardAsCritical: false\n",
-        )
+        .replace("treatStandardAsCritical: true", "treatStandardAsCritical: false")
     )
     assert "treatStandardAsCritical: false" in legacy
     config = tmp_path / "legacy-tree.yaml"
