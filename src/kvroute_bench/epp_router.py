@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kvroute.config.epp_config import builtin_epp_config, load_epp_config
-from kvroute.datastore.endpoint import Endpoint
+from kvroute.datastore.endpoint import Endpoint, EndpointLoad
 from kvroute.errors import EppError
 from kvroute.plugins.registry import default_registry
 from kvroute.protocol.openai import parse_request
@@ -63,8 +63,10 @@ class _PoolSource:
     def on_request_sent(self, name: str, tokens: int = 0) -> None:
         del name, tokens
 
-    def on_request_finished(self, name: str, tokens: int = 0) -> None:
-        del name, tokens
+    def on_request_finished(
+        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
+    ) -> None:
+        del name, tokens, load
 
 
 class EppRouter:

@@ -317,9 +317,12 @@ class _StaticEndpoints:
         load.inflight += 1
         load.sent_since_scrape += 1
 
-    def on_request_finished(self, name: str, tokens: int = 0) -> None:
-        load = self._by_name[name].load
-        load.inflight = max(0, load.inflight - 1)
+    def on_request_finished(
+        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
+    ) -> None:
+        del load  # the dry run's endpoints are never replaced
+        counters = self._by_name[name].load
+        counters.inflight = max(0, counters.inflight - 1)
 
 
 def _resolver(

@@ -151,14 +151,19 @@ class Datastore:
         load.sent_since_scrape += 1
         load.inflight_tokens += max(0, tokens)
 
-    def on_request_finished(self, name: str, tokens: int = 0) -> None:
+    def on_request_finished(
+        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
+    ) -> None:
         """Uncount a finished request; never below zero, a no-op for an unknown endpoint.
 
-        The floor matters: a request may finish after its endpoint was replaced by a new one
-        with the same name (fresh counters), and must not drive the new counters negative.
+        ``load`` is the counter object the request was counted on (``endpoint.load`` at send
+        time). A request may finish after its endpoint was replaced by a new one with the same
+        name and fresh counters; given ``load``, that finish leaves the new counters alone
+        instead of uncounting a request they never counted. Without it, the floor at zero
+        still keeps them from going negative.
         """
         endpoint = self._by_name.get(name)
-        if endpoint is None:
+        if endpoint is None or (load is not None and endpoint.load is not load):
             return
         load = endpoint.load
         load.inflight = max(0, load.inflight - 1)

@@ -29,7 +29,7 @@ from time import perf_counter
 from types import MappingProxyType
 from typing import Any, Protocol, cast
 
-from kvroute.datastore.endpoint import Endpoint
+from kvroute.datastore.endpoint import Endpoint, EndpointLoad
 from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
@@ -63,7 +63,9 @@ class EndpointSource(Protocol):
 
     def on_request_sent(self, name: str, tokens: int = 0) -> None: ...
 
-    def on_request_finished(self, name: str, tokens: int = 0) -> None: ...
+    def on_request_finished(
+        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
+    ) -> None: ...
 
 
 class Resolver(Protocol):
@@ -231,7 +233,11 @@ class Director:
         if decision.completed:
             return
         decision.completed = True
-        self.datastore.on_request_finished(decision.target.name, decision.inflight_tokens)
+        # ``load`` is the counter object the request was counted on: if the endpoint has since
+        # been replaced under the same name (new address), its fresh counters stay untouched.
+        self.datastore.on_request_finished(
+            decision.target.name, decision.inflight_tokens, load=decision.target.load
+        )
         for done in self._complete:
             self._run_hook(
                 "ResponseComplete",

@@ -93,6 +93,19 @@ def test_address_change_is_a_new_server_with_fresh_state() -> None:
     assert store.by_hostport("10.0.0.77:8000") is moved
 
 
+def test_request_finishing_after_its_endpoint_was_replaced_leaves_new_counters_alone() -> None:
+    store = _store_with("a")
+    old = store.get("a")
+    assert old is not None
+    store.on_request_sent("a")  # counted on the old server
+    moved = store.upsert_endpoint("a", "10.0.0.77", 8000, {"app": "vllm"})
+    store.on_request_sent("a")  # a new request on the new server
+    store.on_request_finished("a", load=old.load)  # the old one finishes late
+    assert moved.load.inflight == 1
+    store.on_request_finished("a", load=moved.load)
+    assert moved.load.inflight == 0
+
+
 def test_update_metrics_swaps_snapshot_keeps_load_object_and_resets_sent_since_scrape() -> None:
     store = _store_with("a")
     load = store.get("a").load  # type: ignore[union-attr]

@@ -131,6 +131,18 @@ def test_routes_to_the_best_endpoint_and_counts_it_in_flight() -> None:
     assert isinstance(decision.result, SchedulingResult)
 
 
+def test_completion_after_the_target_was_replaced_leaves_the_new_counters_alone() -> None:
+    director, store = _director(POOL)
+    decision = director.handle_request(_parsed(), {}, "r1")
+    assert decision.target.name == "e1"
+    store.upsert_endpoint("e1", "10.0.9.9", 8000, {})  # the pod behind e1 was replaced
+    store.on_request_sent("e1")  # a request counted on the new one
+    director.handle_response_complete(decision)
+    load = store.load_of("e1")
+    assert load is not None
+    assert load.inflight == 1
+
+
 def test_fallback_list_in_picker_order() -> None:
     config = HEAD + (
         "plugins: [{type: queue-scorer}, "
