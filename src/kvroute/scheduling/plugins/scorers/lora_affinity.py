@@ -36,10 +36,13 @@ running or waiting adapter on some endpoint. A base model never appears there, s
 traffic neither occupies a counted slot nor pulls later base requests onto the same server; a
 brand-new adapter is counted from the first scrape that shows it (a name found in no adapter
 list is looked up again after ``RECHECK_S`` = 50 ms, the default scrape interval), and until
-then scores as upstream's formula says. The cost is one extra pass over the endpoints' adapter
-sets per model not known as an adapter every 50 ms. (With 1 s instead, the multi-LoRA benchmark
-lost most of the gain at 250-300 QPS: every stage starts with no adapter resident, and one
-second of uncounted herding builds queues that last.)
+then scores by upstream's formula on the scrape alone. So does a base model: the EPP's in-flight
+adapters do not count against the "free slot" test for a request that needs no slot (counting
+them steered base traffic away from every server the EPP had just given LoRA work, `kvroute
+demo`). The cost is one extra pass over the endpoints' adapter sets per model not known as an
+adapter every 50 ms. (With 1 s instead, the multi-LoRA benchmark lost most of the gain at
+250-300 QPS: every stage starts with no adapter resident, and one second of uncounted herding
+builds queues that last.)
 """
 
 from __future__ import annotations
@@ -119,10 +122,16 @@ class LoraAffinityScorer:
         if self.params.inflight_adapters:
             if adapter not in self._adapters:
                 self._learn(adapter, endpoints, state.now)
-            book = self._inflight
-            return {
-                e.name: lora_affinity_with_inflight(e, adapter, book.get(e.name)) for e in endpoints
-            }
+            if adapter in self._adapters:
+                book = self._inflight
+                return {
+                    e.name: lora_affinity_with_inflight(e, adapter, book.get(e.name))
+                    for e in endpoints
+                }
+            # Not (yet) known as an adapter -- a base model, or an adapter no scrape has listed:
+            # upstream's formula on the scrape alone. Counting the EPP's in-flight adapters
+            # against free slots here would steer base-model traffic away from every server
+            # the EPP just gave LoRA work and pile it onto the rest (seen in `kvroute demo`).
         return {e.name: lora_affinity(e, adapter) for e in endpoints}
 
     def _learn(self, model: str, endpoints: Sequence[Endpoint], now: float) -> None:

@@ -105,6 +105,7 @@ def test_inflight_adapters_count_as_active_and_use_slots(
     scorer = LoraAffinityScorer()
     for adapter in sent:
         _send(scorer, adapter, e)
+    _learn(scorer, "sql-lora")  # the scored request is for an adapter some scrape has listed
     assert scorer.score(make_state(), make_request("sql-lora"), [e]) == {"e0": expected}
 
 
@@ -113,6 +114,7 @@ def test_completion_uncounts_and_forgets_idle_endpoints() -> None:
     scorer = LoraAffinityScorer()
     first = _send(scorer, "x", e0)
     second = _send(scorer, "x", e0)
+    _learn(scorer, "y")
     assert scorer.inflight("e0") == {"x": 2}
     assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.0}
     scorer.response_complete(first, e0, None)
@@ -122,6 +124,17 @@ def test_completion_uncounts_and_forgets_idle_endpoints() -> None:
     assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.8}
     scorer.response_complete(second, e0, None)  # a stray completion never goes negative
     assert scorer.inflight("e0") == {}
+
+
+def test_base_model_is_scored_on_the_scrape_alone() -> None:
+    """A name no scrape lists as an adapter (a base model) needs no slot: the EPP's in-flight
+    adapters must not turn the "free slot" 0.8 into 0 and push base traffic elsewhere."""
+    e0 = make_endpoint("e0", max_active=1)
+    scorer = LoraAffinityScorer()
+    _send(scorer, "x", e0)  # the only slot is taken by an in-flight adapter
+    _learn(scorer, "y")
+    assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.0}
+    assert scorer.score(make_state(), make_request("base"), [e0]) == {"e0": 0.8}
 
 
 def test_upstream_formula_keeps_no_counts() -> None:
