@@ -32,7 +32,7 @@ import xxhash
 from tokenizers import Tokenizer
 
 from kvroute.errors import ConfigError
-from kvroute.scheduling.request import ApiKind, InferenceRequest
+from kvroute.framework.request import ApiKind, InferenceRequest
 
 
 class RequestTokenizer(Protocol):

@@ -1,67 +1,17 @@
-"""Endpoint identity, scraped metric snapshots and the picker's own load counters.
+"""Re-exports from :mod:`kvroute.framework.endpoint`, where these types live."""
 
-A scrape produces a new frozen :class:`EndpointMetrics`; the scraper swaps it in with
-``dataclasses.replace(endpoint, metrics=new)``. On one event loop a plain assignment is as
-atomic as upstream's ``atomic.Pointer``. :class:`EndpointLoad` is the only mutable part: the
-counters the EPP itself keeps between scrapes (requests sent and not finished), so decisions
-made between two scrapes do not all herd onto the endpoint that looked idle. The scheduling
-cycle is synchronous, so the counters cannot move during one cycle.
-"""
+from kvroute.framework.endpoint import (
+    EMPTY_METRICS,
+    ENGINE_TYPE_LABEL,
+    Endpoint,
+    EndpointLoad,
+    EndpointMetrics,
+)
 
-from __future__ import annotations
-
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-
-ENGINE_TYPE_LABEL = "inference.networking.k8s.io/engine-type"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EndpointMetrics:
-    """One scrape of a model server; replaced, never mutated."""
-
-    waiting_queue_size: int = 0
-    running_queue_size: int = 0
-    kv_cache_usage: float = 0.0  # fraction 0..1
-    active_models: frozenset[str] = frozenset()  # LoRA adapters running now
-    waiting_models: frozenset[str] = frozenset()  # LoRA adapters requested, not loaded
-    max_active_models: int = 0
-    cache_block_size: int = 0  # tokens per KV block (0 = unknown)
-    cache_num_blocks: int = 0  # KV blocks on the device (0 = unknown)
-    updated_at: float = 0.0  # time.monotonic() of the scrape; 0 = never scraped
-
-
-EMPTY_METRICS = EndpointMetrics()
-
-
-@dataclass(slots=True)
-class EndpointLoad:
-    """Counters the EPP keeps itself: requests it sent and has not seen finish."""
-
-    inflight: int = 0
-    sent_since_scrape: int = 0  # sent after the current metrics snapshot was taken
-    inflight_tokens: int = 0  # estimated prompt+output tokens of in-flight requests
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One model-server rank: ``address:port``. ``name`` is unique within the pool."""
-
-    name: str
-    address: str
-    port: int
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    metrics: EndpointMetrics = EMPTY_METRICS
-    load: EndpointLoad = field(default_factory=EndpointLoad, compare=False)
-
-    @property
-    def hostport(self) -> str:
-        """The value Envoy expects in ``x-gateway-destination-endpoint``."""
-        if ":" in self.address and not self.address.startswith("["):
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
-
-    @property
-    def engine_type(self) -> str:
-        return self.labels.get(ENGINE_TYPE_LABEL, "vllm")
+__all__ = [
+    "EMPTY_METRICS",
+    "ENGINE_TYPE_LABEL",
+    "Endpoint",
+    "EndpointLoad",
+    "EndpointMetrics",
+]

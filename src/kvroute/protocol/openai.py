@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvroute.errors import BadRequestError
-from kvroute.scheduling.request import ApiKind
+from kvroute.framework.request import ApiKind
 
 __all__ = ["ParsedRequest", "api_kind_for_path", "parse_request", "rewrite_request_body"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import re
 
+from kvroute.framework.request import Usage
 from kvroute.protocol.usage import usage_from_event
-from kvroute.requestcontrol.hooks import Usage
 
 __all__ = ["SseUsageParser"]
 

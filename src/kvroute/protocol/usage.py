@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kvroute.requestcontrol.hooks import Usage
+from kvroute.framework.request import Usage
 
 __all__ = ["parse_usage_body", "usage_from_event", "usage_from_mapping"]
 

@@ -42,9 +42,9 @@ from kvroute.datalayer.tokenization import PromptTokenizer, RequestTokenizer
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import Datastore, EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError, PluginValidationError
+from kvroute.framework.hooks import PrepareData, PreRequest
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
-from kvroute.requestcontrol.hooks import PrepareData, PreRequest
 from kvroute.scheduling.interfaces import (
     EXPLAIN,
     CycleState,

@@ -53,9 +53,10 @@ from typing import Any
 from pydantic import Field
 
 from kvroute.datastore.endpoint import Endpoint
+from kvroute.framework.hooks import PreRequest, ResponseComplete
+from kvroute.framework.request import Usage
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
-from kvroute.requestcontrol.hooks import PreRequest, ResponseComplete, Usage
 from kvroute.scheduling.interfaces import CycleState, SchedulingResult, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest

@@ -1,0 +1,71 @@
+"""The request as the scheduler sees it (parsed once by the director, then read-only) and the
+token usage its response reported."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+
+class Criticality(StrEnum):
+    CRITICAL = "Critical"
+    STANDARD = "Standard"
+    SHEDDABLE = "Sheddable"
+
+    @classmethod
+    def from_priority(cls, priority: int) -> Criticality:
+        """InferenceObjective semantics: negative priority is sheddable, positive is critical."""
+        if priority < 0:
+            return cls.SHEDDABLE
+        if priority > 0:
+            return cls.CRITICAL
+        return cls.STANDARD
+
+    def to_priority(self) -> int:
+        return {Criticality.CRITICAL: 1, Criticality.STANDARD: 0, Criticality.SHEDDABLE: -1}[self]
+
+
+class ApiKind(StrEnum):
+    COMPLETIONS = "completions"
+    CHAT_COMPLETIONS = "chat/completions"
+    EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"
+    CONVERSATIONS = "conversations"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceRequest:
+    """Everything a plugin may read about one request.
+
+    ``target_model`` is the model the server will see (after InferenceModel / rewrite);
+    ``incoming_model`` is what the client asked for and what the response is rewritten back to.
+    ``prompt_text`` is the text prefix-affinity plugins hash: the completion prompt, or the
+    serialized chat messages.
+    """
+
+    request_id: str
+    incoming_model: str
+    target_model: str
+    api: ApiKind = ApiKind.COMPLETIONS
+    priority: int = 0
+    criticality: Criticality = Criticality.STANDARD
+    body: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    prompt_text: str = ""
+    request_size_bytes: int = 0
+    stream: bool = False
+    fairness_id: str = "default-flow"
+
+    @property
+    def sheddable(self) -> bool:
+        return self.priority < 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
