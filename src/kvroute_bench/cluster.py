@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from kvroute.datastore.endpoint import Endpoint, EndpointLoad
+from kvroute.sdk import Endpoint, EndpointLoad
 from kvroute_bench.baselines import Router
 from kvroute_bench.metrics import EngineCounters, RequestRecord, Slo, StageMetrics, summarize
 from kvroute_bench.pool import EngineTotals, PoolView, ReplicaEngine, StepCosts, StepEvents

@@ -119,8 +119,7 @@ async def live_phase(
             )
             records, end = await run_live(requests, opts)
         else:
-            from kvroute.extproc.stream import ResponseProcessing
-            from kvroute.gateway.gateway import Gateway
+            from kvroute.embed.gateway import Gateway, ResponseProcessing
 
             async with Gateway(servers.urls, response_processing=ResponseProcessing.LIGHT) as gw:
                 opts = LiveOptions(

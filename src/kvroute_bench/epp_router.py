@@ -18,16 +18,16 @@ import random
 from collections.abc import Mapping
 from pathlib import Path
 
-from kvroute.config.epp_config import builtin_epp_config, load_epp_config
-from kvroute.datastore.endpoint import Endpoint, EndpointLoad
-from kvroute.errors import EppError
-from kvroute.plugins.registry import default_registry
-from kvroute.protocol.openai import parse_request
-from kvroute.requestcontrol.director import Director, RoutingDecision
-from kvroute.requestcontrol.hooks import Usage
-from kvroute.requestcontrol.model_resolution import ResolvedModel
-from kvroute.scheduling.builder import build_scheduling
-from kvroute.scheduling.request import Criticality
+from kvroute.embed import (
+    Director,
+    ResolvedModel,
+    RoutingDecision,
+    build_scheduling,
+    builtin_epp_config,
+    load_epp_config,
+    parse_request,
+)
+from kvroute.sdk import Criticality, Endpoint, EndpointLoad, EppError, Usage, default_registry
 from kvroute_bench.pool import PoolView
 from kvroute_bench.workload import BenchRequest
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kvroute.scheduling.request import Criticality
+from kvroute.sdk import Criticality
 from kvroute_bench.workload import BenchRequest
 
 

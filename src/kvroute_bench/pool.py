@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kvroute.datastore.endpoint import Endpoint, EndpointMetrics
+from kvroute.sdk import Endpoint, EndpointMetrics
 from kvroute_bench.workload import BenchRequest
 
 

@@ -20,7 +20,7 @@ direction for queueing-dominated metrics.
 
 from __future__ import annotations
 
-from kvroute.datastore.endpoint import EndpointMetrics
+from kvroute.sdk import EndpointMetrics
 from kvroute_bench.pool import EngineTotals, StepCosts, StepEvents, TrueState
 from kvroute_bench.workload import BenchRequest
 from kvroute_sim.config import EngineConfig, engine_profile

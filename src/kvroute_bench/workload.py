@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from kvroute.scheduling.request import Criticality
+from kvroute.sdk import Criticality
 from kvroute_bench.arrivals import arrival_times
 
 # Token ids from here up are handed out once each (never shared). Ids stay below 2**32, which is

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kvroute.demo.run import plot, run_phase
-from kvroute.demo.scenario import for_round_robin
 from kvroute.scheduling.request import Criticality
+from kvroute_bench.demo.run import plot, run_phase
+from kvroute_bench.demo.scenario import for_round_robin
 from kvroute_bench.workload import BenchRequest
 
 pytestmark = pytest.mark.integration

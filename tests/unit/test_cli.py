@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 
 from kvroute import cli
+from kvroute_bench import commands as bench_commands
+
+# Provided by the benchmark through the ``kvroute.commands`` entry-point group (pyproject.toml).
+PLUGGED = ("bench", "demo")
+ALL = sorted({*cli.SUBCOMMANDS, *PLUGGED})
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -12,13 +17,30 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in cli.SUBCOMMANDS:
+    for name in ALL:
         assert name in out
 
 
-@pytest.mark.parametrize("name", sorted(cli.SUBCOMMANDS))
+@pytest.mark.parametrize("name", ALL)
 def test_each_subcommand_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main([name, "--help"])
     assert exc.value.code == 0
     assert name in capsys.readouterr().out
+
+
+def test_bench_and_demo_come_from_the_entry_point_group() -> None:
+    """kvroute's own table does not name them; the installed entry points do."""
+    found = cli.subcommands()
+    assert not set(PLUGGED) & set(cli.SUBCOMMANDS)
+    assert found["bench"] is bench_commands.BENCH
+    assert found["demo"] is bench_commands.DEMO
+
+
+def test_plugged_command_without_its_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_commands, "BENCH_EXTRA_MODULES", ("rich", "kvroute_no_such_module"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--help"])
+    assert "kvroute demo needs the [bench] extra" in str(exc.value.code)
+    assert "kvroute[bench,gateway]" in str(exc.value.code)
+    assert "kvroute_no_such_module" in str(exc.value.code)

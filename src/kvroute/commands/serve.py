@@ -36,7 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     from kvroute.gateway.bootstrap import FailureMode
+    from kvroute.gateway.envoy import find_envoy
     from kvroute.gateway.gateway import Gateway
+
+    find_envoy()  # before the EPP binds anything: a base install names the [gateway] extra
 
     settings = settings_from_args(args, bind_host="127.0.0.1")
     stop = asyncio.Event()

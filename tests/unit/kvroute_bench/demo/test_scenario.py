@@ -6,7 +6,10 @@ from collections import Counter
 
 from kvroute.config.epp_config import parse_epp_config
 from kvroute.config.resources import load_resources_text
-from kvroute.demo.scenario import (
+from kvroute.plugins.registry import default_registry
+from kvroute.scheduling.builder import build_scheduling
+from kvroute.scheduling.request import Criticality
+from kvroute_bench.demo.scenario import (
     ADAPTERS,
     BASE_MODEL,
     EPP_CONFIG_YAML,
@@ -16,9 +19,6 @@ from kvroute.demo.scenario import (
     for_round_robin,
     generate,
 )
-from kvroute.plugins.registry import default_registry
-from kvroute.scheduling.builder import build_scheduling
-from kvroute.scheduling.request import Criticality
 
 
 def test_resources_load_and_match_the_model_table() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from kvroute.scheduling.request import Criticality
+from kvroute.sdk import Criticality
 from kvroute_bench.workload import BenchRequest
 
 BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"

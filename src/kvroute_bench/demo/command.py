@@ -58,8 +58,8 @@ async def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kvroute.demo.run import PhaseResult, default_workdir, plot, run_phase
-    from kvroute.demo.scenario import (
+    from kvroute_bench.demo.run import PhaseResult, default_workdir, plot, run_phase
+    from kvroute_bench.demo.scenario import (
         CRITICAL_TTFT_SLO,
         DemoWorkload,
         for_round_robin,

@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvroute.demo.scenario import (
+from kvroute.sdk import Criticality
+from kvroute_bench.demo.scenario import (
     BASE_MODEL,
     CRITICAL_TTFT_SLO,
     EPP_CONFIG_YAML,
@@ -28,7 +29,6 @@ from kvroute.demo.scenario import (
     SIM_CONFIG_YAML,
     DemoWorkload,
 )
-from kvroute.scheduling.request import Criticality
 from kvroute_bench.live import LiveOptions, run_live
 from kvroute_bench.metrics import RequestRecord, percentile
 from kvroute_bench.workload import BenchRequest
@@ -143,7 +143,7 @@ async def run_phase(
                                duration=duration, max_requests=len(requests))  # fmt: skip
             records, end = await run_live(requests, opts)
         else:
-            from kvroute.gateway.gateway import Gateway
+            from kvroute.embed.gateway import Gateway
 
             resources = workdir / "resources.yaml"
             resources.write_text(RESOURCES_YAML)

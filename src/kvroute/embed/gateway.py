@@ -1,0 +1,13 @@
+"""The real gateway for live runs: Envoy (the ``[gateway]`` extra) in front of an in-process EPP.
+
+``async with Gateway(urls, resources=[...], config_text=...) as gw: gw.url`` starts the EPP and an
+Envoy child process configured for it; :class:`ResponseProcessing` chooses how much of each
+response the EPP reads (headers only, or the body too, for usage).
+"""
+
+from __future__ import annotations
+
+from kvroute.extproc.stream import ResponseProcessing
+from kvroute.gateway.gateway import Gateway
+
+__all__ = ["Gateway", "ResponseProcessing"]
