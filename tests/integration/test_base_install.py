@@ -109,7 +109,10 @@ def test_epp_runs_from_a_base_install(base_venv: Path) -> None:
             rc = proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
             raise
+        finally:
+            proc.stdout.close()
     assert rc == 0
 
 
