@@ -16,7 +16,7 @@ import importlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, cast
 
 from kvroute import __version__
@@ -59,14 +59,41 @@ class _Builtin:
         return self._load().run(args)
 
 
+@dataclass(slots=True)
+class _Plugged:
+    """An entry point of the ``kvroute.commands`` group, loaded the first time it is used."""
+
+    entry_point: EntryPoint
+    _loaded: PluggedSubcommand | None = None
+
+    def _load(self) -> PluggedSubcommand:
+        if self._loaded is None:
+            self._loaded = cast(PluggedSubcommand, self.entry_point.load())
+        return self._loaded
+
+    @property
+    def help(self) -> str:
+        return self._load().help
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        self._load().configure(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return self._load().run(args)
+
+
 def subcommands() -> Mapping[str, PluggedSubcommand]:
-    """Every subcommand: the built-ins, then those installed packages register (by name)."""
+    """Every subcommand: the built-ins, then those installed packages register (by name).
+
+    Nothing is imported here; a plugged subcommand's object loads when its help line is shown
+    or it runs, so ``kvroute epp`` never loads the benchmark's code.
+    """
     found: dict[str, PluggedSubcommand] = {
         name: _Builtin(module, help_text) for name, (module, help_text) in SUBCOMMANDS.items()
     }
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         if ep.name not in found:  # a plug-in cannot shadow a built-in
-            found[ep.name] = cast(PluggedSubcommand, ep.load())
+            found[ep.name] = _Plugged(ep)
     return found
 
 
@@ -81,8 +108,12 @@ def build_parser(
     parser.add_argument("--version", action="version", version=f"kvroute {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    # Help lines are shown only by ``kvroute --help`` (or a wrong command): otherwise only the
+    # chosen subcommand's object is loaded.
+    listing = chosen is None or chosen not in commands
     for name, command in commands.items():
-        sp = sub.add_parser(name, help=command.help, description=command.help)
+        help_text = command.help if listing or name == chosen else None
+        sp = sub.add_parser(name, help=help_text, description=help_text)
         # Only the chosen subcommand's module is imported; the others just list their help line.
         if name == chosen:
             command.configure(sp)

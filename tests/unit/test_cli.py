@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from kvroute import cli
@@ -33,8 +36,26 @@ def test_bench_and_demo_come_from_the_entry_point_group() -> None:
     """kvroute's own table does not name them; the installed entry points do."""
     found = cli.subcommands()
     assert not set(PLUGGED) & set(cli.SUBCOMMANDS)
-    assert found["bench"] is bench_commands.BENCH
-    assert found["demo"] is bench_commands.DEMO
+    assert found["bench"].help == bench_commands.BENCH.help
+    assert found["demo"].help == bench_commands.DEMO.help
+
+
+@pytest.mark.parametrize(
+    ("argv", "bench_loaded"),
+    [(["epp", "--help"], False), (["schedule", "--help"], False), (["demo", "--help"], True)],
+)
+def test_only_the_chosen_subcommand_is_loaded(argv: list[str], bench_loaded: bool) -> None:
+    """A fresh interpreter: ``kvroute epp`` must not load any of the benchmark's modules."""
+    code = (
+        "import sys\nfrom kvroute import cli\ntry:\n    cli.main(sys.argv[1:])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('kvroute_bench')), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60
+    )
+    loaded = done.stderr.strip().splitlines()[-1]
+    assert (loaded != "[]") is bench_loaded, loaded
 
 
 def test_plugged_command_without_its_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
