@@ -40,11 +40,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Sources that feed the datastore: metric scrapers/KV events, and Kubernetes watches.
     ("kvroute.datalayer", "kvroute.k8s"),
     ("kvroute.scheduling",),
+    # Flow control (admission queues, by priority band), run by the director before scheduling.
+    ("kvroute.flowcontrol",),
     ("kvroute.requestcontrol",),
     # Prometheus collectors, fed by the director backend.
     ("kvroute.observability",),
     ("kvroute.extproc",),
-    # The composition root, then its shells.
+    # The one function that builds the EPP's object graph from settings and config, then the
+    # composition root that runs it, then its shells.
+    ("kvroute.wiring",),
     ("kvroute.app",),
     ("kvroute.gateway",),
     # The public API: for plugin authors (sdk) and for programs that embed the scheduler (embed).
