@@ -26,7 +26,8 @@ PACKAGES = ("kvroute", "kvroute_sim", "kvroute_bench")
 
 # Bottom to top. A component imports only from its own package and from lower layers.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("kvroute.errors",),
+    # Leaf helpers with no kvroute imports (host:port and backoff helpers arrive with arch-config).
+    ("kvroute.errors", "kvroute.hostport", "kvroute.backoff"),
     # Plugin base (Plugin, TypedName) and the type-name registry. The registry loads the built-in
     # plugin modules by name (importlib, no import edge): it is the one dynamic upward reach.
     ("kvroute.plugins",),
