@@ -35,9 +35,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kvroute.framework",),
     # CRD models; OpenAI wire formats (sans-IO parsers).
     ("kvroute.api", "kvroute.protocol"),
-    # The EndpointPickerConfig/resource loaders, and the process settings (flags, env).
-    ("kvroute.config", "kvroute.settings"),
+    # The EndpointPickerConfig/resource loaders, then the process settings (flags, env), which
+    # read config's parsers.
+    ("kvroute.config",),
+    ("kvroute.settings",),
     ("kvroute.datastore",),
+    # The plugin capability protocols that name the datastore (attach, listen), from arch-wiring.
+    ("kvroute.plugins.lifecycle",),
     # Sources that feed the datastore: metric scrapers/KV events, and Kubernetes watches.
     ("kvroute.datalayer", "kvroute.k8s"),
     ("kvroute.scheduling",),
@@ -192,9 +196,7 @@ def violations(
                 if rank[dst] == rank[src]:
                     rule = f"{src} and {dst} are independent (same layer)"
                 elif rank[dst] > rank[src]:
-                    rule = (
-                        f"{src} (layer {rank[src]}) imports upward into {dst} (layer {rank[dst]})"
-                    )
+                    rule = f"{src} imports upward into {dst}: layer {rank[src]} < {rank[dst]}"
         if rule is not None and (edge.path, edge.line) not in seen:
             seen.add((edge.path, edge.line))
             found.append(f"{edge} ({rule})")
@@ -268,7 +270,8 @@ def test_check_passes_on_a_clean_tree(tmp_path: Path) -> None:
             "kvroute/scheduling/plugin.py",
             "def f():\n    from kvroute.requestcontrol.director import D\n",
             "kvroute/scheduling/plugin.py:2: kvroute.scheduling.plugin imports "
-            "kvroute.requestcontrol.director (kvroute.scheduling (layer 7) imports upward",
+            "kvroute.requestcontrol.director (kvroute.scheduling imports upward into "
+            "kvroute.requestcontrol: layer",
         ),
         (
             "kvroute/framework/hooks.py",
