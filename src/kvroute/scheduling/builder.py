@@ -31,6 +31,7 @@ from kvroute.config.epp_config import (
     ProfilePluginRef,
     SchedulingProfileSpec,
 )
+from kvroute.datalayer.plugins import check_parsers, data_layer_setup
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.plugins.base import Plugin
 from kvroute.plugins.registry import PluginContext, PluginRegistry
@@ -125,6 +126,10 @@ def build_scheduling(
     specs = list(config.plugins)
     for i, spec in enumerate(specs):
         _instantiate(registry, ctx, spec, f"{source}: plugins[{i}]")
+
+    # dataLayer and parser sections act or are rejected here, before any scheduling is built.
+    data_layer_setup(config, ctx.plugins, source)
+    check_parsers(config, ctx.plugins, source)
 
     handlers = [n for n, p in ctx.plugins.items() if is_profile_handler(p)]
     if len(handlers) > 1:
