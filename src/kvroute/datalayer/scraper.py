@@ -42,6 +42,7 @@ from kvroute.datalayer.staleness import (
     metrics_age,
 )
 from kvroute.datastore.endpoint import Endpoint
+from kvroute.datastore.hostport import format_hostport
 from kvroute.datastore.store import Datastore, EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError
 
@@ -107,12 +108,7 @@ def metrics_url(
     endpoint: Endpoint, *, scheme: str = "http", path: str = "/metrics", port: int | None = None
 ) -> str:
     """``scheme://address:port/path``; ``port`` overrides the endpoint's own (one metrics port)."""
-    if port is None:
-        hostport = endpoint.hostport
-    elif ":" in endpoint.address and not endpoint.address.startswith("["):
-        hostport = f"[{endpoint.address}]:{port}"
-    else:
-        hostport = f"{endpoint.address}:{port}"
+    hostport = format_hostport(endpoint.address, endpoint.port if port is None else port)
     return f"{scheme}://{hostport}{path}"
 
 
