@@ -119,7 +119,7 @@ async def live_phase(
             )
             records, end = await run_live(requests, opts)
         else:
-            from kvroute.extproc.stream import ResponseProcessing
+            from kvroute.config.extproc_options import ResponseProcessing
             from kvroute.gateway.gateway import Gateway
 
             async with Gateway(servers.urls, response_processing=ResponseProcessing.LIGHT) as gw:

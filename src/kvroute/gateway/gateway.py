@@ -12,8 +12,8 @@ from pathlib import Path
 from types import TracebackType
 
 from kvroute.app import BackendFactory, EppApp
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.datastore.hostport import format_hostport
-from kvroute.extproc.stream import ResponseProcessing
 from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
 from kvroute.gateway.envoy import EnvoyProcess
 from kvroute.settings import EppSettings, parse_endpoint_url
