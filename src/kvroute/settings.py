@@ -32,8 +32,8 @@ from typing import Any
 
 from kvroute.config.duration import parse_go_duration
 from kvroute.config.extproc_options import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
-from kvroute.datastore.hostport import split_hostport
 from kvroute.errors import ConfigError
+from kvroute.hostport import split_hostport
 
 __all__ = [
     "EppSettings",

@@ -45,9 +45,9 @@ from kvroute.datalayer.staleness import (
     metrics_age,
 )
 from kvroute.datastore.endpoint import Endpoint
-from kvroute.datastore.hostport import format_hostport
 from kvroute.datastore.store import Datastore, EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError
+from kvroute.hostport import format_hostport
 
 __all__ = [
     "DEFAULT_STALENESS_THRESHOLD",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from kvroute.datastore.hostport import format_hostport
+from kvroute.hostport import format_hostport
 
 ENGINE_TYPE_LABEL = "inference.networking.k8s.io/engine-type"
 

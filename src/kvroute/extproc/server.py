@@ -17,9 +17,9 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kvroute.datastore.hostport import format_hostport
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.stream import ExtProcStream, ProtocolViolation, StreamOptions
+from kvroute.hostport import format_hostport
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from types import TracebackType
 
 from kvroute.app import BackendFactory, EppApp
 from kvroute.config.extproc_options import ResponseProcessing
-from kvroute.datastore.hostport import format_hostport
 from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
 from kvroute.gateway.envoy import EnvoyProcess
+from kvroute.hostport import format_hostport
 from kvroute.settings import EppSettings, parse_endpoint_url
 
 DEFAULT_LOG_DIR = Path(".kvroute")

@@ -30,8 +30,8 @@ from types import MappingProxyType
 from typing import Any, Protocol, cast
 
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad
-from kvroute.datastore.hostport import host_of
 from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
+from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.requestcontrol.admission import AdmissionController

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvroute.datastore.endpoint import Endpoint
-from kvroute.datastore.hostport import host_of
+from kvroute.hostport import host_of
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import EMPTY_REASON, CycleState, Filter

@@ -40,9 +40,9 @@ from pydantic import Field
 from kvroute.datalayer.kvevents import KvEventSubscriber
 from kvroute.datalayer.tokenization import PromptTokenizer, RequestTokenizer
 from kvroute.datastore.endpoint import Endpoint
-from kvroute.datastore.hostport import format_hostport
 from kvroute.datastore.store import Datastore, EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError, PluginValidationError
+from kvroute.hostport import format_hostport
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.requestcontrol.hooks import PrepareData, PreRequest

@@ -4,6 +4,9 @@ An IPv6 address is written in brackets when a port follows (``[fd00::1]:8000``, 
 form Envoy expects in ``x-gateway-destination-endpoint`` and ZMQ/HTTP URLs need. Parsing
 accepts every form the EPP meets in headers and flags: ``10.0.0.1:8000``, ``[fd00::1]:8000``,
 ``host``, ``[fd00::1]`` and a bare ``fd00::1`` (several colons and no brackets: all address).
+
+No kvroute imports: the settings, the datastore, the scrapers, scheduling plugins, the director
+and the servers all use it, so it sits below every layer (as :mod:`kvroute.errors` does).
 """
 
 from __future__ import annotations

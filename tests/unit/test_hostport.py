@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvroute.datastore.hostport import format_hostport, host_of, split_hostport
+from kvroute.hostport import format_hostport, host_of, split_hostport
 
 
 @pytest.mark.parametrize(
