@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kvroute.config.epp_config import (
+    FEATURE_GATE_DEFAULTS,
     EndpointPickerConfig,
     PluginSpec,
     ProfilePluginRef,
@@ -104,7 +105,7 @@ class SchedulingSetup:
     hooks: tuple[Plugin, ...]
     effective_config: EndpointPickerConfig
     timings: PluginTimings | None = None
-    feature_gates: frozenset[str] = field(default_factory=frozenset)
+    feature_gates: frozenset[str] = field(default_factory=frozenset)  # the gates that are on
 
 
 def build_scheduling(
@@ -200,7 +201,7 @@ def build_scheduling(
         hooks=tuple(p for p in ctx.plugins.values() if is_hook(p)),
         effective_config=effective,
         timings=timings,
-        feature_gates=frozenset(config.feature_gates),
+        feature_gates=frozenset(g for g in FEATURE_GATE_DEFAULTS if config.gate(g)),
     )
 
 
