@@ -7,8 +7,9 @@ retry together. ``minimum`` defaults to 0; a poller sets it to its normal interv
 failing peer is never polled faster than a healthy one. A success resets the count
 (:meth:`Retries.reset`).
 
-Used by the Kubernetes reflector (relist after a failed list/watch) and the metrics scraper
-(next scrape after a failed one). No kvroute imports: any layer may use it.
+Used by the Kubernetes reflector (relist after a failed list/watch), the metrics scraper (next
+scrape after a failed one) and leader election (a candidate's jittered acquire period, with
+``factor=1``). No kvroute imports: any layer may use it.
 """
 
 from __future__ import annotations

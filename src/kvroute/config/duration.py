@@ -42,13 +42,15 @@ def parse_go_duration(value: object, *, bare_seconds: bool = False) -> float:
     message starts ``invalid duration '<text>'`` for a string that is not a duration.
     """
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration ({_EXAMPLES}), got a boolean")
+        raise ValueError("expected a duration such as '200ms' or '1m30s', got a boolean")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         seconds = _parse_text(value, bare_seconds=bare_seconds)
     else:
-        raise ValueError(f"expected a duration ({_EXAMPLES}), got {type(value).__name__}")
+        raise ValueError(
+            f"expected a duration such as '200ms' or '1m30s', got {type(value).__name__}"
+        )
     if seconds < 0:
         raise ValueError(f"duration must not be negative, got {value!r}")
     return seconds
