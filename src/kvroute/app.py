@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from aiohttp import web
@@ -35,6 +35,10 @@ from kvroute.extproc.server import (
 from kvroute.extproc.stream import StreamOptions
 from kvroute.observability.metrics import EppMetrics
 from kvroute.settings import EppSettings
+
+if TYPE_CHECKING:
+    from kvroute.config.epp_config import EndpointPickerConfig
+    from kvroute.plugins.base import Plugin
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +347,7 @@ async def build_director_backend(
     return BuiltBackend(
         backend=backend,
         tasks=(
-            *_scraper_tasks(settings, datastore, setup.plugins),
+            *_scraper_tasks(settings, datastore, setup.effective_config, setup.plugins),
             *_plugin_lifecycle_tasks(datastore, setup.plugins),
         ),
         on_resources=on_resources,
@@ -385,30 +389,18 @@ def _plugin_lifecycle_tasks(
 
 
 def _scraper_tasks(
-    settings: EppSettings, datastore: Datastore, plugins: Mapping[str, Any]
+    settings: EppSettings,
+    datastore: Datastore,
+    config: EndpointPickerConfig,
+    plugins: Mapping[str, Plugin],
 ) -> tuple[Callable[[], Awaitable[None]], ...]:
     """The model-server metrics scraper (``--refresh-metrics-interval``).
 
-    Its scheme/path and engine metric mappings come from the config's ``metrics-data-source``
-    and ``core-metrics-extractor`` plugins when it declares them (validated at load time).
+    Its scheme/path and engine metric mappings come from the config's ``dataLayer.sources``
+    (or its single declared ``metrics-data-source``/``core-metrics-extractor``), resolved and
+    validated by :func:`kvroute.datalayer.plugins.data_layer_setup`.
     """
-    from kvroute.datalayer.mappings import MappingRegistry
-    from kvroute.datalayer.plugins import CoreMetricsExtractor, MetricsDataSource
-    from kvroute.datalayer.scraper import MetricsCollector
+    from kvroute.datalayer.plugins import data_layer_setup
 
-    source = next((p for p in plugins.values() if isinstance(p, MetricsDataSource)), None)
-    extractor = next((p for p in plugins.values() if isinstance(p, CoreMetricsExtractor)), None)
-    mappings = extractor.mappings if extractor else MappingRegistry.from_params(None)
-    interval = settings.refresh_metrics_interval_s
-    if source is None:
-        collector = MetricsCollector(datastore, mappings, interval)
-    else:
-        collector = MetricsCollector(
-            datastore,
-            mappings,
-            interval,
-            scheme=source.params.scheme,
-            path=source.params.path,
-            insecure_skip_verify=source.params.insecure_skip_verify,
-        )
-    return (collector.run,)
+    setup = data_layer_setup(config, plugins)
+    return (setup.collector(datastore, settings.refresh_metrics_interval_s).run,)

@@ -3,72 +3,254 @@
 One frozen :class:`EppSettings` built from argv (``kvroute epp`` and ``kvroute serve`` share
 :func:`add_epp_arguments`) or directly in Python (tests, ``Gateway``). Validation that needs no
 I/O happens here, so a bad flag fails before any socket is opened.
+
+Every option is declared once, as a field of :class:`EppSettings`: its type and default
+(``default_factory=from_env(...)`` where an environment variable sets it) and, in
+``metadata=flag(...)``, its flag name, help text, parser and ``kvroute serve`` default.
+:func:`add_epp_arguments` and :func:`settings_from_args` are generated from that one table, so
+the CLI, the environment and the Python constructor cannot drift. Adding an option is one
+field, e.g.::
+
+    drain_timeout_s: float = field(
+        default=30.0, metadata=flag("--drain-timeout", parse=duration, help="...")
+    )
+
+A plain dataclass rather than pydantic-settings: the options are argv flags (upstream has no
+env or file form for them, beside ``NAMESPACE``), so a settings framework would add a
+dependency and a second source of truth for argparse, which still has to produce ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
+from kvroute.config.duration import parse_go_duration
+from kvroute.config.extproc_options import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
 from kvroute.errors import ConfigError
-from kvroute.extproc.stream import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
+from kvroute.hostport import split_hostport
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+__all__ = [
+    "EppSettings",
+    "Flag",
+    "add_epp_arguments",
+    "duration",
+    "flag",
+    "flags",
+    "from_env",
+    "parse_bool",
+    "parse_endpoint_url",
+    "settings_from_args",
+]
+
+_FLAG = "kvroute.flag"
+_UNSET: Any = object()
 
 
-def parse_duration(text: str) -> float:
-    """Go-style durations used by upstream flags: ``50ms``, ``2s``, ``1m``; bare numbers are s."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise ConfigError(f"invalid duration {text!r} (use e.g. 50ms, 2s, 1m)")
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-def _duration_arg(text: str) -> float:
+def duration(text: str) -> float:
+    """A flag duration: Go syntax (``50ms``, ``1m30s``) or bare seconds (``1.5``)."""
     try:
-        return parse_duration(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from exc
+        return parse_go_duration(text, bare_seconds=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def parse_bool(text: str) -> bool:
+    """Go's ``strconv.ParseBool`` spellings, as upstream's bool flags take them."""
+    low = text.strip().lower()
+    if low in ("1", "true", "t", "yes", "y"):
+        return True
+    if low in ("0", "false", "f", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def parse_endpoint_url(url: str) -> tuple[str, int]:
-    """``http://10.0.0.1:8000`` or ``10.0.0.1:8000`` -> (host, port)."""
-    parts = urlsplit(url if "//" in url else f"//{url}")
-    if parts.hostname is None or parts.port is None:
-        raise ConfigError(f"--endpoint {url!r}: expected http://HOST:PORT")
-    return parts.hostname, parts.port
+    """``http://10.0.0.1:8000``, ``10.0.0.1:8000`` or ``http://[::1]:8000`` -> (host, port)."""
+    _, sep, rest = url.strip().partition("://")
+    hostport = (rest if sep else url.strip()).split("/", 1)[0].rpartition("@")[2]
+    try:
+        return split_hostport(hostport)
+    except ValueError:
+        raise ConfigError(f"--endpoint {url!r}: expected http://HOST:PORT") from None
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--endpoint-target-ports: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flag:
+    """How one :class:`EppSettings` field appears on the command line."""
+
+    name: str
+    help: str | None = None
+    parse: Callable[[str], Any] | None = None  # argparse ``type``
+    convert: Callable[[Any], Any] | None = None  # parsed flag value -> field value
+    flag_default: Any = _UNSET  # the flag's default when it differs from the field's
+    gateway_default: Any = _UNSET  # ``kvroute serve``'s default
+    metavar: str | None = None
+    choices: Sequence[str] | None = None
+    repeat: bool = False  # ``action="append"``
+    optional_value: bool = False  # ``--flag`` alone means True (``nargs="?"``)
+    exclusive: str | None = None  # name of a mutually exclusive group
+    gateway_aliases: tuple[str, ...] = ()
+
+
+def flag(name: str, **options: Any) -> dict[str, Flag]:
+    """``metadata=`` for an :class:`EppSettings` field that is also the flag ``name``."""
+    return {_FLAG: Flag(name=name, **options)}
+
+
+def from_env(variable: str, fallback: str) -> Callable[[], str]:
+    """A ``default_factory``: the environment variable ``variable``, else ``fallback``."""
+    return lambda: os.environ.get(variable, fallback)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EppSettings:
-    grpc_port: int = 9002
-    grpc_health_port: int = 9003
-    metrics_port: int = 9090
-    bind_host: str = "0.0.0.0"
-    pool_name: str = ""
-    pool_namespace: str = field(default_factory=lambda: os.environ.get("NAMESPACE", "default"))
-    pool_group: str = "inference.networking.k8s.io"
-    ha_enable_leader_election: bool = False
-    config_file: Path | None = None
-    config_text: str | None = None
-    refresh_metrics_interval_s: float = 0.05
-    refresh_prometheus_metrics_interval_s: float = 5.0
-    metrics_staleness_threshold_s: float = 2.0
-    secure_serving: bool = True
-    cert_path: Path | None = None
-    health_checking: bool = False
-    endpoint_selector: str = ""
-    endpoint_target_ports: tuple[int, ...] = ()
-    endpoints: tuple[tuple[str, int], ...] = ()
-    resources: tuple[Path, ...] = ()
-    response_processing: ResponseProcessing = ResponseProcessing.FULL
-    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    grpc_port: int = field(default=9002, metadata=flag("--grpc-port", parse=int, gateway_default=0))
+    grpc_health_port: int = field(
+        default=9003, metadata=flag("--grpc-health-port", parse=int, gateway_default=0)
+    )
+    metrics_port: int = field(default=9090, metadata=flag("--metrics-port", parse=int))
+    bind_host: str = "0.0.0.0"  # not a flag: ``kvroute epp --bind``; ``kvroute serve``: loopback
+    pool_name: str = field(
+        default="", metadata=flag("--pool-name", help="InferencePool to follow (Kubernetes)")
+    )
+    pool_namespace: str = field(
+        default_factory=from_env("NAMESPACE", "default"), metadata=flag("--pool-namespace")
+    )
+    pool_group: str = field(
+        default="inference.networking.k8s.io",
+        metadata=flag(
+            "--pool-group",
+            help="API group of the InferencePool (inference.networking.x-k8s.io: legacy v1alpha2)",
+        ),
+    )
+    ha_enable_leader_election: bool = field(
+        default=False,
+        metadata=flag(
+            "--ha-enable-leader-election",
+            parse=parse_bool,
+            optional_value=True,
+            metavar="BOOL",
+            help="active-passive HA: only the Lease holder reports ready (needs --pool-name)",
+        ),
+    )
+    config_file: Path | None = field(
+        default=None,
+        metadata=flag(
+            "--config-file",
+            parse=Path,
+            exclusive="config",
+            gateway_aliases=("--config",),
+            help="EndpointPickerConfig YAML file",
+        ),
+    )
+    config_text: str | None = field(
+        default=None,
+        metadata=flag("--config-text", exclusive="config", help="EndpointPickerConfig YAML text"),
+    )
+    refresh_metrics_interval_s: float = field(
+        default=0.05,
+        metadata=flag("--refresh-metrics-interval", parse=duration, flag_default="50ms"),
+    )
+    refresh_prometheus_metrics_interval_s: float = field(
+        default=5.0,
+        metadata=flag("--refresh-prometheus-metrics-interval", parse=duration, flag_default="5s"),
+    )
+    metrics_staleness_threshold_s: float = field(
+        default=2.0,
+        metadata=flag("--metrics-staleness-threshold", parse=duration, flag_default="2s"),
+    )
+    secure_serving: bool = field(
+        default=True,
+        metadata=flag(
+            "--secure-serving",
+            parse=parse_bool,
+            gateway_default=False,
+            metavar="BOOL",
+            help="serve ext_proc over TLS (self-signed unless --cert-path)",
+        ),
+    )
+    cert_path: Path | None = field(
+        default=None,
+        metadata=flag("--cert-path", parse=Path, help="directory with tls.crt and tls.key"),
+    )
+    health_checking: bool = field(
+        default=False,
+        metadata=flag(
+            "--health-checking",
+            parse=parse_bool,
+            gateway_default=True,
+            metavar="BOOL",
+            help="also serve gRPC health on the ext_proc port (kvroute serve: on, Envoy checks it)",
+        ),
+    )
+    endpoint_selector: str = field(
+        default="",
+        metadata=flag("--endpoint-selector", help="k=v,k2=v2 (standalone Kubernetes)"),
+    )
+    endpoint_target_ports: tuple[int, ...] = field(
+        default=(),
+        metadata=flag(
+            "--endpoint-target-ports",
+            convert=_ports,
+            flag_default="",
+            help="comma-separated ports for --endpoint-selector",
+        ),
+    )
+    endpoints: tuple[tuple[str, int], ...] = field(
+        default=(),
+        metadata=flag(
+            "--endpoint",
+            repeat=True,
+            convert=lambda urls: tuple(parse_endpoint_url(u) for u in urls),
+            metavar="URL",
+            help="a model server (repeatable), e.g. http://127.0.0.1:8001; no Kubernetes needed",
+        ),
+    )
+    resources: tuple[Path, ...] = field(
+        default=(),
+        metadata=flag(
+            "--resources",
+            parse=Path,
+            repeat=True,
+            convert=tuple,
+            metavar="FILE",
+            help="InferencePool/InferenceModel/InferenceObjective YAML (repeatable)",
+        ),
+    )
+    response_processing: ResponseProcessing = field(
+        default=ResponseProcessing.FULL,
+        metadata=flag(
+            "--response-processing",
+            choices=[m.value for m in ResponseProcessing],
+            convert=ResponseProcessing,
+            flag_default=ResponseProcessing.FULL.value,
+            help="full: every response chunk through the EPP (upstream); light: response body "
+            "skipped (no model-name restore, no usage metrics), much less EPP CPU",
+        ),
+    )
+    max_request_body_bytes: int = field(
+        default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+        metadata=flag(
+            "--max-request-body-bytes",
+            parse=int,
+            metavar="N",
+            help="larger request bodies are answered 413 (the EPP buffers each body whole); "
+            f"default {DEFAULT_MAX_REQUEST_BODY_BYTES} (64 MiB)",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.config_file is not None and self.config_text is not None:
@@ -88,13 +270,25 @@ class EppSettings:
         return self.pool_name or "kvroute"
 
 
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "t", "yes", "y"):
-        return True
-    if low in ("0", "false", "f", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def flags() -> list[tuple[dataclasses.Field[Any], Flag]]:
+    """Every field that is a flag, with its flag declaration, in declaration order."""
+    return [(f, f.metadata[_FLAG]) for f in dataclasses.fields(EppSettings) if _FLAG in f.metadata]
+
+
+def _flag_default(f: dataclasses.Field[Any], spec: Flag, gateway: bool) -> Any:
+    if gateway and spec.gateway_default is not _UNSET:
+        return spec.gateway_default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()  # e.g. from_env: read when the parser is built
+    if spec.repeat:
+        return []
+    if spec.flag_default is not _UNSET:
+        return spec.flag_default
+    return f.default
+
+
+def _dest(flag_name: str) -> str:
+    return flag_name.lstrip("-").replace("-", "_")
 
 
 def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False) -> None:
@@ -104,113 +298,40 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
     off there, and ports default to 0 (any free port) except ``--metrics-port``.
     """
     g = parser.add_argument_group("endpoint picker")
-    g.add_argument("--grpc-port", type=int, default=0 if gateway else 9002)
-    g.add_argument("--grpc-health-port", type=int, default=0 if gateway else 9003)
-    g.add_argument("--metrics-port", type=int, default=9090)
-    g.add_argument("--pool-name", default="", help="InferencePool to follow (Kubernetes)")
-    g.add_argument("--pool-namespace", default=os.environ.get("NAMESPACE", "default"))
-    g.add_argument(
-        "--pool-group",
-        default="inference.networking.k8s.io",
-        help="API group of the InferencePool (inference.networking.x-k8s.io: legacy v1alpha2)",
-    )
-    g.add_argument(
-        "--ha-enable-leader-election",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="BOOL",
-        help="active-passive HA: only the Lease holder reports ready (needs --pool-name)",
-    )
-    cfg = g.add_mutually_exclusive_group()
-    cfg.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML file")
-    cfg.add_argument("--config-text", help="EndpointPickerConfig YAML text")
-    if gateway:
-        cfg.add_argument("--config", dest="config_file", type=Path, help="alias of --config-file")
-    g.add_argument("--refresh-metrics-interval", type=_duration_arg, default="50ms")
-    g.add_argument("--refresh-prometheus-metrics-interval", type=_duration_arg, default="5s")
-    g.add_argument("--metrics-staleness-threshold", type=_duration_arg, default="2s")
-    g.add_argument(
-        "--secure-serving",
-        type=_bool,
-        default=not gateway,
-        metavar="BOOL",
-        help="serve ext_proc over TLS (self-signed unless --cert-path)",
-    )
-    g.add_argument("--cert-path", type=Path, help="directory with tls.crt and tls.key")
-    g.add_argument(
-        "--health-checking",
-        type=_bool,
-        default=gateway,
-        metavar="BOOL",
-        help="also serve gRPC health on the ext_proc port (kvroute serve: on, Envoy checks it)",
-    )
-    g.add_argument("--endpoint-selector", default="", help="k=v,k2=v2 (standalone Kubernetes)")
-    g.add_argument(
-        "--endpoint-target-ports",
-        default="",
-        help="comma-separated ports for --endpoint-selector",
-    )
-    g.add_argument(
-        "--endpoint",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="a model server (repeatable), e.g. http://127.0.0.1:8001; no Kubernetes needed",
-    )
-    g.add_argument(
-        "--resources",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="FILE",
-        help="InferencePool/InferenceModel/InferenceObjective YAML (repeatable)",
-    )
-    g.add_argument(
-        "--response-processing",
-        choices=[m.value for m in ResponseProcessing],
-        default=ResponseProcessing.FULL.value,
-        help="full: every response chunk through the EPP (upstream); light: response body "
-        "skipped (no model-name restore, no usage metrics), much less EPP CPU",
-    )
-    g.add_argument(
-        "--max-request-body-bytes",
-        type=int,
-        default=DEFAULT_MAX_REQUEST_BODY_BYTES,
-        metavar="N",
-        help="larger request bodies are answered 413 (the EPP buffers each body whole); "
-        f"default {DEFAULT_MAX_REQUEST_BODY_BYTES} (64 MiB)",
-    )
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f, spec in flags():
+        target: Any = g
+        if spec.exclusive is not None:
+            if spec.exclusive not in groups:
+                groups[spec.exclusive] = g.add_mutually_exclusive_group()
+            target = groups[spec.exclusive]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": _flag_default(f, spec, gateway)}
+        if spec.parse is not None:
+            kwargs["type"] = spec.parse
+        if spec.help is not None:
+            kwargs["help"] = spec.help
+        if spec.metavar is not None:
+            kwargs["metavar"] = spec.metavar
+        elif spec.choices is None and f.name != _dest(spec.name):
+            kwargs["metavar"] = _dest(spec.name).upper()  # as argparse names it from the flag
+        if spec.choices is not None:
+            kwargs["choices"] = list(spec.choices)
+        if spec.repeat:
+            kwargs["action"] = "append"
+        if spec.optional_value:
+            kwargs.update(nargs="?", const=True)
+        target.add_argument(spec.name, **kwargs)
+        if gateway:
+            for alias in spec.gateway_aliases:
+                alias_kwargs = {k: v for k, v in kwargs.items() if k != "default"}
+                alias_kwargs["help"] = f"alias of {spec.name}"
+                target.add_argument(alias, **alias_kwargs)
 
 
 def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") -> EppSettings:
-    ports: Sequence[str] = [p for p in str(args.endpoint_target_ports).split(",") if p.strip()]
-    try:
-        target_ports = tuple(int(p) for p in ports)
-    except ValueError as exc:
-        raise ConfigError(f"--endpoint-target-ports: {exc}") from exc
-    return EppSettings(
-        grpc_port=args.grpc_port,
-        grpc_health_port=args.grpc_health_port,
-        metrics_port=args.metrics_port,
-        bind_host=bind_host,
-        pool_name=args.pool_name,
-        pool_namespace=args.pool_namespace,
-        pool_group=args.pool_group,
-        ha_enable_leader_election=args.ha_enable_leader_election,
-        config_file=args.config_file,
-        config_text=args.config_text,
-        refresh_metrics_interval_s=args.refresh_metrics_interval,
-        refresh_prometheus_metrics_interval_s=args.refresh_prometheus_metrics_interval,
-        metrics_staleness_threshold_s=args.metrics_staleness_threshold,
-        secure_serving=args.secure_serving,
-        cert_path=args.cert_path,
-        health_checking=args.health_checking,
-        endpoint_selector=args.endpoint_selector,
-        endpoint_target_ports=target_ports,
-        endpoints=tuple(parse_endpoint_url(u) for u in args.endpoint),
-        resources=tuple(args.resources),
-        response_processing=ResponseProcessing(args.response_processing),
-        max_request_body_bytes=args.max_request_body_bytes,
-    )
+    """The settings a parsed ``add_epp_arguments`` namespace describes."""
+    values: dict[str, Any] = {"bind_host": bind_host}
+    for f, spec in flags():
+        value = getattr(args, f.name)
+        values[f.name] = spec.convert(value) if spec.convert is not None else value
+    return EppSettings(**values)

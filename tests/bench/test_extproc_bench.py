@@ -29,11 +29,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from kvroute.app import build_director_backend
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.datastore.endpoint import EndpointMetrics
 from kvroute.datastore.store import Datastore
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.server import ExternalProcessor, build_ext_proc_server
-from kvroute.extproc.stream import ExtProcStream, ResponseProcessing, StreamOptions
+from kvroute.extproc.stream import ExtProcStream, StreamOptions
 from kvroute.observability.metrics import EppMetrics
 from kvroute.settings import EppSettings
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kvroute.extproc.stream import ResponseProcessing
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.gateway.gateway import Gateway
 from tests.integration.conftest import MiniModelServer, mini_pool
 

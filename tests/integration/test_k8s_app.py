@@ -15,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvroute.app import EppApp
+from kvroute.backoff import Backoff
 from kvroute.config.resources import ResourceSet
-from kvroute.k8s.reflector import Backoff
 from kvroute.k8s.resources import PoolRef
 from kvroute.k8s.source import KubernetesEndpointSource
 from kvroute.settings import EppSettings

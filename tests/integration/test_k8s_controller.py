@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 import pytest
 from lightkube import AsyncClient
 
+from kvroute.backoff import Backoff
 from kvroute.datastore.store import Datastore
 from kvroute.k8s.controller import PoolController, PoolResources
 from kvroute.k8s.endpoints import ACTIVE_PORTS_ANNOTATION, PoolSpec
-from kvroute.k8s.reflector import Backoff
 from kvroute.k8s.resources import GROUP_X, PoolRef
 from tests.k8s_apiserver import FakeApiServer
 from tests.k8s_apiserver.fixtures import client_for, running_api
@@ -257,6 +257,8 @@ async def test_models_feed_callback_and_model_name_in_use_status(
         assert reason("solo") == "True/Accepted"
         assert reason("elsewhere") is None  # another pool's model is not ours to judge
         assert {m["metadata"]["name"] for m in seen[-1].models} == {"old", "young", "solo"}
+        # The server shows a status before the client's patch call returns and counts it.
+        await eventually(lambda: ctl.status_writes >= 3)
         writes = ctl.status_writes
         assert writes == 3
 

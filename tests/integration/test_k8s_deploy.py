@@ -23,10 +23,10 @@ import pytest
 import yaml
 
 from kvroute.api import RESOURCE_KINDS
+from kvroute.backoff import Backoff
 from kvroute.config.epp_config import parse_epp_config
 from kvroute.datastore.store import Datastore
 from kvroute.k8s.controller import PoolController
-from kvroute.k8s.reflector import Backoff
 from kvroute.k8s.resources import PoolRef
 from tests.k8s_apiserver import FakeApiServer
 from tests.k8s_apiserver.fixtures import client_for, running_api

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from kvroute.backoff import Backoff
 from kvroute.config.resources import ResourceSet
 from kvroute.datastore.store import Datastore
 from kvroute.k8s.controller import PoolResources
-from kvroute.k8s.reflector import Backoff
 from kvroute.k8s.resources import PoolRef, lease_name
 from kvroute.k8s.source import KubernetesEndpointSource, LeaseTimings, to_resource_set
 from tests.k8s_apiserver import FakeApiServer

@@ -70,12 +70,7 @@ BENCH_MAY_RUN: frozenset[str] = frozenset({"kvroute.cli"})
 # Known violations owned by another change. Each is (importer component, imported component).
 # Removed when arch-config lands (it moves the duration parser below config and the extproc
 # defaults out of settings' way).
-ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("kvroute.config", "kvroute.scheduling"),  # epp_config takes parse_go_duration from params
-        ("kvroute.settings", "kvroute.extproc"),  # settings reads extproc.stream defaults
-    }
-)
+ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

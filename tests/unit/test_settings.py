@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from kvroute.config.duration import parse_go_duration
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.errors import ConfigError
-from kvroute.extproc.stream import ResponseProcessing
 from kvroute.settings import (
     EppSettings,
     add_epp_arguments,
-    parse_duration,
+    flags,
     parse_endpoint_url,
     settings_from_args,
 )
@@ -41,11 +43,15 @@ def test_gateway_defaults_pick_free_ports_and_plaintext_loopback() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("50ms", 0.05), ("2s", 2.0), ("1m", 60.0), ("1.5", 1.5), ("1h", 3600.0)],
-    ids=["ms", "s", "m", "bare", "h"],
+    [("50ms", 0.05), ("2s", 2.0), ("1m", 60.0), ("1.5", 1.5), ("1h", 3600.0), ("1m30s", 90.0)],
+    ids=["ms", "s", "m", "bare", "h", "compound"],
 )
 def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
+    # the flags' parser: Go syntax plus bare seconds
+    assert parse_go_duration(text, bare_seconds=True) == pytest.approx(seconds)
+    assert _parse(["--refresh-metrics-interval", text]).refresh_metrics_interval_s == (
+        pytest.approx(seconds)
+    )
 
 
 def test_bad_duration_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,3 +111,28 @@ def test_pool_name_and_selector_are_exclusive() -> None:
 def test_target_ports_parsed() -> None:
     s = _parse(["--endpoint-selector", "app=x", "--endpoint-target-ports", "8000,8001"])
     assert s.endpoint_target_ports == (8000, 8001)
+
+
+def test_one_field_table_drives_flags_and_constructor() -> None:
+    """CLI defaults and the Python constructor come from the same declaration: no drift."""
+    fields = {f.name for f in dataclasses.fields(EppSettings)}
+    flagged = {f.name for f, _ in flags()}
+    assert fields - flagged == {"bind_host"}  # the one option that is not a flag
+    assert _parse([]) == EppSettings()
+    parser = argparse.ArgumentParser()
+    add_epp_arguments(parser)
+    declared = {spec.name for _, spec in flags()}
+    assert declared <= set(parser._option_string_actions)
+
+
+def test_namespace_env_reaches_flag_and_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAMESPACE", "team-a")
+    assert EppSettings().pool_namespace == "team-a"
+    assert _parse([]).pool_namespace == "team-a"
+    assert _parse(["--pool-namespace", "b"]).pool_namespace == "b"
+
+
+def test_endpoint_url_forms_use_the_hostport_parser() -> None:
+    assert parse_endpoint_url("https://[fd00::1]:8443/v1") == ("fd00::1", 8443)
+    with pytest.raises(ConfigError, match="expected http://HOST:PORT"):
+        parse_endpoint_url("http://10.0.0.1:notaport")

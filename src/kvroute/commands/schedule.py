@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvroute.config.epp_config import builtin_epp_config, load_epp_config
 from kvroute.config.resources import load_resources
+from kvroute.config.strict_yaml import StrictLoader, yaml_error_message
 from kvroute.config.yaml_errors import format_validation_error
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad, EndpointMetrics
 from kvroute.errors import ConfigError, EppError
@@ -257,9 +258,9 @@ def explain(
 def parse_state(text: str, source: str) -> tuple[Endpoint, ...]:
     """Endpoints from a STATE document (a list, or a mapping with an ``endpoints`` list)."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
-        raise InputError(f"{source}: YAML error: {exc}") from None
+        raise InputError(yaml_error_message(source, exc)) from None
     if isinstance(doc, dict) and set(doc) == {"endpoints"}:
         doc = doc["endpoints"]
     if not isinstance(doc, list):

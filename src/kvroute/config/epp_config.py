@@ -4,12 +4,12 @@ Format (``apix/config/v1alpha1``)::
 
     apiVersion: inference.networking.x-k8s.io/v1alpha1
     kind: EndpointPickerConfig
-    featureGates: [flowControl]               # flowControl | dataLayer | enableLegacyMetrics
+    featureGates: [flowControl]               # flowControl | haPopulateNonLeaderDatastore[=false]
     plugins: [{name, type, parameters}]       # name defaults to type
     schedulingProfiles: [{name, plugins: [{pluginRef, weight}]}]
     saturationDetector: {pluginRef}
     dataLayer: {sources: [{pluginRef, extractors: [{pluginRef}]}]}
-    parser: {pluginRef}
+    parser: {pluginRef}                       # or requestHandler: {parsers: [{pluginRef}]}
     flowControl: {maxBytes, maxRequests, defaultRequestTTL, usageLimitPolicyPluginRef,
                   defaultPriorityBand, priorityBands: [{priority, maxBytes, ...}]}
 
@@ -30,17 +30,36 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kvroute.config.duration import parse_go_duration
+from kvroute.config.strict_yaml import load_documents
 from kvroute.config.yaml_errors import format_validation_error
 from kvroute.errors import ConfigError
 from kvroute.plugins.registry import PluginRegistry
-from kvroute.scheduling.plugins.params import parse_go_duration
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
 KIND = "EndpointPickerConfig"
-KNOWN_FEATURE_GATES = frozenset({"flowControl", "dataLayer", "enableLegacyMetrics"})
+# llm-d-router's gates and their defaults (``NAME`` or ``NAME=true|false`` in ``featureGates``).
+FEATURE_GATE_DEFAULTS: dict[str, bool] = {
+    "flowControl": False,
+    "haPopulateNonLeaderDatastore": True,
+}
+KNOWN_FEATURE_GATES = frozenset(FEATURE_GATE_DEFAULTS)
+# Gate settings kvroute cannot honour, each with the reason given at load.
+_REFUSED_GATES: dict[tuple[str, bool], str] = {
+    ("haPopulateNonLeaderDatastore", False): (
+        "kvroute standbys always keep their datastore populated (a failover waits for the "
+        "lease only, never for a relist); remove the gate"
+    ),
+}
+# GIE v1.5 gates that llm-d-router removed, with what to write instead.
+_REMOVED_GATES: dict[str, str] = {
+    "dataLayer": "removed upstream; kvroute's data layer always runs (configure dataLayer.sources)",
+    "enableLegacyMetrics": (
+        "removed upstream; kvroute exports the current metric names only (docs/metrics.md)"
+    ),
+}
 PREFIX_SCORER_TYPE = "prefix-cache-scorer"
 # Plugins the loader may inject (name == type), so a config may reference them undeclared.
 SYSTEM_DEFAULT_PLUGINS = frozenset(
@@ -84,6 +103,12 @@ class SchedulingProfileSpec(_Strict):
 
 class PluginRef(_Strict):
     plugin_ref: str = Field(alias="pluginRef", min_length=1)
+
+
+class RequestHandlerSpec(_Strict):
+    """llm-d-router's spelling of ``parser``: the request parsers, longest path match first."""
+
+    parsers: list[PluginRef] = Field(default_factory=list)
 
 
 class DataLayerSourceSpec(_Strict):
@@ -134,6 +159,40 @@ class FlowControlSpec(_Strict):
         return value
 
 
+def parse_feature_gates(gates: list[str]) -> dict[str, bool]:
+    """``["flowControl", "haPopulateNonLeaderDatastore=false"]`` -> ``{name: value}``.
+
+    Raises :class:`ValueError` naming every unknown, removed or refused gate and why.
+    """
+    values: dict[str, bool] = {}
+    unknown: list[str] = []
+    problems: list[str] = []
+    for entry in gates:
+        name, sep, raw = entry.partition("=")
+        name = name.strip()
+        value = True
+        if sep:
+            low = raw.strip().lower()
+            if low not in ("true", "false"):
+                problems.append(f"{entry!r}: expected {name}=true or {name}=false")
+                continue
+            value = low == "true"
+        if name in _REMOVED_GATES:
+            problems.append(f"{name}: {_REMOVED_GATES[name]}")
+        elif name not in FEATURE_GATE_DEFAULTS:
+            unknown.append(name)
+        elif (name, value) in _REFUSED_GATES:
+            problems.append(f"{entry}: {_REFUSED_GATES[(name, value)]}")
+        else:
+            values[name] = value
+    if unknown:
+        known = ", ".join(sorted(FEATURE_GATE_DEFAULTS))
+        problems.insert(0, f"unknown feature gate(s) {', '.join(unknown)} (known: {known})")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return values
+
+
 class EndpointPickerConfig(_Strict):
     api_version: Literal["inference.networking.x-k8s.io/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["EndpointPickerConfig"]
@@ -145,39 +204,22 @@ class EndpointPickerConfig(_Strict):
     saturation_detector: PluginRef | None = Field(default=None, alias="saturationDetector")
     data_layer: DataLayerSpec | None = Field(default=None, alias="dataLayer")
     parser: PluginRef | None = None
+    request_handler: RequestHandlerSpec | None = Field(default=None, alias="requestHandler")
     flow_control: FlowControlSpec | None = Field(default=None, alias="flowControl")
 
     @field_validator("feature_gates")
     @classmethod
     def _gates(cls, gates: list[str]) -> list[str]:
-        unknown = [g for g in gates if g not in KNOWN_FEATURE_GATES]
-        if unknown:
-            known = ", ".join(sorted(KNOWN_FEATURE_GATES))
-            raise ValueError(f"unknown feature gate(s) {', '.join(unknown)} (known: {known})")
+        parse_feature_gates(gates)
         return gates
+
+    def gate(self, name: str) -> bool:
+        """Whether feature gate ``name`` is on (its default unless ``featureGates`` sets it)."""
+        return parse_feature_gates(self.feature_gates).get(name, FEATURE_GATE_DEFAULTS[name])
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """The config as upstream YAML keys (for dry-run output and docs)."""
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a repeated mapping key (sigs.k8s.io/yaml strict mode does)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            if isinstance(key, str):
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def parse_epp_config(text: str, source: str = "<config-text>") -> EndpointPickerConfig:
@@ -186,13 +228,7 @@ def parse_epp_config(text: str, source: str = "<config-text>") -> EndpointPicker
     Raises :class:`~kvroute.errors.ConfigError` naming ``source`` and the field path; all
     problems found are reported together, one per line.
     """
-    try:
-        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}: {where}YAML error: {problem}") from None
+    docs = load_documents(text, source)
     if not docs:
         raise ConfigError(f"{source}: empty document (expected an {KIND})")
     if len(docs) > 1:
@@ -259,6 +295,14 @@ def apply_static_defaults(config: EndpointPickerConfig, source: str) -> Endpoint
         refs.append(("saturationDetector.pluginRef", config.saturation_detector.plugin_ref))
     if config.parser is not None:
         refs.append(("parser.pluginRef", config.parser.plugin_ref))
+    if config.request_handler is not None:
+        if config.parser is not None:
+            errors.append(
+                "requestHandler.parsers: parser and requestHandler.parsers are the old and new "
+                "spelling of one setting; write only one"
+            )
+        for i, parser_ref in enumerate(config.request_handler.parsers):
+            refs.append((f"requestHandler.parsers[{i}].pluginRef", parser_ref.plugin_ref))
     if config.data_layer is not None:
         for i, src in enumerate(config.data_layer.sources):
             refs.append((f"dataLayer.sources[{i}].pluginRef", src.plugin_ref))

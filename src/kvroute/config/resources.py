@@ -42,6 +42,7 @@ from kvroute.api import (
     PoolView,
     Resource,
 )
+from kvroute.config.strict_yaml import iter_documents, yaml_error_message
 from kvroute.config.yaml_errors import format_validation_error
 from kvroute.errors import ConfigError
 
@@ -191,57 +192,12 @@ def _expand(paths: Sequence[Path], errors: list[str]) -> list[Path]:
     return files
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a repeated key in one mapping instead of keeping the last."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        # Only keys written in this mapping count: `<<: *anchor` merges may be overridden.
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                duplicate = False  # unhashable: the base class reports it
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            if not isinstance(key, list | dict):
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        problem = exc.problem or "invalid YAML"
-        context = f" ({exc.context})" if exc.context else ""
-        return (
-            f"{source}: line {mark.line + 1}, column {mark.column + 1}: "
-            f"YAML error: {problem}{context}"
-        )
-    return f"{source}: YAML error: {exc}"
-
-
 def _parse_text(text: str, source: str, loaded: list[_Loaded], errors: list[str]) -> None:
-    loader = _StrictLoader(text)
-    index = 0
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            index += 1
-            doc = loader.construct_document(node)
+        for index, doc in enumerate(iter_documents(text), start=1):
             _validate_document(doc, source, index, loaded, errors)
     except yaml.YAMLError as exc:
-        errors.append(_yaml_error(source, exc))
-    finally:
-        loader.dispose()
+        errors.append(yaml_error_message(source, exc))
 
 
 def _validate_document(

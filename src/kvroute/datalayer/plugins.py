@@ -2,24 +2,41 @@
 
 ``metrics-data-source`` and ``core-metrics-extractor`` configure the metrics scraper; they sit in
 a config's ``plugins`` list and its ``dataLayer.sources`` and are never part of a scheduling
-profile. ``openai-parser`` and ``passthrough-parser`` name how request bodies are parsed. These
-plugins hold validated parameters only: the composition root reads them to build the
-:class:`~kvroute.datalayer.scraper.MetricsCollector`, so a bad parameter fails when the config
-loads, with the plugin's name, exactly as a scorer's would.
+profile. ``openai-parser`` names how request bodies are parsed. These plugins hold validated
+parameters only: :func:`data_layer_setup` resolves the config's ``dataLayer`` section to the
+source and extractor the :class:`~kvroute.datalayer.scraper.MetricsCollector` runs with, so a
+bad parameter or an unsupported layout fails when the config loads, naming the key.
+
+What kvroute runs, and what it rejects (by name, at load):
+
+* ``dataLayer.sources``: one ``metrics-data-source`` with at most one ``core-metrics-extractor``;
+  the listed source's ``scheme``/``path``/``insecureSkipVerify`` and the listed extractor's
+  ``engineConfigs`` are what the scraper uses. More sources or extractors, a source or extractor
+  of another type, or a declared source/extractor that the listed sources leave out are errors.
+  Without ``dataLayer``, a single declared ``metrics-data-source``/``core-metrics-extractor`` is
+  used (two of either are ambiguous: an error), else the built-in defaults.
+* ``parser`` / ``requestHandler.parsers``: only ``openai-parser`` (kvroute parses every body as
+  OpenAI). ``passthrough-parser`` (route by load only, body untouched) is rejected: kvroute's
+  director needs the parsed model name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from kvroute.datalayer.mappings import MappingRegistry
-from kvroute.datalayer.scraper import MetricsDataSourceParams
+from kvroute.datalayer.scraper import MetricsCollector, MetricsDataSourceParams
 from kvroute.errors import ConfigError, PluginValidationError
-from kvroute.plugins.base import TypedName
+from kvroute.plugins.base import Plugin, TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
+
+if TYPE_CHECKING:
+    from kvroute.config.epp_config import EndpointPickerConfig
+    from kvroute.datastore.store import Datastore
 
 METRICS_DATA_SOURCE = "metrics-data-source"
 CORE_METRICS_EXTRACTOR = "core-metrics-extractor"
@@ -45,7 +62,7 @@ class CoreMetricsExtractor:
 
 
 class RequestParser:
-    """A named request parser; kvroute parses OpenAI bodies, ``passthrough`` skips hashing."""
+    """A named request parser (``openai-parser``; ``passthrough-parser`` is refused at build)."""
 
     def __init__(self, type_name: str, name: str) -> None:
         self.typed_name = TypedName(type_name, name)
@@ -91,3 +108,147 @@ PLUGINS: Mapping[str, PluginFactory] = {
     OPENAI_PARSER: _parser(OPENAI_PARSER),
     PASSTHROUGH_PARSER: _parser(PASSTHROUGH_PARSER),
 }
+
+
+SUPPORTED_PARSERS = (OPENAI_PARSER,)
+_REFUSED_PARSERS = {
+    PASSTHROUGH_PARSER: (
+        "passthrough-parser is not supported: kvroute parses every request body as OpenAI "
+        "(the director needs the model name); supported parsers: openai-parser"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DataLayerSetup:
+    """The metrics source and extractor the config's data layer resolved to (None: defaults)."""
+
+    source: MetricsDataSource | None = None
+    extractor: CoreMetricsExtractor | None = None
+
+    @property
+    def mappings(self) -> MappingRegistry:
+        return self.extractor.mappings if self.extractor else MappingRegistry.from_params(None)
+
+    def collector(self, datastore: Datastore, interval: float) -> MetricsCollector:
+        """The scraper, polling every ``interval`` seconds with this source and extractor."""
+        if self.source is None:
+            return MetricsCollector(datastore, self.mappings, interval)
+        params = self.source.params
+        return MetricsCollector(
+            datastore,
+            self.mappings,
+            interval,
+            scheme=params.scheme,
+            path=params.path,
+            insecure_skip_verify=params.insecure_skip_verify,
+        )
+
+
+def _of_type(plugins: Mapping[str, Plugin], cls: type[Any]) -> list[str]:
+    return [name for name, p in plugins.items() if isinstance(p, cls)]
+
+
+def _describe(plugins: Mapping[str, Plugin], name: str) -> str:
+    plugin = plugins.get(name)
+    return f"plugin {name!r} ({plugin.typed_name.type})" if plugin else f"plugin {name!r}"
+
+
+def data_layer_setup(
+    config: EndpointPickerConfig, plugins: Mapping[str, Plugin], source: str = "<config>"
+) -> DataLayerSetup:
+    """Resolve ``dataLayer`` (see the module docstring) or raise a ConfigError naming the key."""
+    errors: list[str] = []
+    declared_sources = _of_type(plugins, MetricsDataSource)
+    declared_extractors = _of_type(plugins, CoreMetricsExtractor)
+    specs = config.data_layer.sources if config.data_layer is not None else []
+    if not specs:
+        for kind, names in (
+            (METRICS_DATA_SOURCE, declared_sources),
+            (CORE_METRICS_EXTRACTOR, declared_extractors),
+        ):
+            if len(names) > 1:
+                errors.append(
+                    f"plugins: {len(names)} {kind} plugins ({', '.join(names)}) and no "
+                    "dataLayer.sources to say which one to use"
+                )
+        _raise(errors, source)
+        return DataLayerSetup(
+            source=_first(plugins, declared_sources, MetricsDataSource),
+            extractor=_first(plugins, declared_extractors, CoreMetricsExtractor),
+        )
+    if len(specs) > 1:
+        listed_names = ", ".join(s.plugin_ref for s in specs)
+        errors.append(
+            f"dataLayer.sources: kvroute runs one {METRICS_DATA_SOURCE}, got {len(specs)} "
+            f"sources ({listed_names})"
+        )
+    spec = specs[0]
+    chosen = plugins.get(spec.plugin_ref)
+    if not isinstance(chosen, MetricsDataSource):
+        errors.append(
+            f"dataLayer.sources[0].pluginRef: {_describe(plugins, spec.plugin_ref)} is not a "
+            f"{METRICS_DATA_SOURCE} (supported data sources: {METRICS_DATA_SOURCE})"
+        )
+    if len(spec.extractors) > 1:
+        errors.append(
+            f"dataLayer.sources[0].extractors: kvroute runs one {CORE_METRICS_EXTRACTOR}, "
+            f"got {len(spec.extractors)}"
+        )
+    extractor: CoreMetricsExtractor | None = None
+    for j, ref in enumerate(spec.extractors):
+        found = plugins.get(ref.plugin_ref)
+        if isinstance(found, CoreMetricsExtractor):
+            extractor = extractor or found
+        else:
+            errors.append(
+                f"dataLayer.sources[0].extractors[{j}].pluginRef: "
+                f"{_describe(plugins, ref.plugin_ref)} is not a {CORE_METRICS_EXTRACTOR} "
+                f"(supported extractors: {CORE_METRICS_EXTRACTOR})"
+            )
+    listed = {s.plugin_ref for s in specs} | {e.plugin_ref for s in specs for e in s.extractors}
+    for name in declared_sources + declared_extractors:
+        if name not in listed:
+            errors.append(
+                f"plugins: {_describe(plugins, name)} is not listed in dataLayer.sources, "
+                "so it would never run; list it or remove it"
+            )
+    _raise(errors, source)
+    assert isinstance(chosen, MetricsDataSource)  # else _raise raised
+    return DataLayerSetup(source=chosen, extractor=extractor)
+
+
+def check_parsers(
+    config: EndpointPickerConfig, plugins: Mapping[str, Plugin], source: str = "<config>"
+) -> None:
+    """Reject a parser kvroute does not run, and a parser reference to a non-parser."""
+    errors: list[str] = []
+    for name in _of_type(plugins, RequestParser):
+        refused = _REFUSED_PARSERS.get(plugins[name].typed_name.type)
+        if refused is not None:
+            errors.append(f"plugins: {_describe(plugins, name)}: {refused}")
+    refs: list[tuple[str, str]] = []
+    if config.parser is not None:
+        refs.append(("parser.pluginRef", config.parser.plugin_ref))
+    if config.request_handler is not None:
+        refs.extend(
+            (f"requestHandler.parsers[{i}].pluginRef", r.plugin_ref)
+            for i, r in enumerate(config.request_handler.parsers)
+        )
+    for key, ref in refs:
+        if not isinstance(plugins.get(ref), RequestParser):
+            errors.append(
+                f"{key}: {_describe(plugins, ref)} is not a request parser "
+                f"(supported parsers: {', '.join(SUPPORTED_PARSERS)})"
+            )
+    _raise(errors, source)
+
+
+def _first(plugins: Mapping[str, Plugin], names: list[str], cls: type[Any]) -> Any:
+    found = plugins[names[0]] if names else None
+    return found if isinstance(found, cls) else None
+
+
+def _raise(errors: list[str], source: str) -> None:
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {e}" for e in errors))

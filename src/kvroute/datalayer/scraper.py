@@ -12,8 +12,10 @@ Failure handling:
 
 - the per-scrape ``timeout`` must be shorter than ``interval`` (checked at construction), so a
   hanging server cannot make scrapes pile up;
-- after ``n`` consecutive failures the next attempt waits ``min(max_backoff, interval * 2**n)``
-  (:func:`backoff_delay`); a success restores the normal cadence at once;
+- after ``n`` consecutive failures the next attempt waits a delay drawn from
+  ``[interval, min(max_backoff, interval * 2**n)]`` (:class:`kvroute.backoff.Backoff`, full
+  jitter above the normal interval, so a failing server is never polled faster than a healthy
+  one); a success restores the normal cadence at once;
 - failures are logged at DEBUG (a dead pod must not flood the log) and counted in
   :class:`ScrapeStats`, per endpoint and in total; exporting them as Prometheus metrics is the
   observability package's business;
@@ -33,6 +35,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kvroute.backoff import Backoff
 from kvroute.datalayer.mappings import MappingRegistry, extract_result
 from kvroute.datalayer.prometheus import MetricsParseError, decode_page
 from kvroute.datalayer.staleness import (
@@ -44,6 +47,7 @@ from kvroute.datalayer.staleness import (
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import Datastore, EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError
+from kvroute.hostport import format_hostport
 
 __all__ = [
     "DEFAULT_STALENESS_THRESHOLD",
@@ -51,7 +55,6 @@ __all__ = [
     "MetricsCollector",
     "MetricsDataSourceParams",
     "ScrapeStats",
-    "backoff_delay",
     "is_stale",
     "metrics_age",
     "metrics_url",
@@ -95,24 +98,11 @@ class ScrapeStats:
     next_delay: float = 0.0
 
 
-def backoff_delay(consecutive_failures: int, interval: float, max_backoff: float) -> float:
-    """Wait before the next attempt: the interval, doubled per consecutive failure, capped."""
-    if consecutive_failures <= 0:
-        return interval
-    # cap the exponent too, so a long outage cannot overflow the float
-    return min(max_backoff, interval * 2.0 ** min(consecutive_failures, 60))
-
-
 def metrics_url(
     endpoint: Endpoint, *, scheme: str = "http", path: str = "/metrics", port: int | None = None
 ) -> str:
     """``scheme://address:port/path``; ``port`` overrides the endpoint's own (one metrics port)."""
-    if port is None:
-        hostport = endpoint.hostport
-    elif ":" in endpoint.address and not endpoint.address.startswith("["):
-        hostport = f"[{endpoint.address}]:{port}"
-    else:
-        hostport = f"{endpoint.address}:{port}"
+    hostport = format_hostport(endpoint.address, endpoint.port if port is None else port)
     return f"{scheme}://{hostport}{path}"
 
 
@@ -164,6 +154,7 @@ class MetricsCollector:
         self.interval = interval
         self.timeout = timeout
         self.max_backoff = max_backoff
+        self.backoff = Backoff(initial=interval, maximum=max_backoff, minimum=interval)
         self.scheme = scheme
         self.path = path
         self.port = port
@@ -302,7 +293,7 @@ class MetricsCollector:
             if ok:
                 delay = max(0.0, self.interval - (self._clock() - started))
             else:
-                delay = backoff_delay(stats.consecutive_failures, self.interval, self.max_backoff)
+                delay = self.backoff.delay(stats.consecutive_failures)
             stats.next_delay = delay
             await asyncio.sleep(delay)
 

@@ -7,7 +7,7 @@ response the EPP reads (headers only, or the body too, for usage).
 
 from __future__ import annotations
 
-from kvroute.extproc.stream import ResponseProcessing
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.gateway.gateway import Gateway
 
 __all__ = ["Gateway", "ResponseProcessing"]

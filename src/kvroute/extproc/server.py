@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.stream import ExtProcStream, ProtocolViolation, StreamOptions
+from kvroute.hostport import format_hostport
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class TlsMaterial:
 
 
 def _add_port(server: grpc.aio.Server, host: str, port: int, tls: TlsMaterial | None) -> int:
-    address = f"{host}:{port}"
+    address = format_hostport(host, port)
     if tls is None:
         return server.add_insecure_port(address)
     creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
@@ -131,4 +132,4 @@ def build_health_server(
     """The plaintext gRPC health server on ``--grpc-health-port`` (as upstream)."""
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    return server, server.add_insecure_port(f"{host}:{port}")
+    return server, server.add_insecure_port(format_hostport(host, port))

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kvroute.config.extproc_options import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
 from kvroute.errors import BadRequestError, EppError, PayloadTooLargeError
 from kvroute.extproc import messages as msg
 from kvroute.extproc.backend import (
@@ -64,17 +65,8 @@ from kvroute.extproc.backend import (
 
 log = logging.getLogger(__name__)
 
+
 # Generous: a 1M-token prompt as JSON is a few MB; this only stops runaway uploads.
-DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024
-
-
-class ResponseProcessing(enum.StrEnum):
-    """``full``: upstream behaviour. ``light``: skip the response body when not needed."""
-
-    FULL = "full"
-    LIGHT = "light"
-
-
 class State(enum.Enum):
     AWAIT_REQUEST_HEADERS = "await-request-headers"
     REQUEST_BODY = "request-body"

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from kvroute.hostport import format_hostport
+
 ENGINE_TYPE_LABEL = "inference.networking.k8s.io/engine-type"
 
 
@@ -58,9 +60,7 @@ class Endpoint:
     @property
     def hostport(self) -> str:
         """The value Envoy expects in ``x-gateway-destination-endpoint``."""
-        if ":" in self.address and not self.address.startswith("["):
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+        return format_hostport(self.address, self.port)
 
     @property
     def engine_type(self) -> str:

@@ -3,10 +3,10 @@
 Shape follows the upstream reference config (``test/testdata/envoy.yaml`` @v1.5.0, see
 ``gie-epp.md`` §2.1): the ext_proc filter in FULL_DUPLEX_STREAMED mode for both bodies, an
 ORIGINAL_DST cluster that follows ``x-gateway-destination-endpoint``, ``message_timeout`` long
-enough for long generations. kvroute adds:
+enough for long generations. No ``allow_mode_override``: Envoy ignores a per-request
+``mode_override`` under FULL_DUPLEX_STREAMED (docs/benchmarks.md), so ``light`` response
+processing is chosen in this filter config instead, and the EPP never sends one. kvroute adds:
 
-* ``allow_mode_override`` so the EPP's ``light`` response processing can switch the response
-  body off per request;
 * a ``header_mutation`` filter *before* ext_proc that drops any client-supplied
   ``x-gateway-destination-endpoint`` (a client must not pick its own upstream, also not when
   the EPP is down and FailOpen lets requests through unprocessed);
@@ -137,7 +137,6 @@ def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
                 "response_trailer_mode": "SEND",
             },
             "message_timeout": _duration(opts.message_timeout_s),
-            "allow_mode_override": True,
             "failure_mode_allow": opts.failure_mode is FailureMode.FAIL_OPEN,
             "status_on_error": {"code": 503},
             "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},

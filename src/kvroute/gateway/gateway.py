@@ -12,9 +12,10 @@ from pathlib import Path
 from types import TracebackType
 
 from kvroute.app import BackendFactory, EppApp
-from kvroute.extproc.stream import ResponseProcessing
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
 from kvroute.gateway.envoy import EnvoyProcess
+from kvroute.hostport import format_hostport
 from kvroute.settings import EppSettings, parse_endpoint_url
 
 DEFAULT_LOG_DIR = Path(".kvroute")
@@ -93,7 +94,7 @@ class Gateway:
         except BaseException as exc:
             await self.epp.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        self.url = f"http://{self._host}:{self.envoy.port}"
+        self.url = f"http://{format_hostport(self._host, self.envoy.port)}"
         return self
 
     async def __aexit__(

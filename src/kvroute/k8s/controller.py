@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from lightkube import AsyncClient
 from lightkube.types import PatchType
 
+from kvroute.backoff import Backoff
 from kvroute.k8s import status as model_status
 from kvroute.k8s.endpoints import (
     EndpointSpec,
@@ -39,7 +40,7 @@ from kvroute.k8s.endpoints import (
     pod_info_from_object,
     pool_spec_from_object,
 )
-from kvroute.k8s.reflector import Backoff, Reflector
+from kvroute.k8s.reflector import Reflector
 from kvroute.k8s.resources import (
     POOL_KINDS,
     InferenceModel,

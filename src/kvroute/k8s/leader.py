@@ -14,6 +14,9 @@ Rules, as in client-go:
   an expired lease exactly one wins and the other gets 409 Conflict;
 * the leader renews every ``retry_period``; if it cannot renew for ``renew_deadline`` it stops
   leading (readiness drops) before anyone else may take over (``renew_deadline < lease_duration``);
+* a candidate retries the acquire after a jittered ``retry_period`` (``JitterFactor`` 1.2: a
+  delay in ``[retry_period, 2.2 * retry_period]``, :class:`kvroute.backoff.Backoff`), so standbys
+  do not poll the Lease in lockstep;
 * on cancellation the leader releases the lease (``ReleaseOnCancel``): empty holder and a
   1-second duration, so a successor takes over at once instead of waiting out the lease.
 
@@ -39,7 +42,12 @@ from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
+from kvroute.backoff import Backoff
+
 log = logging.getLogger(__name__)
+
+
+_JITTER_FACTOR = 1.2  # client-go leaderelection.JitterFactor
 
 
 class Decision(StrEnum):
@@ -125,12 +133,21 @@ class LeaderElector:
         self.lease_duration = lease_duration
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
+        # client-go's wait.JitterUntil(..., RetryPeriod, JitterFactor=1.2, ...) for the acquire
+        jittered = retry_period * (1 + _JITTER_FACTOR)
+        self._acquire_wait = Backoff(
+            initial=jittered, maximum=jittered, factor=1.0, minimum=retry_period
+        )
         self._on_change = on_change
         self._clock = clock
         self._observer = LeaseObserver()
         self._last_renew = 0.0
         self.leading = asyncio.Event()
         self.transitions = 0  # times this replica became leader
+
+    def next_wait(self) -> float:
+        """Seconds to the next round: ``retry_period`` to renew, a jittered one to acquire."""
+        return self.retry_period if self.is_leader else self._acquire_wait.delay(0)
 
     @property
     def is_leader(self) -> bool:
@@ -167,7 +184,7 @@ class LeaderElector:
                     self._set_leading(True)
                 elif self.is_leader and now - self._last_renew >= self.renew_deadline:
                     self._set_leading(False)
-                await asyncio.sleep(self.retry_period)
+                await asyncio.sleep(self.next_wait())
         finally:
             if self.is_leader:
                 with contextlib.suppress(Exception):

@@ -10,7 +10,8 @@ Failure handling:
 * 410 Gone (the resourceVersion was compacted away), as an ``ERROR`` event or an HTTP status:
   relist at once, no backoff (the server is healthy, our position is just too old);
 * anything else (connection refused during an API server restart, a stream cut mid-chunk, a 5xx):
-  relist after an exponential backoff with jitter, reset after each successful list.
+  relist after an exponential backoff with full jitter (:class:`kvroute.backoff.Backoff`),
+  reset after each successful list.
 
 lightkube's ``watch`` already reconnects from the last seen resourceVersion when the server ends a
 stream cleanly (``timeoutSeconds``), which is the common case and costs no relist.
@@ -20,32 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
+from kvroute.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[Mapping[str, Any]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with full jitter: ``uniform(0, min(maximum, initial * factor**n))``."""
-
-    initial: float = 0.2
-    maximum: float = 10.0
-    factor: float = 2.0
-    rng: random.Random = field(default_factory=random.Random, compare=False)
-
-    def delay(self, attempt: int) -> float:
-        cap = min(self.maximum, self.initial * self.factor ** max(attempt, 0))
-        return self.rng.uniform(cap / 2, cap)
 
 
 def object_key(obj: Any) -> str:
@@ -122,11 +109,11 @@ class Reflector:
 
     async def run(self) -> None:
         """List and watch until cancelled; never returns otherwise."""
-        attempt = 0
+        retries = self._backoff.retries()
         while True:
             try:
                 rv = await self._list()
-                attempt = 0
+                retries.reset()
                 await self._watch(rv)
             except asyncio.CancelledError:
                 raise
@@ -148,8 +135,7 @@ class Reflector:
                     log.info("%s watch expired (410 Gone); relisting", self.kind)
                     continue
                 self.failures += 1
-                delay = self._backoff.delay(attempt)
-                attempt += 1
+                delay = retries.failed()
                 log.warning(
                     "%s list/watch failed (%s: %s); retrying in %.2fs",
                     self.kind,

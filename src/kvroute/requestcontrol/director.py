@@ -31,6 +31,7 @@ from typing import Any, Protocol, cast
 
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad
 from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
+from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.requestcontrol.admission import AdmissionController
@@ -115,17 +116,8 @@ def subset_candidates(
     """
     if subset_hint is None:
         return endpoints
-    ips = {_host_of(h) for h in subset_hint}
+    ips = {host_of(h) for h in subset_hint}
     return [e for e in endpoints if e.address in ips]
-
-
-def _host_of(hostport: str) -> str:
-    hostport = hostport.strip()
-    if hostport.startswith("["):  # [v6]:port
-        return hostport[1 : hostport.find("]")] if "]" in hostport else hostport[1:]
-    if hostport.count(":") == 1:
-        return hostport.rsplit(":", 1)[0]
-    return hostport  # bare IPv4 or bare IPv6
 
 
 class Director:

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kvroute.config.epp_config import (
+    FEATURE_GATE_DEFAULTS,
     EndpointPickerConfig,
     PluginSpec,
     ProfilePluginRef,
     SchedulingProfileSpec,
 )
+from kvroute.datalayer.plugins import check_parsers, data_layer_setup
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.plugins.base import Plugin
 from kvroute.plugins.registry import PluginContext, PluginRegistry
@@ -103,7 +105,7 @@ class SchedulingSetup:
     hooks: tuple[Plugin, ...]
     effective_config: EndpointPickerConfig
     timings: PluginTimings | None = None
-    feature_gates: frozenset[str] = field(default_factory=frozenset)
+    feature_gates: frozenset[str] = field(default_factory=frozenset)  # the gates that are on
 
 
 def build_scheduling(
@@ -125,6 +127,10 @@ def build_scheduling(
     specs = list(config.plugins)
     for i, spec in enumerate(specs):
         _instantiate(registry, ctx, spec, f"{source}: plugins[{i}]")
+
+    # dataLayer and parser sections act or are rejected here, before any scheduling is built.
+    data_layer_setup(config, ctx.plugins, source)
+    check_parsers(config, ctx.plugins, source)
 
     handlers = [n for n, p in ctx.plugins.items() if is_profile_handler(p)]
     if len(handlers) > 1:
@@ -195,7 +201,7 @@ def build_scheduling(
         hooks=tuple(p for p in ctx.plugins.values() if is_hook(p)),
         effective_config=effective,
         timings=timings,
-        feature_gates=frozenset(config.feature_gates),
+        feature_gates=frozenset(g for g in FEATURE_GATE_DEFAULTS if config.gate(g)),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from kvroute import cli
+from kvroute.commands.schedule import InputError, parse_state
 
 DATA = Path(__file__).parents[2] / "testdata"
 SCHED = DATA / "schedule"
@@ -270,3 +271,13 @@ def test_stale_endpoint_is_filtered_by_saturation_filter(
     first = out["trace"]["profiles"]["lora"]["plugins"][0]
     assert first["removed"] == ["stale"]
     assert out["target"] == "fresh"
+
+
+def test_state_file_is_read_with_the_strict_loader() -> None:
+    """The STATE file is user-written YAML too: repeated keys fail with file and line."""
+    text = "- name: a\n  address: 10.0.0.1\n  address: 10.0.0.2\n  port: 8000\n"
+    with pytest.raises(InputError) as exc:
+        parse_state(text, "state.yaml")
+    assert str(exc.value).startswith(
+        "state.yaml: line 3, column 3: YAML error: found duplicate key 'address'"
+    )

@@ -229,3 +229,74 @@ def test_undeclared_non_default_plugin_is_still_an_error() -> None:
 def test_upstream_default_profile_loads_as_written() -> None:
     config = load_epp_config(CONFIGS / "upstream-default-profile.yaml")
     assert [p.name for p in config.plugins][-1] == "max-score-picker"
+
+
+# --- featureGates: llm-d-router's gates act or are rejected by name ---------------------------
+
+
+def test_feature_gate_defaults_and_overrides() -> None:
+    config = parse_epp_config(HEAD)
+    assert config.gate("flowControl") is False
+    assert config.gate("haPopulateNonLeaderDatastore") is True
+    config = parse_epp_config(
+        HEAD + "featureGates: [flowControl, 'haPopulateNonLeaderDatastore=true']\n"
+    )
+    assert config.gate("flowControl") is True
+    assert config.gate("haPopulateNonLeaderDatastore") is True
+    assert (
+        parse_epp_config(HEAD + "featureGates: ['flowControl=false']\n").gate("flowControl")
+        is False
+    )
+
+
+@pytest.mark.parametrize(
+    ("gates", "message"),
+    [
+        (
+            "[dataLayer]",
+            "<t>: featureGates: dataLayer: removed upstream; kvroute's data layer always runs",
+        ),
+        ("[enableLegacyMetrics]", "<t>: featureGates: enableLegacyMetrics: removed upstream"),
+        (
+            "['haPopulateNonLeaderDatastore=false']",
+            "<t>: featureGates: haPopulateNonLeaderDatastore=false: kvroute standbys always keep "
+            "their datastore populated",
+        ),
+        ("['flowControl=maybe']", "'flowControl=maybe': expected flowControl=true or"),
+        ("[turbo, dataLayer]", "unknown feature gate(s) turbo (known: flowControl, haPopulate"),
+    ],
+    ids=["dataLayer", "enableLegacyMetrics", "haPopulate=false", "bad value", "unknown+removed"],
+)
+def test_feature_gates_rejected_by_name(gates: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_epp_config(HEAD + f"featureGates: {gates}\n", "<t>")
+    assert message in exc.value.message
+
+
+def test_merge_keys_work_in_epp_config() -> None:
+    text = HEAD + (
+        "plugins:\n- &picker {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}\n"
+        "- <<: *picker\n  name: second\n"
+    )
+    config = parse_epp_config(text)
+    assert [(p.instance_name, p.parameters) for p in config.plugins] == [
+        ("max-score-picker", {"maxNumOfEndpoints": 2}),
+        ("second", {"maxNumOfEndpoints": 2}),
+    ]
+
+
+def test_request_handler_parsers_are_reference_checked() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_epp_config(HEAD + "requestHandler: {parsers: [{pluginRef: ghost}]}\n", "<t>")
+    assert "<t>: requestHandler.parsers[0].pluginRef: no plugin named 'ghost'" in exc.value.message
+
+
+def test_parser_and_request_handler_together_are_rejected() -> None:
+    text = HEAD + (
+        "plugins: [{type: openai-parser}]\nparser: {pluginRef: openai-parser}\n"
+        "requestHandler: {parsers: [{pluginRef: openai-parser}]}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"<t>: requestHandler\.parsers: parser and requestHandler"
+    ):
+        parse_epp_config(text, "<t>")

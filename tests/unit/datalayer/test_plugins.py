@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from kvroute.config.epp_config import parse_epp_config
-from kvroute.datalayer.plugins import CoreMetricsExtractor, MetricsDataSource, RequestParser
+from kvroute.datalayer.plugins import (
+    CoreMetricsExtractor,
+    MetricsDataSource,
+    RequestParser,
+    data_layer_setup,
+)
+from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
 from kvroute.plugins.registry import default_registry
 from kvroute.scheduling.builder import build_scheduling
@@ -72,3 +78,127 @@ plugins:
     with pytest.raises(ConfigError) as exc:
         build_scheduling(parse_epp_config(text, "bad.yaml"), default_registry())
     assert needle in exc.value.message
+
+
+def _build(text: str) -> None:
+    build_scheduling(parse_epp_config(text, "dl.yaml"), default_registry(), source="dl.yaml")
+
+
+HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+SCORER = "- type: queue-scorer\n"
+
+REJECTED = [
+    (
+        SCORER + "- {name: a, type: metrics-data-source}\n- {name: b, type: metrics-data-source}\n"
+        "dataLayer:\n  sources: [{pluginRef: a}, {pluginRef: b}]\n",
+        "dl.yaml: dataLayer.sources: kvroute runs one metrics-data-source, got 2 sources (a, b)",
+    ),
+    (
+        SCORER + "dataLayer:\n  sources: [{pluginRef: queue-scorer}]\n",
+        "dl.yaml: dataLayer.sources[0].pluginRef: plugin 'queue-scorer' (queue-scorer) is not a "
+        "metrics-data-source",
+    ),
+    (
+        SCORER + "- type: metrics-data-source\n"
+        "dataLayer:\n  sources: [{pluginRef: metrics-data-source, extractors: "
+        "[{pluginRef: queue-scorer}]}]\n",
+        "dl.yaml: dataLayer.sources[0].extractors[0].pluginRef: plugin 'queue-scorer' "
+        "(queue-scorer) is not a core-metrics-extractor",
+    ),
+    (
+        SCORER + "- type: metrics-data-source\n- {name: x1, type: core-metrics-extractor}\n"
+        "- {name: x2, type: core-metrics-extractor}\n"
+        "dataLayer:\n  sources: [{pluginRef: metrics-data-source, extractors: "
+        "[{pluginRef: x1}, {pluginRef: x2}]}]\n",
+        "dl.yaml: dataLayer.sources[0].extractors: kvroute runs one core-metrics-extractor, got 2",
+    ),
+    (
+        SCORER + "- {name: a, type: metrics-data-source}\n- {name: b, type: metrics-data-source}\n"
+        "dataLayer:\n  sources: [{pluginRef: a}]\n",
+        "dl.yaml: plugins: plugin 'b' (metrics-data-source) is not listed in dataLayer.sources",
+    ),
+    (
+        SCORER + "- {name: a, type: metrics-data-source}\n- {name: b, type: metrics-data-source}\n",
+        "dl.yaml: plugins: 2 metrics-data-source plugins (a, b) and no dataLayer.sources",
+    ),
+    (
+        SCORER + "- type: passthrough-parser\n",
+        "dl.yaml: plugins: plugin 'passthrough-parser' (passthrough-parser): passthrough-parser "
+        "is not supported",
+    ),
+    (
+        SCORER + "- type: passthrough-parser\nrequestHandler:\n  parsers: "
+        "[{pluginRef: passthrough-parser}]\n",
+        "passthrough-parser is not supported: kvroute parses every request body as OpenAI",
+    ),
+    (
+        SCORER + "parser: {pluginRef: queue-scorer}\n",
+        "dl.yaml: parser.pluginRef: plugin 'queue-scorer' (queue-scorer) is not a request parser "
+        "(supported parsers: openai-parser)",
+    ),
+    (
+        SCORER + "requestHandler:\n  parsers: [{pluginRef: queue-scorer}]\n",
+        "dl.yaml: requestHandler.parsers[0].pluginRef: plugin 'queue-scorer' (queue-scorer) is "
+        "not a request parser",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("plugins", "message"),
+    REJECTED,
+    ids=[
+        "two sources",
+        "source of another type",
+        "extractor of another type",
+        "two extractors",
+        "declared source left out of dataLayer",
+        "two sources without dataLayer",
+        "passthrough-parser declared",
+        "passthrough-parser in requestHandler",
+        "parser names a scorer",
+        "requestHandler parser names a scorer",
+    ],
+)
+def test_unsupported_data_layer_and_parser_layouts_are_rejected(plugins: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _build(HEAD + "plugins:\n" + plugins)
+    assert message in exc.value.message
+
+
+def test_listed_source_and_extractor_are_the_ones_used() -> None:
+    text = HEAD + (
+        "plugins:\n" + SCORER + "- {name: src, type: metrics-data-source, parameters: "
+        "{scheme: https, path: /m2, insecureSkipVerify: false}}\n"
+        "- {name: ext, type: core-metrics-extractor, parameters: {engineConfigs: "
+        "[{name: vllm, queuedRequestsSpec: 'my_queue'}]}}\n"
+        "dataLayer:\n  sources: [{pluginRef: src, extractors: [{pluginRef: ext}]}]\n"
+    )
+    setup = build_scheduling(parse_epp_config(text, "dl.yaml"), default_registry())
+    resolved = data_layer_setup(setup.effective_config, setup.plugins)
+    assert resolved.source is setup.plugins["src"]
+    assert resolved.extractor is setup.plugins["ext"]
+    collector = resolved.collector(Datastore(), 0.05)
+    assert (collector.scheme, collector.path, collector.insecure_skip_verify) == (
+        "https",
+        "/m2",
+        False,
+    )
+    assert resolved.mappings is setup.plugins["ext"].mappings
+
+
+def test_no_data_layer_uses_defaults() -> None:
+    setup = build_scheduling(parse_epp_config(HEAD + "plugins:\n" + SCORER), default_registry())
+    resolved = data_layer_setup(setup.effective_config, setup.plugins)
+    assert (resolved.source, resolved.extractor) == (None, None)
+    collector = resolved.collector(Datastore(), 0.05)
+    assert (collector.scheme, collector.path) == ("http", "/metrics")
+
+
+def test_request_handler_openai_parser_is_accepted() -> None:
+    text = HEAD + (
+        "plugins:\n" + SCORER + "- type: openai-parser\n"
+        "requestHandler:\n  parsers: [{pluginRef: openai-parser}]\n"
+    )
+    setup = build_scheduling(parse_epp_config(text, "p.yaml"), default_registry())
+    assert isinstance(setup.plugins["openai-parser"], RequestParser)

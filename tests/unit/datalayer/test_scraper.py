@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kvroute.datalayer.mappings import MappingRegistry
-from kvroute.datalayer.scraper import MetricsCollector, backoff_delay, metrics_url
+from kvroute.datalayer.scraper import MetricsCollector, metrics_url
 from kvroute.datalayer.staleness import (
     DEFAULT_STALENESS_THRESHOLD,
     SATURATION_STALENESS_THRESHOLD,
@@ -29,7 +29,11 @@ from kvroute.errors import ConfigError
     ids=["none", "one", "two", "three", "four", "capped", "long-outage", "no-overflow"],
 )
 def test_backoff_doubles_per_failure_and_is_capped(failures: int, expected: float) -> None:
-    assert backoff_delay(failures, 0.05, 1.0) == pytest.approx(expected)
+    collector = MetricsCollector(Datastore(), MappingRegistry(), 0.05, max_backoff=1.0)
+    assert collector.backoff.cap(failures) == pytest.approx(expected)
+    # jittered between the normal interval and that cap: never faster than a healthy poll
+    for _ in range(20):
+        assert 0.05 <= collector.backoff.delay(failures) <= expected + 1e-12
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,19 @@ async def test_health_any_service_follows_readiness(ready: bool, service: str) -
     assert resp.status == expected
 
 
+async def test_health_server_binds_an_ipv6_host() -> None:
+    """``--bind ::1``: the bind address is bracketed (``[::1]:0``), so gRPC can parse it."""
+    server, port = build_health_server(ReadinessHealth(lambda: True), host="::1", port=0)
+    assert port > 0
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"[::1]:{port}") as ch:
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+    finally:
+        await server.stop(None)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_tls_serving_with_self_signed_certificate() -> None:
     tls = self_signed()
     processor = ExternalProcessor(_Backend(), StreamOptions())

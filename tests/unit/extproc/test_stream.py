@@ -19,6 +19,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.errors import (
     BadRequestError,
     EppError,
@@ -31,7 +32,6 @@ from kvroute.extproc.response_filter import OpenAIResponseFilter
 from kvroute.extproc.stream import (
     ExtProcStream,
     ProtocolViolation,
-    ResponseProcessing,
     State,
     StreamOptions,
 )

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from kvroute.config.extproc_options import DEFAULT_MAX_REQUEST_BODY_BYTES
 from kvroute.errors import EppError
 from kvroute.extproc.backend import Outcome, Routed, RoutingInput
 from kvroute.extproc.messages import BODY_BYTE_LIMIT
 from kvroute.extproc.response_filter import OpenAIResponseFilter
 from kvroute.extproc.stream import (
-    DEFAULT_MAX_REQUEST_BODY_BYTES,
     ExtProcStream,
     State,
     StreamOptions,

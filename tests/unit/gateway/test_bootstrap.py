@@ -76,7 +76,9 @@ def test_processing_mode_matches_upstream_in_full_mode() -> None:
         "response_trailer_mode": "SEND",
     }
     assert ep["message_timeout"] == "1000s"
-    assert ep["allow_mode_override"] is True
+    # Envoy ignores mode_override under FULL_DUPLEX_STREAMED and the EPP never sends one, so
+    # the option is not generated (light mode is a filter-config choice, tested below).
+    assert "allow_mode_override" not in ep
 
 
 def test_light_mode_skips_response_body_but_keeps_trailers() -> None:

@@ -157,3 +157,15 @@ async def test_racing_candidates_exactly_one_wins(api: FakeApiServer, released: 
     finally:
         await a._client.close()
         await b._client.close()
+
+
+async def test_renew_on_the_period_acquire_on_a_jittered_one(api: FakeApiServer) -> None:
+    """client-go: the leader renews every RetryPeriod; a candidate retries the acquire after
+    ``RetryPeriod * (1 + rand * 1.2)`` (JitterFactor 1.2), so standbys do not poll in step."""
+    e = elector(api, "a")
+    waits = [e.next_wait() for _ in range(300)]
+    assert all(0.1 <= w <= 0.22 + 1e-12 for w in waits)
+    assert max(waits) - min(waits) > 0.1  # jittered, not a fixed period
+    e.leading.set()
+    assert e.next_wait() == 0.1
+    await e._client.close()

@@ -9,7 +9,8 @@ import pytest
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import Status
 
-from kvroute.k8s.reflector import Backoff, is_gone
+from kvroute.backoff import Backoff
+from kvroute.k8s.reflector import is_gone
 
 
 @pytest.mark.parametrize(
@@ -18,9 +19,12 @@ from kvroute.k8s.reflector import Backoff, is_gone
     ids=["first", "second", "fourth", "capped"],
 )
 def test_backoff_is_jittered_exponential_and_capped(attempt: int, lo: float, hi: float) -> None:
+    # Full jitter, as the reflector's docstring says: uniform(0, cap), so draws below the old
+    # half-jitter floor ``lo`` (cap / 2) occur too.
     b = Backoff(initial=0.2, maximum=10.0, rng=random.Random(7))
-    for _ in range(50):
-        assert lo <= b.delay(attempt) <= hi
+    draws = [b.delay(attempt) for _ in range(200)]
+    assert all(0 <= d <= hi for d in draws)
+    assert min(draws) < lo <= max(draws)
 
 
 def _http_error(code: int) -> httpx2.HTTPStatusError:

@@ -230,3 +230,14 @@ def test_timings_cover_plugins_handler_and_cycle() -> None:
         ("ProfileHandler", "single-profile-handler"),
         ("SchedulerE2E", "scheduler"),
     }
+
+
+def test_built_setup_lists_the_gates_that_are_on() -> None:
+    head = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+    text = head + "plugins: [{type: queue-scorer}]\nfeatureGates: ['flowControl=false']\n"
+    setup = build_scheduling(parse_epp_config(text), default_registry())
+    assert setup.feature_gates == frozenset({"haPopulateNonLeaderDatastore"})
+    setup = build_scheduling(
+        parse_epp_config(text.replace("flowControl=false", "flowControl")), default_registry()
+    )
+    assert setup.feature_gates == frozenset({"flowControl", "haPopulateNonLeaderDatastore"})

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvroute.datastore.endpoint import Endpoint
+from kvroute.hostport import host_of
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import EMPTY_REASON, CycleState, Filter
@@ -25,15 +26,6 @@ HEADER = "test-epp-endpoint-selection"
 
 class HeaderBasedTestingParams(PluginParams):
     pass
-
-
-def _address(entry: str) -> str:
-    entry = entry.strip()
-    if entry.startswith("["):
-        return entry[1 : entry.find("]")] if "]" in entry else entry[1:]
-    if entry.count(":") == 1:
-        return entry.split(":", 1)[0]
-    return entry
 
 
 class HeaderBasedTestingFilter:
@@ -50,7 +42,7 @@ class HeaderBasedTestingFilter:
         by_address = {e.address: e for e in endpoints}
         out: list[Endpoint] = []
         for entry in value.split(","):
-            found = by_address.get(_address(entry))
+            found = by_address.get(host_of(entry))
             if found is not None and found not in out:
                 out.append(found)
         if not out:

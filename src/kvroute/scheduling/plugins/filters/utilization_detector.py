@@ -24,11 +24,12 @@ from typing import Any
 
 from pydantic import Field
 
+from kvroute.config.duration import GoDuration
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import EXPLAIN, CycleState, Filter, SaturationDetector
-from kvroute.scheduling.plugins.params import GoDuration, PluginParams, parse_params
+from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
 
 TYPE = "utilization-detector"

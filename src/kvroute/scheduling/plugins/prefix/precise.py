@@ -43,6 +43,7 @@ from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import Datastore, EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.framework.hooks import PrepareData, PreRequest
+from kvroute.hostport import format_hostport
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import (
@@ -123,11 +124,8 @@ class PrecisePrefixCacheScorer:
         label = endpoint.labels.get(KV_EVENTS_ENDPOINT_LABEL)
         if label:
             return label
-        host = endpoint.address
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
         port = self.params.kv_events_port or endpoint.port + self.params.kv_events_port_offset
-        return f"tcp://{host}:{port}"
+        return f"tcp://{format_hostport(endpoint.address, port)}"
 
     def attach(self, datastore: Datastore) -> None:
         """Follow ``datastore``: subscribe to every endpoint now and as they come and go.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kvroute.config.duration import parse_go_duration
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import PluginValidationError
 from kvroute.plugins.registry import PluginContext
@@ -13,7 +14,6 @@ from kvroute.scheduling.plugins.filters.utilization_detector import (
     UtilizationDetector,
     UtilizationParams,
 )
-from kvroute.scheduling.plugins.params import parse_go_duration
 from tests.fakes import NOW, make_endpoint, make_request, make_state, names
 
 SATURATION_CASES = [

@@ -1,0 +1,20 @@
+"""Settings of the ext_proc stream the EPP serves, below both the settings and ``extproc``.
+
+:class:`~kvroute.settings.EppSettings` declares them (``--response-processing``,
+``--max-request-body-bytes``); :mod:`kvroute.extproc.stream` acts on them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["DEFAULT_MAX_REQUEST_BODY_BYTES", "ResponseProcessing"]
+
+DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024
+
+
+class ResponseProcessing(enum.StrEnum):
+    """``full``: upstream behaviour. ``light``: skip the response body when not needed."""
+
+    FULL = "full"
+    LIGHT = "light"
