@@ -69,8 +69,11 @@ class EppSettings:
     resources: tuple[Path, ...] = ()
     response_processing: ResponseProcessing = ResponseProcessing.FULL
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    drain_timeout_s: float = 30.0  # upstream --drain-timeout: running streams' grace on SIGTERM
 
     def __post_init__(self) -> None:
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"--drain-timeout must not be negative, got {self.drain_timeout_s}")
         if self.config_file is not None and self.config_text is not None:
             raise ConfigError("--config-file and --config-text are mutually exclusive")
         if self.pool_name and self.endpoint_selector:
@@ -182,6 +185,13 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
         help="larger request bodies are answered 413 (the EPP buffers each body whole); "
         f"default {DEFAULT_MAX_REQUEST_BODY_BYTES} (64 MiB)",
     )
+    g.add_argument(
+        "--drain-timeout",
+        type=_duration_arg,
+        default="30s",
+        help="on SIGTERM: health NOT_SERVING, new ext_proc streams refused, running streams get "
+        "this long to finish before they are cut (0: at once); default 30s, as upstream",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") -> EppSettings:
@@ -213,4 +223,5 @@ def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") 
         resources=tuple(args.resources),
         response_processing=ResponseProcessing(args.response_processing),
         max_request_body_bytes=args.max_request_body_bytes,
+        drain_timeout_s=args.drain_timeout,
     )
