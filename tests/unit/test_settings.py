@@ -105,3 +105,11 @@ def test_pool_name_and_selector_are_exclusive() -> None:
 def test_target_ports_parsed() -> None:
     s = _parse(["--endpoint-selector", "app=x", "--endpoint-target-ports", "8000,8001"])
     assert s.endpoint_target_ports == (8000, 8001)
+
+
+def test_drain_timeout_defaults_to_30s_as_upstream_and_parses_durations() -> None:
+    assert _parse([]).drain_timeout_s == 30.0
+    assert _parse(["--drain-timeout", "45s"]).drain_timeout_s == 45.0
+    assert _parse(["--drain-timeout", "0"]).drain_timeout_s == 0.0  # stop at once
+    with pytest.raises(ConfigError, match="--drain-timeout"):
+        EppSettings(drain_timeout_s=-1.0)
