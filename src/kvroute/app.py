@@ -242,7 +242,9 @@ class EppApp:
         Health turns NOT_SERVING (liveness stays SERVING) and the ext_proc server refuses new
         streams at once; streams already running get up to ``--drain-timeout`` to finish, and
         whatever is still open then is cancelled (0: at once). The health server, the metrics
-        endpoint, the scraper and the plugins stay up until the drain is over.
+        endpoint, the scraper and the plugins stay up until the drain is over. (Upstream's
+        ``--drain-timeout``, same name and default, keeps accepting streams while readiness
+        propagates; here new streams are refused as soon as the drain starts.)
         """
         self.draining = True
         await _stop_grpc(server, self.settings.drain_timeout_s)
