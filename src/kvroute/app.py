@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 from aiohttp import web
@@ -35,12 +35,11 @@ from kvroute.extproc.server import (
 from kvroute.extproc.stream import StreamOptions
 from kvroute.observability.metrics import EppMetrics
 from kvroute.settings import EppSettings
-
-if TYPE_CHECKING:
-    from kvroute.config.epp_config import EndpointPickerConfig
-    from kvroute.plugins.base import Plugin
+from kvroute.wiring import EppGraph, OwnedTasks, build_epp, supervised
 
 log = logging.getLogger(__name__)
+
+LIVENESS_SERVICE = "liveness"
 
 
 class EndpointSource(Protocol):
@@ -54,6 +53,27 @@ class EndpointSource(Protocol):
     def synced(self) -> bool: ...
 
     async def run(self, datastore: Datastore) -> None: ...
+
+
+@runtime_checkable
+class PreloadedSource(Protocol):
+    """A source whose whole listing is known up front: loaded before the first request, no loop."""
+
+    def load(self, datastore: Datastore) -> None: ...
+
+
+@runtime_checkable
+class ServiceHealthSource(Protocol):
+    """A source that answers gRPC health per service name (Kubernetes with leader election)."""
+
+    def serving(self, service: str) -> bool: ...
+
+
+@runtime_checkable
+class ResourceSource(Protocol):
+    """A source that also delivers the pool's InferenceModel/Objective/Rewrite objects."""
+
+    on_resources: Callable[[Any], None] | None
 
 
 class StaticEndpoints:
@@ -99,12 +119,18 @@ BackendFactory = Callable[[EppSettings, Datastore, EppMetrics], "Awaitable[Built
 
 @dataclass(slots=True)
 class BuiltBackend:
-    """The routing backend plus the background coroutines it needs (e.g. the scraper)."""
+    """The routing backend plus what runs beside it.
+
+    ``graph`` is the decision graph :func:`kvroute.wiring.build_epp` built (its scraper and
+    plugin lifecycle run while the app runs); ``tasks`` are extra background loops of a custom
+    factory.
+    """
 
     backend: RoutingBackend
     tasks: tuple[Callable[[], Awaitable[None]], ...] = ()
     # Live InferenceModel/Objective/Rewrite updates (Kubernetes): replaces the model resolver.
     on_resources: Callable[[Any], None] | None = None
+    graph: EppGraph | None = None
 
 
 class EppApp:
@@ -131,6 +157,7 @@ class EppApp:
         self._backend_factory = backend_factory
         self._source = endpoint_source or endpoint_source_for(settings)
         self._stack: contextlib.AsyncExitStack | None = None
+        self.draining = False
 
     async def __aenter__(self) -> EppApp:
         stack = contextlib.AsyncExitStack()
@@ -152,15 +179,16 @@ class EppApp:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
+        source = self._source
         # Endpoints first: a static list is loaded synchronously so the first request can route.
-        if isinstance(self._source, StaticEndpoints):
-            self._source.load(self.datastore)
+        if isinstance(source, PreloadedSource):
+            source.load(self.datastore)
         factory = self._backend_factory
         if factory is None:
             factory = build_director_backend
         built = await factory(s, self.datastore, self.metrics)
-        if built.on_resources is not None and hasattr(self._source, "on_resources"):
-            self._source.on_resources = built.on_resources  # Kubernetes: live model objects
+        if built.on_resources is not None and isinstance(source, ResourceSource):
+            source.on_resources = built.on_resources  # Kubernetes: live model objects
         tls = self.tls
         if s.secure_serving and tls is None:
             from kvroute.extproc.tls import load_cert_dir, self_signed
@@ -171,17 +199,24 @@ class EppApp:
         # Background loops are entered before the servers so that they stop after them: on exit
         # the gRPC servers drain first, while the scraper and plugins are still live. Every
         # loop is supervised: a crash is logged and restarted, never the end of the EPP.
-        tasks = await stack.enter_async_context(_OwnedTasks())
-        if not isinstance(self._source, StaticEndpoints):
-            source = self._source
-            tasks.spawn(_supervised(lambda: source.run(self.datastore)), "endpoint-source")
+        tasks = await stack.enter_async_context(OwnedTasks())
+        if not isinstance(source, PreloadedSource):
+            tasks.spawn(supervised(lambda: source.run(self.datastore)), "endpoint-source")
         for i, make in enumerate(built.tasks):
-            tasks.spawn(_supervised(make), f"backend-task-{i}")
-        tasks.spawn(_supervised(self._refresh_pool_metrics), "pool-metrics")
+            tasks.spawn(supervised(make), f"backend-task-{i}")
+        tasks.spawn(supervised(self._refresh_pool_metrics), "pool-metrics")
+        if built.graph is not None:
+            await stack.enter_async_context(built.graph.running())
+        self.ports.metrics = await stack.enter_async_context(self._metrics_server())
 
-        health = ReadinessHealth(
-            lambda: self._source.synced, serving=getattr(self._source, "serving", None)
-        )
+        source_serving = source.serving if isinstance(source, ServiceHealthSource) else None
+
+        def serving(service: str) -> bool:
+            if self.draining and service != LIVENESS_SERVICE:
+                return False  # draining: readiness and ext_proc NOT_SERVING, liveness stays
+            return source_serving(service) if source_serving is not None else source.synced
+
+        health = ReadinessHealth(lambda: source.synced, serving=serving)
         options = StreamOptions(s.response_processing, s.max_request_body_bytes)
         self.processor = ExternalProcessor(built.backend, options)
         server, self.ports.grpc = build_ext_proc_server(
@@ -196,11 +231,23 @@ class EppApp:
         )
         if self.ports.grpc == 0 or self.ports.health == 0:
             raise ConfigError(f"cannot bind gRPC ports {s.grpc_port}/{s.grpc_health_port}")
-        await server.start()
-        stack.push_async_callback(_stop_grpc, server)
         await hserver.start()
-        stack.push_async_callback(_stop_grpc, hserver)
-        self.ports.metrics = await stack.enter_async_context(self._metrics_server())
+        stack.push_async_callback(_stop_grpc, hserver, 0.0)
+        await server.start()
+        stack.push_async_callback(self._drain, server)
+
+    async def _drain(self, server: grpc.aio.Server) -> None:
+        """Shutdown (SIGTERM): stop taking streams, let running ones finish, then cut them.
+
+        Health turns NOT_SERVING (liveness stays SERVING) and the ext_proc server refuses new
+        streams at once; streams already running get up to ``--drain-timeout`` to finish, and
+        whatever is still open then is cancelled (0: at once). The health server, the metrics
+        endpoint, the scraper and the plugins stay up until the drain is over. (Upstream's
+        ``--drain-timeout``, same name and default, keeps accepting streams while readiness
+        propagates; here new streams are refused as soon as the drain starts.)
+        """
+        self.draining = True
+        await _stop_grpc(server, self.settings.drain_timeout_s)
 
     async def _refresh_pool_metrics(self) -> None:
         while True:
@@ -234,48 +281,8 @@ class EppApp:
         await asyncio.Event().wait()
 
 
-class _OwnedTasks:
-    """A TaskGroup whose tasks are cancelled when the owning exit stack unwinds.
-
-    ``asyncio.TaskGroup`` alone waits for its tasks on exit; the app's loops never end by
-    themselves, so they are cancelled first, then the group is awaited.
-    """
-
-    def __init__(self) -> None:
-        self._tg = asyncio.TaskGroup()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> _OwnedTasks:
-        await self._tg.__aenter__()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._tg.__aexit__(None, None, None)
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(self._tg.create_task(coro, name=name))
-
-
-async def _supervised(make: Callable[[], Awaitable[None]]) -> None:
-    """Run a background loop; a crash is logged and restarted after a pause, never fatal."""
-    while True:
-        try:
-            await make()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task crashed; restarting in 1s")
-            await asyncio.sleep(1.0)
-
-
-async def _stop_grpc(server: grpc.aio.Server) -> None:
-    await server.stop(grace=1.0)
+async def _stop_grpc(server: grpc.aio.Server, grace_s: float) -> None:
+    await server.stop(grace=grace_s if grace_s > 0 else None)
 
 
 def _load_scheduling_config(settings: EppSettings, registry: Any) -> Any:
@@ -310,27 +317,27 @@ def _resolver_for(settings: EppSettings, metrics: EppMetrics) -> Any:
 async def build_director_backend(
     settings: EppSettings, datastore: Datastore, metrics: EppMetrics
 ) -> BuiltBackend:
-    """The production backend: config -> plugins -> scheduler -> director, plus the scraper."""
+    """The production backend: the graph of :func:`kvroute.wiring.build_epp`, behind ext_proc."""
     from kvroute.extproc.director_backend import Codec, DirectorBackend
     from kvroute.extproc.response_filter import OpenAIResponseFilter
     from kvroute.plugins.registry import default_registry
     from kvroute.protocol.openai import parse_request, rewrite_request_body
-    from kvroute.requestcontrol.director import Director
-    from kvroute.scheduling.builder import build_scheduling
+    from kvroute.requestcontrol.model_resolution import ModelResolver
     from kvroute.scheduling.timing import PluginTimings
 
     registry = default_registry()
     config, source = _load_scheduling_config(settings, registry)
     timings = PluginTimings()
-    setup = build_scheduling(config, registry, source=source, timings=timings)
-    director = Director(
+    graph = build_epp(
+        config,
         datastore,
-        _resolver_for(settings, metrics),
-        setup.scheduler,
-        setup.saturation_detector,
-        setup.hooks,
+        registry=registry,
+        source=source,
+        resolver=_resolver_for(settings, metrics),
         timings=timings,
+        scrape_interval_s=settings.refresh_metrics_interval_s,
     )
+    director = graph.director
     metrics.attach_plugin_timings(timings)
     codec = Codec(
         parse_request=parse_request,
@@ -340,67 +347,6 @@ async def build_director_backend(
     backend = DirectorBackend(director, codec, metrics)
 
     def on_resources(resources: Any) -> None:
-        from kvroute.requestcontrol.model_resolution import ModelResolver
-
         director.resolver = ModelResolver(resources)
 
-    return BuiltBackend(
-        backend=backend,
-        tasks=(
-            *_scraper_tasks(settings, datastore, setup.effective_config, setup.plugins),
-            *_plugin_lifecycle_tasks(datastore, setup.plugins),
-        ),
-        on_resources=on_resources,
-    )
-
-
-def _plugin_lifecycle_tasks(
-    datastore: Datastore, plugins: Mapping[str, Any]
-) -> tuple[Callable[[], Awaitable[None]], ...]:
-    """Connect plugins that keep per-endpoint state to the datastore, and close them on exit.
-
-    A plugin with ``attach(datastore)`` (the precise prefix scorer: one KV-event subscription per
-    endpoint) follows the datastore itself; one with only ``endpoint_event`` (the approximate
-    prefix index) is subscribed so it prunes a server the moment it leaves. Plugins with
-    ``aclose()`` are closed when the app shuts down.
-    """
-    closers = []
-    for plugin in plugins.values():
-        attach = getattr(plugin, "attach", None)
-        listener = getattr(plugin, "endpoint_event", None)
-        if callable(attach):
-            attach(datastore)
-        elif callable(listener):
-            datastore.subscribe(listener)
-        aclose = getattr(plugin, "aclose", None)
-        if callable(aclose):
-            closers.append(aclose)
-    if not closers:
-        return ()
-
-    async def close_on_shutdown() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            for aclose in closers:
-                await aclose()
-
-    return (close_on_shutdown,)
-
-
-def _scraper_tasks(
-    settings: EppSettings,
-    datastore: Datastore,
-    config: EndpointPickerConfig,
-    plugins: Mapping[str, Plugin],
-) -> tuple[Callable[[], Awaitable[None]], ...]:
-    """The model-server metrics scraper (``--refresh-metrics-interval``).
-
-    Its scheme/path and engine metric mappings come from the config's ``dataLayer.sources``
-    (or its single declared ``metrics-data-source``/``core-metrics-extractor``), resolved and
-    validated by :func:`kvroute.datalayer.plugins.data_layer_setup`.
-    """
-    from kvroute.datalayer.plugins import data_layer_setup
-
-    setup = data_layer_setup(config, plugins)
-    return (setup.collector(datastore, settings.refresh_metrics_interval_s).run,)
+    return BuiltBackend(backend=backend, on_resources=on_resources, graph=graph)

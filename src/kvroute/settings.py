@@ -251,8 +251,19 @@ class EppSettings:
             f"default {DEFAULT_MAX_REQUEST_BODY_BYTES} (64 MiB)",
         ),
     )
+    drain_timeout_s: float = field(
+        default=30.0,
+        metadata=flag(
+            "--drain-timeout",
+            parse=duration,
+            help="on SIGTERM: health NOT_SERVING, new ext_proc streams refused, running streams "
+            "get this long to finish before they are cut (0: at once); default 30s, as upstream",
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"--drain-timeout must not be negative, got {self.drain_timeout_s}")
         if self.config_file is not None and self.config_text is not None:
             raise ConfigError("--config-file and --config-text are mutually exclusive")
         if self.pool_name and self.endpoint_selector:

@@ -5,10 +5,10 @@ replica (``--assign random``: Envoy's least-request/random balancing over the EP
 ``session``: a hash of the request's prefix group, i.e. sticky sessions), and each replica runs
 its own :class:`~kvroute_bench.epp_router.EppRouter` — its own Director, scheduler and plugin
 state. So the *approximate prefix index* (built from each replica's own routing decisions)
-diverges exactly as it would in a cluster. What does not diverge here: the scraped metrics (every
-replica scrapes the same servers; the harness gives them one snapshot per interval) and the
-EPP-side in-flight counters (the harness keeps one set for every policy; in a real cluster each
-replica counts only its own requests, so this run *understates* that divergence).
+diverges exactly as it would in a cluster. The EPP-side in-flight ledger diverges too: each
+replica's director counts only the requests it routed, as in a real cluster. What does not
+diverge here: the scraped metrics (every replica scrapes the same servers; the harness gives
+them one snapshot per interval).
 
 Run ``python -m kvroute_bench.active_active --workload shared-prefix-sglang --qps 4`` (see
 ``--help``); it prints one row per replica count with TTFT, prefix-cache hit rate and goodput.

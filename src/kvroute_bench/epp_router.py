@@ -2,7 +2,7 @@
 
 Every decision goes through the same objects the EPP builds in production: an
 ``EndpointPickerConfig`` (the built-in ``default`` or ``decision-tree`` profile, or a file), built
-by :func:`kvroute.scheduling.builder.build_scheduling` with the plugin registry, and driven by
+by :func:`kvroute.wiring.build_epp` (the EPP's own wiring) with the plugin registry, and driven by
 the :class:`~kvroute.requestcontrol.director.Director` (admission/shedding, PrepareData,
 scheduling, PreRequest, ResponseComplete hooks). The request body is real OpenAI JSON, parsed by
 kvroute's parser. Only time is virtual: the director, the plugins and the saturation detector get
@@ -19,15 +19,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kvroute.embed import (
-    Director,
+    EMPTY_METRICS,
+    Datastore,
     ResolvedModel,
     RoutingDecision,
-    build_scheduling,
+    build_epp,
     builtin_epp_config,
     load_epp_config,
     parse_request,
 )
-from kvroute.sdk import Criticality, Endpoint, EndpointLoad, EppError, Usage, default_registry
+from kvroute.sdk import Criticality, EndpointMetrics, EppError, Usage, default_registry
 from kvroute_bench.pool import PoolView
 from kvroute_bench.workload import BenchRequest
 
@@ -49,28 +50,16 @@ class _BenchResolver:
         )
 
 
-class _PoolSource:
-    """The director's datastore view over the harness's endpoints. In-flight counters are kept
-    by the harness for every policy alike, so the director's own increments are no-ops here."""
-
-    def __init__(self) -> None:
-        self.pool: PoolView | None = None
-
-    def endpoints(self) -> tuple[Endpoint, ...]:
-        assert self.pool is not None
-        return tuple(self.pool.endpoints)
-
-    def on_request_sent(self, name: str, tokens: int = 0) -> None:
-        del name, tokens
-
-    def on_request_finished(
-        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
-    ) -> None:
-        del name, tokens, load
-
-
 class EppRouter:
-    """Route with kvroute's scheduler; a 429/503 from the director sheds the request."""
+    """Route with kvroute's scheduler; a 429/503 from the director sheds the request.
+
+    The director runs over its own :class:`~kvroute.datastore.store.Datastore`, as in the EPP:
+    the harness's endpoints are mirrored into it (added once, their metrics swapped in when a
+    scrape replaced them), and the in-flight ledger -- requests, estimated tokens, requests per
+    target model -- is the director's own, counted at send and uncounted at completion. (The
+    harness's counters on its :class:`~kvroute_bench.pool.PoolView` are what the baselines,
+    i.e. Envoy's load balancers, see.)
+    """
 
     def __init__(self, name: str, config_source: str, *, seed: int) -> None:
         self.name = name
@@ -80,25 +69,21 @@ class EppRouter:
             config = builtin_epp_config(config_source, registry)
         else:
             config = load_epp_config(Path(config_source))
-        setup = build_scheduling(
+        self.datastore = Datastore(clock=self._clock)
+        graph = build_epp(
             config,
-            registry,
+            self.datastore,
+            registry=registry,
             source=config_source,
+            resolver=_BenchResolver(),
             rng=random.Random(seed),
+            director_rng=random.Random(seed + 1),
             clock=self._clock,
         )
-        self._source = _PoolSource()
-        self.director = Director(
-            self._source,
-            _BenchResolver(),
-            setup.scheduler,
-            setup.saturation_detector,
-            setup.hooks,
-            rng=random.Random(seed + 1),
-            clock=self._clock,
-        )
+        self.director = graph.director
         self._decisions: dict[str, RoutingDecision] = {}
         self._index: dict[str, int] = {}
+        self._mirrored: list[EndpointMetrics] = []
         self._body: tuple[str, bytes] = ("", b"")
 
     def _clock(self) -> float:
@@ -114,11 +99,23 @@ class EppRouter:
         }
         self._body = (request.request_id, json.dumps(body).encode())
 
-    def pick(self, request: BenchRequest, pool: PoolView, now: float) -> int | None:
-        self.now = now
-        self._source.pool = pool
+    def _mirror(self, pool: PoolView) -> None:
+        """Bring the datastore up to the harness's pool: new endpoints, then fresh scrapes."""
         if len(self._index) != len(pool):
             self._index = {e.name: i for i, e in enumerate(pool.endpoints)}
+            for e in pool.endpoints:
+                if e.name not in self.datastore:
+                    self.datastore.upsert_endpoint(e.name, e.address, e.port, e.labels)
+            self._mirrored = [EMPTY_METRICS] * len(pool)
+        store, mirrored = self.datastore, self._mirrored
+        for i, e in enumerate(pool.endpoints):
+            if e.metrics is not mirrored[i]:  # the harness scraped this replica
+                mirrored[i] = e.metrics
+                store.update_metrics(e.name, e.metrics)
+
+    def pick(self, request: BenchRequest, pool: PoolView, now: float) -> int | None:
+        self.now = now
+        self._mirror(pool)
         if self._body[0] != request.request_id:
             self.prepare(request)
         headers = {CRITICALITY_HEADER: request.criticality.value}

@@ -154,6 +154,7 @@ def test_approximate_cycle_cost(
     benchmark(_cycle_fn(plugin, endpoints, lambda: request))  # type: ignore[operator]
     assert level_seen == (1 if level == "level1" else 2)
     state = CycleState(0.0)
+    plugin.prepare_data(state, request, endpoints)  # the director always runs PrepareData
     assert plugin.score(state, request, endpoints)["e3"] == 1.0
 
 
@@ -179,7 +180,9 @@ def test_precise_cycle_cost(
     benchmark.group = f"prefix-{size_kb}KB"  # type: ignore[attr-defined]
     benchmark.extra_info["blocks"] = n  # type: ignore[attr-defined]
     benchmark(_cycle_fn(plugin, endpoints, lambda: request))  # type: ignore[operator]
-    assert plugin.score(CycleState(0.0), request, endpoints)["e3"] == 1.0
+    state = CycleState(0.0)
+    plugin.prepare_data(state, request, endpoints)  # the director always runs PrepareData
+    assert plugin.score(state, request, endpoints)["e3"] == 1.0
 
 
 def _fill_precise(index: PreciseIndex, servers: list[str], blocks: int = BLOCKS_PER_SERVER) -> None:

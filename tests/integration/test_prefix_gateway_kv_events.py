@@ -9,9 +9,9 @@ counters), as a vLLM engine with prefix caching would; a test can also make a se
 (``BlockRemoved``) or report blocks it cached some other way. Each publisher binds the serving
 port + 1000, the scorer's default ``kvEventsPortOffset`` convention.
 
-The EPP is built by a backend factory doing what the production composition root must do for
-this plugin: ``attach(datastore)`` (subscribe to every endpoint, follow adds/removes) and
-``aclose()`` at shutdown.
+The EPP is built by a backend factory around :func:`kvroute.wiring.build_epp`, the production
+wiring, which runs this plugin's lifecycle: ``attach(datastore)`` (subscribe to every endpoint,
+follow adds/removes), ``run_background()`` while the app runs and ``aclose()`` at shutdown.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from aiohttp import web
 from kvroute.app import BuiltBackend
 from kvroute.config.epp_config import parse_epp_config
 from kvroute.datalayer.kvevents import BlockRemoved, BlockStored, KvEventBatch, encode_message
-from kvroute.datalayer.mappings import MappingRegistry
-from kvroute.datalayer.scraper import MetricsCollector
 from kvroute.datalayer.tokenization import PromptTokenizer
 from kvroute.datastore.store import Datastore
 from kvroute.extproc.director_backend import Codec, DirectorBackend
@@ -46,13 +44,12 @@ from kvroute.gateway.gateway import Gateway
 from kvroute.observability.metrics import EppMetrics
 from kvroute.plugins.registry import default_registry
 from kvroute.protocol.openai import parse_request, rewrite_request_body
-from kvroute.requestcontrol.director import Director
-from kvroute.scheduling.builder import build_scheduling
 from kvroute.scheduling.plugins.prefix.hashing import token_block_hashes, token_root_hash
 from kvroute.scheduling.plugins.prefix.precise import PrecisePrefixCacheScorer
 from kvroute.scheduling.plugins.prefix.precise_index import ServerSync
 from kvroute.scheduling.request import ApiKind, InferenceRequest
 from kvroute.settings import EppSettings
+from kvroute.wiring import build_epp
 from tests.integration.conftest import MiniModelServer, mini_pool
 from tests.unit.datalayer.test_tokenization import write_tokenizer_dir
 
@@ -117,34 +114,22 @@ def precise_backend_factory(
         settings: EppSettings, datastore: Datastore, metrics: EppMetrics
     ) -> BuiltBackend:
         registry = default_registry(include_entry_points=False)
-        setup = build_scheduling(parse_epp_config(config_text), registry, source="<test>")
-        director = Director(
-            datastore, None, setup.scheduler, setup.saturation_detector, setup.hooks
+        graph = build_epp(
+            parse_epp_config(config_text),
+            datastore,
+            registry=registry,
+            source="<test>",
+            scrape_interval_s=settings.refresh_metrics_interval_s,
         )
         codec = Codec(
             parse_request=parse_request,
             rewrite_request_body=rewrite_request_body,
             response_filter=OpenAIResponseFilter,
         )
-        found = [h for h in setup.hooks if isinstance(h, PrecisePrefixCacheScorer)]
-        for plugin in found:
-            plugin.attach(datastore)
-        plugins.extend(found)
-
-        async def close_on_shutdown() -> None:
-            try:
-                await asyncio.Event().wait()
-            finally:
-                for plugin in found:
-                    await plugin.aclose()
-
-        collector = MetricsCollector(
-            datastore, MappingRegistry.from_params(None), settings.refresh_metrics_interval_s
+        plugins.extend(
+            p for p in graph.setup.plugins.values() if isinstance(p, PrecisePrefixCacheScorer)
         )
-        return BuiltBackend(
-            backend=DirectorBackend(director, codec, metrics),
-            tasks=(collector.run, close_on_shutdown),
-        )
+        return BuiltBackend(backend=DirectorBackend(graph.director, codec, metrics), graph=graph)
 
     return factory
 

@@ -156,7 +156,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         store.upsert_endpoint(s.name, "127.0.0.1", 8000 + i, {KV_EVENTS_ENDPOINT_LABEL: s.address})
     params = PrecisePrefixParams(speculativeTtlSeconds=0, reorderWindow=0)
     scorer = PrecisePrefixCacheScorer("precise", params, tokenizer=tokenizer)
-    scorer.attach(store)
+    scorer.attach(store)  # the lifecycle kvroute.wiring.build_epp runs: attach, run, aclose
+    runner = asyncio.create_task(scorer.run_background())
     try:
         # Slow joiners: publish empty batches until every subscription has seen one.
         for s in servers.values():
@@ -166,6 +167,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         yield Cluster(servers, scorer, store, tokenizer)
     finally:
         await scorer.aclose()
+        assert runner.done()
         for s in servers.values():
             s.pub.close(0)
         ctx.term()

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
+import grpc
 import httpx
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvroute.app import EppApp, StaticEndpoints, endpoint_source_for
 from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
 from kvroute.settings import EppSettings
+from tests.unit.extproc.test_stream import (
+    COMPLETION,
+    req_body,
+    req_headers,
+    resp_body,
+    resp_headers,
+)
 
 
 def test_endpoint_source_needs_something_to_serve() -> None:
@@ -87,3 +99,99 @@ async def test_a_crashing_endpoint_source_is_restarted_not_fatal() -> None:
             await asyncio.sleep(0.05)
         assert source.runs == 2
         assert app.datastore.get("pod-a-rank-0") is not None
+
+
+# -- drain on shutdown (--drain-timeout) -------------------------------------------------------
+
+
+async def _open_routed_stream(stub: Any) -> Any:
+    """An ext_proc stream that has been routed and now waits for the model server's response."""
+    call = stub.Process()
+    await call.write(req_headers())
+    await call.write(req_body(COMPLETION))
+    assert (await call.read()).WhichOneof("response") == "request_headers"
+    assert (await call.read()).WhichOneof("response") == "request_body"
+    return call
+
+
+async def _first_reply(call: Any) -> Any:
+    await call.write(req_headers())
+    return await call.read()
+
+
+async def _health(port: int, service: str) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        resp = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service)
+        )
+    return int(resp.status)
+
+
+async def _begin_shutdown(app: EppApp) -> asyncio.Task[None]:
+    """What SIGTERM does in ``kvroute epp``: leave the app's ``async with`` block."""
+    task = asyncio.create_task(app.__aexit__(None, None, None))
+    async with asyncio.timeout(5):
+        while not app.draining:  # noqa: ASYNC110 - the app's flag, set by the drain itself
+            await asyncio.sleep(0.01)
+    return task
+
+
+def _inflight(app: EppApp) -> int:
+    return sum(e.load.inflight for e in app.datastore.endpoints())
+
+
+async def test_shutdown_drains_running_streams_and_refuses_new_ones() -> None:
+    """Real EppApp, real gRPC: a stream routed before SIGTERM finishes its response during the
+    drain; health turns NOT_SERVING (liveness stays SERVING); a new stream is refused."""
+    app = EppApp(_settings(drain_timeout_s=30.0))
+    await app.__aenter__()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}")
+    try:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        call = await _open_routed_stream(stub)
+        assert _inflight(app) == 1
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert await _health(app.ports.health, "") == serving
+        shutdown = await _begin_shutdown(app)
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _health(app.ports.health, "") == not_serving
+        assert await _health(app.ports.health, "readiness") == not_serving
+        assert await _health(app.ports.health, "liveness") == serving
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _first_reply(stub.Process())
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        await asyncio.sleep(1.5)  # longer than the 1 s grace shutdown used to give
+        # The running stream is still served: its response goes through the EPP and it ends.
+        await call.write(resp_headers())
+        assert (await call.read()).WhichOneof("response") == "response_headers"
+        await call.write(resp_body(b'{"model":"food-review"}', True))
+        assert (await call.read()).WhichOneof("response") == "response_body"
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
+        started = time.monotonic()
+        await asyncio.wait_for(shutdown, 10)
+        assert time.monotonic() - started < 10  # done once the stream ended, not after 30 s
+        assert _inflight(app) == 0
+    finally:
+        await channel.close(None)
+        await app.__aexit__(None, None, None)
+
+
+async def test_a_stream_longer_than_the_drain_timeout_is_cut_at_the_timeout() -> None:
+    app = EppApp(_settings(drain_timeout_s=2.0))
+    await app.__aenter__()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}")
+    try:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        call = await _open_routed_stream(stub)  # its response never comes
+        started = time.monotonic()
+        shutdown = await _begin_shutdown(app)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call.read()  # cut by the server once the drain timeout is over
+        cut_after = time.monotonic() - started
+        await asyncio.wait_for(shutdown, 10)
+        assert 1.9 <= cut_after < 10.0  # not before the drain timeout
+        assert _inflight(app) == 0  # the cut stream gave its in-flight count back
+    finally:
+        await channel.close(None)
+        await app.__aexit__(None, None, None)

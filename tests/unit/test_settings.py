@@ -136,3 +136,11 @@ def test_endpoint_url_forms_use_the_hostport_parser() -> None:
     assert parse_endpoint_url("https://[fd00::1]:8443/v1") == ("fd00::1", 8443)
     with pytest.raises(ConfigError, match="expected http://HOST:PORT"):
         parse_endpoint_url("http://10.0.0.1:notaport")
+
+
+def test_drain_timeout_defaults_to_30s_as_upstream_and_parses_durations() -> None:
+    assert _parse([]).drain_timeout_s == 30.0
+    assert _parse(["--drain-timeout", "45s"]).drain_timeout_s == 45.0
+    assert _parse(["--drain-timeout", "0"]).drain_timeout_s == 0.0  # stop at once
+    with pytest.raises(ConfigError, match="--drain-timeout"):
+        EppSettings(drain_timeout_s=-1.0)

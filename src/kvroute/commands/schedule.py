@@ -47,20 +47,16 @@ from kvroute.config.resources import load_resources
 from kvroute.config.strict_yaml import StrictLoader, yaml_error_message
 from kvroute.config.yaml_errors import format_validation_error
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad, EndpointMetrics
+from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError, EppError
 from kvroute.plugins.registry import default_registry
 from kvroute.protocol.openai import api_kind_for_path, parse_request
-from kvroute.requestcontrol.director import (
-    Director,
-    PassthroughResolver,
-    Resolver,
-    subset_candidates,
-)
+from kvroute.requestcontrol.director import PassthroughResolver, Resolver, subset_candidates
 from kvroute.requestcontrol.model_resolution import ModelResolver, ResolvedModel
-from kvroute.scheduling.builder import build_scheduling
 from kvroute.scheduling.explain import render_trace
 from kvroute.scheduling.interfaces import CycleTrace
 from kvroute.scheduling.request import Criticality
+from kvroute.wiring import build_epp
 
 # A fixed "now" for the dry run: metric ages are relative to it, so runs are reproducible.
 DRY_RUN_NOW = 1_000_000.0
@@ -198,25 +194,18 @@ def explain(
     else:
         name = profile or "default"
         config, source = builtin_epp_config(name, registry), f"<{name} config>"
-    setup = build_scheduling(
+    resolver = _resolver(resource_paths, pool, rng, criticality)
+    graph = build_epp(
         config,
-        registry,
+        _datastore_of(endpoints),
+        registry=registry,
         source=source,
+        resolver=resolver,
         profile=profile if config_path is not None else None,
         rng=rng,
         clock=lambda: DRY_RUN_NOW,
     )
-    resolver = _resolver(resource_paths, pool, rng, criticality)
-    store = _StaticEndpoints(endpoints)
-    director = Director(
-        store,
-        resolver,
-        setup.scheduler,
-        setup.saturation_detector,
-        setup.hooks,
-        rng,
-        clock=lambda: DRY_RUN_NOW,
-    )
+    setup, director = graph.setup, graph.director
     trace = CycleTrace()
     out: dict[str, Any] = {"status": 200, "target": None, "fallbacks": [], "endpoint_header": ""}
     raw = json.dumps(body).encode()
@@ -303,27 +292,17 @@ def parse_state(text: str, source: str) -> tuple[Endpoint, ...]:
     return tuple(out)
 
 
-class _StaticEndpoints:
-    """The director's datastore for a dry run: the STATE file's endpoints, counters included."""
-
-    def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
-        self._endpoints = endpoints
-        self._by_name = {e.name: e for e in endpoints}
-
-    def endpoints(self) -> tuple[Endpoint, ...]:
-        return self._endpoints
-
-    def on_request_sent(self, name: str, tokens: int = 0) -> None:
-        load = self._by_name[name].load
-        load.inflight += 1
-        load.sent_since_scrape += 1
-
-    def on_request_finished(
-        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
-    ) -> None:
-        del load  # the dry run's endpoints are never replaced
-        counters = self._by_name[name].load
-        counters.inflight = max(0, counters.inflight - 1)
+def _datastore_of(endpoints: Sequence[Endpoint]) -> Datastore:
+    """The dry run's datastore: the STATE file's endpoints, metrics and counters included."""
+    store = Datastore(clock=lambda: DRY_RUN_NOW)
+    for e in endpoints:
+        store.upsert_endpoint(e.name, e.address, e.port, e.labels)
+        store.update_metrics(e.name, e.metrics)
+        load = store.load_of(e.name)
+        assert load is not None
+        load.inflight = e.load.inflight
+        load.sent_since_scrape = e.load.sent_since_scrape  # after update_metrics, which resets it
+    return store
 
 
 def _resolver(

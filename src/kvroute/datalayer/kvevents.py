@@ -302,17 +302,20 @@ class KvEventSink(Protocol):
 class _Subscription:
     server: str
     endpoint: str
-    task: asyncio.Task[None]
     tracker: SequenceTracker
+    task: asyncio.Task[None] | None = None  # None until :meth:`KvEventSubscriber.run` runs
 
 
 class KvEventSubscriber:
     """One SUB socket per server; decoded batches go to ``sink`` in sequence order.
 
-    ``sync(targets)`` starts and stops subscriptions so they match ``{server: zmq_endpoint}``.
-    Tasks are created on the running loop and all cancelled by :meth:`aclose`. On a monitor
-    DISCONNECTED event the server is resynced (its entries dropped and marked unknown) and the
-    sequence baseline reset; ZMQ reconnects by itself and the next batch is a new baseline.
+    ``sync(targets)`` makes the subscriptions match ``{server: zmq_endpoint}``; ``subscribe`` /
+    ``unsubscribe`` change one. They are plain calls (the datastore's listeners make them) and
+    only record what to subscribe to: the sockets live in tasks of the task group that
+    :meth:`run` owns, started when it starts (or at once while it runs) and all cancelled when
+    it is cancelled or :meth:`aclose` is called. On a monitor DISCONNECTED event the server is
+    resynced (its entries dropped and marked unknown) and the sequence baseline reset; ZMQ
+    reconnects by itself and the next batch is a new baseline.
     """
 
     def __init__(
@@ -324,9 +327,10 @@ class KvEventSubscriber:
     ) -> None:
         self._sink = sink
         self._reorder_window = reorder_window
-        self._ctx = zmq.asyncio.Context()
+        self._ctx: zmq.asyncio.Context | None = None
         self._subs: dict[str, _Subscription] = {}
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._tg: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task[Any] | None = None
         self._on_connected = on_connected
         self.decode_errors = 0
         self.closed = False
@@ -334,6 +338,10 @@ class KvEventSubscriber:
     @property
     def subscriptions(self) -> dict[str, str]:
         return {name: sub.endpoint for name, sub in self._subs.items()}
+
+    @property
+    def running(self) -> bool:
+        return self._tg is not None
 
     def sync(self, targets: dict[str, str]) -> None:
         for name in [n for n in self._subs if targets.get(n) != self._subs[n].endpoint]:
@@ -346,29 +354,57 @@ class KvEventSubscriber:
         if self.closed:
             return
         self.unsubscribe(server)
-        tracker = SequenceTracker(self._reorder_window)
-        task = asyncio.get_running_loop().create_task(
-            self._run(server, endpoint, tracker), name=f"kv-events {server}"
-        )
-        self._subs[server] = _Subscription(server, endpoint, task, tracker)
+        sub = _Subscription(server, endpoint, SequenceTracker(self._reorder_window))
+        self._subs[server] = sub
+        if self._tg is not None:
+            self._start(self._tg, sub)
 
     def unsubscribe(self, server: str) -> None:
         sub = self._subs.pop(server, None)
-        if sub is not None:
-            sub.task.cancel()
-            self._stopping.add(sub.task)
-            sub.task.add_done_callback(self._stopping.discard)
+        if sub is not None and sub.task is not None:
+            sub.task.cancel()  # the task group awaits it
+
+    async def run(self) -> None:
+        """Own every subscription's task until cancelled; one ZMQ context for their sockets.
+
+        A subscription task that crashes ends the group (and this call) with the error, for the
+        caller's supervisor to log and restart; the recorded subscriptions start again then.
+        """
+        if self.closed or self._runner is not None:
+            raise RuntimeError("KvEventSubscriber.run: closed or already running")
+        self._runner = asyncio.current_task()
+        self._ctx = zmq.asyncio.Context()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for sub in self._subs.values():
+                    self._start(tg, sub)
+                await asyncio.Event().wait()
+        finally:
+            self._tg = None
+            self._runner = None
+            for sub in self._subs.values():
+                sub.task = None
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+
+    def _start(self, tg: asyncio.TaskGroup, sub: _Subscription) -> None:
+        sub.tracker = SequenceTracker(self._reorder_window)
+        sub.task = tg.create_task(
+            self._run(sub.server, sub.endpoint, sub.tracker), name=f"kv-events {sub.server}"
+        )
 
     async def aclose(self) -> None:
+        """Stop for good: cancel :meth:`run` (and so every subscription) and wait for it."""
         self.closed = True
-        for server in list(self._subs):
-            self.unsubscribe(server)
-        for task in list(self._stopping):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._ctx.destroy(linger=0)
+        self._subs.clear()
+        runner = self._runner
+        if runner is not None and runner is not asyncio.current_task():
+            runner.cancel()
+            await asyncio.wait([runner])
 
     async def _run(self, server: str, endpoint: str, tracker: SequenceTracker) -> None:
+        assert self._ctx is not None  # set by run(), which owns this task
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)

@@ -51,6 +51,10 @@ class MetricsDataSource:
         self.typed_name = TypedName(METRICS_DATA_SOURCE, name)
         self.params = params
 
+    @property
+    def scrape_params(self) -> MetricsDataSourceParams:
+        return self.params
+
 
 class CoreMetricsExtractor:
     """Which metric names map to which signals, per engine (``engineConfigs``)."""

@@ -141,8 +141,9 @@ class Datastore:
 
     # -- in-flight accounting -------------------------------------------------------------
 
-    def on_request_sent(self, name: str, tokens: int = 0) -> None:
-        """Count a request the picker just sent; a no-op for an endpoint no longer stored."""
+    def on_request_sent(self, name: str, tokens: int = 0, *, model: str = "") -> None:
+        """Count a request the picker just sent (``tokens``: its estimated prompt tokens,
+        ``model``: its target model); a no-op for an endpoint no longer stored."""
         endpoint = self._by_name.get(name)
         if endpoint is None:
             return
@@ -150,17 +151,26 @@ class Datastore:
         load.inflight += 1
         load.sent_since_scrape += 1
         load.inflight_tokens += max(0, tokens)
+        if model:
+            models = load.inflight_models
+            models[model] = models.get(model, 0) + 1
 
     def on_request_finished(
-        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
+        self,
+        name: str,
+        tokens: int = 0,
+        *,
+        load: EndpointLoad | None = None,
+        model: str = "",
     ) -> None:
         """Uncount a finished request; never below zero, a no-op for an unknown endpoint.
 
-        ``load`` is the counter object the request was counted on (``endpoint.load`` at send
-        time). A request may finish after its endpoint was replaced by a new one with the same
-        name and fresh counters; given ``load``, that finish leaves the new counters alone
-        instead of uncounting a request they never counted. Without it, the floor at zero
-        still keeps them from going negative.
+        ``tokens`` and ``model`` must be what the request was counted with. ``load`` is the
+        counter object the request was counted on (``endpoint.load`` at send time). A request
+        may finish after its endpoint was replaced by a new one with the same name and fresh
+        counters; given ``load``, that finish leaves the new counters alone instead of
+        uncounting a request they never counted. Without it, the floor at zero still keeps
+        them from going negative.
         """
         endpoint = self._by_name.get(name)
         if endpoint is None or (load is not None and endpoint.load is not load):
@@ -168,6 +178,13 @@ class Datastore:
         load = endpoint.load
         load.inflight = max(0, load.inflight - 1)
         load.inflight_tokens = max(0, load.inflight_tokens - max(0, tokens))
+        if model:
+            models = load.inflight_models
+            left = models.get(model, 0) - 1
+            if left > 0:
+                models[model] = left
+            else:
+                models.pop(model, None)
 
     def load_of(self, name: str) -> EndpointLoad | None:
         endpoint = self._by_name.get(name)

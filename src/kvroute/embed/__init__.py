@@ -15,17 +15,24 @@ runs; it is a separate module so that the in-process scheduler does not load gRP
 from __future__ import annotations
 
 from kvroute.config.epp_config import builtin_epp_config, load_epp_config, parse_epp_config
+from kvroute.datastore.endpoint import EMPTY_METRICS
+from kvroute.datastore.store import Datastore
 from kvroute.protocol.openai import ParsedRequest, parse_request
 from kvroute.requestcontrol.director import Director, RoutingDecision
 from kvroute.requestcontrol.model_resolution import ResolvedModel
 from kvroute.scheduling.builder import SchedulingSetup, build_scheduling
+from kvroute.wiring import EppGraph, build_epp
 
 __all__ = [
+    "EMPTY_METRICS",
+    "Datastore",
     "Director",
+    "EppGraph",
     "ParsedRequest",
     "ResolvedModel",
     "RoutingDecision",
     "SchedulingSetup",
+    "build_epp",
     "build_scheduling",
     "builtin_epp_config",
     "load_epp_config",

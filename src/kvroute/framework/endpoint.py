@@ -39,11 +39,18 @@ EMPTY_METRICS = EndpointMetrics()
 
 @dataclass(slots=True)
 class EndpointLoad:
-    """Counters the EPP keeps itself: requests it sent and has not seen finish."""
+    """The EPP's in-flight ledger for one endpoint: requests it sent and has not seen finish.
+
+    Kept by the datastore (``on_request_sent`` / ``on_request_finished``, driven by the
+    director); read by the scheduling plugins. ``inflight_tokens`` are the estimated prompt
+    tokens of those requests (upstream ``inflight-load-producer``'s default charge); the
+    ``inflight_models`` counts are per target model (base model or LoRA adapter), absent at 0.
+    """
 
     inflight: int = 0
     sent_since_scrape: int = 0  # sent after the current metrics snapshot was taken
-    inflight_tokens: int = 0  # estimated prompt+output tokens of in-flight requests
+    inflight_tokens: int = 0  # estimated prompt tokens of in-flight requests
+    inflight_models: dict[str, int] = field(default_factory=dict)  # target model -> requests
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ All are synchronous and must be cheap: they run on the event loop in the request
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from kvroute.framework.endpoint import Endpoint
 from kvroute.framework.request import InferenceRequest, Usage
@@ -18,19 +19,44 @@ from kvroute.framework.scheduling import CycleState, SchedulingResult
 from kvroute.plugins.base import Plugin
 
 
+@runtime_checkable
 class PrepareData(Plugin, Protocol):
     def prepare_data(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None: ...
 
 
+@runtime_checkable
 class PreRequest(Plugin, Protocol):
     def pre_request(
         self, state: CycleState, request: InferenceRequest, result: SchedulingResult
     ) -> None: ...
 
 
+@runtime_checkable
 class ResponseComplete(Plugin, Protocol):
     def response_complete(
         self, request: InferenceRequest, endpoint: Endpoint, usage: Usage | None
     ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHooks:
+    """The request hooks of a config, classified once at load (never on the request path)."""
+
+    prepare_data: tuple[PrepareData, ...] = ()
+    pre_request: tuple[PreRequest, ...] = ()
+    response_complete: tuple[ResponseComplete, ...] = ()
+
+    @classmethod
+    def of(cls, plugins: Iterable[object]) -> RequestHooks:
+        """Sort ``plugins`` by the hook protocols they implement (one may implement several)."""
+        items = tuple(plugins)
+        return cls(
+            prepare_data=tuple(p for p in items if isinstance(p, PrepareData)),
+            pre_request=tuple(p for p in items if isinstance(p, PreRequest)),
+            response_complete=tuple(p for p in items if isinstance(p, ResponseComplete)),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.prepare_data or self.pre_request or self.response_complete)

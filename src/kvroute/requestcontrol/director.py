@@ -11,7 +11,7 @@ stream; this is pure and synchronous so it runs inline on the event loop)::
                          raises is logged and skipped, as upstream logs PrepareData failures
     scheduling        -> filters / scorers / picker; nothing left -> 429 PoolExhaustedError
     PreRequest hooks  -> the target is known (prefix-index insert, ...)
-    in-flight         -> datastore.on_request_sent(target)
+    in-flight         -> datastore.on_request_sent(target): request, prompt tokens, model
 
 :meth:`Director.handle_response_complete` undoes the in-flight count and runs the
 ResponseComplete hooks exactly once per decision, however many times the caller reports the end
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from types import MappingProxyType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad
 from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
@@ -35,7 +35,7 @@ from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.requestcontrol.admission import AdmissionController
-from kvroute.requestcontrol.hooks import PrepareData, PreRequest, ResponseComplete, Usage
+from kvroute.requestcontrol.hooks import RequestHooks, Usage
 from kvroute.requestcontrol.model_resolution import MODEL_REWRITE_HEADER, ResolvedModel
 from kvroute.scheduling.interfaces import (
     CycleState,
@@ -54,7 +54,6 @@ DEFAULT_FAIRNESS_ID = "default-flow"
 NO_CANDIDATES_MESSAGE = "failed to find endpoint candidates for serving the request"
 NO_ENDPOINTS_MESSAGE = "no pods available in datastore"
 AVG_CHARS_PER_TOKEN = 4  # upstream's estimate for untokenised text
-OUTPUT_RATIO = 1.5  # upstream inflight-load-producer: expected output tokens per input token
 
 
 class EndpointSource(Protocol):
@@ -62,10 +61,15 @@ class EndpointSource(Protocol):
 
     def endpoints(self) -> tuple[Endpoint, ...]: ...
 
-    def on_request_sent(self, name: str, tokens: int = 0) -> None: ...
+    def on_request_sent(self, name: str, tokens: int = 0, *, model: str = "") -> None: ...
 
     def on_request_finished(
-        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
+        self,
+        name: str,
+        tokens: int = 0,
+        *,
+        load: EndpointLoad | None = None,
+        model: str = "",
     ) -> None: ...
 
 
@@ -129,7 +133,7 @@ class Director:
         resolver: Resolver | None,
         scheduler: Scheduler,
         saturation_detector: SaturationDetector,
-        hooks: Sequence[Plugin] = (),
+        hooks: RequestHooks | Sequence[Plugin] = (),
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         *,
@@ -144,17 +148,10 @@ class Director:
         self.clock = clock
         self.disable_subset_filter = disable_subset_filter
         self.timings = timings
-        self._prepare = [
-            cast(PrepareData, h) for h in hooks if callable(getattr(h, "prepare_data", None))
-        ]
-        self._pre_request = [
-            cast(PreRequest, h) for h in hooks if callable(getattr(h, "pre_request", None))
-        ]
-        self._complete = [
-            cast(ResponseComplete, h)
-            for h in hooks
-            if callable(getattr(h, "response_complete", None))
-        ]
+        classified = hooks if isinstance(hooks, RequestHooks) else RequestHooks.of(hooks)
+        self._prepare = classified.prepare_data
+        self._pre_request = classified.pre_request
+        self._complete = classified.response_complete
 
     def handle_request(
         self,
@@ -207,7 +204,7 @@ class Director:
 
         target = targets[0]
         tokens = _estimate_tokens(parsed)
-        self.datastore.on_request_sent(target.name, tokens)
+        self.datastore.on_request_sent(target.name, tokens, model=request.target_model)
         return RoutingDecision(
             target=target,
             fallbacks=tuple(targets[1:]),
@@ -228,7 +225,10 @@ class Director:
         # ``load`` is the counter object the request was counted on: if the endpoint has since
         # been replaced under the same name (new address), its fresh counters stay untouched.
         self.datastore.on_request_finished(
-            decision.target.name, decision.inflight_tokens, load=decision.target.load
+            decision.target.name,
+            decision.inflight_tokens,
+            load=decision.target.load,
+            model=decision.request.target_model,
         )
         for done in self._complete:
             self._run_hook(
@@ -287,10 +287,9 @@ class Director:
 
 
 def _estimate_tokens(parsed: ParsedRequest) -> int:
-    """Prompt + expected output tokens, for the datastore's in-flight token count."""
-    prompt = len(parsed.prompt_text) // AVG_CHARS_PER_TOKEN
-    output = parsed.max_tokens if parsed.max_tokens is not None else int(prompt * OUTPUT_RATIO)
-    return prompt + output
+    """Estimated prompt tokens, the datastore's in-flight token charge (upstream
+    ``inflight-load-producer`` with its default ``addEstimatedOutputTokens: false``)."""
+    return len(parsed.prompt_text) // AVG_CHARS_PER_TOKEN
 
 
 def _note_candidates(

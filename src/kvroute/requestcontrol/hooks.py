@@ -1,6 +1,6 @@
 """Re-exports the request-lifecycle hooks from :mod:`kvroute.framework.hooks`, where they live."""
 
-from kvroute.framework.hooks import PrepareData, PreRequest, ResponseComplete
+from kvroute.framework.hooks import PrepareData, PreRequest, RequestHooks, ResponseComplete
 from kvroute.framework.request import Usage
 
-__all__ = ["PreRequest", "PrepareData", "ResponseComplete", "Usage"]
+__all__ = ["PreRequest", "PrepareData", "RequestHooks", "ResponseComplete", "Usage"]

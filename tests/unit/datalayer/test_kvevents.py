@@ -244,6 +244,7 @@ async def test_subscriber_delivers_batches_and_detects_gap_and_disconnect() -> N
     sink = RecordingSink()
     connected = asyncio.Event()
     subscriber = KvEventSubscriber(sink, reorder_window=0, on_connected=lambda _: connected.set())
+    runner = asyncio.create_task(subscriber.run())  # owns the subscriptions' task group
     try:
         subscriber.sync({"a": f"tcp://127.0.0.1:{port}"})
         assert subscriber.subscriptions == {"a": f"tcp://127.0.0.1:{port}"}
@@ -266,6 +267,7 @@ async def test_subscriber_delivers_batches_and_detects_gap_and_disconnect() -> N
         assert subscriber.subscriptions == {}
     finally:
         await subscriber.aclose()
+        assert runner.done()  # aclose ends run(), and with it every subscription task
         pub.close(0)
         ctx.term()
 
@@ -273,9 +275,13 @@ async def test_subscriber_delivers_batches_and_detects_gap_and_disconnect() -> N
 async def test_malformed_endpoint_marks_server_unknown_without_crashing() -> None:
     sink = RecordingSink()
     subscriber = KvEventSubscriber(sink)
+    subscriber.subscribe("a", "not-a-zmq-address")  # recorded; opened once run() runs
+    assert not subscriber.running
+    assert sink.resyncs == []
+    runner = asyncio.create_task(subscriber.run())
     try:
-        subscriber.subscribe("a", "not-a-zmq-address")
         await _until(sink, lambda: sink.resyncs)
         assert sink.resyncs == [("a", "bad endpoint")]
+        assert not runner.done()  # a bad address ends its own task, not the subscriber
     finally:
         await subscriber.aclose()

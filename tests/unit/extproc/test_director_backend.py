@@ -177,3 +177,28 @@ def test_failure_after_scheduling_gives_the_in_flight_count_back(tmp_path: Path)
         "inference_objective_running_requests", {"model_name": "food-review"}
     )
     assert running in (None, 0.0)
+
+
+def test_inflight_ledger_counts_prompt_tokens_and_models_until_done_or_disconnect(
+    tmp_path: Path,
+) -> None:
+    """The datastore's in-flight ledger (what token-aware scorers read): a sent request adds its
+    estimated prompt tokens (4 chars per token) and its target model on the chosen endpoint;
+    its end -- a completed response or a client that went away -- takes exactly that back."""
+    backend, store, _ = _setup(tmp_path)
+    prompt = "x" * 400  # 100 estimated tokens
+    first = backend.route(_input({"model": "food-review", "prompt": prompt, "max_tokens": 7}))
+    second = backend.route(_input({"model": "food-review", "prompt": prompt * 2}))
+    loads = {e.hostport: e.load for e in store.endpoints()}
+    assert sum(load.inflight_tokens for load in loads.values()) == 300
+    assert sum(load.inflight_models.get("base", 0) for load in loads.values()) == 2
+    first_load = loads[first.endpoints[0]]
+    assert first_load.inflight_tokens >= 100
+    backend.complete(first, Outcome(status=200))
+    assert sum(load.inflight_tokens for load in loads.values()) == 200
+    backend.complete(second, Outcome(status=None, disconnected=True))  # client went away
+    assert all(load.inflight_tokens == 0 for load in loads.values())
+    assert all(load.inflight == 0 for load in loads.values())
+    assert all(load.inflight_models == {} for load in loads.values())
+    backend.complete(second, Outcome(status=None, disconnected=True))  # reported twice: no-op
+    assert all(load.inflight_tokens == 0 for load in loads.values())

@@ -227,11 +227,8 @@ class PrefixCacheScorer:
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
         match = state.get(self._key, None)
-        if match is None:  # no PrepareData hook ran (e.g. a bare profile in a test)
-            match = self._match(state, request, endpoints)
-            state.write(self._key, match)
-        total = match.total_blocks
-        if total == 0:
+        total = 0 if match is None else match.total_blocks  # None: no PrepareData pass
+        if match is None or total == 0:
             return {e.name: 0.0 for e in endpoints}
         overloaded = self.guard.overloaded(endpoints)
         explain = state.get(EXPLAIN, None)
@@ -252,13 +249,9 @@ class PrefixCacheScorer:
         self, state: CycleState, request: InferenceRequest, result: SchedulingResult
     ) -> None:
         match = state.get(self._key, None)
-        hashes: Sequence[int]
-        if match is None:
-            _, hashes = self.hash_request(request, ())
-        else:
-            hashes = match.hashes
-        if not hashes:
+        if match is None or not match.hashes:  # None: no PrepareData pass
             return
+        hashes = match.hashes
         targets = []
         primary = result.primary
         if primary is not None and primary.targets:

@@ -23,14 +23,16 @@ Each data-parallel rank is its own endpoint and publishes on its own port (vLLM 
 port by the rank). The engine's KV block size is learned from its events (``block_size``),
 else from ``vllm:cache_config_info`` (auto-tune), else ``blockSizeTokens``.
 
-Lifecycle: subscriptions are opened for the endpoints the plugin sees (``attach(datastore)``
-at startup, or lazily in ``prepare_data`` when an event loop runs) and closed when an endpoint
-leaves; ``aclose()`` stops them all. Requests the tokenizer cannot encode score 0 everywhere.
+Lifecycle (run by :func:`kvroute.wiring.build_epp`, never from a request): ``attach(datastore)``
+records a subscription for every endpoint and follows the datastore's endpoint events (a new
+endpoint is subscribed, one that leaves is unsubscribed and forgotten); ``run_background()``
+runs the subscriber, whose task group owns the sockets; ``aclose()`` stops them all. Without a
+PrepareData pass (the director always runs one) or when the tokenizer cannot encode the
+request, every endpoint scores 0.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -130,7 +132,7 @@ class PrecisePrefixCacheScorer:
     def attach(self, datastore: Datastore) -> None:
         """Follow ``datastore``: subscribe to every endpoint now and as they come and go.
 
-        Must be called with an event loop running (the subscriptions are tasks on it).
+        Only records the subscriptions; ``run_background()`` opens them.
         """
         for endpoint in datastore.endpoints():
             self._ensure_subscribed(endpoint)
@@ -154,18 +156,22 @@ class PrecisePrefixCacheScorer:
         address = self.kv_events_endpoint(endpoint)
         if self._known.get(endpoint.name) == address:
             return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop (a dry run): nothing to subscribe with
+        if endpoint.name in self._known:  # the address changed: the old blocks are gone
+            self.index.remove_server(endpoint.name)
+        self._known[endpoint.name] = address
+        self._subscriber().subscribe(endpoint.name, address)
+
+    def _subscriber(self) -> KvEventSubscriber:
         if self.subscriber is None:
             self.subscriber = KvEventSubscriber(
                 self.index, reorder_window=self.params.reorder_window
             )
-        if endpoint.name in self._known:  # the address changed: the old blocks are gone
-            self.index.remove_server(endpoint.name)
-        self._known[endpoint.name] = address
-        self.subscriber.subscribe(endpoint.name, address)
+        return self.subscriber
+
+    async def run_background(self) -> None:
+        """Run the KV-event subscriptions until cancelled (a no-op with ``subscribe: false``)."""
+        if self.params.subscribe:
+            await self._subscriber().run()
 
     async def aclose(self) -> None:
         if self.subscriber is not None:
@@ -191,9 +197,6 @@ class PrecisePrefixCacheScorer:
     def _match(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> PreciseMatch:
-        for endpoint in endpoints:
-            if endpoint.name not in self._known:
-                self._ensure_subscribed(endpoint)
         tokens = self.tokenizer.encode_request(request)
         if tokens is None:
             return PreciseMatch(0, {}, {})
@@ -232,9 +235,8 @@ class PrecisePrefixCacheScorer:
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
         match = state.get(self._key, None)
-        if match is None:
-            match = self._match(state, request, endpoints)
-            state.write(self._key, match)
+        if match is None:  # no PrepareData pass: nothing matched
+            return {e.name: 0.0 for e in endpoints}
         overloaded = self.guard.overloaded(endpoints)
         explain = state.get(EXPLAIN, None)
         if explain is not None:

@@ -16,48 +16,43 @@ multi-LoRA): between two scrapes every request for a new adapter sees the same "
 the same replicas, so one replica receives more distinct adapters than it has slots; and every
 request for a hot adapter scores 1.0 on the few replicas that hold it, so they queue while the
 rest of the pool idles. The correction (``inflightAdapters``, default on; ``false`` is
-upstream's formula) is EPP-side accounting: the scorer is also a PreRequest/ResponseComplete
-hook and counts, per endpoint, the requests per adapter it has sent and not seen finish. An
-adapter with requests in flight on ``e`` counts as active there, and the distinct adapters
-in flight count against ``max_active_models``, so the "free slot" score disappears as soon as the
-EPP itself has filled the slots, not a scrape later. (The counts live in the plugin, not in the
-datastore, so that every director that runs the plugin's hooks -- the gateway, the dry run, the
-virtual-time benchmark, whose harness keeps the datastore counters itself -- keeps them the same
-way; each request is counted once at PreRequest and uncounted once at ResponseComplete, which the
-director guarantees.)
+upstream's formula) reads the EPP's own in-flight ledger, the datastore's per-endpoint count of
+requests per target model (``EndpointLoad.inflight_models``: counted by the director when a
+request is sent, uncounted when it finishes or the client disconnects). An adapter with
+requests in flight on ``e`` counts as active there, and the distinct adapters in flight count
+against ``max_active_models``, so the "free slot" score disappears as soon as the EPP itself has
+filled the slots, not a scrape later.
 
 Measured (docs/benchmarks.md, multi-LoRA): p90 TTFT at 250 QPS drops from seconds to tens of ms,
 with no loss at 50-150 QPS. An anti-hotspot cap (the prefix scorer's load-bound rule: affinity 0
 on servers far busier than the least loaded) was tried as well and made things worse -- moving a
 hot adapter to a server whose slots are all taken makes it wait for a slot -- so it is not here.
 
-Only adapters are counted: a target model is counted once some scrape has listed it as a
-running or waiting adapter on some endpoint. A base model never appears there, so base-model
-traffic neither occupies a counted slot nor pulls later base requests onto the same server; a
-brand-new adapter is counted from the first scrape that shows it (a name found in no adapter
-list is looked up again after ``RECHECK_S`` = 50 ms, the default scrape interval), and until
-then scores by upstream's formula on the scrape alone. So does a base model: the EPP's in-flight
-adapters do not count against the "free slot" test for a request that needs no slot (counting
-them steered base traffic away from every server the EPP had just given LoRA work, `kvroute
-demo`). The cost is one extra pass over the endpoints' adapter sets per model not known as an
-adapter every 50 ms. (With 1 s instead, the multi-LoRA benchmark lost most of the gain at
-250-300 QPS: every stage starts with no adapter resident, and one second of uncounted herding
-builds queues that last.)
+Only adapters count: a target model counts once some scrape has listed it as a running or
+waiting adapter on some endpoint. A base model never appears there, so base-model traffic
+neither occupies a counted slot nor pulls later base requests onto the same server; a
+brand-new adapter counts from the first scrape that shows it (a name found in no adapter list is
+looked up again after ``RECHECK_S`` = 50 ms, the default scrape interval), and until then scores
+by upstream's formula on the scrape alone. So does a base model: the EPP's in-flight adapters do
+not count against the "free slot" test for a request that needs no slot (counting them steered
+base traffic away from every server the EPP had just given LoRA work, `kvroute demo`). The cost
+is one extra pass over the endpoints' adapter sets per model not known as an adapter every
+50 ms. (With 1 s instead, the multi-LoRA benchmark lost most of the gain at 250-300 QPS: every
+stage starts with no adapter resident, and one second of uncounted herding builds queues that
+last.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
 
 from kvroute.datastore.endpoint import Endpoint
-from kvroute.framework.hooks import PreRequest, ResponseComplete
-from kvroute.framework.request import Usage
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
-from kvroute.scheduling.interfaces import CycleState, SchedulingResult, Scorer, ScorerCategory
+from kvroute.scheduling.interfaces import CycleState, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
 
@@ -83,9 +78,16 @@ def lora_affinity(endpoint: Endpoint, adapter: str) -> float:
 
 
 def lora_affinity_with_inflight(
-    endpoint: Endpoint, adapter: str, inflight: Mapping[str, int] | None
+    endpoint: Endpoint,
+    adapter: str,
+    inflight: Mapping[str, int] | None,
+    adapters: Container[str] | None = None,
 ) -> float:
-    """Upstream's score with the EPP's in-flight adapters on ``endpoint`` counted as active."""
+    """Upstream's score with the EPP's in-flight adapters on ``endpoint`` counted as active.
+
+    ``inflight`` is requests per target model in flight on ``endpoint``; only the names in
+    ``adapters`` (all of them when None) take an adapter slot.
+    """
     m = endpoint.metrics
     if adapter in m.active_models or (inflight and adapter in inflight):
         return 1.0
@@ -93,7 +95,11 @@ def lora_affinity_with_inflight(
     if used < m.max_active_models:
         if inflight:  # only when a slot looks free can the in-flight adapters change the answer
             used += sum(
-                1 for a in inflight if a not in m.active_models and a not in m.waiting_models
+                1
+                for a in inflight
+                if a not in m.active_models
+                and a not in m.waiting_models
+                and (adapters is None or a in adapters)
             )
         if used < m.max_active_models:
             return 0.8
@@ -108,8 +114,6 @@ class LoraAffinityScorer:
     def __init__(self, name: str = TYPE, params: LoraAffinityParams | None = None) -> None:
         self.typed_name = TypedName(TYPE, name)
         self.params = params or LoraAffinityParams()
-        # endpoint name -> adapter -> requests sent by this EPP and not finished
-        self._inflight: dict[str, dict[str, int]] = {}
         # names some scrape has listed as an adapter (running or waiting) on some endpoint
         self._adapters: set[str] = set()
         # names last found in no adapter list -> when (cycle time); looked up again after
@@ -124,9 +128,9 @@ class LoraAffinityScorer:
             if adapter not in self._adapters:
                 self._learn(adapter, endpoints, state.now)
             if adapter in self._adapters:
-                book = self._inflight
+                known = self._adapters
                 return {
-                    e.name: lora_affinity_with_inflight(e, adapter, book.get(e.name))
+                    e.name: lora_affinity_with_inflight(e, adapter, e.load.inflight_models, known)
                     for e in endpoints
                 }
             # Not (yet) known as an adapter -- a base model, or an adapter no scrape has listed:
@@ -150,37 +154,13 @@ class LoraAffinityScorer:
         else:
             self._not_adapters[model] = now
 
-    # -- in-flight adapter accounting (hooks; no-ops when inflightAdapters is off) ------------
-
-    def pre_request(
-        self, state: CycleState, request: InferenceRequest, result: SchedulingResult
-    ) -> None:
-        primary = result.primary
-        if request.target_model not in self._adapters or primary is None or not primary.targets:
-            return
-        per_model = self._inflight.setdefault(primary.targets[0].name, {})
-        per_model[request.target_model] = per_model.get(request.target_model, 0) + 1
-
-    def response_complete(
-        self, request: InferenceRequest, endpoint: Endpoint, usage: Usage | None
-    ) -> None:
-        # A request sent before its adapter was known was not counted; its completion may then
-        # uncount a later one early. Harmless: by then a scrape lists the adapter (that is how
-        # it became known), so the score no longer depends on the count.
-        per_model = self._inflight.get(endpoint.name)
-        if per_model is None:
-            return
-        left = per_model.get(request.target_model, 0) - 1
-        if left > 0:
-            per_model[request.target_model] = left
-            return
-        per_model.pop(request.target_model, None)
-        if not per_model:
-            del self._inflight[endpoint.name]
-
-    def inflight(self, endpoint: str) -> Mapping[str, int]:
-        """Requests per adapter this EPP has in flight on ``endpoint`` (a copy)."""
-        return dict(self._inflight.get(endpoint, {}))
+    def inflight(self, endpoint: Endpoint) -> Mapping[str, int]:
+        """The adapters this scorer counts on ``endpoint``: its in-flight requests per model
+        (the datastore's ledger), narrowed to names known as adapters (a copy)."""
+        if not self.params.inflight_adapters:
+            return {}
+        known = self._adapters
+        return {m: n for m, n in endpoint.load.inflight_models.items() if m in known}
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> LoraAffinityScorer:
@@ -190,5 +170,3 @@ def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> 
 PLUGINS: Mapping[str, PluginFactory] = {TYPE: _factory}
 
 _: type[Scorer] = LoraAffinityScorer
-_p: type[PreRequest] = LoraAffinityScorer
-_r: type[ResponseComplete] = LoraAffinityScorer

@@ -151,9 +151,11 @@ def test_pre_request_also_indexes_prefill_target() -> None:
     assert route(scorer, req(PROMPT), [A, B]) == {"a": 1.0, "b": 1.0}
 
 
-def test_pre_request_without_prepare_data_still_indexes() -> None:
+def test_pre_request_indexes_what_prepare_data_hashed() -> None:
     scorer = PrefixCacheScorer()
-    scorer.pre_request(CycleState(0.0), req(PROMPT), sent(C))
+    state = CycleState(0.0)
+    scorer.prepare_data(state, req(PROMPT), [A, C])  # the director always runs PrepareData
+    scorer.pre_request(state, req(PROMPT), sent(C))
     assert route(scorer, req(PROMPT), [A, C])["c"] == 1.0
 
 
@@ -258,6 +260,7 @@ def test_explain_notes_when_traced() -> None:
     state = CycleState(0.0)
     notes: list[str] = []
     state.write(EXPLAIN, notes)
+    scorer.prepare_data(state, req(PROMPT), [A, B])
     scorer.score(state, req(PROMPT), [A, B])
     assert notes
     assert "a=10" in notes[0]

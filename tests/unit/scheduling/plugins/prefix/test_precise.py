@@ -210,8 +210,9 @@ async def test_attach_subscribes_follows_datastore_and_scores(tokenizer: PromptT
     scorer = PrecisePrefixCacheScorer(
         "p", PrecisePrefixParams(speculativeTtlSeconds=0), tokenizer=tokenizer
     )
+    scorer.attach(store)  # the lifecycle kvroute.wiring.build_epp runs: attach, run, aclose
+    runner = asyncio.create_task(scorer.run_background())
     try:
-        scorer.attach(store)
         assert scorer.subscriber is not None
         assert scorer.subscriber.subscriptions == {"a": f"tcp://127.0.0.1:{port}"}
         ids = list(tokenizer.encode_text(PROMPT))
@@ -230,5 +231,6 @@ async def test_attach_subscribes_follows_datastore_and_scores(tokenizer: PromptT
         assert cycle(scorer, req(PROMPT), [a]) == {"a": 0.0}
     finally:
         await scorer.aclose()
+        assert runner.done()
         pub.close(0)
         ctx.term()

@@ -1,5 +1,6 @@
 """lora-affinity-scorer: upstream's 1.0 active / 0.8 free slot / 0.6 waiting / 0 otherwise, plus
-the EPP's in-flight adapter accounting (``inflightAdapters``, on by default)."""
+the EPP's in-flight adapters (``inflightAdapters``, on by default), read from the datastore's
+in-flight ledger (``EndpointLoad.inflight_models``, which the director keeps)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from kvroute.datastore.store import Datastore
 from kvroute.errors import PluginValidationError
 from kvroute.plugins.registry import default_registry
 from kvroute.protocol.openai import parse_request
-from kvroute.requestcontrol.director import Director, RoutingDecision
+from kvroute.requestcontrol.director import RoutingDecision
 from kvroute.scheduling.builder import build_scheduling
-from kvroute.scheduling.interfaces import ProfileResult, SchedulingResult
 from kvroute.scheduling.plugins.scorers.lora_affinity import (
     MAX_NOT_ADAPTERS,
     RECHECK_S,
@@ -24,6 +24,7 @@ from kvroute.scheduling.plugins.scorers.lora_affinity import (
     LoraAffinityScorer,
 )
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.wiring import build_epp
 from tests.fakes import NOW, make_endpoint, make_request, make_state
 
 CASES = [
@@ -59,8 +60,12 @@ def test_scores_the_target_model_not_the_incoming_name() -> None:
     assert LoraAffinityScorer().score(make_state(), request, [e]) == {"e0": 1.0}
 
 
-def _result(target: Endpoint) -> SchedulingResult:
-    return SchedulingResult({"default": ProfileResult((target,))}, "default")
+def _stored(store: Datastore, e: Endpoint) -> Endpoint:
+    """``e`` in ``store``: the endpoint whose ``load`` is the datastore's ledger."""
+    store.upsert_endpoint(e.name, e.address, e.port, e.labels)
+    stored = store.update_metrics(e.name, e.metrics)
+    assert stored is not None
+    return stored
 
 
 def _learn(scorer: LoraAffinityScorer, *adapters: str) -> None:
@@ -70,11 +75,19 @@ def _learn(scorer: LoraAffinityScorer, *adapters: str) -> None:
         scorer.score(make_state(), make_request(adapter), [seen])
 
 
-def _send(scorer: LoraAffinityScorer, adapter: str, target: Endpoint) -> InferenceRequest:
+def _send(
+    scorer: LoraAffinityScorer, store: Datastore, adapter: str, target: Endpoint
+) -> InferenceRequest:
+    """What the director does at send: count the request on the datastore's ledger."""
     _learn(scorer, adapter)
     request = make_request(adapter)
-    scorer.pre_request(make_state(), request, _result(target))
+    store.on_request_sent(target.name, model=request.target_model)
     return request
+
+
+def _finish(store: Datastore, request: InferenceRequest, target: Endpoint) -> None:
+    """What the director does at completion (or client disconnect)."""
+    store.on_request_finished(target.name, load=target.load, model=request.target_model)
 
 
 INFLIGHT_CASES: list[tuple[dict[str, object], list[str], float]] = [
@@ -101,47 +114,52 @@ INFLIGHT_IDS = [
 def test_inflight_adapters_count_as_active_and_use_slots(
     metrics: dict[str, object], sent: list[str], expected: float
 ) -> None:
-    e = make_endpoint("e0", **metrics)  # type: ignore[arg-type]
+    store = Datastore(clock=lambda: NOW)
+    e = _stored(store, make_endpoint("e0", **metrics))  # type: ignore[arg-type]
     scorer = LoraAffinityScorer()
     for adapter in sent:
-        _send(scorer, adapter, e)
+        _send(scorer, store, adapter, e)
     _learn(scorer, "sql-lora")  # the scored request is for an adapter some scrape has listed
     assert scorer.score(make_state(), make_request("sql-lora"), [e]) == {"e0": expected}
 
 
 def test_completion_uncounts_and_forgets_idle_endpoints() -> None:
-    e0 = make_endpoint("e0", max_active=1)
+    store = Datastore(clock=lambda: NOW)
+    e0 = _stored(store, make_endpoint("e0", max_active=1))
     scorer = LoraAffinityScorer()
-    first = _send(scorer, "x", e0)
-    second = _send(scorer, "x", e0)
+    first = _send(scorer, store, "x", e0)
+    second = _send(scorer, store, "x", e0)
     _learn(scorer, "y")
-    assert scorer.inflight("e0") == {"x": 2}
+    assert scorer.inflight(e0) == {"x": 2}
     assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.0}
-    scorer.response_complete(first, e0, None)
-    assert scorer.inflight("e0") == {"x": 1}
-    scorer.response_complete(second, e0, None)
-    assert scorer.inflight("e0") == {}
+    _finish(store, first, e0)
+    assert scorer.inflight(e0) == {"x": 1}
+    _finish(store, second, e0)
+    assert scorer.inflight(e0) == {}
+    assert e0.load.inflight_models == {}  # the ledger forgets a model with nothing in flight
     assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.8}
-    scorer.response_complete(second, e0, None)  # a stray completion never goes negative
-    assert scorer.inflight("e0") == {}
+    _finish(store, second, e0)  # a stray completion never goes negative
+    assert scorer.inflight(e0) == {}
 
 
 def test_base_model_is_scored_on_the_scrape_alone() -> None:
     """A name no scrape lists as an adapter (a base model) needs no slot: the EPP's in-flight
     adapters must not turn the "free slot" 0.8 into 0 and push base traffic elsewhere."""
-    e0 = make_endpoint("e0", max_active=1)
+    store = Datastore(clock=lambda: NOW)
+    e0 = _stored(store, make_endpoint("e0", max_active=1))
     scorer = LoraAffinityScorer()
-    _send(scorer, "x", e0)  # the only slot is taken by an in-flight adapter
+    _send(scorer, store, "x", e0)  # the only slot is taken by an in-flight adapter
     _learn(scorer, "y")
     assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.0}
     assert scorer.score(make_state(), make_request("base"), [e0]) == {"e0": 0.8}
 
 
 def test_upstream_formula_keeps_no_counts() -> None:
-    e0 = make_endpoint("e0", max_active=1)
+    store = Datastore(clock=lambda: NOW)
+    e0 = _stored(store, make_endpoint("e0", max_active=1))
     scorer = LoraAffinityScorer(params=LoraAffinityParams(inflight_adapters=False))
-    _send(scorer, "x", e0)
-    assert scorer.inflight("e0") == {}
+    _send(scorer, store, "x", e0)
+    assert scorer.inflight(e0) == {}
     assert scorer.score(make_state(), make_request("y"), [e0]) == {"e0": 0.8}
 
 
@@ -167,7 +185,8 @@ def test_config_parameters_and_hook_registration() -> None:
         scorer = setup.plugins["lora-affinity-scorer"]
         assert isinstance(scorer, LoraAffinityScorer)
         assert scorer.params.inflight_adapters is inflight
-        assert scorer in setup.hooks  # the director runs its PreRequest/ResponseComplete
+        # no request hooks of its own: it reads the datastore's ledger, which the director keeps
+        assert scorer not in setup.hooks
     with pytest.raises(PluginValidationError, match="inflightAdapter"):
         build_scheduling(parse_epp_config(_CONFIG % "{inflightAdapter: true}"), registry)
 
@@ -177,21 +196,19 @@ def test_director_lifecycle_spreads_new_adapters_between_scrapes() -> None:
     moves. The first request takes e0's slot; the second, for another adapter, must go to e1
     (upstream's formula would still see e0's free slot); completion gives the slot back."""
     registry = default_registry(include_entry_points=False)
-    setup = build_scheduling(parse_epp_config(_CONFIG % "{}"), registry, clock=lambda: NOW)
     store = Datastore(clock=lambda: NOW)
     for e in (make_endpoint("e0", max_active=1), make_endpoint("e1", max_active=1)):
         store.upsert_endpoint(e.name, e.address, e.port)
         store.update_metrics(e.name, e.metrics)
-    director = Director(
+    graph = build_epp(
+        parse_epp_config(_CONFIG % "{}"),
         store,
-        None,
-        setup.scheduler,
-        setup.saturation_detector,
-        setup.hooks,
-        random.Random(0),
+        registry=registry,
+        rng=random.Random(0),
         clock=lambda: NOW,
     )
-    scorer = setup.plugins["lora-affinity-scorer"]
+    director = graph.director
+    scorer = graph.setup.plugins["lora-affinity-scorer"]
     assert isinstance(scorer, LoraAffinityScorer)
     _learn(scorer, "lora-a", "lora-b")  # an earlier scrape elsewhere listed both as adapters
 
@@ -202,42 +219,46 @@ def test_director_lifecycle_spreads_new_adapters_between_scrapes() -> None:
     first = send("lora-a")
     second = send("lora-b")
     assert {first.target.name, second.target.name} == {"e0", "e1"}
-    assert scorer.inflight(first.target.name) == {"lora-a": 1}
+    assert scorer.inflight(first.target) == {"lora-a": 1}
     assert send("lora-a").target.name == first.target.name  # affinity to what it just sent
     director.handle_response_complete(first)
-    assert scorer.inflight(first.target.name) == {"lora-a": 1}
+    assert scorer.inflight(first.target) == {"lora-a": 1}
 
 
 def test_base_model_is_never_counted_and_does_not_herd() -> None:
     """A name no scrape lists as an adapter (the base model) keeps upstream's 0.8 everywhere, so
     concurrent base-model requests are spread by the load scorers, not pulled together."""
-    e0, e1 = make_endpoint("e0", max_active=2), make_endpoint("e1", max_active=2)
+    store = Datastore(clock=lambda: NOW)
+    e0 = _stored(store, make_endpoint("e0", max_active=2))
+    e1 = _stored(store, make_endpoint("e1", max_active=2))
     scorer = LoraAffinityScorer()
     base = make_request("base")
     for _ in range(3):
         assert scorer.score(make_state(), base, [e0, e1]) == {"e0": 0.8, "e1": 0.8}
-        scorer.pre_request(make_state(), base, _result(e0))
-    assert scorer.inflight("e0") == {}
+        store.on_request_sent("e0", model=base.target_model)
+    assert scorer.inflight(e0) == {}
 
 
 def test_adapter_is_counted_once_a_scrape_lists_it() -> None:
-    e0 = make_endpoint("e0", max_active=1)
+    """A name counts as an adapter from the first scrape that lists it: from then on every
+    request for it in flight on the ledger counts, also those sent before it was known."""
+    store = Datastore(clock=lambda: NOW)
+    e0 = _stored(store, make_endpoint("e0", max_active=1))
     scorer = LoraAffinityScorer()
     fresh = make_request("fresh-lora")
     scorer.score(make_state(), fresh, [e0])
-    scorer.pre_request(make_state(), fresh, _result(e0))
-    assert scorer.inflight("e0") == {}  # not known as an adapter yet: upstream behaviour
-    e0_scraped = make_endpoint("e0", waiting_models=["fresh-lora"], max_active=1)
+    store.on_request_sent("e0", model=fresh.target_model)
+    assert scorer.inflight(e0) == {}  # not known as an adapter yet: upstream behaviour
+    e0_scraped = _stored(store, make_endpoint("e0", waiting_models=["fresh-lora"], max_active=1))
     # "not an adapter" is remembered for RECHECK_S, so a lookup just after is not repeated ...
     assert scorer.score(make_state(NOW + RECHECK_S / 2), fresh, [e0_scraped]) == {"e0": 0.6}
-    scorer.pre_request(make_state(NOW + RECHECK_S / 2), fresh, _result(e0_scraped))
-    assert scorer.inflight("e0") == {}
+    assert scorer.inflight(e0_scraped) == {}
     # ... and made again once it has expired: now the scrape lists it, and it is counted.
     later = make_state(NOW + 2 * RECHECK_S)
-    assert scorer.score(later, fresh, [e0_scraped]) == {"e0": 0.6}
-    scorer.pre_request(later, fresh, _result(e0_scraped))
-    assert scorer.inflight("e0") == {"fresh-lora": 1}
-    assert scorer.score(later, fresh, [e0]) == {"e0": 1.0}
+    assert scorer.score(later, fresh, [e0_scraped]) == {"e0": 1.0}  # in flight there: active
+    assert scorer.inflight(e0_scraped) == {"fresh-lora": 1}
+    store.on_request_finished("e0", load=e0_scraped.load, model=fresh.target_model)
+    assert scorer.score(later, fresh, [e0_scraped]) == {"e0": 0.6}  # finished: the scrape's
 
 
 def test_not_adapter_memory_is_bounded() -> None:

@@ -1,0 +1,41 @@
+"""Lifecycle capabilities a plugin may declare beside its extension points.
+
+The composition root (:mod:`kvroute.wiring`) classifies every plugin against these protocols
+once, when the config is built, and runs the lifecycle wherever the EPP's object graph is built:
+
+* :class:`DatastoreAttachable` -- ``attach(datastore)`` at build time: the plugin reads the
+  current endpoints and follows the datastore itself (the precise prefix scorer: one KV-event
+  subscription per endpoint);
+* :class:`DatastoreListener` -- ``endpoint_event(event)``, subscribed at build time when the
+  plugin does not attach itself (the approximate prefix index prunes a server that leaves);
+* :class:`BackgroundTask` -- ``run_background()``, a loop run (supervised) for as long as the
+  graph runs; cancelled on exit;
+* :class:`AsyncClosable` -- ``aclose()``, awaited once when the graph stops.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from kvroute.datastore.store import Datastore, EndpointEvent
+
+
+@runtime_checkable
+class DatastoreAttachable(Protocol):
+    def attach(self, datastore: Datastore) -> None: ...
+
+
+@runtime_checkable
+class DatastoreListener(Protocol):
+    def endpoint_event(self, event: EndpointEvent) -> None: ...
+
+
+@runtime_checkable
+class BackgroundTask(Protocol):
+    async def run_background(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncClosable(Protocol):
+    async def aclose(self) -> None: ...
