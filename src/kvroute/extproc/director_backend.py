@@ -63,6 +63,27 @@ class _Handle:
     decision: Any
     started: float
     priority: int
+    fairness_id: str = "default-flow"
+    first_byte: float | None = None  # when the first response body chunk passed (TTFT)
+    streaming: bool = False
+
+
+class _FirstByteFilter:
+    """Wraps a response filter to note when the first non-empty body chunk passes (TTFT)."""
+
+    __slots__ = ("_clock", "_handle", "_inner")
+
+    def __init__(self, inner: ResponseFilter, handle: _Handle, clock: Callable[[], float]):
+        self._inner, self._handle, self._clock = inner, handle, clock
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._inner.usage
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        if chunk and self._handle.first_byte is None:
+            self._handle.first_byte = self._clock()
+        return self._inner.feed(chunk, end_of_stream)
 
 
 class NoUsageFilter:
@@ -105,7 +126,7 @@ class DirectorBackend:
             raise
 
     def _routed(self, request: RoutingInput, parsed: Any, decision: Any, started: float) -> Routed:
-        self._metrics.scheduler_e2e.observe(self._clock() - started)
+        self._metrics.record_scheduled(self._clock() - started)
         req: InferenceRequest = decision.request
         body = (
             request.body
@@ -117,13 +138,17 @@ class DirectorBackend:
             body=body,
             incoming_model=req.incoming_model,
             target_model=req.target_model,
-            handle=_Handle(decision, started, req.priority),
+            handle=_Handle(decision, started, req.priority, req.fairness_id),
         )
-        m = self._metrics
-        m.request_total.labels(req.incoming_model, req.target_model, str(req.priority)).inc()
-        m.request_sizes.labels(req.incoming_model, req.target_model).observe(len(request.body))
-        m.scheduler_attempts.labels("success", req.target_model).inc()
-        m.running_requests.labels(req.incoming_model).inc()  # last: complete() undoes it
+        self._metrics.record_routed(
+            req.incoming_model,
+            req.target_model,
+            req.fairness_id,
+            req.priority,
+            len(request.body),
+            getattr(decision, "target", None),
+            self._clock() - started,
+        )
         return routed
 
     def route_any(self, request_id: str) -> str | None:
@@ -132,38 +157,48 @@ class DirectorBackend:
     def response_filter(self, routed: Routed, streaming: bool) -> ResponseFilter:
         if not routed.incoming_model:
             return NoUsageFilter()
-        return self._codec.response_filter(routed.incoming_model, routed.target_model, streaming)
+        inner = self._codec.response_filter(routed.incoming_model, routed.target_model, streaming)
+        handle = routed.handle
+        if not isinstance(handle, _Handle):
+            return inner
+        handle.streaming = streaming
+        return _FirstByteFilter(inner, handle, self._clock)
 
     def complete(self, routed: Routed, outcome: Outcome) -> None:
         handle = routed.handle
         if not isinstance(handle, _Handle):  # header-only request: nothing was scheduled
             return
         self._director.handle_response_complete(handle.decision, outcome.usage)
-        m = self._metrics
-        model, target = routed.incoming_model, routed.target_model
-        m.running_requests.labels(model).dec()
-        elapsed = self._clock() - handle.started
-        if outcome.status is not None and outcome.status >= 400:
-            m.request_error_total.labels(model, target, "ModelServerError").inc()
-        m.request_duration.labels(model, target).observe(elapsed)
-        m.response_sizes.labels(model, target).observe(outcome.response_bytes)
-        usage = outcome.usage
-        if usage is not None:
-            m.input_tokens.labels(model, target).observe(usage.prompt_tokens)
-            m.output_tokens.labels(model, target).observe(usage.completion_tokens)
-            m.prompt_cached_tokens.labels(model, target).observe(usage.cached_tokens)
-            if usage.completion_tokens > 0:
-                m.ntpot.labels(model, target).observe(elapsed / usage.completion_tokens)
+        first = handle.first_byte
+        self._metrics.record_complete(
+            routed.incoming_model,
+            routed.target_model,
+            handle.fairness_id,
+            handle.priority,
+            elapsed_s=self._clock() - handle.started,
+            status=outcome.status,
+            response_bytes=outcome.response_bytes,
+            usage=outcome.usage,
+            ttft_s=None if first is None else first - handle.started,
+            streaming=handle.streaming,
+        )
 
     def rejected(self, error: EppError, request: RoutingInput | None) -> None:
         """Error metrics. The model labels need the body's model, parsed again here: errors are
         the rare path, and keeping the success path free of bookkeeping matters more."""
         model = target = ""
+        fairness_id = "default-flow"
         if request is not None:
             with contextlib.suppress(EppError):
                 model = self._codec.parse_request(request.body, request.path).model
             target = request.model_rewrite or model
-        self._metrics.request_error_total.labels(model, target, error.code.value).inc()
-        if error.http_status == 429:
-            self._metrics.scheduler_attempts.labels("failure", target).inc()
+            fairness_id = request.fairness_id
+        self._metrics.record_error(
+            model,
+            target,
+            fairness_id,
+            0,
+            error.code.value,
+            scheduling_failure=error.http_status == 429,
+        )
         log.debug("request rejected: %s", error.response_body())
