@@ -333,7 +333,8 @@ async def build_director_backend(
         rewrite_request_body=rewrite_request_body,
         response_filter=OpenAIResponseFilter,
     )
-    backend = DirectorBackend(director, codec, metrics)
+    tracing, tracing_tasks = _tracing_for(settings)
+    backend = DirectorBackend(director, codec, metrics, tracing=tracing)
 
     def on_resources(resources: Any) -> None:
         from kvroute.requestcontrol.model_resolution import ModelResolver
@@ -345,9 +346,30 @@ async def build_director_backend(
         tasks=(
             *_scraper_tasks(settings, datastore, setup.plugins),
             *_plugin_lifecycle_tasks(datastore, setup.plugins),
+            *tracing_tasks,
         ),
         on_resources=on_resources,
     )
+
+
+def _tracing_for(settings: EppSettings) -> tuple[Any, tuple[Callable[[], Awaitable[None]], ...]]:
+    """OpenTelemetry when enabled (the SDK is imported only then), shut down with the app."""
+    from kvroute.observability.tracing import Tracing, TracingConfig
+
+    config = TracingConfig.resolve(
+        settings.tracing, settings.tracing_endpoint, settings.tracing_sampling_ratio
+    )
+    if not config.enabled:
+        return None, ()
+    tracing = Tracing(config)
+
+    async def shutdown_on_exit() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(tracing.shutdown)
+
+    return tracing, (shutdown_on_exit,)
 
 
 def _plugin_lifecycle_tasks(

@@ -69,6 +69,10 @@ class EppSettings:
     resources: tuple[Path, ...] = ()
     response_processing: ResponseProcessing = ResponseProcessing.FULL
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    # OpenTelemetry (None: from the OTEL_* variables; see kvroute.observability.tracing).
+    tracing: bool | None = None
+    tracing_endpoint: str | None = None
+    tracing_sampling_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.config_file is not None and self.config_text is not None:
@@ -182,6 +186,31 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
         help="larger request bodies are answered 413 (the EPP buffers each body whole); "
         f"default {DEFAULT_MAX_REQUEST_BODY_BYTES} (64 MiB)",
     )
+    g.add_argument(
+        "--tracing",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="export OpenTelemetry traces over OTLP/gRPC (default off; upstream defaults on; "
+        "unset: on iff OTEL_TRACES_EXPORTER=otlp)",
+    )
+    g.add_argument(
+        "--tracing-endpoint",
+        default=None,
+        metavar="URL",
+        help="OTLP/gRPC collector (default OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, "
+        "else http://127.0.0.1:4317)",
+    )
+    g.add_argument(
+        "--tracing-sampling-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="share of requests without a sampled parent that are traced, 0..1 "
+        "(default OTEL_TRACES_SAMPLER_ARG, else 1)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") -> EppSettings:
@@ -213,4 +242,7 @@ def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") 
         resources=tuple(args.resources),
         response_processing=ResponseProcessing(args.response_processing),
         max_request_body_bytes=args.max_request_body_bytes,
+        tracing=args.tracing,
+        tracing_endpoint=args.tracing_endpoint,
+        tracing_sampling_ratio=args.tracing_sampling_ratio,
     )

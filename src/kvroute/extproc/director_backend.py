@@ -19,6 +19,7 @@ from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import EppError
 from kvroute.extproc.backend import Outcome, ResponseFilter, Routed, RoutingInput
 from kvroute.observability.metrics import EppMetrics
+from kvroute.observability.tracing import RequestSpan, Tracing
 from kvroute.requestcontrol.hooks import Usage
 from kvroute.scheduling.request import InferenceRequest
 
@@ -42,6 +43,8 @@ class DirectorLike(Protocol):
         headers: Mapping[str, str],
         request_id: str,
         subset_hint: Sequence[str] | None = None,
+        *,
+        trace: Any = None,
     ) -> Any: ...
 
     def handle_response_complete(self, decision: Any, usage: Usage | None) -> None: ...
@@ -66,6 +69,8 @@ class _Handle:
     fairness_id: str = "default-flow"
     first_byte: float | None = None  # when the first response body chunk passed (TTFT)
     streaming: bool = False
+    span: RequestSpan | None = None  # tracing on and this request sampled
+    response_span: Any = None
 
 
 class _FirstByteFilter:
@@ -104,28 +109,81 @@ class DirectorBackend:
         codec: Codec,
         metrics: EppMetrics,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self._director = director
         self._codec = codec
         self._metrics = metrics
         self._clock = clock
+        self._tracing = tracing
 
     def route(self, request: RoutingInput) -> Routed:
         started = self._clock()
+        if self._tracing is not None:
+            span = self._tracing.start_request(request.headers, request.request_id)
+            if span is not None:
+                return self._route_traced(request, span, started)
         parsed = self._codec.parse_request(request.body, request.path or "/v1/completions")
         decision = self._director.handle_request(
             parsed, request.headers, request.request_id, request.subset_hint
         )
+        return self._owned(request, parsed, decision, started, None)
+
+    def _owned(
+        self,
+        request: RoutingInput,
+        parsed: Any,
+        decision: Any,
+        started: float,
+        span: RequestSpan | None,
+    ) -> Routed:
         # From here the request counts as in flight on its target: anything that fails before
         # the stream owns the Routed (the body rewrite, metrics) must give that back, or the
         # endpoint looks one request busier for the rest of the process's life.
         try:
-            return self._routed(request, parsed, decision, started)
+            return self._routed(request, parsed, decision, started, span)
         except BaseException:
             self._director.handle_response_complete(decision, None)
             raise
 
-    def _routed(self, request: RoutingInput, parsed: Any, decision: Any, started: float) -> Routed:
+    def _route_traced(self, request: RoutingInput, span: RequestSpan, started: float) -> Routed:
+        """``route`` for a sampled request: the same steps, each in a child span."""
+        from kvroute.observability.explain import span_attributes, summarize
+        from kvroute.scheduling.interfaces import CycleTrace
+
+        span.activate()
+        try:
+            path = request.path or "/v1/completions"
+            with span.child("kvroute.parse", **{"url.path": path}) as s:
+                parsed = self._codec.parse_request(request.body, path)
+                s.set_attribute("kvroute.body_bytes", len(request.body))
+                s.set_attribute("kvroute.model", str(parsed.model))
+            trace = CycleTrace()
+            with span.child("kvroute.schedule") as s:
+                decision = self._director.handle_request(
+                    parsed, request.headers, request.request_id, request.subset_hint, trace=trace
+                )
+                s.set_attributes(span_attributes(summarize(decision, trace)))
+        except EppError as exc:
+            span.fail(exc.code.value, exc.message)
+            span.end(**{"http.response.status_code": exc.http_status})
+            raise
+        except BaseException as exc:
+            span.fail("Internal", repr(exc))
+            span.end()
+            raise
+        finally:
+            span.deactivate()
+        return self._owned(request, parsed, decision, started, span)
+
+    def _routed(
+        self,
+        request: RoutingInput,
+        parsed: Any,
+        decision: Any,
+        started: float,
+        span: RequestSpan | None = None,
+    ) -> Routed:
         self._metrics.record_scheduled(self._clock() - started)
         req: InferenceRequest = decision.request
         body = (
@@ -138,7 +196,7 @@ class DirectorBackend:
             body=body,
             incoming_model=req.incoming_model,
             target_model=req.target_model,
-            handle=_Handle(decision, started, req.priority, req.fairness_id),
+            handle=_Handle(decision, started, req.priority, req.fairness_id, span=span),
         )
         self._metrics.record_routed(
             req.incoming_model,
@@ -162,6 +220,8 @@ class DirectorBackend:
         if not isinstance(handle, _Handle):
             return inner
         handle.streaming = streaming
+        if handle.span is not None:
+            handle.response_span = handle.span.start_child("kvroute.response", streaming=streaming)
         return _FirstByteFilter(inner, handle, self._clock)
 
     def complete(self, routed: Routed, outcome: Outcome) -> None:
@@ -170,6 +230,8 @@ class DirectorBackend:
             return
         self._director.handle_response_complete(handle.decision, outcome.usage)
         first = handle.first_byte
+        if handle.span is not None:
+            self._end_spans(handle, outcome)
         self._metrics.record_complete(
             routed.incoming_model,
             routed.target_model,
@@ -182,6 +244,31 @@ class DirectorBackend:
             ttft_s=None if first is None else first - handle.started,
             streaming=handle.streaming,
         )
+
+    def _end_spans(self, handle: _Handle, outcome: Outcome) -> None:
+        assert handle.span is not None
+        if outcome.disconnected:
+            reason = "client_disconnected"
+        elif outcome.status is None:
+            reason = "no_response"
+        elif outcome.status >= 400:
+            reason = "upstream_error"
+        else:
+            reason = "complete"
+        attrs: dict[str, Any] = {"kvroute.completion_reason": reason}
+        if outcome.status is not None:
+            attrs["http.response.status_code"] = outcome.status
+        if handle.first_byte is not None:
+            attrs["kvroute.ttft_ms"] = round((handle.first_byte - handle.started) * 1000, 3)
+        if outcome.usage is not None:
+            attrs["kvroute.prompt_tokens"] = outcome.usage.prompt_tokens
+            attrs["kvroute.completion_tokens"] = outcome.usage.completion_tokens
+            attrs["kvroute.cached_tokens"] = outcome.usage.cached_tokens
+        attrs["kvroute.response_bytes"] = outcome.response_bytes
+        if handle.response_span is not None:
+            handle.response_span.set_attributes(attrs)
+            handle.response_span.end()
+        handle.span.end(**attrs)
 
     def rejected(self, error: EppError, request: RoutingInput | None) -> None:
         """Error metrics. The model labels need the body's model, parsed again here: errors are
