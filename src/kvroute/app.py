@@ -215,6 +215,11 @@ class EppApp:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        from kvroute.observability.pool_page import add_pool_page  # live page, same server
+
+        add_pool_page(
+            app, lambda: self.metrics.pool_name, self.datastore.endpoints, self.metrics.recent
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.bind_host, self.settings.metrics_port)

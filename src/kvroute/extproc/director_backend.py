@@ -119,10 +119,11 @@ class DirectorBackend:
 
     def route(self, request: RoutingInput) -> Routed:
         started = self._clock()
+        span = None
         if self._tracing is not None:
             span = self._tracing.start_request(request.headers, request.request_id)
-            if span is not None:
-                return self._route_traced(request, span, started)
+        if span is not None or self._metrics.recent.watched:
+            return self._route_explained(request, span, started)
         parsed = self._codec.parse_request(request.body, request.path or "/v1/completions")
         decision = self._director.handle_request(
             parsed, request.headers, request.request_id, request.subset_hint
@@ -146,34 +147,49 @@ class DirectorBackend:
             self._director.handle_response_complete(decision, None)
             raise
 
-    def _route_traced(self, request: RoutingInput, span: RequestSpan, started: float) -> Routed:
-        """``route`` for a sampled request: the same steps, each in a child span."""
+    def _route_explained(
+        self, request: RoutingInput, span: RequestSpan | None, started: float
+    ) -> Routed:
+        """``route`` with the cycle traced: for a sampled request (each step in a child span)
+        and/or while the live pool page watches (the decision goes to its log)."""
         from kvroute.observability.explain import span_attributes, summarize
         from kvroute.scheduling.interfaces import CycleTrace
 
-        span.activate()
+        def child(name: str, **attrs: Any) -> Any:
+            return span.child(name, **attrs) if span is not None else contextlib.nullcontext()
+
+        if span is not None:
+            span.activate()
         try:
             path = request.path or "/v1/completions"
-            with span.child("kvroute.parse", **{"url.path": path}) as s:
+            with child("kvroute.parse", **{"url.path": path}) as s:
                 parsed = self._codec.parse_request(request.body, path)
-                s.set_attribute("kvroute.body_bytes", len(request.body))
-                s.set_attribute("kvroute.model", str(parsed.model))
+                if s is not None:
+                    s.set_attribute("kvroute.body_bytes", len(request.body))
+                    s.set_attribute("kvroute.model", str(parsed.model))
             trace = CycleTrace()
-            with span.child("kvroute.schedule") as s:
+            with child("kvroute.schedule") as s:
                 decision = self._director.handle_request(
                     parsed, request.headers, request.request_id, request.subset_hint, trace=trace
                 )
-                s.set_attributes(span_attributes(summarize(decision, trace)))
+                summary = summarize(decision, trace)
+                if s is not None:
+                    s.set_attributes(span_attributes(summary))
+            if self._metrics.recent.watched:
+                self._metrics.recent.add_decision(summary)
         except EppError as exc:
-            span.fail(exc.code.value, exc.message)
-            span.end(**{"http.response.status_code": exc.http_status})
+            if span is not None:
+                span.fail(exc.code.value, exc.message)
+                span.end(**{"http.response.status_code": exc.http_status})
             raise
         except BaseException as exc:
-            span.fail("Internal", repr(exc))
-            span.end()
+            if span is not None:
+                span.fail("Internal", repr(exc))
+                span.end()
             raise
         finally:
-            span.deactivate()
+            if span is not None:
+                span.deactivate()
         return self._owned(request, parsed, decision, started, span)
 
     def _routed(

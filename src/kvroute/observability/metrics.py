@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from kvroute import __version__
 from kvroute.datastore.endpoint import Endpoint
+from kvroute.observability.decisions import DecisionLog
 from kvroute.observability.llmd_metrics import LlmdMetrics
 from kvroute.requestcontrol.hooks import Usage
 from kvroute.scheduling.timing import PluginTimings
@@ -174,6 +175,8 @@ class EppMetrics:
         self.llmd.info.labels("unknown", f"kvroute-{__version__}").set(1)
         # The ``namespace`` label of llm_d_epp_scheduler_attempts_total (upstream: the pod's).
         self.namespace = os.environ.get("NAMESPACE", "default")
+        # Recent decisions and completions for the live pool page (observability state too).
+        self.recent = DecisionLog()
         self._known_pods: set[str] = set()
         self._timings: PluginTimings | None = None
 
@@ -253,6 +256,8 @@ class EppMetrics:
         x.response_size.labels(*labels).observe(response_bytes)
         if ttft_s is not None:
             x.ttft.labels(*labels, "true" if streaming else "false").observe(ttft_s)
+        tokens = None if usage is None else usage.completion_tokens
+        self.recent.add_completion(model, status, ttft_s, elapsed_s, tokens)
         if usage is None:
             return
         self.input_tokens.labels(model, target).observe(usage.prompt_tokens)
