@@ -339,7 +339,9 @@ async def build_director_backend(
         response_filter=OpenAIResponseFilter,
     )
     tracing, tracing_tasks = _tracing_for(settings)
-    backend = DirectorBackend(director, codec, metrics, tracing=tracing)
+    backend = DirectorBackend(
+        director, codec, metrics, tracing=tracing, decision_header=settings.enable_decision_header
+    )
 
     def on_resources(resources: Any) -> None:
         from kvroute.requestcontrol.model_resolution import ModelResolver

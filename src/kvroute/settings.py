@@ -73,6 +73,7 @@ class EppSettings:
     tracing: bool | None = None
     tracing_endpoint: str | None = None
     tracing_sampling_ratio: float | None = None
+    enable_decision_header: bool = False
 
     def __post_init__(self) -> None:
         if self.config_file is not None and self.config_text is not None:
@@ -211,6 +212,16 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
         help="share of requests without a sampled parent that are traced, 0..1 "
         "(default OTEL_TRACES_SAMPLER_ARG, else 1)",
     )
+    g.add_argument(
+        "--enable-decision-header",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="a request carrying x-kvroute-explain gets an x-kvroute-decision response header "
+        "(pick, scores, fallbacks); off by default",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") -> EppSettings:
@@ -245,4 +256,5 @@ def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") 
         tracing=args.tracing,
         tracing_endpoint=args.tracing_endpoint,
         tracing_sampling_ratio=args.tracing_sampling_ratio,
+        enable_decision_header=args.enable_decision_header,
     )

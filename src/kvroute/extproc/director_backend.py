@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import EppError
 from kvroute.extproc.backend import Outcome, ResponseFilter, Routed, RoutingInput
+from kvroute.observability.explain import DECISION_RESPONSE_HEADER, EXPLAIN_REQUEST_HEADER
 from kvroute.observability.metrics import EppMetrics
 from kvroute.observability.tracing import RequestSpan, Tracing
 from kvroute.requestcontrol.hooks import Usage
@@ -110,20 +111,23 @@ class DirectorBackend:
         metrics: EppMetrics,
         clock: Callable[[], float] = time.monotonic,
         tracing: Tracing | None = None,
+        decision_header: bool = False,
     ) -> None:
         self._director = director
         self._codec = codec
         self._metrics = metrics
         self._clock = clock
         self._tracing = tracing
+        self._decision_header = decision_header
 
     def route(self, request: RoutingInput) -> Routed:
         started = self._clock()
         span = None
         if self._tracing is not None:
             span = self._tracing.start_request(request.headers, request.request_id)
-        if span is not None or self._metrics.recent.watched:
-            return self._route_explained(request, span, started)
+        explain = self._decision_header and EXPLAIN_REQUEST_HEADER in request.headers
+        if span is not None or explain or self._metrics.recent.watched:
+            return self._route_explained(request, span, started, explain)
         parsed = self._codec.parse_request(request.body, request.path or "/v1/completions")
         decision = self._director.handle_request(
             parsed, request.headers, request.request_id, request.subset_hint
@@ -137,22 +141,23 @@ class DirectorBackend:
         decision: Any,
         started: float,
         span: RequestSpan | None,
+        response_headers: Mapping[str, str] | None = None,
     ) -> Routed:
         # From here the request counts as in flight on its target: anything that fails before
         # the stream owns the Routed (the body rewrite, metrics) must give that back, or the
         # endpoint looks one request busier for the rest of the process's life.
         try:
-            return self._routed(request, parsed, decision, started, span)
+            return self._routed(request, parsed, decision, started, span, response_headers)
         except BaseException:
             self._director.handle_response_complete(decision, None)
             raise
 
     def _route_explained(
-        self, request: RoutingInput, span: RequestSpan | None, started: float
+        self, request: RoutingInput, span: RequestSpan | None, started: float, explain: bool
     ) -> Routed:
         """``route`` with the cycle traced: for a sampled request (each step in a child span)
         and/or while the live pool page watches (the decision goes to its log)."""
-        from kvroute.observability.explain import span_attributes, summarize
+        from kvroute.observability.explain import decision_header, span_attributes, summarize
         from kvroute.scheduling.interfaces import CycleTrace
 
         def child(name: str, **attrs: Any) -> Any:
@@ -177,6 +182,7 @@ class DirectorBackend:
                     s.set_attributes(span_attributes(summary))
             if self._metrics.recent.watched:
                 self._metrics.recent.add_decision(summary)
+            extra = {DECISION_RESPONSE_HEADER: decision_header(summary)} if explain else None
         except EppError as exc:
             if span is not None:
                 span.fail(exc.code.value, exc.message)
@@ -190,7 +196,7 @@ class DirectorBackend:
         finally:
             if span is not None:
                 span.deactivate()
-        return self._owned(request, parsed, decision, started, span)
+        return self._owned(request, parsed, decision, started, span, extra)
 
     def _routed(
         self,
@@ -199,6 +205,7 @@ class DirectorBackend:
         decision: Any,
         started: float,
         span: RequestSpan | None = None,
+        response_headers: Mapping[str, str] | None = None,
     ) -> Routed:
         self._metrics.record_scheduled(self._clock() - started)
         req: InferenceRequest = decision.request
@@ -213,6 +220,7 @@ class DirectorBackend:
             incoming_model=req.incoming_model,
             target_model=req.target_model,
             handle=_Handle(decision, started, req.priority, req.fairness_id, span=span),
+            response_headers=response_headers or {},
         )
         self._metrics.record_routed(
             req.incoming_model,

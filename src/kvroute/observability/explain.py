@@ -6,6 +6,7 @@ The same summary feeds the ``kvroute.schedule`` span's attributes and the live p
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from kvroute.scheduling.interfaces import CycleTrace
@@ -52,6 +53,29 @@ def summarize(decision: Any, trace: CycleTrace) -> dict[str, Any]:
         "profiles": profiles,
         "notes": list(trace.notes),
     }
+
+
+EXPLAIN_REQUEST_HEADER = "x-kvroute-explain"
+DECISION_RESPONSE_HEADER = "x-kvroute-decision"
+_UNSAFE = re.compile(r"[^\x21-\x7e ]")
+
+
+def decision_header(summary: dict[str, Any]) -> str:
+    """A compact, single-line, ASCII summary for the ``x-kvroute-decision`` response header:
+    ``pick=P; score=S; profile=N; fallbacks=A,B; <plugin>=<score of P>; ...``."""
+    pick = summary["pick"]
+    parts = [f"pick={pick}"]
+    if summary["winning_score"] is not None:
+        parts.append(f"score={summary['winning_score']:.3f}")
+    parts.append(f"profile={summary['primary_profile']}")
+    if summary["fallbacks"]:
+        parts.append("fallbacks=" + ",".join(summary["fallbacks"]))
+    for step in summary["profiles"].get(summary["primary_profile"], []):
+        if "scores" in step and pick in step["scores"]:
+            parts.append(f"{step['plugin']}={step['scores'][pick]:.3f}")
+        elif "survivors" in step:
+            parts.append(f"{step['plugin']}:kept={len(step['survivors'])}")
+    return _UNSAFE.sub("?", "; ".join(parts))[:1024]
 
 
 def span_attributes(summary: dict[str, Any]) -> dict[str, Any]:
