@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("kvroute.commands.serve", "run the EPP and a real Envoy in front of named endpoints"),
     "demo": ("kvroute.commands.demo", "simulated pool + gateway + mixed workload vs round-robin"),
     "bench": ("kvroute_bench.cli", "benchmarks: virtual-time cluster, live load, micro"),
+    "top": ("kvroute.commands.top", "watch a running EPP's pool live in the terminal"),
 }
 
 

@@ -178,3 +178,27 @@ async def test_page_lists_endpoints_follows_load_and_escapes(driver: Any, tmp_pa
             assert r.status_code == 405, path
         state = (await client.get(f"{base}/pool/state")).json()
         assert {e["name"] for e in state["endpoints"]} == names
+
+
+def test_kvroute_top_once_against_a_live_epp(tmp_path: Path) -> None:
+    """``kvroute top --once`` as a real subprocess against a running EPP lists every endpoint."""
+    import sys
+
+    async def scenario() -> tuple[set[str], str]:
+        async with (
+            SimCluster(2, profile="tiny", model="base") as sims,
+            Gateway(sims.urls, log_dir=tmp_path) as gw,
+        ):
+            names = {e.name for e in gw.epp.datastore.endpoints()}
+            url = f"http://127.0.0.1:{gw.epp.ports.metrics}"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "kvroute.cli", "top", "--url", url, "--once",
+                stdout=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0
+            return names, out.decode()
+
+    names, out = asyncio.run(scenario())
+    for name in names:
+        assert name in out, out
