@@ -104,13 +104,23 @@ async def _until(check: Callable[[], Any], timeout_s: float = 20.0, what: str = 
 
 
 def _cells(d: Any, cls: str) -> dict[str, int]:
-    from selenium.webdriver.common.by import By
+    """Endpoint -> the integer in its ``td.<cls>`` cell, read in one script call (the page
+    re-renders twice a second, so element handles would go stale between calls)."""
+    rows = d.execute_script(
+        "return [...document.querySelectorAll('#endpoints tbody tr')]"
+        ".map(r => [r.dataset.endpoint, r.querySelector('td.' + arguments[0]).textContent]);",
+        cls,
+    )
+    return {name: int(text) for name, text in rows}
 
-    out = {}
-    for row in d.find_elements(By.CSS_SELECTOR, "#endpoints tbody tr"):
-        name = row.get_attribute("data-endpoint")
-        out[name] = int(row.find_element(By.CSS_SELECTOR, f"td.{cls}").text)
-    return out
+
+def _texts(d: Any, selector: str) -> list[str]:
+    return list(
+        d.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent);",
+            selector,
+        )
+    )
 
 
 @pytest.mark.asyncio(loop_scope="function")
@@ -127,8 +137,7 @@ async def test_page_lists_endpoints_follows_load_and_escapes(driver: Any, tmp_pa
         await asyncio.to_thread(driver.get, f"{base}/pool")
 
         def listed() -> bool:
-            rows = driver.find_elements(By.CSS_SELECTOR, "#endpoints tbody tr")
-            return {r.get_attribute("data-endpoint") for r in rows} == names
+            return set(_cells(driver, "inflight")) == names
 
         await _until(listed, what="every endpoint listed")
         assert sum(_cells(driver, "inflight").values()) == 0
@@ -152,7 +161,7 @@ async def test_page_lists_endpoints_follows_load_and_escapes(driver: Any, tmp_pa
         # Decisions (recorded while the page is open) with a plugin-by-plugin explanation.
         assert gw.epp.metrics.recent.watchers >= 1
         await _until(
-            lambda: driver.find_elements(By.CSS_SELECTOR, "#decisions li .steps"),
+            lambda: any("scorer" in t for t in _texts(driver, "#decisions li .steps")),
             what="decision explanations",
         )
 
@@ -164,7 +173,7 @@ async def test_page_lists_endpoints_follows_load_and_escapes(driver: Any, tmp_pa
         )
 
         def hostile_shown() -> bool:
-            heads = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#decisions .head")]
+            heads = _texts(driver, "#decisions .head")
             return any(HOSTILE_MODEL in h and HOSTILE_TENANT in h for h in heads)
 
         await _until(hostile_shown, what="the hostile decision rendered as text")

@@ -120,8 +120,8 @@ def add_pool_page(
                 await resp.write(f"data: {data}\n\n".encode())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(closing.wait(), interval_s)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the page was closed
         finally:
             log.watchers -= 1
         return resp
