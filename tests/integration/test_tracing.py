@@ -1,4 +1,6 @@
-"""One trace per request: curl -> real Envoy (OpenTelemetry tracer) -> EPP -> ``kvroute_sim``.
+"""One trace per request: curl -> real Envoy (OpenTelemetry tracer) -> EPP -> ``kvroute sim``.
+
+The model servers are the real ``kvroute sim --tracing-endpoint`` command in a child process.
 
 All three export over real OTLP/gRPC to :class:`OtlpReceiver` (``opentelemetry-proto``'s
 TraceService on loopback). The test checks the parent/child chain: Envoy's gateway span is the
@@ -10,7 +12,12 @@ span descends from the gateway span.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +63,31 @@ async def _curl(url: str, body: str, *headers: str) -> str:
     )
     out, _ = await proc.communicate()
     return out.decode()
+
+
+@contextlib.asynccontextmanager
+async def _sim_command(n: int, collector: str) -> AsyncIterator[list[str]]:
+    """``kvroute sim`` as a real process; yields the servers' URLs from its ready lines."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvroute.cli", "sim", "--servers", str(n), "--base-port", "0",
+        "--profile", "tiny", "--model", "base", "--tracing-endpoint", collector,
+        stdout=asyncio.subprocess.PIPE, env=dict(os.environ),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        urls = []
+        for _ in range(n):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert " ready " in line, line
+            urls.append(line.split()[2])
+        yield urls
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 def _ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:
