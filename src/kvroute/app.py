@@ -333,6 +333,11 @@ async def build_director_backend(
         timings=timings,
     )
     metrics.attach_plugin_timings(timings)
+    # The live pool page shows how many blocks the prefix index(es) hold per endpoint.
+    indexes: list[Any] = [getattr(p, "index", None) for p in setup.plugins.values()]
+    indexes = [i for i in indexes if callable(getattr(i, "size", None))]
+    if indexes:
+        metrics.recent.blocks_held = lambda name: sum(i.size(name) for i in indexes)
     codec = Codec(
         parse_request=parse_request,
         rewrite_request_body=rewrite_request_body,

@@ -154,6 +154,10 @@ async def test_page_lists_endpoints_follows_load_and_escapes(driver: Any, tmp_pa
             await asyncio.to_thread(driver.save_screenshot, shot)
         for r in await asyncio.gather(*load):
             assert r.status_code == 200
+        # The default config's prefix scorer now holds the prompt's blocks on the picked server.
+        await _until(
+            lambda: sum(_cells(driver, "prefix-blocks").values()) > 0, what="prefix blocks held"
+        )
         await _until(
             lambda: sum(_cells(driver, "inflight").values()) == 0, what="in-flight back to 0"
         )

@@ -40,7 +40,7 @@ def render(state: dict[str, Any], decisions: int = 5) -> Group:
     """One frame from a ``/pool/state`` document."""
     t = Table(title=Text(f"kvroute pool {state['pool']}"), expand=False)
     for col in ("endpoint", "address", "queue", "running", "KV use", "adapters", "in flight",
-                "tokens", "scraped"):  # fmt: skip
+                "tokens", "prefix blocks", "scraped"):  # fmt: skip
         t.add_column(col, justify="left" if col in ("endpoint", "address", "adapters") else "right")
     for e in state["endpoints"]:
         adapters = (
@@ -55,7 +55,9 @@ def render(state: dict[str, Any], decisions: int = 5) -> Group:
                 for x in (
                     e["name"], e["address"], e["waiting"], e["running"],
                     f"{100 * e['kv_cache_usage']:.1f}%", adapters, e["inflight"],
-                    e["inflight_tokens"], "never" if ago is None else f"{ago:.2f}s",
+                    e["inflight_tokens"],
+                    "-" if e.get("prefix_blocks") is None else e["prefix_blocks"],
+                    "never" if ago is None else f"{ago:.2f}s",
                 )
             )
         )  # fmt: skip

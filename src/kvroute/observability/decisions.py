@@ -35,6 +35,8 @@ class DecisionLog:
         self.completions: deque[Completion] = deque(maxlen=max_completions)
         self.watchers = 0
         self.seq = 0
+        # Blocks the EPP's prefix index holds for an endpoint (set when a prefix plugin runs).
+        self.blocks_held: Callable[[str], int] | None = None
         self._clock = clock
 
     @property

@@ -37,6 +37,7 @@ def pool_state(
 ) -> dict[str, Any]:
     """Plain data for the page (and ``kvroute top``): endpoints, recent decisions, latencies."""
     mono = time.monotonic()
+    held = log.blocks_held
     eps = []
     for e in sorted(endpoints, key=lambda e: e.name):
         m = e.metrics
@@ -51,6 +52,7 @@ def pool_state(
                 "waiting_adapters": sorted(m.waiting_models),
                 "inflight": e.load.inflight,
                 "inflight_tokens": e.load.inflight_tokens,
+                "prefix_blocks": None if held is None else held(e.name),
                 "scraped_ago_s": None if m.updated_at == 0 else round(mono - m.updated_at, 3),
             }
         )

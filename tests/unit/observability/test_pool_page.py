@@ -26,6 +26,9 @@ def test_state_rows_and_latencies() -> None:
     assert (b["waiting"], b["running"], b["inflight"], b["inflight_tokens"]) == (3, 2, 4, 99)
     assert b["active_adapters"] == ["<b>lora</b>"]  # raw data; the page escapes
     assert state["endpoints"][0]["scraped_ago_s"] is None
+    assert b["prefix_blocks"] is None  # no prefix plugin
+    log.blocks_held = {"a": 0, "b": 12}.__getitem__
+    assert pool_state("p", [ep], log)["endpoints"][0]["prefix_blocks"] == 12
     first, second = state["completions"]
     assert abs(first["tpot_s"] - 0.1) < 1e-9
     assert second["ttft_s"] is None

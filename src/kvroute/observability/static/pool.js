@@ -30,6 +30,7 @@ function renderEndpoints(eps) {
     tr.appendChild(el("td", adapters, "text adapters"));
     tr.appendChild(el("td", e.inflight, "inflight"));
     tr.appendChild(el("td", e.inflight_tokens, "inflight-tokens"));
+    tr.appendChild(el("td", e.prefix_blocks === null ? "–" : e.prefix_blocks, "prefix-blocks"));
     tr.appendChild(el("td", e.scraped_ago_s === null ? "never" : e.scraped_ago_s.toFixed(2) + " s ago"));
     rows.push(tr);
   }
