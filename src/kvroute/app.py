@@ -266,6 +266,11 @@ class EppApp:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        from kvroute.observability.pool_page import add_pool_page  # live page, same server
+
+        add_pool_page(
+            app, lambda: self.metrics.pool_name, self.datastore.endpoints, self.metrics.recent
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.bind_host, self.settings.metrics_port)
@@ -339,14 +344,43 @@ async def build_director_backend(
     )
     director = graph.director
     metrics.attach_plugin_timings(timings)
+    # The live pool page shows how many blocks the prefix index(es) hold per endpoint.
+    holders = graph.capabilities.block_holders
+    if holders:
+        metrics.recent.blocks_held = lambda name: sum(h.blocks_held(name) for h in holders)
     codec = Codec(
         parse_request=parse_request,
         rewrite_request_body=rewrite_request_body,
         response_filter=OpenAIResponseFilter,
     )
-    backend = DirectorBackend(director, codec, metrics)
+    tracing, tracing_tasks = _tracing_for(settings)
+    backend = DirectorBackend(
+        director, codec, metrics, tracing=tracing, decision_header=settings.enable_decision_header
+    )
 
     def on_resources(resources: Any) -> None:
         director.resolver = ModelResolver(resources)
 
-    return BuiltBackend(backend=backend, on_resources=on_resources, graph=graph)
+    return BuiltBackend(
+        backend=backend, tasks=tracing_tasks, on_resources=on_resources, graph=graph
+    )
+
+
+def _tracing_for(settings: EppSettings) -> tuple[Any, tuple[Callable[[], Awaitable[None]], ...]]:
+    """OpenTelemetry when enabled (the SDK is imported only then), shut down with the app."""
+    from kvroute.observability.tracing import Tracing, TracingConfig
+
+    config = TracingConfig.resolve(
+        settings.tracing, settings.tracing_endpoint, settings.tracing_sampling_ratio
+    )
+    if not config.enabled:
+        return None, ()
+    tracing = Tracing(config)
+
+    async def shutdown_on_exit() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(tracing.shutdown)
+
+    return tracing, (shutdown_on_exit,)

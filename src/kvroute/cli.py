@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("kvroute_sim.cli", "start N simulated vLLM-like model servers on loopback ports"),
     "epp": ("kvroute.commands.epp", "run the Endpoint Picker (Envoy ext_proc gRPC server)"),
     "serve": ("kvroute.commands.serve", "run the EPP and a real Envoy in front of named endpoints"),
+    "top": ("kvroute.commands.top", "watch a running EPP's pool live in the terminal"),
 }
 
 

@@ -261,6 +261,49 @@ class EppSettings:
         ),
     )
 
+    # OpenTelemetry (None: from the OTEL_* variables; see kvroute.observability.tracing).
+    tracing: bool | None = field(
+        default=None,
+        metadata=flag(
+            "--tracing",
+            parse=parse_bool,
+            optional_value=True,
+            metavar="BOOL",
+            help="export OpenTelemetry traces over OTLP/gRPC (default off; upstream defaults on; "
+            "unset: on iff OTEL_TRACES_EXPORTER=otlp)",
+        ),
+    )
+    tracing_endpoint: str | None = field(
+        default=None,
+        metadata=flag(
+            "--tracing-endpoint",
+            metavar="URL",
+            help="OTLP/gRPC collector (default OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, "
+            "else http://127.0.0.1:4317)",
+        ),
+    )
+    tracing_sampling_ratio: float | None = field(
+        default=None,
+        metadata=flag(
+            "--tracing-sampling-ratio",
+            parse=float,
+            metavar="R",
+            help="share of requests without a sampled parent that are traced, 0..1 "
+            "(default OTEL_TRACES_SAMPLER_ARG, else 1)",
+        ),
+    )
+    enable_decision_header: bool = field(
+        default=False,
+        metadata=flag(
+            "--enable-decision-header",
+            parse=parse_bool,
+            optional_value=True,
+            metavar="BOOL",
+            help="a request carrying x-kvroute-explain gets an x-kvroute-decision response "
+            "header (pick, scores, fallbacks); off by default",
+        ),
+    )
+
     def __post_init__(self) -> None:
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout must not be negative, got {self.drain_timeout_s}")

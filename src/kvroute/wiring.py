@@ -39,6 +39,7 @@ from kvroute.plugins.lifecycle import (
     BackgroundTask,
     DatastoreAttachable,
     DatastoreListener,
+    PrefixBlockHolder,
 )
 from kvroute.plugins.registry import PluginRegistry, default_registry
 from kvroute.requestcontrol.director import Director, Resolver
@@ -60,6 +61,7 @@ class PluginCapabilities:
     listeners: tuple[DatastoreListener, ...] = ()  # only those that do not attach themselves
     background: tuple[BackgroundTask, ...] = ()
     closables: tuple[AsyncClosable, ...] = ()
+    block_holders: tuple[PrefixBlockHolder, ...] = ()
 
     @classmethod
     def classify(cls, plugins: Mapping[str, object]) -> PluginCapabilities:
@@ -75,6 +77,7 @@ class PluginCapabilities:
             ),
             background=tuple(p for p in items if isinstance(p, BackgroundTask)),
             closables=tuple(p for p in items if isinstance(p, AsyncClosable)),
+            block_holders=tuple(p for p in items if isinstance(p, PrefixBlockHolder)),
         )
 
 

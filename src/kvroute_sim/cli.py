@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+from typing import Any
 
 from kvroute_sim.cluster import SimCluster
 from kvroute_sim.config import PROFILE_NAMES
@@ -43,6 +45,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="HF tokenizer.json or its directory (default: the built-in word-piece tokenizer)",
     )
+    parser.add_argument(
+        "--tracing-endpoint",
+        default=None,
+        metavar="URL",
+        help="export an OpenTelemetry server span per request to this OTLP/gRPC collector, "
+        "continuing the caller's traceparent (default OTEL_EXPORTER_OTLP_ENDPOINT when "
+        "OTEL_TRACES_EXPORTER=otlp, else off)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -58,6 +68,7 @@ async def _serve(args: argparse.Namespace) -> int:
         kv_events_base_port=args.kv_events_base_port,
         metrics_flavour=args.metrics_flavour,
         tokenizer=args.tokenizer,
+        **_tracing_override(args.tracing_endpoint),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,6 +86,12 @@ async def _serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _tracing_override(endpoint: str | None) -> dict[str, Any]:
+    if endpoint is None and os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "otlp":
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    return {} if endpoint is None else {"tracing_endpoint": endpoint}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -117,6 +117,7 @@ class ServerConfig(BaseModel):
     default_chat_max_tokens: int = Field(256, ge=1)
     tokenizer: str | None = None  # a HF tokenizer.json (or its directory); None = word pieces
     faults: FaultConfig = FaultConfig()
+    tracing_endpoint: str | None = None  # OTLP/gRPC collector, e.g. "http://127.0.0.1:4317"
 
 
 def _profiles() -> dict[str, dict[str, Any]]:

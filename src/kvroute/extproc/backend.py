@@ -53,6 +53,8 @@ class Routed:
     target_model: str = ""
     metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     handle: object = None
+    # Headers added to the client's response (e.g. the opt-in decision summary).
+    response_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def endpoint_header(self) -> str:

@@ -18,7 +18,9 @@ from typing import Any, Protocol
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import EppError
 from kvroute.extproc.backend import Outcome, ResponseFilter, Routed, RoutingInput
+from kvroute.observability.explain import DECISION_RESPONSE_HEADER, EXPLAIN_REQUEST_HEADER
 from kvroute.observability.metrics import EppMetrics
+from kvroute.observability.tracing import RequestSpan, Tracing
 from kvroute.requestcontrol.hooks import Usage
 from kvroute.scheduling.request import InferenceRequest
 
@@ -42,6 +44,8 @@ class DirectorLike(Protocol):
         headers: Mapping[str, str],
         request_id: str,
         subset_hint: Sequence[str] | None = None,
+        *,
+        trace: Any = None,
     ) -> Any: ...
 
     def handle_response_complete(self, decision: Any, usage: Usage | None) -> None: ...
@@ -63,6 +67,29 @@ class _Handle:
     decision: Any
     started: float
     priority: int
+    fairness_id: str = "default-flow"
+    first_byte: float | None = None  # when the first response body chunk passed (TTFT)
+    streaming: bool = False
+    span: RequestSpan | None = None  # tracing on and this request sampled
+    response_span: Any = None
+
+
+class _FirstByteFilter:
+    """Wraps a response filter to note when the first non-empty body chunk passes (TTFT)."""
+
+    __slots__ = ("_clock", "_handle", "_inner")
+
+    def __init__(self, inner: ResponseFilter, handle: _Handle, clock: Callable[[], float]):
+        self._inner, self._handle, self._clock = inner, handle, clock
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._inner.usage
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        if chunk and self._handle.first_byte is None:
+            self._handle.first_byte = self._clock()
+        return self._inner.feed(chunk, end_of_stream)
 
 
 class NoUsageFilter:
@@ -83,29 +110,104 @@ class DirectorBackend:
         codec: Codec,
         metrics: EppMetrics,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
+        decision_header: bool = False,
     ) -> None:
         self._director = director
         self._codec = codec
         self._metrics = metrics
         self._clock = clock
+        self._tracing = tracing
+        self._decision_header = decision_header
 
     def route(self, request: RoutingInput) -> Routed:
         started = self._clock()
+        span = None
+        if self._tracing is not None:
+            span = self._tracing.start_request(request.headers, request.request_id)
+        explain = self._decision_header and EXPLAIN_REQUEST_HEADER in request.headers
+        if span is not None or explain or self._metrics.recent.watched:
+            return self._route_explained(request, span, started, explain)
         parsed = self._codec.parse_request(request.body, request.path or "/v1/completions")
         decision = self._director.handle_request(
             parsed, request.headers, request.request_id, request.subset_hint
         )
+        return self._owned(request, parsed, decision, started, None)
+
+    def _owned(
+        self,
+        request: RoutingInput,
+        parsed: Any,
+        decision: Any,
+        started: float,
+        span: RequestSpan | None,
+        response_headers: Mapping[str, str] | None = None,
+    ) -> Routed:
         # From here the request counts as in flight on its target: anything that fails before
         # the stream owns the Routed (the body rewrite, metrics) must give that back, or the
         # endpoint looks one request busier for the rest of the process's life.
         try:
-            return self._routed(request, parsed, decision, started)
+            return self._routed(request, parsed, decision, started, span, response_headers)
         except BaseException:
             self._director.handle_response_complete(decision, None)
             raise
 
-    def _routed(self, request: RoutingInput, parsed: Any, decision: Any, started: float) -> Routed:
-        self._metrics.scheduler_e2e.observe(self._clock() - started)
+    def _route_explained(
+        self, request: RoutingInput, span: RequestSpan | None, started: float, explain: bool
+    ) -> Routed:
+        """``route`` with the cycle traced: for a sampled request (each step in a child span)
+        and/or while the live pool page watches (the decision goes to its log)."""
+        from kvroute.observability.explain import decision_header, span_attributes, summarize
+        from kvroute.scheduling.interfaces import CycleTrace
+
+        def child(name: str, **attrs: Any) -> Any:
+            return span.child(name, **attrs) if span is not None else contextlib.nullcontext()
+
+        if span is not None:
+            span.activate()
+        try:
+            path = request.path or "/v1/completions"
+            with child("kvroute.parse", **{"url.path": path}) as s:
+                parsed = self._codec.parse_request(request.body, path)
+                if s is not None:
+                    s.set_attribute("kvroute.body_bytes", len(request.body))
+                    s.set_attribute("kvroute.model", str(parsed.model))
+            trace = CycleTrace()
+            with child("kvroute.schedule") as s:
+                decision = self._director.handle_request(
+                    parsed, request.headers, request.request_id, request.subset_hint, trace=trace
+                )
+                summary = summarize(decision, trace)
+                if s is not None:
+                    s.set_attributes(span_attributes(summary))
+            if self._metrics.recent.watched:
+                self._metrics.recent.add_decision(summary)
+            extra = {DECISION_RESPONSE_HEADER: decision_header(summary)} if explain else None
+        except EppError as exc:
+            if span is not None:
+                span.fail(exc.code.value, exc.message)
+                span.end(**{"http.response.status_code": exc.http_status})
+            raise
+        except BaseException as exc:
+            if span is not None:
+                span.fail("Internal", repr(exc))
+                span.end()
+            raise
+        finally:
+            if span is not None:
+                span.deactivate()
+        return self._owned(request, parsed, decision, started, span, extra)
+
+    def _routed(
+        self,
+        request: RoutingInput,
+        parsed: Any,
+        decision: Any,
+        started: float,
+        span: RequestSpan | None = None,
+        response_headers: Mapping[str, str] | None = None,
+    ) -> Routed:
+        self._metrics.record_scheduled(self._clock() - started)
         req: InferenceRequest = decision.request
         body = (
             request.body
@@ -117,13 +219,18 @@ class DirectorBackend:
             body=body,
             incoming_model=req.incoming_model,
             target_model=req.target_model,
-            handle=_Handle(decision, started, req.priority),
+            handle=_Handle(decision, started, req.priority, req.fairness_id, span=span),
+            response_headers=response_headers or {},
         )
-        m = self._metrics
-        m.request_total.labels(req.incoming_model, req.target_model, str(req.priority)).inc()
-        m.request_sizes.labels(req.incoming_model, req.target_model).observe(len(request.body))
-        m.scheduler_attempts.labels("success", req.target_model).inc()
-        m.running_requests.labels(req.incoming_model).inc()  # last: complete() undoes it
+        self._metrics.record_routed(
+            req.incoming_model,
+            req.target_model,
+            req.fairness_id,
+            req.priority,
+            len(request.body),
+            getattr(decision, "target", None),
+            self._clock() - started,
+        )
         return routed
 
     def route_any(self, request_id: str) -> str | None:
@@ -132,38 +239,77 @@ class DirectorBackend:
     def response_filter(self, routed: Routed, streaming: bool) -> ResponseFilter:
         if not routed.incoming_model:
             return NoUsageFilter()
-        return self._codec.response_filter(routed.incoming_model, routed.target_model, streaming)
+        inner = self._codec.response_filter(routed.incoming_model, routed.target_model, streaming)
+        handle = routed.handle
+        if not isinstance(handle, _Handle):
+            return inner
+        handle.streaming = streaming
+        if handle.span is not None:
+            handle.response_span = handle.span.start_child("kvroute.response", streaming=streaming)
+        return _FirstByteFilter(inner, handle, self._clock)
 
     def complete(self, routed: Routed, outcome: Outcome) -> None:
         handle = routed.handle
         if not isinstance(handle, _Handle):  # header-only request: nothing was scheduled
             return
         self._director.handle_response_complete(handle.decision, outcome.usage)
-        m = self._metrics
-        model, target = routed.incoming_model, routed.target_model
-        m.running_requests.labels(model).dec()
-        elapsed = self._clock() - handle.started
-        if outcome.status is not None and outcome.status >= 400:
-            m.request_error_total.labels(model, target, "ModelServerError").inc()
-        m.request_duration.labels(model, target).observe(elapsed)
-        m.response_sizes.labels(model, target).observe(outcome.response_bytes)
-        usage = outcome.usage
-        if usage is not None:
-            m.input_tokens.labels(model, target).observe(usage.prompt_tokens)
-            m.output_tokens.labels(model, target).observe(usage.completion_tokens)
-            m.prompt_cached_tokens.labels(model, target).observe(usage.cached_tokens)
-            if usage.completion_tokens > 0:
-                m.ntpot.labels(model, target).observe(elapsed / usage.completion_tokens)
+        first = handle.first_byte
+        if handle.span is not None:
+            self._end_spans(handle, outcome)
+        self._metrics.record_complete(
+            routed.incoming_model,
+            routed.target_model,
+            handle.fairness_id,
+            handle.priority,
+            elapsed_s=self._clock() - handle.started,
+            status=outcome.status,
+            response_bytes=outcome.response_bytes,
+            usage=outcome.usage,
+            ttft_s=None if first is None else first - handle.started,
+            streaming=handle.streaming,
+        )
+
+    def _end_spans(self, handle: _Handle, outcome: Outcome) -> None:
+        assert handle.span is not None
+        if outcome.disconnected:
+            reason = "client_disconnected"
+        elif outcome.status is None:
+            reason = "no_response"
+        elif outcome.status >= 400:
+            reason = "upstream_error"
+        else:
+            reason = "complete"
+        attrs: dict[str, Any] = {"kvroute.completion_reason": reason}
+        if outcome.status is not None:
+            attrs["http.response.status_code"] = outcome.status
+        if handle.first_byte is not None:
+            attrs["kvroute.ttft_ms"] = round((handle.first_byte - handle.started) * 1000, 3)
+        if outcome.usage is not None:
+            attrs["kvroute.prompt_tokens"] = outcome.usage.prompt_tokens
+            attrs["kvroute.completion_tokens"] = outcome.usage.completion_tokens
+            attrs["kvroute.cached_tokens"] = outcome.usage.cached_tokens
+        attrs["kvroute.response_bytes"] = outcome.response_bytes
+        if handle.response_span is not None:
+            handle.response_span.set_attributes(attrs)
+            handle.response_span.end()
+        handle.span.end(**attrs)
 
     def rejected(self, error: EppError, request: RoutingInput | None) -> None:
         """Error metrics. The model labels need the body's model, parsed again here: errors are
         the rare path, and keeping the success path free of bookkeeping matters more."""
         model = target = ""
+        fairness_id = "default-flow"
         if request is not None:
             with contextlib.suppress(EppError):
                 model = self._codec.parse_request(request.body, request.path).model
             target = request.model_rewrite or model
-        self._metrics.request_error_total.labels(model, target, error.code.value).inc()
-        if error.http_status == 429:
-            self._metrics.scheduler_attempts.labels("failure", target).inc()
+            fairness_id = request.fairness_id
+        self._metrics.record_error(
+            model,
+            target,
+            fairness_id,
+            0,
+            error.code.value,
+            scheduling_failure=error.http_status == 429,
+        )
         log.debug("request rejected: %s", error.response_body())

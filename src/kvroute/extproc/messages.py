@@ -121,8 +121,11 @@ def streamed_body(chunk: bytes, end_of_stream: bool, *, request: bool) -> Any:
     return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
 
-def response_headers_response() -> Any:
-    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=pb.CommonResponse()))
+def response_headers_response(add: Mapping[str, str] | None = None) -> Any:
+    common = pb.CommonResponse()
+    if add:
+        common.header_mutation.set_headers.extend(header_option(k, v) for k, v in add.items())
+    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
 
 
 def trailers_response(*, request: bool) -> Any:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.stream import ExtProcStream, ProtocolViolation, StreamOptions
 from kvroute.hostport import format_hostport
+from kvroute.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     ) -> AsyncIterator[Any]:
         stream = ExtProcStream(self._backend, self._options)
         self.active_streams += 1
+        trace_token = tracing.enter_grpc_call(context.invocation_metadata())
         try:
             async for request in request_iterator:
                 for response in stream.receive(request):
@@ -49,6 +51,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             self.active_streams -= 1
             stream.close()
+            tracing.exit_grpc_call(trace_token)
 
 
 class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]

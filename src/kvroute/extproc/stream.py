@@ -317,7 +317,7 @@ class ExtProcStream:
             self._complete(disconnected=False)
         else:
             self.state = State.RESPONSE_BODY
-        return [msg.response_headers_response()]
+        return [msg.response_headers_response(self.routed.response_headers)]
 
     def _on_response_body(self, body: Any) -> list[Any]:
         if self.state is State.COMPLETE:  # an empty EOS chunk after trailers-less completion

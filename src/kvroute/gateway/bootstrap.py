@@ -92,6 +92,10 @@ class BootstrapOptions:
     # front, as ``kvroute serve --endpoint`` has it). "original_dst": upstream's reference
     # shape; Envoy's ORIGINAL_DST rejects a comma list, so it only works with one endpoint.
     upstream_lb: str = "override_host"
+    # OpenTelemetry: Envoy's tracer exports the gateway's spans to this OTLP/gRPC collector
+    # (host, port); None = no tracing. See :func:`_add_tracing`.
+    tracing_collector: tuple[str, int] | None = None
+    tracing_sampling_percent: float = 100.0
 
 
 def _duration(seconds: float) -> str:
@@ -336,6 +340,8 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
     clusters = [_pool_cluster(opts, timeout), epp]
     if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
+    if opts.tracing_collector is not None:
+        _add_tracing(opts, hcm, clusters)
     return {
         "admin": {"address": _address("127.0.0.1", opts.admin_port)},
         "static_resources": {
@@ -358,3 +364,37 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+
+
+OTLP_CLUSTER = "kvroute_otlp"
+
+
+def _add_tracing(opts: BootstrapOptions, hcm: dict[str, Any], clusters: list[Any]) -> None:
+    """Envoy's OpenTelemetry tracer: one span per request (the gateway's), exported over OTLP/gRPC.
+
+    Envoy continues an incoming ``traceparent`` (or starts a trace, sampled at
+    ``tracing_sampling_percent``), passes its context to the EPP in the ext_proc call's gRPC
+    metadata and to the model server in the forwarded request's ``traceparent``, so the EPP's
+    and the server's spans join the same trace.
+    """
+    assert opts.tracing_collector is not None
+    host, port = opts.tracing_collector
+    hcm["tracing"] = {
+        "random_sampling": {"value": opts.tracing_sampling_percent},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _T + "envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "2s"},
+                "service_name": "kvroute-gateway",
+            },
+        },
+    }
+    otlp = _static_cluster(OTLP_CLUSTER, [(host, port)], _duration(opts.connect_timeout_s))
+    otlp["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    clusters.append(otlp)

@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
 
 from kvroute.app import BackendFactory, EppApp
 from kvroute.config.extproc_options import ResponseProcessing
+from kvroute.errors import ConfigError
 from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
 from kvroute.gateway.envoy import EnvoyProcess
 from kvroute.hostport import format_hostport
+from kvroute.observability.tracing import TracingConfig
 from kvroute.settings import EppSettings, parse_endpoint_url
 
 DEFAULT_LOG_DIR = Path(".kvroute")
@@ -81,6 +85,7 @@ class Gateway:
             upstream_lb=self._upstream_lb,
             epp_health_check=s.health_checking,
             request_body_buffer_limit_bytes=s.max_request_body_bytes,
+            **_tracing_options(s),
         )
 
     async def __aenter__(self) -> Gateway:
@@ -105,3 +110,17 @@ class Gateway:
                 await self.envoy.stop()
         finally:
             await self.epp.__aexit__(et, e, tb)
+
+
+def _tracing_options(s: EppSettings) -> dict[str, Any]:
+    """Envoy traces to the EPP's collector, at the EPP's ratio, when the EPP traces."""
+    config = TracingConfig.resolve(s.tracing, s.tracing_endpoint, s.tracing_sampling_ratio)
+    if not config.enabled:
+        return {}
+    parts = urlsplit(config.endpoint if "//" in config.endpoint else f"//{config.endpoint}")
+    if parts.hostname is None:
+        raise ConfigError(f"--tracing-endpoint {config.endpoint!r}: expected http://HOST:PORT")
+    return {
+        "tracing_collector": (parts.hostname, parts.port or 4317),
+        "tracing_sampling_percent": config.sampling_ratio * 100.0,
+    }

@@ -2,19 +2,26 @@
 
 Every metric lives in a per-app :class:`~prometheus_client.CollectorRegistry` (no global
 registry), so several EPPs in one process (tests, ``kvroute serve`` beside a bench) never clash.
-Per-request series are updated by the director backend on completion; pool gauges are refreshed
-from the datastore by :meth:`EppMetrics.refresh_pool` on a timer
-(``--refresh-prometheus-metrics-interval``).
+Per-request series are updated by the director backend through the ``record_*`` methods, which
+write both the older names and llm-d-router's ``llm_d_epp_*`` twins
+(:mod:`kvroute.observability.llmd_metrics`); pool gauges are refreshed from the datastore by
+:meth:`EppMetrics.refresh_pool` on a timer (``--refresh-prometheus-metrics-interval``). Every
+exported name is documented in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from kvroute import __version__
 from kvroute.datastore.endpoint import Endpoint
+from kvroute.observability.decisions import DecisionLog
+from kvroute.observability.llmd_metrics import LlmdMetrics
+from kvroute.requestcontrol.hooks import Usage
 from kvroute.scheduling.timing import PluginTimings
 
 _MODEL = ("model_name", "target_model_name")
@@ -164,6 +171,12 @@ class EppMetrics:
             registry=r,
         )
         self.info.info({"commit": "unknown", "build_ref": f"kvroute-{__version__}"})
+        self.llmd = LlmdMetrics(r)
+        self.llmd.info.labels("unknown", f"kvroute-{__version__}").set(1)
+        # The ``namespace`` label of llm_d_epp_scheduler_attempts_total (upstream: the pod's).
+        self.namespace = os.environ.get("NAMESPACE", "default")
+        # Recent decisions and completions for the live pool page (observability state too).
+        self.recent = DecisionLog()
         self._known_pods: set[str] = set()
         self._timings: PluginTimings | None = None
 
@@ -175,29 +188,134 @@ class EppMetrics:
         if self._timings is None:
             return
         for key, samples in self._timings.drain().items():
-            child = self.plugin_duration.labels(
-                key.extension_point, key.plugin_type, key.plugin_name
-            )
+            labels = (key.extension_point, key.plugin_type, key.plugin_name)
+            child = self.plugin_duration.labels(*labels)
+            twin = self.llmd.plugin_duration.labels(*labels)
             for seconds in samples:
                 child.observe(seconds)
+                twin.observe(seconds)
+
+    # -- per-request recording (both name sets) ------------------------------------------------
+
+    def record_scheduled(self, seconds: float) -> None:
+        self.scheduler_e2e.observe(seconds)
+        self.llmd.scheduler_e2e.observe(seconds)
+
+    def record_routed(
+        self,
+        model: str,
+        target: str,
+        fairness_id: str,
+        priority: int,
+        request_bytes: int,
+        endpoint: Endpoint | None,
+        processing_s: float,
+    ) -> None:
+        """A request was scheduled and is about to be forwarded."""
+        prio = str(priority)
+        self.request_total.labels(model, target, prio).inc()
+        self.request_sizes.labels(model, target).observe(request_bytes)
+        self.scheduler_attempts.labels("success", target).inc()
+        x = self.llmd
+        labels = (model, target, fairness_id, prio)
+        x.request_total.labels(*labels).inc()
+        x.request_size.labels(*labels).observe(request_bytes)
+        ep = ("", "", "") if endpoint is None else (endpoint.name, self.namespace, endpoint.port)
+        x.scheduler_attempts.labels("success", target, *ep).inc()
+        x.request_processing.observe(processing_s)
+        # Last: record_complete() undoes these.
+        self.running_requests.labels(model).inc()
+        x.request_running.labels(*labels).inc()
+
+    def record_complete(
+        self,
+        model: str,
+        target: str,
+        fairness_id: str,
+        priority: int,
+        *,
+        elapsed_s: float,
+        status: int | None,
+        response_bytes: int,
+        usage: Usage | None,
+        ttft_s: float | None,
+        streaming: bool,
+    ) -> None:
+        """A routed request finished (or its stream ended)."""
+        prio = str(priority)
+        labels = (model, target, fairness_id, prio)
+        x = self.llmd
+        self.running_requests.labels(model).dec()
+        x.request_running.labels(*labels).dec()
+        if status is not None and status >= 400:
+            self.request_error_total.labels(model, target, "ModelServerError").inc()
+            x.request_error_total.labels(*labels, "ModelServerError").inc()
+        self.request_duration.labels(model, target).observe(elapsed_s)
+        x.request_duration.labels(*labels).observe(elapsed_s)
+        self.response_sizes.labels(model, target).observe(response_bytes)
+        x.response_size.labels(*labels).observe(response_bytes)
+        if ttft_s is not None:
+            x.ttft.labels(*labels, "true" if streaming else "false").observe(ttft_s)
+        tokens = None if usage is None else usage.completion_tokens
+        self.recent.add_completion(model, status, ttft_s, elapsed_s, tokens)
+        if usage is None:
+            return
+        self.input_tokens.labels(model, target).observe(usage.prompt_tokens)
+        self.output_tokens.labels(model, target).observe(usage.completion_tokens)
+        self.prompt_cached_tokens.labels(model, target).observe(usage.cached_tokens)
+        x.input_tokens.labels(*labels).observe(usage.prompt_tokens)
+        x.output_tokens.labels(*labels).observe(usage.completion_tokens)
+        x.cached_tokens.labels(*labels).observe(usage.cached_tokens)
+        if usage.completion_tokens > 0:
+            self.ntpot.labels(model, target).observe(elapsed_s / usage.completion_tokens)
+            x.ntpot.labels(*labels).observe(elapsed_s / usage.completion_tokens)
+
+    def record_error(
+        self,
+        model: str,
+        target: str,
+        fairness_id: str,
+        priority: int,
+        code: str,
+        *,
+        scheduling_failure: bool,
+    ) -> None:
+        """A request was rejected by the EPP (``code``: the error's upstream code name)."""
+        self.request_error_total.labels(model, target, code).inc()
+        self.llmd.request_error_total.labels(model, target, fairness_id, str(priority), code).inc()
+        if scheduling_failure:
+            self.scheduler_attempts.labels("failure", target).inc()
+            self.llmd.scheduler_attempts.labels("failure", target, "", "", "").inc()
 
     def refresh_pool(self, endpoints: Iterable[Endpoint]) -> None:
         """Pool gauges from one datastore snapshot (upstream ``RefreshPrometheusMetrics``)."""
         eps = tuple(endpoints)
         name = self.pool_name
+        pool = self.llmd.pool
         n = len(eps)
         self.pool_ready_pods.labels(name).set(n)
-        if n:
-            self.pool_kv_cache.labels(name).set(sum(e.metrics.kv_cache_usage for e in eps) / n)
-            self.pool_queue.labels(name).set(sum(e.metrics.waiting_queue_size for e in eps) / n)
-            self.pool_running.labels(name).set(sum(e.metrics.running_queue_size for e in eps) / n)
-        else:
-            for g in (self.pool_kv_cache, self.pool_queue, self.pool_running):
-                g.labels(name).set(0)
+        pool["ready_endpoints"].labels(name).set(n)
+        series = {
+            "kv_cache_utilization": [e.metrics.kv_cache_usage for e in eps],
+            "queue_size": [float(e.metrics.waiting_queue_size) for e in eps],
+            "running_requests": [float(e.metrics.running_queue_size) for e in eps],
+        }
+        legacy = {
+            "kv_cache_utilization": self.pool_kv_cache,
+            "queue_size": self.pool_queue,
+            "running_requests": self.pool_running,
+        }
+        for key, values in series.items():
+            mean = statistics.fmean(values) if values else 0.0
+            legacy[key].labels(name).set(mean)
+            pool[f"average_{key}"].labels(name).set(mean)
+            pool[f"std_dev_{key}"].labels(name).set(statistics.pstdev(values) if values else 0.0)
         current = {e.name for e in eps}
         for gone in self._known_pods - current:
             self.per_pod_queue.remove(gone, name)
+            self.llmd.per_endpoint_queue.remove(name, gone)
         for e in eps:
             self.per_pod_queue.labels(e.name, name).set(e.metrics.waiting_queue_size)
+            self.llmd.per_endpoint_queue.labels(name, e.name).set(e.metrics.waiting_queue_size)
         self._known_pods = current
         self.drain_plugin_timings()

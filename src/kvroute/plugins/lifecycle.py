@@ -11,6 +11,8 @@ once, when the config is built, and runs the lifecycle wherever the EPP's object
 * :class:`BackgroundTask` -- ``run_background()``, a loop run (supervised) for as long as the
   graph runs; cancelled on exit;
 * :class:`AsyncClosable` -- ``aclose()``, awaited once when the graph stops.
+* :class:`PrefixBlockHolder` -- ``blocks_held(endpoint)``: prefix blocks a prefix index holds
+  for an endpoint (shown on the live pool page).
 """
 
 from __future__ import annotations
@@ -39,3 +41,8 @@ class BackgroundTask(Protocol):
 @runtime_checkable
 class AsyncClosable(Protocol):
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class PrefixBlockHolder(Protocol):
+    def blocks_held(self, endpoint: str) -> int: ...

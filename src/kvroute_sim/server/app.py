@@ -70,6 +70,7 @@ class SimServer:
         self._site: web.TCPSite | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._dying = asyncio.Event()
+        self._tracer: Any = None  # kvroute_sim.server.tracing.SimTracer when tracing is on
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -83,6 +84,12 @@ class SimServer:
 
     def build_app(self) -> web.Application:
         app = web.Application()
+        if self.config.tracing_endpoint:
+            if self._tracer is None:
+                from kvroute_sim.server.tracing import SimTracer
+
+                self._tracer = SimTracer(self.config.tracing_endpoint, self.name)
+            app.middlewares.append(self._tracer.middleware())
         app.on_response_prepare.append(self._tag_response)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -150,6 +157,9 @@ class SimServer:
         if self._kv_pub is not None:
             self._kv_pub.close()
             self._kv_pub = None
+        if self._tracer is not None:
+            tracer, self._tracer = self._tracer, None
+            await asyncio.to_thread(tracer.shutdown)  # flushes the spans still queued
 
     # --- engine hook --------------------------------------------------------------------------
 

@@ -160,3 +160,22 @@ def test_retried_routes_can_buffer_what_the_epp_accepts(name: str) -> None:
     for r in retried:
         assert r["request_body_buffer_limit"] == opts.request_body_buffer_limit_bytes
     assert opts.request_body_buffer_limit_bytes == 64 << 20
+
+
+def test_tracing_adds_envoy_opentelemetry_tracer_and_collector_cluster() -> None:
+    from kvroute.gateway.bootstrap import OTLP_CLUSTER
+
+    plain = build_bootstrap(BootstrapOptions())
+    assert all(c["name"] != OTLP_CLUSTER for c in plain["static_resources"]["clusters"])
+    doc = build_bootstrap(
+        BootstrapOptions(tracing_collector=("127.0.0.1", 4317), tracing_sampling_percent=1.0)
+    )
+    listener = doc["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    tracing = hcm["tracing"]
+    assert tracing["random_sampling"] == {"value": 1.0}
+    assert tracing["provider"]["name"] == "envoy.tracers.opentelemetry"
+    grpc = tracing["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]
+    (otlp,) = [c for c in doc["static_resources"]["clusters"] if c["name"] == grpc["cluster_name"]]
+    ep = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert ep["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 4317}

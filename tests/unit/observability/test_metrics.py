@@ -97,3 +97,40 @@ def test_upstream_metric_names_are_exposed() -> None:
         "inference_extension_info",
     ):
         assert f"# TYPE {name} " in text, name
+
+
+def test_llmd_twins_and_spread_gauges() -> None:
+    m = EppMetrics("p")
+    m.refresh_pool([_ep("a", 4, 0.2), _ep("b", 0, 0.6)])
+    assert _value(m, "llm_d_epp_ready_endpoints", {"name": "p"}) == 2
+    assert _value(m, "llm_d_epp_average_queue_size", {"name": "p"}) == 2
+    assert _value(m, "llm_d_epp_std_dev_queue_size", {"name": "p"}) == 2
+    kv_sd = _value(m, "llm_d_epp_std_dev_kv_cache_utilization", {"name": "p"}) or 0
+    assert abs(kv_sd - 0.2) < 1e-9
+    q = {"name": "p", "model_server_endpoint": "a"}
+    assert _value(m, "llm_d_epp_per_endpoint_queue_size", q) == 4
+    m.refresh_pool([_ep("b", 0, 0.6)])
+    assert _value(m, "llm_d_epp_per_endpoint_queue_size", q) is None
+
+
+def test_request_recorded_under_both_names() -> None:
+    m = EppMetrics("p")
+    ep = _ep("a", 0, 0.0)
+    m.record_routed("m", "t", "tenant-1", 2, 100, ep, 0.001)
+    labels = {"model_name": "m", "target_model_name": "t", "fairness_id": "tenant-1"}
+    assert _value(m, "llm_d_epp_request_total", {**labels, "priority": "2"}) == 1
+    assert _value(m, "llm_d_epp_request_running", {**labels, "priority": "2"}) == 1
+    attempt = {"status": "success", "target_model_name": "t", "endpoint_name": "a",
+               "namespace": m.namespace, "port": "8000"}  # fmt: skip
+    assert _value(m, "llm_d_epp_scheduler_attempts_total", attempt) == 1
+    m.record_complete(
+        "m", "t", "tenant-1", 2, elapsed_s=0.5, status=503, response_bytes=10, usage=None,
+        ttft_s=0.1, streaming=True,
+    )  # fmt: skip
+    assert _value(m, "llm_d_epp_request_running", {**labels, "priority": "2"}) == 0
+    err = {**labels, "priority": "2", "error_code": "ModelServerError"}
+    assert _value(m, "llm_d_epp_request_error_total", err) == 1
+    ttft = {**labels, "priority": "2", "streaming": "true"}
+    assert _value(m, "llm_d_epp_request_ttft_seconds_count", ttft) == 1
+    legacy = {"model_name": "m", "target_model_name": "t", "error_code": "ModelServerError"}
+    assert _value(m, "inference_objective_request_error_total", legacy) == 1

@@ -147,6 +147,10 @@ class PrefixCacheScorer:
 
     # -- PrepareData ---------------------------------------------------------------------------
 
+    def blocks_held(self, endpoint: str) -> int:
+        """Prefix blocks the index holds for ``endpoint`` (the live pool page shows it)."""
+        return self.index.size(endpoint)
+
     def prepare_data(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None:

@@ -121,6 +121,10 @@ class PrecisePrefixCacheScorer:
 
     # -- event subscriptions -------------------------------------------------------------------
 
+    def blocks_held(self, endpoint: str) -> int:
+        """Prefix blocks the index holds for ``endpoint`` (the live pool page shows it)."""
+        return self.index.size(endpoint)
+
     def kv_events_endpoint(self, endpoint: Endpoint) -> str:
         """The ZMQ address of ``endpoint``'s KV event publisher (see the module docstring)."""
         label = endpoint.labels.get(KV_EVENTS_ENDPOINT_LABEL)
