@@ -10,7 +10,7 @@ OUT=${OUT:-docs/results/v2}
 DURATION=${DURATION:-30}
 FRACTIONS=${FRACTIONS:-0.5,0.75,1.0}
 ALL=(sharegpt bursty shared-prefix shared-prefix-low shared-prefix-sglang multi-turn multi-lora
-     mixed-criticality heterogeneous sharegpt-heavy agent-sessions code-generation reasoning)
+     mixed-criticality heterogeneous heterogeneous-datacenter sharegpt-heavy agent-sessions code-generation reasoning)
 extra() {
   case "$1" in
     shared-prefix|shared-prefix-low) echo "--engine max_model_len=16384 --drain 120" ;;

@@ -21,7 +21,15 @@ POLICIES = ("round-robin", "sglang-cache-aware", "llm-d-token-aware", "oracle")
 
 
 @pytest.mark.parametrize(
-    "preset", ["heterogeneous", "sharegpt-heavy", "agent-sessions", "code-generation", "reasoning"]
+    "preset",
+    [
+        "heterogeneous",
+        "heterogeneous-datacenter",
+        "sharegpt-heavy",
+        "agent-sessions",
+        "code-generation",
+        "reasoning",
+    ],
 )
 def test_new_preset_runs_every_new_baseline_to_completion(preset: str) -> None:
     workload = resolve_spec(preset)
