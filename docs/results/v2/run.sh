@@ -4,6 +4,7 @@
 #   docs/results/v2/run.sh                 # every preset
 #   docs/results/v2/run.sh reasoning ...   # some presets
 #   POLICIES=...,upstream-default,... OUT=docs/results/v2-after docs/results/v2/run.sh
+#   DURATION=20 FRACTIONS=0.5,1.0 docs/results/v2/run.sh multi-turn   # shorter (see the docs)
 set -euo pipefail
 POLICIES=${POLICIES:-round-robin,least-requests,p2c,sglang-cache-aware,llm-d-token-aware,kvroute,oracle}
 OUT=${OUT:-docs/results/v2}

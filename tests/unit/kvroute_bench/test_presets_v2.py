@@ -116,3 +116,32 @@ def test_cli_preset_and_accelerators(tmp_path: Path) -> None:
     meta = json.loads(out.with_suffix(".json").read_text())["meta"]
     assert meta["accelerators"] == ["l4", "h100", "l4"]
     assert "--accelerator l4 --accelerator h100" in meta["command"]
+
+
+class _Recorder(RoundRobinRouter):
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.events: list[tuple[str, str, float]] = []
+
+    def on_first_token(self, request: BenchRequest, replica: int, now: float) -> None:
+        self.events.append(("first", request.request_id, now))
+
+    def on_complete(self, request: BenchRequest, replica: int, now: float) -> None:
+        self.events.append(("done", request.request_id, now))
+
+
+def test_harness_reports_first_tokens_before_completions() -> None:
+    tiny = replica_config("tiny")
+    reqs = [
+        BenchRequest(f"r{i}", 0.01 * i, tuple(range(100 * i, 100 * i + 40)), 5) for i in range(6)
+    ]
+    router = _Recorder()
+    res = run_stage(
+        reqs, [SimReplica(tiny), SimReplica(tiny)], router, offered_qps=1, duration=1.0,
+        config=RunConfig(),
+    )  # fmt: skip
+    firsts = {rid: t for kind, rid, t in router.events if kind == "first"}
+    assert firsts == {r.request.request_id: r.first_token for r in res.records}
+    for rid in firsts:
+        kinds = [k for k, x, _t in router.events if x == rid]
+        assert kinds == ["first", "done"]
