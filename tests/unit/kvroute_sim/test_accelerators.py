@@ -60,3 +60,13 @@ def test_pool_spec_counts_cycles_and_errors() -> None:
         parse_pool("v100")
     with pytest.raises(ValueError, match="empty"):
         parse_pool(" , ")
+
+
+def test_sim_cluster_cycles_accelerators_over_its_servers() -> None:
+    from kvroute_sim.cluster import SimCluster
+
+    cluster = SimCluster(3, profile="h100-llama3-8b", accelerators=["l4", "h100"])
+    assert cluster.accelerators == ["l4", "h100", "l4"]
+    engines = [s.config.engine for s in cluster.servers]
+    assert engines[0] == engines[2] == on_accelerator(H100, "l4")
+    assert engines[1] == H100
