@@ -132,6 +132,7 @@ def test_llmd_affinity_filter_sticks_then_token_load_spreads() -> None:
     prompt = tuple(range(640))  # 10 blocks
     pool = _pool([0, 0, 0])
     first = r.pick(_req("a", prompt), pool, 0.0)
+    assert first is not None
     assert r.inflight_tokens[first] == 640  # all uncached
     # The same prompt: score 1.0 >= 0.8 on `first` only -> sticky, despite its load
     assert r.pick(_req("b", prompt), pool, 0.0) == first
@@ -166,6 +167,7 @@ def test_llmd_estimated_output_tokens_when_enabled() -> None:
     r = LlmdTokenAwareRouter(0, add_estimated_output_tokens=True)
     req = BenchRequest("a", 0.0, tuple(range(100)), 50)
     i = r.pick(req, _pool([0, 0]), 0.0)
+    assert i is not None
     assert r.inflight_tokens[i] == 100 + 50  # min(round(100 * 1.5), output_len 50)
     r.on_first_token(req, i, 0.5)
     assert r.inflight_tokens[i] == 50
