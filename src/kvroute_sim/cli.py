@@ -15,6 +15,7 @@ import os
 import signal
 from typing import Any
 
+from kvroute_sim.accelerators import ACCELERATORS
 from kvroute_sim.cluster import SimCluster
 from kvroute_sim.config import PROFILE_NAMES
 
@@ -53,6 +54,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "continuing the caller's traceparent (default OTEL_EXPORTER_OTLP_ENDPOINT when "
         "OTEL_TRACES_EXPORTER=otlp, else off)",
     )
+    parser.add_argument(
+        "--accelerator",
+        action="append",
+        default=None,
+        help="accelerator of the servers, cycled over them (repeatable; NAME or NAME:COUNT, "
+        f"comma lists too; known: {', '.join(ACCELERATORS)}; default h100)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -69,16 +77,18 @@ async def _serve(args: argparse.Namespace) -> int:
         metrics_flavour=args.metrics_flavour,
         tokenizer=args.tokenizer,
         **_tracing_override(args.tracing_endpoint),
+        accelerators=args.accelerator,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with cluster:
-        for s in cluster.servers:
+        for s, acc in zip(cluster.servers, cluster.accelerators, strict=True):
             extra = f" kv_events={s.kv_events_endpoint}" if s.kv_events_endpoint else ""
             print(
-                f"{s.name} ready {s.url} model={s.config.model} profile={s.config.profile}{extra}",
+                f"{s.name} ready {s.url} model={s.config.model} profile={s.config.profile}"
+                f"{f' accelerator={acc}' if args.accelerator else ''}{extra}",
                 flush=True,
             )
         await stop.wait()
