@@ -310,7 +310,7 @@ async def build_director_backend(
     from kvroute.extproc.director_backend import Codec, DirectorBackend
     from kvroute.extproc.response_filter import OpenAIResponseFilter
     from kvroute.plugins.registry import default_registry
-    from kvroute.protocol.openai import parse_request, rewrite_request_body
+    from kvroute.protocol.parsers import parser_set_for
     from kvroute.requestcontrol.director import Director
     from kvroute.scheduling.builder import build_scheduling
     from kvroute.scheduling.timing import PluginTimings
@@ -328,9 +328,10 @@ async def build_director_backend(
         timings=timings,
     )
     metrics.attach_plugin_timings(timings)
+    parsers = parser_set_for(config, setup.plugins)  # requestHandler.parsers
     codec = Codec(
-        parse_request=parse_request,
-        rewrite_request_body=rewrite_request_body,
+        parse_request=parsers.parse_request,
+        rewrite_request_body=parsers.rewrite_request_body,
         response_filter=OpenAIResponseFilter,
     )
     backend = DirectorBackend(director, codec, metrics)

@@ -9,7 +9,8 @@ Format (``apix/config/v1alpha1``)::
     schedulingProfiles: [{name, plugins: [{pluginRef, weight}]}]
     saturationDetector: {pluginRef}
     dataLayer: {sources: [{pluginRef, extractors: [{pluginRef}]}]}
-    parser: {pluginRef}
+    parser: {pluginRef}                       # deprecated: requestHandler.parsers wins
+    requestHandler: {parsers: [{pluginRef}]}  # undeclared refs may name a parser type
     flowControl: {maxBytes, maxRequests, defaultRequestTTL, usageLimitPolicyPluginRef,
                   defaultPriorityBand, priorityBands: [{priority, maxBytes, ...}]}
 
@@ -95,6 +96,12 @@ class DataLayerSpec(_Strict):
     sources: list[DataLayerSourceSpec] = Field(default_factory=list)
 
 
+class RequestHandlerSpec(_Strict):
+    """``requestHandler``: the ordered ``parsers`` (see :mod:`kvroute.protocol.parsers`)."""
+
+    parsers: list[PluginRef] = Field(default_factory=list)
+
+
 class _BandLimits(_Strict):
     max_bytes: int | str | None = Field(default=None, alias="maxBytes")
     max_requests: int | None = Field(default=None, ge=0, alias="maxRequests")
@@ -144,7 +151,8 @@ class EndpointPickerConfig(_Strict):
     )
     saturation_detector: PluginRef | None = Field(default=None, alias="saturationDetector")
     data_layer: DataLayerSpec | None = Field(default=None, alias="dataLayer")
-    parser: PluginRef | None = None
+    parser: PluginRef | None = None  # deprecated upstream: requestHandler.parsers wins
+    request_handler: RequestHandlerSpec | None = Field(default=None, alias="requestHandler")
     flow_control: FlowControlSpec | None = Field(default=None, alias="flowControl")
 
     @field_validator("feature_gates")

@@ -25,6 +25,15 @@ METRICS_DATA_SOURCE = "metrics-data-source"
 CORE_METRICS_EXTRACTOR = "core-metrics-extractor"
 OPENAI_PARSER = "openai-parser"
 PASSTHROUGH_PARSER = "passthrough-parser"
+# Every parser type kvroute implements (kvroute.protocol.parsers), registered so a config may
+# declare them in ``plugins``; requestHandler.parsers picks among the declared ones.
+PARSER_TYPES = (
+    OPENAI_PARSER,
+    "anthropic-parser",
+    "vllmhttp-parser",
+    "sglanghttp-parser",
+    PASSTHROUGH_PARSER,
+)
 
 
 class MetricsDataSource:
@@ -45,7 +54,7 @@ class CoreMetricsExtractor:
 
 
 class RequestParser:
-    """A named request parser; kvroute parses OpenAI bodies, ``passthrough`` skips hashing."""
+    """A named request parser (its type selects the protocol; see kvroute.protocol.parsers)."""
 
     def __init__(self, type_name: str, name: str) -> None:
         self.typed_name = TypedName(type_name, name)
@@ -88,6 +97,5 @@ def _parser(type_name: str) -> PluginFactory:
 PLUGINS: Mapping[str, PluginFactory] = {
     METRICS_DATA_SOURCE: _data_source,
     CORE_METRICS_EXTRACTOR: _extractor,
-    OPENAI_PARSER: _parser(OPENAI_PARSER),
-    PASSTHROUGH_PARSER: _parser(PASSTHROUGH_PARSER),
+    **{name: _parser(name) for name in PARSER_TYPES},
 }

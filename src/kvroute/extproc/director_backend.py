@@ -55,7 +55,7 @@ class Codec:
 
     parse_request: Callable[[bytes, str], Any]
     rewrite_request_body: Callable[[Any, str], bytes]
-    response_filter: Callable[[str, str, bool], ResponseFilter]
+    response_filter: Callable[[str, str, bool, Any], ResponseFilter]
 
 
 @dataclass(slots=True)
@@ -130,9 +130,13 @@ class DirectorBackend:
         return self._director.random_endpoint().hostport
 
     def response_filter(self, routed: Routed, streaming: bool) -> ResponseFilter:
-        if not routed.incoming_model:
+        handle = routed.handle
+        if not isinstance(handle, _Handle):  # header-only request: nothing was parsed
             return NoUsageFilter()
-        return self._codec.response_filter(routed.incoming_model, routed.target_model, streaming)
+        api = handle.decision.request.api  # the parser's API picks how usage is read
+        return self._codec.response_filter(
+            routed.incoming_model, routed.target_model, streaming, api
+        )
 
     def complete(self, routed: Routed, outcome: Outcome) -> None:
         handle = routed.handle
