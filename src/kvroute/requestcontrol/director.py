@@ -34,8 +34,9 @@ from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.requestcontrol.admission import AdmissionController
+from kvroute.requestcontrol.headers import MODEL_REWRITE, read_aliased
 from kvroute.requestcontrol.hooks import PrepareData, PreRequest, ResponseComplete, Usage
-from kvroute.requestcontrol.model_resolution import MODEL_REWRITE_HEADER, ResolvedModel
+from kvroute.requestcontrol.model_resolution import ResolvedModel
 from kvroute.scheduling.interfaces import (
     CycleState,
     CycleTrace,
@@ -79,7 +80,7 @@ class PassthroughResolver:
         self.criticality = criticality
 
     def resolve(self, model: str, headers: Mapping[str, str]) -> ResolvedModel:
-        target = headers.get(MODEL_REWRITE_HEADER) or model
+        target = read_aliased(headers, MODEL_REWRITE) or model
         return ResolvedModel(
             incoming_model=model,
             target_model=target,
