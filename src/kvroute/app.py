@@ -73,7 +73,16 @@ class StaticEndpoints:
 
 
 def endpoint_source_for(settings: EppSettings) -> EndpointSource:
-    """The seam where Kubernetes discovery plugs in (``--pool-name``/``--endpoint-selector``)."""
+    """The seam where Kubernetes discovery plugs in (``--pool-name``/``--endpoint-selector``),
+    or the config's ``dataLayer.discovery`` (``file-discovery``), exclusive with ``--endpoint``."""
+    discovery = _file_discovery(settings)
+    if discovery is not None:
+        if settings.endpoints or settings.endpoint_selector or settings.pool_name:
+            raise ConfigError(
+                "dataLayer.discovery (file-discovery) replaces --endpoint, --pool-name and "
+                "--endpoint-selector: use one of them"
+            )
+        return discovery
     if settings.endpoint_selector or (settings.pool_name and not settings.endpoints):
         from kvroute.k8s.source import KubernetesEndpointSource
 
@@ -81,6 +90,15 @@ def endpoint_source_for(settings: EppSettings) -> EndpointSource:
     if not settings.endpoints:
         raise ConfigError("no endpoints: pass --endpoint URL (repeatable)")
     return StaticEndpoints(settings.endpoints)
+
+
+def _file_discovery(settings: EppSettings) -> EndpointSource | None:
+    if settings.config_file is None and settings.config_text is None:
+        return None
+    from kvroute.datastore.file_discovery import file_discovery_for
+    from kvroute.plugins.registry import default_registry
+
+    return file_discovery_for(_load_scheduling_config(settings, default_registry())[0])
 
 
 @dataclass(slots=True)
@@ -148,8 +166,11 @@ class EppApp:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
-        # Endpoints first: a static list is loaded synchronously so the first request can route.
-        if isinstance(self._source, StaticEndpoints):
+        # Endpoints first: a static list (or an endpoints file: an invalid one fails startup) is
+        # loaded synchronously so the first request can route.
+        from kvroute.datastore.file_discovery import FileDiscovery
+
+        if isinstance(self._source, StaticEndpoints | FileDiscovery):
             self._source.load(self.datastore)
         factory = self._backend_factory
         if factory is None:

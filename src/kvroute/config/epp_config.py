@@ -94,6 +94,8 @@ class DataLayerSourceSpec(_Strict):
 
 class DataLayerSpec(_Strict):
     sources: list[DataLayerSourceSpec] = Field(default_factory=list)
+    # file-discovery instead of Kubernetes / --endpoint (kvroute.datastore.file_discovery)
+    discovery: PluginRef | None = None
 
 
 class RequestHandlerSpec(_Strict):
@@ -268,6 +270,8 @@ def apply_static_defaults(config: EndpointPickerConfig, source: str) -> Endpoint
     if config.parser is not None:
         refs.append(("parser.pluginRef", config.parser.plugin_ref))
     if config.data_layer is not None:
+        if config.data_layer.discovery is not None:
+            refs.append(("dataLayer.discovery.pluginRef", config.data_layer.discovery.plugin_ref))
         for i, src in enumerate(config.data_layer.sources):
             refs.append((f"dataLayer.sources[{i}].pluginRef", src.plugin_ref))
             for j, ext in enumerate(src.extractors):

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from kvroute.datalayer.mappings import MappingRegistry
 from kvroute.datalayer.scraper import MetricsDataSourceParams
+from kvroute.datastore.file_discovery import FILE_DISCOVERY, FileDiscoveryParams
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
@@ -83,6 +84,27 @@ def _extractor(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -
     return CoreMetricsExtractor(name, parameters, mappings)
 
 
+class FileDiscoveryPlugin:
+    """``file-discovery``: validated parameters; the app builds the endpoint source from them."""
+
+    def __init__(self, name: str, params: FileDiscoveryParams) -> None:
+        self.typed_name = TypedName(FILE_DISCOVERY, name)
+        self.params = params
+
+
+def _file_discovery(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
+    try:
+        params = FileDiscoveryParams.model_validate(dict(parameters))
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise PluginValidationError(
+            f"plugin {name!r} ({FILE_DISCOVERY}): parameters.{fields}"
+        ) from None
+    return FileDiscoveryPlugin(name, params)
+
+
 def _parser(type_name: str) -> PluginFactory:
     def factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
         if parameters:
@@ -97,5 +119,6 @@ def _parser(type_name: str) -> PluginFactory:
 PLUGINS: Mapping[str, PluginFactory] = {
     METRICS_DATA_SOURCE: _data_source,
     CORE_METRICS_EXTRACTOR: _extractor,
+    FILE_DISCOVERY: _file_discovery,
     **{name: _parser(name) for name in PARSER_TYPES},
 }
