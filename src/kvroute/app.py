@@ -347,6 +347,7 @@ async def build_director_backend(
         setup.saturation_detector,
         setup.hooks,
         timings=timings,
+        emit_endpoint_scores=settings.emit_endpoint_scores,
     )
     metrics.attach_plugin_timings(timings)
     parsers = parser_set_for(config, setup.plugins)  # requestHandler.parsers

@@ -69,6 +69,7 @@ class EppSettings:
     resources: tuple[Path, ...] = ()
     response_processing: ResponseProcessing = ResponseProcessing.FULL
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    emit_endpoint_scores: bool = False  # --emit-endpoint-scores (llm-d-router)
 
     def __post_init__(self) -> None:
         if self.config_file is not None and self.config_text is not None:
@@ -146,6 +147,15 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
         metavar="BOOL",
         help="also serve gRPC health on the ext_proc port (kvroute serve: on, Envoy checks it)",
     )
+    g.add_argument(
+        "--emit-endpoint-scores",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="put the primary profile's per-endpoint scores in the envoy.lb metadata under "
+        "x-gateway-destination-endpoint-scores (the endpoint list is not reordered)",
+    )
     g.add_argument("--endpoint-selector", default="", help="k=v,k2=v2 (standalone Kubernetes)")
     g.add_argument(
         "--endpoint-target-ports",
@@ -213,4 +223,5 @@ def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") 
         resources=tuple(args.resources),
         response_processing=ResponseProcessing(args.response_processing),
         max_request_body_bytes=args.max_request_body_bytes,
+        emit_endpoint_scores=getattr(args, "emit_endpoint_scores", False),
     )

@@ -24,6 +24,9 @@ from kvroute.scheduling.request import InferenceRequest
 
 log = logging.getLogger(__name__)
 
+LB_NAMESPACE = "envoy.lb"
+SCORES_KEY = "x-gateway-destination-endpoint-scores"
+
 
 class Decision(Protocol):
     """What the director returns for a scheduled request."""
@@ -112,9 +115,11 @@ class DirectorBackend:
             if req.target_model == req.incoming_model
             else self._codec.rewrite_request_body(parsed, req.target_model)
         )
+        scores = getattr(decision, "endpoint_scores", None)  # --emit-endpoint-scores
         routed = Routed(
             endpoints=tuple(decision.endpoint_header.split(",")),
             body=body,
+            metadata={LB_NAMESPACE: {SCORES_KEY: dict(scores)}} if scores else {},
             incoming_model=req.incoming_model,
             target_model=req.target_model,
             handle=_Handle(decision, started, req.priority),
