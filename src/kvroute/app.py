@@ -97,7 +97,16 @@ class StaticEndpoints:
 
 
 def endpoint_source_for(settings: EppSettings) -> EndpointSource:
-    """The seam where Kubernetes discovery plugs in (``--pool-name``/``--endpoint-selector``)."""
+    """The seam where Kubernetes discovery plugs in (``--pool-name``/``--endpoint-selector``),
+    or the config's ``dataLayer.discovery`` (``file-discovery``), exclusive with ``--endpoint``."""
+    discovery = _file_discovery(settings)
+    if discovery is not None:
+        if settings.endpoints or settings.endpoint_selector or settings.pool_name:
+            raise ConfigError(
+                "dataLayer.discovery (file-discovery) replaces --endpoint, --pool-name and "
+                "--endpoint-selector: use one of them"
+            )
+        return discovery
     if settings.endpoint_selector or (settings.pool_name and not settings.endpoints):
         from kvroute.k8s.source import KubernetesEndpointSource
 
@@ -105,6 +114,15 @@ def endpoint_source_for(settings: EppSettings) -> EndpointSource:
     if not settings.endpoints:
         raise ConfigError("no endpoints: pass --endpoint URL (repeatable)")
     return StaticEndpoints(settings.endpoints)
+
+
+def _file_discovery(settings: EppSettings) -> EndpointSource | None:
+    if settings.config_file is None and settings.config_text is None:
+        return None
+    from kvroute.datastore.file_discovery import file_discovery_for
+    from kvroute.plugins.registry import default_registry
+
+    return file_discovery_for(_load_scheduling_config(settings, default_registry())[0])
 
 
 @dataclass(slots=True)
@@ -180,7 +198,8 @@ class EppApp:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
         source = self._source
-        # Endpoints first: a static list is loaded synchronously so the first request can route.
+        # Endpoints first: a static list (or an endpoints file: an invalid one fails startup)
+        # is loaded synchronously so the first request can route.
         if isinstance(source, PreloadedSource):
             source.load(self.datastore)
         factory = self._backend_factory
@@ -200,7 +219,7 @@ class EppApp:
         # the gRPC servers drain first, while the scraper and plugins are still live. Every
         # loop is supervised: a crash is logged and restarted, never the end of the EPP.
         tasks = await stack.enter_async_context(OwnedTasks())
-        if not isinstance(source, PreloadedSource):
+        if not isinstance(source, StaticEndpoints):  # a fixed list has nothing to follow
             tasks.spawn(supervised(lambda: source.run(self.datastore)), "endpoint-source")
         for i, make in enumerate(built.tasks):
             tasks.spawn(supervised(make), f"backend-task-{i}")
@@ -326,7 +345,6 @@ async def build_director_backend(
     from kvroute.extproc.director_backend import Codec, DirectorBackend
     from kvroute.extproc.response_filter import OpenAIResponseFilter
     from kvroute.plugins.registry import default_registry
-    from kvroute.protocol.openai import parse_request, rewrite_request_body
     from kvroute.requestcontrol.model_resolution import ModelResolver
     from kvroute.scheduling.timing import PluginTimings
 
@@ -341,6 +359,7 @@ async def build_director_backend(
         resolver=_resolver_for(settings, metrics),
         timings=timings,
         scrape_interval_s=settings.refresh_metrics_interval_s,
+        emit_endpoint_scores=settings.emit_endpoint_scores,
     )
     director = graph.director
     metrics.attach_plugin_timings(timings)
@@ -348,9 +367,10 @@ async def build_director_backend(
     holders = graph.capabilities.block_holders
     if holders:
         metrics.recent.blocks_held = lambda name: sum(h.blocks_held(name) for h in holders)
+    parsers = graph.setup.parsers  # requestHandler.parsers, resolved at build
     codec = Codec(
-        parse_request=parse_request,
-        rewrite_request_body=rewrite_request_body,
+        parse_request=parsers.parse_request,
+        rewrite_request_body=parsers.rewrite_request_body,
         response_filter=OpenAIResponseFilter,
     )
     tracing, tracing_tasks = _tracing_for(settings)

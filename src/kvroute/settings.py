@@ -304,6 +304,18 @@ class EppSettings:
         ),
     )
 
+    emit_endpoint_scores: bool = field(
+        default=False,
+        metadata=flag(
+            "--emit-endpoint-scores",
+            parse=parse_bool,
+            optional_value=True,
+            metavar="BOOL",
+            help="put the primary profile's per-endpoint scores in the envoy.lb metadata under "
+            "x-gateway-destination-endpoint-scores (the endpoint list is not reordered)",
+        ),
+    )
+
     def __post_init__(self) -> None:
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout must not be negative, got {self.drain_timeout_s}")

@@ -124,6 +124,7 @@ def build_epp(
     clock: Callable[[], float] = time.monotonic,
     timings: PluginTimings | None = None,
     scrape_interval_s: float | None = None,
+    emit_endpoint_scores: bool = False,
 ) -> EppGraph:
     """Build the EPP's decision graph over ``datastore`` from ``config``.
 
@@ -150,6 +151,7 @@ def build_epp(
         director_rng if director_rng is not None else rng,
         clock,
         timings=timings,
+        emit_endpoint_scores=emit_endpoint_scores,
     )
     loops: list[tuple[str, Loop]] = []
     if scrape_interval_s is not None:

@@ -22,7 +22,7 @@ from kvroute.k8s.resources import GROUP_X, PoolRef
 from tests.k8s_apiserver import FakeApiServer
 from tests.k8s_apiserver.fixtures import client_for, running_api
 from tests.k8s_apiserver.objects import eventually, inference_model, pod, pool_v1, pool_v1alpha2
-from tests.k8s_apiserver.resource_types import DEFAULT_TYPES
+from tests.k8s_apiserver.resource_types import DEFAULT_TYPES, LLM_D_TYPES
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -287,5 +287,46 @@ async def test_missing_optional_crds_do_not_block_discovery() -> None:
                 assert ctl.resource_reflectors["rewrites"].missing
                 assert not ctl.resource_reflectors["objectives"].missing
                 assert ctl.resource_reflectors["models"].failures == 0  # no warning storm
+        finally:
+            await c.close()
+
+
+def _objective(api_version: str, name: str) -> dict[str, object]:
+    return {
+        "apiVersion": api_version,
+        "kind": "InferenceObjective",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"priority": 1, "poolRef": {"name": "pool"}},
+    }
+
+
+@pytest.mark.parametrize("llm_d_installed", [False, True])
+async def test_objectives_come_from_llm_d_ai_when_served_else_from_the_legacy_group(
+    llm_d_installed: bool,
+) -> None:
+    """llm-d-router reconciles the legacy group with a deprecation log; with both groups'
+    CRDs installed only llm-d.ai is used."""
+    types = [*DEFAULT_TYPES, *(LLM_D_TYPES if llm_d_installed else ())]
+    seen: list[PoolResources] = []
+    async with running_api(types=types) as api:
+        c = client_for(api)
+        api.apply(pool_v1())
+        api.apply(_objective("inference.networking.x-k8s.io/v1alpha2", "legacy"))
+        if llm_d_installed:
+            api.apply(_objective("llm-d.ai/v1alpha2", "current"))
+        ctl = controller(c, Datastore(), on_resources=seen.append)
+        try:
+            async with running(ctl):
+                want = {"current"} if llm_d_installed else {"legacy"}
+
+                def objectives() -> set[str]:
+                    return {o["metadata"]["name"] for o in seen[-1].objectives} if seen else set()
+
+                await eventually(lambda: objectives() == want)
+                reflector = ctl.resource_reflectors["objectives@llm-d.ai"]
+                await eventually(lambda: reflector.missing != llm_d_installed)
+                if llm_d_installed:
+                    api.remove("llm-d.ai/v1alpha2", "InferenceObjective", "current")
+                    await eventually(lambda: objectives() == set())  # legacy stays ignored
         finally:
             await c.close()

@@ -39,6 +39,7 @@ class ResourceType:
 
 INFERENCE_GROUP = "inference.networking.k8s.io"
 INFERENCE_X_GROUP = "inference.networking.x-k8s.io"
+LLM_D_GROUP = "llm-d.ai"
 
 DEFAULT_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "Pod", "pods", has_status=True, short_names=("po",)),
@@ -169,3 +170,13 @@ def fields_match(reqs: tuple[Requirement, ...], obj: Mapping[str, Any]) -> bool:
         if r.key not in flat:
             raise SelectorError(f"field label not supported: {r.key}")
     return all(r.matches(flat) for r in reqs)
+
+
+# llm-d-router's groups for InferenceObjective/InferenceModelRewrite; not in DEFAULT_TYPES, so a
+# test chooses a cluster with the llm-d.ai CRDs installed.
+LLM_D_TYPES: tuple[ResourceType, ...] = (
+    ResourceType(LLM_D_GROUP, "v1alpha2", "InferenceObjective", "inferenceobjectives", True, True),
+    ResourceType(
+        LLM_D_GROUP, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites", True, True
+    ),
+)

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from kvroute.api.inferencemodel import InferenceModel, TargetModel
 from kvroute.api.inferencemodelrewrite import InferenceModelRewrite, RewriteRule, RewriteTarget
-from kvroute.api.inferenceobjective import InferenceObjective
+from kvroute.api.inferenceobjective import (
+    ALPHA_API_VERSIONS,
+    LEGACY_ALPHA_API_VERSION,
+    LLM_D_ALPHA_API_VERSION,
+    InferenceObjective,
+)
 from kvroute.api.inferencepool import (
     V1_API_VERSION,
     V1ALPHA2_API_VERSION,
@@ -18,6 +23,9 @@ from kvroute.api.inferencepool import (
 from kvroute.api.meta import KubeModel, ObjectMeta
 
 __all__ = [
+    "ALPHA_API_VERSIONS",
+    "LEGACY_ALPHA_API_VERSION",
+    "LLM_D_ALPHA_API_VERSION",
     "RESOURCE_KINDS",
     "V1ALPHA2_API_VERSION",
     "V1_API_VERSION",
@@ -49,6 +57,6 @@ RESOURCE_KINDS: dict[tuple[str, str], type[KubeModel]] = {
     (V1_API_VERSION, "InferencePool"): InferencePoolV1,
     (V1ALPHA2_API_VERSION, "InferencePool"): InferencePoolV1Alpha2,
     (V1ALPHA2_API_VERSION, "InferenceModel"): InferenceModel,
-    (V1ALPHA2_API_VERSION, "InferenceObjective"): InferenceObjective,
-    (V1ALPHA2_API_VERSION, "InferenceModelRewrite"): InferenceModelRewrite,
+    **{(v, "InferenceObjective"): InferenceObjective for v in ALPHA_API_VERSIONS},
+    **{(v, "InferenceModelRewrite"): InferenceModelRewrite for v in ALPHA_API_VERSIONS},
 }

@@ -31,7 +31,11 @@ __all__ = [
 ]
 
 CriticalityName = Literal["Critical", "Standard", "Sheddable"]
-Weight = Annotated[int, Field(ge=1, le=1_000_000), range_message(1, 1_000_000)]
+Weight = Annotated[
+    int,
+    Field(ge=1, le=1_000_000, json_schema_extra={"format": "int32"}),
+    range_message(1, 1_000_000),
+]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 
 

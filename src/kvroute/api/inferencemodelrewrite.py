@@ -1,9 +1,10 @@
-"""InferenceModelRewrite ``inference.networking.x-k8s.io/v1alpha2`` (alpha since upstream v1.2.1).
+"""InferenceModelRewrite ``llm-d.ai/v1alpha2`` (legacy: ``inference.networking.x-k8s.io``).
 
 Ordered rules; each matches model names exactly (``matches`` is an OR; an empty or absent list
 matches every model, a *generic* rule) and sends the request to a weighted split of
-``targets``. Weights are all-or-none; with none set every target is equally likely (upstream's
-total-weight-0 rule). How rules from several objects are merged is in
+``targets``. As upstream (llm-d-router ``apix/v1alpha2``, whose CRD has no all-or-none rule) a
+target without ``weight`` weighs 0 when others have one; with none set, or a total of 0, every
+target is equally likely. How rules from several objects are merged is in
 :mod:`kvroute.requestcontrol.model_resolution`.
 """
 
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from kvroute.api.inferencemodel import Weight
-from kvroute.api.inferenceobjective import PoolObjectReference
+from kvroute.api.inferenceobjective import AlphaApiVersion, PoolObjectReference
 from kvroute.api.meta import ConditionedStatus, KubeModel, ObjectMeta
 
 __all__ = ["InferenceModelRewrite", "ModelMatch", "RewriteRule", "RewriteTarget"]
@@ -38,14 +39,6 @@ class RewriteRule(KubeModel):
     matches: list[Match] = Field(default_factory=list)
     targets: list[RewriteTarget] = Field(min_length=1)
 
-    @field_validator("targets")
-    @classmethod
-    def _weights_all_or_none(cls, targets: list[RewriteTarget]) -> list[RewriteTarget]:
-        weighted = sum(1 for t in targets if t.weight is not None)
-        if 0 < weighted < len(targets):
-            raise ValueError("weights must be set on all targets or on none")
-        return targets
-
     @property
     def is_generic(self) -> bool:
         return not self.matches
@@ -53,11 +46,11 @@ class RewriteRule(KubeModel):
 
 class InferenceModelRewriteSpec(KubeModel):
     pool_ref: PoolObjectReference
-    rules: list[RewriteRule] = Field(min_length=1)
+    rules: list[RewriteRule]  # required, may be empty (upstream: no minItems)
 
 
 class InferenceModelRewrite(KubeModel):
-    api_version: Literal["inference.networking.x-k8s.io/v1alpha2"]
+    api_version: AlphaApiVersion
     kind: Literal["InferenceModelRewrite"]
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: InferenceModelRewriteSpec

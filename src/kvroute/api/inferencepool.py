@@ -30,6 +30,7 @@ from kvroute.api.meta import (
     KubeModel,
     LabelKey,
     LabelValue,
+    Namespace,
     ObjectMeta,
     ObjectName,
     PortNumber,
@@ -51,6 +52,16 @@ V1ALPHA2_API_VERSION = "inference.networking.x-k8s.io/v1alpha2"
 
 FailureMode = Literal["FailOpen", "FailClose"]
 AppProtocol = Literal["http", "kubernetes.io/h2c"]
+# Gateway API's GatewayController: ``<domain>/<path>``.
+ControllerName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/"
+        r"[A-Za-z0-9\/\-._~%!$&'()*+,;=:]+$",
+    ),
+]
 MatchLabels = Annotated[dict[LabelKey, LabelValue], Field(min_length=1, max_length=64)]
 
 
@@ -99,17 +110,17 @@ class InferencePoolSpecV1(KubeModel):
 
 
 class ParentGatewayReference(KubeModel):
-    group: Group | None = None
-    kind: Kind | None = None
+    """GIE v1's ``ParentReference``: the fields and defaults of upstream's CRD, no more."""
+
+    group: Group = "gateway.networking.k8s.io"
+    kind: Kind = "Gateway"
     name: ObjectName
-    namespace: str | None = None
-    section_name: str | None = None
-    port: PortNumber | None = None
+    namespace: Namespace | None = None
 
 
 class ParentStatus(KubeModel):
     parent_ref: ParentGatewayReference
-    controller_name: str | None = None
+    controller_name: ControllerName | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=8)
 
 

@@ -33,11 +33,13 @@ __all__ = [
     "ConditionedStatus",
     "DnsSubdomainName",
     "Group",
+    "Int32",
     "Kind",
     "KubeModel",
     "LabelKey",
     "LabelValue",
     "Labels",
+    "Namespace",
     "ObjectMeta",
     "ObjectName",
     "OwnerReference",
@@ -78,7 +80,9 @@ def range_message(lo: int, hi: int) -> Any:
     return WrapValidator(wrap)
 
 
-PortNumber = Annotated[int, Field(ge=1, le=65535), range_message(1, 65535)]
+PortNumber = Annotated[
+    int, Field(ge=1, le=65535, json_schema_extra={"format": "int32"}), range_message(1, 65535)
+]
 
 # Kubernetes label syntax (apimachinery validation.IsQualifiedName / IsValidLabelValue).
 _LABEL_KEY_PATTERN = (
@@ -89,6 +93,8 @@ _LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 _DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 _OPTIONAL_DNS_SUBDOMAIN_PATTERN = r"^$|" + _DNS_SUBDOMAIN_PATTERN
+_KIND_PATTERN = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
+_DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 # What each pattern means, for error messages (kvroute.config.yaml_errors).
 PATTERN_DESCRIPTIONS: dict[str, str] = {
@@ -97,19 +103,28 @@ PATTERN_DESCRIPTIONS: dict[str, str] = {
     _LABEL_VALUE_PATTERN: "is not a valid label value (up to 63 characters of A-Z a-z 0-9 - _ . "
     "starting and ending alphanumeric, or empty)",
     _DNS_SUBDOMAIN_PATTERN: "is not a valid object name (lowercase DNS subdomain: a-z 0-9 - .)",
-    _OPTIONAL_DNS_SUBDOMAIN_PATTERN: "is not a valid object name "
-    "(lowercase DNS subdomain: a-z 0-9 - .)",
+    _OPTIONAL_DNS_SUBDOMAIN_PATTERN: "is not a valid object name or API group "
+    "(lowercase DNS subdomain: a-z 0-9 - ., or empty)",
+    _KIND_PATTERN: "is not a valid kind (a letter, then letters, digits and -)",
+    _DNS_LABEL_PATTERN: "is not a valid namespace (lowercase DNS label: a-z 0-9 -)",
 }
 
 LabelKey = Annotated[str, Field(min_length=1, max_length=253, pattern=_LABEL_KEY_PATTERN)]
-LabelValue = Annotated[str, Field(max_length=63, pattern=_LABEL_VALUE_PATTERN)]
+LabelValue = Annotated[str, Field(min_length=0, max_length=63, pattern=_LABEL_VALUE_PATTERN)]
 Labels = dict[LabelKey, LabelValue]
 ObjectName = Annotated[str, Field(min_length=1, max_length=253)]
 DnsSubdomainName = Annotated[
     str, Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN_PATTERN)
 ]
-Group = Annotated[str, Field(max_length=253)]
-Kind = Annotated[str, Field(min_length=1, max_length=63)]
+Group = Annotated[str, Field(min_length=0, max_length=253, pattern=_OPTIONAL_DNS_SUBDOMAIN_PATTERN)]
+Kind = Annotated[str, Field(min_length=1, max_length=63, pattern=_KIND_PATTERN)]
+Namespace = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL_PATTERN)]
+# Go's int32 (priorities, weights): the range is enforced and the CRD says ``format: int32``.
+Int32 = Annotated[
+    int,
+    Field(ge=-(2**31), le=2**31 - 1, json_schema_extra={"format": "int32"}),
+    range_message(-(2**31), 2**31 - 1),
+]
 # Timestamps arrive as YAML timestamps (datetime) or as RFC 3339 strings (JSON, kubectl).
 Timestamp = Annotated[datetime, Field(strict=False)]
 
@@ -153,15 +168,19 @@ class Condition(KubeModel):
     """``metav1.Condition`` as written by controllers into ``status``.
 
     ``status`` is optional here (required in metav1) because an upstream documentation example
-    omits it; kvroute never acts on status, it only accepts it.
+    omits it, and ``reason``/``type`` carry only metav1's length limits, not its patterns (the
+    same examples write ``reason: Accepted|Pending``); kvroute never acts on status, it only
+    accepts it.
     """
 
-    type: str
+    type: Annotated[str, Field(max_length=316)]
     status: Literal["True", "False", "Unknown"] | None = None
-    reason: str | None = None
-    message: str | None = None
+    reason: Annotated[str, Field(max_length=1024)] | None = None
+    message: Annotated[str, Field(max_length=32768)] | None = None
     last_transition_time: Timestamp | None = None
-    observed_generation: int | None = None
+    observed_generation: (
+        Annotated[int, Field(ge=0, json_schema_extra={"format": "int64"})] | None
+    ) = None
 
 
 class ConditionedStatus(KubeModel):

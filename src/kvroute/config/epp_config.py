@@ -9,7 +9,8 @@ Format (``apix/config/v1alpha1``)::
     schedulingProfiles: [{name, plugins: [{pluginRef, weight}]}]
     saturationDetector: {pluginRef}
     dataLayer: {sources: [{pluginRef, extractors: [{pluginRef}]}]}
-    parser: {pluginRef}                       # or requestHandler: {parsers: [{pluginRef}]}
+    parser: {pluginRef}                       # deprecated: requestHandler.parsers wins
+    requestHandler: {parsers: [{pluginRef}]}  # undeclared refs may name a parser type
     flowControl: {maxBytes, maxRequests, defaultRequestTTL, usageLimitPolicyPluginRef,
                   defaultPriorityBand, priorityBands: [{priority, maxBytes, ...}]}
 
@@ -39,6 +40,8 @@ from kvroute.errors import ConfigError
 from kvroute.plugins.registry import PluginRegistry
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
+# llm-d-router (v0.10) writes its configs under its own group; both spellings load the same.
+LLMD_API_VERSION = "llm-d.ai/v1alpha1"
 KIND = "EndpointPickerConfig"
 # llm-d-router's gates and their defaults (``NAME`` or ``NAME=true|false`` in ``featureGates``).
 FEATURE_GATE_DEFAULTS: dict[str, bool] = {
@@ -105,12 +108,6 @@ class PluginRef(_Strict):
     plugin_ref: str = Field(alias="pluginRef", min_length=1)
 
 
-class RequestHandlerSpec(_Strict):
-    """llm-d-router's spelling of ``parser``: the request parsers, longest path match first."""
-
-    parsers: list[PluginRef] = Field(default_factory=list)
-
-
 class DataLayerSourceSpec(_Strict):
     plugin_ref: str = Field(alias="pluginRef", min_length=1)
     extractors: list[PluginRef] = Field(default_factory=list)
@@ -118,6 +115,14 @@ class DataLayerSourceSpec(_Strict):
 
 class DataLayerSpec(_Strict):
     sources: list[DataLayerSourceSpec] = Field(default_factory=list)
+    # file-discovery instead of Kubernetes / --endpoint (kvroute.datastore.file_discovery)
+    discovery: PluginRef | None = None
+
+
+class RequestHandlerSpec(_Strict):
+    """``requestHandler``: the ordered ``parsers`` (see :mod:`kvroute.protocol.parsers`)."""
+
+    parsers: list[PluginRef] = Field(default_factory=list)
 
 
 class _BandLimits(_Strict):
@@ -194,7 +199,9 @@ def parse_feature_gates(gates: list[str]) -> dict[str, bool]:
 
 
 class EndpointPickerConfig(_Strict):
-    api_version: Literal["inference.networking.x-k8s.io/v1alpha1"] = Field(alias="apiVersion")
+    api_version: Literal["inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"] = Field(
+        alias="apiVersion"
+    )
     kind: Literal["EndpointPickerConfig"]
     feature_gates: list[str] = Field(default_factory=list, alias="featureGates")
     plugins: list[PluginSpec] = Field(default_factory=list)
@@ -203,7 +210,7 @@ class EndpointPickerConfig(_Strict):
     )
     saturation_detector: PluginRef | None = Field(default=None, alias="saturationDetector")
     data_layer: DataLayerSpec | None = Field(default=None, alias="dataLayer")
-    parser: PluginRef | None = None
+    parser: PluginRef | None = None  # deprecated upstream: requestHandler.parsers wins
     request_handler: RequestHandlerSpec | None = Field(default=None, alias="requestHandler")
     flow_control: FlowControlSpec | None = Field(default=None, alias="flowControl")
 
@@ -301,9 +308,11 @@ def apply_static_defaults(config: EndpointPickerConfig, source: str) -> Endpoint
                 "requestHandler.parsers: parser and requestHandler.parsers are the old and new "
                 "spelling of one setting; write only one"
             )
-        for i, parser_ref in enumerate(config.request_handler.parsers):
-            refs.append((f"requestHandler.parsers[{i}].pluginRef", parser_ref.plugin_ref))
+        # requestHandler.parsers may name a parser type without declaring it (as upstream);
+        # kvroute.protocol.parsers.parser_set_for resolves and checks each reference.
     if config.data_layer is not None:
+        if config.data_layer.discovery is not None:
+            refs.append(("dataLayer.discovery.pluginRef", config.data_layer.discovery.plugin_ref))
         for i, src in enumerate(config.data_layer.sources):
             refs.append((f"dataLayer.sources[{i}].pluginRef", src.plugin_ref))
             for j, ext in enumerate(src.extractors):

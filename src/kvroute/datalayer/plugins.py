@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from kvroute.datalayer.mappings import MappingRegistry
 from kvroute.datalayer.scraper import MetricsCollector, MetricsDataSourceParams
+from kvroute.datastore.file_discovery import FILE_DISCOVERY, FileDiscoveryParams
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.plugins.base import Plugin, TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
@@ -42,6 +43,15 @@ METRICS_DATA_SOURCE = "metrics-data-source"
 CORE_METRICS_EXTRACTOR = "core-metrics-extractor"
 OPENAI_PARSER = "openai-parser"
 PASSTHROUGH_PARSER = "passthrough-parser"
+# Every parser type kvroute implements (kvroute.protocol.parsers), registered so a config may
+# declare them in ``plugins``; requestHandler.parsers picks among the declared ones.
+PARSER_TYPES = (
+    OPENAI_PARSER,
+    "anthropic-parser",
+    "vllmhttp-parser",
+    "sglanghttp-parser",
+    PASSTHROUGH_PARSER,
+)
 
 
 class MetricsDataSource:
@@ -66,7 +76,7 @@ class CoreMetricsExtractor:
 
 
 class RequestParser:
-    """A named request parser (``openai-parser``; ``passthrough-parser`` is refused at build)."""
+    """A named request parser (its type selects the protocol; see kvroute.protocol.parsers)."""
 
     def __init__(self, type_name: str, name: str) -> None:
         self.typed_name = TypedName(type_name, name)
@@ -95,6 +105,27 @@ def _extractor(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -
     return CoreMetricsExtractor(name, parameters, mappings)
 
 
+class FileDiscoveryPlugin:
+    """``file-discovery``: validated parameters; the app builds the endpoint source from them."""
+
+    def __init__(self, name: str, params: FileDiscoveryParams) -> None:
+        self.typed_name = TypedName(FILE_DISCOVERY, name)
+        self.params = params
+
+
+def _file_discovery(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
+    try:
+        params = FileDiscoveryParams.model_validate(dict(parameters))
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise PluginValidationError(
+            f"plugin {name!r} ({FILE_DISCOVERY}): parameters.{fields}"
+        ) from None
+    return FileDiscoveryPlugin(name, params)
+
+
 def _parser(type_name: str) -> PluginFactory:
     def factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
         if parameters:
@@ -109,17 +140,8 @@ def _parser(type_name: str) -> PluginFactory:
 PLUGINS: Mapping[str, PluginFactory] = {
     METRICS_DATA_SOURCE: _data_source,
     CORE_METRICS_EXTRACTOR: _extractor,
-    OPENAI_PARSER: _parser(OPENAI_PARSER),
-    PASSTHROUGH_PARSER: _parser(PASSTHROUGH_PARSER),
-}
-
-
-SUPPORTED_PARSERS = (OPENAI_PARSER,)
-_REFUSED_PARSERS = {
-    PASSTHROUGH_PARSER: (
-        "passthrough-parser is not supported: kvroute parses every request body as OpenAI "
-        "(the director needs the model name); supported parsers: openai-parser"
-    ),
+    FILE_DISCOVERY: _file_discovery,
+    **{name: _parser(name) for name in PARSER_TYPES},
 }
 
 
@@ -220,32 +242,6 @@ def data_layer_setup(
     _raise(errors, source)
     assert isinstance(chosen, MetricsDataSource)  # else _raise raised
     return DataLayerSetup(source=chosen, extractor=extractor)
-
-
-def check_parsers(
-    config: EndpointPickerConfig, plugins: Mapping[str, Plugin], source: str = "<config>"
-) -> None:
-    """Reject a parser kvroute does not run, and a parser reference to a non-parser."""
-    errors: list[str] = []
-    for name in _of_type(plugins, RequestParser):
-        refused = _REFUSED_PARSERS.get(plugins[name].typed_name.type)
-        if refused is not None:
-            errors.append(f"plugins: {_describe(plugins, name)}: {refused}")
-    refs: list[tuple[str, str]] = []
-    if config.parser is not None:
-        refs.append(("parser.pluginRef", config.parser.plugin_ref))
-    if config.request_handler is not None:
-        refs.extend(
-            (f"requestHandler.parsers[{i}].pluginRef", r.plugin_ref)
-            for i, r in enumerate(config.request_handler.parsers)
-        )
-    for key, ref in refs:
-        if not isinstance(plugins.get(ref), RequestParser):
-            errors.append(
-                f"{key}: {_describe(plugins, ref)} is not a request parser "
-                f"(supported parsers: {', '.join(SUPPORTED_PARSERS)})"
-            )
-    _raise(errors, source)
 
 
 def _first(plugins: Mapping[str, Plugin], names: list[str], cls: type[Any]) -> Any:

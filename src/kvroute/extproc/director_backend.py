@@ -26,6 +26,9 @@ from kvroute.scheduling.request import InferenceRequest
 
 log = logging.getLogger(__name__)
 
+LB_NAMESPACE = "envoy.lb"
+SCORES_KEY = "x-gateway-destination-endpoint-scores"
+
 
 class Decision(Protocol):
     """What the director returns for a scheduled request."""
@@ -59,7 +62,7 @@ class Codec:
 
     parse_request: Callable[[bytes, str], Any]
     rewrite_request_body: Callable[[Any, str], bytes]
-    response_filter: Callable[[str, str, bool], ResponseFilter]
+    response_filter: Callable[[str, str, bool, Any], ResponseFilter]
 
 
 @dataclass(slots=True)
@@ -214,9 +217,11 @@ class DirectorBackend:
             if req.target_model == req.incoming_model
             else self._codec.rewrite_request_body(parsed, req.target_model)
         )
+        scores = getattr(decision, "endpoint_scores", None)  # --emit-endpoint-scores
         routed = Routed(
             endpoints=tuple(decision.endpoint_header.split(",")),
             body=body,
+            metadata={LB_NAMESPACE: {SCORES_KEY: dict(scores)}} if scores else {},
             incoming_model=req.incoming_model,
             target_model=req.target_model,
             handle=_Handle(decision, started, req.priority, req.fairness_id, span=span),
@@ -237,13 +242,14 @@ class DirectorBackend:
         return self._director.random_endpoint().hostport
 
     def response_filter(self, routed: Routed, streaming: bool) -> ResponseFilter:
-        if not routed.incoming_model:
-            return NoUsageFilter()
-        inner = self._codec.response_filter(routed.incoming_model, routed.target_model, streaming)
         handle = routed.handle
-        if not isinstance(handle, _Handle):
-            return inner
+        if not isinstance(handle, _Handle):  # header-only request: nothing was parsed
+            return NoUsageFilter()
         handle.streaming = streaming
+        api = handle.decision.request.api  # the parser's API picks how usage is read
+        inner = self._codec.response_filter(
+            routed.incoming_model, routed.target_model, streaming, api
+        )
         if handle.span is not None:
             handle.response_span = handle.span.start_child("kvroute.response", streaming=streaming)
         return _FirstByteFilter(inner, handle, self._clock)

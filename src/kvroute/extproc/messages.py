@@ -13,6 +13,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
+from kvroute.requestcontrol.headers import STRIPPED_REQUEST_HEADERS
+
 # pkg/common/envoy/chunking.go: "Certain envoy implementations set a max limit of 64Kb".
 BODY_BYTE_LIMIT = 62_000
 
@@ -26,11 +28,11 @@ REQUEST_ID_HEADER = "x-request-id"
 LB_METADATA_NAMESPACE = "envoy.lb"
 SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
 
-# Headers the EPP owns: never forwarded from the client (upstream util/request/headers.go).
+# Headers the EPP owns: never forwarded from the client (upstream util/request/headers.go):
+# both names of every aliased control header, the video and dropped-reason headers, and the
+# destination headers.
 SYSTEM_OWNED_HEADERS = (
-    FAIRNESS_ID_HEADER,
-    OBJECTIVE_HEADER,
-    MODEL_REWRITE_HEADER,
+    *STRIPPED_REQUEST_HEADERS,
     DESTINATION_SUBSET_KEY,
     DESTINATION_ENDPOINT_HEADER,
     DESTINATION_SERVED_HEADER,

@@ -62,6 +62,7 @@ from kvroute.extproc.backend import (
     RoutingInput,
     subset_from_metadata,
 )
+from kvroute.requestcontrol.headers import MODEL_REWRITE, OBJECTIVE, read_aliased
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +252,9 @@ class ExtProcStream:
             or h.get("x-forwarded-path", ""),
             request_id=self.request_id,
             subset_hint=self._subset,
-            objective=h.get(msg.OBJECTIVE_HEADER) or None,
+            objective=read_aliased(h, OBJECTIVE),
             fairness_id=h.get(msg.FAIRNESS_ID_HEADER) or "default-flow",
-            model_rewrite=h.get(msg.MODEL_REWRITE_HEADER) or None,
+            model_rewrite=read_aliased(h, MODEL_REWRITE),
         )
         self._body = bytearray()  # the backend owns the bytes now
         try:

@@ -29,11 +29,19 @@ class Criticality(StrEnum):
 
 
 class ApiKind(StrEnum):
+    """The request's API, named by the path suffix its parser claims (``kvroute.protocol``)."""
+
     COMPLETIONS = "completions"
     CHAT_COMPLETIONS = "chat/completions"
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"
     CONVERSATIONS = "conversations"
+    IMAGES_GENERATIONS = "images/generations"
+    MESSAGES = "messages"  # Anthropic Messages
+    MESSAGES_COUNT_TOKENS = "messages/count_tokens"  # forwarded raw
+    VLLM_GENERATE = "inference/v1/generate"  # vLLM's native token-in generate
+    SGLANG_GENERATE = "generate"  # SGLang's native generate
+    PASSTHROUGH = "passthrough"  # body not interpreted: routed by load only
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,9 @@ Two modes, as upstream:
 * **pool mode** (``--pool-name``/``--pool-namespace``/``--pool-group``): watch the one
   InferencePool (either API group) for its selector and target ports; watch the pods that selector
   matches; watch the InferenceModels/Objectives/Rewrites in the namespace whose ``poolRef`` names
-  the pool, hand them to ``on_resources`` and write each InferenceModel's ``Accepted`` condition;
+  the pool, hand them to ``on_resources`` and write each InferenceModel's ``Accepted`` condition.
+  Objectives and rewrites are watched under ``llm-d.ai`` (llm-d-router v0.10) and the legacy
+  ``inference.networking.x-k8s.io``; once ``llm-d.ai`` is served only its objects are used;
 * **standalone mode** (``--endpoint-selector``/``--endpoint-target-ports``): no CRDs; a fixed
   :class:`~kvroute.k8s.endpoints.PoolSpec`, pods only.
 
@@ -45,7 +47,9 @@ from kvroute.k8s.resources import (
     POOL_KINDS,
     InferenceModel,
     InferenceModelRewrite,
+    InferenceModelRewriteLlmD,
     InferenceObjective,
+    InferenceObjectiveLlmD,
     Pod,
     PoolRef,
     as_dict,
@@ -62,6 +66,9 @@ class EndpointSink(Protocol):
     ) -> object: ...
 
     def remove_endpoint(self, name: str) -> object: ...
+
+
+_LLM_D = "@llm-d.ai"  # reflector-key suffix of the llm-d.ai objective/rewrite watches
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +144,7 @@ class PoolController:
         self._pod_generation = 0
         self._status_dirty = asyncio.Event()
         self._resources: dict[str, tuple[dict[str, Any], ...]] = {}
+        self._warned_legacy: set[str] = set()
         self._pods_synced = asyncio.Event()
         self.synced = asyncio.Event()  # pool (or standalone spec) known and its pods listed
         self.pod_reflector: Reflector | None = None
@@ -172,6 +180,8 @@ class PoolController:
                     ("models", InferenceModel),
                     ("objectives", InferenceObjective),
                     ("rewrites", InferenceModelRewrite),
+                    (f"objectives{_LLM_D}", InferenceObjectiveLlmD),
+                    (f"rewrites{_LLM_D}", InferenceModelRewriteLlmD),
                 ):
                     reflector = Reflector(
                         self._client,
@@ -316,9 +326,32 @@ class PoolController:
             if key == "models":
                 self._status_dirty.set()
             if self._on_resources is not None:
-                self._on_resources(PoolResources(**self._resources))
+                self._on_resources(self._pool_resources())
 
         return handle
+
+    def _pool_resources(self) -> PoolResources:
+        """Objectives and rewrites from ``llm-d.ai`` once that group is served (its reflector
+        listed; with both installed only it is used, as llm-d-router), else the legacy group's,
+        with a deprecation warning the first time legacy objects are in use."""
+        chosen: dict[str, tuple[dict[str, Any], ...]] = {
+            "models": self._resources.get("models", ())
+        }
+        for key in ("objectives", "rewrites"):
+            current = self._resources.get(f"{key}{_LLM_D}")
+            if current is not None:
+                chosen[key] = current
+                continue
+            legacy = self._resources.get(key, ())
+            if legacy and key not in self._warned_legacy:
+                self._warned_legacy.add(key)
+                log.warning(
+                    "DEPRECATION: using %s from the legacy group inference.networking.x-k8s.io;"
+                    " install the llm-d.ai CRDs and move the objects there",
+                    key,
+                )
+            chosen[key] = legacy
+        return PoolResources(**chosen)
 
     async def _status_loop(self) -> None:
         while True:

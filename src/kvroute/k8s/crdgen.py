@@ -55,6 +55,7 @@ class CrdSpec:
     kind: str
     plural: str
     short_names: tuple[str, ...] = ()
+    printer_columns: tuple[tuple[str, str, str], ...] = ()  # (name, type, jsonPath)
 
     @property
     def name(self) -> str:
@@ -64,6 +65,9 @@ class CrdSpec:
     def filename(self) -> str:
         return f"{self.group}_{self.plural}.yaml"
 
+
+_POOL_COLUMN = ("Inference Pool", "string", ".spec.poolRef.name")
+_AGE = ("Age", "date", ".metadata.creationTimestamp")
 
 CRDS: tuple[CrdSpec, ...] = (
     CrdSpec(
@@ -88,19 +92,27 @@ CRDS: tuple[CrdSpec, ...] = (
         "InferenceModel",
         "inferencemodels",
     ),
-    CrdSpec(
-        InferenceObjective,
-        "inference.networking.x-k8s.io",
-        "v1alpha2",
-        "InferenceObjective",
-        "inferenceobjectives",
-    ),
-    CrdSpec(
-        InferenceModelRewrite,
-        "inference.networking.x-k8s.io",
-        "v1alpha2",
-        "InferenceModelRewrite",
-        "inferencemodelrewrites",
+    *(
+        spec
+        for group in ("llm-d.ai", "inference.networking.x-k8s.io")
+        for spec in (
+            CrdSpec(
+                InferenceObjective,
+                group,
+                "v1alpha2",
+                "InferenceObjective",
+                "inferenceobjectives",
+                printer_columns=(_POOL_COLUMN, ("Priority", "string", ".spec.priority"), _AGE),
+            ),
+            CrdSpec(
+                InferenceModelRewrite,
+                group,
+                "v1alpha2",
+                "InferenceModelRewrite",
+                "inferencemodelrewrites",
+                printer_columns=(_POOL_COLUMN, _AGE),
+            ),
+        )
     ),
 )
 
@@ -114,7 +126,7 @@ CEL_RULES: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {
     ("InferencePool", "v1"): {
         "spec.targetPorts": [
             (
-                "self.all(p1, self.exists_one(p2, p1.number == p2.number))",
+                "self.all(p1, self.exists_one(p2, p1.number==p2.number))",
                 "port number must be unique",
             )
         ],
@@ -129,13 +141,12 @@ CEL_RULES: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {
         "spec.modelName": [("self == oldSelf", "modelName is immutable")],
         "spec.targetModels": [_WEIGHTS_ALL_OR_NONE],
     },
-    ("InferenceModelRewrite", "v1alpha2"): {
-        "spec.rules[].targets": [_WEIGHTS_ALL_OR_NONE],
-    },
 }
 
 # Lists keyed by a field (``+listType=map``): conditions are merged by ``type``.
 _MAP_LISTS = {"conditions": ["type"]}
+# Lists replaced whole on merge (``+listType=atomic``), as upstream's InferencePool v1 marks them.
+_ATOMIC_LISTS = {("InferencePool", "v1"): ("spec.targetPorts", "status.parents")}
 
 _API_APPROVAL = (
     "unapproved, kvroute's copy of the Gateway API Inference Extension CRDs; "
@@ -235,6 +246,8 @@ def openapi_schema(spec: CrdSpec) -> Schema:
         },
         "required": ["spec"],
     }
+    for path in _ATOMIC_LISTS.get((spec.kind, spec.version), ()):
+        _at(schema, path)["x-kubernetes-list-type"] = "atomic"
     for path, rules in CEL_RULES.get((spec.kind, spec.version), {}).items():
         node = _at(schema, path)
         node.setdefault("x-kubernetes-validations", []).extend(
@@ -257,6 +270,18 @@ def crd(spec: CrdSpec) -> Schema:
     }
     if spec.short_names:
         names["shortNames"] = list(spec.short_names)
+    version: Schema = {"name": spec.version}
+    if spec.printer_columns:
+        version["additionalPrinterColumns"] = [
+            {"jsonPath": path, "name": name, "type": type_}
+            for name, type_, path in spec.printer_columns
+        ]
+    version |= {
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": openapi_schema(spec)},
+        "subresources": {"status": {}},
+    }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -265,15 +290,7 @@ def crd(spec: CrdSpec) -> Schema:
             "group": spec.group,
             "names": names,
             "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": spec.version,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": openapi_schema(spec)},
-                    "subresources": {"status": {}},
-                }
-            ],
+            "versions": [version],
         },
     }
 

@@ -16,6 +16,7 @@ from lightkube.resources.core_v1 import Pod
 
 GROUP_V1 = "inference.networking.k8s.io"
 GROUP_X = "inference.networking.x-k8s.io"
+GROUP_LLM_D = "llm-d.ai"  # InferenceObjective / InferenceModelRewrite since llm-d-router v0.10
 
 InferencePoolV1: Any = create_namespaced_resource(GROUP_V1, "v1", "InferencePool", "inferencepools")
 InferencePoolV1Alpha2: Any = create_namespaced_resource(
@@ -31,15 +32,25 @@ InferenceModelRewrite: Any = create_namespaced_resource(
     GROUP_X, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites"
 )
 
+InferenceObjectiveLlmD: Any = create_namespaced_resource(
+    GROUP_LLM_D, "v1alpha2", "InferenceObjective", "inferenceobjectives"
+)
+InferenceModelRewriteLlmD: Any = create_namespaced_resource(
+    GROUP_LLM_D, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites"
+)
+
 POOL_KINDS: dict[str, Any] = {GROUP_V1: InferencePoolV1, GROUP_X: InferencePoolV1Alpha2}
 
 __all__ = [
+    "GROUP_LLM_D",
     "GROUP_V1",
     "GROUP_X",
     "POOL_KINDS",
     "InferenceModel",
     "InferenceModelRewrite",
+    "InferenceModelRewriteLlmD",
     "InferenceObjective",
+    "InferenceObjectiveLlmD",
     "InferencePoolV1",
     "InferencePoolV1Alpha2",
     "Lease",

@@ -44,6 +44,9 @@ from kvroute.framework.request import ApiKind
 __all__ = ["ParsedRequest", "api_kind_for_path", "parse_request", "rewrite_request_body"]
 
 _SUFFIXES: tuple[tuple[str, ApiKind], ...] = (
+    ("/chat/completions/render", ApiKind.CHAT_COMPLETIONS),  # same body as the parent API
+    ("/completions/render", ApiKind.COMPLETIONS),
+    ("/images/generations", ApiKind.IMAGES_GENERATIONS),
     ("/conversations", ApiKind.CONVERSATIONS),
     ("/responses", ApiKind.RESPONSES),
     ("/chat/completions", ApiKind.CHAT_COMPLETIONS),
@@ -254,7 +257,15 @@ def _conversations_text(data: dict[str, Any]) -> str:
     return _messages_text(items, "items")
 
 
+def _images_text(data: dict[str, Any]) -> str:
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise BadRequestError("invalid request: image generations need a non-empty 'prompt'")
+    return prompt
+
+
 _PROMPT_BUILDERS = {
+    ApiKind.IMAGES_GENERATIONS: _images_text,
     ApiKind.CHAT_COMPLETIONS: _chat_text,
     ApiKind.COMPLETIONS: _completions_text,
     ApiKind.EMBEDDINGS: _embeddings_text,

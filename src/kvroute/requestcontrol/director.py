@@ -35,8 +35,9 @@ from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.requestcontrol.admission import AdmissionController
+from kvroute.requestcontrol.headers import MODEL_REWRITE, read_aliased
 from kvroute.requestcontrol.hooks import RequestHooks, Usage
-from kvroute.requestcontrol.model_resolution import MODEL_REWRITE_HEADER, ResolvedModel
+from kvroute.requestcontrol.model_resolution import ResolvedModel
 from kvroute.scheduling.interfaces import (
     CycleState,
     CycleTrace,
@@ -84,7 +85,7 @@ class PassthroughResolver:
         self.criticality = criticality
 
     def resolve(self, model: str, headers: Mapping[str, str]) -> ResolvedModel:
-        target = headers.get(MODEL_REWRITE_HEADER) or model
+        target = read_aliased(headers, MODEL_REWRITE) or model
         return ResolvedModel(
             incoming_model=model,
             target_model=target,
@@ -109,6 +110,9 @@ class RoutingDecision:
     resolved: ResolvedModel
     inflight_tokens: int = 0
     completed: bool = False
+    # --emit-endpoint-scores: ip:port -> weighted total of every endpoint the primary profile
+    # scored (None when off or when the profile has no scorers).
+    endpoint_scores: Mapping[str, float] | None = None
 
 
 def subset_candidates(
@@ -139,7 +143,9 @@ class Director:
         *,
         timings: PluginTimings | None = None,
         disable_subset_filter: bool = False,
+        emit_endpoint_scores: bool = False,
     ) -> None:
+        self.emit_endpoint_scores = emit_endpoint_scores
         self.datastore = datastore
         self.resolver: Resolver = resolver or PassthroughResolver()
         self.scheduler = scheduler
@@ -188,8 +194,11 @@ class Director:
         for hook in self._prepare:
             self._run_hook("PrepareData", hook, hook.prepare_data, state, request, candidates)
 
+        scores: dict[str, dict[str, float]] | None = {} if self.emit_endpoint_scores else None
         try:
-            result = self.scheduler.schedule(request, candidates, state=state, trace=trace)
+            result = self.scheduler.schedule(
+                request, candidates, state=state, trace=trace, scores_out=scores
+            )
         except PoolExhaustedError:
             raise
         except EppError as exc:
@@ -213,6 +222,7 @@ class Director:
             endpoint_header=",".join(e.hostport for e in targets),
             resolved=resolved,
             inflight_tokens=tokens,
+            endpoint_scores=_by_hostport(scores, result.primary_profile, candidates),
         )
 
     def handle_response_complete(
@@ -284,6 +294,18 @@ class Director:
         if self.timings is not None:
             tn = hook.typed_name
             self.timings.series(point, tn.type, tn.name).append(perf_counter() - t0)
+
+
+def _by_hostport(
+    scores: Mapping[str, Mapping[str, float]] | None,
+    profile: str,
+    candidates: Sequence[Endpoint],
+) -> dict[str, float] | None:
+    """The primary profile's scores keyed by ``ip:port``, as upstream emits them."""
+    totals = scores.get(profile) if scores else None
+    if not totals:
+        return None
+    return {e.hostport: totals[e.name] for e in candidates if e.name in totals}
 
 
 def _estimate_tokens(parsed: ParsedRequest) -> int:

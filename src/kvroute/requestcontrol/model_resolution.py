@@ -5,9 +5,10 @@ Everything expensive happens in the constructor, which folds a :class:`ResourceS
 
 Target model, in order (the first that applies wins):
 
-1. the ``x-gateway-model-name-rewrite`` header (set by the gateway's route) overrides
-   everything. Upstream applies a matching InferenceModelRewrite *after* the header, so there
-   a rewrite beats the header; kvroute lets the explicit per-route header win;
+1. the ``x-llm-d-model-name-rewrite`` header (alias ``x-gateway-model-name-rewrite``; set by
+   the gateway's route) overrides everything. Upstream applies a matching InferenceModelRewrite
+   *after* the header, so there a rewrite beats the header; kvroute lets the explicit per-route
+   header win;
 2. an InferenceModel whose ``modelName`` is the requested model and which has
    ``targetModels``: a weighted draw (no weights: uniform), as upstream v0.5.1;
 3. an InferenceModelRewrite rule. Precedence across all rules, as upstream's
@@ -23,8 +24,8 @@ carries both and maps them with :meth:`Criticality.to_priority` /
 :meth:`Criticality.from_priority`: ``Critical`` <-> 1 (any priority > 0 is critical),
 ``Standard`` <-> 0, ``Sheddable`` <-> -1 (any priority < 0 is sheddable). In order:
 
-1. ``x-gateway-inference-objective`` naming a known InferenceObjective: its ``priority``
-   (unset: 0), criticality derived from it;
+1. ``x-llm-d-inference-objective`` (alias ``x-gateway-inference-objective``) naming a known
+   InferenceObjective: its ``priority`` (unset: 0), criticality derived from it;
 2. an InferenceModel for the requested model: its ``criticality`` (unset: Standard);
 3. an unknown model (no InferenceModel and no rewrite rule matched and no rewrite header),
    per ``unknown_model``: ``passthrough`` (default, as upstream v1.x: the model goes through
@@ -49,6 +50,7 @@ from itertools import accumulate
 from kvroute.api import InferenceModel, InferenceModelRewrite
 from kvroute.config.resources import ResourceSet
 from kvroute.errors import ModelNotFoundError
+from kvroute.requestcontrol.headers import MODEL_REWRITE, OBJECTIVE, read_aliased
 from kvroute.scheduling.request import Criticality
 
 __all__ = [
@@ -60,8 +62,9 @@ __all__ = [
     "WeightedChoice",
 ]
 
-MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
+# The current names; the legacy x-gateway-* aliases are read too (kvroute.requestcontrol.headers).
+MODEL_REWRITE_HEADER = MODEL_REWRITE.name
+OBJECTIVE_HEADER = OBJECTIVE.name
 
 
 class UnknownModelPolicy(StrEnum):
@@ -194,14 +197,14 @@ class ModelResolver:
             if rule is not None:
                 target = rule.targets.pick(rng)
                 rewrite_name = rule.name
-        header_target = headers.get(MODEL_REWRITE_HEADER)
+        header_target = read_aliased(headers, MODEL_REWRITE)
         if header_target:
             target = header_target
         known = entry is not None or rewrite_name is not None or bool(header_target)
         if not known and self._unknown is UnknownModelPolicy.REJECT:
             raise ModelNotFoundError(f"model {model!r} is not served by this pool")
 
-        objective_name = headers.get(OBJECTIVE_HEADER)
+        objective_name = read_aliased(headers, OBJECTIVE)
         priority = self._objectives.get(objective_name) if objective_name else None
         if priority is not None:
             return ResolvedModel(

@@ -32,10 +32,11 @@ from kvroute.config.epp_config import (
     ProfilePluginRef,
     SchedulingProfileSpec,
 )
-from kvroute.datalayer.plugins import check_parsers, data_layer_setup
+from kvroute.datalayer.plugins import data_layer_setup
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.plugins.base import Plugin
 from kvroute.plugins.registry import PluginContext, PluginRegistry
+from kvroute.protocol.parsers import ParserSet, parser_set_for
 from kvroute.scheduling.interfaces import (
     Filter,
     Picker,
@@ -106,6 +107,7 @@ class SchedulingSetup:
     effective_config: EndpointPickerConfig
     timings: PluginTimings | None = None
     feature_gates: frozenset[str] = field(default_factory=frozenset)  # the gates that are on
+    parsers: ParserSet = field(default_factory=ParserSet)  # requestHandler.parsers, resolved
 
 
 def build_scheduling(
@@ -130,7 +132,10 @@ def build_scheduling(
 
     # dataLayer and parser sections act or are rejected here, before any scheduling is built.
     data_layer_setup(config, ctx.plugins, source)
-    check_parsers(config, ctx.plugins, source)
+    try:
+        parsers = parser_set_for(config, ctx.plugins)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
 
     handlers = [n for n, p in ctx.plugins.items() if is_profile_handler(p)]
     if len(handlers) > 1:
@@ -202,6 +207,7 @@ def build_scheduling(
         effective_config=effective,
         timings=timings,
         feature_gates=frozenset(g for g in FEATURE_GATE_DEFAULTS if config.gate(g)),
+        parsers=parsers,
     )
 
 

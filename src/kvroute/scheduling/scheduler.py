@@ -66,11 +66,13 @@ class Scheduler:
         *,
         state: CycleState | None = None,
         trace: CycleTrace | None = None,
+        scores_out: dict[str, dict[str, float]] | None = None,
     ) -> SchedulingResult:
         """One cycle over ``endpoints`` (the candidates after subsetting and admission).
 
         ``state`` lets the director share the CycleState its PrepareData hooks wrote into;
-        ``trace`` (dry runs) collects every plugin's view.
+        ``trace`` (dry runs) collects every plugin's view; ``scores_out`` receives, per profile
+        that ran scorers, the weighted total of each endpoint it scored (by endpoint name).
         """
         if state is None:
             state = CycleState(self._clock())
@@ -90,7 +92,13 @@ class Scheduler:
                 if profile is None or name in results:
                     raise EppError(f"profile handler {handler.typed_name} picked {name!r} twice")
                 if trace is None:
-                    results[name] = profile.run(state, request, endpoints)
+                    if scores_out is None:
+                        results[name] = profile.run(state, request, endpoints)
+                        continue
+                    totals_only: dict[str, float] = {}
+                    results[name] = profile.run(state, request, endpoints, None, totals_only)
+                    if totals_only and profile.scorers:
+                        scores_out[name] = totals_only
                 else:
                     plugin_traces: list[PluginTrace] = []
                     totals: dict[str, float] = {}

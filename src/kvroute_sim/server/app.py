@@ -1,6 +1,8 @@
 """One simulated model server: the aiohttp shell around a real-time engine.
 
 Routes (vLLM's): ``POST /v1/completions``, ``POST /v1/chat/completions`` (JSON or SSE),
+``POST /v1/messages`` (Anthropic Messages) and ``POST /v1/responses`` (OpenAI Responses; both
+in :mod:`kvroute_sim.server.other_apis`),
 ``GET /v1/models``, ``GET /health``, ``GET /metrics``, ``POST /v1/load_lora_adapter``,
 ``POST /v1/unload_lora_adapter``, ``POST /reset_prefix_cache``; and the simulator's own
 ``GET|POST /admin/faults`` (read or change the ``FaultConfig``; ``{"dead": true}`` kills the
@@ -31,6 +33,7 @@ from kvroute_sim.server.openai_api import (
     parse_generation,
     usage,
 )
+from kvroute_sim.server.other_apis import OtherApi, OtherResponseBuilder, to_chat_body
 from kvroute_sim.text import text_tokenizer
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,8 @@ class SimServer:
         app.on_response_prepare.append(self._tag_response)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -230,6 +235,69 @@ class SimServer:
                 text, usage(req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens)
             )
             return web.json_response(body_out)
+        finally:
+            if not req.finished:
+                self.shell.abort(rid)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._other(request, "messages")
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._other(request, "responses")
+
+    async def _other(self, request: web.Request, api: OtherApi) -> web.StreamResponse:
+        """Messages / Responses: validated as the equivalent chat request, answered in kind."""
+        try:
+            chat = to_chat_body(api, await request.json())
+            parsed = parse_generation(
+                "chat",
+                chat,
+                served=self._served(),
+                max_model_len=self.config.engine.max_model_len,
+                default_chat_max_tokens=self.config.default_chat_max_tokens,
+                encode=self.text.encode,
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(ApiError(400, "The request body is not valid JSON."))
+        except ApiError as err:
+            return _error(err)
+        self._seq += 1
+        rid = f"{self.name}-{self._seq}"
+        out_ids, out_texts = self.text.output_tokens(self._seq, parsed.max_tokens)
+        req = SimRequest(
+            rid,
+            prompt_token_ids=parsed.prompt_token_ids,
+            max_tokens=parsed.max_tokens,
+            lora=None if parsed.model == self.config.model else parsed.model,
+            output_token_ids=out_ids,
+        )
+        try:
+            queue = self.shell.submit(req)
+        except RequestRejected as exc:
+            return _error(ApiError(400, str(exc)))
+        builder = OtherResponseBuilder(api, rid, parsed.model)
+        try:
+            if not parsed.stream:
+                while await queue.get() is not None:
+                    pass
+                text = "".join(out_texts[: req.num_output_tokens])
+                n_in, n_out = req.num_prompt_tokens, req.num_output_tokens
+                return web.json_response(builder.full(text, n_in, n_out, req.num_cached_tokens))
+            resp = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await resp.prepare(request)
+            await resp.write(builder.start(req.num_prompt_tokens, req.num_cached_tokens))
+            while (idx := await queue.get()) is not None:
+                await resp.write(builder.delta(out_texts[idx]))
+            text = "".join(out_texts[: req.num_output_tokens])
+            await resp.write(
+                builder.end(
+                    text, req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens
+                )
+            )
+            await resp.write_eof()
+            return resp
         finally:
             if not req.finished:
                 self.shell.abort(rid)

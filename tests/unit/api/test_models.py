@@ -359,7 +359,6 @@ INVALID = [
         {},
         "spec.poolRef.name: required field missing",
     ),
-    ("rewrite no rules", "rewrite", "spec.rules", [], "spec.rules: must have at least 1 item(s)"),
     (
         "rewrite no targets",
         "rewrite",
@@ -387,13 +386,6 @@ INVALID = [
         "spec.rules.0.targets",
         [{"modelRewrite": "x", "weight": 0}],
         "spec.rules[0].targets[0].weight: must be 1..1000000",
-    ),
-    (
-        "rewrite weights partial",
-        "rewrite",
-        "spec.rules.0.targets",
-        [{"modelRewrite": "x", "weight": 1}, {"modelRewrite": "y"}],
-        "spec.rules[0].targets: weights must be set on all targets or on none",
     ),
     (
         "metadata bad name",

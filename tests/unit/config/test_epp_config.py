@@ -286,9 +286,14 @@ def test_merge_keys_work_in_epp_config() -> None:
 
 
 def test_request_handler_parsers_are_reference_checked() -> None:
-    with pytest.raises(ConfigError) as exc:
-        parse_epp_config(HEAD + "requestHandler: {parsers: [{pluginRef: ghost}]}\n", "<t>")
-    assert "<t>: requestHandler.parsers[0].pluginRef: no plugin named 'ghost'" in exc.value.message
+    """An undeclared ref may name a parser type (as upstream); anything else fails by name."""
+    from kvroute.protocol.parsers import parser_set_for
+
+    ok = parse_epp_config(HEAD + "requestHandler: {parsers: [{pluginRef: anthropic-parser}]}\n")
+    assert parser_set_for(ok, {}).names == ("anthropic-parser",)
+    ghost = parse_epp_config(HEAD + "requestHandler: {parsers: [{pluginRef: ghost}]}\n", "<t>")
+    with pytest.raises(ConfigError, match="'ghost' is neither a declared plugin nor a parser"):
+        parser_set_for(ghost, {})
 
 
 def test_parser_and_request_handler_together_are_rejected() -> None:
@@ -300,3 +305,11 @@ def test_parser_and_request_handler_together_are_rejected() -> None:
         ConfigError, match=r"<t>: requestHandler\.parsers: parser and requestHandler"
     ):
         parse_epp_config(text, "<t>")
+
+
+def test_llm_d_router_api_version_loads_like_the_gie_one() -> None:
+    """llm-d-router v0.10 configs say ``apiVersion: llm-d.ai/v1alpha1``; they load unchanged."""
+    body = "kind: EndpointPickerConfig\nplugins: [{type: queue-scorer}]\n"
+    old = parse_epp_config("apiVersion: inference.networking.x-k8s.io/v1alpha1\n" + body)
+    new = parse_epp_config("apiVersion: llm-d.ai/v1alpha1\n" + body)
+    assert [p.type for p in new.plugins] == [p.type for p in old.plugins] == ["queue-scorer"]

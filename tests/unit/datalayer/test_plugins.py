@@ -122,24 +122,14 @@ REJECTED = [
         "dl.yaml: plugins: 2 metrics-data-source plugins (a, b) and no dataLayer.sources",
     ),
     (
-        SCORER + "- type: passthrough-parser\n",
-        "dl.yaml: plugins: plugin 'passthrough-parser' (passthrough-parser): passthrough-parser "
-        "is not supported",
-    ),
-    (
-        SCORER + "- type: passthrough-parser\nrequestHandler:\n  parsers: "
-        "[{pluginRef: passthrough-parser}]\n",
-        "passthrough-parser is not supported: kvroute parses every request body as OpenAI",
-    ),
-    (
         SCORER + "parser: {pluginRef: queue-scorer}\n",
-        "dl.yaml: parser.pluginRef: plugin 'queue-scorer' (queue-scorer) is not a request parser "
-        "(supported parsers: openai-parser)",
+        "dl.yaml: requestHandler.parsers: the plugin 'queue-scorer' (queue-scorer) is not a "
+        "parser plugin",
     ),
     (
         SCORER + "requestHandler:\n  parsers: [{pluginRef: queue-scorer}]\n",
-        "dl.yaml: requestHandler.parsers[0].pluginRef: plugin 'queue-scorer' (queue-scorer) is "
-        "not a request parser",
+        "dl.yaml: requestHandler.parsers: the plugin 'queue-scorer' (queue-scorer) is not a "
+        "parser plugin",
     ),
 ]
 
@@ -154,8 +144,6 @@ REJECTED = [
         "two extractors",
         "declared source left out of dataLayer",
         "two sources without dataLayer",
-        "passthrough-parser declared",
-        "passthrough-parser in requestHandler",
         "parser names a scorer",
         "requestHandler parser names a scorer",
     ],

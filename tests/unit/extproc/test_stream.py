@@ -226,6 +226,25 @@ def test_control_headers_are_read_and_stripped() -> None:
     )
 
 
+def test_new_control_header_names_are_read_win_over_aliases_and_both_are_stripped() -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend)
+    control = {
+        "x-llm-d-inference-objective": "critical-chat",
+        "x-gateway-inference-objective": "batch",  # conflicting alias: the new name wins
+        "x-llm-d-model-name-rewrite": "llama-base",
+        "x-llm-d-slo-ttft-ms": "250",
+        "x-slo-tpot-ms": "20",
+        "x-llm-d-video-fps": "2",
+        "x-llm-d-request-dropped-reason": "forged",
+    }
+    head, *_ = run(stream, [req_headers(control), req_body(COMPLETION)])
+    rin = backend.routed_inputs[0]
+    assert (rin.objective, rin.model_rewrite) == ("critical-chat", "llama-base")
+    removed = set(head.request_headers.response.header_mutation.remove_headers)
+    assert removed == set(control)
+
+
 def test_header_only_request_goes_to_any_endpoint() -> None:
     backend = _Backend()
     stream = ExtProcStream(backend)

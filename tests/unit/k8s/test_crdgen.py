@@ -79,7 +79,7 @@ def test_field_rules_are_present() -> None:
     s = crd_schemas()
     pool = s[("inference.networking.k8s.io/v1", "InferencePool")]["properties"]["spec"]
     rules = [r["rule"] for r in pool["properties"]["targetPorts"]["x-kubernetes-validations"]]
-    assert rules == ["self.all(p1, self.exists_one(p2, p1.number == p2.number))"]
+    assert rules == ["self.all(p1, self.exists_one(p2, p1.number==p2.number))"]
     assert pool["properties"]["targetPorts"]["maxItems"] == 8
     model = s[("inference.networking.x-k8s.io/v1alpha2", "InferenceModel")]["properties"]["spec"]
     assert model["properties"]["modelName"]["x-kubernetes-validations"][0]["rule"] == (

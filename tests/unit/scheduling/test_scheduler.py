@@ -160,3 +160,27 @@ def test_cycle_state_now_comes_from_the_clock() -> None:
         make_request(), EPS
     )
     assert seen == [42.0]
+
+
+def test_scores_out_holds_each_profiles_totals_and_leaves_the_pick_alone() -> None:
+    scheduler = Scheduler(
+        TwoRoundHandler(),
+        {
+            "prefill": _profile("prefill", QueueScorer()),
+            "decode": _profile("decode", KvCacheUtilizationScorer()),
+        },
+    )
+    scores: dict[str, dict[str, float]] = {}
+    result = scheduler.schedule(make_request(), EPS, scores_out=scores)
+    assert scores["prefill"] == pytest.approx({"e0": 0.0, "e1": 1.0, "e2": 0.5})
+    assert scores["decode"] == pytest.approx({"e0": 0.9, "e1": 0.1, "e2": 0.5})
+    assert result.primary is not None
+    assert names(result.primary.targets) == ["e0"]  # same pick as without scores
+
+
+def test_scores_out_skips_a_profile_without_scorers() -> None:
+    profile = SchedulerProfile("default", [], [], MaxScorePicker())
+    scheduler = Scheduler(SingleProfileHandler(), {"default": profile})
+    scores: dict[str, dict[str, float]] = {}
+    scheduler.schedule(make_request(), EPS, scores_out=scores)
+    assert scores == {}
