@@ -302,14 +302,13 @@ def apply_static_defaults(config: EndpointPickerConfig, source: str) -> Endpoint
         refs.append(("saturationDetector.pluginRef", config.saturation_detector.plugin_ref))
     if config.parser is not None:
         refs.append(("parser.pluginRef", config.parser.plugin_ref))
-    if config.request_handler is not None:
-        if config.parser is not None:
-            errors.append(
-                "requestHandler.parsers: parser and requestHandler.parsers are the old and new "
-                "spelling of one setting; write only one"
-            )
-        # requestHandler.parsers may name a parser type without declaring it (as upstream);
-        # kvroute.protocol.parsers.parser_set_for resolves and checks each reference.
+    # requestHandler.parsers may name a parser type without declaring it (as upstream);
+    # kvroute.protocol.parsers.parser_set_for resolves and checks each reference.
+    if config.request_handler is not None and config.parser is not None:
+        errors.append(
+            "requestHandler.parsers: parser and requestHandler.parsers are the old and new "
+            "spelling of one setting; write only one"
+        )
     if config.data_layer is not None:
         if config.data_layer.discovery is not None:
             refs.append(("dataLayer.discovery.pluginRef", config.data_layer.discovery.plugin_ref))
