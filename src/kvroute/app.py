@@ -101,6 +101,9 @@ class BuiltBackend:
     tasks: tuple[Callable[[], Awaitable[None]], ...] = ()
     # Live InferenceModel/Objective/Rewrite updates (Kubernetes): replaces the model resolver.
     on_resources: Callable[[Any], None] | None = None
+    # Called when the EPP starts shutting down, before the gRPC server drains (flow control
+    # answers every queued request 503 rejected-shutting-down).
+    on_shutdown: Callable[[], object] | None = None
 
 
 class EppApp:
@@ -194,6 +197,8 @@ class EppApp:
             raise ConfigError(f"cannot bind gRPC ports {s.grpc_port}/{s.grpc_health_port}")
         await server.start()
         stack.push_async_callback(_stop_grpc, server)
+        if built.on_shutdown is not None:  # LIFO: runs before the server stops
+            stack.callback(built.on_shutdown)
         await hserver.start()
         stack.push_async_callback(_stop_grpc, hserver)
         self.ports.metrics = await stack.enter_async_context(self._metrics_server())
@@ -319,6 +324,20 @@ async def build_director_backend(
     config, source = _load_scheduling_config(settings, registry)
     timings = PluginTimings()
     setup = build_scheduling(config, registry, source=source, timings=timings)
+    # Flow control (issue 12): on by default; ``flowControl: {enabled: false}`` turns it off.
+    from kvroute.flowcontrol.build import build_flow_control
+    from kvroute.flowcontrol.runtime import FlowController
+    from kvroute.observability.flowcontrol_metrics import FlowControlMetrics
+
+    fc_setup = build_flow_control(config.flow_control, setup.plugins, registry, source)
+    flow_control = None
+    if fc_setup is not None:
+        flow_control = FlowController(
+            fc_setup.settings,
+            fc_setup.detector or setup.saturation_detector,
+            datastore.endpoints,
+            observer=FlowControlMetrics(metrics.registry, settings.pool_label),
+        )
     director = Director(
         datastore,
         _resolver_for(settings, metrics),
@@ -326,6 +345,7 @@ async def build_director_backend(
         setup.saturation_detector,
         setup.hooks,
         timings=timings,
+        flow_control=flow_control,
     )
     metrics.attach_plugin_timings(timings)
     codec = Codec(
@@ -347,6 +367,7 @@ async def build_director_backend(
             *_plugin_lifecycle_tasks(datastore, setup.plugins),
         ),
         on_resources=on_resources,
+        on_shutdown=flow_control.shutdown if flow_control is not None else None,
     )
 
 

@@ -89,6 +89,9 @@ JSON_MESSAGE = pb.ProcessingRequest(
 )
 
 
+_LOOP = asyncio.new_event_loop()  # one loop for every routed request (as in the server)
+
+
 @pytest.fixture(scope="module")
 def backend() -> RoutingBackend:
     store = Datastore()
@@ -103,7 +106,7 @@ def backend() -> RoutingBackend:
 def _request_half(backend: RoutingBackend, mode: ResponseProcessing) -> ExtProcStream:
     s = ExtProcStream(backend, StreamOptions(mode))
     s.receive(REQ_HEADERS)
-    s.receive(REQ_BODY)
+    _LOOP.run_until_complete(s.areceive(REQ_BODY))
     return s
 
 

@@ -47,6 +47,7 @@ SYSTEM_DEFAULT_PLUGINS = frozenset(
     {"max-score-picker", "single-profile-handler", "utilization-detector"}
 )
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

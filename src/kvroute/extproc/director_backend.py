@@ -44,6 +44,14 @@ class DirectorLike(Protocol):
         subset_hint: Sequence[str] | None = None,
     ) -> Any: ...
 
+    async def handle_request_async(
+        self,
+        parsed: Any,
+        headers: Mapping[str, str],
+        request_id: str,
+        subset_hint: Sequence[str] | None = None,
+    ) -> Any: ...
+
     def handle_response_complete(self, decision: Any, usage: Usage | None) -> None: ...
 
     def random_endpoint(self) -> Endpoint: ...
@@ -89,10 +97,10 @@ class DirectorBackend:
         self._metrics = metrics
         self._clock = clock
 
-    def route(self, request: RoutingInput) -> Routed:
+    async def route(self, request: RoutingInput) -> Routed:
         started = self._clock()
         parsed = self._codec.parse_request(request.body, request.path or "/v1/completions")
-        decision = self._director.handle_request(
+        decision = await self._director.handle_request_async(
             parsed, request.headers, request.request_id, request.subset_hint
         )
         # From here the request counts as in flight on its target: anything that fails before
@@ -105,7 +113,8 @@ class DirectorBackend:
             raise
 
     def _routed(self, request: RoutingInput, parsed: Any, decision: Any, started: float) -> Routed:
-        self._metrics.scheduler_e2e.observe(self._clock() - started)
+        wait = float(getattr(decision, "queue_wait_s", 0.0))  # flow control is not scheduling
+        self._metrics.scheduler_e2e.observe(self._clock() - started - wait)
         req: InferenceRequest = decision.request
         body = (
             request.body

@@ -69,6 +69,8 @@ class QueueItem:
     slo_deadline: float = math.inf
     prompt_tokens: int = 0
     output_tokens: int = 0
+    model_name: str = ""
+    target_model_name: str = ""
     payload: Any = None
     seq: int = 0
     outcome: QueueOutcome | None = field(default=None)

@@ -68,17 +68,19 @@ class FlowControlSettings:
 class Flow:
     """The queue of one fairness ID in one band."""
 
-    __slots__ = ("_heap", "_ordering", "count", "fairness_id")
+    __slots__ = ("_heap", "_ordering", "bytes", "count", "fairness_id")
 
     def __init__(self, fairness_id: str, ordering: OrderingPolicy) -> None:
         self.fairness_id = fairness_id
         self._ordering = ordering
         self._heap: list[tuple[tuple[float, int], int, QueueItem]] = []
         self.count = 0
+        self.bytes = 0
 
     def push(self, item: QueueItem) -> None:
         heapq.heappush(self._heap, (self._ordering.sort_key(item), item.seq, item))
         self.count += 1
+        self.bytes += item.size_bytes
 
     def head(self) -> QueueItem | None:
         heap = self._heap
@@ -91,6 +93,7 @@ class Flow:
         assert item is not None
         heapq.heappop(self._heap)
         self.count -= 1
+        self.bytes -= item.size_bytes
         return item
 
 
@@ -167,6 +170,7 @@ class FlowQueues:
         band = self._bands[item.priority]
         flow = band.flows[item.fairness_id]
         flow.count -= 1  # the heap entry is dropped lazily
+        flow.bytes -= item.size_bytes
         self._uncount(band, item)
         if flow.count == 0:
             del band.flows[item.fairness_id]
@@ -256,6 +260,15 @@ class FlowQueues:
     def band_stats(self) -> list[tuple[int, int, int, BandSettings]]:
         """``(priority, requests, bytes, settings)`` per known band."""
         return [(b.priority, b.count, b.bytes, b.settings) for b in self._bands.values()]
+
+    def flow_stats_bytes(self) -> list[tuple[int, str, int, int]]:
+        """``(priority, fairness id, requests, bytes)`` per non-empty flow."""
+        return [
+            (b.priority, f.fairness_id, f.count, f.bytes)
+            for b in self._bands.values()
+            for f in b.flows.values()
+            if f.count
+        ]
 
     def flow_stats(self) -> list[tuple[int, str, int]]:
         """``(priority, fairness id, requests)`` per non-empty flow."""
