@@ -207,6 +207,7 @@ def explain(
     )
     resolver = _resolver(resource_paths, pool, rng, criticality)
     store = _StaticEndpoints(endpoints)
+    flow_control = _flow_control(config, setup, registry, source, store)
     director = Director(
         store,
         resolver,
@@ -215,6 +216,7 @@ def explain(
         setup.hooks,
         rng,
         clock=lambda: DRY_RUN_NOW,
+        flow_control=flow_control,
     )
     trace = CycleTrace()
     out: dict[str, Any] = {"status": 200, "target": None, "fallbacks": [], "endpoint_header": ""}
@@ -234,6 +236,15 @@ def explain(
         )
         resolved = decision.resolved
         director.handle_response_complete(decision)
+        if flow_control is not None:
+            fc_req = decision.request
+            out["flow_control"] = {
+                "band": fc_req.priority,
+                "flow": fc_req.fairness_id,
+                "queue_wait_ms": 0.0,  # a dry run never waits
+                "would_wait": flow_control.saturation()
+                >= flow_control.queues.settings.usage_limit.ceiling(fc_req.priority, 0.0),
+            }
     if resolved is None and "model" in body and isinstance(body["model"], str):
         try:
             resolved = resolver.resolve(body["model"], headers)
@@ -406,3 +417,20 @@ def _split_request(
 
 def _default_path(body: Mapping[str, Any]) -> str:
     return "/v1/chat/completions" if "messages" in body else "/v1/completions"
+
+
+def _flow_control(config: Any, setup: Any, registry: Any, source: str, store: Any) -> Any:
+    """The EPP's flow controller for this config (None when ``flowControl.enabled`` is false);
+    the dry run only reads its saturation verdict, nothing is queued."""
+    from kvroute.flowcontrol.build import build_flow_control
+    from kvroute.flowcontrol.runtime import FlowController
+
+    fc = build_flow_control(config.flow_control, setup.plugins, registry, source)
+    if fc is None:
+        return None
+    return FlowController(
+        fc.settings,
+        fc.detector or setup.saturation_detector,
+        store.endpoints,
+        clock=lambda: DRY_RUN_NOW,
+    )
