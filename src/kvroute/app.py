@@ -149,6 +149,9 @@ class BuiltBackend:
     # Live InferenceModel/Objective/Rewrite updates (Kubernetes): replaces the model resolver.
     on_resources: Callable[[Any], None] | None = None
     graph: EppGraph | None = None
+    # Called when the EPP starts shutting down, before the gRPC server drains (flow control
+    # answers every queued request 503 rejected-shutting-down).
+    on_shutdown: Callable[[], object] | None = None
 
 
 class EppApp:
@@ -254,6 +257,8 @@ class EppApp:
         stack.push_async_callback(_stop_grpc, hserver, 0.0)
         await server.start()
         stack.push_async_callback(self._drain, server)
+        if built.on_shutdown is not None:  # LIFO: runs before the drain starts
+            stack.callback(built.on_shutdown)
 
     async def _drain(self, server: grpc.aio.Server) -> None:
         """Shutdown (SIGTERM): stop taking streams, let running ones finish, then cut them.
@@ -351,6 +356,8 @@ async def build_director_backend(
     registry = default_registry()
     config, source = _load_scheduling_config(settings, registry)
     timings = PluginTimings()
+    from kvroute.observability.flowcontrol_metrics import FlowControlMetrics
+
     graph = build_epp(
         config,
         datastore,
@@ -360,6 +367,7 @@ async def build_director_backend(
         timings=timings,
         scrape_interval_s=settings.refresh_metrics_interval_s,
         emit_endpoint_scores=settings.emit_endpoint_scores,
+        flow_observer=FlowControlMetrics(metrics.registry, settings.pool_label),
     )
     director = graph.director
     metrics.attach_plugin_timings(timings)
@@ -381,8 +389,13 @@ async def build_director_backend(
     def on_resources(resources: Any) -> None:
         director.resolver = ModelResolver(resources)
 
+    fc = graph.flow_control
     return BuiltBackend(
-        backend=backend, tasks=tracing_tasks, on_resources=on_resources, graph=graph
+        backend=backend,
+        tasks=tracing_tasks,
+        on_resources=on_resources,
+        graph=graph,
+        on_shutdown=fc.shutdown if fc is not None else None,
     )
 
 

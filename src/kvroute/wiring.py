@@ -34,6 +34,8 @@ from typing import Any
 from kvroute.config.epp_config import EndpointPickerConfig
 from kvroute.datalayer.plugins import data_layer_setup
 from kvroute.datastore.store import Datastore
+from kvroute.flowcontrol.build import build_flow_control
+from kvroute.flowcontrol.runtime import FlowController, FlowObserver
 from kvroute.plugins.lifecycle import (
     AsyncClosable,
     BackgroundTask,
@@ -90,6 +92,7 @@ class EppGraph:
     capabilities: PluginCapabilities
     director: Director
     loops: tuple[tuple[str, Loop], ...] = ()
+    flow_control: FlowController | None = None  # None: flowControl.enabled is false
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -125,6 +128,8 @@ def build_epp(
     timings: PluginTimings | None = None,
     scrape_interval_s: float | None = None,
     emit_endpoint_scores: bool = False,
+    flow_observer: FlowObserver | None = None,
+    flow_control: bool = True,
 ) -> EppGraph:
     """Build the EPP's decision graph over ``datastore`` from ``config``.
 
@@ -142,6 +147,19 @@ def build_epp(
         attachable.attach(datastore)
     for listener in caps.listeners:
         datastore.subscribe(listener.endpoint_event)
+    # Flow control: on by default; ``flowControl: {enabled: false}`` turns it off.
+    # ``flow_control=False``: a caller that cannot hold requests (the virtual-time bench picks at
+    # arrival, and drives the sans-IO queues itself) gets legacy admission.
+    fc_setup = build_flow_control(config.flow_control, setup.plugins, registry, source)
+    controller = None
+    if fc_setup is not None and flow_control:
+        controller = FlowController(
+            fc_setup.settings,
+            fc_setup.detector or setup.saturation_detector,
+            datastore.endpoints,
+            clock=clock,
+            observer=flow_observer,
+        )
     director = Director(
         datastore,
         resolver,
@@ -152,6 +170,7 @@ def build_epp(
         clock,
         timings=timings,
         emit_endpoint_scores=emit_endpoint_scores,
+        flow_control=controller,
     )
     loops: list[tuple[str, Loop]] = []
     if scrape_interval_s is not None:
@@ -159,7 +178,7 @@ def build_epp(
         loops.append(("metrics-scraper", layer.collector(datastore, scrape_interval_s).run))
     for plugin in caps.background:
         loops.append((f"plugin {_name_of(plugin)}", plugin.run_background))
-    return EppGraph(datastore, setup, caps, director, tuple(loops))
+    return EppGraph(datastore, setup, caps, director, tuple(loops), controller)
 
 
 def _name_of(plugin: object) -> str:

@@ -106,6 +106,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sm.add_argument("results", type=Path, nargs="+")
     sm.add_argument("--policies", help="comma list (default: the first file's)")
     sm.add_argument("--metrics", help="comma list of metric keys (default: all)")
+    fc = sub.add_parser(
+        "flowcontrol", help="flow control vs legacy 429 admission vs none (virtual time)"
+    )
+    fc.add_argument("--scenario", required=True, choices=("overload", "noisy", "bursts"))
+    fc.add_argument("--replicas", type=int, default=4)
+    fc.add_argument("--duration", type=float, default=40.0, help="arrival seconds")
+    fc.add_argument("--profile", default="h100-llama3-8b", help="kvroute_sim engine profile")
+    fc.add_argument("--seed", type=int, default=0)
+    fc.add_argument("--out", type=Path, help="write OUT.json")
 
     pl = sub.add_parser("plot", help="re-render plots and Markdown from a results JSON")
     pl.add_argument("results", type=Path)
@@ -139,6 +148,17 @@ def run(args: argparse.Namespace) -> int:
         pols = args.policies.split(",") if args.policies else None
         mets = args.metrics.split(",") if args.metrics else None
         print(summary(load(args.results), pols, mets))
+    if mode == "flowcontrol":
+        from kvroute_bench.flowcontrol import FcBenchSpec, render, run_scenario
+
+        out = render(
+            run_scenario(
+                FcBenchSpec(args.scenario, args.replicas, args.duration, args.seed, args.profile)
+            )
+        )
+        print(out)
+        if args.out is not None:
+            args.out.write_text(out + "\n")
         return 0
     if mode == "plot":
         from kvroute_bench.report import markdown, plot

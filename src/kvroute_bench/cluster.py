@@ -14,6 +14,12 @@ Events, in time order (ties: steps finish before scrapes, scrapes before arrival
   ``Endpoint`` (phases staggered across replicas, as independent scrapers would be) and its
   ``sent_since_scrape`` resets. Between scrapes a router sees metrics up to one interval old.
 
+A router may also **hold** a request: ``pick`` returns :data:`HOLD` and the router keeps it
+(kvroute's flow control). After every event the harness asks ``release(pool, now)`` for one held
+request at a time, ``(request, replica)`` to dispatch it now (the counters move before the next
+call, as the EPP's do) or ``(request, None)`` to reject it; ``None`` when nothing is due. Its
+TTFT counts from arrival, so the wait is part of it.
+
 Nothing here touches the wall clock except to time decisions, so a run is a pure function of
 (workload, engines, router, seed).
 """
@@ -32,6 +38,7 @@ from kvroute_bench.pool import EngineTotals, PoolView, ReplicaEngine, StepCosts,
 from kvroute_bench.workload import BenchRequest
 
 _STEP, _SCRAPE = 0, 1
+HOLD = -1  # ``pick`` result: the router keeps the request and releases it later
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,31 @@ def run_stage(
     decisions = 0
     prepare = getattr(router, "prepare", None)
     on_first_token = getattr(router, "on_first_token", None)
+    release = getattr(router, "release", None)
+
+    def dispatch(req: BenchRequest, choice: int | None, now: float) -> None:
+        rec = records[req.request_id]
+        if choice is None:
+            rec.shed = True
+            return
+        rec.replica = choice
+        if not engines[choice].add(req, now):
+            rec.failed = True
+            router.on_complete(req, choice, now)
+            return
+        load = pool.endpoints[choice].load
+        load.inflight += 1
+        load.sent_since_scrape += 1
+        load.inflight_tokens += req.prompt_len + req.output_len
+        by_replica_req[choice][req.request_id] = req
+        if not stepping[choice]:
+            wake(choice, now)
+
+    def release_held(now: float) -> None:
+        if release is None:
+            return
+        while (out := release(pool, now)) is not None:
+            dispatch(out[0], out[1], now)
 
     def wake(i: int, t: float) -> None:
         """Queue replica ``i``'s next step at the time its engine loop would take it."""
@@ -116,21 +148,8 @@ def run_stage(
             rec = records[req.request_id]
             rec.decision_us = (time.perf_counter() - t0) * 1e6
             decisions += 1
-            if choice is None:
-                rec.shed = True
-                continue
-            rec.replica = choice
-            if not engines[choice].add(req, now):
-                rec.failed = True
-                router.on_complete(req, choice, now)
-                continue
-            load = pool.endpoints[choice].load
-            load.inflight += 1
-            load.sent_since_scrape += 1
-            load.inflight_tokens += req.prompt_len + req.output_len
-            by_replica_req[choice][req.request_id] = req
-            if not stepping[choice]:
-                wake(choice, now)
+            if choice != HOLD:
+                dispatch(req, choice, now)
             continue
         if t_ev == float("inf"):
             break
@@ -145,6 +164,7 @@ def run_stage(
             ep.load.sent_since_scrape = 0
             heapq.heappush(heap, (now + config.scrape_interval, _SCRAPE, seq, i, None))
             seq += 1
+            release_held(now)  # also where held requests' TTLs are checked
             if progress is not None and now >= next_progress:
                 progress(now)
                 next_progress = now + 1.0
@@ -180,6 +200,8 @@ def run_stage(
             load.inflight_tokens -= req.prompt_len + req.output_len
             router.on_complete(req, i, now)
         wake(i, now)
+        if ev.finished:
+            release_held(now)
 
     end = now
     counters = _counters(start_totals, [e.totals() for e in engines])

@@ -79,6 +79,7 @@ class EppRouter:
             rng=random.Random(seed),
             director_rng=random.Random(seed + 1),
             clock=self._clock,
+            flow_control=False,  # the harness picks at arrival; see kvroute_bench.flowcontrol
         )
         self.director = graph.director
         self._decisions: dict[str, RoutingDecision] = {}

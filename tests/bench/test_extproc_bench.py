@@ -29,6 +29,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from kvroute.app import build_director_backend
+from kvroute.config.epp_config import default_config_text
 from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.datastore.endpoint import EndpointMetrics
 from kvroute.datastore.store import Datastore
@@ -36,6 +37,7 @@ from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.server import ExternalProcessor, build_ext_proc_server
 from kvroute.extproc.stream import ExtProcStream, StreamOptions
 from kvroute.observability.metrics import EppMetrics
+from kvroute.plugins.registry import default_registry
 from kvroute.settings import EppSettings
 
 pytestmark = pytest.mark.bench
@@ -90,13 +92,22 @@ JSON_MESSAGE = pb.ProcessingRequest(
 )
 
 
+_LOOP = asyncio.new_event_loop()  # one loop for every routed request (as in the server)
+
+
 @pytest.fixture(scope="module")
 def backend() -> RoutingBackend:
     store = Datastore()
     for i in range(8):
         store.upsert_endpoint(f"ep{i}", f"10.0.0.{i}", 8000)
         store.update_metrics(f"ep{i}", EndpointMetrics(waiting_queue_size=i, updated_at=1.0))
-    settings = EppSettings(endpoints=(("10.0.0.1", 8000),), secure_serving=False)
+    # No scraper runs here, so the metrics are stale: with flow control (on by default) the
+    # utilization detector would call the pool saturated and hold every request. This bench
+    # measures the stream path; flow control's own cost is tests/bench/test_flowcontrol_bench.py.
+    config = default_config_text(default_registry()) + "flowControl: {enabled: false}\n"
+    settings = EppSettings(
+        endpoints=(("10.0.0.1", 8000),), secure_serving=False, config_text=config
+    )
     built = asyncio.run(build_director_backend(settings, store, EppMetrics("bench")))
     return built.backend
 
@@ -104,7 +115,7 @@ def backend() -> RoutingBackend:
 def _request_half(backend: RoutingBackend, mode: ResponseProcessing) -> ExtProcStream:
     s = ExtProcStream(backend, StreamOptions(mode))
     s.receive(REQ_HEADERS)
-    s.receive(REQ_BODY)
+    _LOOP.run_until_complete(s.areceive(REQ_BODY))
     return s
 
 

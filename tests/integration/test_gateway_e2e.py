@@ -79,6 +79,9 @@ schedulingProfiles:
   - {pluginRef: kv-cache-utilization-scorer, weight: 1}
   - {pluginRef: lora-affinity-scorer, weight: 20}
   - {pluginRef: max-score-picker}
+# These tests pin the legacy admission path (sheddable shed at once under saturation, standard
+# never held); flow control (on by default) has its own: test_flow_control_gateway.py.
+flowControl: {enabled: false}
 """
 
 

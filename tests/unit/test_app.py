@@ -13,8 +13,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvroute.app import EppApp, StaticEndpoints, endpoint_source_for
+from kvroute.config.epp_config import default_config_text
 from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
+from kvroute.plugins.registry import default_registry
 from kvroute.settings import EppSettings
 from tests.unit.extproc.test_stream import (
     COMPLETION,
@@ -36,7 +38,11 @@ def test_pool_name_with_static_endpoints_selects_the_resources_pool() -> None:
 
 
 def _settings(**kw: object) -> EppSettings:
+    """The endpoints are never scraped (nothing listens), so their metrics stay stale; flow
+    control would hold every request as saturated, and these tests are about the drain."""
+    config = default_config_text(default_registry()) + "flowControl: {enabled: false}\n"
     base: dict[str, object] = {
+        "config_text": config,
         "grpc_port": 0,
         "grpc_health_port": 0,
         "metrics_port": 0,

@@ -206,6 +206,7 @@ def explain(
         clock=lambda: DRY_RUN_NOW,
     )
     setup, director = graph.setup, graph.director
+    flow_control = graph.flow_control
     trace = CycleTrace()
     out: dict[str, Any] = {"status": 200, "target": None, "fallbacks": [], "endpoint_header": ""}
     raw = json.dumps(body).encode()
@@ -224,6 +225,15 @@ def explain(
         )
         resolved = decision.resolved
         director.handle_response_complete(decision)
+        if flow_control is not None:
+            fc_req = decision.request
+            out["flow_control"] = {
+                "band": fc_req.priority,
+                "flow": fc_req.fairness_id,
+                "queue_wait_ms": 0.0,  # a dry run never waits
+                "would_wait": flow_control.saturation()
+                >= flow_control.queues.settings.usage_limit.ceiling(fc_req.priority, 0.0),
+            }
     if resolved is None and "model" in body and isinstance(body["model"], str):
         try:
             resolved = resolver.resolve(body["model"], headers)

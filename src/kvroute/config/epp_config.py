@@ -11,8 +11,9 @@ Format (``apix/config/v1alpha1``)::
     dataLayer: {sources: [{pluginRef, extractors: [{pluginRef}]}]}
     parser: {pluginRef}                       # deprecated: requestHandler.parsers wins
     requestHandler: {parsers: [{pluginRef}]}  # undeclared refs may name a parser type
-    flowControl: {maxBytes, maxRequests, defaultRequestTTL, usageLimitPolicyPluginRef,
-                  defaultPriorityBand, priorityBands: [{priority, maxBytes, ...}]}
+    flowControl: {enabled, maxBytes, maxRequests, defaultRequestTTL, noEndpointRequestTTL,
+                  saturationDetector, usageLimitPolicyPluginRef, defaultPriorityBand,
+                  defaultNegativePriorityBand, priorityBands}   # see config/flow_control.py
 
 Decoding is strict, as upstream's: unknown fields and repeated keys are errors, and every error
 names the source and the field path (``epp.yaml: schedulingProfiles[0].plugins[1].weight: ...``).
@@ -27,13 +28,12 @@ most, registered types, parameter validation) need the plugins built and live in
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kvroute.config.duration import parse_go_duration
+from kvroute.config.flow_control import FLOW_CONTROL_DEFAULT_TYPES, FlowControlSpec
 from kvroute.config.strict_yaml import load_documents
 from kvroute.config.yaml_errors import format_validation_error
 from kvroute.errors import ConfigError
@@ -69,19 +69,9 @@ SYSTEM_DEFAULT_PLUGINS = frozenset(
     {"max-score-picker", "single-profile-handler", "utilization-detector"}
 )
 
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-def _quantity(value: int | str | None) -> int | str | None:
-    if isinstance(value, str) and not _QUANTITY.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 10Gi, 500M, 1000)")
-    if isinstance(value, int) and value < 0:
-        raise ValueError("must not be negative")
-    return value
 
 
 class PluginSpec(_Strict):
@@ -123,45 +113,6 @@ class RequestHandlerSpec(_Strict):
     """``requestHandler``: the ordered ``parsers`` (see :mod:`kvroute.protocol.parsers`)."""
 
     parsers: list[PluginRef] = Field(default_factory=list)
-
-
-class _BandLimits(_Strict):
-    max_bytes: int | str | None = Field(default=None, alias="maxBytes")
-    max_requests: int | None = Field(default=None, ge=0, alias="maxRequests")
-    ordering_policy_ref: str | None = Field(default=None, alias="orderingPolicyRef")
-    fairness_policy_ref: str | None = Field(default=None, alias="fairnessPolicyRef")
-
-    _check_bytes = field_validator("max_bytes")(_quantity)
-
-
-class DefaultPriorityBandSpec(_BandLimits):
-    pass
-
-
-class PriorityBandSpec(_BandLimits):
-    priority: int
-
-
-class FlowControlSpec(_Strict):
-    max_bytes: int | str | None = Field(default=None, alias="maxBytes")
-    max_requests: int | None = Field(default=None, ge=0, alias="maxRequests")
-    default_request_ttl: str | None = Field(default=None, alias="defaultRequestTTL")
-    usage_limit_policy_plugin_ref: str | None = Field(
-        default=None, alias="usageLimitPolicyPluginRef"
-    )
-    default_priority_band: DefaultPriorityBandSpec | None = Field(
-        default=None, alias="defaultPriorityBand"
-    )
-    priority_bands: list[PriorityBandSpec] = Field(default_factory=list, alias="priorityBands")
-
-    _check_bytes = field_validator("max_bytes")(_quantity)
-
-    @field_validator("default_request_ttl")
-    @classmethod
-    def _ttl(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_go_duration(value)
-        return value
 
 
 def parse_feature_gates(gates: list[str]) -> dict[str, bool]:
@@ -316,10 +267,14 @@ def apply_static_defaults(config: EndpointPickerConfig, source: str) -> Endpoint
             refs.append((f"dataLayer.sources[{i}].pluginRef", src.plugin_ref))
             for j, ext in enumerate(src.extractors):
                 refs.append((f"dataLayer.sources[{i}].extractors[{j}].pluginRef", ext.plugin_ref))
-    fc = config.flow_control
-    if fc is not None and fc.usage_limit_policy_plugin_ref is not None:
-        refs.append(("flowControl.usageLimitPolicyPluginRef", fc.usage_limit_policy_plugin_ref))
     errors.extend(f"{path}: no plugin named {ref!r}" for path, ref in refs if ref not in seen)
+    fc = config.flow_control
+    if fc is not None:  # flow-control refs may name a built-in policy type undeclared
+        errors.extend(
+            f"{path}: no plugin named {ref!r}"
+            for path, ref in fc.plugin_refs()
+            if ref not in seen and ref not in FLOW_CONTROL_DEFAULT_TYPES
+        )
     if errors:
         raise ConfigError("\n".join(f"{source}: {e}" for e in errors))
     return config.model_copy(update={"plugins": plugins})

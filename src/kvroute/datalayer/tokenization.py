@@ -18,6 +18,7 @@ hash of the input; ``benchmarks.md`` has the hit and miss costs.
 from __future__ import annotations
 
 import json
+import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -92,6 +93,7 @@ class PromptTokenizer:
             self._template = env.from_string(chat_template)
         self._cache_size = cache_size
         self._cache: OrderedDict[bytes, array[int]] = OrderedDict()
+        self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -141,17 +143,21 @@ class PromptTokenizer:
 
     def encode_text(self, text: str, *, add_special_tokens: bool = True) -> array[int]:
         key = xxhash.xxh3_128_digest(text.encode()) + (b"\x01" if add_special_tokens else b"\x00")
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            self.cache_hits += 1
-            return cached
-        self.cache_misses += 1
+        # The director calls this from worker threads (asyncio.to_thread): the LRU is guarded;
+        # the encode itself runs outside the lock (tokenizers is thread-safe, releases the GIL).
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return cached
+            self.cache_misses += 1
         ids = array("I", self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
         if self._cache_size > 0:
-            self._cache[key] = ids
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            with self._lock:
+                self._cache[key] = ids
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
         return ids
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], **extra: Any) -> array[int]:

@@ -89,8 +89,9 @@ class ResponseFilter(Protocol):
 class RoutingBackend(Protocol):
     """Decisions the stream delegates; see the module docstring."""
 
-    def route(self, request: RoutingInput) -> Routed:
-        """Schedule one request. Raises :class:`~kvroute.errors.EppError` to reject it."""
+    async def route(self, request: RoutingInput) -> Routed:
+        """Schedule one request; may wait (flow control). Raises
+        :class:`~kvroute.errors.EppError` to reject it; cancellation means the client left."""
         ...
 
     def route_any(self, request_id: str) -> str | None:

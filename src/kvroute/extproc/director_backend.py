@@ -51,6 +51,16 @@ class DirectorLike(Protocol):
         trace: Any = None,
     ) -> Any: ...
 
+    async def handle_request_async(
+        self,
+        parsed: Any,
+        headers: Mapping[str, str],
+        request_id: str,
+        subset_hint: Sequence[str] | None = None,
+        *,
+        trace: Any = None,
+    ) -> Any: ...
+
     def handle_response_complete(self, decision: Any, usage: Usage | None) -> None: ...
 
     def random_endpoint(self) -> Endpoint: ...
@@ -123,16 +133,16 @@ class DirectorBackend:
         self._tracing = tracing
         self._decision_header = decision_header
 
-    def route(self, request: RoutingInput) -> Routed:
+    async def route(self, request: RoutingInput) -> Routed:
         started = self._clock()
         span = None
         if self._tracing is not None:
             span = self._tracing.start_request(request.headers, request.request_id)
         explain = self._decision_header and EXPLAIN_REQUEST_HEADER in request.headers
         if span is not None or explain or self._metrics.recent.watched:
-            return self._route_explained(request, span, started, explain)
+            return await self._route_explained(request, span, started, explain)
         parsed = self._codec.parse_request(request.body, request.path or "/v1/completions")
-        decision = self._director.handle_request(
+        decision = await self._director.handle_request_async(
             parsed, request.headers, request.request_id, request.subset_hint
         )
         return self._owned(request, parsed, decision, started, None)
@@ -155,7 +165,7 @@ class DirectorBackend:
             self._director.handle_response_complete(decision, None)
             raise
 
-    def _route_explained(
+    async def _route_explained(
         self, request: RoutingInput, span: RequestSpan | None, started: float, explain: bool
     ) -> Routed:
         """``route`` with the cycle traced: for a sampled request (each step in a child span)
@@ -177,7 +187,7 @@ class DirectorBackend:
                     s.set_attribute("kvroute.model", str(parsed.model))
             trace = CycleTrace()
             with child("kvroute.schedule") as s:
-                decision = self._director.handle_request(
+                decision = await self._director.handle_request_async(
                     parsed, request.headers, request.request_id, request.subset_hint, trace=trace
                 )
                 summary = summarize(decision, trace)
@@ -210,7 +220,8 @@ class DirectorBackend:
         span: RequestSpan | None = None,
         response_headers: Mapping[str, str] | None = None,
     ) -> Routed:
-        self._metrics.record_scheduled(self._clock() - started)
+        wait = float(getattr(decision, "queue_wait_s", 0.0))  # flow control is not scheduling
+        self._metrics.record_scheduled(self._clock() - started - wait)
         req: InferenceRequest = decision.request
         body = (
             request.body

@@ -6,7 +6,7 @@ byte chunk limit, raw header values) are in one place and the state machine read
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -136,15 +136,24 @@ def trailers_response(*, request: bool) -> Any:
     return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
 
 
-def immediate_response(status: int, body: str) -> Any:
+def immediate_response(
+    status: int,
+    body: str,
+    *,
+    content_type: str = "text/plain",
+    headers: Sequence[tuple[str, str]] = (),
+    details: str | None = None,
+) -> Any:
     """An error answered by Envoy without contacting any upstream."""
     from envoy.type.v3 import http_status_pb2
 
+    options = [header_option("content-type", content_type)]
+    options += [header_option(k, v) for k, v in headers]
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),  # enum values are the HTTP codes
             body=body.encode(),
-            details=body.split(" - ", 1)[0].replace(" ", "_"),
-            headers=pb.HeaderMutation(set_headers=[header_option("content-type", "text/plain")]),
+            details=details or body.split(" - ", 1)[0].replace(" ", "_"),
+            headers=pb.HeaderMutation(set_headers=options),
         )
     )

@@ -43,7 +43,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         trace_token = tracing.enter_grpc_call(context.invocation_metadata())
         try:
             async for request in request_iterator:
-                for response in stream.receive(request):
+                # Awaits routing (possibly a flow-control wait); cancelled when Envoy resets
+                # the stream, which takes a queued request out of its queue.
+                for response in await stream.areceive(request):
                     yield response
         except ProtocolViolation as exc:
             log.warning("ext_proc protocol violation: %s", exc)

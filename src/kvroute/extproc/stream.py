@@ -9,13 +9,17 @@ Protocol (upstream ``pkg/epp/handlers``, ``docs/proposals/004-endpoint-picker-pr
 * request headers: read or generate ``x-request-id``, pull the control headers, send nothing
   yet (FULL_DUPLEX_STREAMED lets the header answer wait for the body). A header-only request
   (GET) is routed to any endpoint at once.
-* request body: buffer until end of stream, ask the backend to route, then send the header
-  answer (destination header + ``envoy.lb`` metadata + ``clear_route_cache`` + content-length)
-  followed by the body in <= 62,000-byte ``StreamedBodyResponse`` chunks.
+* request body: buffer until end of stream, ask the backend to route (``await``: with flow
+  control the request may wait for dispatch; :meth:`ExtProcStream.areceive` is the entry point
+  that awaits, :meth:`ExtProcStream.receive` stays synchronous for every other message), then
+  send the header answer (destination header + ``envoy.lb`` metadata + ``clear_route_cache``
+  + content-length) followed by the body in <= 62,000-byte ``StreamedBodyResponse`` chunks.
 * response headers/body/trailers: restore the client-facing model name (SSE chunk by chunk,
   JSON buffered until the end), read usage, record completion exactly once.
 * any :class:`~kvroute.errors.EppError` becomes an ``ImmediateResponse`` with
-  ``inference error: <Code> - <message>``; any other exception while routing becomes a 500
+  ``inference error: <Code> - <message>``; one that carries a ``dropped_reason`` (flow control)
+  is answered with the ``x-llm-d-request-dropped-reason`` header and an OpenAI error JSON
+  body; any other exception while routing becomes a 500
   ``Internal`` one (logged with its traceback), so a bug never leaves the client without an
   answer.
 * request bodies over ``max_request_body_bytes`` are answered 413. The EPP buffers each body
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -142,6 +147,7 @@ class ExtProcStream:
         self._response_buf = bytearray()
         self._response_bytes = 0
         self._completed = False
+        self._pending: RoutingInput | None = None  # body complete; the backend must route it
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -158,6 +164,16 @@ class ExtProcStream:
         self._read_metadata(request)
         handler = _HANDLERS[event]
         return handler(self, getattr(request, kind))
+
+    async def areceive(self, request: Any) -> list[Any]:
+        """:meth:`receive`, then, when that completed the request body, await the backend's
+        routing and return its answer first (before e.g. the request-trailers answer)."""
+        out = self.receive(request)
+        rin = self._pending
+        if rin is None:
+            return out
+        self._pending = None
+        return [*await self._route_async(rin), *out]
 
     def close(self) -> None:
         """The stream ended (normally, or the client went away): complete exactly once."""
@@ -257,8 +273,12 @@ class ExtProcStream:
             model_rewrite=read_aliased(h, MODEL_REWRITE),
         )
         self._body = bytearray()  # the backend owns the bytes now
+        self._pending = rin
+        return []
+
+    async def _route_async(self, rin: RoutingInput) -> list[Any]:
         try:
-            routed = self._backend.route(rin)
+            routed = await self._backend.route(rin)
         except EppError as exc:
             return self._reject(exc, rin)
         except (ValueError, UnicodeDecodeError) as exc:  # a parser that let one slip through
@@ -297,7 +317,18 @@ class ExtProcStream:
             self._backend.rejected(error, rin)
         except Exception:  # error metrics must not cost the client its answer
             log.exception("recording a rejected request failed")
-        return [msg.immediate_response(error.http_status, error.response_body())]
+        reason: str | None = getattr(error, "dropped_reason", None)
+        if reason is None:
+            return [msg.immediate_response(error.http_status, error.response_body())]
+        return [
+            msg.immediate_response(
+                error.http_status,
+                openai_error_json(error, reason),
+                content_type="application/json",
+                headers=[(DROPPED_REASON_HEADER, reason)],
+                details=reason,
+            )
+        ]
 
     # -- response path ------------------------------------------------------------------------
 
@@ -376,6 +407,24 @@ _HANDLERS: dict[Event, Callable[[ExtProcStream, Any], list[Any]]] = {
     Event.RESPONSE_BODY: ExtProcStream._on_response_body,
     Event.RESPONSE_TRAILERS: ExtProcStream._on_response_trailers,
 }
+
+
+DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
+_OPENAI_ERROR_TYPES = {429: "rate_limit_exceeded", 503: "service_unavailable"}
+
+
+def openai_error_json(error: EppError, reason: str) -> str:
+    """The OpenAI error document for a dropped request (``code`` = the dropped reason)."""
+    return json.dumps(
+        {
+            "error": {
+                "message": error.response_body(),
+                "type": _OPENAI_ERROR_TYPES.get(error.http_status, "server_error"),
+                "param": None,
+                "code": reason,
+            }
+        }
+    )
 
 
 def _internal(exc: Exception) -> EppError:

@@ -40,6 +40,14 @@ class ResponseComplete(Plugin, Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class Prefetch(Plugin, Protocol):
+    """CPU-heavy per-request work (tokenising) the director runs in a worker thread before
+    scheduling; the result reaches the plugin's PrepareData through the cycle state."""
+
+    def prefetch(self, request: InferenceRequest) -> object: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RequestHooks:
     """The request hooks of a config, classified once at load (never on the request path)."""
@@ -47,6 +55,7 @@ class RequestHooks:
     prepare_data: tuple[PrepareData, ...] = ()
     pre_request: tuple[PreRequest, ...] = ()
     response_complete: tuple[ResponseComplete, ...] = ()
+    prefetch: tuple[Prefetch, ...] = ()
 
     @classmethod
     def of(cls, plugins: Iterable[object]) -> RequestHooks:
@@ -56,7 +65,10 @@ class RequestHooks:
             prepare_data=tuple(p for p in items if isinstance(p, PrepareData)),
             pre_request=tuple(p for p in items if isinstance(p, PreRequest)),
             response_complete=tuple(p for p in items if isinstance(p, ResponseComplete)),
+            prefetch=tuple(p for p in items if isinstance(p, Prefetch)),
         )
 
     def __bool__(self) -> bool:
-        return bool(self.prepare_data or self.pre_request or self.response_complete)
+        return bool(
+            self.prepare_data or self.pre_request or self.response_complete or self.prefetch
+        )

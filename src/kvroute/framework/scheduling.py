@@ -145,6 +145,10 @@ class SaturationDetector(Plugin, Protocol):
 # key is absent and the plugin skips the work.
 EXPLAIN: StateKey[list[str]] = StateKey("explain")
 
+# Results of plugins' ``prefetch(request)`` (CPU-heavy work such as tokenisation, which the
+# director runs in a worker thread before scheduling), by plugin name. Absent on the dry-run path.
+PREFETCHED: StateKey[dict[str, object]] = StateKey("prefetched")
+
 # A filter that returns no endpoints on purpose may say why (e.g. the decision tree dropping a
 # sheddable request); the framework appends it to the profile's failure reason.
 EMPTY_REASON: StateKey[str] = StateKey("empty-reason")

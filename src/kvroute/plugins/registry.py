@@ -39,6 +39,9 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.filters.header_based_testing",
     "kvroute.scheduling.plugins.prefix",
     "kvroute.datalayer.plugins",
+    # flow control (issue 12): policies and the concurrency detector
+    "kvroute.flowcontrol.policies",
+    "kvroute.flowcontrol.concurrency",
 )
 
 

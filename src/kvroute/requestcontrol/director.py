@@ -6,7 +6,13 @@ stream; this is pure and synchronous so it runs inline on the event loop)::
     model resolution  -> InferenceModel / Rewrite / header: target model, criticality, priority
     candidates        -> subset hint (envoy.lb x-gateway-destination-endpoint-subset), by IP
                          none -> 503 NoCandidatesError
-    admission         -> sheddable (priority < 0) while saturated -> 429 PoolExhaustedError
+    admission         -> flow control off: sheddable (priority < 0) while saturated -> 429
+                         flow control on (default; :meth:`Director.handle_request_async`): the
+                         request waits in its priority band / flow until the pool has room,
+                         then everything below runs against the state of that moment
+    pre-scheduling    -> (async path) CPU-heavy ``prefetch`` hooks (tokenisation, chat-template
+                         rendering) run in a worker thread; results reach PrepareData via the
+                         CycleState (:data:`PREFETCHED`)
     PrepareData hooks -> may write into the CycleState (e.g. prefix-match data); a hook that
                          raises is logged and skipped, as upstream logs PrepareData failures
     scheduling        -> filters / scorers / picker; nothing left -> 429 PoolExhaustedError
@@ -20,6 +26,7 @@ ResponseComplete hooks exactly once per decision, however many times the caller 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -31,6 +38,8 @@ from typing import Any, Protocol
 
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad
 from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
+from kvroute.flowcontrol.item import QueueItem
+from kvroute.flowcontrol.runtime import FlowController, slo_deadline
 from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
@@ -39,6 +48,7 @@ from kvroute.requestcontrol.headers import MODEL_REWRITE, read_aliased
 from kvroute.requestcontrol.hooks import RequestHooks, Usage
 from kvroute.requestcontrol.model_resolution import ResolvedModel
 from kvroute.scheduling.interfaces import (
+    PREFETCHED,
     CycleState,
     CycleTrace,
     SaturationDetector,
@@ -50,8 +60,10 @@ from kvroute.scheduling.timing import PluginTimings
 
 log = logging.getLogger(__name__)
 
-FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
+FAIRNESS_ID_HEADER = "x-llm-d-inference-fairness-id"
+FAIRNESS_ID_HEADER_ALIAS = "x-gateway-inference-fairness-id"
 DEFAULT_FAIRNESS_ID = "default-flow"
+
 NO_CANDIDATES_MESSAGE = "failed to find endpoint candidates for serving the request"
 NO_ENDPOINTS_MESSAGE = "no pods available in datastore"
 AVG_CHARS_PER_TOKEN = 4  # upstream's estimate for untokenised text
@@ -113,6 +125,7 @@ class RoutingDecision:
     # --emit-endpoint-scores: ip:port -> weighted total of every endpoint the primary profile
     # scored (None when off or when the profile has no scorers).
     endpoint_scores: Mapping[str, float] | None = None
+    queue_wait_s: float = 0.0  # time spent in flow control (0 on the fast path)
 
 
 def subset_candidates(
@@ -144,6 +157,8 @@ class Director:
         timings: PluginTimings | None = None,
         disable_subset_filter: bool = False,
         emit_endpoint_scores: bool = False,
+        flow_control: FlowController | None = None,
+        default_fairness_id: str = DEFAULT_FAIRNESS_ID,
     ) -> None:
         self.emit_endpoint_scores = emit_endpoint_scores
         self.datastore = datastore
@@ -154,10 +169,14 @@ class Director:
         self.clock = clock
         self.disable_subset_filter = disable_subset_filter
         self.timings = timings
+        self.flow_control = flow_control
+        self.default_fairness_id = default_fairness_id
         classified = hooks if isinstance(hooks, RequestHooks) else RequestHooks.of(hooks)
         self._prepare = classified.prepare_data
         self._pre_request = classified.pre_request
         self._complete = classified.response_complete
+        self._prefetch = classified.prefetch
+        self.hooks = classified  # the request hooks, classified once
 
     def handle_request(
         self,
@@ -177,20 +196,114 @@ class Director:
         resolved = self.resolver.resolve(parsed.model, headers)
         request = self._build_request(parsed, headers, request_id, resolved)
         now = self.clock()
+        candidates = self._candidates(subset_hint, trace, allow_empty_pool=False)
+        if self.flow_control is None:
+            if trace is not None:
+                _note_admission(trace, request, self.admission.detector, candidates, now)
+            self.admission.admit(request, candidates, now)
+        elif trace is not None:
+            _note_flow_control(trace, request, self.flow_control, now)
+        return self._schedule(parsed, request, resolved, candidates, now, trace, None)
 
+    async def handle_request_async(
+        self,
+        parsed: ParsedRequest,
+        headers: Mapping[str, str],
+        request_id: str,
+        subset_hint: Sequence[str] | None = None,
+        *,
+        trace: CycleTrace | None = None,
+    ) -> RoutingDecision:
+        """:meth:`handle_request` for the serving path: tokenisation off the event loop, and,
+        with flow control, the wait for dispatch between admission and scheduling.
+
+        Flow control adds 429 (``rejected-saturated``, ``rejected-ttl-expired``) and 503
+        (``rejected-no-endpoints``, ``rejected-shutting-down``) outcomes; cancellation (the
+        client went away) removes the request from its queue at once.
+        """
+        fc = self.flow_control
+        if fc is None and not self._prefetch:
+            return self.handle_request(parsed, headers, request_id, subset_hint, trace=trace)
+        resolved = self.resolver.resolve(parsed.model, headers)
+        request = self._build_request(parsed, headers, request_id, resolved)
+        received = self.clock()
+        if fc is None:
+            candidates = self._candidates(subset_hint, trace, allow_empty_pool=False)
+            self.admission.admit(request, candidates, received)
+        else:
+            # Fail fast when a subset hint matches nothing in a non-empty pool; an empty pool
+            # is a waiting room (noEndpointRequestTTL), as upstream's scale-from-zero.
+            self._candidates(subset_hint, None, allow_empty_pool=True)
+        prefetched = await self._run_prefetch(request)
+
+        def dispatch() -> RoutingDecision:
+            now = self.clock()
+            candidates = self._candidates(subset_hint, trace, allow_empty_pool=False)
+            return self._schedule(parsed, request, resolved, candidates, now, trace, prefetched)
+
+        if fc is None:
+            return dispatch()
+        tokens = _estimate_tokens(parsed)
+        prompt = len(parsed.prompt_text) // AVG_CHARS_PER_TOKEN
+        item = QueueItem(
+            request_id=request_id,
+            priority=request.priority,
+            fairness_id=request.fairness_id,
+            size_bytes=len(parsed.raw),
+            enqueued_at=received,
+            slo_deadline=slo_deadline(received, headers),
+            prompt_tokens=prompt,
+            output_tokens=tokens - prompt,
+            model_name=request.incoming_model,
+            target_model_name=request.target_model,
+        )
+        decision = await fc.admit(item, dispatch, abandon=self.handle_response_complete)
+        decision.queue_wait_s = self.clock() - received
+        if trace is not None:
+            trace.notes.append(
+                f"flow control: band {request.priority}, flow {request.fairness_id!r}, "
+                f"queue wait {decision.queue_wait_s * 1000:.1f} ms"
+            )
+        return decision
+
+    async def _run_prefetch(self, request: InferenceRequest) -> dict[str, object] | None:
+        """Run the CPU-heavy ``prefetch`` hooks in worker threads (tokenizers release the GIL)."""
+        if not self._prefetch:
+            return None
+        out: dict[str, object] = {}
+        for hook in self._prefetch:
+            fn = hook.prefetch
+            try:
+                out[hook.typed_name.name] = await asyncio.to_thread(fn, request)
+            except Exception:
+                log.exception("prefetch hook %s failed; continuing", hook.typed_name)
+        return out
+
+    def _candidates(
+        self, subset_hint: Sequence[str] | None, trace: CycleTrace | None, *, allow_empty_pool: bool
+    ) -> Sequence[Endpoint]:
         snapshot = self.datastore.endpoints()
         hint = None if self.disable_subset_filter else subset_hint
         candidates = subset_candidates(snapshot, hint)
         if trace is not None:
             _note_candidates(trace, snapshot, candidates, hint)
-        if not candidates:
+        if not candidates and not (allow_empty_pool and not snapshot):
             raise NoCandidatesError(NO_CANDIDATES_MESSAGE)
+        return candidates
 
-        if trace is not None:
-            _note_admission(trace, request, self.admission.detector, candidates, now)
-        self.admission.admit(request, candidates, now)
-
+    def _schedule(
+        self,
+        parsed: ParsedRequest,
+        request: InferenceRequest,
+        resolved: ResolvedModel,
+        candidates: Sequence[Endpoint],
+        now: float,
+        trace: CycleTrace | None,
+        prefetched: dict[str, object] | None,
+    ) -> RoutingDecision:
         state = CycleState(now)
+        if prefetched is not None:
+            state.write(PREFETCHED, prefetched)
         for hook in self._prepare:
             self._run_hook("PrepareData", hook, hook.prepare_data, state, request, candidates)
 
@@ -249,6 +362,8 @@ class Director:
                 decision.target,
                 usage,
             )
+        if self.flow_control is not None:
+            self.flow_control.notify()  # capacity freed: queued requests may go now
 
     def random_endpoint(self) -> Endpoint:
         """Any endpoint, for header-only requests (no body to schedule on). 500 when none."""
@@ -279,7 +394,9 @@ class Director:
             prompt_text=parsed.prompt_text,
             request_size_bytes=len(parsed.raw),
             stream=parsed.stream,
-            fairness_id=headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID,
+            fairness_id=headers.get(FAIRNESS_ID_HEADER)
+            or headers.get(FAIRNESS_ID_HEADER_ALIAS)
+            or self.default_fairness_id,
         )
 
     def _run_hook(
@@ -344,4 +461,21 @@ def _note_admission(
         action = f"priority {request.priority} is never shed"
     trace.notes.append(
         f"admission: pool saturation {saturation:.3f} ({verdict}, {detector.typed_name}); {action}"
+    )
+
+
+def _note_flow_control(
+    trace: CycleTrace, request: InferenceRequest, fc: FlowController, now: float
+) -> None:
+    saturation = fc.saturation(now)
+    ceiling = fc.queues.settings.usage_limit.ceiling(request.priority, saturation)
+    verdict = (
+        "dispatched at once"
+        if saturation < ceiling and fc.queues.count == 0
+        else "would wait in its queue until the pool has room"
+    )
+    trace.notes.append(
+        f"flow control: band {request.priority}, flow {request.fairness_id!r}; pool saturation "
+        f"{saturation:.3f} vs ceiling {ceiling:g} ({fc.detector.typed_name}): {verdict}; "
+        "queue wait 0 ms (dry run)"
     )

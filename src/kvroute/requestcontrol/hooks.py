@@ -1,6 +1,12 @@
 """Re-exports the request-lifecycle hooks from :mod:`kvroute.framework.hooks`, where they live."""
 
-from kvroute.framework.hooks import PrepareData, PreRequest, RequestHooks, ResponseComplete
+from kvroute.framework.hooks import (
+    Prefetch,
+    PrepareData,
+    PreRequest,
+    RequestHooks,
+    ResponseComplete,
+)
 from kvroute.framework.request import Usage
 
-__all__ = ["PreRequest", "PrepareData", "RequestHooks", "ResponseComplete", "Usage"]
+__all__ = ["PreRequest", "Prefetch", "PrepareData", "RequestHooks", "ResponseComplete", "Usage"]

@@ -3,6 +3,7 @@
 from kvroute.framework.scheduling import (
     EMPTY_REASON,
     EXPLAIN,
+    PREFETCHED,
     PROFILE_FAILURES,
     CycleState,
     CycleTrace,
@@ -23,6 +24,7 @@ from kvroute.framework.scheduling import (
 __all__ = [
     "EMPTY_REASON",
     "EXPLAIN",
+    "PREFETCHED",
     "PROFILE_FAILURES",
     "CycleState",
     "CycleTrace",

@@ -10,6 +10,8 @@ import pytest
 
 from kvroute import cli
 from kvroute.commands.schedule import InputError, parse_state
+from kvroute.config.epp_config import default_config_text
+from kvroute.plugins.registry import default_registry
 
 DATA = Path(__file__).parents[2] / "testdata"
 SCHED = DATA / "schedule"
@@ -52,7 +54,13 @@ def test_default_profile_explains_the_choice(capsys: pytest.CaptureFixture[str])
         p["scores"]["vllm-3"]["weighted"] for p in profile["plugins"] if p["kind"] == "scorer"
     )
     assert weighted == pytest.approx(totals["vllm-3"])
-    assert any(n.startswith("admission:") for n in out["trace"]["notes"])
+    assert any(n.startswith("flow control: band 0") for n in out["trace"]["notes"])
+    assert out["flow_control"] == {
+        "band": 0,
+        "flow": "default-flow",
+        "queue_wait_ms": 0.0,
+        "would_wait": False,
+    }
 
 
 def test_decision_tree_profile_shows_the_path(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,8 +81,31 @@ def test_decision_tree_profile_shows_the_path(capsys: pytest.CaptureFixture[str]
     assert picker["picked"] == ["vllm-0"]
 
 
-def test_sheddable_on_saturated_pool_is_429(capsys: pytest.CaptureFixture[str]) -> None:
+def test_sheddable_on_saturated_pool_waits_in_flow_control(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Flow control is on by default: a saturated pool holds the request instead of a 429."""
     code, out, _ = _run(capsys, *_state("saturated-state.json"), *_req("sheddable-request.json"))
+    assert code == 0
+    assert out["status"] == 200
+    assert out["flow_control"]["band"] == -1
+    assert out["flow_control"]["would_wait"] is True
+    assert any("would wait in its queue" in n for n in out["trace"]["notes"])
+
+
+def test_sheddable_on_saturated_pool_is_429_without_flow_control(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    legacy = tmp_path / "legacy.yaml"
+    text = default_config_text(default_registry()) + "flowControl: {enabled: false}\n"
+    legacy.write_text(text)
+    code, out, _ = _run(
+        capsys,
+        *_state("saturated-state.json"),
+        *_req("sheddable-request.json"),
+        "--config",
+        str(legacy),
+    )
     assert code == 0
     assert out["status"] == 429
     assert out["target"] is None

@@ -41,7 +41,7 @@ def test_every_upstream_section_is_accepted() -> None:
     config = load_epp_config(CONFIGS / "all-sections.yaml")
     assert config.feature_gates == ["flowControl"]
     assert config.flow_control is not None
-    assert config.flow_control.max_bytes == "10Gi"
+    assert config.flow_control.max_bytes == 10 * 2**30  # "10Gi", parsed at load
     assert config.flow_control.priority_bands[0].priority == 100
     assert config.saturation_detector is not None
     assert config.saturation_detector.plugin_ref == "utilization-detector"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,11 @@ from kvroute.errors import BadRequestError, EppError, PoolExhaustedError
 from kvroute.extproc.backend import Outcome, RoutingBackend, RoutingInput
 from kvroute.observability.metrics import EppMetrics
 from kvroute.settings import EppSettings
+
+
+def route(backend: RoutingBackend, rin: RoutingInput) -> Any:
+    return asyncio.run(backend.route(rin))
+
 
 RESOURCES = """\
 apiVersion: inference.networking.k8s.io/v1
@@ -71,7 +77,7 @@ def _input(body: dict[str, object], **headers: str) -> RoutingInput:
 
 def test_route_rewrites_model_and_counts_in_flight(tmp_path: Path) -> None:
     backend, store, metrics = _setup(tmp_path)
-    routed = backend.route(_input({"model": "food-review", "prompt": "hi"}))
+    routed = route(backend, _input({"model": "food-review", "prompt": "hi"}))
     assert routed.endpoints == ("10.0.0.0:8000",)  # shortest queue
     assert json.loads(routed.body)["model"] == "base"
     assert (routed.incoming_model, routed.target_model) == ("food-review", "base")
@@ -95,7 +101,7 @@ def test_route_rewrites_model_and_counts_in_flight(tmp_path: Path) -> None:
 def test_unchanged_model_keeps_the_original_bytes(tmp_path: Path) -> None:
     backend, _, _ = _setup(tmp_path)
     rin = _input({"model": "base", "prompt": "hi"})
-    assert backend.route(rin).body is rin.body
+    assert route(backend, rin).body is rin.body
 
 
 @pytest.mark.parametrize(
@@ -121,7 +127,7 @@ def test_errors_are_raised_and_counted(
     backend, _, metrics = _setup(tmp_path, saturated=saturated)
     rin = _input(body, **headers)
     with pytest.raises(error) as exc:
-        backend.route(rin)
+        route(backend, rin)
     backend.rejected(exc.value, rin)
     code = exc.value.code.value
     model = str(body.get("model", ""))
@@ -139,7 +145,7 @@ def test_header_only_route_any(tmp_path: Path) -> None:
 
 def test_usage_absent_leaves_token_metrics_empty(tmp_path: Path) -> None:
     backend, _, metrics = _setup(tmp_path)
-    routed = backend.route(_input({"model": "base", "prompt": "hi"}))
+    routed = route(backend, _input({"model": "base", "prompt": "hi"}))
     backend.complete(routed, Outcome(status=200, usage=None, disconnected=True))
     labels = {"model_name": "base", "target_model_name": "base"}
     assert (
@@ -170,7 +176,7 @@ def test_failure_after_scheduling_gives_the_in_flight_count_back(tmp_path: Path)
         director, Codec(parse_request, failing_rewrite, OpenAIResponseFilter), metrics
     )
     with pytest.raises(MemoryError):
-        backend.route(_input({"model": "food-review", "prompt": "hi"}))
+        route(backend, _input({"model": "food-review", "prompt": "hi"}))
     assert sum(e.load.inflight for e in store.endpoints()) == 0
     assert sum(e.load.inflight_tokens for e in store.endpoints()) == 0
     running = metrics.registry.get_sample_value(
@@ -187,8 +193,8 @@ def test_inflight_ledger_counts_prompt_tokens_and_models_until_done_or_disconnec
     its end -- a completed response or a client that went away -- takes exactly that back."""
     backend, store, _ = _setup(tmp_path)
     prompt = "x" * 400  # 100 estimated tokens
-    first = backend.route(_input({"model": "food-review", "prompt": prompt, "max_tokens": 7}))
-    second = backend.route(_input({"model": "food-review", "prompt": prompt * 2}))
+    first = route(backend, _input({"model": "food-review", "prompt": prompt, "max_tokens": 7}))
+    second = route(backend, _input({"model": "food-review", "prompt": prompt * 2}))
     loads = {e.hostport: e.load for e in store.endpoints()}
     assert sum(load.inflight_tokens for load in loads.values()) == 300
     assert sum(load.inflight_models.get("base", 0) for load in loads.values()) == 2

@@ -9,6 +9,7 @@ protocol rules that do not depend on scheduling.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ class _Backend:
     rejections: list[EppError] = field(default_factory=list)
     filters: list[OpenAIResponseFilter] = field(default_factory=list)
 
-    def route(self, request: RoutingInput) -> Routed:
+    async def route(self, request: RoutingInput) -> Routed:
         self.routed_inputs.append(request)
         if self.error is not None:
             raise self.error
@@ -126,10 +127,15 @@ def resp_body(data: bytes, eos: bool) -> Any:
     return pb.ProcessingRequest(response_body=pb.HttpBody(body=data, end_of_stream=eos))
 
 
+def feed(stream: ExtProcStream, message: Any) -> list[Any]:
+    """One message through the stream's async entry point (routing is awaited there)."""
+    return asyncio.run(stream.areceive(message))
+
+
 def run(stream: ExtProcStream, messages: Sequence[Any]) -> list[Any]:
     out: list[Any] = []
     for m in messages:
-        out.extend(stream.receive(m))
+        out.extend(feed(stream, m))
     return out
 
 
@@ -163,7 +169,7 @@ def test_routes_after_body_end_with_deferred_header_response(bodies: list[bytes]
     msgs = [req_headers(), *(req_body(b, eos=i == len(bodies) - 1) for i, b in enumerate(bodies))]
     # Nothing may be answered before the body's end of stream.
     assert run(stream, msgs[:-1]) == []
-    out = stream.receive(msgs[-1])
+    out = feed(stream, msgs[-1])
     head, *body = out
     assert head.WhichOneof("response") == "request_headers"
     hdrs = set_headers(head)
@@ -248,7 +254,7 @@ def test_new_control_header_names_are_read_win_over_aliases_and_both_are_strippe
 def test_header_only_request_goes_to_any_endpoint() -> None:
     backend = _Backend()
     stream = ExtProcStream(backend)
-    (head,) = stream.receive(req_headers(eos=True))
+    (head,) = feed(stream, req_headers(eos=True))
     assert set_headers(head)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
     assert "content-length" not in set_headers(head)
     assert backend.routed_inputs == []
@@ -316,7 +322,7 @@ def test_subset_hint_restricts_candidates_by_ip() -> None:
 def test_message_out_of_order_is_a_protocol_violation() -> None:
     stream = ExtProcStream(_Backend())
     with pytest.raises(ProtocolViolation):
-        stream.receive(resp_headers())
+        feed(stream, resp_headers())
 
 
 # -- response path -----------------------------------------------------------------------------
@@ -339,8 +345,8 @@ def test_streaming_response_restores_model_chunk_by_chunk_and_reads_usage() -> N
         b'"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n',
         b"data: [DONE]\n\n",
     ]
-    assert len(stream.receive(resp_headers("text/event-stream"))) == 1
-    per_chunk = [stream.receive(resp_body(c, eos=i == 2)) for i, c in enumerate(chunks)]
+    assert len(feed(stream, resp_headers("text/event-stream"))) == 1
+    per_chunk = [feed(stream, resp_body(c, eos=i == 2)) for i, c in enumerate(chunks)]
     # Each chunk is answered immediately (no buffering of a stream).
     assert [len(o) for o in per_chunk] == [1, 1, 1]
     out = b"".join(b for o in per_chunk for b, _ in streamed(o, "response_body"))
@@ -359,9 +365,9 @@ def test_json_response_is_buffered_then_restored() -> None:
         {"model": "served-name", "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
         separators=(",", ":"),
     ).encode()
-    stream.receive(resp_headers())
-    assert stream.receive(resp_body(doc[:10], eos=False)) == []
-    out = stream.receive(resp_body(doc[10:], eos=True))
+    feed(stream, resp_headers())
+    assert feed(stream, resp_body(doc[:10], eos=False)) == []
+    out = feed(stream, resp_body(doc[10:], eos=True))
     body = b"".join(b for b, _ in streamed(out, "response_body"))
     assert json.loads(body)["model"] == "food-review"
     assert backend.completions[0].usage == Usage(3, 4, 0)
@@ -393,7 +399,7 @@ def test_completion_recorded_exactly_once(cut_after: str) -> None:
 def test_light_mode_completes_when_stream_ends_without_body() -> None:
     backend = _Backend()
     stream = _routed_stream(backend, response_processing=ResponseProcessing.LIGHT)
-    stream.receive(resp_headers("text/event-stream"))
+    feed(stream, resp_headers("text/event-stream"))
     assert backend.completions == []
     stream.close()
     assert backend.completions == [Outcome(status=200, disconnected=False)]
@@ -412,10 +418,10 @@ def test_light_mode_completes_when_stream_ends_without_body() -> None:
 def test_response_edge_cases(content_type: str, chunks: list[bytes]) -> None:
     backend = _Backend()
     stream = _routed_stream(backend)
-    stream.receive(resp_headers(content_type))
+    feed(stream, resp_headers(content_type))
     out: list[Any] = []
     for i, c in enumerate(chunks):
-        out += stream.receive(resp_body(c, eos=i == len(chunks) - 1))
+        out += feed(stream, resp_body(c, eos=i == len(chunks) - 1))
     body = b"".join(b for b, _ in streamed(out, "response_body"))
     expected = b"".join(chunks).replace(b'"model":"served-name"', b'"model":"food-review"')
     assert body == expected

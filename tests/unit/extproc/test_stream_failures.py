@@ -31,6 +31,7 @@ from tests.unit.extproc.test_stream import (
     REWRITE,
     _Backend,
     _headers,
+    feed,
     req_body,
     req_headers,
     resp_body,
@@ -67,11 +68,11 @@ def test_oversized_body_is_drained_then_answered_413(
     """Answered at the body's end (clients read only after writing it all), never buffered."""
     backend = _Backend()
     stream = ExtProcStream(backend, StreamOptions(max_request_body_bytes=LIMIT))
-    assert stream.receive(req_headers(headers)) == []
+    assert feed(stream, req_headers(headers)) == []
     for c in chunks:
-        assert stream.receive(req_body(c, eos=False)) == []
+        assert feed(stream, req_body(c, eos=False)) == []
         assert len(stream._body) <= LIMIT  # the excess is counted, not kept
-    code, body = _immediate(stream.receive(req_body(b"", eos=True)))
+    code, body = _immediate(feed(stream, req_body(b"", eos=True)))
     assert code == 413
     assert body == (
         "inference error: BadRequest - request body of 2500 bytes exceeds the limit of "
@@ -89,7 +90,7 @@ def test_oversized_body_ended_by_trailers_is_answered_413() -> None:
     stream = ExtProcStream(backend, StreamOptions(max_request_body_bytes=LIMIT))
     run(stream, [req_headers(), req_body(b"x" * 2000, eos=False)])
     trailers = pb.ProcessingRequest(request_trailers=pb.HttpTrailers())
-    code, _ = _immediate(stream.receive(trailers)[:1])
+    code, _ = _immediate(feed(stream, trailers)[:1])
     assert code == 413
 
 
@@ -133,10 +134,10 @@ class _FailingBackend(_Backend):
     fail_rejected: bool = False
     fail_complete: bool = False
 
-    def route(self, request: RoutingInput) -> Routed:
+    async def route(self, request: RoutingInput) -> Routed:
         if self.fail_route:
             raise _Boom("scorer blew up")
-        return super().route(request)
+        return await super().route(request)
 
     def route_any(self, request_id: str) -> str | None:
         if self.fail_route_any:
@@ -203,9 +204,9 @@ def test_response_filter_failure_passes_the_body_through_and_completes() -> None
     backend = _FailingBackend(fail_filter=True)
     stream = ExtProcStream(backend)
     run(stream, [req_headers(REWRITE), req_body(COMPLETION)])
-    stream.receive(_resp_headers({"content-type": "application/json"}))
+    feed(stream, _resp_headers({"content-type": "application/json"}))
     doc = b'{"model":"served-name"}'
-    out = stream.receive(resp_body(doc, eos=True))
+    out = feed(stream, resp_body(doc, eos=True))
     assert b"".join(b for b, _ in streamed(out, "response_body")) == doc
     assert len(backend.completions) == 1
     assert backend.completions[0].disconnected is False
@@ -218,11 +219,11 @@ def test_compressed_response_is_never_rewritten(encoding: str, content_type: str
     backend = _Backend()
     stream = ExtProcStream(backend)
     run(stream, [req_headers(REWRITE), req_body(COMPLETION)])
-    stream.receive(_resp_headers({"content-type": content_type, "content-encoding": encoding}))
+    feed(stream, _resp_headers({"content-type": content_type, "content-encoding": encoding}))
     chunks = [b'\x1f\x8b"model":"served-name"', b'\x00"usage":{"prompt_tokens":1}}']
     out = [
-        *stream.receive(resp_body(chunks[0], False)),
-        *stream.receive(resp_body(chunks[1], True)),
+        *feed(stream, resp_body(chunks[0], False)),
+        *feed(stream, resp_body(chunks[1], True)),
     ]
     assert b"".join(b for b, _ in streamed(out, "response_body")) == b"".join(chunks)
     assert backend.filters == []
@@ -234,10 +235,10 @@ def test_identity_encoding_is_still_rewritten() -> None:
     backend = _Backend()
     stream = ExtProcStream(backend)
     run(stream, [req_headers(REWRITE), req_body(COMPLETION)])
-    stream.receive(
-        _resp_headers({"content-type": "application/json", "content-encoding": "identity"})
+    feed(
+        stream, _resp_headers({"content-type": "application/json", "content-encoding": "identity"})
     )
-    out = stream.receive(resp_body(b'{"model":"served-name"}', True))
+    out = feed(stream, resp_body(b'{"model":"served-name"}', True))
     assert json.loads(b"".join(b for b, _ in streamed(out, "response_body")))["model"] == (
         "food-review"
     )
@@ -248,12 +249,12 @@ def test_grown_streamed_chunk_is_split_at_the_message_limit() -> None:
     backend = _Backend()
     stream = ExtProcStream(backend)
     run(stream, [req_headers({"x-gateway-model-name-rewrite": "m"}), req_body(COMPLETION)])
-    stream.receive(_resp_headers({"content-type": "text/event-stream"}))
+    feed(stream, _resp_headers({"content-type": "text/event-stream"}))
     event = b'data: {"model":"m"}\n\n'
     big = event * (BODY_BYTE_LIMIT // len(event))
     assert len(big) <= BODY_BYTE_LIMIT
-    first = streamed(stream.receive(resp_body(big, False)), "response_body")
-    last = streamed(stream.receive(resp_body(event, True)), "response_body")
+    first = streamed(feed(stream, resp_body(big, False)), "response_body")
+    last = streamed(feed(stream, resp_body(event, True)), "response_body")
     assert all(len(b) <= BODY_BYTE_LIMIT for b, _ in first + last)
     assert [eos for _, eos in first] == [False] * len(first)
     assert last[-1][1] is True
@@ -284,8 +285,8 @@ def test_event_stream_content_type_is_case_insensitive() -> None:
     backend = _Backend()
     stream = ExtProcStream(backend)
     run(stream, [req_headers(REWRITE), req_body(COMPLETION)])
-    stream.receive(_resp_headers({"content-type": "Text/Event-Stream; charset=utf-8"}))
-    out = stream.receive(resp_body(b'data: {"model":"served-name"}\n\n', False))
+    feed(stream, _resp_headers({"content-type": "Text/Event-Stream; charset=utf-8"}))
+    out = feed(stream, resp_body(b'data: {"model":"served-name"}\n\n', False))
     assert streamed(out, "response_body") == [(b'data: {"model":"food-review"}\n\n', False)]
 
 
@@ -293,8 +294,8 @@ def test_failing_completion_bookkeeping_does_not_cut_off_the_response() -> None:
     backend = _FailingBackend(fail_complete=True)
     stream = ExtProcStream(backend)
     run(stream, [req_headers(REWRITE), req_body(COMPLETION)])
-    stream.receive(_resp_headers({"content-type": "application/json", ":status": "\u00b2"}))
-    out = stream.receive(resp_body(b'{"model":"served-name"}', True))
+    feed(stream, _resp_headers({"content-type": "application/json", ":status": "\u00b2"}))
+    out = feed(stream, resp_body(b'{"model":"served-name"}', True))
     assert streamed(out, "response_body") == [(b'{"model":"food-review"}', True)]
     stream.close()  # the server's finally: must not raise either
     assert len(backend.completions) == 1

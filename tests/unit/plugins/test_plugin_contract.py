@@ -14,6 +14,7 @@ import pytest
 
 from kvroute.datalayer.plugins import CoreMetricsExtractor, MetricsDataSource, RequestParser
 from kvroute.errors import PluginValidationError
+from kvroute.flowcontrol.policies import is_fairness, is_ordering, is_usage_limit
 from kvroute.plugins.registry import PluginContext, default_registry
 from kvroute.scheduling.builder import is_filter, is_picker, is_profile_handler, is_scorer
 from kvroute.scheduling.interfaces import Filter, Picker, Scorer
@@ -89,6 +90,10 @@ def test_plugin_builds_with_defaults_and_names_itself(type_name: str) -> None:
         or callable(getattr(plugin, "prepare_data", None))
         # data-layer/parser plugins only carry validated parameters for the composition root
         or isinstance(plugin, (MetricsDataSource, CoreMetricsExtractor, RequestParser))
+        # flow-control policies (ordering / fairness / usage limit)
+        or is_ordering(plugin)
+        or is_fairness(plugin)
+        or is_usage_limit(plugin)
     )
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import Field
 
@@ -50,6 +50,7 @@ from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import (
     EXPLAIN,
+    PREFETCHED,
     CycleState,
     SchedulingResult,
     Scorer,
@@ -193,6 +194,11 @@ class PrecisePrefixCacheScorer:
             return endpoint.metrics.cache_block_size
         return self.params.block_size_tokens
 
+    def prefetch(self, request: InferenceRequest) -> Sequence[int] | None:
+        """Token ids of ``request``; the director runs this in a worker thread before
+        scheduling (tokenizers release the GIL) and hands the result to :meth:`prepare_data`."""
+        return self.tokenizer.encode_request(request)
+
     def prepare_data(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None:
@@ -201,7 +207,11 @@ class PrecisePrefixCacheScorer:
     def _match(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> PreciseMatch:
-        tokens = self.tokenizer.encode_request(request)
+        prefetched = state.get(PREFETCHED, None)
+        if prefetched is not None and self.typed_name.name in prefetched:
+            tokens = cast("Sequence[int] | None", prefetched[self.typed_name.name])
+        else:
+            tokens = self.tokenizer.encode_request(request)
         if tokens is None:
             return PreciseMatch(0, {}, {})
         # Servers with the same block size and KV namespace share one hash chain.
