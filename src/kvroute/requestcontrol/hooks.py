@@ -21,9 +21,18 @@ from kvroute.scheduling.request import InferenceRequest
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """What the response reported, plus when its first chunk arrived.
+
+    ``first_token_at`` is the director's clock (``time.monotonic`` live, virtual in the bench)
+    when the first response body chunk passed the EPP; ``None`` when it was not observed (the
+    response body is not processed, or no chunk arrived). The latency predictor learns TTFT
+    from it.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    first_token_at: float | None = None
 
 
 class PrepareData(Plugin, Protocol):

@@ -223,13 +223,22 @@ class PrefixCacheScorer:
 
     # -- Scorer --------------------------------------------------------------------------------
 
-    def score(
+    def match(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
-    ) -> Mapping[str, float]:
+    ) -> PrefixMatch:
+        """This cycle's match (from PrepareData; computed now if no hook ran). Read by the
+        plugins that consume prefix data (``prefix-cache-affinity-filter``, ``no-hit-lru-scorer``,
+        the latency predictor)."""
         match = state.get(self._key, None)
         if match is None:  # no PrepareData hook ran (e.g. a bare profile in a test)
             match = self._match(state, request, endpoints)
             state.write(self._key, match)
+        return match
+
+    def score(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> Mapping[str, float]:
+        match = self.match(state, request, endpoints)
         total = match.total_blocks
         if total == 0:
             return {e.name: 0.0 for e in endpoints}
