@@ -32,6 +32,12 @@ class Router(Protocol):
     def on_complete(self, request: BenchRequest, replica: int, now: float) -> None: ...
 
 
+# Optional router hooks the harness calls when present: ``prepare(request)`` before ``pick``
+# (untimed: the client's rendering work) and ``on_first_token(request, replica, now)`` when the
+# request's first token is streamed. The sglang-like and llm-d-like baselines live in
+# ``kvroute_bench.cache_aware`` and ``kvroute_bench.token_aware``.
+
+
 class _Base:
     name = "base"
 
@@ -150,7 +156,9 @@ class GreedyOracle(_Base):
             raise ValueError("the oracle needs the engines' true state and step costs")
         best, best_cost = 0, float("inf")
         for i, engine in enumerate(pool.engines):
-            cost = oracle_cost(request, engine.true_state(request), pool.costs)
+            # A heterogeneous pool: each engine knows its own step costs.
+            costs = getattr(engine, "costs", None) or pool.costs
+            cost = oracle_cost(request, engine.true_state(request), costs)
             if cost < best_cost:
                 best, best_cost = i, cost
         return best

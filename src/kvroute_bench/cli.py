@@ -6,6 +6,9 @@ Examples::
         --load-fractions 0.1,0.5,0.9,1.0,1.1 --duration 60 --out docs/results/sharegpt
     kvroute bench cluster --workload multi-lora --param num_adapters=12 --engine max_loras=2 \\
         --qps-sweep 100,200 --policies round-robin,kvroute,oracle
+    kvroute bench cluster --preset heterogeneous --load-fractions 0.5,1.0 \
+        --policies round-robin,sglang-cache-aware,llm-d-token-aware,kvroute,oracle
+    kvroute bench cluster --workload sharegpt --pool h100:5,l4:5 --load-fractions 0.5
     kvroute bench live --url http://127.0.0.1:8081 --workload sharegpt --qps 5 \\
         --max-requests 100 --duration 30
 """
@@ -43,9 +46,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--policies",
         default="round-robin,least-requests,p2c,kvroute,oracle",
-        help="comma list: random, round-robin, least-requests, p2c, kvroute, decision-tree, "
-        "oracle, pooled, config:PATH",
+        help="comma list: random, round-robin, least-requests, p2c, sglang-cache-aware, "
+        "llm-d-token-aware, kvroute, decision-tree, upstream-default, oracle, pooled, "
+        "config:PATH",
     )
+    c.add_argument(
+        "--accelerator",
+        action="append",
+        help="accelerator per replica, cycled (repeatable; NAME or NAME:COUNT, comma lists too: "
+        "h100, h200, a100, l4, mi300x); default: the preset's pool, else all --profile",
+    )
+    c.add_argument("--pool", help="accelerator pool spec, e.g. h100:4,a100:3,l4:3 (as above)")
     c.add_argument("--config", action="append", default=[], help="EndpointPickerConfig file")
     c.add_argument("--qps-sweep", help="offered loads, comma list (requests/s)")
     c.add_argument("--load-fractions", help="offered loads as fractions of --saturation")
@@ -97,7 +108,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", default="sharegpt", help="preset name (see docs)")
+    p.add_argument(
+        "--workload", "--preset", dest="workload", default="sharegpt", help="preset name (docs)"
+    )
     p.add_argument("--trace", type=Path, help="JSONL trace to replay instead of a preset")
     p.add_argument("--param", action="append", help="workload parameter key=value (repeatable)")
     p.add_argument("--seed", type=int, default=0)
@@ -141,8 +154,9 @@ def _run_cluster(args: argparse.Namespace) -> int:
     from kvroute_bench.cluster import RunConfig
     from kvroute_bench.report import build_results, markdown, plot, write_json
     from kvroute_bench.sim_replica import replica_config
-    from kvroute_bench.sweep import SweepSpec, estimate_saturation, meta_for
+    from kvroute_bench.sweep import SweepSpec, estimate_saturation, meta_for, pool_saturation
     from kvroute_bench.workload import load_trace, resolve_spec
+    from kvroute_sim.accelerators import parse_pool
 
     console = Console(stderr=True, quiet=args.quiet, width=160)
     spec_w = resolve_spec(args.workload, _kv(args.param))
@@ -150,15 +164,22 @@ def _run_cluster(args: argparse.Namespace) -> int:
     trace = tuple(load_trace(args.trace)) if args.trace else None
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     policies += [f"config:{c}" for c in args.config]
+    pool_spec = args.accelerator or args.pool or spec_w.pool
+    accelerators = tuple(parse_pool(pool_spec, args.replicas)) if pool_spec else ()
     saturation: float | None = None
     if args.qps_sweep:
         qps = _floats(args.qps_sweep)
     elif args.load_fractions:
         if args.saturation == "auto":
-            console.print("[bold]probing saturation of one replica...[/bold]")
-            per_replica = estimate_saturation(spec_w, engine, seed=args.seed)
-            saturation = per_replica * args.replicas
-            console.print(f"saturation ~ {saturation:.1f} QPS ({per_replica:.2f} per replica)")
+            if accelerators:
+                console.print("[bold]probing saturation of each accelerator...[/bold]")
+                saturation = pool_saturation(spec_w, engine, accelerators, seed=args.seed)
+                console.print(f"saturation ~ {saturation:.1f} QPS ({','.join(accelerators)})")
+            else:
+                console.print("[bold]probing saturation of one replica...[/bold]")
+                per_replica = estimate_saturation(spec_w, engine, seed=args.seed)
+                saturation = per_replica * args.replicas
+                console.print(f"saturation ~ {saturation:.1f} QPS ({per_replica:.2f} per replica)")
         else:
             saturation = float(args.saturation)
         qps = tuple(round(f * saturation, 2) for f in _floats(args.load_fractions))
@@ -180,6 +201,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
             slo=Slo(ttft=args.slo_ttft, tpot=args.slo_tpot),
         ),
         requests=trace,
+        accelerators=accelerators,
     )
     stages = _sweep_with_progress(spec, console)
     meta = meta_for(
@@ -219,6 +241,10 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--engine", kv]
     if args.profile != "h100-llama3-8b":
         parts += ["--profile", args.profile]
+    for acc in args.accelerator or []:
+        parts += ["--accelerator", acc]
+    if args.pool:
+        parts += ["--pool", args.pool]
     parts += ["--replicas", str(args.replicas)]
     if args.qps_sweep:
         parts += ["--qps-sweep", args.qps_sweep]

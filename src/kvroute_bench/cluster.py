@@ -6,7 +6,8 @@ Events, in time order (ties: steps finish before scrapes, scrapes before arrival
   (wall time of the decision is measured); the request is added to that engine, the EPP-side
   counters (``inflight``, ``sent_since_scrape``, ``inflight_tokens``) go up, and an idle engine
   starts a step at once, as vLLM's engine loop would.
-- **step done** — the step's first tokens and completions are stamped at its end; completions
+- **step done** — the step's first tokens and completions are stamped at its end; a router with
+  an ``on_first_token`` method hears of each first token (the first streamed chunk); completions
   decrement the counters and reach the router's ``on_complete`` (kvroute's ResponseComplete);
   a busy engine starts its next step immediately.
 - **scrape** — every ``scrape_interval`` each replica's metrics are snapshotted into its
@@ -89,6 +90,7 @@ def run_stage(
     idx = 0
     decisions = 0
     prepare = getattr(router, "prepare", None)
+    on_first_token = getattr(router, "on_first_token", None)
 
     def wake(i: int, t: float) -> None:
         """Queue replica ``i``'s next step at the time its engine loop would take it."""
@@ -164,6 +166,8 @@ def run_stage(
             tokens_in_window += ev.output_tokens
         for rid in ev.first_token:
             records[rid].first_token = now
+            if on_first_token is not None:
+                on_first_token(by_replica_req[i][rid], i, now)
         for rid, n_out in ev.finished:
             rec = records[rid]
             rec.finish = now

@@ -122,7 +122,7 @@ class EppRouter:
             self._index = {e.name: i for i, e in enumerate(pool.endpoints)}
         if self._body[0] != request.request_id:
             self.prepare(request)
-        headers = {CRITICALITY_HEADER: request.criticality.value}
+        headers = {CRITICALITY_HEADER: request.criticality.value, **request.headers}
         try:
             # What the EPP does per request: parse the body, then the director's pipeline.
             parsed = parse_request(self._body[1], "/v1/completions")

@@ -32,12 +32,13 @@ from kvroute_sim.tokenizer import block_hashes
 class SimReplica:
     """One simulated vLLM replica in virtual time."""
 
-    __slots__ = ("_inflight", "config", "engine")
+    __slots__ = ("_inflight", "config", "costs", "engine")
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.engine = Engine(config)
         self._inflight: dict[str, SimRequest] = {}
+        self.costs = step_costs(config)  # this replica's own cost model, for the oracle
 
     def add(self, request: BenchRequest, now: float) -> bool:
         sim = SimRequest(

@@ -1,28 +1,51 @@
 """A QPS sweep: every policy at every offered load, on the same generated requests.
 
 For each stage the workload is generated once (seeded), then each policy runs it on a fresh pool
-of identical engines, so policies differ only in their decisions. ``pooled`` runs the same
-requests on one engine with the pool's resources (:func:`~kvroute_bench.sim_replica.
-pooled_config`); ``oracle`` is the greedy clairvoyant router.
+of engines, so policies differ only in their decisions. The engines are identical unless the
+spec names an accelerator per replica (a heterogeneous pool, :mod:`kvroute_sim.accelerators`).
+``pooled`` runs the same requests on one engine with the pool's resources
+(:func:`~kvroute_bench.sim_replica.pooled_config`; homogeneous pools only); ``oracle`` is the
+greedy clairvoyant router.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kvroute_bench.baselines import BASELINES, GreedyOracle, Router
+from kvroute_bench.cache_aware import SglangCacheAwareRouter
 from kvroute_bench.cache_bound import pooled_cache_hit_rate
 from kvroute_bench.cluster import RunConfig, RunResult, run_stage
 from kvroute_bench.metrics import StageMetrics
 from kvroute_bench.pool import PoolView
 from kvroute_bench.sim_replica import SimReplica, pooled_config, step_costs
+from kvroute_bench.token_aware import LlmdTokenAwareRouter
 from kvroute_bench.workload import BenchRequest, WorkloadSpec, generate
+from kvroute_sim.accelerators import on_accelerator
 from kvroute_sim.config import EngineConfig
 
 EPP_PROFILES = {"kvroute": "default", "decision-tree": "decision-tree"}
-ALL_POLICIES = ("random", "round-robin", "least-requests", "p2c", *EPP_PROFILES, "oracle", "pooled")
+# EPP configs shipped with the bench, by policy name: upstream's default stays available by name
+# whatever kvroute's own default becomes.
+EPP_CONFIG_FILES = {"upstream-default": Path(__file__).parent / "profiles/upstream-default.yaml"}
+PEER_BASELINES: dict[str, Callable[[int], Router]] = {
+    "sglang-cache-aware": SglangCacheAwareRouter,
+    "llm-d-token-aware": LlmdTokenAwareRouter,
+}
+ALL_POLICIES = (
+    "random",
+    "round-robin",
+    "least-requests",
+    "p2c",
+    *PEER_BASELINES,
+    *EPP_PROFILES,
+    *EPP_CONFIG_FILES,
+    "oracle",
+    "pooled",
+)
 
 
 class _Single:
@@ -38,10 +61,14 @@ class _Single:
 
 
 def make_router(policy: str, seed: int) -> Router:
-    """A router by policy name: a baseline, ``kvroute``/``decision-tree`` (built-in profiles),
-    ``config:PATH`` (any EndpointPickerConfig file), ``oracle`` or ``pooled``."""
+    """A router by policy name: a baseline (``round-robin`` ... ``sglang-cache-aware``,
+    ``llm-d-token-aware``), ``kvroute``/``decision-tree`` (built-in profiles),
+    ``upstream-default``, ``config:PATH`` (any EndpointPickerConfig file), ``oracle`` or
+    ``pooled``."""
     if policy in BASELINES:
         return BASELINES[policy](seed)
+    if policy in PEER_BASELINES:
+        return PEER_BASELINES[policy](seed)
     if policy == "oracle":
         return GreedyOracle()
     if policy == "pooled":
@@ -50,6 +77,8 @@ def make_router(policy: str, seed: int) -> Router:
 
     if policy in EPP_PROFILES:
         return EppRouter(policy, EPP_PROFILES[policy], seed=seed)
+    if policy in EPP_CONFIG_FILES:
+        return EppRouter(policy, str(EPP_CONFIG_FILES[policy]), seed=seed)
     if policy.startswith("config:"):
         path = policy.removeprefix("config:")
         return EppRouter(policy, path, seed=seed)
@@ -68,6 +97,17 @@ class SweepSpec:
     seed: int = 0
     run: RunConfig = field(default_factory=RunConfig)
     requests: tuple[BenchRequest, ...] | None = None  # trace replay: used at every stage
+    accelerators: tuple[str, ...] = ()  # one per replica (heterogeneous pool); () = all --profile
+
+    def replica_configs(self) -> list[EngineConfig]:
+        """Each replica's engine: ``engine`` as it runs on that replica's accelerator."""
+        if not self.accelerators:
+            return [self.engine] * self.replicas
+        if len(self.accelerators) != self.replicas:
+            raise ValueError(
+                f"{len(self.accelerators)} accelerators given for {self.replicas} replicas"
+            )
+        return [on_accelerator(self.engine, a) for a in self.accelerators]
 
 
 @dataclass(slots=True)
@@ -86,11 +126,13 @@ def run_one(
     progress: Callable[[float], None] | None = None,
 ) -> RunResult:
     if policy == "pooled":
+        if spec.accelerators:
+            raise ValueError("the pooled bound is defined for homogeneous pools only")
         cfg = pooled_config(spec.engine, spec.replicas)
         engines = [SimReplica(cfg)]
     else:
         cfg = spec.engine
-        engines = [SimReplica(cfg) for _ in range(spec.replicas)]
+        engines = [SimReplica(c) for c in spec.replica_configs()]
     router = make_router(policy, spec.seed)
     return run_stage(
         requests,
@@ -145,7 +187,7 @@ def cache_bounds(spec: SweepSpec, requests: Sequence[BenchRequest]) -> dict[str,
     if not spec.engine.prefix_caching:
         return {}
     bs = spec.engine.block_size
-    total = spec.engine.num_gpu_blocks * spec.replicas
+    total = sum(c.num_gpu_blocks for c in spec.replica_configs())
     pooled = pooled_cache_hit_rate(requests, capacity_blocks=total, block_size=bs)
     unbounded = pooled_cache_hit_rate(requests, capacity_blocks=None, block_size=bs)
     return {"pooled_cache": pooled.hit_rate, "unbounded_cache": unbounded.hit_rate}
@@ -180,6 +222,24 @@ def estimate_saturation(
     return rate
 
 
+def pool_saturation(
+    workload: WorkloadSpec,
+    engine: EngineConfig,
+    accelerators: Sequence[str],
+    *,
+    seed: int,
+    probe_s: float = 20.0,
+) -> float:
+    """Pool saturation QPS of a heterogeneous pool: the sum of each replica's own saturation
+    (:func:`estimate_saturation` once per distinct accelerator)."""
+    per: dict[str, float] = {}
+    for a in accelerators:
+        if a not in per:
+            cfg = on_accelerator(engine, a)
+            per[a] = estimate_saturation(workload, cfg, seed=seed, probe_s=probe_s)
+    return sum(per[a] for a in accelerators)
+
+
 def meta_for(spec: SweepSpec, **extra: Any) -> dict[str, Any]:
     return {
         "replicas": spec.replicas,
@@ -189,6 +249,7 @@ def meta_for(spec: SweepSpec, **extra: Any) -> dict[str, Any]:
         "drain_s": spec.run.drain,
         "scrape_interval_s": spec.run.scrape_interval,
         "seed": spec.seed,
+        "accelerators": list(spec.accelerators),
         "slo": {"ttft_s": spec.run.slo.ttft, "tpot_s": spec.run.slo.tpot},
         "workload_spec": {k: getattr(spec.workload, k) for k in spec.workload.__dataclass_fields__},
         **extra,

@@ -8,8 +8,12 @@ to generate and can never produce an accidental cache hit.
 
 Presets follow the shapes in ``docs/benchmarks.md`` / the performance-model reference (§6):
 ShareGPT-like lengths, upstream's shared-prefix benchmark, multi-turn chat, multi-LoRA with Zipf
-adapter popularity, mixed criticality and gamma-bursty arrivals. Every parameter is overridable by
-name (``--param key=value``); unknown names are errors.
+adapter popularity, mixed criticality and gamma-bursty arrivals; and the scheduler-v2 cases
+(issue 11): a heterogeneous pool (``pool``, an accelerator spec the bench applies), multi-turn
+agent sessions carrying a session id, code generation (long prompts sharing a repository
+context, short answers), reasoning (short prompts, long Pareto-tailed answers) and
+heavier-tailed lengths (``input_dist``/``output_dist`` = ``lognormal`` or ``pareto``). Every
+parameter is overridable by name (``--param key=value``); unknown names are errors.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from kvroute_bench.arrivals import arrival_times
 # what the simulator's block hashing packs them into.
 _UNIQUE_BASE = 1 << 20
 _UNIQUE_SPAN = 1 << 28  # ids per seed slot (16 slots)
+SESSION_HEADER = "x-session-id"
+LENGTH_DISTS = ("lognormal", "pareto")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,12 @@ class BenchRequest:
     criticality: Criticality = Criticality.STANDARD
     ttft_slo: float | None = None  # seconds; None = the run's default SLO
     group: str = ""  # prefix group / session / adapter class, for per-group reports
+    session_id: str | None = None  # conversation id (sent as ``x-session-id``); None = none
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Request headers a client would send beyond criticality (the session id)."""
+        return {SESSION_HEADER: self.session_id} if self.session_id is not None else {}
 
     @property
     def prompt_len(self) -> int:
@@ -69,6 +81,15 @@ class WorkloadSpec:
     min_len: int = 4
     max_input: int = 2048
     max_output: int = 1024
+    # Length distribution of the lognormal-by-default draws above: lognormal | pareto. Pareto
+    # keeps the same mean with shape ``pareto_alpha`` (heavier tail for smaller alpha > 1).
+    input_dist: str = "lognormal"
+    output_dist: str = "lognormal"
+    pareto_alpha: float = 1.8
+    # agent sessions: prompt + output cap (the engine rejects more than max_model_len 4096)
+    max_context: int = 4000
+    # accelerator pool spec (kvroute_sim.accelerators.parse_pool); "" = homogeneous --profile
+    pool: str = ""
     # shared-prefix / multi-turn
     num_groups: int = 150
     prompts_per_group: int = 5
@@ -134,6 +155,50 @@ PRESETS: dict[str, WorkloadSpec] = {
     ),
     "multi-lora": WorkloadSpec(kind="multi-lora"),
     "mixed-criticality": WorkloadSpec(kind="mixed-criticality"),
+    # ---- scheduler v2 (issue 11) ----
+    # ShareGPT-like traffic on a pool whose replicas really differ (10 replicas: 3 H100, 2 H200,
+    # 1 MI300X, 2 A100, 2 L4; cycled for other counts)
+    "heterogeneous": WorkloadSpec(kind="sharegpt", pool="h100:3,h200:2,mi300x:1,a100:2,l4:2"),
+    # ShareGPT-like means with Pareto tails on both lengths
+    "sharegpt-heavy": WorkloadSpec(kind="sharegpt", input_dist="pareto", output_dist="pareto"),
+    # 8 agents (1500-token system prompt with tools) x 16 live sessions; every turn appends a
+    # tool result (lognormal, mean 250) and the previous action (Pareto, mean 120)
+    "agent-sessions": WorkloadSpec(
+        kind="agent",
+        num_groups=8,
+        prompts_per_group=16,
+        system_prompt_len=1500,
+        question_len=250,
+        input_sigma=1.0,
+        output_mean=120.0,
+        output_dist="pareto",
+        max_output=1024,
+        turns=8,
+    ),
+    # 40 repositories (Zipf 1.1) with a 1024-token shared context, + ~1500 unique prompt tokens,
+    # ~100-token answers
+    "code-generation": WorkloadSpec(
+        kind="code",
+        num_groups=40,
+        zipf_s=1.1,
+        system_prompt_len=1024,
+        input_mean=1500.0,
+        input_sigma=0.7,
+        max_input=3500,
+        output_mean=100.0,
+        output_sigma=0.8,
+        max_output=512,
+    ),
+    # short questions, long Pareto-tailed chains of thought
+    "reasoning": WorkloadSpec(
+        kind="sharegpt",
+        input_mean=150.0,
+        input_sigma=0.8,
+        max_input=1024,
+        output_mean=1500.0,
+        output_dist="pareto",
+        max_output=3000,
+    ),
 }
 
 
@@ -141,6 +206,43 @@ def _lognormal_len(rng: random.Random, mean: float, sigma: float, lo: int, hi: i
     """A lognormal draw with the given *mean* (not median), clipped to [lo, hi]."""
     mu = math.log(mean) - sigma * sigma / 2.0
     return max(lo, min(hi, round(rng.lognormvariate(mu, sigma))))
+
+
+def _pareto_len(rng: random.Random, mean: float, alpha: float, lo: int, hi: int) -> int:
+    """A Pareto(alpha) draw scaled to the given mean (``x_m = mean*(alpha-1)/alpha``), clipped."""
+    if alpha <= 1.0:
+        raise ValueError(f"pareto_alpha must be > 1 for a finite mean, got {alpha}")
+    x_m = mean * (alpha - 1.0) / alpha
+    return max(lo, min(hi, round(x_m * rng.paretovariate(alpha))))
+
+
+def draw_len(
+    rng: random.Random, dist: str, mean: float, sigma: float, alpha: float, lo: int, hi: int
+) -> int:
+    """One length from ``dist`` (``lognormal``: mean and sigma; ``pareto``: mean and alpha)."""
+    if dist == "lognormal":
+        return _lognormal_len(rng, mean, sigma, lo, hi)
+    if dist == "pareto":
+        return _pareto_len(rng, mean, alpha, lo, hi)
+    raise ValueError(f"unknown length distribution {dist!r} (known: {', '.join(LENGTH_DISTS)})")
+
+
+def _input_len(spec: WorkloadSpec, rng: random.Random, mean: float, hi: int) -> int:
+    return draw_len(
+        rng, spec.input_dist, mean, spec.input_sigma, spec.pareto_alpha, spec.min_len, hi
+    )
+
+
+def _output_len(spec: WorkloadSpec, rng: random.Random) -> int:
+    return draw_len(
+        rng,
+        spec.output_dist,
+        spec.output_mean,
+        spec.output_sigma,
+        spec.pareto_alpha,
+        spec.min_len,
+        spec.max_output,
+    )
 
 
 class _UniqueTokens:
@@ -165,17 +267,15 @@ def _zipf_weights(n: int, s: float) -> list[float]:
     return [w / total for w in raw]
 
 
-Shape = tuple[tuple[int, ...], int, str | None, Criticality, float | None, str]
+Shape = tuple[tuple[int, ...], int, str | None, Criticality, float | None, str, str | None]
 ShapeFn = Callable[[int], Shape]
 
 
 def _sharegpt_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
     def shape(_i: int) -> Shape:
-        n_in = _lognormal_len(rng, spec.input_mean, spec.input_sigma, spec.min_len, spec.max_input)
-        n_out = _lognormal_len(
-            rng, spec.output_mean, spec.output_sigma, spec.min_len, spec.max_output
-        )
-        return uniq.take(n_in), n_out, None, Criticality.STANDARD, None, "sharegpt"
+        n_in = _input_len(spec, rng, spec.input_mean, spec.max_input)
+        n_out = _output_len(spec, rng)
+        return uniq.take(n_in), n_out, None, Criticality.STANDARD, None, "sharegpt", None
 
     return shape
 
@@ -192,7 +292,7 @@ def _shared_prefix_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueT
         q = questions.get((g, p))
         if q is None:
             q = questions[(g, p)] = uniq.take(spec.question_len)
-        return systems[g] + q, spec.output_len, None, Criticality.STANDARD, None, f"g{g}"
+        return systems[g] + q, spec.output_len, None, Criticality.STANDARD, None, f"g{g}", None
 
     return shape
 
@@ -207,16 +307,20 @@ def _multi_turn_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueToke
     systems = [uniq.take(spec.system_prompt_len) for _ in range(spec.num_groups)]
     history: dict[tuple[int, int], tuple[int, ...]] = {}
     turn: dict[tuple[int, int], int] = {}
+    epoch: dict[tuple[int, int], int] = {}
 
     def shape(_i: int) -> Shape:
         key = (rng.randrange(spec.num_groups), rng.randrange(spec.prompts_per_group))
         if turn.get(key, 0) >= spec.turns:
             turn[key] = 0
             history[key] = ()
+            epoch[key] = epoch.get(key, 0) + 1
         prompt = systems[key[0]] + history.get(key, ()) + uniq.take(spec.question_len)
         history[key] = prompt[spec.system_prompt_len :] + uniq.take(spec.output_len)
         turn[key] = turn.get(key, 0) + 1
-        return prompt, spec.output_len, None, Criticality.STANDARD, None, f"s{key[0]}.{key[1]}"
+        group = f"s{key[0]}.{key[1]}"
+        session = f"{group}.{epoch.get(key, 0)}"
+        return prompt, spec.output_len, None, Criticality.STANDARD, None, group, session
 
     return shape
 
@@ -228,9 +332,9 @@ def _multi_lora_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueToke
     base = _sharegpt_shapes(spec, rng, uniq)
 
     def shape(i: int) -> Shape:
-        prompt, n_out, _a, crit, slo, _g = base(i)
+        prompt, n_out, _a, crit, slo, _g, _s = base(i)
         k = rng.choices(range(spec.num_adapters), weights)[0]
-        return prompt, n_out, names[k], crit, slo, names[k]
+        return prompt, n_out, names[k], crit, slo, names[k], None
 
     return shape
 
@@ -242,10 +346,65 @@ def _mixed_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -
     def shape(i: int) -> Shape:
         if rng.random() < spec.critical_fraction:
             prompt, n_out, *_ = chat(i)
-            return prompt, n_out, None, Criticality.CRITICAL, spec.critical_ttft_slo, "critical"
+            crit = Criticality.CRITICAL
+            return prompt, n_out, None, crit, spec.critical_ttft_slo, "critical", None
         n_in = _lognormal_len(rng, spec.batch_input_mean, 0.5, spec.min_len, 4 * spec.max_input)
         n_out = _lognormal_len(rng, spec.batch_output_mean, 0.5, spec.min_len, spec.max_output)
-        return uniq.take(n_in), n_out, None, Criticality.SHEDDABLE, None, "sheddable"
+        return uniq.take(n_in), n_out, None, Criticality.SHEDDABLE, None, "sheddable", None
+
+    return shape
+
+
+def _agent_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
+    """Multi-turn agent sessions. ``num_groups`` agents (a ``system_prompt_len``-token system
+    prompt with its tools) run ``prompts_per_group`` live sessions each; an arrival advances a
+    random live session by one turn. Its prompt is the agent's system prompt, the session's whole
+    history (earlier tool results and actions) and a new tool result (``input_dist``, mean
+    ``question_len``); its output is the next action (``output_dist``, mean ``output_mean``),
+    appended to the history as synthesized tokens. After each turn the session ends with
+    probability ``1/turns`` (geometric, mean ``turns`` turns), and also when the next turn would
+    not fit ``max_context``; a new session with a new id then takes its slot. Each request
+    carries its session id (``x-session-id``). Open-loop, as ``multi-turn``."""
+    systems = [uniq.take(spec.system_prompt_len) for _ in range(spec.num_groups)]
+    history: dict[tuple[int, int], tuple[int, ...]] = {}
+    epoch: dict[tuple[int, int], int] = {}
+    end_p = 1.0 / max(1, spec.turns)
+
+    def shape(_i: int) -> Shape:
+        key = (rng.randrange(spec.num_groups), rng.randrange(spec.prompts_per_group))
+        room = max(spec.min_len, spec.max_context - spec.system_prompt_len - spec.max_output)
+        n_in = _input_len(spec, rng, float(spec.question_len), room)
+        n_out = _output_len(spec, rng)
+        past = history.get(key, ())
+        if len(past) + n_in > room:  # the context is full: this slot starts a new session
+            past = ()
+            epoch[key] = epoch.get(key, 0) + 1
+        prompt = systems[key[0]] + past + uniq.take(n_in)
+        session = f"a{key[0]}.{key[1]}.{epoch.get(key, 0)}"
+        if rng.random() < end_p:
+            history[key] = ()
+            epoch[key] = epoch.get(key, 0) + 1
+        else:
+            history[key] = prompt[spec.system_prompt_len :] + uniq.take(n_out)
+        return prompt, n_out, None, Criticality.STANDARD, None, f"a{key[0]}", session
+
+    return shape
+
+
+def _code_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
+    """Code generation: ``num_groups`` repositories, drawn Zipf(``zipf_s``), each with a
+    ``system_prompt_len``-token context every request on it shares (instructions and the files
+    an assistant includes), then a unique part (``input_dist``, mean ``input_mean``; the whole
+    prompt at most ``max_input``) and a short answer (``output_dist``, mean ``output_mean``)."""
+    repos = [uniq.take(spec.system_prompt_len) for _ in range(spec.num_groups)]
+    weights = _zipf_weights(spec.num_groups, spec.zipf_s)
+    room = max(spec.min_len, spec.max_input - spec.system_prompt_len)
+
+    def shape(_i: int) -> Shape:
+        g = rng.choices(range(spec.num_groups), weights)[0]
+        n_in = _input_len(spec, rng, spec.input_mean, room)
+        n_out = _output_len(spec, rng)
+        return repos[g] + uniq.take(n_in), n_out, None, Criticality.STANDARD, None, f"repo{g}", None
 
     return shape
 
@@ -256,6 +415,8 @@ _SHAPES: dict[str, Callable[[WorkloadSpec, random.Random, _UniqueTokens], ShapeF
     "multi-turn": _multi_turn_shapes,
     "multi-lora": _multi_lora_shapes,
     "mixed-criticality": _mixed_shapes,
+    "agent": _agent_shapes,
+    "code": _code_shapes,
 }
 
 
@@ -282,8 +443,8 @@ def generate(spec: WorkloadSpec, *, rate: float, duration: float, seed: int) -> 
     shape = _SHAPES[spec.kind](spec, rng, _UniqueTokens(seed))
     out: list[BenchRequest] = []
     for i, t in enumerate(times):
-        prompt, n_out, adapter, crit, slo, group = shape(i)
-        out.append(BenchRequest(f"r{i}", t, prompt, n_out, adapter, crit, slo, group))
+        prompt, n_out, adapter, crit, slo, group, session = shape(i)
+        out.append(BenchRequest(f"r{i}", t, prompt, n_out, adapter, crit, slo, group, session))
     return out
 
 
@@ -305,7 +466,7 @@ def load_trace(path: Path, options: TraceOptions | None = None) -> list[BenchReq
       ``hash_block``-token block; equal ids are equal blocks) with ``input_length``, or just
       ``prompt_len``/``input_length`` (unique tokens);
     - ``output_len``/``output_length``; optional ``adapter``, ``criticality``, ``ttft_slo``,
-      ``group``.
+      ``group``, ``session_id``.
     """
     opts = options or TraceOptions()
     uniq = _UniqueTokens(0)
@@ -353,6 +514,7 @@ def _trace_record(
         criticality=crit,
         ttft_slo=float(slo) if slo is not None else None,
         group=str(rec.get("group", "")),
+        session_id=str(rec["session_id"]) if rec.get("session_id") is not None else None,
     )
 
 
@@ -372,4 +534,6 @@ def dump_trace(requests: Iterable[BenchRequest], path: Path) -> None:
                 rec["adapter"] = r.adapter
             if r.ttft_slo is not None:
                 rec["ttft_slo"] = r.ttft_slo
+            if r.session_id is not None:
+                rec["session_id"] = r.session_id
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")

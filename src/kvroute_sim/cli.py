@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 
+from kvroute_sim.accelerators import ACCELERATORS
 from kvroute_sim.cluster import SimCluster
 from kvroute_sim.config import PROFILE_NAMES
 
@@ -43,6 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="HF tokenizer.json or its directory (default: the built-in word-piece tokenizer)",
     )
+    parser.add_argument(
+        "--accelerator",
+        action="append",
+        default=None,
+        help="accelerator of the servers, cycled over them (repeatable; NAME or NAME:COUNT, "
+        f"comma lists too; known: {', '.join(ACCELERATORS)}; default h100)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -58,16 +66,18 @@ async def _serve(args: argparse.Namespace) -> int:
         kv_events_base_port=args.kv_events_base_port,
         metrics_flavour=args.metrics_flavour,
         tokenizer=args.tokenizer,
+        accelerators=args.accelerator,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with cluster:
-        for s in cluster.servers:
+        for s, acc in zip(cluster.servers, cluster.accelerators, strict=True):
             extra = f" kv_events={s.kv_events_endpoint}" if s.kv_events_endpoint else ""
             print(
-                f"{s.name} ready {s.url} model={s.config.model} profile={s.config.profile}{extra}",
+                f"{s.name} ready {s.url} model={s.config.model} profile={s.config.profile}"
+                f"{f' accelerator={acc}' if args.accelerator else ''}{extra}",
                 flush=True,
             )
         await stop.wait()

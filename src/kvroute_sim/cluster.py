@@ -7,7 +7,9 @@
         cluster.servers[1]      # a SimServer: .engine, .faults, .kill(), .revive(), .metrics
 
 ``base_port=P`` (P > 0) puts server i on port P + i. With ``kv_events_base_port`` set, server i
-publishes KV events on ``tcp://127.0.0.1:<kv_events_base_port + i>``.
+publishes KV events on ``tcp://127.0.0.1:<kv_events_base_port + i>``. With ``accelerators``
+(names or a pool spec such as ``["l4", "h100"]`` or ``"h100:2,l4:1"``, see
+:mod:`kvroute_sim.accelerators`) server i runs on the i-th accelerator, cycling.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from kvroute_sim.accelerators import on_accelerator, parse_pool
 from kvroute_sim.config import ServerConfig, load_server_config
 from kvroute_sim.server.app import SimServer
 
@@ -37,6 +40,7 @@ class SimCluster:
         loras: Sequence[str] | None = None,
         kv_events_base_port: int | None = None,
         engine_overrides: dict[str, Any] | None = None,
+        accelerators: str | Sequence[str] | None = None,
         **server_overrides: Any,
     ) -> None:
         if n < 1:
@@ -54,10 +58,14 @@ class SimCluster:
             config = load_server_config(config_file, **overrides)
         self.config = config
         self.servers: list[SimServer] = []
+        self.accelerators = parse_pool(tuple(accelerators), n) if accelerators else ["h100"] * n
         for i in range(n):
             cfg = config
+            if self.accelerators[i] != "h100":
+                engine = on_accelerator(config.engine, self.accelerators[i])
+                cfg = cfg.model_copy(update={"engine": engine})
             if kv_events_base_port is not None:
-                cfg = config.model_copy(
+                cfg = cfg.model_copy(
                     update={"kv_events_endpoint": f"tcp://{host}:{kv_events_base_port + i}"}
                 )
             port = base_port + i if base_port else 0
