@@ -87,6 +87,7 @@ class EppRouter:
             rng=random.Random(seed),
             clock=self._clock,
         )
+        self.plugins = setup.plugins  # for reports that read a plugin's state (predictor error)
         self._source = _PoolSource()
         self.director = Director(
             self._source,

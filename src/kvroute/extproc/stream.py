@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ class ExtProcStream:
         self._served: str | None = None
         self._response_buf = bytearray()
         self._response_bytes = 0
+        self._first_chunk_at: float | None = None  # TTFT as the EPP sees it (latency predictor)
         self._completed = False
 
     # -- entry points ------------------------------------------------------------------------
@@ -333,6 +335,8 @@ class ExtProcStream:
         chunk: bytes = body.body
         end: bool = body.end_of_stream
         self._response_bytes += len(chunk)
+        if chunk and self._first_chunk_at is None:
+            self._first_chunk_at = time.monotonic()
         out: list[Any]
         if self._filter is None:  # no filter (light, compressed, failed): pass through untouched
             out = [msg.streamed_body(chunk, end, request=False)]
@@ -368,6 +372,7 @@ class ExtProcStream:
             served_endpoint=self._served,
             response_bytes=self._response_bytes,
             disconnected=disconnected,
+            first_chunk_at=self._first_chunk_at,
         )
         try:
             self._backend.complete(self.routed, outcome)

@@ -67,8 +67,9 @@ MAX_NOT_ADAPTERS = 4096
 
 class LoraAffinityParams(PluginParams):
     inflight_adapters: bool = Field(default=True, alias="inflightAdapters")
-    # kvroute: a model no scrape lists as an adapter (a base model) scores 1.0 everywhere, so
-    # base-model traffic is left to the other scorers (the default profile sets it)
+    # kvroute: a model no scrape lists as an adapter (a base model) gets no score at all (the
+    # same for every endpoint), so base-model traffic is left to the other scorers (the default
+    # profile sets it)
     neutral_unknown_models: bool = Field(default=False, alias="neutralUnknownModels")
 
 
@@ -136,7 +137,7 @@ class LoraAffinityScorer:
             # against free slots here would steer base-model traffic away from every server
             # the EPP just gave LoRA work and pile it onto the rest (seen in `kvroute demo`).
             if self.params.neutral_unknown_models:
-                return dict.fromkeys([e.name for e in endpoints], 1.0)
+                return {}  # no preference: every endpoint gets the same (zero) contribution
         return {e.name: lora_affinity(e, adapter) for e in endpoints}
 
     def _learn(self, model: str, endpoints: Sequence[Endpoint], now: float) -> None:

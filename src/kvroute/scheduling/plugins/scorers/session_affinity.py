@@ -1,8 +1,9 @@
 """``session-affinity-scorer`` (Affinity): keep a conversation on the endpoint holding its cache.
 
-Formula (llm-d-router): 1 for the endpoint the request's session is bound to, 0 for the others;
-an unknown or absent session key gives no preference (0 everywhere) and starts a new session
-bound at PreRequest to wherever the request goes.
+Formula (llm-d-router): 1 for the endpoint the request's session is bound to, 0 for the others
+(only the bound endpoint is returned; the framework counts a missing key as 0); an unknown or
+absent session key gives no preference (0 everywhere) and starts a new session bound at
+PreRequest to wherever the request goes.
 
 kvroute addition, "sticky until overloaded": the binding is not honoured (score 0 everywhere)
 while its endpoint is overloaded by the prefix scorer's load-bound rule
@@ -124,17 +125,17 @@ class SessionAffinityScorer:
     def score(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
-        out = dict.fromkeys([e.name for e in endpoints], 0.0)
+        # Only the bound endpoint is returned: a missing key contributes 0 (the framework adds
+        # only the keys a scorer returns), so a request without a session costs nothing here.
         key = self.session_key(request)
         if key is None:
-            return out
+            return {}
         target = self._target_of(key)
-        if target is None or target not in out:
-            return out
+        if target is None or not any(e.name == target for e in endpoints):
+            return {}
         if target in self.guard.overloaded(endpoints):
-            return out
-        out[target] = 1.0
-        return out
+            return {}
+        return {target: 1.0}
 
     def pre_request(
         self, state: CycleState, request: InferenceRequest, result: SchedulingResult
