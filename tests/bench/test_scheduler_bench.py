@@ -8,7 +8,8 @@ What one timed call is:
 
 * ``cycle[default-N]``: what the director runs per request around the scheduler for the default
   profile (prefix-cache-scorer 3, lora-affinity-scorer 1, session-affinity-scorer 1, queue-scorer
-  2, kv-cache-utilization-scorer 2, token-load-scorer 1, max-score-picker with tieTolerance):
+  1, kv-cache-utilization-scorer 1, active-request-scorer 2, token-load-scorer 1,
+  max-score-picker with tieTolerance):
   every PrepareData hook, then ``Scheduler.schedule`` over a frozen tuple of N endpoints. The
   prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and plugin timing is
   on, as in the EPP.

@@ -342,6 +342,7 @@ plugins:
 - type: session-affinity-scorer
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
+- type: active-request-scorer
 - type: token-load-scorer
   parameters: {{normalize: true}}
 - type: max-score-picker
@@ -352,8 +353,9 @@ schedulingProfiles:
   - {{pluginRef: prefix-cache-scorer, weight: 3}}
   - {{pluginRef: lora-affinity-scorer, weight: 1}}
   - {{pluginRef: session-affinity-scorer, weight: 1}}
-  - {{pluginRef: queue-scorer, weight: 2}}
-  - {{pluginRef: kv-cache-utilization-scorer, weight: 2}}
+  - {{pluginRef: queue-scorer, weight: 1}}
+  - {{pluginRef: kv-cache-utilization-scorer, weight: 1}}
+  - {{pluginRef: active-request-scorer, weight: 2}}
   - {{pluginRef: token-load-scorer, weight: 1}}
   - {{pluginRef: max-score-picker}}
 """
@@ -363,6 +365,7 @@ KVROUTE_DEFAULT_TYPES = (
     "session-affinity-scorer",
     "queue-scorer",
     "kv-cache-utilization-scorer",
+    "active-request-scorer",
     "token-load-scorer",
     "max-score-picker",
 )

@@ -113,8 +113,8 @@ class PrefixCacheAffinityFilter:
     ) -> Mapping[str, float]:
         if self.params.ttft_source == "latencyPredictor" and self.producer is not None:
             preds = self.producer.predict(state, request, endpoints)
-            if all(preds[e.name].ttft is not None for e in endpoints):
-                return {e.name: preds[e.name].ttft or 0.0 for e in endpoints}
+            if preds is not None:
+                return {e.name: preds[e.name][0] for e in endpoints}
         rate = self.params.peak_prefill_throughput
         return {e.name: e.load.inflight_tokens / rate for e in endpoints}
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kvroute.datastore.endpoint import Endpoint
@@ -95,8 +96,11 @@ class LatencyPredictor:
     ) -> tuple[float, ...]:
         m = endpoint.metrics
         load = endpoint.load
-        backlog = self.model(endpoint.name).expire(now)
-        running = max(m.running_queue_size, load.inflight)
+        model = self.models.get(endpoint.name)
+        backlog = 0.0
+        if model is not None and model.heap:
+            backlog = model.expire(now)
+        running = m.running_queue_size if m.running_queue_size > load.inflight else load.inflight
         return (
             1.0,
             uncached_tokens / 1e3,
@@ -109,27 +113,89 @@ class LatencyPredictor:
     def tpot_features(endpoint: Endpoint) -> tuple[float, ...]:
         m = endpoint.metrics
         load = endpoint.load
-        running = max(m.running_queue_size, load.inflight)
+        running = m.running_queue_size if m.running_queue_size > load.inflight else load.inflight
         return (1.0, running / 10.0, load.inflight_tokens / 1e4, m.kv_cache_usage)
 
     def predict(
         self, name: str, x_ttft: tuple[float, ...], x_tpot: tuple[float, ...]
     ) -> tuple[float, float] | None:
         """(TTFT s, TPOT s) for ``name``, or None while the pool model is cold."""
+        warmup = self.warmup
         m = self.models.get(name)
-        if m is not None and m.ttft.n >= self.warmup:
-            ttft = m.ttft.predict(x_ttft)
-        elif self.warm:
-            ttft = self.pool.ttft.predict(x_ttft)
+        if m is not None and m.ttft.n >= warmup:
+            t = m.ttft.theta
+        elif self.pool.ttft.n >= warmup:
+            t = self.pool.ttft.theta
         else:
             return None
-        if m is not None and m.tpot.n >= self.warmup:
-            tpot = m.tpot.predict(x_tpot)
-        elif self.pool.tpot.n >= self.warmup:
-            tpot = self.pool.tpot.predict(x_tpot)
+        # unrolled dot products (TTFT_DIM = 5, TPOT_DIM = 4): the hot path, once per candidate
+        ttft = t[0] + t[1] * x_ttft[1] + t[2] * x_ttft[2] + t[3] * x_ttft[3] + t[4] * x_ttft[4]
+        if m is not None and m.tpot.n >= warmup:
+            p = m.tpot.theta
+        elif self.pool.tpot.n >= warmup:
+            p = self.pool.tpot.theta
         else:
-            tpot = 0.0
+            return (ttft if ttft > 0.0 else 0.0, 0.0)
+        tpot = p[0] + p[1] * x_tpot[1] + p[2] * x_tpot[2] + p[3] * x_tpot[3]
         return (ttft if ttft > 0.0 else 0.0, tpot if tpot > 0.0 else 0.0)
+
+    def predict_many(
+        self,
+        endpoints: Sequence[Endpoint],
+        prompt_tokens: float,
+        matched: Mapping[str, int],
+        total_blocks: int,
+        now: float,
+    ) -> dict[str, tuple[float, float]] | None:
+        """(TTFT s, TPOT s) for every candidate, None while the pool model is cold.
+
+        The same features as :meth:`ttft_features` / :meth:`tpot_features`, computed inline
+        without building them (the scheduling hot path: one loop, no objects per candidate);
+        the uncached tokens are ``prompt_tokens * (1 - matched[e] / total_blocks)``.
+        """
+        warmup = self.warmup
+        if self.pool.ttft.n < warmup:
+            return None
+        pool_t = self.pool.ttft.theta
+        pool_p = self.pool.tpot.theta if self.pool.tpot.n >= warmup else None
+        models = self.models
+        per_block = prompt_tokens / total_blocks if total_blocks else 0.0
+        out: dict[str, tuple[float, float]] = {}
+        for e in endpoints:
+            name = e.name
+            m = e.metrics
+            load = e.load
+            model = models.get(name)
+            backlog = 0.0
+            t = pool_t
+            p = pool_p
+            if model is not None:
+                if model.heap:
+                    backlog = model.expire(now)
+                if model.ttft.n >= warmup:
+                    t = model.ttft.theta
+                if model.tpot.n >= warmup:
+                    p = model.tpot.theta
+            run = m.running_queue_size if m.running_queue_size > load.inflight else load.inflight
+            u = prompt_tokens - per_block * matched.get(name, 0)
+            ttft = (
+                t[0]
+                + t[1] * u / 1e3
+                + t[2] * backlog / 1e3
+                + t[3] * (m.waiting_queue_size + load.sent_since_scrape)
+                + t[4] * run / 10.0
+            )
+            if p is None:
+                tpot = 0.0
+            else:
+                tpot = (
+                    p[0]
+                    + p[1] * run / 10.0
+                    + p[2] * load.inflight_tokens / 1e4
+                    + p[3] * m.kv_cache_usage
+                )
+            out[name] = (ttft if ttft > 0.0 else 0.0, tpot if tpot > 0.0 else 0.0)
+        return out
 
     def sent(
         self, name: str, uncached_tokens: float, predicted_ttft: float | None, now: float

@@ -3,8 +3,8 @@
 The producer is a PreRequest and ResponseComplete hook:
 
 * ``predict`` (called by ``latency-scorer`` or ``prefix-cache-affinity-filter``) computes, once
-  per cycle and cached in the CycleState, each candidate's send-time features and predicted
-  (TTFT, TPOT) with :class:`~kvroute.scheduling.plugins.latency.predictor.LatencyPredictor`;
+  per cycle and cached in the CycleState, each candidate's predicted (TTFT, TPOT) from its
+  send-time features with :class:`~kvroute.scheduling.plugins.latency.predictor.LatencyPredictor`;
 * ``pre_request`` records the chosen endpoint's features, the send time and the prediction, and
   adds the request's uncached prompt to that endpoint's prefill backlog;
 * ``response_complete`` turns what the EPP observed into targets: TTFT = first response chunk
@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import Field
 
 from kvroute.datastore.endpoint import Endpoint
+from kvroute.errors import PluginValidationError
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.requestcontrol.hooks import PreRequest, ResponseComplete, Usage
@@ -56,17 +57,6 @@ class PredictedLatencyParams(PluginParams):
 
 
 @dataclass(frozen=True, slots=True)
-class Prediction:
-    """One candidate's features and prediction (``ttft``/``tpot`` None while cold)."""
-
-    uncached: float
-    x_ttft: tuple[float, ...]
-    x_tpot: tuple[float, ...]
-    ttft: float | None
-    tpot: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Pending:
     endpoint: str
     sent_at: float
@@ -87,7 +77,9 @@ class PredictedLatencyProducer:
         self.predictor = LatencyPredictor(lam=p.forgetting_factor, warmup=p.warmup_samples)
         self._handle = handle
         self._prefix: PrefixCacheScorer | bool | None = False  # False = not looked up yet
-        self._key: StateKey[dict[str, Prediction]] = StateKey(f"latency-prediction/{name}")
+        self._key: StateKey[Mapping[str, tuple[float, float]]] = StateKey(
+            f"latency-prediction/{name}"
+        )
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._sends = 0
 
@@ -97,46 +89,46 @@ class PredictedLatencyProducer:
             if self._handle is not None:
                 try:
                     plugin = self._handle.plugin(self.params.prefix_plugin_name)
-                except Exception:
+                except PluginValidationError:
                     plugin = None
                 if isinstance(plugin, PrefixCacheScorer):
                     found = plugin
             self._prefix = found
         return self._prefix if isinstance(self._prefix, PrefixCacheScorer) else None
 
-    def _uncached(
+    def _match(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
-    ) -> dict[str, float]:
+    ) -> tuple[float, Mapping[str, int], int]:
+        """(prompt tokens, matched blocks per endpoint, total blocks) of this request."""
         prompt = len(request.prompt_text) / CHARS_PER_TOKEN
         prefix = self._prefix_plugin()
         if prefix is None:
-            return {e.name: prompt for e in endpoints}
+            return prompt, {}, 0
         match = prefix.match(state, request, endpoints)
-        total = match.total_blocks
+        return prompt, match.matched, match.total_blocks
+
+    def uncached(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> dict[str, float]:
+        """Uncached prompt tokens of this request on each candidate (prefix-match estimate)."""
+        prompt, got, total = self._match(state, request, endpoints)
         if total == 0:
             return {e.name: prompt for e in endpoints}
-        got = match.matched
         return {e.name: prompt * (1.0 - got.get(e.name, 0) / total) for e in endpoints}
 
     def predict(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
-    ) -> dict[str, Prediction]:
-        """Each candidate's prediction, computed once per cycle."""
+    ) -> Mapping[str, tuple[float, float]] | None:
+        """(TTFT s, TPOT s) per candidate, computed once per cycle; None while cold."""
         cached = state.get(self._key, None)
         if cached is not None and all(e.name in cached for e in endpoints):
             return cached
-        out: dict[str, Prediction] = dict(cached) if cached else {}
-        uncached = self._uncached(state, request, endpoints)
-        pr = self.predictor
-        now = state.now
-        for e in endpoints:
-            u = uncached[e.name]
-            xt = pr.ttft_features(e, u, now)
-            xp = pr.tpot_features(e)
-            got = pr.predict(e.name, xt, xp)
-            out[e.name] = Prediction(
-                u, xt, xp, None if got is None else got[0], None if got is None else got[1]
-            )
+        prompt, got, total = self._match(state, request, endpoints)
+        out = self.predictor.predict_many(endpoints, prompt, got, total, state.now)
+        if out is None:
+            return None
+        if cached:
+            out = {**cached, **out}
         state.write(self._key, out)
         return out
 
@@ -149,14 +141,19 @@ class PredictedLatencyProducer:
         if primary is None or not primary.targets:
             return
         target = primary.targets[0]
-        preds = state.get(self._key, None)
-        pred = preds.get(target.name) if preds is not None else None
-        if pred is None:
-            pred = self.predict(state, request, (target,))[target.name]
         now = state.now
-        self.predictor.sent(target.name, pred.uncached, pred.ttft, now)
+        u = self.uncached(state, request, (target,))[target.name]
+        pr = self.predictor
+        x_ttft = pr.ttft_features(target, u, now)
+        x_tpot = pr.tpot_features(target)
+        preds = state.get(self._key, None)
+        got = preds.get(target.name) if preds is not None else None
+        if got is None:
+            got = pr.predict(target.name, x_ttft, x_tpot)
+        predicted = None if got is None else got[0]
+        pr.sent(target.name, u, predicted, now)
         self._pending[(request.request_id, target.name)] = _Pending(
-            target.name, now, pred.x_ttft, pred.x_tpot, pred.ttft
+            target.name, now, x_ttft, x_tpot, predicted
         )
         self._sends += 1
         if self._sends % SWEEP_EVERY == 0:

@@ -43,13 +43,8 @@ from kvroute.scheduling.interfaces import (
     Scorer,
     ScorerCategory,
 )
-from kvroute.scheduling.plugins.latency.producer import (
-    TYPE as PRODUCER_TYPE,
-)
-from kvroute.scheduling.plugins.latency.producer import (
-    PredictedLatencyProducer,
-    Prediction,
-)
+from kvroute.scheduling.plugins.latency.producer import TYPE as PRODUCER_TYPE
+from kvroute.scheduling.plugins.latency.producer import PredictedLatencyProducer
 from kvroute.scheduling.plugins.latency.slo import parse_slo
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
@@ -70,8 +65,9 @@ class LatencyScorerParams(PluginParams):
 
 
 def _low_is_best(values: Mapping[str, float]) -> dict[str, float]:
-    lo = min(values.values())
-    hi = max(values.values())
+    vs = values.values()
+    lo = min(vs)
+    hi = max(vs)
     if hi <= lo:
         return dict.fromkeys(values, 1.0)
     span = hi - lo
@@ -98,30 +94,29 @@ class LatencyScorer:
         if not endpoints:
             return {}
         preds = self.producer.predict(state, request, endpoints)
-        mine = [preds[e.name] for e in endpoints]
-        if any(p.ttft is None for p in mine):
-            return self._composite(state, request, endpoints, mine)
-        blend = self._blend(endpoints, mine)
+        if preds is None:
+            return self._composite(state, request, endpoints)
+        ttft: dict[str, float] = {}
+        tpot: dict[str, float] = {}
+        for e in endpoints:
+            ttft[e.name], tpot[e.name] = preds[e.name]
+        blend = self._blend(ttft, tpot)
         slo = parse_slo(request.headers)
         explain = state.get(EXPLAIN, None)
         if explain is not None:
             explain.append(
                 "predicted ms: "
-                + ", ".join(
-                    f"{e.name}=ttft {p.ttft * 1e3:.0f}/tpot {p.tpot * 1e3:.1f}"  # type: ignore[operator]
-                    for e, p in zip(endpoints, mine, strict=True)
-                )
+                + ", ".join(f"{n}=ttft {ttft[n] * 1e3:.0f}/tpot {tpot[n] * 1e3:.1f}" for n in ttft)
                 + (f"; SLO ttft={slo.ttft_s} tpot={slo.tpot_s} s" if slo.any else "")
             )
         if not slo.any:
             return blend
         buffer = self.producer.params.slo_buffer_factor
-        h_ttft: dict[str, float] = {}
-        h_tpot: dict[str, float] = {}
-        for e, p in zip(endpoints, mine, strict=True):
-            h_ttft[e.name] = 0.0 if slo.ttft_s is None else slo.ttft_s - p.ttft  # type: ignore[operator]
-            h_tpot[e.name] = 0.0 if slo.tpot_s is None else slo.tpot_s * buffer - p.tpot  # type: ignore[operator]
-        meet = [e.name for e in endpoints if h_ttft[e.name] >= 0.0 and h_tpot[e.name] >= 0.0]
+        h_ttft = {n: 0.0 if slo.ttft_s is None else slo.ttft_s - v for n, v in ttft.items()}
+        h_tpot = {
+            n: 0.0 if slo.tpot_s is None else slo.tpot_s * buffer - v for n, v in tpot.items()
+        }
+        meet = [n for n in ttft if h_ttft[n] >= 0.0 and h_tpot[n] >= 0.0]
         if meet:
             return self._headroom(meet, h_ttft, h_tpot, endpoints)
         out: dict[str, float] = {}
@@ -137,21 +132,17 @@ class LatencyScorer:
                 out[e.name] = 0.1 * b
         return out
 
-    def _blend(
-        self, endpoints: Sequence[Endpoint], preds: Sequence[Prediction]
-    ) -> dict[str, float]:
+    def _blend(self, ttft: Mapping[str, float], tpot: Mapping[str, float]) -> dict[str, float]:
         p = self.params
         wt, wp = p.ttft_weight, p.tpot_weight
-        total = wt + wp or 1.0
-        ttft = _low_is_best(
-            {e.name: pr.ttft or 0.0 for e, pr in zip(endpoints, preds, strict=True)}
-        )
+        nt = _low_is_best(ttft)
         if wp == 0.0:
-            return ttft
-        tpot = _low_is_best(
-            {e.name: pr.tpot or 0.0 for e, pr in zip(endpoints, preds, strict=True)}
-        )
-        return {k: (wt * ttft[k] + wp * tpot[k]) / total for k in ttft}
+            return nt
+        np_ = _low_is_best(tpot)
+        if wt == 0.0:
+            return np_
+        total = wt + wp
+        return {k: (wt * v + wp * np_[k]) / total for k, v in nt.items()}
 
     def _headroom(
         self,
@@ -172,11 +163,7 @@ class LatencyScorer:
         return out
 
     def _composite(
-        self,
-        state: CycleState,
-        request: InferenceRequest,
-        endpoints: Sequence[Endpoint],
-        preds: Sequence[Prediction],
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> dict[str, float]:
         p = self.params
         wk, wq, wx = p.composite_kv_weight, p.composite_queue_weight, p.composite_prefix_weight
@@ -188,12 +175,12 @@ class LatencyScorer:
             }
         )
         prompt = len(request.prompt_text) / 4.0
+        uncached = self.producer.uncached(state, request, endpoints)
         out: dict[str, float] = {}
-        for e, pr in zip(endpoints, preds, strict=True):
-            hit = 1.0 - pr.uncached / prompt if prompt > 0 else 0.0
-            out[e.name] = (
-                wk * (1.0 - e.metrics.kv_cache_usage) + wq * queue[e.name] + wx * hit
-            ) / total
+        for e in endpoints:
+            hit = 1.0 - uncached[e.name] / prompt if prompt > 0 else 0.0
+            kv = 1.0 - e.metrics.kv_cache_usage
+            out[e.name] = (wk * kv + wq * queue[e.name] + wx * hit) / total
         return out
 
     # -- hooks: forwarded only to a producer this scorer owns ------------------------------------
