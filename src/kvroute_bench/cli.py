@@ -102,6 +102,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cc.add_argument("--timeout", type=float, default=180.0)
     cc.add_argument("--out", type=Path, help="write OUT.json")
 
+    sm = sub.add_parser("summary", help="Markdown tables over several results JSONs (presets)")
+    sm.add_argument("results", type=Path, nargs="+")
+    sm.add_argument("--policies", help="comma list (default: the first file's)")
+    sm.add_argument("--metrics", help="comma list of metric keys (default: all)")
+
     pl = sub.add_parser("plot", help="re-render plots and Markdown from a results JSON")
     pl.add_argument("results", type=Path)
     pl.add_argument("--out", type=Path, required=True, help="OUT.png and OUT.md")
@@ -128,6 +133,13 @@ def run(args: argparse.Namespace) -> int:
         from kvroute_bench.crosscheck import run_crosscheck_command
 
         return run_crosscheck_command(args)
+    if mode == "summary":
+        from kvroute_bench.summary import load, summary
+
+        pols = args.policies.split(",") if args.policies else None
+        mets = args.metrics.split(",") if args.metrics else None
+        print(summary(load(args.results), pols, mets))
+        return 0
     if mode == "plot":
         from kvroute_bench.report import markdown, plot
 

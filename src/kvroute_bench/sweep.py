@@ -201,8 +201,13 @@ def estimate_saturation(
     Offers a rate that doubles until the achieved rate stops following it (< 85% of offered),
     then reports the achieved rate of that overloaded stage. Multiply by the replica count for
     the pool (round-robin over identical replicas scales linearly well below saturation).
+
+    The probe lasts at least ``probe_s`` and at least 8x the mean unloaded request time (prefill
+    plus ``output_len`` single-sequence decode steps), so requests of long outputs or slow
+    accelerators finish inside the measured second half.
     """
     rate = 4.0
+    probe_s = max(probe_s, 8.0 * unloaded_request_time(workload, engine, seed=seed))
     spec = SweepSpec(
         workload=workload,
         engine=engine,
@@ -220,6 +225,19 @@ def estimate_saturation(
             return achieved
         rate *= 2
     return rate
+
+
+def unloaded_request_time(workload: WorkloadSpec, engine: EngineConfig, *, seed: int) -> float:
+    """Mean seconds a sample of the workload's requests takes alone on ``engine``."""
+    costs = step_costs(engine)
+    sample = generate(workload, rate=20.0, duration=5.0, seed=seed)[:100]
+    if not sample:
+        return 0.0
+    total = 0.0
+    for r in sample:
+        total += costs.step_time(r.prompt_len, 1, 0)
+        total += (r.output_len - 1) * costs.step_time(1, 1, r.prompt_len + r.output_len // 2)
+    return total / len(sample)
 
 
 def pool_saturation(

@@ -159,6 +159,9 @@ PRESETS: dict[str, WorkloadSpec] = {
     # ShareGPT-like traffic on a pool whose replicas really differ (10 replicas: 3 H100, 2 H200,
     # 1 MI300X, 2 A100, 2 L4; cycled for other counts)
     "heterogeneous": WorkloadSpec(kind="sharegpt", pool="h100:3,h200:2,mi300x:1,a100:2,l4:2"),
+    # the same without the L4s (whose ~10x slower steps make any blind spreading collapse):
+    # 4 H100, 2 H200, 1 MI300X, 3 A100
+    "heterogeneous-datacenter": WorkloadSpec(kind="sharegpt", pool="h100:4,h200:2,mi300x:1,a100:3"),
     # ShareGPT-like means with Pareto tails on both lengths
     "sharegpt-heavy": WorkloadSpec(kind="sharegpt", input_dist="pareto", output_dist="pareto"),
     # 8 agents (1500-token system prompt with tools) x 16 live sessions; every turn appends a
