@@ -8,7 +8,10 @@ largest ``n`` among the candidates::
 
 Input: ``EndpointLoad.inflight`` (counted by the director at send, uncounted at completion).
 Parameters (upstream names and defaults): ``idleThreshold`` 0, ``maxBusyScore`` 1.0,
-``requestTimeout`` (accepted and ignored, as upstream ignores it).
+``requestTimeout`` (accepted and ignored, as upstream ignores it). kvroute: ``normalize``
+(false = upstream). With ``true`` the busy score is a min-max over the candidates,
+``(max - n) / (max - min) * maxBusyScore``, which keeps separating endpoints when all are busy
+(upstream's ``(max - n) / max`` squeezes 30 vs 40 in flight into 0.25 vs 0).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class ActiveRequestParams(PluginParams):
     idle_threshold: int = Field(default=0, ge=0, alias="idleThreshold")
     max_busy_score: float = Field(default=1.0, ge=0.0, le=1.0, alias="maxBusyScore")
     request_timeout: GoDuration | None = Field(default=None, alias="requestTimeout")
+    normalize: bool = False
 
 
 class ActiveRequestScorer:
@@ -48,11 +52,13 @@ class ActiveRequestScorer:
             return {}
         idle = self.params.idle_threshold
         busy = self.params.max_busy_score
-        top = max(e.load.inflight for e in endpoints)
+        loads = [e.load.inflight for e in endpoints]
+        top = max(loads)
+        low = min(loads) if self.params.normalize else 0
+        span = top - low
         out: dict[str, float] = {}
-        for e in endpoints:
-            n = e.load.inflight
-            out[e.name] = 1.0 if n <= idle or top <= 0 else (top - n) / top * busy
+        for e, n in zip(endpoints, loads, strict=True):
+            out[e.name] = 1.0 if n <= idle or span <= 0 else (top - n) / span * busy
         return out
 
 

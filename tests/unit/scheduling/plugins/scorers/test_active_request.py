@@ -36,3 +36,15 @@ def test_request_timeout_accepted() -> None:
     p = reg.create("active-request-scorer", "x", {"requestTimeout": "2m"}, PluginContext())
     assert isinstance(p, ActiveRequestScorer)
     assert p.params.request_timeout == 120.0
+
+
+def test_normalize_is_min_max_among_busy_endpoints() -> None:
+    eps = [make_endpoint("a", inflight=30), make_endpoint("b", inflight=35)]
+    eps.append(make_endpoint("c", inflight=40))
+    assert ActiveRequestScorer().score(make_state(), make_request(), eps) == {
+        "a": 0.25,
+        "b": 0.125,
+        "c": 0.0,
+    }
+    s = ActiveRequestScorer(params=ActiveRequestParams(normalize=True))
+    assert s.score(make_state(), make_request(), eps) == {"a": 1.0, "b": 0.5, "c": 0.0}
