@@ -343,6 +343,7 @@ plugins:
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
 - type: active-request-scorer
+  parameters: {{normalize: true}}
 - type: token-load-scorer
   parameters: {{normalize: true}}
 - type: max-score-picker
