@@ -343,7 +343,6 @@ plugins:
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
 - type: active-request-scorer
-  parameters: {{normalize: true}}
 - type: token-load-scorer
   parameters: {{normalize: true}}
 - type: max-score-picker
