@@ -1,6 +1,8 @@
 """``predicted-latency-producer``: per-endpoint TTFT/TPOT predictions, learned from responses.
 
-The producer is a PreRequest and ResponseComplete hook:
+The producer is a PrepareData, PreRequest and ResponseComplete hook:
+
+* ``prepare_data`` (``predictInProduce``, default true) predicts every candidate up front;
 
 * ``predict`` (called by ``latency-scorer`` or ``prefix-cache-affinity-filter``) computes, once
   per cycle and cached in the CycleState, each candidate's predicted (TTFT, TPOT) from its
@@ -15,7 +17,8 @@ The producer is a PreRequest and ResponseComplete hook:
 Parameters (upstream names; the sidecar-specific ones are accepted and have no effect here):
 ``sloBufferFactor`` (1.0, multiplies the TPOT SLO in ``latency-scorer``), ``contextTTL`` ("5m":
 a request not completed after that is forgotten), ``streamingMode`` (false), ``endpointRoleLabel``,
-``predictInProduce`` (true), ``useEncoderCacheFeatures`` (false). kvroute: ``prefixPluginName``
+``predictInProduce`` (true: predict in PrepareData; false: on first use),
+``useEncoderCacheFeatures`` (false, no effect). kvroute: ``prefixPluginName``
 (``prefix-cache-scorer``; when no such plugin exists every prompt token counts as uncached),
 ``forgettingFactor`` (0.995), ``warmupSamples`` (8).
 """
@@ -133,6 +136,14 @@ class PredictedLatencyProducer:
         return out
 
     # -- hooks ---------------------------------------------------------------------------------
+
+    def prepare_data(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> None:
+        """PrepareData (upstream's ``predictInProduce``, default true): predict every candidate
+        before the filters run, so each consumer reads the same cached predictions."""
+        if self.params.predict_in_produce:
+            self.predict(state, request, endpoints)
 
     def pre_request(
         self, state: CycleState, request: InferenceRequest, result: SchedulingResult
