@@ -358,6 +358,7 @@ async def build_director_backend(
     timings = PluginTimings()
     from kvroute.observability.flowcontrol_metrics import FlowControlMetrics
 
+    flow_metrics = FlowControlMetrics(metrics.registry, settings.pool_label)
     graph = build_epp(
         config,
         datastore,
@@ -367,9 +368,11 @@ async def build_director_backend(
         timings=timings,
         scrape_interval_s=settings.refresh_metrics_interval_s,
         emit_endpoint_scores=settings.emit_endpoint_scores,
-        flow_observer=FlowControlMetrics(metrics.registry, settings.pool_label),
+        flow_observer=flow_metrics,
     )
     director = graph.director
+    if graph.flow_control is not None:
+        flow_metrics.watch_saturation(graph.flow_control.saturation)
     metrics.attach_plugin_timings(timings)
     # The live pool page shows how many blocks the prefix index(es) hold per endpoint.
     holders = graph.capabilities.block_holders

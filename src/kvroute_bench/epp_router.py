@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kvroute.embed import (
+    BUILTIN_PROFILES,
     EMPTY_METRICS,
     Datastore,
     ResolvedModel,
@@ -65,7 +66,7 @@ class EppRouter:
         self.name = name
         self.now = 0.0
         registry = default_registry(include_entry_points=False)
-        if config_source in ("default", "decision-tree"):
+        if config_source in BUILTIN_PROFILES:
             config = builtin_epp_config(config_source, registry)
         else:
             config = load_epp_config(Path(config_source))
@@ -82,7 +83,9 @@ class EppRouter:
             flow_control=False,  # the harness picks at arrival; see kvroute_bench.flowcontrol
         )
         self.director = graph.director
+        self.plugins = graph.setup.plugins  # for reports that read a plugin's state
         self._decisions: dict[str, RoutingDecision] = {}
+        self._first_token: dict[str, float] = {}
         self._index: dict[str, int] = {}
         self._mirrored: list[EndpointMetrics] = []
         self._body: tuple[str, bytes] = ("", b"")
@@ -129,9 +132,18 @@ class EppRouter:
         self._decisions[request.request_id] = decision
         return self._index[decision.target.name]
 
+    def on_first_token(self, request: BenchRequest, replica: int, now: float) -> None:
+        """The first chunk reached the client: what the EPP's response path would time-stamp."""
+        self._first_token[request.request_id] = now
+
     def on_complete(self, request: BenchRequest, replica: int, now: float) -> None:
         self.now = now
         decision = self._decisions.pop(request.request_id, None)
+        first = self._first_token.pop(request.request_id, None)
         if decision is not None:
-            usage = Usage(prompt_tokens=request.prompt_len, completion_tokens=request.output_len)
+            usage = Usage(
+                prompt_tokens=request.prompt_len,
+                completion_tokens=request.output_len,
+                first_token_at=first if first is not None else now,
+            )
             self.director.handle_response_complete(decision, usage)

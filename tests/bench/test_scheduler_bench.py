@@ -7,10 +7,16 @@ Run::
 What one timed call is:
 
 * ``cycle[default-N]``: what the director runs per request around the scheduler for the default
-  profile (queue-scorer 2, kv-cache-utilization-scorer 2, prefix-cache-scorer 3 when registered,
-  max-score-picker): every PrepareData hook, then ``Scheduler.schedule`` over a frozen tuple of
-  N endpoints. The prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and
-  plugin timing is on, as in the EPP.
+  profile (prefix-cache-scorer 3, lora-affinity-scorer 1, session-affinity-scorer 1, queue-scorer
+  1, kv-cache-utilization-scorer 1, active-request-scorer 2, token-load-scorer 1,
+  max-score-picker with tieTolerance):
+  every PrepareData hook, then ``Scheduler.schedule`` over a frozen tuple of N endpoints. The
+  prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and plugin timing is
+  on, as in the EPP.
+* ``cycle[upstream-N]``: upstream's default (queue 2, KV 2, prefix 3, max-score-picker), which
+  was kvroute's default before scheduler v2 and stays available as ``--profile upstream``.
+* ``cycle[latency-100]``: the default profile plus ``latency-scorer`` (weight 1) with a warm
+  predictor (every endpoint past its warm-up), i.e. what predicted-latency scoring adds.
 * ``cycle[queue-kv-N]``: the same without the prefix scorer: the framework plus the two
   load scorers and the picker, i.e. this package's own cost.
 * ``cycle[decision-tree-100]``: the legacy tree + random picker.
@@ -29,7 +35,12 @@ from typing import Any
 
 import pytest
 
-from kvroute.config.epp_config import builtin_epp_config, parse_epp_config
+from kvroute.config.epp_config import (
+    PluginSpec,
+    ProfilePluginRef,
+    builtin_epp_config,
+    parse_epp_config,
+)
 from kvroute.datastore.endpoint import Endpoint, EndpointMetrics
 from kvroute.datastore.store import Datastore
 from kvroute.plugins.registry import default_registry
@@ -37,6 +48,7 @@ from kvroute.protocol.openai import parse_request
 from kvroute.requestcontrol.director import Director
 from kvroute.scheduling.builder import SchedulingSetup, build_scheduling
 from kvroute.scheduling.interfaces import CycleState
+from kvroute.scheduling.plugins.latency.scorer import LatencyScorer
 from kvroute.scheduling.request import InferenceRequest
 from kvroute.scheduling.timing import PluginTimings
 
@@ -122,6 +134,38 @@ def test_cycle_default_profile(benchmark: Any, n: int) -> None:
     result = benchmark(_cycle(setup, _endpoints(n)))
     assert result.primary is not None
     setup.timings.drain() if setup.timings else None
+
+
+@pytest.mark.parametrize("n", [100, 1000], ids=lambda n: f"upstream-{n}")
+def test_cycle_upstream_profile(benchmark: Any, n: int) -> None:
+    result = benchmark(_cycle(_setup(None, "upstream"), _endpoints(n)))
+    assert result.primary is not None
+
+
+def test_cycle_latency_100(benchmark: Any) -> None:
+    registry = default_registry()
+    config = builtin_epp_config("default", registry)
+    plugins = [*config.plugins, PluginSpec(type="latency-scorer")]
+    prof = config.scheduling_profiles[0]
+    refs = [*prof.plugins, ProfilePluginRef(plugin_ref="latency-scorer", weight=1.0)]
+    config = config.model_copy(
+        update={
+            "plugins": plugins,
+            "scheduling_profiles": [prof.model_copy(update={"plugins": refs})],
+        }
+    )
+    setup = build_scheduling(config, registry, rng=random.Random(0), clock=lambda: NOW)
+    scorer = setup.plugins["latency-scorer"]
+    assert isinstance(scorer, LatencyScorer)
+    endpoints = _endpoints(100)
+    rng = random.Random(5)
+    predictor = scorer.producer.predictor
+    for e in endpoints:
+        for _ in range(10):
+            x = predictor.ttft_features(e, rng.random() * 2000, NOW)
+            predictor.observe(e.name, x, rng.random(), predictor.tpot_features(e), 0.01)
+    result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
 
 
 @pytest.mark.parametrize("n", [10, 100, 1000], ids=lambda n: f"queue-kv-{n}")

@@ -16,9 +16,10 @@ Inputs::
                         headers {..}, criticality Critical|Standard|Sheddable (overrides what
                         the resources say), path (default: chat if "messages", else completions),
                         subset [ip:port, ...] (the Envoy subset hint)
-    --config FILE       EndpointPickerConfig (default: upstream's default profile)
+    --config FILE       EndpointPickerConfig (default: kvroute's default profile)
     --resources FILE    InferencePool/InferenceModel/... YAML (repeatable) for model resolution
-    --profile NAME      run only that profile; with no --config, "default" or "decision-tree"
+    --profile NAME      run only that profile; with no --config, a built-in one: "default",
+                        "upstream" (queue 2, KV 2, prefix 3) or "decision-tree"
 
 Output: one JSON object on stdout: ``status`` (the HTTP status the gateway would answer),
 ``target``, ``fallbacks``, ``endpoint_header``, ``request``, ``trace`` and ``error`` when the
@@ -144,7 +145,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pool", help="InferencePool name when the resources hold several")
     parser.add_argument(
-        "--profile", help='scheduling profile to run ("default" or "decision-tree" built in)'
+        "--profile",
+        help='scheduling profile to run ("default", "upstream" or "decision-tree" built in)',
     )
     parser.add_argument("--seed", type=int, help="seed for random tie-breaks and weighted draws")
     parser.add_argument("--compact", action="store_true", help="one-line JSON")

@@ -281,6 +281,16 @@ def apply_static_defaults(config: EndpointPickerConfig, source: str) -> Endpoint
 
 
 def default_config_text(registry: PluginRegistry) -> str:
+    """kvroute's default profile (``--profile default``): see ``KVROUTE_DEFAULT_CONFIG_TEXT``.
+
+    Falls back to upstream's when a plugin it needs is not registered (a trimmed registry).
+    """
+    if all(t in registry for t in KVROUTE_DEFAULT_TYPES):
+        return KVROUTE_DEFAULT_CONFIG_TEXT
+    return upstream_config_text(registry)
+
+
+def upstream_config_text(registry: PluginRegistry) -> str:
     """Upstream's default profile: queue 2, kv-cache 2, prefix-cache 3 (when registered), max-score.
 
     ``prefix-cache-scorer`` is included only when its type is registered, so the default switches
@@ -327,13 +337,55 @@ saturationDetector:
   pluginRef: decision-tree-filter
 """
 
-BUILTIN_PROFILES = ("default", "decision-tree")
+# kvroute's default: every signal that helps on some traffic and is neutral where it does not
+# (docs/benchmarks.md, "Scheduler v2" has the measurements behind the weights).
+KVROUTE_DEFAULT_CONFIG_TEXT = f"""\
+apiVersion: {API_VERSION}
+kind: {KIND}
+plugins:
+- type: prefix-cache-scorer
+- type: lora-affinity-scorer
+  parameters: {{neutralUnknownModels: true}}
+- type: session-affinity-scorer
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: active-request-scorer
+- type: token-load-scorer
+  parameters: {{normalize: true}}
+- type: max-score-picker
+  parameters: {{tieTolerance: 0.05}}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {{pluginRef: prefix-cache-scorer, weight: 3}}
+  - {{pluginRef: lora-affinity-scorer, weight: 1}}
+  - {{pluginRef: session-affinity-scorer, weight: 1}}
+  - {{pluginRef: queue-scorer, weight: 1}}
+  - {{pluginRef: kv-cache-utilization-scorer, weight: 1}}
+  - {{pluginRef: active-request-scorer, weight: 2}}
+  - {{pluginRef: token-load-scorer, weight: 1}}
+  - {{pluginRef: max-score-picker}}
+"""
+KVROUTE_DEFAULT_TYPES = (
+    "prefix-cache-scorer",
+    "lora-affinity-scorer",
+    "session-affinity-scorer",
+    "queue-scorer",
+    "kv-cache-utilization-scorer",
+    "active-request-scorer",
+    "token-load-scorer",
+    "max-score-picker",
+)
+
+BUILTIN_PROFILES = ("default", "upstream", "decision-tree")
 
 
 def builtin_epp_config(name: str, registry: PluginRegistry) -> EndpointPickerConfig:
-    """The config behind ``--profile default`` or ``--profile decision-tree`` (no ``--config``)."""
+    """The config behind ``--profile default|upstream|decision-tree`` (no ``--config``)."""
     if name == "default":
         return parse_epp_config(default_config_text(registry), "<default config>")
+    if name == "upstream":
+        return parse_epp_config(upstream_config_text(registry), "<upstream config>")
     if name == "decision-tree":
         return parse_epp_config(DECISION_TREE_CONFIG_TEXT, "<decision-tree config>")
     raise ConfigError(

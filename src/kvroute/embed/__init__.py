@@ -14,7 +14,13 @@ runs; it is a separate module so that the in-process scheduler does not load gRP
 
 from __future__ import annotations
 
-from kvroute.config.epp_config import builtin_epp_config, load_epp_config, parse_epp_config
+from kvroute.config.epp_config import (
+    BUILTIN_PROFILES,
+    KVROUTE_DEFAULT_CONFIG_TEXT,
+    builtin_epp_config,
+    load_epp_config,
+    parse_epp_config,
+)
 from kvroute.datastore.endpoint import EMPTY_METRICS
 from kvroute.datastore.store import Datastore
 from kvroute.protocol.openai import ParsedRequest, parse_request
@@ -24,7 +30,9 @@ from kvroute.scheduling.builder import SchedulingSetup, build_scheduling
 from kvroute.wiring import EppGraph, build_epp
 
 __all__ = [
+    "BUILTIN_PROFILES",
     "EMPTY_METRICS",
+    "KVROUTE_DEFAULT_CONFIG_TEXT",
     "Datastore",
     "Director",
     "EppGraph",

@@ -70,6 +70,7 @@ class Outcome:
     served_endpoint: str | None = None  # as reported back by the proxy
     response_bytes: int = 0
     disconnected: bool = False  # the stream ended before the response did
+    first_chunk_at: float | None = None  # time.monotonic() of the first response body chunk
 
 
 class ResponseFilter(Protocol):

@@ -9,6 +9,7 @@ consumer-defined shape), so this adapter does not depend on their concrete class
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -269,7 +270,10 @@ class DirectorBackend:
         handle = routed.handle
         if not isinstance(handle, _Handle):  # header-only request: nothing was scheduled
             return
-        self._director.handle_response_complete(handle.decision, outcome.usage)
+        usage = outcome.usage
+        if outcome.first_chunk_at is not None:  # the latency predictor learns TTFT from it
+            usage = dataclasses.replace(usage or Usage(), first_token_at=outcome.first_chunk_at)
+        self._director.handle_response_complete(handle.decision, usage)
         first = handle.first_byte
         if handle.span is not None:
             self._end_spans(handle, outcome)

@@ -51,6 +51,7 @@ import dataclasses
 import enum
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,6 +147,7 @@ class ExtProcStream:
         self._served: str | None = None
         self._response_buf = bytearray()
         self._response_bytes = 0
+        self._first_chunk_at: float | None = None  # TTFT as the EPP sees it (latency predictor)
         self._completed = False
         self._pending: RoutingInput | None = None  # body complete; the backend must route it
 
@@ -357,6 +359,8 @@ class ExtProcStream:
         chunk: bytes = body.body
         end: bool = body.end_of_stream
         self._response_bytes += len(chunk)
+        if chunk and self._first_chunk_at is None:
+            self._first_chunk_at = time.monotonic()
         out: list[Any]
         if self._filter is None:  # no filter (light, compressed, failed): pass through untouched
             out = [msg.streamed_body(chunk, end, request=False)]
@@ -392,6 +396,7 @@ class ExtProcStream:
             served_endpoint=self._served,
             response_bytes=self._response_bytes,
             disconnected=disconnected,
+            first_chunk_at=self._first_chunk_at,
         )
         try:
             self._backend.complete(self.routed, outcome)

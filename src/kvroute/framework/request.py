@@ -77,3 +77,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # The director's clock (``time.monotonic`` live, virtual in the bench) when the first response
+    # body chunk passed the EPP; None when not observed (response body not processed, or no
+    # chunk). The latency predictor learns TTFT from it.
+    first_token_at: float | None = None

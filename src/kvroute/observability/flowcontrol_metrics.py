@@ -16,6 +16,8 @@ not grow the registry without bound.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kvroute.flowcontrol.item import QueueItem
@@ -74,8 +76,19 @@ class FlowControlMetrics:
             band,
             registry=registry,
         )
+        self.pool_saturation = Gauge(
+            "llm_d_epp_flow_control_pool_saturation",
+            "The saturation detector's verdict over the pool at scrape time (unclamped; 1.0 is "
+            "the dispatch gate)",
+            ["inference_pool", "stage"],
+            registry=registry,
+        )
         self._flows: dict[tuple[str, str], tuple[int, int]] = {}
         self._zeroed: set[tuple[str, str]] = set()
+
+    def watch_saturation(self, saturation: Callable[[], float]) -> None:
+        """Read the controller's saturation when Prometheus scrapes (one pool: stage ``all``)."""
+        self.pool_saturation.labels(self.pool, "all").set_function(saturation)
 
     def finished(self, item: QueueItem, waited_s: float) -> None:
         outcome = item.outcome.label if item.outcome is not None else "RejectedOther"

@@ -38,6 +38,13 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.filters.decision_tree",
     "kvroute.scheduling.plugins.filters.header_based_testing",
     "kvroute.scheduling.plugins.prefix",
+    "kvroute.scheduling.plugins.scorers.token_load",
+    "kvroute.scheduling.plugins.scorers.active_request",
+    "kvroute.scheduling.plugins.scorers.session_affinity",
+    "kvroute.scheduling.plugins.scorers.no_hit_lru",
+    "kvroute.scheduling.plugins.scorers.context_length_aware",
+    "kvroute.scheduling.plugins.latency",
+    "kvroute.scheduling.plugins.filters.prefix_cache_affinity",
     "kvroute.datalayer.plugins",
     # flow control (issue 12): policies and the concurrency detector
     "kvroute.flowcontrol.policies",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
+from kvroute.embed import KVROUTE_DEFAULT_CONFIG_TEXT
 from kvroute.sdk import Criticality
 from kvroute_bench.workload import BenchRequest
 
@@ -35,24 +36,9 @@ spec:
   endpointPickerRef: {name: demo-epp, port: {number: 9002}, failureMode: FailClose}
 """
 
-# kvroute's default profile plus LoRA affinity: this pool serves more adapters than it has slots.
-EPP_CONFIG_YAML = """\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-- type: lora-affinity-scorer
-schedulingProfiles:
-- name: default
-  plugins:
-  - {pluginRef: queue-scorer, weight: 2}
-  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
-  - {pluginRef: prefix-cache-scorer, weight: 3}
-  - {pluginRef: lora-affinity-scorer, weight: 2}
-  - {pluginRef: max-score-picker}
-"""
+# kvroute's default profile as is (since scheduler v2 it has LoRA affinity on, neutral for
+# base-model traffic): this pool serves more adapters than it has slots.
+EPP_CONFIG_YAML = KVROUTE_DEFAULT_CONFIG_TEXT
 
 # Simulated servers: the calibrated H100/Llama-3-8B engine slowed x10 (so real time on two
 # shared cores stays honest), two adapter slots per batch, four resident adapters.

@@ -46,12 +46,15 @@ def test_default_profile_explains_the_choice(capsys: pytest.CaptureFixture[str])
     assert next(iter(totals)) == "vllm-3"
     assert totals["vllm-3"] == max(totals.values())
     queue = next(p for p in profile["plugins"] if p["plugin"] == "queue-scorer")
-    assert queue["weight"] == 2.0
+    assert queue["weight"] == 1.0
     assert queue["scores"]["vllm-2"] == {"raw": 0.0, "clamped": 0.0, "weighted": 0.0}
-    assert queue["scores"]["vllm-0"]["weighted"] == 2.0
+    assert queue["scores"]["vllm-0"]["weighted"] == 1.0
     assert profile["picked"] == ["vllm-3"]
+    # a scorer with no preference (no session, a base model for lora-affinity) scores nobody
     weighted = sum(
-        p["scores"]["vllm-3"]["weighted"] for p in profile["plugins"] if p["kind"] == "scorer"
+        p["scores"].get("vllm-3", {"weighted": 0.0})["weighted"]
+        for p in profile["plugins"]
+        if p["kind"] == "scorer"
     )
     assert weighted == pytest.approx(totals["vllm-3"])
     assert any(n.startswith("flow control: band 0") for n in out["trace"]["notes"])

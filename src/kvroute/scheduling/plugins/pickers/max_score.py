@@ -4,6 +4,9 @@ Upstream shuffles the candidates and stable-sorts them by score, descending, the
 ``maxNumOfEndpoints``; that makes every ordering of equal scores equally likely. kvroute draws the
 same distribution without shuffling everything: for one endpoint it picks uniformly among the
 endpoints at the maximum; for k it sorts once and samples within each group of equal scores.
+
+kvroute: ``tieTolerance`` (default 0 = upstream) widens the tie for a single pick to every endpoint
+within that much of the best total, chosen uniformly.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from pydantic import Field
 
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.plugins.base import TypedName
@@ -25,11 +30,16 @@ TYPE = "max-score-picker"
 
 class MaxScorePicker:
     def __init__(
-        self, name: str = TYPE, max_num_of_endpoints: int = 1, rng: random.Random | None = None
+        self,
+        name: str = TYPE,
+        max_num_of_endpoints: int = 1,
+        rng: random.Random | None = None,
+        tie_tolerance: float = 0.0,
     ) -> None:
         self.typed_name = TypedName(TYPE, name)
         self.max_num_of_endpoints = max_num_of_endpoints
         self.rng = rng or random.Random()
+        self.tie_tolerance = tie_tolerance
 
     def pick(self, state: CycleState, scored: Sequence[ScoredEndpoint]) -> ProfileResult:
         endpoints, totals = as_arrays(scored)
@@ -38,8 +48,8 @@ class MaxScorePicker:
             return ProfileResult(())
         k = self.max_num_of_endpoints
         if k == 1:
-            best = max(totals.values())
-            ties = [e for e in endpoints if totals[e.name] == best]
+            best = max(totals.values()) - self.tie_tolerance
+            ties = [e for e in endpoints if totals[e.name] >= best]
             return ProfileResult((ties[0] if len(ties) == 1 else self.rng.choice(ties),))
         return ProfileResult(tuple(top_k_random_ties(endpoints, totals, k, self.rng)))
 
@@ -63,9 +73,17 @@ def top_k_random_ties(
     return out
 
 
+class MaxScorePickerParams(PickerParams):
+    # kvroute: totals within this much of the best count as ties (a uniform pick among them), so
+    # a burst decided on one scrape spreads over near-equal endpoints; 0 = upstream (exact ties)
+    tie_tolerance: float = Field(default=0.0, ge=0.0, alias="tieTolerance")
+
+
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> MaxScorePicker:
-    params = parse_params(PickerParams, name, TYPE, parameters)
-    return MaxScorePicker(name, params.max_num_of_endpoints, handle_rng(handle))
+    params = parse_params(MaxScorePickerParams, name, TYPE, parameters)
+    return MaxScorePicker(
+        name, params.max_num_of_endpoints, handle_rng(handle), params.tie_tolerance
+    )
 
 
 PLUGINS: Mapping[str, PluginFactory] = {TYPE: _factory}

@@ -119,6 +119,9 @@ class PrefixMatch:
         return len(self.hashes)
 
 
+NO_MATCH = PrefixMatch(level=1, hashes=(), matched={})  # no PrepareData pass: nothing to match
+
+
 class PrefixCacheScorer:
     """Upstream's approximate prefix-cache scorer and producer in one plugin (levels 1 and 2)."""
 
@@ -227,12 +230,23 @@ class PrefixCacheScorer:
 
     # -- Scorer --------------------------------------------------------------------------------
 
+    def match(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> PrefixMatch:
+        """This cycle's match (from PrepareData; computed now if no hook ran). Read by the
+        plugins that consume prefix data (``prefix-cache-affinity-filter``, ``no-hit-lru-scorer``,
+        the latency predictor)."""
+        match = state.get(self._key, None)
+        if match is None:  # PrepareData did not run this cycle: no prefix data
+            return NO_MATCH
+        return match
+
     def score(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
-        match = state.get(self._key, None)
-        total = 0 if match is None else match.total_blocks  # None: no PrepareData pass
-        if match is None or total == 0:
+        match = self.match(state, request, endpoints)
+        total = match.total_blocks
+        if total == 0:
             return {e.name: 0.0 for e in endpoints}
         overloaded = self.guard.overloaded(endpoints)
         explain = state.get(EXPLAIN, None)

@@ -63,6 +63,10 @@ MAX_NOT_ADAPTERS = 4096
 
 class LoraAffinityParams(PluginParams):
     inflight_adapters: bool = Field(default=True, alias="inflightAdapters")
+    # kvroute: a model no scrape lists as an adapter (a base model) gets no score at all (the
+    # same for every endpoint), so base-model traffic is left to the other scorers (the default
+    # profile sets it)
+    neutral_unknown_models: bool = Field(default=False, alias="neutralUnknownModels")
 
 
 def lora_affinity(endpoint: Endpoint, adapter: str) -> float:
@@ -137,6 +141,8 @@ class LoraAffinityScorer:
             # upstream's formula on the scrape alone. Counting the EPP's in-flight adapters
             # against free slots here would steer base-model traffic away from every server
             # the EPP just gave LoRA work and pile it onto the rest (seen in `kvroute demo`).
+            if self.params.neutral_unknown_models:
+                return {}  # no preference: every endpoint gets the same (zero) contribution
         return {e.name: lora_affinity(e, adapter) for e in endpoints}
 
     def _learn(self, model: str, endpoints: Sequence[Endpoint], now: float) -> None:

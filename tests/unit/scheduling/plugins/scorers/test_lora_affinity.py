@@ -267,3 +267,13 @@ def test_not_adapter_memory_is_bounded() -> None:
     for i in range(MAX_NOT_ADAPTERS + 10):
         scorer.score(make_state(), make_request(f"client-chosen-{i}"), [e0])
     assert len(scorer._not_adapters) <= MAX_NOT_ADAPTERS
+
+
+def test_neutral_unknown_models_gives_base_traffic_no_preference() -> None:
+    """With ``neutralUnknownModels`` a base model gets no score (the same everywhere), while an
+    adapter a scrape lists keeps upstream's formula."""
+    scorer = LoraAffinityScorer(params=LoraAffinityParams(neutral_unknown_models=True))
+    e0 = make_endpoint("e0", active=["ad-1"], max_active=2)
+    e1 = make_endpoint("e1", active=["ad-2", "ad-3"], max_active=2)
+    assert scorer.score(make_state(), make_request("base"), [e0, e1]) == {}
+    assert scorer.score(make_state(), make_request("ad-1"), [e0, e1]) == {"e0": 1.0, "e1": 0.0}

@@ -1,0 +1,34 @@
+"""How plugins that consume prefix-match data find the ``prefix-cache-scorer`` that produces it.
+
+Upstream's consumers name a producer (``prefixPluginName``); here the producer is the
+approximate ``prefix-cache-scorer`` instance of that name, which must be declared before the
+consumer in ``plugins`` (it is its own PrepareData hook, so its match is in the CycleState by the
+time any filter or scorer runs).
+"""
+
+from __future__ import annotations
+
+from kvroute.errors import PluginValidationError
+from kvroute.plugins.registry import PluginHandle
+from kvroute.scheduling.plugins.prefix.approximate import TYPE as PREFIX_TYPE
+from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
+
+DEFAULT_PREFIX_PLUGIN = PREFIX_TYPE
+
+
+def find_prefix_plugin(
+    handle: PluginHandle, prefix_name: str, name: str, type_name: str
+) -> PrefixCacheScorer:
+    try:
+        plugin = handle.plugin(prefix_name)
+    except PluginValidationError:
+        raise PluginValidationError(
+            f"plugin {name!r} ({type_name}): parameters.prefixPluginName: no plugin named "
+            f"{prefix_name!r} declared before it (declare a {PREFIX_TYPE} first)"
+        ) from None
+    if not isinstance(plugin, PrefixCacheScorer):
+        raise PluginValidationError(
+            f"plugin {name!r} ({type_name}): parameters.prefixPluginName: {prefix_name!r} is a "
+            f"{plugin.typed_name.type}, not a {PREFIX_TYPE}"
+        )
+    return plugin
