@@ -61,6 +61,7 @@ from kvroute.extproc.backend import (
     RoutingInput,
     subset_from_metadata,
 )
+from kvroute.protocol.paths import is_inference_path
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,13 @@ class Event(enum.Enum):
 
 
 # Which events each state accepts; anything else is a protocol violation by the proxy.
+# A response before the request was routed is a local reply of a filter ahead of ext_proc (the
+# gateway's header limit, Envoy's own errors): passed through untouched, nothing is recorded.
 TRANSITIONS: dict[State, frozenset[Event]] = {
-    State.AWAIT_REQUEST_HEADERS: frozenset({Event.REQUEST_HEADERS}),
-    State.REQUEST_BODY: frozenset({Event.REQUEST_BODY, Event.REQUEST_TRAILERS}),
+    State.AWAIT_REQUEST_HEADERS: frozenset({Event.REQUEST_HEADERS, Event.RESPONSE_HEADERS}),
+    State.REQUEST_BODY: frozenset(
+        {Event.REQUEST_BODY, Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS}
+    ),
     State.ROUTED: frozenset({Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS}),
     State.RESPONSE_BODY: frozenset({Event.RESPONSE_BODY, Event.RESPONSE_TRAILERS}),
     State.COMPLETE: frozenset({Event.RESPONSE_TRAILERS, Event.RESPONSE_BODY}),
@@ -197,6 +202,11 @@ class ExtProcStream:
             self._generated_request_id = True
         self.request_id = rid
         if headers.end_of_stream:
+            path = self._headers.get(":path", "")
+            if is_inference_path(path):  # finding 1 (issue 20): never routed unvalidated
+                return self._reject(
+                    BadRequestError(f"{path.split('?', 1)[0]} needs a JSON request body"), None
+                )
             return self._route_header_only()
         self.state = State.REQUEST_BODY
         declared = self._headers.get("content-length", "").strip()
@@ -314,9 +324,10 @@ class ExtProcStream:
         self._status = int(status) if status.isascii() and status.isdigit() else None
         self._served = h.get(msg.DESTINATION_SERVED_HEADER) or self._served
         self._streaming = "text/event-stream" in h.get("content-type", "").lower()
-        assert self.routed is not None  # ROUTED implies a decision
         encoding = h.get("content-encoding", "").strip().lower()
-        if not self._skip_response_body and encoding in ("", "identity"):
+        if self.routed is None:  # a local reply ahead of routing: pass it through
+            self._body = bytearray()
+        elif not self._skip_response_body and encoding in ("", "identity"):
             try:
                 self._filter = self._backend.response_filter(self.routed, self._streaming)
             except Exception:

@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvroute.protocol.paths import INFERENCE_PATHS
+
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 SERVED_HEADER = "x-gateway-destination-endpoint-served"
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -92,6 +94,25 @@ class BootstrapOptions:
     # front, as ``kvroute serve --endpoint`` has it). "original_dst": upstream's reference
     # shape; Envoy's ORIGINAL_DST rejects a comma list, so it only works with one endpoint.
     upstream_lb: str = "override_host"
+    # Finding 1 (issue 20): only these paths reach the EPP and the pool; everything else is a
+    # 404 answered by Envoy (the EPP is not consulted). ``extra_path_prefixes`` exposes more
+    # (``--expose-path-prefix``), routed like the inference paths.
+    inference_paths: Sequence[str] = INFERENCE_PATHS
+    extra_path_prefixes: Sequence[str] = ()
+    # Finding 4: control headers a client must not set in a gateway kvroute owns.
+    trust_client_routing_headers: bool = False
+    strip_client_objective_header: bool = False
+    # Finding 6: the client may send this many headers / this many KiB of headers; Envoy's own
+    # limit is set higher (``HEADER_COUNT_HEADROOM``) so the EPP's mutations always fit.
+    max_request_headers: int = 100
+    max_request_headers_kb: int = 60
+    # Finding 5: passive health (outlier ejection) of the pool's endpoints, and the time the
+    # upstream may take to its first response byte (0: no limit); a timeout is a 504 and, before
+    # the first byte, retried on the next endpoint.
+    outlier_detection: bool = True
+    outlier_consecutive_5xx: int = 3
+    outlier_base_ejection_s: float = 10.0
+    first_byte_timeout_s: float = 300.0
 
 
 def _duration(seconds: float) -> str:
@@ -145,21 +166,132 @@ def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
     }
 
 
-def _strip_client_destination() -> dict[str, Any]:
+# Finding 4 (issue 20): headers that change where a request goes or which model serves it. In a
+# gateway kvroute owns they are the operator's, never the client's: removed before ext_proc sees
+# the request. The destination headers go always (a client must not pick its own upstream, also
+# not when FailOpen lets requests through unprocessed); the model rewrite headers unless the
+# operator trusts clients (``--trust-client-routing-headers``).
+DESTINATION_HEADERS = (
+    DESTINATION_HEADER,
+    DESTINATION_HEADER + "-subset",
+    SERVED_HEADER,
+)
+ROUTING_HEADERS = ("x-gateway-model-name-rewrite", "x-llm-d-model-name-rewrite")
+OBJECTIVE_HEADERS = ("x-gateway-inference-objective", "x-llm-d-inference-objective")
+
+
+def stripped_request_headers(opts: BootstrapOptions) -> tuple[str, ...]:
+    """The client request headers the generated config removes before ext_proc."""
+    names = list(DESTINATION_HEADERS)
+    if not opts.trust_client_routing_headers:
+        names += ROUTING_HEADERS
+    if opts.strip_client_objective_header:
+        names += OBJECTIVE_HEADERS
+    return tuple(names)
+
+
+def _strip_client_headers(opts: BootstrapOptions) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
             "@type": _T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            "mutations": {"request_mutations": [{"remove": DESTINATION_HEADER}]},
+            "mutations": {
+                "request_mutations": [{"remove": h} for h in stripped_request_headers(opts)]
+            },
         },
     }
 
 
-def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
-    retry = {
-        "retry_on": "connect-failure,refused-stream,reset",
+# Finding 6: Envoy checks the header count after the EPP's mutation (destination, content-length,
+# x-request-id) against the same limit its codec applies to the client, so a client just under
+# the limit got an empty 503; and past its codec limits Envoy's HTTP/1 codec closes the
+# connection without a status. The client limit is therefore enforced by a small Lua filter
+# first (431 with a JSON body), and Envoy's own codec limits sit this factor above it: requests
+# up to that many headers/bytes get the 431, beyond it Envoy closes the connection (verified with
+# Envoy 1.40).
+CODEC_LIMIT_FACTOR = 4
+
+_HEADER_LIMIT_LUA = """
+function envoy_on_request(handle)
+  local n = 0
+  local size = 0
+  for key, value in pairs(handle:headers()) do
+    if string.sub(key, 1, 1) ~= ":" then
+      n = n + 1
+      size = size + #key + #value
+    end
+  end
+  if n > %(count)d or size > %(bytes)d then
+    handle:respond({[":status"] = "431", ["content-type"] = "application/json"},
+      '{"error":{"type":"request_header_fields_too_large","code":431,"message":'
+      .. '"request headers over the gateway limit of %(count)d headers / %(kb)d KiB"}}')
+  end
+end
+"""
+
+
+def _header_limit_filter(opts: BootstrapOptions) -> dict[str, Any]:
+    code = _HEADER_LIMIT_LUA % {
+        # Envoy adds x-forwarded-proto and x-request-id before the filters run.
+        "count": opts.max_request_headers + 2,
+        "bytes": opts.max_request_headers_kb * 1024,
+        "kb": opts.max_request_headers_kb,
+    }
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": code},
+        },
+    }
+
+
+def _not_found_route() -> dict[str, Any]:
+    """Every path that is not an inference API: 404 from Envoy, the EPP is not asked."""
+    body = (
+        '{"error":{"type":"not_found","code":404,"message":"kvroute gateway: only inference '
+        "APIs are routed (" + ", ".join(INFERENCE_PATHS) + ')"}}'
+    )
+    return {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": body}},
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "typed_per_filter_config": {
+            "envoy.filters.http.ext_proc": {
+                "@type": _T + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "disabled": True,
+            }
+        },
+    }
+
+
+def _path_matches(opts: BootstrapOptions) -> list[dict[str, Any]]:
+    exact = [{"path": p} for p in opts.inference_paths]
+    return exact + [{"prefix": p} for p in opts.extra_path_prefixes]
+
+
+def _retry_policy(opts: BootstrapOptions) -> dict[str, Any]:
+    # Only before the first response byte: Envoy never retries once headers went downstream, so
+    # a started generation is never duplicated. 5xx (the server answered an error, or a
+    # per-try/first-byte timeout) moves the request to the next endpoint (finding 5).
+    retry: dict[str, Any] = {
+        "retry_on": "connect-failure,refused-stream,reset,5xx",
         "num_retries": opts.retries,
     }
+    if opts.first_byte_timeout_s > 0:
+        # Envoy ignores the per-try timeout once the downstream response has started, so with a
+        # route timeout of 0 this is a first-byte timeout (504 "upstream request timeout").
+        retry["per_try_timeout"] = _duration(opts.first_byte_timeout_s)
+    return retry
+
+
+def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
+    retry = _retry_policy(opts)
     served = [
         {
             "header": {"key": SERVED_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
@@ -167,31 +299,35 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
         }
     ]
     buffer_limit = opts.request_body_buffer_limit_bytes
-    picked = {
-        "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
-        "route": {"cluster": POOL_CLUSTER, "timeout": "0s", "retry_policy": retry},
-        "request_body_buffer_limit": buffer_limit,
-        "response_headers_to_add": served,
-    }
-    if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
-        cluster = FAILOPEN_CLUSTER if _needs_failopen_cluster(opts) else POOL_CLUSTER
-        unpicked: dict[str, Any] = {
-            "match": {"prefix": "/"},
-            "route": {"cluster": cluster, "timeout": "0s", "retry_policy": retry},
+    routes: list[dict[str, Any]] = []
+    for match in _path_matches(opts):
+        picked = {
+            "match": {**match, "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
+            "route": {"cluster": POOL_CLUSTER, "timeout": "0s", "retry_policy": retry},
             "request_body_buffer_limit": buffer_limit,
             "response_headers_to_add": served,
         }
-    else:
-        unpicked = {
-            "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 503,
-                "body": {
-                    "inline_string": "inference error: ServiceUnavailable - no endpoint picked"
+        if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
+            cluster = FAILOPEN_CLUSTER if _needs_failopen_cluster(opts) else POOL_CLUSTER
+            unpicked: dict[str, Any] = {
+                "match": dict(match),
+                "route": {"cluster": cluster, "timeout": "0s", "retry_policy": retry},
+                "request_body_buffer_limit": buffer_limit,
+                "response_headers_to_add": served,
+            }
+        else:
+            unpicked = {
+                "match": dict(match),
+                "direct_response": {
+                    "status": 503,
+                    "body": {
+                        "inline_string": "inference error: ServiceUnavailable - no endpoint picked"
+                    },
                 },
-            },
-        }
-    return [picked, unpicked]
+            }
+        routes += [picked, unpicked]
+    routes.append(_not_found_route())
+    return routes
 
 
 _UNLIMITED = {
@@ -268,7 +404,32 @@ def _pool_cluster(opts: BootstrapOptions, timeout: str) -> dict[str, Any]:
             },
         }
     cluster["circuit_breakers"] = _UNLIMITED
+    if opts.outlier_detection:
+        cluster["outlier_detection"] = _outlier_detection(opts)
     return cluster
+
+
+def _outlier_detection(opts: BootstrapOptions) -> dict[str, Any]:
+    """Finding 5: an endpoint that keeps failing is ejected for a while (passive health).
+
+    Consecutive 5xx answers and local failures (connect failure, reset, first-byte timeout,
+    which Envoy counts as 5xx unless ``split_external_local_origin_errors``) eject the host; an
+    ejected host is not used by the ``override_host`` policy even when the EPP names it, the
+    fallback round robin takes a healthy one. At most half the pool is ejected at once (at
+    least one host, Envoy's rule), so a pool-wide fault still reaches some server.
+    """
+    return {
+        "consecutive_5xx": opts.outlier_consecutive_5xx,
+        "consecutive_gateway_failure": opts.outlier_consecutive_5xx,
+        "enforcing_consecutive_gateway_failure": 100,
+        "interval": "1s",
+        "base_ejection_time": _duration(opts.outlier_base_ejection_s),
+        "max_ejection_time": _duration(opts.outlier_base_ejection_s * 6),
+        "max_ejection_percent": 50,
+        # Success-rate and failure-percentage ejection need request volume a small pool may not
+        # have; consecutive errors are the signal that works from the first requests.
+        "enforcing_success_rate": 0,
+    }
 
 
 def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
@@ -280,12 +441,17 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         "codec_type": "AUTO",
         "stream_idle_timeout": _duration(opts.stream_idle_timeout_s),
         "request_timeout": "0s",
+        "max_request_headers_kb": min(8192, opts.max_request_headers_kb * CODEC_LIMIT_FACTOR),
+        "common_http_protocol_options": {
+            "max_headers_count": opts.max_request_headers * CODEC_LIMIT_FACTOR
+        },
         "route_config": {
             "name": "kvroute",
             "virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(opts)}],
         },
         "http_filters": [
-            _strip_client_destination(),
+            _header_limit_filter(opts),
+            _strip_client_headers(opts),
             ext_proc_filter(opts),
             {
                 "name": "envoy.filters.http.router",
@@ -344,6 +510,8 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
                 {
                     "name": "kvroute",
                     "address": _address(opts.listen_host, opts.port),
+                    # Finding 2: a second process must not silently share the port.
+                    "enable_reuse_port": False,
                     "filter_chains": [
                         {
                             "filters": [

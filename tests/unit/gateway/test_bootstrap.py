@@ -101,7 +101,10 @@ def test_failure_mode_routes(
 ) -> None:
     doc = build_bootstrap(VARIANTS[name])
     assert _ext_proc(doc)["failure_mode_allow"] is allow
-    picked, unpicked = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
+    routes = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
+    picked, unpicked, *_ = routes
+    assert picked["match"]["path"] == "/v1/completions"
+    assert routes[-1]["direct_response"]["status"] == 404  # finding 1: nothing else passes
     assert picked["match"]["headers"][0]["name"] == DESTINATION_HEADER
     assert picked["route"]["cluster"] == POOL_CLUSTER
     if fallback_cluster is None:
@@ -113,12 +116,21 @@ def test_failure_mode_routes(
     assert (FAILOPEN_CLUSTER in clusters) is (fallback_cluster == FAILOPEN_CLUSTER)
 
 
-def test_client_cannot_choose_its_own_endpoint() -> None:
-    first = _hcm(build_bootstrap(VARIANTS["default"]))["http_filters"][0]
-    assert first["name"] == "envoy.filters.http.header_mutation"
-    assert first["typed_config"]["mutations"]["request_mutations"] == [
-        {"remove": DESTINATION_HEADER}
-    ]
+def test_client_cannot_choose_its_own_endpoint_nor_model() -> None:
+    filters = _hcm(build_bootstrap(VARIANTS["default"]))["http_filters"]
+    strip = filters[1]
+    assert strip["name"] == "envoy.filters.http.header_mutation"
+    assert filters[2]["name"] == "envoy.filters.http.ext_proc"  # stripped before the EPP
+    removed = {m["remove"] for m in strip["typed_config"]["mutations"]["request_mutations"]}
+    assert {DESTINATION_HEADER, "x-gateway-model-name-rewrite"} <= removed
+    assert "x-gateway-inference-objective" not in removed  # client-settable, as upstream
+
+
+def test_trusted_routing_headers_keep_only_the_destination_strip() -> None:
+    doc = build_bootstrap(BootstrapOptions(endpoints=EPS, trust_client_routing_headers=True))
+    strip = _hcm(doc)["http_filters"][1]["typed_config"]["mutations"]["request_mutations"]
+    assert "x-gateway-model-name-rewrite" not in {m["remove"] for m in strip}
+    assert {"remove": DESTINATION_HEADER} in strip
 
 
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext"])
@@ -134,7 +146,13 @@ def test_retries_only_before_the_first_response_byte() -> None:
         "routes"
     ][0]
     retry = picked["route"]["retry_policy"]
-    assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
+    assert set(retry["retry_on"].split(",")) == {
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "5xx",
+    }
+    assert retry["per_try_timeout"] == "300s"  # first-byte timeout (ignored once streaming)
     assert picked["route"]["timeout"] == "0s"  # no overall timeout: generations can be long
 
 
@@ -154,7 +172,8 @@ def test_retried_routes_can_buffer_what_the_epp_accepts(name: str) -> None:
     opts = VARIANTS[name]
     routes = _hcm(build_bootstrap(opts))["route_config"]["virtual_hosts"][0]["routes"]
     retried = [r for r in routes if "retry_policy" in r.get("route", {})]
-    assert len(retried) == (2 if name == "failopen" else 1)
+    n_paths = len(opts.inference_paths)
+    assert len(retried) == (2 * n_paths if name == "failopen" else n_paths)
     for r in retried:
         assert r["request_body_buffer_limit"] == opts.request_body_buffer_limit_bytes
     assert opts.request_body_buffer_limit_bytes == 64 << 20

@@ -1,0 +1,230 @@
+"""Issue 20's adversarial findings, each replayed through a real Envoy in front of the real EPP.
+
+Every test names the finding it guards. The model servers are ``MiniModelServer`` (real aiohttp on
+loopback) because the checks need to see what reached a server: admin paths, client headers, or a
+server that answers 500 or never answers, which its fault knobs provide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kvroute.gateway.bootstrap import BootstrapOptions
+from kvroute.gateway.gateway import Gateway
+from kvroute.settings import EppSettings
+from tests.integration.conftest import MiniModelServer, mini_pool
+
+pytestmark = [pytest.mark.integration]
+
+POOL_YAML = """\
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: p}
+spec:
+  selector: {matchLabels: {app: p}}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: p-epp, port: {number: 9002}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: chat}
+spec:
+  modelName: chat
+  targetModels: [{name: chat-v1, weight: 100}]
+  poolRef: {name: p}
+"""
+
+
+def _settings(servers: list[MiniModelServer], **kw: Any) -> EppSettings:
+    return EppSettings(
+        grpc_port=0,
+        grpc_health_port=0,
+        metrics_port=0,
+        bind_host="127.0.0.1",
+        endpoints=tuple(("127.0.0.1", s.port) for s in servers),
+        secure_serving=False,
+        health_checking=True,
+        **kw,
+    )
+
+
+class _Gw(Gateway):
+    """A Gateway whose Envoy options a test can adjust (the knobs ``kvroute serve`` passes)."""
+
+    def __init__(self, *a: Any, tweak: Callable[[BootstrapOptions], BootstrapOptions], **kw: Any):
+        super().__init__(*a, **kw)
+        self._tweak = tweak
+
+    def bootstrap_options(self) -> BootstrapOptions:
+        return self._tweak(super().bootstrap_options())
+
+
+def _gw(servers: list[MiniModelServer], tmp_path: Path, **opts: Any) -> Gateway:
+    import dataclasses
+
+    return _Gw(
+        settings=_settings(servers),
+        log_dir=tmp_path,
+        tweak=lambda o: dataclasses.replace(o, **opts),
+    )
+
+
+COMPLETION = {"model": "base", "prompt": "hello", "max_tokens": 2}
+
+
+# -- finding 1: only inference traffic passes -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/unload_lora_adapter", {"model": "base", "prompt": "x", "lora_name": "a"}),
+        ("POST", "/v1/load_lora_adapter", {"model": "base", "prompt": "x", "lora_path": "/x"}),
+        ("POST", "/reset_prefix_cache", None),
+        ("GET", "/metrics", None),
+        ("GET", "/v1/models", None),
+    ],
+)
+async def test_finding1_admin_paths_get_404_and_never_reach_a_server(
+    tmp_path: Path, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    server = MiniModelServer("s")
+    async with (
+        mini_pool([server]),
+        Gateway(settings=_settings([server]), log_dir=tmp_path) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        scrapes_before = server.other_paths.count("/metrics")
+        r = await c.request(method, path, json=body)
+        assert r.status_code == 404, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"]["code"] == 404
+        assert "x-sim-server" not in r.headers
+        assert [p for p in server.other_paths if p != "/metrics"] == []
+        if path == "/metrics":  # the EPP's own scrapes go direct; Envoy's 404 added none
+            assert r.text.startswith('{"error"')
+        del scrapes_before
+        ok = await c.post("/v1/completions", json=COMPLETION)
+        assert ok.status_code == 200, ok.text
+
+
+async def test_finding1_bodyless_request_on_an_inference_path_is_a_400(tmp_path: Path) -> None:
+    server = MiniModelServer("s")
+    async with (
+        mini_pool([server]),
+        Gateway(settings=_settings([server]), log_dir=tmp_path) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            r = await c.post(path)
+            assert r.status_code == 400, r.text
+            assert r.text.startswith("inference error: BadRequest - ")
+            assert "needs a JSON request body" in r.text
+        assert server.served == 0
+
+
+async def test_finding1_operator_can_expose_an_extra_prefix(tmp_path: Path) -> None:
+    server = MiniModelServer("s")
+    async with (
+        mini_pool([server]),
+        _gw([server], tmp_path, extra_path_prefixes=("/v1/models",)) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        r = await c.get("/v1/models")
+        assert r.status_code == 200, r.text
+        assert r.headers["x-sim-server"] == "s"
+        assert (await c.post("/v1/load_lora_adapter", json={"model": "base"})).status_code == 404
+
+
+# -- finding 4: trusted headers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["x-gateway-model-name-rewrite", "x-llm-d-model-name-rewrite"])
+async def test_finding4_client_model_rewrite_header_is_stripped(
+    tmp_path: Path, header: str
+) -> None:
+    resources = tmp_path / "pool.yaml"
+    resources.write_text(POOL_YAML)
+    server = MiniModelServer("s", adapters=("chat-v1", "chat-v2"))
+    async with mini_pool([server]):
+        settings = _settings([server], resources=(resources,))
+        async with (
+            Gateway(settings=settings, log_dir=tmp_path) as gw,
+            httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+        ):
+            for _ in range(5):
+                r = await c.post(
+                    "/v1/completions",
+                    json={"model": "chat", "prompt": "x"},
+                    headers={header: "chat-v2"},
+                )
+                assert r.status_code == 200, r.text
+            assert server.seen_models == ["chat-v1"] * 5
+            assert all(header not in {k.lower() for k in h} for h in server.seen_headers)
+
+
+async def test_finding4_trusted_routing_headers_pass_when_the_operator_says_so(
+    tmp_path: Path,
+) -> None:
+    resources = tmp_path / "pool.yaml"
+    resources.write_text(POOL_YAML)
+    server = MiniModelServer("s", adapters=("chat-v1", "chat-v2"))
+    async with mini_pool([server]):
+        import dataclasses
+
+        gw = _Gw(
+            settings=_settings([server], resources=(resources,)),
+            log_dir=tmp_path,
+            tweak=lambda o: dataclasses.replace(o, trust_client_routing_headers=True),
+        )
+        async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
+            r = await c.post(
+                "/v1/completions",
+                json={"model": "chat", "prompt": "x"},
+                headers={"x-gateway-model-name-rewrite": "chat-v2"},
+            )
+            assert r.status_code == 200, r.text
+            assert server.seen_models == ["chat-v2"]
+
+
+# -- finding 6: header limits --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [90, 93, 97, 100])
+async def test_finding6_many_client_headers_still_route(tmp_path: Path, count: int) -> None:
+    """httpx adds host, accept, accept-encoding, connection, user-agent, content-length and
+    content-type: ``count`` is the total the client sends, as in the finding."""
+    server = MiniModelServer("s")
+    async with (
+        mini_pool([server]),
+        Gateway(settings=_settings([server]), log_dir=tmp_path) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        extra = {f"x-h{i}": "v" for i in range(count - 7)}
+        r = await c.post("/v1/completions", json=COMPLETION, headers=extra)
+        assert r.status_code == 200, (r.status_code, r.text)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{f"x-h{i}": "v" for i in range(150)}, {"x-big": "a" * 63_000}, {"x-big": "a" * 100_000}],
+    ids=["150-headers", "63KB-header", "100KB-header"],
+)
+async def test_finding6_oversized_headers_are_a_431(
+    tmp_path: Path, headers: dict[str, str]
+) -> None:
+    server = MiniModelServer("s")
+    async with (
+        mini_pool([server]),
+        Gateway(settings=_settings([server]), log_dir=tmp_path) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        r = await c.post("/v1/completions", json=COMPLETION, headers=headers)
+        assert r.status_code == 431, (r.status_code, r.text)
+        assert r.json()["error"]["code"] == 431
+        assert server.served == 0
