@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,6 +23,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kvroute.datalayer.staleness import is_stale
 from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
 from kvroute.extproc.backend import RoutingBackend
@@ -200,15 +202,27 @@ class EppApp:
 
     async def _refresh_pool_metrics(self) -> None:
         while True:
-            self.metrics.refresh_pool(self.datastore.endpoints())
+            self._refresh_pool_gauges()
             await asyncio.sleep(self.settings.refresh_prometheus_metrics_interval_s)
+
+    def _refresh_pool_gauges(self) -> None:
+        """Ready = not ejected by passive health and scraped within the staleness threshold."""
+        eps = self.datastore.endpoints()
+        now = time.monotonic()
+        threshold = self.settings.metrics_staleness_threshold_s
+        ready = sum(
+            1
+            for e in eps
+            if self.datastore.health.routable(e.hostport) and not is_stale(e, now, threshold)
+        )
+        self.metrics.refresh_pool(eps, ready=ready)
 
     @contextlib.asynccontextmanager
     async def _metrics_server(self) -> AsyncIterator[int]:
         registry = self.metrics.registry
 
         async def metrics(_request: web.Request) -> web.Response:
-            self.metrics.refresh_pool(self.datastore.endpoints())
+            self._refresh_pool_gauges()
             return web.Response(
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )

@@ -43,6 +43,7 @@ class MiniModelServer:
     hang: bool = False
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     other_paths: list[str] = field(default_factory=list)  # admin-like paths that reached us
+    _release: asyncio.Event = field(default_factory=asyncio.Event)  # ends hung requests
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -69,6 +70,7 @@ class MiniModelServer:
         self.port = int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -97,7 +99,8 @@ class MiniModelServer:
     async def _complete(self, req: web.Request) -> web.StreamResponse:
         self.seen_headers.append(dict(req.headers))
         if self.hang:
-            await asyncio.sleep(3600)
+            await self._release.wait()
+            raise web.HTTPServiceUnavailable
         if self.error_status is not None:
             await req.read()
             self.served += 1

@@ -7,6 +7,7 @@ server that answers 500 or never answers, which its fault knobs provide.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,86 @@ async def test_finding6_oversized_headers_are_a_431(
         assert r.status_code == 431, (r.status_code, r.text)
         assert r.json()["error"]["code"] == 431
         assert server.served == 0
+
+
+# -- finding 5: unhealthy endpoints leave the pool fast --------------------------------------
+
+
+async def test_finding5_failing_server_costs_the_client_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One of three servers answers every request 500 (the finding: 28% of requests got 500).
+    Envoy retries the 5xx before the first byte on another endpoint and ejects the failing one
+    (outlier detection); the EPP counts its errors and stops picking it."""
+    bad = MiniModelServer("bad", error_status=500)
+    good = [MiniModelServer("g1"), MiniModelServer("g2")]
+    async with (
+        mini_pool([bad, *good]),
+        Gateway(settings=_settings([bad, *good]), log_dir=tmp_path) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        statuses = []
+        for i in range(40):
+            r = await c.post("/v1/completions", json={**COMPLETION, "prompt": f"p{i}"})
+            statuses.append(r.status_code)
+        assert statuses == [200] * 40
+        assert bad.served <= 6, bad.served  # a few until the EPP took it out, then none
+        assert good[0].served + good[1].served == 40
+        ejected = [r for r in caplog.records if "taken out of rotation" in r.getMessage()]
+        assert len(ejected) == 1  # logged once, at WARNING, naming the endpoint
+        assert ejected[0].levelname == "WARNING"
+        assert bad.hostport in ejected[0].getMessage()
+        ready = await _ready_pods(gw)
+        assert ready == 2.0
+
+
+async def _ready_pods(gw: Gateway) -> float:
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"http://127.0.0.1:{gw.epp.ports.metrics}/metrics")).text
+    (line,) = [x for x in text.splitlines() if x.startswith("inference_pool_ready_pods{")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def test_finding8_ready_pods_drops_when_a_server_dies(tmp_path: Path) -> None:
+    """``inference_pool_ready_pods`` stayed 3 while a server was dead; it counts only routable
+    endpoints now (scraped within ``--metrics-staleness-threshold``, not ejected)."""
+    a, b = MiniModelServer("a"), MiniModelServer("b")
+    async with (
+        mini_pool([a, b]),
+        Gateway(settings=_settings([a, b]), log_dir=tmp_path) as gw,
+    ):
+        for _ in range(100):
+            if await _ready_pods(gw) == 2.0:
+                break
+            await asyncio.sleep(0.05)
+        assert await _ready_pods(gw) == 2.0
+        await b.stop()
+        for _ in range(100):
+            if await _ready_pods(gw) == 1.0:
+                break
+            await asyncio.sleep(0.1)
+        assert await _ready_pods(gw) == 1.0
+
+
+async def test_finding5_hung_server_is_a_504_after_the_first_byte_timeout(tmp_path: Path) -> None:
+    """A server that never answers (the finding: 40% of requests hung until the client gave up)
+    is a clear 504 after ``first_byte_timeout``; with a live peer the request is retried there."""
+    hung = MiniModelServer("hung", hang=True)
+    async with mini_pool([hung]):
+        async with (
+            _gw([hung], tmp_path, first_byte_timeout_s=0.5, retries=0) as gw,
+            httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+        ):
+            r = await c.post("/v1/completions", json=COMPLETION)
+            assert r.status_code == 504, r.text
+            assert "upstream request timeout" in r.text
+        live = MiniModelServer("live")
+        async with (
+            mini_pool([live]),
+            _gw([hung, live], tmp_path, first_byte_timeout_s=0.5) as gw,
+            httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+        ):
+            for i in range(6):
+                r = await c.post("/v1/completions", json={**COMPLETION, "prompt": f"h{i}"})
+                assert r.status_code == 200, r.text
+                assert r.headers["x-sim-server"] == "live"

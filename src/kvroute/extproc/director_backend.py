@@ -44,7 +44,14 @@ class DirectorLike(Protocol):
         subset_hint: Sequence[str] | None = None,
     ) -> Any: ...
 
-    def handle_response_complete(self, decision: Any, usage: Usage | None) -> None: ...
+    def handle_response_complete(
+        self,
+        decision: Any,
+        usage: Usage | None,
+        *,
+        status: int | None = None,
+        served: str | None = None,
+    ) -> None: ...
 
     def random_endpoint(self) -> Endpoint: ...
 
@@ -138,7 +145,12 @@ class DirectorBackend:
         handle = routed.handle
         if not isinstance(handle, _Handle):  # header-only request: nothing was scheduled
             return
-        self._director.handle_response_complete(handle.decision, outcome.usage)
+        self._director.handle_response_complete(
+            handle.decision,
+            outcome.usage,
+            status=outcome.status,
+            served=outcome.served_endpoint,
+        )
         m = self._metrics
         model, target = routed.incoming_model, routed.target_model
         m.running_requests.labels(model).dec()

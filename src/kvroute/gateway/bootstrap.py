@@ -308,6 +308,18 @@ def _retry_policy(opts: BootstrapOptions) -> dict[str, Any]:
     retry: dict[str, Any] = {
         "retry_on": "connect-failure,refused-stream,reset,5xx",
         "num_retries": opts.retries,
+        # A retry goes to a host not tried yet (the override list's next entry, else the
+        # fallback policy's pick among the others).
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": _T
+                    + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
     }
     if opts.first_byte_timeout_s > 0:
         # Envoy ignores the per-try timeout once the downstream response has started, so with a
@@ -439,10 +451,14 @@ def _outlier_detection(opts: BootstrapOptions) -> dict[str, Any]:
     """Finding 5: an endpoint that keeps failing is ejected for a while (passive health).
 
     Consecutive 5xx answers and local failures (connect failure, reset, first-byte timeout,
-    which Envoy counts as 5xx unless ``split_external_local_origin_errors``) eject the host; an
-    ejected host is not used by the ``override_host`` policy even when the EPP names it, the
-    fallback round robin takes a healthy one. At most half the pool is ejected at once (at
-    least one host, Envoy's rule), so a pool-wide fault still reaches some server.
+    which Envoy counts as 5xx unless ``split_external_local_origin_errors``) eject the host.
+    What ejection does and does not do (Envoy 1.40, read in its source and verified): the
+    ``override_host`` policy does *not* check host health, so an endpoint the EPP names is used
+    even while ejected; ejection steers the fallback round robin (FailOpen, and retries past the
+    EPP's list). Steering away from a failing endpoint the EPP picked is therefore the EPP's job
+    (``kvroute.datastore.health``); with ``upstream_lb="original_dst"`` the host comes from the
+    header alone and ejection has no effect either. At most half the pool is ejected at once
+    (at least one host, Envoy's rule), so a pool-wide fault still reaches some server.
     """
     return {
         "consecutive_5xx": opts.outlier_consecutive_5xx,

@@ -181,12 +181,16 @@ class EppMetrics:
             for seconds in samples:
                 child.observe(seconds)
 
-    def refresh_pool(self, endpoints: Iterable[Endpoint]) -> None:
-        """Pool gauges from one datastore snapshot (upstream ``RefreshPrometheusMetrics``)."""
+    def refresh_pool(self, endpoints: Iterable[Endpoint], ready: int | None = None) -> None:
+        """Pool gauges from one datastore snapshot (upstream ``RefreshPrometheusMetrics``).
+
+        ``ready``: how many of them are routable (issue 20 finding 8: a dead server used to
+        count as ready); all of them when not given.
+        """
         eps = tuple(endpoints)
         name = self.pool_name
         n = len(eps)
-        self.pool_ready_pods.labels(name).set(n)
+        self.pool_ready_pods.labels(name).set(n if ready is None else ready)
         if n:
             self.pool_kv_cache.labels(name).set(sum(e.metrics.kv_cache_usage for e in eps) / n)
             self.pool_queue.labels(name).set(sum(e.metrics.waiting_queue_size for e in eps) / n)

@@ -183,7 +183,7 @@ class Director:
         request = self._build_request(parsed, headers, request_id, resolved)
         now = self.clock()
 
-        snapshot = self.datastore.endpoints()
+        snapshot = _routable(self.datastore, self.datastore.endpoints())
         hint = None if self.disable_subset_filter else subset_hint
         candidates = subset_candidates(snapshot, hint)
         if trace is not None:
@@ -227,12 +227,22 @@ class Director:
         )
 
     def handle_response_complete(
-        self, decision: RoutingDecision, usage: Usage | None = None
+        self,
+        decision: RoutingDecision,
+        usage: Usage | None = None,
+        *,
+        status: int | None = None,
+        served: str | None = None,
     ) -> None:
-        """Finish ``decision``: in-flight count down, ResponseComplete hooks. Idempotent."""
+        """Finish ``decision``: in-flight count down, ResponseComplete hooks. Idempotent.
+
+        ``status`` and ``served`` (the response's status and the endpoint that answered, when
+        known) feed the datastore's passive health (``kvroute.datastore.health``).
+        """
         if decision.completed:
             return
         decision.completed = True
+        _record_health(self.datastore, decision.target.hostport, status, served)
         # ``load`` is the counter object the request was counted on: if the endpoint has since
         # been replaced under the same name (new address), its fresh counters stay untouched.
         self.datastore.on_request_finished(
@@ -292,6 +302,30 @@ class Director:
         if self.timings is not None:
             tn = hook.typed_name
             self.timings.series(point, tn.type, tn.name).append(perf_counter() - t0)
+
+
+def _routable(datastore: EndpointSource, snapshot: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """The endpoints passive health has not ejected; all of them if it ejected every one (a
+    pool-wide fault must still reach a server, as Envoy's panic threshold does)."""
+    health = getattr(datastore, "health", None)
+    if health is None:
+        return snapshot
+    routable = tuple(e for e in snapshot if health.routable(e.hostport))
+    return routable or snapshot
+
+
+def _record_health(
+    datastore: EndpointSource, picked: str, status: int | None, served: str | None
+) -> None:
+    health = getattr(datastore, "health", None)
+    if health is None or status is None:  # no answer at all: the client left, nothing learnt
+        return
+    if served and served != picked:
+        health.failure(picked, f"request served by {served} after a retry")
+    elif status >= 500:
+        health.failure(picked, f"HTTP {status}")
+    else:
+        health.success(picked)
 
 
 def _estimate_tokens(parsed: ParsedRequest) -> int:
