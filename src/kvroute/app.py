@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -27,6 +29,7 @@ from kvroute.datalayer.staleness import is_stale
 from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
 from kvroute.extproc.backend import RoutingBackend
+from kvroute.extproc.body_budget import BodyBudget
 from kvroute.extproc.server import (
     ExternalProcessor,
     ReadinessHealth,
@@ -164,6 +167,10 @@ class EppApp:
             from kvroute.extproc.tls import load_cert_dir, self_signed
 
             tls = load_cert_dir(s.cert_path) if s.cert_path else self_signed()
+        if tls is not None and s.require_client_cert and s.client_ca_path is not None:
+            from kvroute.extproc.tls import load_client_ca
+
+            tls = dataclasses.replace(tls, client_ca=load_client_ca(s.client_ca_path))
         self.tls = tls if s.secure_serving else None
 
         # Background loops are entered before the servers so that they stop after them: on exit
@@ -180,7 +187,10 @@ class EppApp:
         health = ReadinessHealth(
             lambda: self._source.synced, serving=getattr(self._source, "serving", None)
         )
-        options = StreamOptions(s.response_processing, s.max_request_body_bytes)
+        self.body_budget = BodyBudget(s.max_buffered_body_bytes)
+        options = StreamOptions(
+            s.response_processing, s.max_request_body_bytes, body_budget=self.body_budget
+        )
         self.processor = ExternalProcessor(built.backend, options)
         server, self.ports.grpc = build_ext_proc_server(
             self.processor,
@@ -221,7 +231,18 @@ class EppApp:
     async def _metrics_server(self) -> AsyncIterator[int]:
         registry = self.metrics.registry
 
-        async def metrics(_request: web.Request) -> web.Response:
+        token = self.settings.metrics_bearer_token
+        expected = f"Bearer {token}".encode() if token else b""
+
+        async def metrics(request: web.Request) -> web.Response:
+            if token:  # --metrics-endpoint-auth with a static token (issue 20 finding 7)
+                given = request.headers.get("Authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    return web.Response(
+                        status=401,
+                        text="unauthorized: send Authorization: Bearer <token>\n",
+                        headers={"WWW-Authenticate": 'Bearer realm="kvroute-metrics"'},
+                    )
             self._refresh_pool_gauges()
             return web.Response(
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

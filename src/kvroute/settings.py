@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kvroute.errors import ConfigError
+from kvroute.extproc.body_budget import DEFAULT_MAX_BUFFERED_BODY_BYTES
 from kvroute.extproc.stream import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -69,6 +70,12 @@ class EppSettings:
     resources: tuple[Path, ...] = ()
     response_processing: ResponseProcessing = ResponseProcessing.FULL
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    max_buffered_body_bytes: int = DEFAULT_MAX_BUFFERED_BODY_BYTES
+    # mTLS for ext_proc (issue 20 finding 7): a CA bundle the client certificate must chain to.
+    require_client_cert: bool = False
+    client_ca_path: Path | None = None
+    # A static bearer token the metrics endpoint requires (``--metrics-endpoint-auth``).
+    metrics_bearer_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.config_file is not None and self.config_text is not None:
@@ -77,6 +84,14 @@ class EppSettings:
             raise ConfigError("--pool-name and --endpoint-selector are mutually exclusive")
         if len(self.endpoint_target_ports) > 8:
             raise ConfigError("--endpoint-target-ports takes 1 to 8 ports")
+        if self.max_buffered_body_bytes <= 0:
+            raise ConfigError(
+                f"--max-buffered-body-bytes must be positive, got {self.max_buffered_body_bytes}"
+            )
+        if self.require_client_cert and (not self.secure_serving or self.client_ca_path is None):
+            raise ConfigError(
+                "--require-client-cert needs --secure-serving=true and --client-ca-path FILE"
+            )
         if self.max_request_body_bytes <= 0:
             raise ConfigError(
                 f"--max-request-body-bytes must be positive, got {self.max_request_body_bytes}"
@@ -182,6 +197,41 @@ def add_epp_arguments(parser: argparse.ArgumentParser, *, gateway: bool = False)
         help="larger request bodies are answered 413 (the EPP buffers each body whole); "
         f"default {DEFAULT_MAX_REQUEST_BODY_BYTES} (64 MiB)",
     )
+    g.add_argument(
+        "--max-buffered-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BUFFERED_BODY_BYTES,
+        metavar="N",
+        help="request body bytes all streams together may hold; past it a request gets 503 "
+        f"(default {DEFAULT_MAX_BUFFERED_BODY_BYTES}, 256 MiB)",
+    )
+    g.add_argument(
+        "--require-client-cert",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="mTLS: ext_proc clients must present a certificate signed by --client-ca-path",
+    )
+    g.add_argument("--client-ca-path", type=Path, help="CA bundle (PEM) for --require-client-cert")
+    g.add_argument(
+        "--metrics-endpoint-auth",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="require a bearer token on /metrics (upstream checks it with Kubernetes "
+        "TokenReview; kvroute checks a static token: --metrics-bearer-token-file)",
+    )
+    g.add_argument(
+        "--metrics-bearer-token-file",
+        default="",
+        metavar="FILE",
+        help="the token /metrics requires ('Authorization: Bearer <token>'); env:NAME reads it "
+        "from an environment variable; implies --metrics-endpoint-auth",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") -> EppSettings:
@@ -213,4 +263,31 @@ def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") 
         resources=tuple(args.resources),
         response_processing=ResponseProcessing(args.response_processing),
         max_request_body_bytes=args.max_request_body_bytes,
+        max_buffered_body_bytes=args.max_buffered_body_bytes,
+        require_client_cert=args.require_client_cert,
+        client_ca_path=args.client_ca_path,
+        metrics_bearer_token=_metrics_token(
+            args.metrics_endpoint_auth, args.metrics_bearer_token_file
+        ),
     )
+
+
+def _metrics_token(auth: bool, source: str) -> str | None:
+    """The static token of ``--metrics-bearer-token-file`` (a file, or ``env:NAME``)."""
+    if not source:
+        if auth:
+            raise ConfigError(
+                "--metrics-endpoint-auth: Kubernetes TokenReview is not implemented; "
+                "give the token with --metrics-bearer-token-file"
+            )
+        return None
+    if source.startswith("env:"):
+        token = os.environ.get(source[4:], "")
+    else:
+        try:
+            token = Path(source).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--metrics-bearer-token-file {source!r}: {exc.strerror}") from exc
+    if not token:
+        raise ConfigError(f"--metrics-bearer-token-file {source!r}: the token is empty")
+    return token

@@ -8,6 +8,7 @@ server that answers 500 or never answers, which its fault knobs provide.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -312,3 +313,65 @@ async def test_finding5_hung_server_is_a_504_after_the_first_byte_timeout(tmp_pa
                 r = await c.post("/v1/completions", json={**COMPLETION, "prompt": f"h{i}"})
                 assert r.status_code == 200, r.text
                 assert r.headers["x-sim-server"] == "live"
+
+
+async def test_finding8_buffered_bodies_share_one_budget(tmp_path: Path) -> None:
+    """8 concurrent 60 MB bodies took the EPP's RSS from 212 MB to 1.1 GB: nothing bounded the
+    bodies held together. With ``--max-buffered-body-bytes`` a body that does not fit while
+    another is being buffered is answered 503 with the reason; once the first is routed the
+    budget is free again."""
+    server = MiniModelServer("s")
+    budget = 1_000_000
+    prompt = "x" * 700_000
+    whole = json.dumps({**COMPLETION, "prompt": prompt}).encode()
+    release = asyncio.Event()
+
+    async def slow_body() -> Any:
+        yield whole[:650_000]
+        await release.wait()
+        yield whole[650_000:]
+
+    async with (
+        mini_pool([server]),
+        Gateway(
+            settings=_settings([server], max_buffered_body_bytes=budget), log_dir=tmp_path
+        ) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        first = asyncio.create_task(c.post("/v1/completions", content=slow_body()))
+        for _ in range(200):  # until the EPP holds the first body's bytes
+            if gw.epp.body_budget.in_use >= 600_000:
+                break
+            await asyncio.sleep(0.01)
+        assert gw.epp.body_budget.in_use >= 600_000
+        second = await c.post("/v1/completions", content=whole)
+        assert second.status_code == 503, second.text
+        assert "inference error: ServiceUnavailable - " in second.text
+        assert "--max-buffered-body-bytes" in second.text
+        release.set()
+        assert (await first).status_code == 200
+        assert gw.epp.body_budget.in_use == 0
+        again = await c.post("/v1/completions", content=whole)
+        assert again.status_code == 200, again.text
+
+
+# -- finding 7: exposure ------------------------------------------------------------------------
+
+
+async def test_finding7_metrics_endpoint_requires_the_bearer_token(tmp_path: Path) -> None:
+    server = MiniModelServer("s")
+    async with (
+        mini_pool([server]),
+        Gateway(
+            settings=_settings([server], metrics_bearer_token="s3cret"), log_dir=tmp_path
+        ) as gw,
+        httpx.AsyncClient(timeout=30) as c,
+    ):
+        url = f"http://127.0.0.1:{gw.epp.ports.metrics}/metrics"
+        assert (await c.get(url)).status_code == 401
+        wrong = await c.get(url, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.headers["www-authenticate"].startswith("Bearer")
+        ok = await c.get(url, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert "inference_pool_ready_pods" in ok.text

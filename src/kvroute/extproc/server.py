@@ -90,13 +90,20 @@ class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 class TlsMaterial:
     cert_chain: bytes
     private_key: bytes
+    # mTLS (``--require-client-cert``, issue 20 finding 7): clients must present a certificate
+    # that chains to this CA bundle, else the TLS handshake fails.
+    client_ca: bytes | None = None
 
 
 def _add_port(server: grpc.aio.Server, host: str, port: int, tls: TlsMaterial | None) -> int:
     address = f"{host}:{port}"
     if tls is None:
         return server.add_insecure_port(address)
-    creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
+    creds = grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
     return server.add_secure_port(address, creds)
 
 

@@ -51,7 +51,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kvroute.errors import BadRequestError, EppError, PayloadTooLargeError
+from kvroute.errors import (
+    BadRequestError,
+    EppError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
 from kvroute.extproc import messages as msg
 from kvroute.extproc.backend import (
     Outcome,
@@ -61,6 +66,7 @@ from kvroute.extproc.backend import (
     RoutingInput,
     subset_from_metadata,
 )
+from kvroute.extproc.body_budget import BodyBudget
 from kvroute.protocol.paths import is_inference_path
 
 log = logging.getLogger(__name__)
@@ -117,6 +123,8 @@ class ProtocolViolation(Exception):
 class StreamOptions:
     response_processing: ResponseProcessing = ResponseProcessing.FULL
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    # Shared by every stream of one server (``--max-buffered-body-bytes``); None: unbounded.
+    body_budget: BodyBudget | None = None
 
 
 def _default_request_id() -> str:
@@ -144,6 +152,9 @@ class ExtProcStream:
         self._headers: dict[str, str] = {}
         self._body = bytearray()
         self._dropped: int | None = None  # bytes of an oversized body being drained
+        self._budget = self._options.body_budget
+        self._reserved = 0  # bytes of self._body taken from the shared budget
+        self._over_budget = False
         self._subset: tuple[str, ...] | None = None
         self.routed: Routed | None = None
         self._filter: ResponseFilter | None = None
@@ -173,6 +184,7 @@ class ExtProcStream:
 
     def close(self) -> None:
         """The stream ended (normally, or the client went away): complete exactly once."""
+        self._release_body()
         if self.routed is None or self._completed:
             return
         # In light mode the body never comes through here: the stream's end *is* completion.
@@ -240,7 +252,15 @@ class ExtProcStream:
     def _on_request_body(self, body: Any) -> list[Any]:
         chunk: bytes = body.body
         if self._dropped is None and len(self._body) + len(chunk) > self._max_body:
-            self._dropped, self._body = len(self._body), bytearray()
+            self._dropped = len(self._body)
+            self._release_body()
+        if self._dropped is None and self._budget is not None and chunk:
+            if self._budget.take(len(chunk)):
+                self._reserved += len(chunk)
+            else:  # the EPP holds too many bodies at once: drop this one, answer 503
+                self._over_budget = True
+                self._dropped = len(self._body)
+                self._release_body()
         if self._dropped is not None:
             self._dropped += len(chunk)
         else:
@@ -255,9 +275,24 @@ class ExtProcStream:
         return [msg.trailers_response(request=True)]
 
     def _end_of_body(self) -> list[Any]:
+        if self._over_budget:
+            assert self._budget is not None
+            return self._reject(
+                ServiceUnavailableError(
+                    "the EPP is buffering too many request bodies at once (over "
+                    f"{self._budget.limit} bytes, EPP flag --max-buffered-body-bytes); retry later"
+                ),
+                None,
+            )
         if self._dropped is not None:
             return self._too_large(self._dropped)
         return self._route()
+
+    def _release_body(self) -> None:
+        self._body = bytearray()
+        if self._reserved and self._budget is not None:
+            self._budget.give(self._reserved)
+        self._reserved = 0
 
     def _route(self) -> list[Any]:
         h = self._headers
@@ -273,7 +308,7 @@ class ExtProcStream:
             fairness_id=h.get(msg.FAIRNESS_ID_HEADER) or "default-flow",
             model_rewrite=h.get(msg.MODEL_REWRITE_HEADER) or None,
         )
-        self._body = bytearray()  # the backend owns the bytes now
+        self._release_body()  # the backend owns the bytes now
         try:
             routed = self._backend.route(rin)
         except EppError as exc:
@@ -310,6 +345,7 @@ class ExtProcStream:
 
     def _reject(self, error: EppError, rin: RoutingInput | None) -> list[Any]:
         self.state = State.REJECTED
+        self._release_body()
         try:
             self._backend.rejected(error, rin)
         except Exception:  # error metrics must not cost the client its answer
@@ -326,7 +362,7 @@ class ExtProcStream:
         self._streaming = "text/event-stream" in h.get("content-type", "").lower()
         encoding = h.get("content-encoding", "").strip().lower()
         if self.routed is None:  # a local reply ahead of routing: pass it through
-            self._body = bytearray()
+            self._release_body()
         elif not self._skip_response_body and encoding in ("", "identity"):
             try:
                 self._filter = self._backend.response_filter(self.routed, self._streaming)
