@@ -198,12 +198,16 @@ class EppApp:
             port=s.grpc_port,
             tls=self.tls,
             health=health if s.health_checking else None,
+            uds=str(s.grpc_uds) if s.grpc_uds is not None else None,
         )
         hserver, self.ports.health = build_health_server(
             health, host=s.bind_host, port=s.grpc_health_port
         )
         if self.ports.grpc == 0 or self.ports.health == 0:
-            raise ConfigError(f"cannot bind gRPC ports {s.grpc_port}/{s.grpc_health_port}")
+            where = f"unix:{s.grpc_uds}" if s.grpc_uds is not None else str(s.grpc_port)
+            raise ConfigError(f"cannot bind gRPC ports {where}/{s.grpc_health_port}")
+        if s.grpc_uds is not None:
+            self.ports.grpc = 0  # not a TCP port; the socket path is settings.grpc_uds
         await server.start()
         stack.push_async_callback(_stop_grpc, server)
         await hserver.start()

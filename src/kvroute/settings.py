@@ -50,6 +50,9 @@ def parse_endpoint_url(url: str) -> tuple[str, int]:
 class EppSettings:
     grpc_port: int = 9002
     grpc_health_port: int = 9003
+    # ext_proc on this Unix socket instead of --grpc-port (kvroute serve: Envoy's only way in;
+    # issue 20 finding 7). The health port stays TCP.
+    grpc_uds: Path | None = None
     metrics_port: int = 9090
     bind_host: str = "0.0.0.0"
     pool_name: str = ""

@@ -375,3 +375,32 @@ async def test_finding7_metrics_endpoint_requires_the_bearer_token(tmp_path: Pat
         ok = await c.get(url, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert "inference_pool_ready_pods" in ok.text
+
+
+async def test_finding7_envoy_reaches_the_epp_and_its_admin_over_private_unix_sockets(
+    tmp_path: Path,
+) -> None:
+    """``serve`` spoke plaintext ext_proc on a loopback port any local process could use (a
+    rogue client got routing decisions), and Envoy's admin (``/config_dump``) was on another.
+    Both are Unix sockets now, in a directory only this user can enter."""
+    import stat
+
+    server = MiniModelServer("s")
+    async with (
+        mini_pool([server]),
+        Gateway(settings=_settings([server]), log_dir=tmp_path) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        assert gw.envoy is not None
+        assert gw.socket_dir is not None
+        assert stat.S_IMODE(gw.socket_dir.stat().st_mode) == 0o700
+        assert gw.settings.grpc_uds is not None
+        assert stat.S_ISSOCK(gw.settings.grpc_uds.stat().st_mode)
+        assert gw.epp.ports.grpc == 0  # no TCP ext_proc listener at all
+        assert gw.envoy.admin_url == ""  # no TCP admin listener
+        async with gw.envoy.admin_client() as admin:
+            assert (await admin.get("/ready")).status_code == 200
+        r = await c.post("/v1/completions", json=COMPLETION)
+        assert r.status_code == 200, r.text
+        socket_dir = gw.socket_dir
+    assert not socket_dir.exists()  # removed on exit

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 from kvroute.errors import ConfigError
 from kvroute.gateway.bootstrap import EdgeOptions
@@ -120,7 +121,7 @@ async def _serve(args: argparse.Namespace) -> int:
         assert gw.envoy is not None
         print(f"kvroute serve: gateway ready at {gw.url}", flush=True)
         print(
-            f"  EPP ext_proc :{gw.epp.ports.grpc}, metrics :{gw.epp.ports.metrics}/metrics, "
+            f"  EPP ext_proc {_ext_proc_address(gw)}, metrics :{gw.epp.ports.metrics}/metrics, "
             f"{len(gw.epp.datastore)} endpoint(s); Envoy pid {gw.envoy.pid}; "
             f"Envoy log: {gw.envoy.log_path}",
             flush=True,
@@ -128,6 +129,11 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
     print("kvroute serve: stopped", flush=True)
     return 0
+
+
+def _ext_proc_address(gw: Any) -> str:
+    uds = gw.epp.settings.grpc_uds
+    return f"unix:{uds}" if uds is not None else f":{gw.epp.ports.grpc}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -68,6 +68,11 @@ class BootstrapOptions:
     epp_host: str = "127.0.0.1"
     epp_port: int = 9002
     epp_tls: bool = True
+    # Finding 7 (issue 20): Envoy reaches the EPP over this Unix socket (``kvroute serve``: in a
+    # private 0700 directory), and serves its admin API on ``admin_uds``, instead of loopback
+    # TCP ports any local process can use.
+    epp_uds: str | None = None
+    admin_uds: str | None = None
     endpoints: Sequence[tuple[str, int]] = field(default_factory=tuple)  # for FailOpen
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
     connect_timeout_s: float = 2.0
@@ -513,6 +518,9 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         ]
     timeout = _duration(opts.connect_timeout_s)
     epp = _static_cluster(EPP_CLUSTER, [(opts.epp_host, opts.epp_port)], timeout)
+    if opts.epp_uds:
+        lb = epp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        lb["address"] = {"pipe": {"path": opts.epp_uds}}
     epp["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -546,7 +554,11 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
     if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
     return {
-        "admin": {"address": _address("127.0.0.1", opts.admin_port)},
+        "admin": {
+            "address": {"pipe": {"path": opts.admin_uds}}
+            if opts.admin_uds
+            else _address("127.0.0.1", opts.admin_port)
+        },
         "static_resources": {
             "listeners": [
                 {

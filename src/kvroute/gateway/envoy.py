@@ -13,6 +13,7 @@ which is the event loop's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -83,6 +84,10 @@ def ensure_port_free(host: str, port: int) -> None:
             ) from exc
 
 
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 def _read_admin_address(path: Path) -> str:
     """Envoy writes ``host:port`` of its admin listener here once it is bound."""
     try:
@@ -111,6 +116,9 @@ class EnvoyProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.admin_url = ""
+        admin = bootstrap.get("admin", {}).get("address", {})
+        # Admin on a Unix socket (kvroute serve): reach it with admin_client().
+        self.admin_uds: str | None = admin.get("pipe", {}).get("path")
         self.log_path: Path | None = None
 
     @property
@@ -163,24 +171,37 @@ class EnvoyProcess:
             await self.stop()
             raise
 
+    def admin_client(self, timeout: float = 2.0) -> httpx.AsyncClient:
+        """An HTTP client for Envoy's admin API (``base_url`` set; TCP or Unix socket)."""
+        if self.admin_uds:
+            transport = httpx.AsyncHTTPTransport(uds=self.admin_uds)
+            return httpx.AsyncClient(
+                transport=transport, base_url="http://envoy-admin", timeout=timeout
+            )
+        return httpx.AsyncClient(base_url=self.admin_url, timeout=timeout)
+
     async def _wait_ready(self, admin_file: Path) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self._ready_timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        client: httpx.AsyncClient | None = None
+        async with contextlib.AsyncExitStack() as stack:
             while time.monotonic() < deadline:
                 if self._proc.returncode is not None:
                     raise ConfigError(
                         f"envoy exited with {self._proc.returncode}; see {self.log_path}"
                     )
-                admin = _read_admin_address(admin_file)
-                if admin:
-                    self.admin_url = "http://" + admin
+                if client is None:
+                    if self.admin_uds:
+                        if _exists(self.admin_uds):
+                            client = await stack.enter_async_context(self.admin_client())
+                    elif admin := _read_admin_address(admin_file):
+                        self.admin_url = "http://" + admin
+                        client = await stack.enter_async_context(self.admin_client())
+                if client is not None:
                     try:
-                        ready = await client.get(self.admin_url + "/ready")
+                        ready = await client.get("/ready")
                         if ready.status_code == 200:
-                            listeners = await client.get(
-                                self.admin_url + "/listeners", params={"format": "json"}
-                            )
+                            listeners = await client.get("/listeners", params={"format": "json"})
                             status = listeners.json()["listener_statuses"][0]
                             self.port = int(status["local_address"]["socket_address"]["port_value"])
                             return

@@ -1,13 +1,19 @@
 """One-process gateway: the EPP (in-process asyncio) plus a real Envoy child in front of it.
 
 ``async with Gateway(endpoints=["http://127.0.0.1:8001", ...]) as gw: gw.url`` is the Python API
-``kvroute serve``, the demo and the benchmarks use. The EPP binds loopback ports chosen by the
-OS; Envoy listens on ``port`` (0 = any free port, read back from Envoy's admin API).
+``kvroute serve``, the demo and the benchmarks use. Envoy listens on ``port`` (0 = any free
+port, read back from Envoy's admin API). With ``private_sockets`` (the default) Envoy reaches the
+EPP's ext_proc server over a Unix socket, and serves its own admin API on another, both in a
+fresh directory only this user can enter (mode 0700, removed on exit): no other local user can
+get routing decisions, inflate in-flight counts or read ``/config_dump`` (issue 20 finding 7).
+The EPP's health and metrics ports stay loopback TCP.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +49,7 @@ class Gateway:
         settings: EppSettings | None = None,
         backend_factory: BackendFactory | None = None,
         edge: EdgeOptions | None = None,
+        private_sockets: bool = True,
     ) -> None:
         base = settings or EppSettings(
             grpc_port=0,
@@ -66,6 +73,8 @@ class Gateway:
         self._concurrency = envoy_concurrency
         self._upstream_lb = upstream_lb
         self.edge = edge or EdgeOptions()
+        self._private_sockets = private_sockets
+        self.socket_dir: Path | None = None
         self.envoy: EnvoyProcess | None = None
         self.url = ""
 
@@ -78,6 +87,8 @@ class Gateway:
             port=self._port,
             epp_host="127.0.0.1",
             epp_port=self.epp.ports.grpc,
+            epp_uds=str(s.grpc_uds) if s.grpc_uds is not None else None,
+            admin_uds=str(self.socket_dir / "admin.sock") if self.socket_dir else None,
             epp_tls=s.secure_serving,
             endpoints=s.endpoints,
             failure_mode=self._failure_mode,
@@ -89,7 +100,17 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         ensure_port_free(self._host, self._port)  # before the EPP binds anything
-        await self.epp.__aenter__()
+        if self._private_sockets and self.settings.grpc_uds is None:
+            self.socket_dir = Path(tempfile.mkdtemp(prefix="kvroute-"))  # mode 0700
+            self.settings = dataclasses.replace(
+                self.settings, grpc_uds=self.socket_dir / "epp.sock"
+            )
+            self.epp.settings = self.settings
+        try:
+            await self.epp.__aenter__()
+        except BaseException:
+            self._remove_socket_dir()
+            raise
         try:
             bootstrap = build_bootstrap(self.bootstrap_options())
             self.envoy = EnvoyProcess(
@@ -98,6 +119,7 @@ class Gateway:
             await self.envoy.start()
         except BaseException as exc:
             await self.epp.__aexit__(type(exc), exc, exc.__traceback__)
+            self._remove_socket_dir()
             raise
         self.url = f"http://{self._host}:{self.envoy.port}"
         return self
@@ -109,4 +131,12 @@ class Gateway:
             if self.envoy is not None:
                 await self.envoy.stop()
         finally:
-            await self.epp.__aexit__(et, e, tb)
+            try:
+                await self.epp.__aexit__(et, e, tb)
+            finally:
+                self._remove_socket_dir()
+
+    def _remove_socket_dir(self) -> None:
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None

@@ -48,6 +48,16 @@ VARIANTS = {
     ),
     "light": BootstrapOptions(endpoints=EPS, response_processing="light"),
     "plaintext-epp": BootstrapOptions(endpoints=EPS, epp_tls=False),
+    "unix-sockets-trusting": BootstrapOptions(
+        endpoints=EPS,
+        epp_uds="/tmp/kvroute-validate/epp.sock",
+        admin_uds="/tmp/kvroute-validate/admin.sock",
+        trust_client_routing_headers=True,
+        strip_client_objective_header=True,
+        extra_path_prefixes=("/v1/models",),
+        first_byte_timeout_s=0,
+        outlier_detection=False,
+    ),
 }
 
 
@@ -177,3 +187,37 @@ def test_retried_routes_can_buffer_what_the_epp_accepts(name: str) -> None:
     for r in retried:
         assert r["request_body_buffer_limit"] == opts.request_body_buffer_limit_bytes
     assert opts.request_body_buffer_limit_bytes == 64 << 20
+
+
+def test_issue20_edge_shape() -> None:
+    """Findings 1, 2, 5, 6, 7 of issue 20 in the generated config (each also runs through a
+    real Envoy in tests/integration/test_gateway_hardening.py)."""
+    opts = BootstrapOptions(endpoints=EPS, epp_uds="/tmp/x/epp.sock", admin_uds="/tmp/x/admin.sock")
+    doc = build_bootstrap(opts)
+    hcm = _hcm(doc)
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    not_found = routes[-1]
+    assert not_found["match"] == {"prefix": "/"}
+    per_route = not_found["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
+    assert per_route["disabled"] is True  # the EPP never sees non-inference paths
+    assert {r["match"].get("path") for r in routes[:-1]} == set(opts.inference_paths)
+    listener = doc["static_resources"]["listeners"][0]
+    assert listener["enable_reuse_port"] is False
+    assert hcm["http_filters"][0]["name"] == "envoy.filters.http.lua"  # 431 before ext_proc
+    assert hcm["common_http_protocol_options"]["max_headers_count"] > opts.max_request_headers
+    assert _clusters(doc)[POOL_CLUSTER]["outlier_detection"]["consecutive_5xx"] == 3
+    epp = _clusters(doc)[EPP_CLUSTER]
+    address = epp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address == {"pipe": {"path": "/tmp/x/epp.sock"}}
+    assert doc["admin"]["address"] == {"pipe": {"path": "/tmp/x/admin.sock"}}
+
+
+def test_extra_prefixes_and_bad_edge_options() -> None:
+    from kvroute.errors import ConfigError
+    from kvroute.gateway.bootstrap import EdgeOptions
+
+    doc = build_bootstrap(BootstrapOptions(endpoints=EPS, extra_path_prefixes=("/v1/models",)))
+    matches = [r["match"] for r in _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]]
+    assert {"prefix": "/v1/models"} in matches
+    with pytest.raises(ConfigError, match="--expose-path-prefix"):
+        EdgeOptions(extra_path_prefixes=("v1",))
