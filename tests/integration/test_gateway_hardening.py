@@ -270,9 +270,12 @@ async def _ready_pods(gw: Gateway) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-async def test_finding8_ready_pods_drops_when_a_server_dies(tmp_path: Path) -> None:
-    """``inference_pool_ready_pods`` stayed 3 while a server was dead; it counts only routable
-    endpoints now (scraped within ``--metrics-staleness-threshold``, not ejected)."""
+async def test_finding8_ready_pods_drops_when_a_server_dies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``inference_pool_ready_pods`` stayed 3 while a server was dead, and nothing was logged at
+    the default level; it counts only routable endpoints now (scraped within
+    ``--metrics-staleness-threshold``, not ejected), and the outage is one WARNING."""
     a, b = MiniModelServer("a"), MiniModelServer("b")
     async with (
         mini_pool([a, b]),
@@ -289,6 +292,10 @@ async def test_finding8_ready_pods_drops_when_a_server_dies(tmp_path: Path) -> N
                 break
             await asyncio.sleep(0.1)
         assert await _ready_pods(gw) == 1.0
+        down = [r for r in caplog.records if "unavailable" in r.getMessage()]
+        assert len(down) == 1
+        assert down[0].levelname == "WARNING"
+        assert b.hostport in down[0].getMessage()
 
 
 async def test_finding5_hung_server_is_a_504_after_the_first_byte_timeout(tmp_path: Path) -> None:
