@@ -411,3 +411,38 @@ async def test_finding7_envoy_reaches_the_epp_and_its_admin_over_private_unix_so
         assert r.status_code == 200, r.text
         socket_dir = gw.socket_dir
     assert not socket_dir.exists()  # removed on exit
+
+
+# -- finding 3 (the Envoy side): drain -------------------------------------------------------
+
+
+async def test_finding3_stopping_the_gateway_lets_running_streams_finish(tmp_path: Path) -> None:
+    """SIGTERM with 20 streams in flight cut all of them after their 200 (no ``[DONE]``). The
+    gateway now drains Envoy first: new connections are refused, running streams end normally,
+    then Envoy and the EPP stop."""
+    server = MiniModelServer("s", token_delay_s=0.05)
+    async with mini_pool([server]):
+        gw = Gateway(settings=_settings([server]), log_dir=tmp_path)
+        await gw.__aenter__()
+        closing: asyncio.Task[None] | None = None
+        try:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
+                body = {"model": "base", "prompt": "x", "max_tokens": 30, "stream": True}
+                async with c.stream("POST", "/v1/completions", json=body) as r:
+                    assert r.status_code == 200
+                    chunks = r.aiter_bytes()
+                    received = [await anext(chunks)]
+                    closing = asyncio.create_task(gw.__aexit__(None, None, None))
+                    await asyncio.sleep(0.3)
+                    async with httpx.AsyncClient(timeout=5) as late:
+                        with pytest.raises(httpx.ConnectError):
+                            await late.post(gw.url + "/v1/completions", json=COMPLETION)
+                    received += [chunk async for chunk in chunks]
+            text = b"".join(received).decode()
+            assert text.count("data: ") == 31  # 30 tokens and [DONE]
+            assert text.rstrip().endswith("data: [DONE]")
+        finally:
+            if closing is None:
+                await gw.__aexit__(None, None, None)
+            else:
+                await closing

@@ -116,6 +116,8 @@ async def _serve(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         envoy_concurrency=args.envoy_concurrency,
         edge=_edge_options(args),
+        # --drain-timeout arrives with the EPP-side drain (arch-wiring); 30 s until then.
+        drain_timeout_s=getattr(args, "drain_timeout", None) or 30.0,
     )
     async with gateway as gw:
         assert gw.envoy is not None

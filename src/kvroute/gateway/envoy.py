@@ -84,6 +84,17 @@ def ensure_port_free(host: str, port: int) -> None:
             ) from exc
 
 
+_ACTIVE_STAT = r"^http\.kvroute\.downstream_rq_active$"
+
+
+def _active_requests(stats_text: str) -> int:
+    for line in stats_text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "http.kvroute.downstream_rq_active":
+            return int(value.strip() or 0)
+    return 0
+
+
 def _exists(path: str) -> bool:
     return os.path.exists(path)
 
@@ -209,6 +220,31 @@ class EnvoyProcess:
                         pass
                 await asyncio.sleep(0.05)
         raise ConfigError(f"envoy not ready after {self._ready_timeout_s}s; see {self.log_path}")
+
+    async def drain(self, timeout_s: float) -> int:
+        """Stop accepting, let in-flight requests finish (issue 20 finding 3, the Envoy side).
+
+        Envoy's admin ``POST /drain_listeners`` closes the listening sockets (new connections are
+        refused) and drains the open ones: requests in flight run to their end, idle keep-alive
+        connections are closed. Then wait until the listener's active requests are 0, or
+        ``timeout_s``. Returns the requests still active at the end (0: a clean drain). The EPP
+        must keep serving meanwhile, so call this before stopping it.
+        """
+        if self._proc is None or self._proc.returncode is not None:
+            return 0
+        deadline = time.monotonic() + timeout_s
+        active = 0
+        async with self.admin_client() as admin:
+            try:
+                await admin.post("/drain_listeners")
+                while True:
+                    stats = await admin.get("/stats", params={"filter": _ACTIVE_STAT})
+                    active = _active_requests(stats.text)
+                    if active == 0 or time.monotonic() >= deadline:
+                        return active
+                    await asyncio.sleep(0.05)
+            except httpx.HTTPError:
+                return active  # Envoy went away: nothing left to drain
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -12,6 +12,7 @@ The EPP's health and metrics ports stay loopback TCP.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from kvroute.gateway.envoy import EnvoyProcess, ensure_port_free
 from kvroute.settings import EppSettings, parse_endpoint_url
 
 DEFAULT_LOG_DIR = Path(".kvroute")
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -50,6 +52,7 @@ class Gateway:
         backend_factory: BackendFactory | None = None,
         edge: EdgeOptions | None = None,
         private_sockets: bool = True,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         base = settings or EppSettings(
             grpc_port=0,
@@ -74,6 +77,7 @@ class Gateway:
         self._upstream_lb = upstream_lb
         self.edge = edge or EdgeOptions()
         self._private_sockets = private_sockets
+        self.drain_timeout_s = drain_timeout_s
         self.socket_dir: Path | None = None
         self.envoy: EnvoyProcess | None = None
         self.url = ""
@@ -129,6 +133,11 @@ class Gateway:
     ) -> None:
         try:
             if self.envoy is not None:
+                # In-flight streams finish before Envoy and then the EPP stop (the EPP must stay
+                # up while they run: it sees their responses).
+                left = await self.envoy.drain(self.drain_timeout_s)
+                if left:
+                    log.warning("drain timed out with %d request(s) in flight; cutting them", left)
                 await self.envoy.stop()
         finally:
             try:
