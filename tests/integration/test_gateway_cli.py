@@ -90,8 +90,12 @@ def _envoy_logs(directory: Path) -> list[Path]:
     [
         (["serve"], "no endpoints"),
         (["epp", "--endpoint", "http://nowhere"], "expected http://HOST:PORT"),
+        (
+            ["serve", "--endpoint", "http://127.0.0.1:9", "--expose-path-prefix", "v1"],
+            "--expose-path-prefix 'v1': a path prefix starts with /",
+        ),
     ],
-    ids=["serve-without-endpoints", "epp-bad-endpoint"],
+    ids=["serve-without-endpoints", "epp-bad-endpoint", "serve-bad-path-prefix"],
 )
 async def test_configuration_errors_exit_2_with_a_message(args: list[str], message: str) -> None:
     proc = await _start(*args)
@@ -134,8 +138,11 @@ async def test_finding2_envoy_dies_with_a_sigkilled_serve(tmp_path: Path) -> Non
         "--log-dir", str(tmp_path),
     )  # fmt: skip
     assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-    assert "gateway ready" in line, line
+    line = ""
+    while "gateway ready" not in line:  # a WARNING about the dead endpoint may come first
+        raw = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert raw, "serve exited before it was ready"
+        line = raw.decode()
     (envoy_pid,) = _children(proc.pid)
     proc.kill()
     await proc.wait()

@@ -105,3 +105,38 @@ def test_pool_name_and_selector_are_exclusive() -> None:
 def test_target_ports_parsed() -> None:
     s = _parse(["--endpoint-selector", "app=x", "--endpoint-target-ports", "8000,8001"])
     assert s.endpoint_target_ports == (8000, 8001)
+
+
+def test_issue20_security_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    ca = tmp_path / "ca.pem"
+    s = _parse(
+        [
+            "--metrics-bearer-token-file", str(token), "--max-buffered-body-bytes", "1000",
+            "--require-client-cert", "--client-ca-path", str(ca),
+        ]
+    )  # fmt: skip
+    assert s.metrics_bearer_token == "s3cret"
+    assert s.max_buffered_body_bytes == 1000
+    assert (s.require_client_cert, s.client_ca_path) == (True, ca)
+    monkeypatch.setenv("KVR_TOKEN", "from-env")
+    assert _parse(["--metrics-bearer-token-file", "env:KVR_TOKEN"]).metrics_bearer_token == (
+        "from-env"
+    )
+    assert _parse([]).metrics_bearer_token is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--metrics-endpoint-auth"], "TokenReview is not implemented"),
+        (["--metrics-bearer-token-file", "env:KVR_UNSET_TOKEN"], "the token is empty"),
+        (["--metrics-bearer-token-file", "/nonexistent/token"], "--metrics-bearer-token-file"),
+        (["--max-buffered-body-bytes", "0"], "--max-buffered-body-bytes must be positive"),
+        (["--require-client-cert"], "--client-ca-path"),
+    ],
+)
+def test_issue20_security_flags_act_or_are_rejected(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _parse(argv)
