@@ -413,6 +413,28 @@ async def test_finding7_envoy_reaches_the_epp_and_its_admin_over_private_unix_so
     assert not socket_dir.exists()  # removed on exit
 
 
+async def test_finding7_an_explicit_grpc_port_keeps_tcp(tmp_path: Path) -> None:
+    """``kvroute serve --grpc-port N`` acts: ext_proc stays on that loopback port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = MiniModelServer("s")
+    async with mini_pool([server]):
+        settings = _settings([server])
+        import dataclasses
+
+        settings = dataclasses.replace(settings, grpc_port=port)
+        async with (
+            Gateway(settings=settings, log_dir=tmp_path) as gw,
+            httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+        ):
+            assert gw.epp.ports.grpc == port
+            assert gw.socket_dir is None
+            assert (await c.post("/v1/completions", json=COMPLETION)).status_code == 200
+
+
 # -- finding 3 (the Envoy side): drain -------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ port, read back from Envoy's admin API). With ``private_sockets`` (the default) 
 EPP's ext_proc server over a Unix socket, and serves its own admin API on another, both in a
 fresh directory only this user can enter (mode 0700, removed on exit): no other local user can
 get routing decisions, inflate in-flight counts or read ``/config_dump`` (issue 20 finding 7).
-The EPP's health and metrics ports stay loopback TCP.
+The EPP's health and metrics ports stay loopback TCP; an explicit ``grpc_port`` (``kvroute serve
+--grpc-port N``) keeps ext_proc on that TCP port, as before.
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         ensure_port_free(self._host, self._port)  # before the EPP binds anything
-        if self._private_sockets and self.settings.grpc_uds is None:
+        # An explicit --grpc-port is honoured (TCP, as before): the operator wants the EPP
+        # reachable there; private sockets otherwise.
+        private = self._private_sockets and self.settings.grpc_port == 0
+        if private and self.settings.grpc_uds is None:
             self.socket_dir = Path(tempfile.mkdtemp(prefix="kvroute-"))  # mode 0700
             self.settings = dataclasses.replace(
                 self.settings, grpc_uds=self.socket_dir / "epp.sock"
