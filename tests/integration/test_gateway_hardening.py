@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from kvroute.gateway.bootstrap import BootstrapOptions
+from kvroute.gateway.edge import EdgeOptions
 from kvroute.gateway.gateway import Gateway
 from kvroute.settings import EppSettings
 from tests.integration.conftest import MiniModelServer, mini_pool
@@ -67,12 +68,17 @@ class _Gw(Gateway):
 
 
 def _gw(servers: list[MiniModelServer], tmp_path: Path, **opts: Any) -> Gateway:
+    """``opts``: EdgeOptions fields (the flags) and BootstrapOptions fields (e.g. retries)."""
     import dataclasses
 
+    edge_fields = {f.name for f in dataclasses.fields(EdgeOptions)}
+    edge = {k: v for k, v in opts.items() if k in edge_fields}
+    rest = {k: v for k, v in opts.items() if k not in edge_fields}
     return _Gw(
         settings=_settings(servers),
         log_dir=tmp_path,
-        tweak=lambda o: dataclasses.replace(o, **opts),
+        edge=EdgeOptions(**edge),
+        tweak=lambda o: dataclasses.replace(o, **rest),
     )
 
 
@@ -177,12 +183,10 @@ async def test_finding4_trusted_routing_headers_pass_when_the_operator_says_so(
     resources.write_text(POOL_YAML)
     server = MiniModelServer("s", adapters=("chat-v1", "chat-v2"))
     async with mini_pool([server]):
-        import dataclasses
-
-        gw = _Gw(
+        gw = Gateway(
             settings=_settings([server], resources=(resources,)),
             log_dir=tmp_path,
-            tweak=lambda o: dataclasses.replace(o, trust_client_routing_headers=True),
+            edge=EdgeOptions(trust_client_routing_headers=True),
         )
         async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
             r = await c.post(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvroute.errors import ConfigError
-from kvroute.gateway.bootstrap import EdgeOptions
+from kvroute.gateway.edge import EdgeOptions
 from kvroute.settings import _bool, _duration_arg, add_epp_arguments, settings_from_args
 
 

@@ -7,9 +7,11 @@ enough for long generations. kvroute adds:
 
 * ``allow_mode_override`` so the EPP's ``light`` response processing can switch the response
   body off per request;
-* a ``header_mutation`` filter *before* ext_proc that drops any client-supplied
-  ``x-gateway-destination-endpoint`` (a client must not pick its own upstream, also not when
-  the EPP is down and FailOpen lets requests through unprocessed);
+* the edge policy of ``kvroute.gateway.edge`` (issue 20): only inference paths routed (404
+  otherwise), a ``header_mutation`` filter *before* ext_proc that drops client-supplied
+  destination and routing headers (a client must not pick its own upstream, also not when the
+  EPP is down and FailOpen lets requests through unprocessed), header limits answered 431,
+  outlier ejection, a first-byte timeout;
 * two routes: requests that carry the destination header (set by the EPP) go to the
   ORIGINAL_DST cluster; the rest (EPP unreachable) go to a round-robin cluster of all endpoints
   under FailOpen, or get a 503 under FailClose;
@@ -40,11 +42,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvroute.errors import ConfigError
-from kvroute.protocol.paths import INFERENCE_PATHS
+from kvroute.gateway.edge import (
+    DESTINATION_HEADER,
+    SERVED_HEADER,
+    EdgeOptions,
+    codec_limits,
+    header_limit_filter,
+    not_found_route,
+    outlier_detection,
+    path_matches,
+    strip_client_headers_filter,
+)
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-SERVED_HEADER = "x-gateway-destination-endpoint-served"
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 POOL_CLUSTER = "kvroute_pool"
 FAILOPEN_CLUSTER = "kvroute_failopen"
@@ -78,7 +87,6 @@ class BootstrapOptions:
     connect_timeout_s: float = 2.0
     grpc_timeout_s: float = 10.0
     message_timeout_s: float = 1000.0
-    stream_idle_timeout_s: float = 3600.0  # long generations with slow tokens
     retries: int = 2
     # Per-request body copy kept for retries; kvroute serve passes --max-request-body-bytes.
     request_body_buffer_limit_bytes: int = 64 * 1024 * 1024
@@ -100,50 +108,9 @@ class BootstrapOptions:
     # front, as ``kvroute serve --endpoint`` has it). "original_dst": upstream's reference
     # shape; Envoy's ORIGINAL_DST rejects a comma list, so it only works with one endpoint.
     upstream_lb: str = "override_host"
-    # Finding 1 (issue 20): only these paths reach the EPP and the pool; everything else is a
-    # 404 answered by Envoy (the EPP is not consulted). ``extra_path_prefixes`` exposes more
-    # (``--expose-path-prefix``), routed like the inference paths.
-    inference_paths: Sequence[str] = INFERENCE_PATHS
-    extra_path_prefixes: Sequence[str] = ()
-    # Finding 4: control headers a client must not set in a gateway kvroute owns.
-    trust_client_routing_headers: bool = False
-    strip_client_objective_header: bool = False
-    # Finding 6: the client may send this many headers / this many KiB of headers; Envoy's own
-    # limit is set higher (``HEADER_COUNT_HEADROOM``) so the EPP's mutations always fit.
-    max_request_headers: int = 100
-    max_request_headers_kb: int = 60
-    # Finding 5: passive health (outlier ejection) of the pool's endpoints, and the time the
-    # upstream may take to its first response byte (0: no limit); a timeout is a 504 and, before
-    # the first byte, retried on the next endpoint.
-    outlier_detection: bool = True
-    outlier_consecutive_5xx: int = 3
-    outlier_base_ejection_s: float = 10.0
-    first_byte_timeout_s: float = 300.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EdgeOptions:
-    """The edge knobs ``kvroute serve`` exposes as flags (issue 20); see BootstrapOptions."""
-
-    extra_path_prefixes: tuple[str, ...] = ()
-    trust_client_routing_headers: bool = False
-    strip_client_objective_header: bool = False
-    max_request_headers: int = 100
-    max_request_headers_kb: int = 60
-    first_byte_timeout_s: float = 300.0
-    stream_idle_timeout_s: float = 3600.0
-    outlier_detection: bool = True
-
-    def __post_init__(self) -> None:
-        for p in self.extra_path_prefixes:
-            if not p.startswith("/"):
-                raise ConfigError(f"--expose-path-prefix {p!r}: a path prefix starts with /")
-        if self.max_request_headers < 1 or not 1 <= self.max_request_headers_kb <= 2048:
-            raise ConfigError(
-                "--max-request-headers must be >= 1, --max-request-headers-kb 1..2048"
-            )
-        if self.first_byte_timeout_s < 0 or self.stream_idle_timeout_s < 0:
-            raise ConfigError("--first-byte-timeout/--stream-idle-timeout must not be negative")
+    # What passes the edge (issue 20): paths, client headers, header limits, timeouts, outlier
+    # ejection; ``kvroute serve``'s flags.
+    edge: EdgeOptions = field(default_factory=EdgeOptions)
 
 
 def _duration(seconds: float) -> str:
@@ -197,115 +164,6 @@ def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
     }
 
 
-# Finding 4 (issue 20): headers that change where a request goes or which model serves it. In a
-# gateway kvroute owns they are the operator's, never the client's: removed before ext_proc sees
-# the request. The destination headers go always (a client must not pick its own upstream, also
-# not when FailOpen lets requests through unprocessed); the model rewrite headers unless the
-# operator trusts clients (``--trust-client-routing-headers``).
-DESTINATION_HEADERS = (
-    DESTINATION_HEADER,
-    DESTINATION_HEADER + "-subset",
-    SERVED_HEADER,
-)
-ROUTING_HEADERS = ("x-gateway-model-name-rewrite", "x-llm-d-model-name-rewrite")
-OBJECTIVE_HEADERS = ("x-gateway-inference-objective", "x-llm-d-inference-objective")
-
-
-def stripped_request_headers(opts: BootstrapOptions) -> tuple[str, ...]:
-    """The client request headers the generated config removes before ext_proc."""
-    names = list(DESTINATION_HEADERS)
-    if not opts.trust_client_routing_headers:
-        names += ROUTING_HEADERS
-    if opts.strip_client_objective_header:
-        names += OBJECTIVE_HEADERS
-    return tuple(names)
-
-
-def _strip_client_headers(opts: BootstrapOptions) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.http.header_mutation",
-        "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            "mutations": {
-                "request_mutations": [{"remove": h} for h in stripped_request_headers(opts)]
-            },
-        },
-    }
-
-
-# Finding 6: Envoy checks the header count after the EPP's mutation (destination, content-length,
-# x-request-id) against the same limit its codec applies to the client, so a client just under
-# the limit got an empty 503; and past its codec limits Envoy's HTTP/1 codec closes the
-# connection without a status. The client limit is therefore enforced by a small Lua filter
-# first (431 with a JSON body), and Envoy's own codec limits sit this factor above it: requests
-# up to that many headers/bytes get the 431, beyond it Envoy closes the connection (verified with
-# Envoy 1.40).
-CODEC_LIMIT_FACTOR = 4
-
-_HEADER_LIMIT_LUA = """
-function envoy_on_request(handle)
-  local n = 0
-  local size = 0
-  for key, value in pairs(handle:headers()) do
-    if string.sub(key, 1, 1) ~= ":" then
-      n = n + 1
-      size = size + #key + #value
-    end
-  end
-  if n > %(count)d or size > %(bytes)d then
-    handle:respond({[":status"] = "431", ["content-type"] = "application/json"},
-      '{"error":{"type":"request_header_fields_too_large","code":431,"message":'
-      .. '"request headers over the gateway limit of %(count)d headers / %(kb)d KiB"}}')
-  end
-end
-"""
-
-
-def _header_limit_filter(opts: BootstrapOptions) -> dict[str, Any]:
-    code = _HEADER_LIMIT_LUA % {
-        # Envoy adds x-forwarded-proto and x-request-id before the filters run.
-        "count": opts.max_request_headers + 2,
-        "bytes": opts.max_request_headers_kb * 1024,
-        "kb": opts.max_request_headers_kb,
-    }
-    return {
-        "name": "envoy.filters.http.lua",
-        "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": code},
-        },
-    }
-
-
-def _not_found_route() -> dict[str, Any]:
-    """Every path that is not an inference API: 404 from Envoy, the EPP is not asked."""
-    body = (
-        '{"error":{"type":"not_found","code":404,"message":"kvroute gateway: only inference '
-        "APIs are routed (" + ", ".join(INFERENCE_PATHS) + ')"}}'
-    )
-    return {
-        "match": {"prefix": "/"},
-        "direct_response": {"status": 404, "body": {"inline_string": body}},
-        "response_headers_to_add": [
-            {
-                "header": {"key": "content-type", "value": "application/json"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-        ],
-        "typed_per_filter_config": {
-            "envoy.filters.http.ext_proc": {
-                "@type": _T + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                "disabled": True,
-            }
-        },
-    }
-
-
-def _path_matches(opts: BootstrapOptions) -> list[dict[str, Any]]:
-    exact = [{"path": p} for p in opts.inference_paths]
-    return exact + [{"prefix": p} for p in opts.extra_path_prefixes]
-
-
 def _retry_policy(opts: BootstrapOptions) -> dict[str, Any]:
     # Only before the first response byte: Envoy never retries once headers went downstream, so
     # a started generation is never duplicated. 5xx (the server answered an error, or a
@@ -326,10 +184,10 @@ def _retry_policy(opts: BootstrapOptions) -> dict[str, Any]:
         ],
         "host_selection_retry_max_attempts": 5,
     }
-    if opts.first_byte_timeout_s > 0:
+    if opts.edge.first_byte_timeout_s > 0:
         # Envoy ignores the per-try timeout once the downstream response has started, so with a
         # route timeout of 0 this is a first-byte timeout (504 "upstream request timeout").
-        retry["per_try_timeout"] = _duration(opts.first_byte_timeout_s)
+        retry["per_try_timeout"] = _duration(opts.edge.first_byte_timeout_s)
     return retry
 
 
@@ -343,7 +201,7 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
     ]
     buffer_limit = opts.request_body_buffer_limit_bytes
     routes: list[dict[str, Any]] = []
-    for match in _path_matches(opts):
+    for match in path_matches(opts.edge):
         picked = {
             "match": {**match, "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
             "route": {"cluster": POOL_CLUSTER, "timeout": "0s", "retry_policy": retry},
@@ -369,7 +227,7 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
                 },
             }
         routes += [picked, unpicked]
-    routes.append(_not_found_route())
+    routes.append(not_found_route())
     return routes
 
 
@@ -447,36 +305,9 @@ def _pool_cluster(opts: BootstrapOptions, timeout: str) -> dict[str, Any]:
             },
         }
     cluster["circuit_breakers"] = _UNLIMITED
-    if opts.outlier_detection:
-        cluster["outlier_detection"] = _outlier_detection(opts)
+    if opts.edge.outlier_detection:
+        cluster["outlier_detection"] = outlier_detection(opts.edge)
     return cluster
-
-
-def _outlier_detection(opts: BootstrapOptions) -> dict[str, Any]:
-    """Finding 5: an endpoint that keeps failing is ejected for a while (passive health).
-
-    Consecutive 5xx answers and local failures (connect failure, reset, first-byte timeout,
-    which Envoy counts as 5xx unless ``split_external_local_origin_errors``) eject the host.
-    What ejection does and does not do (Envoy 1.40, read in its source and verified): the
-    ``override_host`` policy does *not* check host health, so an endpoint the EPP names is used
-    even while ejected; ejection steers the fallback round robin (FailOpen, and retries past the
-    EPP's list). Steering away from a failing endpoint the EPP picked is therefore the EPP's job
-    (``kvroute.datastore.health``); with ``upstream_lb="original_dst"`` the host comes from the
-    header alone and ejection has no effect either. At most half the pool is ejected at once
-    (at least one host, Envoy's rule), so a pool-wide fault still reaches some server.
-    """
-    return {
-        "consecutive_5xx": opts.outlier_consecutive_5xx,
-        "consecutive_gateway_failure": opts.outlier_consecutive_5xx,
-        "enforcing_consecutive_gateway_failure": 100,
-        "interval": "1s",
-        "base_ejection_time": _duration(opts.outlier_base_ejection_s),
-        "max_ejection_time": _duration(opts.outlier_base_ejection_s * 6),
-        "max_ejection_percent": 50,
-        # Success-rate and failure-percentage ejection need request volume a small pool may not
-        # have; consecutive errors are the signal that works from the first requests.
-        "enforcing_success_rate": 0,
-    }
 
 
 def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
@@ -486,19 +317,16 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "kvroute",
         "codec_type": "AUTO",
-        "stream_idle_timeout": _duration(opts.stream_idle_timeout_s),
+        "stream_idle_timeout": _duration(opts.edge.stream_idle_timeout_s),
         "request_timeout": "0s",
-        "max_request_headers_kb": min(8192, opts.max_request_headers_kb * CODEC_LIMIT_FACTOR),
-        "common_http_protocol_options": {
-            "max_headers_count": opts.max_request_headers * CODEC_LIMIT_FACTOR
-        },
+        **codec_limits(opts.edge),
         "route_config": {
             "name": "kvroute",
             "virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(opts)}],
         },
         "http_filters": [
-            _header_limit_filter(opts),
-            _strip_client_headers(opts),
+            header_limit_filter(opts.edge),
+            strip_client_headers_filter(opts.edge),
             ext_proc_filter(opts),
             {
                 "name": "envoy.filters.http.router",

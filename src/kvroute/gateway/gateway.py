@@ -22,7 +22,8 @@ from types import TracebackType
 
 from kvroute.app import BackendFactory, EppApp
 from kvroute.extproc.stream import ResponseProcessing
-from kvroute.gateway.bootstrap import BootstrapOptions, EdgeOptions, FailureMode, build_bootstrap
+from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
+from kvroute.gateway.edge import EdgeOptions
 from kvroute.gateway.envoy import EnvoyProcess, ensure_port_free
 from kvroute.settings import EppSettings, parse_endpoint_url
 
@@ -85,9 +86,8 @@ class Gateway:
 
     def bootstrap_options(self) -> BootstrapOptions:
         s = self.settings
-        edge = {f.name: getattr(self.edge, f.name) for f in dataclasses.fields(self.edge)}
         return BootstrapOptions(
-            **edge,
+            edge=self.edge,
             listen_host=self._host,
             port=self._port,
             epp_host="127.0.0.1",

@@ -18,6 +18,7 @@ from kvroute.gateway.bootstrap import (
     FailureMode,
     build_bootstrap,
 )
+from kvroute.gateway.edge import EdgeOptions
 from kvroute.gateway.envoy import find_envoy
 
 EPS = (("127.0.0.1", 8001), ("127.0.0.1", 8002))
@@ -52,11 +53,13 @@ VARIANTS = {
         endpoints=EPS,
         epp_uds="/tmp/kvroute-validate/epp.sock",
         admin_uds="/tmp/kvroute-validate/admin.sock",
-        trust_client_routing_headers=True,
-        strip_client_objective_header=True,
-        extra_path_prefixes=("/v1/models",),
-        first_byte_timeout_s=0,
-        outlier_detection=False,
+        edge=EdgeOptions(
+            trust_client_routing_headers=True,
+            strip_client_objective_header=True,
+            extra_path_prefixes=("/v1/models",),
+            first_byte_timeout_s=0,
+            outlier_detection=False,
+        ),
     ),
 }
 
@@ -137,7 +140,9 @@ def test_client_cannot_choose_its_own_endpoint_nor_model() -> None:
 
 
 def test_trusted_routing_headers_keep_only_the_destination_strip() -> None:
-    doc = build_bootstrap(BootstrapOptions(endpoints=EPS, trust_client_routing_headers=True))
+    doc = build_bootstrap(
+        BootstrapOptions(endpoints=EPS, edge=EdgeOptions(trust_client_routing_headers=True))
+    )
     strip = _hcm(doc)["http_filters"][1]["typed_config"]["mutations"]["request_mutations"]
     assert "x-gateway-model-name-rewrite" not in {m["remove"] for m in strip}
     assert {"remove": DESTINATION_HEADER} in strip
@@ -182,7 +187,7 @@ def test_retried_routes_can_buffer_what_the_epp_accepts(name: str) -> None:
     opts = VARIANTS[name]
     routes = _hcm(build_bootstrap(opts))["route_config"]["virtual_hosts"][0]["routes"]
     retried = [r for r in routes if "retry_policy" in r.get("route", {})]
-    n_paths = len(opts.inference_paths)
+    n_paths = len(opts.edge.inference_paths)
     assert len(retried) == (2 * n_paths if name == "failopen" else n_paths)
     for r in retried:
         assert r["request_body_buffer_limit"] == opts.request_body_buffer_limit_bytes
@@ -200,11 +205,11 @@ def test_issue20_edge_shape() -> None:
     assert not_found["match"] == {"prefix": "/"}
     per_route = not_found["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
     assert per_route["disabled"] is True  # the EPP never sees non-inference paths
-    assert {r["match"].get("path") for r in routes[:-1]} == set(opts.inference_paths)
+    assert {r["match"].get("path") for r in routes[:-1]} == set(opts.edge.inference_paths)
     listener = doc["static_resources"]["listeners"][0]
     assert listener["enable_reuse_port"] is False
     assert hcm["http_filters"][0]["name"] == "envoy.filters.http.lua"  # 431 before ext_proc
-    assert hcm["common_http_protocol_options"]["max_headers_count"] > opts.max_request_headers
+    assert hcm["common_http_protocol_options"]["max_headers_count"] > opts.edge.max_request_headers
     assert _clusters(doc)[POOL_CLUSTER]["outlier_detection"]["consecutive_5xx"] == 3
     epp = _clusters(doc)[EPP_CLUSTER]
     address = epp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
@@ -214,9 +219,10 @@ def test_issue20_edge_shape() -> None:
 
 def test_extra_prefixes_and_bad_edge_options() -> None:
     from kvroute.errors import ConfigError
-    from kvroute.gateway.bootstrap import EdgeOptions
 
-    doc = build_bootstrap(BootstrapOptions(endpoints=EPS, extra_path_prefixes=("/v1/models",)))
+    doc = build_bootstrap(
+        BootstrapOptions(endpoints=EPS, edge=EdgeOptions(extra_path_prefixes=("/v1/models",)))
+    )
     matches = [r["match"] for r in _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]]
     assert {"prefix": "/v1/models"} in matches
     with pytest.raises(ConfigError, match="--expose-path-prefix"):
