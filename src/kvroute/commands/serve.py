@@ -59,8 +59,20 @@ def _add_edge_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also strip x-gateway-inference-objective/x-llm-d-inference-objective from clients",
     )
-    e.add_argument("--max-request-headers", type=int, default=100, metavar="N")
-    e.add_argument("--max-request-headers-kb", type=int, default=60, metavar="KIB")
+    e.add_argument(
+        "--max-request-headers",
+        type=int,
+        default=100,
+        metavar="N",
+        help="more client request headers than this get a 431",
+    )
+    e.add_argument(
+        "--max-request-headers-kb",
+        type=int,
+        default=60,
+        metavar="KIB",
+        help="client request headers larger than this in total get a 431",
+    )
     e.add_argument(
         "--first-byte-timeout",
         type=_duration_arg,

@@ -221,6 +221,25 @@ class EnvoyProcess:
                 await asyncio.sleep(0.05)
         raise ConfigError(f"envoy not ready after {self._ready_timeout_s}s; see {self.log_path}")
 
+    async def wait_cluster_healthy(self, cluster: str, timeout_s: float) -> bool:
+        """Wait until a host of ``cluster`` passed its health check (``/clusters``).
+
+        Envoy reports ready before the first health check of a cluster has passed; with the
+        EPP's cluster unhealthy (and no panic routing) the first requests would get 503.
+        """
+        deadline = time.monotonic() + timeout_s
+        async with self.admin_client() as admin:
+            while time.monotonic() < deadline:
+                try:
+                    text = (await admin.get("/clusters")).text
+                except httpx.HTTPError:
+                    return False
+                for line in text.splitlines():
+                    if line.startswith(cluster + "::") and "::health_flags::healthy" in line:
+                        return True
+                await asyncio.sleep(0.05)
+        return False
+
     async def drain(self, timeout_s: float) -> int:
         """Stop accepting, let in-flight requests finish (issue 20 finding 3, the Envoy side).
 

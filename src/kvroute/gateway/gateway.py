@@ -22,7 +22,12 @@ from types import TracebackType
 
 from kvroute.app import BackendFactory, EppApp
 from kvroute.extproc.stream import ResponseProcessing
-from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
+from kvroute.gateway.bootstrap import (
+    EPP_CLUSTER,
+    BootstrapOptions,
+    FailureMode,
+    build_bootstrap,
+)
 from kvroute.gateway.edge import EdgeOptions
 from kvroute.gateway.envoy import EnvoyProcess, ensure_port_free
 from kvroute.settings import EppSettings, parse_endpoint_url
@@ -125,6 +130,10 @@ class Gateway:
                 bootstrap, log_dir=self._log_dir, concurrency=self._concurrency
             )
             await self.envoy.start()
+            if self.settings.health_checking and not await self.envoy.wait_cluster_healthy(
+                EPP_CLUSTER, timeout_s=10.0
+            ):
+                log.warning("Envoy has not seen the EPP healthy yet; first requests may get 503")
         except BaseException as exc:
             await self.epp.__aexit__(type(exc), exc, exc.__traceback__)
             self._remove_socket_dir()
