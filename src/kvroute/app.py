@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,9 +25,11 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kvroute.datalayer.staleness import is_stale
 from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
 from kvroute.extproc.backend import RoutingBackend
+from kvroute.extproc.body_budget import BodyBudget
 from kvroute.extproc.server import (
     ExternalProcessor,
     ReadinessHealth,
@@ -216,6 +221,10 @@ class EppApp:
             from kvroute.extproc.tls import load_cert_dir, self_signed
 
             tls = load_cert_dir(s.cert_path) if s.cert_path else self_signed()
+        if tls is not None and s.require_client_cert and s.client_ca_path is not None:
+            from kvroute.extproc.tls import load_client_ca
+
+            tls = dataclasses.replace(tls, client_ca=load_client_ca(s.client_ca_path))
         self.tls = tls if s.secure_serving else None
 
         # Background loops are entered before the servers so that they stop after them: on exit
@@ -239,7 +248,10 @@ class EppApp:
             return source_serving(service) if source_serving is not None else source.synced
 
         health = ReadinessHealth(lambda: source.synced, serving=serving)
-        options = StreamOptions(s.response_processing, s.max_request_body_bytes)
+        self.body_budget = BodyBudget(s.max_buffered_body_bytes)
+        options = StreamOptions(
+            s.response_processing, s.max_request_body_bytes, body_budget=self.body_budget
+        )
         self.processor = ExternalProcessor(built.backend, options)
         server, self.ports.grpc = build_ext_proc_server(
             self.processor,
@@ -247,12 +259,16 @@ class EppApp:
             port=s.grpc_port,
             tls=self.tls,
             health=health if s.health_checking else None,
+            uds=str(s.grpc_uds) if s.grpc_uds is not None else None,
         )
         hserver, self.ports.health = build_health_server(
             health, host=s.bind_host, port=s.grpc_health_port
         )
         if self.ports.grpc == 0 or self.ports.health == 0:
-            raise ConfigError(f"cannot bind gRPC ports {s.grpc_port}/{s.grpc_health_port}")
+            where = f"unix:{s.grpc_uds}" if s.grpc_uds is not None else str(s.grpc_port)
+            raise ConfigError(f"cannot bind gRPC ports {where}/{s.grpc_health_port}")
+        if s.grpc_uds is not None:
+            self.ports.grpc = 0  # not a TCP port; the socket path is settings.grpc_uds
         await hserver.start()
         stack.push_async_callback(_stop_grpc, hserver, 0.0)
         await server.start()
@@ -275,15 +291,38 @@ class EppApp:
 
     async def _refresh_pool_metrics(self) -> None:
         while True:
-            self.metrics.refresh_pool(self.datastore.endpoints())
+            self._refresh_pool_gauges()
             await asyncio.sleep(self.settings.refresh_prometheus_metrics_interval_s)
+
+    def _refresh_pool_gauges(self) -> None:
+        """Ready = not ejected by passive health and scraped within the staleness threshold."""
+        eps = self.datastore.endpoints()
+        now = time.monotonic()
+        threshold = self.settings.metrics_staleness_threshold_s
+        ready = sum(
+            1
+            for e in eps
+            if self.datastore.health.routable(e.hostport) and not is_stale(e, now, threshold)
+        )
+        self.metrics.refresh_pool(eps, ready=ready)
 
     @contextlib.asynccontextmanager
     async def _metrics_server(self) -> AsyncIterator[int]:
         registry = self.metrics.registry
 
-        async def metrics(_request: web.Request) -> web.Response:
-            self.metrics.refresh_pool(self.datastore.endpoints())
+        token = self.settings.metrics_bearer_token
+        expected = f"Bearer {token}".encode() if token else b""
+
+        async def metrics(request: web.Request) -> web.Response:
+            if token:  # --metrics-endpoint-auth with a static token (issue 20 finding 7)
+                given = request.headers.get("Authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    return web.Response(
+                        status=401,
+                        text="unauthorized: send Authorization: Bearer <token>\n",
+                        headers={"WWW-Authenticate": 'Bearer realm="kvroute-metrics"'},
+                    )
+            self._refresh_pool_gauges()
             return web.Response(
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )

@@ -5,7 +5,7 @@ Hierarchy::
     EppError (Internal, 500)
     ├── BadRequestError (BadRequest, 400)
     │   ├── ModelNotFoundError (NotFound, 404)   -- only when configured to reject unknown models
-    │   └── PayloadTooLargeError (BadRequest, 413) -- request body over --max-request-body-bytes
+    │   └── PayloadTooLargeError (PayloadTooLarge, 413) -- body over --max-request-body-bytes
     ├── PoolExhaustedError (ResourceExhausted, 429)   -- shed, or no endpoint left after filtering
     ├── ServiceUnavailableError (ServiceUnavailable, 503)
     │   └── NoCandidatesError                     -- empty pool / subset matched nothing
@@ -25,6 +25,7 @@ from typing import ClassVar
 
 class ErrorCode(StrEnum):
     BAD_REQUEST = "BadRequest"
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"
     NOT_FOUND = "NotFound"
     INTERNAL = "Internal"
     SERVICE_UNAVAILABLE = "ServiceUnavailable"
@@ -58,8 +59,11 @@ class ModelNotFoundError(BadRequestError):
 
 
 class PayloadTooLargeError(BadRequestError):
-    """A request body over the EPP's limit: a bad request, answered with HTTP 413."""
+    """A request body over the EPP's limit: a bad request, answered with HTTP 413.
 
+    Labelled ``PayloadTooLarge`` (issue 20 finding 8: the body used to say ``BadRequest``)."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
     http_status = 413
 
 

@@ -31,7 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from kvroute.config.duration import parse_go_duration
-from kvroute.config.extproc_options import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
+from kvroute.config.extproc_options import (
+    DEFAULT_MAX_BUFFERED_BODY_BYTES,
+    DEFAULT_MAX_REQUEST_BODY_BYTES,
+    ResponseProcessing,
+)
 from kvroute.errors import ConfigError
 from kvroute.hostport import split_hostport
 
@@ -316,7 +320,74 @@ class EppSettings:
         ),
     )
 
+    # ext_proc on this Unix socket instead of --grpc-port (kvroute serve: Envoy's only way in;
+    # issue 20 finding 7). Not a flag: the gateway sets it. The health port stays TCP.
+    grpc_uds: Path | None = None
+    max_buffered_body_bytes: int = field(
+        default=DEFAULT_MAX_BUFFERED_BODY_BYTES,
+        metadata=flag(
+            "--max-buffered-body-bytes",
+            parse=int,
+            metavar="N",
+            help="request body bytes all streams together may hold; past it a request gets 503 "
+            f"(default {DEFAULT_MAX_BUFFERED_BODY_BYTES}, 256 MiB)",
+        ),
+    )
+    # mTLS for ext_proc (issue 20 finding 7): a CA bundle the client certificate must chain to.
+    require_client_cert: bool = field(
+        default=False,
+        metadata=flag(
+            "--require-client-cert",
+            parse=parse_bool,
+            optional_value=True,
+            metavar="BOOL",
+            help="mTLS: ext_proc clients must present a certificate signed by --client-ca-path",
+        ),
+    )
+    client_ca_path: Path | None = field(
+        default=None,
+        metadata=flag(
+            "--client-ca-path", parse=Path, help="CA bundle (PEM) for --require-client-cert"
+        ),
+    )
+    # A static bearer token the metrics endpoint requires (``--metrics-endpoint-auth``).
+    metrics_bearer_token: str | None = field(
+        default=None,
+        metadata=flag(
+            "--metrics-bearer-token-file",
+            convert=lambda source: _metrics_token(source),
+            flag_default="",
+            metavar="FILE",
+            help="the token /metrics requires ('Authorization: Bearer <token>'); env:NAME reads "
+            "it from an environment variable; implies --metrics-endpoint-auth",
+        ),
+    )
+    metrics_endpoint_auth: bool = field(
+        default=False,
+        metadata=flag(
+            "--metrics-endpoint-auth",
+            parse=parse_bool,
+            optional_value=True,
+            metavar="BOOL",
+            help="require a bearer token on /metrics (upstream checks it with Kubernetes "
+            "TokenReview; kvroute checks a static token: --metrics-bearer-token-file)",
+        ),
+    )
+
     def __post_init__(self) -> None:
+        if self.metrics_endpoint_auth and self.metrics_bearer_token is None:
+            raise ConfigError(
+                "--metrics-endpoint-auth: Kubernetes TokenReview is not implemented; "
+                "give the token with --metrics-bearer-token-file"
+            )
+        if self.max_buffered_body_bytes <= 0:
+            raise ConfigError(
+                f"--max-buffered-body-bytes must be positive, got {self.max_buffered_body_bytes}"
+            )
+        if self.require_client_cert and (not self.secure_serving or self.client_ca_path is None):
+            raise ConfigError(
+                "--require-client-cert needs --secure-serving=true and --client-ca-path FILE"
+            )
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout must not be negative, got {self.drain_timeout_s}")
         if self.config_file is not None and self.config_text is not None:
@@ -325,6 +396,14 @@ class EppSettings:
             raise ConfigError("--pool-name and --endpoint-selector are mutually exclusive")
         if len(self.endpoint_target_ports) > 8:
             raise ConfigError("--endpoint-target-ports takes 1 to 8 ports")
+        if self.max_buffered_body_bytes <= 0:
+            raise ConfigError(
+                f"--max-buffered-body-bytes must be positive, got {self.max_buffered_body_bytes}"
+            )
+        if self.require_client_cert and (not self.secure_serving or self.client_ca_path is None):
+            raise ConfigError(
+                "--require-client-cert needs --secure-serving=true and --client-ca-path FILE"
+            )
         if self.max_request_body_bytes <= 0:
             raise ConfigError(
                 f"--max-request-body-bytes must be positive, got {self.max_request_body_bytes}"
@@ -401,3 +480,19 @@ def settings_from_args(args: argparse.Namespace, *, bind_host: str = "0.0.0.0") 
         value = getattr(args, f.name)
         values[f.name] = spec.convert(value) if spec.convert is not None else value
     return EppSettings(**values)
+
+
+def _metrics_token(source: str) -> str | None:
+    """The static token of ``--metrics-bearer-token-file`` (a file, or ``env:NAME``)."""
+    if not source:
+        return None
+    if source.startswith("env:"):
+        token = os.environ.get(source[4:], "")
+    else:
+        try:
+            token = Path(source).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--metrics-bearer-token-file {source!r}: {exc.strerror}") from exc
+    if not token:
+        raise ConfigError(f"--metrics-bearer-token-file {source!r}: the token is empty")
+    return token

@@ -38,6 +38,12 @@ class MiniModelServer:
     served: int = 0
     inflight: int = 0
     seen_models: list[str] = field(default_factory=list)
+    # Finding 5 (issue 20) fault knobs: answer every inference request 500, or never answer.
+    error_status: int | None = None
+    hang: bool = False
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
+    other_paths: list[str] = field(default_factory=list)  # admin-like paths that reached us
+    _release: asyncio.Event = field(default_factory=asyncio.Event)  # ends hung requests
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -55,6 +61,7 @@ class MiniModelServer:
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_route("*", "/{tail:.*}", self._other)  # e.g. /v1/load_lora_adapter
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -63,6 +70,7 @@ class MiniModelServer:
         self.port = int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -84,7 +92,23 @@ class MiniModelServer:
         models = {"data": [{"id": a} for a in ("base", *self.adapters)]}
         return web.json_response(models, headers={"x-sim-server": self.name})
 
+    async def _other(self, req: web.Request) -> web.Response:
+        self.other_paths.append(req.path)
+        return web.json_response({"ok": True}, headers={"x-sim-server": self.name})
+
     async def _complete(self, req: web.Request) -> web.StreamResponse:
+        self.seen_headers.append(dict(req.headers))
+        if self.hang:
+            await self._release.wait()
+            raise web.HTTPServiceUnavailable
+        if self.error_status is not None:
+            await req.read()
+            self.served += 1
+            return web.json_response(
+                {"error": {"message": "injected"}},
+                status=self.error_status,
+                headers={"x-sim-server": self.name},
+            )
         if self.reset_requests:
             # Close the connection without a byte of response: Envoy's reset-before-request.
             assert req.transport is not None

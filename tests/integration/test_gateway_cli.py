@@ -90,8 +90,12 @@ def _envoy_logs(directory: Path) -> list[Path]:
     [
         (["serve"], "no endpoints"),
         (["epp", "--endpoint", "http://nowhere"], "expected http://HOST:PORT"),
+        (
+            ["serve", "--endpoint", "http://127.0.0.1:9", "--expose-path-prefix", "v1"],
+            "--expose-path-prefix 'v1': a path prefix starts with /",
+        ),
     ],
-    ids=["serve-without-endpoints", "epp-bad-endpoint"],
+    ids=["serve-without-endpoints", "epp-bad-endpoint", "serve-bad-path-prefix"],
 )
 async def test_configuration_errors_exit_2_with_a_message(args: list[str], message: str) -> None:
     proc = await _start(*args)
@@ -120,3 +124,53 @@ async def test_epp_serves_health_and_stops_on_sigint() -> None:
             os.kill(proc.pid, signal.SIGINT)
             rc = await asyncio.wait_for(proc.wait(), 30)
         assert rc == 0
+
+
+async def test_finding2_envoy_dies_with_a_sigkilled_serve(tmp_path: Path) -> None:
+    """Issue 20 finding 2: SIGKILL of ``kvroute serve`` left its Envoy running, holding the port
+    (and serving 503s next to a second ``serve``). Envoy now gets SIGKILL from the kernel when
+    its parent dies, and the port can be bound again."""
+    import socket
+
+    port = _free_port()
+    proc = await _start(
+        "serve", "--endpoint", "http://127.0.0.1:9", "--port", str(port), "--metrics-port", "0",
+        "--log-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = ""
+    while "gateway ready" not in line:  # a WARNING about the dead endpoint may come first
+        raw = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert raw, "serve exited before it was ready"
+        line = raw.decode()
+    (envoy_pid,) = _children(proc.pid)
+    proc.kill()
+    await proc.wait()
+    for _ in range(200):
+        if _gone(envoy_pid):
+            break
+        await asyncio.sleep(0.05)
+    assert _gone(envoy_pid)
+    # Nothing listens there any more (a connect, not a bind: under load another connection may
+    # hold the same local port number as its ephemeral source port).
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("127.0.0.1", port))
+
+
+async def test_finding2_serve_refuses_a_taken_port(tmp_path: Path) -> None:
+    """A second ``serve`` on a port in use used to print "ready" (both bound it)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await _start(
+            "serve", "--endpoint", "http://127.0.0.1:9", "--port", str(port),
+            "--metrics-port", "0", "--log-dir", str(tmp_path),
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, out
+    text = out.decode()
+    assert f"gateway port 127.0.0.1:{port} is already in use" in text
+    assert "gateway ready" not in text

@@ -56,7 +56,7 @@ def _settings(url_hostport: tuple[str, int], **kw: Any) -> EppSettings:
     )
 
 
-async def test_oversized_body_is_a_413_with_a_message(tmp_path: Path) -> None:
+async def test_finding8_oversized_body_is_a_413_labelled_as_such(tmp_path: Path) -> None:
     server = MiniModelServer("s")
     async with mini_pool([server]):
         settings = _settings(("127.0.0.1", server.port), max_request_body_bytes=LIMIT)
@@ -74,7 +74,7 @@ async def test_oversized_body_is_a_413_with_a_message(tmp_path: Path) -> None:
             streamed = await c.post("/v1/completions", content=chunked())
             for r in (declared, streamed):
                 assert r.status_code == 413, r.text
-                assert r.text.startswith("inference error: BadRequest - request body")
+                assert r.text.startswith("inference error: PayloadTooLarge - request body")
                 assert f"limit of {LIMIT} bytes" in r.text
             assert server.served == 0
             ok = await c.post("/v1/completions", json={"model": "base", "prompt": "y" * 1000})

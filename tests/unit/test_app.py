@@ -62,7 +62,8 @@ async def test_app_serves_metrics_and_stops_every_task() -> None:
         assert app.ports.health > 0
         async with httpx.AsyncClient() as c:
             r = await c.get(f"http://127.0.0.1:{app.ports.metrics}/metrics")
-        assert 'inference_pool_ready_pods{name="kvroute"} 2.0' in r.text
+        # Nothing listens on ports 1 and 2: never scraped, so not ready (issue 20 finding 8).
+        assert 'inference_pool_ready_pods{name="kvroute"} 0.0' in r.text
     await asyncio.sleep(0)
     leftover = {t for t in asyncio.all_tasks() if not t.done()} - before
     assert leftover == set()

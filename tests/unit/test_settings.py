@@ -117,7 +117,7 @@ def test_one_field_table_drives_flags_and_constructor() -> None:
     """CLI defaults and the Python constructor come from the same declaration: no drift."""
     fields = {f.name for f in dataclasses.fields(EppSettings)}
     flagged = {f.name for f, _ in flags()}
-    assert fields - flagged == {"bind_host"}  # the one option that is not a flag
+    assert fields - flagged == {"bind_host", "grpc_uds"}  # set by the caller, not flags
     assert _parse([]) == EppSettings()
     parser = argparse.ArgumentParser()
     add_epp_arguments(parser)
@@ -144,3 +144,38 @@ def test_drain_timeout_defaults_to_30s_as_upstream_and_parses_durations() -> Non
     assert _parse(["--drain-timeout", "0"]).drain_timeout_s == 0.0  # stop at once
     with pytest.raises(ConfigError, match="--drain-timeout"):
         EppSettings(drain_timeout_s=-1.0)
+
+
+def test_issue20_security_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    ca = tmp_path / "ca.pem"
+    s = _parse(
+        [
+            "--metrics-bearer-token-file", str(token), "--max-buffered-body-bytes", "1000",
+            "--require-client-cert", "--client-ca-path", str(ca),
+        ]
+    )  # fmt: skip
+    assert s.metrics_bearer_token == "s3cret"
+    assert s.max_buffered_body_bytes == 1000
+    assert (s.require_client_cert, s.client_ca_path) == (True, ca)
+    monkeypatch.setenv("KVR_TOKEN", "from-env")
+    assert _parse(["--metrics-bearer-token-file", "env:KVR_TOKEN"]).metrics_bearer_token == (
+        "from-env"
+    )
+    assert _parse([]).metrics_bearer_token is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--metrics-endpoint-auth"], "TokenReview is not implemented"),
+        (["--metrics-bearer-token-file", "env:KVR_UNSET_TOKEN"], "the token is empty"),
+        (["--metrics-bearer-token-file", "/nonexistent/token"], "--metrics-bearer-token-file"),
+        (["--max-buffered-body-bytes", "0"], "--max-buffered-body-bytes must be positive"),
+        (["--require-client-cert"], "--client-ca-path"),
+    ],
+)
+def test_issue20_security_flags_act_or_are_rejected(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _parse(argv)

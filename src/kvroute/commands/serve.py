@@ -12,9 +12,11 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 from kvroute.errors import ConfigError
-from kvroute.settings import add_epp_arguments, settings_from_args
+from kvroute.gateway.edge import EdgeOptions
+from kvroute.settings import add_epp_arguments, duration, parse_bool, settings_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +33,79 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_edge_arguments(parser)
     add_epp_arguments(parser, gateway=True)
+
+
+def _add_edge_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the generated Envoy lets through (issue 20); defaults in ``EdgeOptions``."""
+    e = parser.add_argument_group("gateway edge")
+    e.add_argument(
+        "--expose-path-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="also route this path prefix to the pool (repeatable); only the inference APIs "
+        "are routed by default, everything else is a 404",
+    )
+    e.add_argument(
+        "--trust-client-routing-headers",
+        action="store_true",
+        help="let clients set x-gateway-model-name-rewrite/x-llm-d-model-name-rewrite "
+        "(stripped by default)",
+    )
+    e.add_argument(
+        "--strip-client-objective-header",
+        action="store_true",
+        help="also strip x-gateway-inference-objective/x-llm-d-inference-objective from clients",
+    )
+    e.add_argument(
+        "--max-request-headers",
+        type=int,
+        default=100,
+        metavar="N",
+        help="more client request headers than this get a 431",
+    )
+    e.add_argument(
+        "--max-request-headers-kb",
+        type=int,
+        default=60,
+        metavar="KIB",
+        help="client request headers larger than this in total get a 431",
+    )
+    e.add_argument(
+        "--first-byte-timeout",
+        type=duration,
+        default="5m",
+        help="504 (retried on the next endpoint) when an endpoint sends no response byte "
+        "within this; 0 = none",
+    )
+    e.add_argument(
+        "--stream-idle-timeout",
+        type=duration,
+        default="1h",
+        help="504/reset when a request or response stream is idle this long",
+    )
+    e.add_argument(
+        "--outlier-detection",
+        type=parse_bool,
+        default=True,
+        metavar="BOOL",
+        help="eject an endpoint from Envoy's pool after consecutive 5xx/connect failures",
+    )
+
+
+def _edge_options(args: argparse.Namespace) -> EdgeOptions:
+    return EdgeOptions(
+        extra_path_prefixes=tuple(args.expose_path_prefix),
+        trust_client_routing_headers=args.trust_client_routing_headers,
+        strip_client_objective_header=args.strip_client_objective_header,
+        max_request_headers=args.max_request_headers,
+        max_request_headers_kb=args.max_request_headers_kb,
+        first_byte_timeout_s=args.first_byte_timeout,
+        stream_idle_timeout_s=args.stream_idle_timeout,
+        outlier_detection=args.outlier_detection,
+    )
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -53,18 +127,26 @@ async def _serve(args: argparse.Namespace) -> int:
         failure_mode=FailureMode(args.failure_mode),
         log_dir=args.log_dir,
         envoy_concurrency=args.envoy_concurrency,
+        edge=_edge_options(args),
+        drain_timeout_s=settings.drain_timeout_s,  # Envoy drains first, then the EPP
     )
     async with gateway as gw:
         assert gw.envoy is not None
         print(f"kvroute serve: gateway ready at {gw.url}", flush=True)
         print(
-            f"  EPP ext_proc :{gw.epp.ports.grpc}, metrics :{gw.epp.ports.metrics}/metrics, "
-            f"{len(gw.epp.datastore)} endpoint(s); Envoy log: {gw.envoy.log_path}",
+            f"  EPP ext_proc {_ext_proc_address(gw)}, metrics :{gw.epp.ports.metrics}/metrics, "
+            f"{len(gw.epp.datastore)} endpoint(s); Envoy pid {gw.envoy.pid}; "
+            f"Envoy log: {gw.envoy.log_path}",
             flush=True,
         )
         await stop.wait()
     print("kvroute serve: stopped", flush=True)
     return 0
+
+
+def _ext_proc_address(gw: Any) -> str:
+    uds = gw.epp.settings.grpc_uds
+    return f"unix:{uds}" if uds is not None else f":{gw.epp.ports.grpc}"
 
 
 def run(args: argparse.Namespace) -> int:

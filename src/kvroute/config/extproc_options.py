@@ -11,6 +11,8 @@ import enum
 __all__ = ["DEFAULT_MAX_REQUEST_BODY_BYTES", "ResponseProcessing"]
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024
+# Request-body bytes all ext_proc streams together may hold (issue 20 finding 8).
+DEFAULT_MAX_BUFFERED_BODY_BYTES = 256 * 1024 * 1024
 
 
 class ResponseProcessing(enum.StrEnum):

@@ -68,6 +68,13 @@ _TIMEOUT_SHARE = 0.8  # default timeout = 80 % of the interval
 _ERROR_PREVIEW = 200
 
 
+# A dead, hung or garbage-answering server is logged at WARNING once it failed this many scrapes
+# in a row, and once more when it recovers (before issue 20 it was DEBUG only). With the default
+# 50 ms interval doubling per failure, 5 failures take about 1.5-2 s, about when its data turns
+# stale (--metrics-staleness-threshold 2s): brief hiccups of an overloaded box stay at DEBUG.
+WARN_AFTER_FAILURES = 5
+
+
 class ScrapeHttpError(Exception):
     """The server answered with a non-2xx status."""
 
@@ -334,7 +341,13 @@ class MetricsCollector:
             self._failed(name, url, stats, "unexpected_errors", f"{type(exc).__name__}: {exc}")
             return False
         self._datastore.update_metrics(name, result.metrics)
-        if stats.consecutive_failures:
+        if stats.consecutive_failures >= WARN_AFTER_FAILURES:  # issue 20 finding 8: once
+            logger.warning(
+                "metrics of %s available again after %d failed scrapes",
+                name,
+                stats.consecutive_failures,
+            )
+        elif stats.consecutive_failures:
             logger.debug(
                 "scrape of %s recovered after %d failures", name, stats.consecutive_failures
             )
@@ -359,6 +372,15 @@ class MetricsCollector:
             target.failures += 1
             target.last_error = reason
         stats.consecutive_failures += 1
+        if stats.consecutive_failures == WARN_AFTER_FAILURES:  # once per outage, at WARNING
+            logger.warning(
+                "metrics of %s (%s) unavailable: %d scrapes in a row failed (%s); its data goes "
+                "stale and it stops counting as ready",
+                name,
+                url,
+                stats.consecutive_failures,
+                reason,
+            )
         logger.debug(
             "scrape of %s (%s) failed (%d in a row): %s",
             name,

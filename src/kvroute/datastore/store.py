@@ -22,6 +22,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad, EndpointMetrics
+from kvroute.datastore.health import PassiveHealth
 
 
 class EndpointEventKind(StrEnum):
@@ -47,10 +48,11 @@ class Datastore:
     ``clock`` stamps snapshots that arrive without an ``updated_at`` (tests pass a fake clock).
     """
 
-    __slots__ = ("_by_hostport", "_by_name", "_clock", "_listeners", "_snapshot")
+    __slots__ = ("_by_hostport", "_by_name", "_clock", "_listeners", "_snapshot", "health")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self.health = PassiveHealth(clock)  # errors seen on responses (issue 20 finding 5)
         self._by_name: dict[str, Endpoint] = {}
         self._by_hostport: dict[str, str] = {}
         self._snapshot: tuple[Endpoint, ...] | None = ()
@@ -94,6 +96,7 @@ class Datastore:
             return None
         if self._by_hostport.get(old.hostport) == name:
             del self._by_hostport[old.hostport]
+            self.health.forget(old.hostport)
         self._snapshot = None
         self._notify(EndpointEvent(EndpointEventKind.REMOVED, old))
         return old

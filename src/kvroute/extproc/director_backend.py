@@ -62,7 +62,14 @@ class DirectorLike(Protocol):
         trace: Any = None,
     ) -> Any: ...
 
-    def handle_response_complete(self, decision: Any, usage: Usage | None) -> None: ...
+    def handle_response_complete(
+        self,
+        decision: Any,
+        usage: Usage | None,
+        *,
+        status: int | None = None,
+        served: str | None = None,
+    ) -> None: ...
 
     def random_endpoint(self) -> Endpoint: ...
 
@@ -273,7 +280,9 @@ class DirectorBackend:
         usage = outcome.usage
         if outcome.first_chunk_at is not None:  # the latency predictor learns TTFT from it
             usage = dataclasses.replace(usage or Usage(), first_token_at=outcome.first_chunk_at)
-        self._director.handle_response_complete(handle.decision, usage)
+        self._director.handle_response_complete(
+            handle.decision, usage, status=outcome.status, served=outcome.served_endpoint
+        )
         first = handle.first_byte
         if handle.span is not None:
             self._end_spans(handle, outcome)

@@ -96,13 +96,22 @@ class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 class TlsMaterial:
     cert_chain: bytes
     private_key: bytes
+    # mTLS (``--require-client-cert``, issue 20 finding 7): clients must present a certificate
+    # that chains to this CA bundle, else the TLS handshake fails.
+    client_ca: bytes | None = None
 
 
-def _add_port(server: grpc.aio.Server, host: str, port: int, tls: TlsMaterial | None) -> int:
-    address = format_hostport(host, port)
+def _add_port(
+    server: grpc.aio.Server, host: str, port: int, tls: TlsMaterial | None, uds: str | None = None
+) -> int:
+    address = f"unix:{uds}" if uds else format_hostport(host, port)
     if tls is None:
         return server.add_insecure_port(address)
-    creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
+    creds = grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
     return server.add_secure_port(address, creds)
 
 
@@ -113,10 +122,12 @@ def build_ext_proc_server(
     port: int,
     tls: TlsMaterial | None,
     health: ReadinessHealth | None = None,
+    uds: str | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The ext_proc server (optionally also serving health, upstream ``--health-checking``).
 
-    Returns the server (not started) and the bound port (useful when ``port`` is 0).
+    Returns the server (not started) and the bound port (useful when ``port`` is 0; with
+    ``uds``, a Unix socket path, gRPC reports 1 for success and 0 for failure).
     """
     server = grpc.aio.server(
         options=[
@@ -127,7 +138,7 @@ def build_ext_proc_server(
     pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    bound = _add_port(server, host, port, tls)
+    bound = _add_port(server, host, port, tls, uds)
     return server, bound
 
 

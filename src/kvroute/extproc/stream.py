@@ -58,7 +58,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvroute.config.extproc_options import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
-from kvroute.errors import BadRequestError, EppError, PayloadTooLargeError
+from kvroute.errors import (
+    BadRequestError,
+    EppError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
 from kvroute.extproc import messages as msg
 from kvroute.extproc.backend import (
     Outcome,
@@ -68,6 +73,8 @@ from kvroute.extproc.backend import (
     RoutingInput,
     subset_from_metadata,
 )
+from kvroute.extproc.body_budget import BodyBudget
+from kvroute.protocol.paths import is_inference_path
 from kvroute.requestcontrol.headers import MODEL_REWRITE, OBJECTIVE, read_aliased
 
 log = logging.getLogger(__name__)
@@ -93,9 +100,13 @@ class Event(enum.Enum):
 
 
 # Which events each state accepts; anything else is a protocol violation by the proxy.
+# A response before the request was routed is a local reply of a filter ahead of ext_proc (the
+# gateway's header limit, Envoy's own errors): passed through untouched, nothing is recorded.
 TRANSITIONS: dict[State, frozenset[Event]] = {
-    State.AWAIT_REQUEST_HEADERS: frozenset({Event.REQUEST_HEADERS}),
-    State.REQUEST_BODY: frozenset({Event.REQUEST_BODY, Event.REQUEST_TRAILERS}),
+    State.AWAIT_REQUEST_HEADERS: frozenset({Event.REQUEST_HEADERS, Event.RESPONSE_HEADERS}),
+    State.REQUEST_BODY: frozenset(
+        {Event.REQUEST_BODY, Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS}
+    ),
     State.ROUTED: frozenset({Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS}),
     State.RESPONSE_BODY: frozenset({Event.RESPONSE_BODY, Event.RESPONSE_TRAILERS}),
     State.COMPLETE: frozenset({Event.RESPONSE_TRAILERS, Event.RESPONSE_BODY}),
@@ -111,6 +122,8 @@ class ProtocolViolation(Exception):
 class StreamOptions:
     response_processing: ResponseProcessing = ResponseProcessing.FULL
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    # Shared by every stream of one server (``--max-buffered-body-bytes``); None: unbounded.
+    body_budget: BodyBudget | None = None
 
 
 def _default_request_id() -> str:
@@ -138,6 +151,9 @@ class ExtProcStream:
         self._headers: dict[str, str] = {}
         self._body = bytearray()
         self._dropped: int | None = None  # bytes of an oversized body being drained
+        self._budget = self._options.body_budget
+        self._reserved = 0  # bytes of self._body taken from the shared budget
+        self._over_budget = False
         self._subset: tuple[str, ...] | None = None
         self.routed: Routed | None = None
         self._filter: ResponseFilter | None = None
@@ -179,6 +195,7 @@ class ExtProcStream:
 
     def close(self) -> None:
         """The stream ended (normally, or the client went away): complete exactly once."""
+        self._release_body()
         if self.routed is None or self._completed:
             return
         # In light mode the body never comes through here: the stream's end *is* completion.
@@ -208,6 +225,11 @@ class ExtProcStream:
             self._generated_request_id = True
         self.request_id = rid
         if headers.end_of_stream:
+            path = self._headers.get(":path", "")
+            if is_inference_path(path):  # finding 1 (issue 20): never routed unvalidated
+                return self._reject(
+                    BadRequestError(f"{path.split('?', 1)[0]} needs a JSON request body"), None
+                )
             return self._route_header_only()
         self.state = State.REQUEST_BODY
         declared = self._headers.get("content-length", "").strip()
@@ -241,7 +263,15 @@ class ExtProcStream:
     def _on_request_body(self, body: Any) -> list[Any]:
         chunk: bytes = body.body
         if self._dropped is None and len(self._body) + len(chunk) > self._max_body:
-            self._dropped, self._body = len(self._body), bytearray()
+            self._dropped = len(self._body)
+            self._release_body()
+        if self._dropped is None and self._budget is not None and chunk:
+            if self._budget.take(len(chunk)):
+                self._reserved += len(chunk)
+            else:  # the EPP holds too many bodies at once: drop this one, answer 503
+                self._over_budget = True
+                self._dropped = len(self._body)
+                self._release_body()
         if self._dropped is not None:
             self._dropped += len(chunk)
         else:
@@ -256,9 +286,24 @@ class ExtProcStream:
         return [msg.trailers_response(request=True)]
 
     def _end_of_body(self) -> list[Any]:
+        if self._over_budget:
+            assert self._budget is not None
+            return self._reject(
+                ServiceUnavailableError(
+                    "the EPP is buffering too many request bodies at once (over "
+                    f"{self._budget.limit} bytes, EPP flag --max-buffered-body-bytes); retry later"
+                ),
+                None,
+            )
         if self._dropped is not None:
             return self._too_large(self._dropped)
         return self._route()
+
+    def _release_body(self) -> None:
+        self._body = bytearray()
+        if self._reserved and self._budget is not None:
+            self._budget.give(self._reserved)
+        self._reserved = 0
 
     def _route(self) -> list[Any]:
         h = self._headers
@@ -274,7 +319,7 @@ class ExtProcStream:
             fairness_id=h.get(msg.FAIRNESS_ID_HEADER) or "default-flow",
             model_rewrite=read_aliased(h, MODEL_REWRITE),
         )
-        self._body = bytearray()  # the backend owns the bytes now
+        self._release_body()  # the backend owns the bytes now
         self._pending = rin
         return []
 
@@ -315,6 +360,7 @@ class ExtProcStream:
 
     def _reject(self, error: EppError, rin: RoutingInput | None) -> list[Any]:
         self.state = State.REJECTED
+        self._release_body()
         try:
             self._backend.rejected(error, rin)
         except Exception:  # error metrics must not cost the client its answer
@@ -340,9 +386,10 @@ class ExtProcStream:
         self._status = int(status) if status.isascii() and status.isdigit() else None
         self._served = h.get(msg.DESTINATION_SERVED_HEADER) or self._served
         self._streaming = "text/event-stream" in h.get("content-type", "").lower()
-        assert self.routed is not None  # ROUTED implies a decision
         encoding = h.get("content-encoding", "").strip().lower()
-        if not self._skip_response_body and encoding in ("", "identity"):
+        if self.routed is None:  # a local reply ahead of routing: pass it through
+            self._release_body()
+        elif not self._skip_response_body and encoding in ("", "identity"):
             try:
                 self._filter = self._backend.response_filter(self.routed, self._streaming)
             except Exception:
@@ -351,7 +398,8 @@ class ExtProcStream:
             self._complete(disconnected=False)
         else:
             self.state = State.RESPONSE_BODY
-        return [msg.response_headers_response(self.routed.response_headers)]
+        extra = self.routed.response_headers if self.routed is not None else None
+        return [msg.response_headers_response(extra)]
 
     def _on_response_body(self, body: Any) -> list[Any]:
         if self.state is State.COMPLETE:  # an empty EOS chunk after trailers-less completion

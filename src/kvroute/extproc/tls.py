@@ -30,6 +30,17 @@ def load_cert_dir(path: Path) -> TlsMaterial:
         raise ConfigError(f"--cert-path {path}: {exc.strerror}: {exc.filename}") from exc
 
 
+def load_client_ca(path: Path) -> bytes:
+    """The CA bundle (PEM) client certificates must chain to (``--client-ca-path``)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--client-ca-path {path}: {exc.strerror}") from exc
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ConfigError(f"--client-ca-path {path}: no PEM certificate in the file")
+    return data
+
+
 def self_signed(common_name: str = "kvroute-epp", days: int = 365) -> TlsMaterial:
     """A fresh ECDSA P-256 self-signed certificate for localhost and the EPP's name."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -7,9 +7,11 @@ enough for long generations. No ``allow_mode_override``: Envoy ignores a per-req
 ``mode_override`` under FULL_DUPLEX_STREAMED (docs/benchmarks.md), so ``light`` response
 processing is chosen in this filter config instead, and the EPP never sends one. kvroute adds:
 
-* a ``header_mutation`` filter *before* ext_proc that drops any client-supplied
-  ``x-gateway-destination-endpoint`` (a client must not pick its own upstream, also not when
-  the EPP is down and FailOpen lets requests through unprocessed);
+* the edge policy of ``kvroute.gateway.edge`` (issue 20): only inference paths routed (404
+  otherwise), a ``header_mutation`` filter *before* ext_proc that drops client-supplied
+  destination and routing headers (a client must not pick its own upstream, also not when the
+  EPP is down and FailOpen lets requests through unprocessed), header limits answered 431,
+  outlier ejection, a first-byte timeout;
 * two routes: requests that carry the destination header (set by the EPP) go to the
   ORIGINAL_DST cluster; the rest (EPP unreachable) go to a round-robin cluster of all endpoints
   under FailOpen, or get a 503 under FailClose;
@@ -40,8 +42,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-SERVED_HEADER = "x-gateway-destination-endpoint-served"
+from kvroute.gateway.edge import (
+    DESTINATION_HEADER,
+    SERVED_HEADER,
+    EdgeOptions,
+    codec_limits,
+    header_limit_filter,
+    not_found_route,
+    outlier_detection,
+    path_matches,
+    strip_client_headers_filter,
+)
+
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 POOL_CLUSTER = "kvroute_pool"
 FAILOPEN_CLUSTER = "kvroute_failopen"
@@ -65,12 +77,16 @@ class BootstrapOptions:
     epp_host: str = "127.0.0.1"
     epp_port: int = 9002
     epp_tls: bool = True
+    # Finding 7 (issue 20): Envoy reaches the EPP over this Unix socket (``kvroute serve``: in a
+    # private 0700 directory), and serves its admin API on ``admin_uds``, instead of loopback
+    # TCP ports any local process can use.
+    epp_uds: str | None = None
+    admin_uds: str | None = None
     endpoints: Sequence[tuple[str, int]] = field(default_factory=tuple)  # for FailOpen
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
     connect_timeout_s: float = 2.0
     grpc_timeout_s: float = 10.0
     message_timeout_s: float = 1000.0
-    stream_idle_timeout_s: float = 3600.0  # long generations with slow tokens
     retries: int = 2
     # Per-request body copy kept for retries; kvroute serve passes --max-request-body-bytes.
     request_body_buffer_limit_bytes: int = 64 * 1024 * 1024
@@ -96,6 +112,9 @@ class BootstrapOptions:
     # (host, port); None = no tracing. See :func:`_add_tracing`.
     tracing_collector: tuple[str, int] | None = None
     tracing_sampling_percent: float = 100.0
+    # What passes the edge (issue 20): paths, client headers, header limits, timeouts, outlier
+    # ejection; ``kvroute serve``'s flags.
+    edge: EdgeOptions = field(default_factory=EdgeOptions)
 
 
 def _duration(seconds: float) -> str:
@@ -148,21 +167,35 @@ def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
     }
 
 
-def _strip_client_destination() -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.http.header_mutation",
-        "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            "mutations": {"request_mutations": [{"remove": DESTINATION_HEADER}]},
-        },
+def _retry_policy(opts: BootstrapOptions) -> dict[str, Any]:
+    # Only before the first response byte: Envoy never retries once headers went downstream, so
+    # a started generation is never duplicated. 5xx (the server answered an error, or a
+    # per-try/first-byte timeout) moves the request to the next endpoint (finding 5).
+    retry: dict[str, Any] = {
+        "retry_on": "connect-failure,refused-stream,reset,5xx",
+        "num_retries": opts.retries,
+        # A retry goes to a host not tried yet (the override list's next entry, else the
+        # fallback policy's pick among the others).
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": _T
+                    + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
     }
+    if opts.edge.first_byte_timeout_s > 0:
+        # Envoy ignores the per-try timeout once the downstream response has started, so with a
+        # route timeout of 0 this is a first-byte timeout (504 "upstream request timeout").
+        retry["per_try_timeout"] = _duration(opts.edge.first_byte_timeout_s)
+    return retry
 
 
 def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
-    retry = {
-        "retry_on": "connect-failure,refused-stream,reset",
-        "num_retries": opts.retries,
-    }
+    retry = _retry_policy(opts)
     served = [
         {
             "header": {"key": SERVED_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
@@ -170,31 +203,35 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
         }
     ]
     buffer_limit = opts.request_body_buffer_limit_bytes
-    picked = {
-        "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
-        "route": {"cluster": POOL_CLUSTER, "timeout": "0s", "retry_policy": retry},
-        "request_body_buffer_limit": buffer_limit,
-        "response_headers_to_add": served,
-    }
-    if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
-        cluster = FAILOPEN_CLUSTER if _needs_failopen_cluster(opts) else POOL_CLUSTER
-        unpicked: dict[str, Any] = {
-            "match": {"prefix": "/"},
-            "route": {"cluster": cluster, "timeout": "0s", "retry_policy": retry},
+    routes: list[dict[str, Any]] = []
+    for match in path_matches(opts.edge):
+        picked = {
+            "match": {**match, "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
+            "route": {"cluster": POOL_CLUSTER, "timeout": "0s", "retry_policy": retry},
             "request_body_buffer_limit": buffer_limit,
             "response_headers_to_add": served,
         }
-    else:
-        unpicked = {
-            "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 503,
-                "body": {
-                    "inline_string": "inference error: ServiceUnavailable - no endpoint picked"
+        if opts.failure_mode is FailureMode.FAIL_OPEN and opts.endpoints:
+            cluster = FAILOPEN_CLUSTER if _needs_failopen_cluster(opts) else POOL_CLUSTER
+            unpicked: dict[str, Any] = {
+                "match": dict(match),
+                "route": {"cluster": cluster, "timeout": "0s", "retry_policy": retry},
+                "request_body_buffer_limit": buffer_limit,
+                "response_headers_to_add": served,
+            }
+        else:
+            unpicked = {
+                "match": dict(match),
+                "direct_response": {
+                    "status": 503,
+                    "body": {
+                        "inline_string": "inference error: ServiceUnavailable - no endpoint picked"
+                    },
                 },
-            },
-        }
-    return [picked, unpicked]
+            }
+        routes += [picked, unpicked]
+    routes.append(not_found_route())
+    return routes
 
 
 _UNLIMITED = {
@@ -271,6 +308,8 @@ def _pool_cluster(opts: BootstrapOptions, timeout: str) -> dict[str, Any]:
             },
         }
     cluster["circuit_breakers"] = _UNLIMITED
+    if opts.edge.outlier_detection:
+        cluster["outlier_detection"] = outlier_detection(opts.edge)
     return cluster
 
 
@@ -281,14 +320,16 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "kvroute",
         "codec_type": "AUTO",
-        "stream_idle_timeout": _duration(opts.stream_idle_timeout_s),
+        "stream_idle_timeout": _duration(opts.edge.stream_idle_timeout_s),
         "request_timeout": "0s",
+        **codec_limits(opts.edge),
         "route_config": {
             "name": "kvroute",
             "virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(opts)}],
         },
         "http_filters": [
-            _strip_client_destination(),
+            header_limit_filter(opts.edge),
+            strip_client_headers_filter(opts.edge),
             ext_proc_filter(opts),
             {
                 "name": "envoy.filters.http.router",
@@ -308,6 +349,9 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         ]
     timeout = _duration(opts.connect_timeout_s)
     epp = _static_cluster(EPP_CLUSTER, [(opts.epp_host, opts.epp_port)], timeout)
+    if opts.epp_uds:
+        lb = epp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        lb["address"] = {"pipe": {"path": opts.epp_uds}}
     epp["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -343,12 +387,18 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
     if opts.tracing_collector is not None:
         _add_tracing(opts, hcm, clusters)
     return {
-        "admin": {"address": _address("127.0.0.1", opts.admin_port)},
+        "admin": {
+            "address": {"pipe": {"path": opts.admin_uds}}
+            if opts.admin_uds
+            else _address("127.0.0.1", opts.admin_port)
+        },
         "static_resources": {
             "listeners": [
                 {
                     "name": "kvroute",
                     "address": _address(opts.listen_host, opts.port),
+                    # Finding 2: a second process must not silently share the port.
+                    "enable_reuse_port": False,
                     "filter_chains": [
                         {
                             "filters": [

@@ -1,12 +1,21 @@
 """One-process gateway: the EPP (in-process asyncio) plus a real Envoy child in front of it.
 
 ``async with Gateway(endpoints=["http://127.0.0.1:8001", ...]) as gw: gw.url`` is the Python API
-``kvroute serve``, the demo and the benchmarks use. The EPP binds loopback ports chosen by the
-OS; Envoy listens on ``port`` (0 = any free port, read back from Envoy's admin API).
+``kvroute serve``, the demo and the benchmarks use. Envoy listens on ``port`` (0 = any free
+port, read back from Envoy's admin API). With ``private_sockets`` (the default) Envoy reaches the
+EPP's ext_proc server over a Unix socket, and serves its own admin API on another, both in a
+fresh directory only this user can enter (mode 0700, removed on exit): no other local user can
+get routing decisions, inflate in-flight counts or read ``/config_dump`` (issue 20 finding 7).
+The EPP's health and metrics ports stay loopback TCP; an explicit ``grpc_port`` (``kvroute serve
+--grpc-port N``) keeps ext_proc on that TCP port, as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -16,13 +25,20 @@ from urllib.parse import urlsplit
 from kvroute.app import BackendFactory, EppApp
 from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.errors import ConfigError
-from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
-from kvroute.gateway.envoy import EnvoyProcess
+from kvroute.gateway.bootstrap import (
+    EPP_CLUSTER,
+    BootstrapOptions,
+    FailureMode,
+    build_bootstrap,
+)
+from kvroute.gateway.edge import EdgeOptions
+from kvroute.gateway.envoy import EnvoyProcess, ensure_port_free
 from kvroute.hostport import format_hostport
 from kvroute.observability.tracing import TracingConfig
 from kvroute.settings import EppSettings, parse_endpoint_url
 
 DEFAULT_LOG_DIR = Path(".kvroute")
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -46,6 +62,9 @@ class Gateway:
         upstream_lb: str = "override_host",
         settings: EppSettings | None = None,
         backend_factory: BackendFactory | None = None,
+        edge: EdgeOptions | None = None,
+        private_sockets: bool = True,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         base = settings or EppSettings(
             grpc_port=0,
@@ -68,16 +87,23 @@ class Gateway:
         self._log_dir = log_dir
         self._concurrency = envoy_concurrency
         self._upstream_lb = upstream_lb
+        self.edge = edge or EdgeOptions()
+        self._private_sockets = private_sockets
+        self.drain_timeout_s = drain_timeout_s
+        self.socket_dir: Path | None = None
         self.envoy: EnvoyProcess | None = None
         self.url = ""
 
     def bootstrap_options(self) -> BootstrapOptions:
         s = self.settings
         return BootstrapOptions(
+            edge=self.edge,
             listen_host=self._host,
             port=self._port,
             epp_host="127.0.0.1",
             epp_port=self.epp.ports.grpc,
+            epp_uds=str(s.grpc_uds) if s.grpc_uds is not None else None,
+            admin_uds=str(self.socket_dir / "admin.sock") if self.socket_dir else None,
             epp_tls=s.secure_serving,
             endpoints=s.endpoints,
             failure_mode=self._failure_mode,
@@ -89,15 +115,34 @@ class Gateway:
         )
 
     async def __aenter__(self) -> Gateway:
-        await self.epp.__aenter__()
+        ensure_port_free(self._host, self._port)  # before the EPP binds anything
+        # An explicit --grpc-port is honoured (TCP, as before): the operator wants the EPP
+        # reachable there; private sockets otherwise.
+        private = self._private_sockets and self.settings.grpc_port == 0
+        if private and self.settings.grpc_uds is None:
+            self.socket_dir = Path(tempfile.mkdtemp(prefix="kvroute-"))  # mode 0700
+            self.settings = dataclasses.replace(
+                self.settings, grpc_uds=self.socket_dir / "epp.sock"
+            )
+            self.epp.settings = self.settings
+        try:
+            await self.epp.__aenter__()
+        except BaseException:
+            self._remove_socket_dir()
+            raise
         try:
             bootstrap = build_bootstrap(self.bootstrap_options())
             self.envoy = EnvoyProcess(
                 bootstrap, log_dir=self._log_dir, concurrency=self._concurrency
             )
             await self.envoy.start()
+            if self.settings.health_checking and not await self.envoy.wait_cluster_healthy(
+                EPP_CLUSTER, timeout_s=10.0
+            ):
+                log.warning("Envoy has not seen the EPP healthy yet; first requests may get 503")
         except BaseException as exc:
             await self.epp.__aexit__(type(exc), exc, exc.__traceback__)
+            self._remove_socket_dir()
             raise
         self.url = f"http://{format_hostport(self._host, self.envoy.port)}"
         return self
@@ -107,9 +152,22 @@ class Gateway:
     ) -> None:
         try:
             if self.envoy is not None:
+                # In-flight streams finish before Envoy and then the EPP stop (the EPP must stay
+                # up while they run: it sees their responses).
+                left = await self.envoy.drain(self.drain_timeout_s)
+                if left:
+                    log.warning("drain timed out with %d request(s) in flight; cutting them", left)
                 await self.envoy.stop()
         finally:
-            await self.epp.__aexit__(et, e, tb)
+            try:
+                await self.epp.__aexit__(et, e, tb)
+            finally:
+                self._remove_socket_dir()
+
+    def _remove_socket_dir(self) -> None:
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None
 
 
 def _tracing_options(s: EppSettings) -> dict[str, Any]:

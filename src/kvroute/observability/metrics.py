@@ -287,14 +287,19 @@ class EppMetrics:
             self.scheduler_attempts.labels("failure", target).inc()
             self.llmd.scheduler_attempts.labels("failure", target, "", "", "").inc()
 
-    def refresh_pool(self, endpoints: Iterable[Endpoint]) -> None:
-        """Pool gauges from one datastore snapshot (upstream ``RefreshPrometheusMetrics``)."""
+    def refresh_pool(self, endpoints: Iterable[Endpoint], ready: int | None = None) -> None:
+        """Pool gauges from one datastore snapshot (upstream ``RefreshPrometheusMetrics``).
+
+        ``ready``: how many of them are routable (issue 20 finding 8: a dead server used to
+        count as ready); all of them when not given.
+        """
         eps = tuple(endpoints)
         name = self.pool_name
         pool = self.llmd.pool
         n = len(eps)
-        self.pool_ready_pods.labels(name).set(n)
-        pool["ready_endpoints"].labels(name).set(n)
+        n_ready = n if ready is None else ready
+        self.pool_ready_pods.labels(name).set(n_ready)
+        pool["ready_endpoints"].labels(name).set(n_ready)
         series = {
             "kv_cache_utilization": [e.metrics.kv_cache_usage for e in eps],
             "queue_size": [float(e.metrics.waiting_queue_size) for e in eps],

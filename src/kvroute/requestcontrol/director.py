@@ -37,6 +37,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad
+from kvroute.datastore.health import PassiveHealth
 from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
 from kvroute.flowcontrol.item import QueueItem
 from kvroute.flowcontrol.runtime import FlowController, slo_deadline
@@ -71,6 +72,9 @@ AVG_CHARS_PER_TOKEN = 4  # upstream's estimate for untokenised text
 
 class EndpointSource(Protocol):
     """What the director needs of the datastore: a snapshot and the in-flight counters."""
+
+    @property
+    def health(self) -> PassiveHealth: ...
 
     def endpoints(self) -> tuple[Endpoint, ...]: ...
 
@@ -282,7 +286,7 @@ class Director:
     def _candidates(
         self, subset_hint: Sequence[str] | None, trace: CycleTrace | None, *, allow_empty_pool: bool
     ) -> Sequence[Endpoint]:
-        snapshot = self.datastore.endpoints()
+        snapshot = _routable(self.datastore.health, self.datastore.endpoints())
         hint = None if self.disable_subset_filter else subset_hint
         candidates = subset_candidates(snapshot, hint)
         if trace is not None:
@@ -339,12 +343,22 @@ class Director:
         )
 
     def handle_response_complete(
-        self, decision: RoutingDecision, usage: Usage | None = None
+        self,
+        decision: RoutingDecision,
+        usage: Usage | None = None,
+        *,
+        status: int | None = None,
+        served: str | None = None,
     ) -> None:
-        """Finish ``decision``: in-flight count down, ResponseComplete hooks. Idempotent."""
+        """Finish ``decision``: in-flight count down, ResponseComplete hooks. Idempotent.
+
+        ``status`` and ``served`` (the response's status and the endpoint that answered, when
+        known) feed the datastore's passive health (``kvroute.datastore.health``).
+        """
         if decision.completed:
             return
         decision.completed = True
+        _record_health(self.datastore.health, decision.target.hostport, status, served)
         # ``load`` is the counter object the request was counted on: if the endpoint has since
         # been replaced under the same name (new address), its fresh counters stay untouched.
         self.datastore.on_request_finished(
@@ -423,6 +437,26 @@ def _by_hostport(
     if not totals:
         return None
     return {e.hostport: totals[e.name] for e in candidates if e.name in totals}
+
+
+def _routable(health: PassiveHealth, snapshot: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """The endpoints passive health has not ejected; all of them if it ejected every one (a
+    pool-wide fault must still reach a server, as Envoy's panic threshold does)."""
+    routable = tuple(e for e in snapshot if health.routable(e.hostport))
+    return routable or snapshot
+
+
+def _record_health(
+    health: PassiveHealth, picked: str, status: int | None, served: str | None
+) -> None:
+    if status is None:  # no answer at all: the client left, nothing learnt
+        return
+    if served and served != picked:
+        health.failure(picked, f"request served by {served} after a retry")
+    elif status >= 500:
+        health.failure(picked, f"HTTP {status}")
+    else:
+        health.success(picked)
 
 
 def _estimate_tokens(parsed: ParsedRequest) -> int:

@@ -84,7 +84,7 @@ async def test_cancelled_stream_records_completion_once() -> None:
 async def test_protocol_violation_aborts_the_stream() -> None:
     async with _processor(_Backend()) as stub:
         call = stub.Process()
-        await call.write(resp_headers())  # response headers before any request
+        await call.write(req_body(COMPLETION))  # a request body before any request headers
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await call.read()
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT

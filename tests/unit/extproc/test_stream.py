@@ -104,7 +104,10 @@ def _headers(pairs: dict[str, str], eos: bool = False) -> Any:
 
 
 def req_headers(extra: dict[str, str] | None = None, eos: bool = False, **meta: Any) -> Any:
-    h = {":method": "POST" if not eos else "GET", ":path": "/v1/completions"}
+    # A bodyless request is a GET of a non-inference path (one on an inference path is a 400).
+    h = {":method": "POST", ":path": "/v1/completions"} if not eos else {":method": "GET"}
+    if eos:
+        h[":path"] = "/v1/models"
     h.update(extra or {})
     msg = pb.ProcessingRequest(request_headers=_headers(h, eos))
     if "subset" in meta:
@@ -323,7 +326,29 @@ def test_subset_hint_restricts_candidates_by_ip() -> None:
 def test_message_out_of_order_is_a_protocol_violation() -> None:
     stream = ExtProcStream(_Backend())
     with pytest.raises(ProtocolViolation):
-        feed(stream, resp_headers())
+        feed(stream, req_body(COMPLETION))
+
+
+def test_local_reply_before_routing_passes_through_unrecorded() -> None:
+    """Issue 20 finding 6: a filter ahead of ext_proc answered (the gateway's 431); Envoy sends
+    that reply's headers through ext_proc without any request headers. It used to abort the
+    stream, which turned the 431 into an empty 503."""
+    backend = _Backend()
+    stream = ExtProcStream(backend)
+    out = stream.receive(resp_headers())
+    assert [m.WhichOneof("response") for m in out] == ["response_headers"]
+    stream.close()
+    assert backend.completions == []
+    assert backend.rejections == []
+
+
+def test_bodyless_request_on_an_inference_path_is_a_400() -> None:
+    """Issue 20 finding 1: it used to be routed to a random endpoint, unvalidated."""
+    stream = ExtProcStream(_Backend())
+    hm = _headers({":method": "POST", ":path": "/v1/chat/completions?x=1"}, eos=True)
+    (out,) = stream.receive(pb.ProcessingRequest(request_headers=hm))
+    assert out.immediate_response.status.code == 400
+    assert b"/v1/chat/completions needs a JSON request body" in out.immediate_response.body
 
 
 # -- response path -----------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def test_oversized_body_is_drained_then_answered_413(
     code, body = _immediate(feed(stream, req_body(b"", eos=True)))
     assert code == 413
     assert body == (
-        "inference error: BadRequest - request body of 2500 bytes exceeds the limit of "
+        "inference error: PayloadTooLarge - request body of 2500 bytes exceeds the limit of "
         f"{LIMIT} bytes (EPP flag --max-request-body-bytes)"
     )
     assert stream.state is State.REJECTED

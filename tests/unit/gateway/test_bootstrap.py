@@ -18,6 +18,7 @@ from kvroute.gateway.bootstrap import (
     FailureMode,
     build_bootstrap,
 )
+from kvroute.gateway.edge import EdgeOptions
 from kvroute.gateway.envoy import find_envoy
 
 EPS = (("127.0.0.1", 8001), ("127.0.0.1", 8002))
@@ -48,6 +49,18 @@ VARIANTS = {
     ),
     "light": BootstrapOptions(endpoints=EPS, response_processing="light"),
     "plaintext-epp": BootstrapOptions(endpoints=EPS, epp_tls=False),
+    "unix-sockets-trusting": BootstrapOptions(
+        endpoints=EPS,
+        epp_uds="/tmp/kvroute-validate/epp.sock",
+        admin_uds="/tmp/kvroute-validate/admin.sock",
+        edge=EdgeOptions(
+            trust_client_routing_headers=True,
+            strip_client_objective_header=True,
+            extra_path_prefixes=("/v1/models",),
+            first_byte_timeout_s=0,
+            outlier_detection=False,
+        ),
+    ),
 }
 
 
@@ -103,7 +116,10 @@ def test_failure_mode_routes(
 ) -> None:
     doc = build_bootstrap(VARIANTS[name])
     assert _ext_proc(doc)["failure_mode_allow"] is allow
-    picked, unpicked = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
+    routes = _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
+    picked, unpicked, *_ = routes
+    assert picked["match"]["path"] == "/v1/completions"
+    assert routes[-1]["direct_response"]["status"] == 404  # finding 1: nothing else passes
     assert picked["match"]["headers"][0]["name"] == DESTINATION_HEADER
     assert picked["route"]["cluster"] == POOL_CLUSTER
     if fallback_cluster is None:
@@ -115,12 +131,23 @@ def test_failure_mode_routes(
     assert (FAILOPEN_CLUSTER in clusters) is (fallback_cluster == FAILOPEN_CLUSTER)
 
 
-def test_client_cannot_choose_its_own_endpoint() -> None:
-    first = _hcm(build_bootstrap(VARIANTS["default"]))["http_filters"][0]
-    assert first["name"] == "envoy.filters.http.header_mutation"
-    assert first["typed_config"]["mutations"]["request_mutations"] == [
-        {"remove": DESTINATION_HEADER}
-    ]
+def test_client_cannot_choose_its_own_endpoint_nor_model() -> None:
+    filters = _hcm(build_bootstrap(VARIANTS["default"]))["http_filters"]
+    strip = filters[1]
+    assert strip["name"] == "envoy.filters.http.header_mutation"
+    assert filters[2]["name"] == "envoy.filters.http.ext_proc"  # stripped before the EPP
+    removed = {m["remove"] for m in strip["typed_config"]["mutations"]["request_mutations"]}
+    assert {DESTINATION_HEADER, "x-gateway-model-name-rewrite"} <= removed
+    assert "x-gateway-inference-objective" not in removed  # client-settable, as upstream
+
+
+def test_trusted_routing_headers_keep_only_the_destination_strip() -> None:
+    doc = build_bootstrap(
+        BootstrapOptions(endpoints=EPS, edge=EdgeOptions(trust_client_routing_headers=True))
+    )
+    strip = _hcm(doc)["http_filters"][1]["typed_config"]["mutations"]["request_mutations"]
+    assert "x-gateway-model-name-rewrite" not in {m["remove"] for m in strip}
+    assert {"remove": DESTINATION_HEADER} in strip
 
 
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext"])
@@ -136,7 +163,13 @@ def test_retries_only_before_the_first_response_byte() -> None:
         "routes"
     ][0]
     retry = picked["route"]["retry_policy"]
-    assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
+    assert set(retry["retry_on"].split(",")) == {
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "5xx",
+    }
+    assert retry["per_try_timeout"] == "300s"  # first-byte timeout (ignored once streaming)
     assert picked["route"]["timeout"] == "0s"  # no overall timeout: generations can be long
 
 
@@ -156,7 +189,8 @@ def test_retried_routes_can_buffer_what_the_epp_accepts(name: str) -> None:
     opts = VARIANTS[name]
     routes = _hcm(build_bootstrap(opts))["route_config"]["virtual_hosts"][0]["routes"]
     retried = [r for r in routes if "retry_policy" in r.get("route", {})]
-    assert len(retried) == (2 if name == "failopen" else 1)
+    n_paths = len(opts.edge.inference_paths)
+    assert len(retried) == (2 * n_paths if name == "failopen" else n_paths)
     for r in retried:
         assert r["request_body_buffer_limit"] == opts.request_body_buffer_limit_bytes
     assert opts.request_body_buffer_limit_bytes == 64 << 20
@@ -179,3 +213,38 @@ def test_tracing_adds_envoy_opentelemetry_tracer_and_collector_cluster() -> None
     (otlp,) = [c for c in doc["static_resources"]["clusters"] if c["name"] == grpc["cluster_name"]]
     ep = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert ep["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 4317}
+
+
+def test_issue20_edge_shape() -> None:
+    """Findings 1, 2, 5, 6, 7 of issue 20 in the generated config (each also runs through a
+    real Envoy in tests/integration/test_gateway_hardening.py)."""
+    opts = BootstrapOptions(endpoints=EPS, epp_uds="/tmp/x/epp.sock", admin_uds="/tmp/x/admin.sock")
+    doc = build_bootstrap(opts)
+    hcm = _hcm(doc)
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    not_found = routes[-1]
+    assert not_found["match"] == {"prefix": "/"}
+    per_route = not_found["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
+    assert per_route["disabled"] is True  # the EPP never sees non-inference paths
+    assert {r["match"].get("path") for r in routes[:-1]} == set(opts.edge.inference_paths)
+    listener = doc["static_resources"]["listeners"][0]
+    assert listener["enable_reuse_port"] is False
+    assert hcm["http_filters"][0]["name"] == "envoy.filters.http.lua"  # 431 before ext_proc
+    assert hcm["common_http_protocol_options"]["max_headers_count"] > opts.edge.max_request_headers
+    assert _clusters(doc)[POOL_CLUSTER]["outlier_detection"]["consecutive_5xx"] == 3
+    epp = _clusters(doc)[EPP_CLUSTER]
+    address = epp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address == {"pipe": {"path": "/tmp/x/epp.sock"}}
+    assert doc["admin"]["address"] == {"pipe": {"path": "/tmp/x/admin.sock"}}
+
+
+def test_extra_prefixes_and_bad_edge_options() -> None:
+    from kvroute.errors import ConfigError
+
+    doc = build_bootstrap(
+        BootstrapOptions(endpoints=EPS, edge=EdgeOptions(extra_path_prefixes=("/v1/models",)))
+    )
+    matches = [r["match"] for r in _hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]]
+    assert {"prefix": "/v1/models"} in matches
+    with pytest.raises(ConfigError, match="--expose-path-prefix"):
+        EdgeOptions(extra_path_prefixes=("v1",))

@@ -414,3 +414,20 @@ def test_metrics_snapshot_is_what_the_datastore_holds() -> None:
     setup = build_scheduling(parse_epp_config(QUEUE_KV), REGISTRY)
     director = Director(store, None, setup.scheduler, setup.saturation_detector)
     assert director.handle_request(_parsed(), {}, "r1").target.metrics.waiting_queue_size == 1
+
+
+def test_an_endpoint_that_keeps_failing_is_not_picked_until_it_recovers() -> None:
+    """Issue 20 finding 5: 5xx answers and retries away from the picked endpoint count as its
+    failures; after three it leaves the candidate set (all of them stay if all are ejected)."""
+    director, store = _director(POOL)
+    for served, status in ((None, 500), ("10.0.0.3:8000", 200), (None, 503)):
+        decision = director.handle_request(_parsed(), {}, "r")
+        assert decision.target.name == "e1"
+        director.handle_response_complete(decision, status=status, served=served)
+    decision = director.handle_request(_parsed(), {}, "r")
+    assert decision.target.name == "e0"  # next best, e1 is out
+    director.handle_response_complete(decision, status=200, served="10.0.0.1:8000")
+    for e in POOL:
+        for _ in range(3):
+            store.health.failure(e.hostport, "HTTP 500")
+    assert director.handle_request(_parsed(), {}, "r").target.name == "e1"  # all out: all in
