@@ -43,7 +43,7 @@ EXTRA_TYPES = (
 def autoscaling_docs(mode: str, release: str = "vllm") -> list[dict[str, Any]]:
     values = {"autoscaling": {"enabled": True, "mode": mode, "classes": CLASSES}}
     rendered = render_chart(CHART, release=release, namespace="llm", values=values)
-    return [d for d in docs_of(rendered["autoscaling.yaml"])]
+    return docs_of(rendered["autoscaling.yaml"])
 
 
 def test_autoscaling_is_off_by_default() -> None:
