@@ -18,7 +18,7 @@ import yaml
 from tests.integration.test_k8s_deploy import CHART, KUBECTL, docs_of, kubectl, needs_kubectl
 from tests.k8s_apiserver import FakeApiServer
 from tests.k8s_apiserver.fixtures import running_api
-from tests.k8s_apiserver.helmlite import render_chart
+from tests.k8s_apiserver.helmlite import TemplateError, render_chart
 from tests.k8s_apiserver.resource_types import DEFAULT_TYPES, ResourceType
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -97,3 +97,9 @@ async def test_kubectl_dry_run_of_the_autoscaling_objects(
     )
     assert rc == 0, out
     assert out.count("(dry run)") == (3 if mode == "hpa" else 2), out
+
+
+def test_an_unknown_mode_fails_the_render() -> None:
+    values = {"autoscaling": {"enabled": True, "mode": "vpa", "classes": CLASSES}}
+    with pytest.raises(TemplateError, match=r"autoscaling\.mode must be hpa or keda"):
+        render_chart(CHART, release="vllm", namespace="llm", values=values)
