@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,27 @@ def test_pending_signals_say_what_they_need() -> None:
         signal_fn("cpu")
     with pytest.raises(ValueError, match="already registered"):
         register_signal("queue", lambda s: 0.0)
+
+
+def test_the_command_writes_json_markdown_and_plot(tmp_path: Path) -> None:
+    import argparse
+    import json
+
+    from kvroute_bench.cli import configure, run
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    out = tmp_path / "as"
+    args = parser.parse_args(
+        ["autoscale", "--trace-shape", "bursty", "--peak-qps", "10", "--duration", "120",
+         "--startup", "20,30", "--scaler", "kv=0.5", "--scaler", "gpu-busy=0.8",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert run(args) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert [r["label"] for r in doc["results"]] == ["kv@0.5", "gpu-busy@0.8"]
+    assert doc["meta"]["trace"]["shape"] == "bursty"
+    assert "| kv@0.5 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="needs flow control"):
+        run(parser.parse_args(["autoscale", "--scaler", "flow-control-wait=1"]))
