@@ -116,6 +116,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fc.add_argument("--seed", type=int, default=0)
     fc.add_argument("--out", type=Path, help="write OUT.json")
 
+    from kvroute_bench.autoscale_cli import add_parser as add_autoscale
+
+    add_autoscale(sub)
+
     pl = sub.add_parser("plot", help="re-render plots and Markdown from a results JSON")
     pl.add_argument("results", type=Path)
     pl.add_argument("--out", type=Path, required=True, help="OUT.png and OUT.md")
@@ -142,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
         from kvroute_bench.crosscheck import run_crosscheck_command
 
         return run_crosscheck_command(args)
+    if mode == "autoscale":
+        from kvroute_bench.autoscale_cli import run_autoscale_command
+
+        return run_autoscale_command(args)
     if mode == "summary":
         from kvroute_bench.summary import load, summary
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from kvroute import __version__
 from kvroute.datastore.endpoint import Endpoint
+from kvroute.observability.autoscaling_metrics import AutoscalingMetrics
 from kvroute.observability.decisions import DecisionLog
 from kvroute.observability.llmd_metrics import LlmdMetrics
 from kvroute.requestcontrol.hooks import Usage
@@ -173,6 +174,7 @@ class EppMetrics:
         self.info.info({"commit": "unknown", "build_ref": f"kvroute-{__version__}"})
         self.llmd = LlmdMetrics(r)
         self.llmd.info.labels("unknown", f"kvroute-{__version__}").set(1)
+        self.autoscaling = AutoscalingMetrics(r, pool_name)  # kvroute_pool_*{name, accelerator}
         # The ``namespace`` label of llm_d_epp_scheduler_attempts_total (upstream: the pod's).
         self.namespace = os.environ.get("NAMESPACE", "default")
         # Recent decisions and completions for the live pool page (observability state too).
@@ -323,4 +325,5 @@ class EppMetrics:
             self.per_pod_queue.labels(e.name, name).set(e.metrics.waiting_queue_size)
             self.llmd.per_endpoint_queue.labels(name, e.name).set(e.metrics.waiting_queue_size)
         self._known_pods = current
+        self.autoscaling.refresh(eps)
         self.drain_plugin_timings()

@@ -30,6 +30,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.scorers.running_requests",
     "kvroute.scheduling.plugins.scorers.kv_cache_utilization",
     "kvroute.scheduling.plugins.scorers.lora_affinity",
+    "kvroute.scheduling.plugins.scorers.cost_aware",
     "kvroute.scheduling.plugins.pickers.max_score",
     "kvroute.scheduling.plugins.pickers.random_picker",
     "kvroute.scheduling.plugins.pickers.weighted_random",
