@@ -40,6 +40,7 @@ from kvroute.plugins.lifecycle import (
     DatastoreAttachable,
     DatastoreListener,
     PrefixBlockHolder,
+    ReplicatedState,
 )
 from kvroute.plugins.registry import PluginRegistry, default_registry
 from kvroute.requestcontrol.director import Director, Resolver
@@ -62,6 +63,7 @@ class PluginCapabilities:
     background: tuple[BackgroundTask, ...] = ()
     closables: tuple[AsyncClosable, ...] = ()
     block_holders: tuple[PrefixBlockHolder, ...] = ()
+    replicated: tuple[ReplicatedState, ...] = ()  # shared with active-active peers
 
     @classmethod
     def classify(cls, plugins: Mapping[str, object]) -> PluginCapabilities:
@@ -78,6 +80,7 @@ class PluginCapabilities:
             background=tuple(p for p in items if isinstance(p, BackgroundTask)),
             closables=tuple(p for p in items if isinstance(p, AsyncClosable)),
             block_holders=tuple(p for p in items if isinstance(p, PrefixBlockHolder)),
+            replicated=tuple(p for p in items if isinstance(p, ReplicatedState)),
         )
 
 

@@ -80,6 +80,7 @@ class EppRouter:
             director_rng=random.Random(seed + 1),
             clock=self._clock,
         )
+        self.graph = graph
         self.director = graph.director
         self._decisions: dict[str, RoutingDecision] = {}
         self._index: dict[str, int] = {}

@@ -18,6 +18,8 @@ from kvroute.config.epp_config import builtin_epp_config, load_epp_config, parse
 from kvroute.datastore.endpoint import EMPTY_METRICS
 from kvroute.datastore.store import Datastore
 from kvroute.protocol.openai import ParsedRequest, parse_request
+from kvroute.replicasync.core import ReplicaSync
+from kvroute.replicasync.wire import Codec as SyncCodec
 from kvroute.requestcontrol.director import Director, RoutingDecision
 from kvroute.requestcontrol.model_resolution import ResolvedModel
 from kvroute.scheduling.builder import SchedulingSetup, build_scheduling
@@ -29,9 +31,11 @@ __all__ = [
     "Director",
     "EppGraph",
     "ParsedRequest",
+    "ReplicaSync",
     "ResolvedModel",
     "RoutingDecision",
     "SchedulingSetup",
+    "SyncCodec",
     "build_epp",
     "build_scheduling",
     "builtin_epp_config",
