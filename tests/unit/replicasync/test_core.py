@@ -210,10 +210,12 @@ def test_a_malformed_prefix_entry_rejects_the_message_and_applies_nothing() -> N
     assert b.peers() == {}
 
 
-def test_entries_for_unknown_servers_are_ignored() -> None:
+def test_entries_for_servers_not_yet_seen_are_kept_until_pruned() -> None:
     sa, sb, a, b = _scorer_pair()
-    sa._outbox = [["ghost", [9, 9]]]
+    sa._outbox = [["new", [9, 8]]]
     assert exchange(a, b)
+    assert sb.index.match_longest_prefix([9, 8]) == {"new": 2}
+    sb._observe(1000.0, store().endpoints())  # "new" never showed up in a cycle: pruned
     assert len(sb.index) == 0
 
 

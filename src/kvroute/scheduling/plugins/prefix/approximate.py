@@ -157,13 +157,18 @@ class PrefixCacheScorer:
         return out
 
     def merge_replicated(self, entries: Sequence[object], now: float) -> None:
-        """A peer's inserts, for servers this replica knows; all validated before any apply."""
-        del now
+        """A peer's inserts; all validated before any is applied. A server this replica has
+        not scheduled over yet is taken on trust (peers are authenticated) but, like any
+        server, pruned once absent for a prune interval; at most 4096 servers are tracked."""
         limit = self.params.max_blocks(1)
         checked = [_prefix_entry(e, limit) for e in entries]
+        seen = self._last_seen
         for server, hashes in checked:
-            if server in self._last_seen:
-                self.index.add(server, hashes)
+            if server not in seen:
+                if len(seen) >= 4096:
+                    continue
+                seen[server] = now
+            self.index.add(server, hashes)
 
     # -- PrepareData ---------------------------------------------------------------------------
 
