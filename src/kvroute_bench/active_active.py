@@ -75,6 +75,9 @@ class ActiveActiveRouter:
                     codec=codec,
                     clock=epp._clock,
                     epoch=i,
+                    # replicas here publish only on their own events (no timer heartbeats),
+                    # so a quiet one must not be aged out as dead
+                    peer_timeout_s=30.0,
                 )
                 for i, epp in enumerate(self._epps)
             ]

@@ -40,8 +40,11 @@ from kvroute.replicasync.wire import (
     Message,
 )
 
-DEFAULT_PEER_TIMEOUT_S = 3.0
-DEFAULT_HEARTBEAT_S = 0.25
+# A peer sends at least every heartbeat; four missed heartbeats age it out, so a dead replica's
+# counters leave the survivors' view within 1 s. A live peer wrongly aged out (a stalled loop)
+# is back with its next message, its counts whole again at its next full snapshot.
+DEFAULT_PEER_TIMEOUT_S = 0.8
+DEFAULT_HEARTBEAT_S = 0.2
 DEFAULT_FULL_EVERY_S = 1.0
 MAX_ENTRIES_PER_FLUSH = 512  # per channel; the rest waits for the next flush
 
