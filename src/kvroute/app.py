@@ -299,13 +299,16 @@ def _start_replica_sync(
     if settings.sync_port is None:
         return None
     from kvroute.replicasync.metrics import SyncCollector
-    from kvroute.replicasync.service import build_sync
+    from kvroute.replicasync.service import build_membership, build_sync
 
     sync = build_sync(settings, graph.datastore, graph.capabilities.replicated)
     if sync is None:
         return None
     registry.register(SyncCollector(sync.core))
     tasks.spawn(supervised(sync.run), "replica-sync")
+    membership = build_membership(settings, sync)
+    if membership is not None:
+        tasks.spawn(supervised(membership.run), "replica-sync-leases")
     return sync
 
 

@@ -324,6 +324,24 @@ class EppSettings:
             help="a peer replica's --sync-port (repeatable; a static peer list)",
         ),
     )
+    sync_lease_group: str = field(
+        default="",
+        metadata=flag(
+            "--sync-lease-group",
+            metavar="NAME",
+            help="Kubernetes membership: hold a Lease in --pool-namespace labelled "
+            "kvroute.io/sync-group=NAME and peer with every replica holding one",
+        ),
+    )
+    sync_advertise: str = field(
+        default_factory=lambda: f"tcp://{os.environ['POD_IP']}" if os.environ.get("POD_IP") else "",
+        metadata=flag(
+            "--sync-advertise",
+            metavar="tcp://HOST",
+            help="the address peers reach this replica's --sync-port at, for the Lease "
+            "(default tcp://$POD_IP)",
+        ),
+    )
     sync_key_file: Path | None = field(
         default=None,
         metadata=flag(
@@ -360,8 +378,10 @@ class EppSettings:
     )
 
     def __post_init__(self) -> None:
-        if self.sync_port is None and self.sync_peers:
-            raise ConfigError("--peer needs --sync-port")
+        if self.sync_port is None and (self.sync_peers or self.sync_lease_group):
+            raise ConfigError("--peer and --sync-lease-group need --sync-port")
+        if self.sync_lease_group and not self.sync_advertise:
+            raise ConfigError("--sync-lease-group needs --sync-advertise (or POD_IP)")
         if self.sync_port is not None and self.sync_key_file is None:
             raise ConfigError("--sync-port needs --sync-key-file (sync is always authenticated)")
         if not 0 < self.sync_interval_s <= 1.0:

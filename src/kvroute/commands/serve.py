@@ -81,6 +81,7 @@ _PER_REPLICA = frozenset(
     {
         "grpc_port", "grpc_health_port", "metrics_port", "secure_serving", "health_checking",
         "sync_port", "sync_peers", "sync_key_file", "sync_authorized_keys", "replica_id",
+        "sync_lease_group", "sync_advertise",
     }
 )  # fmt: skip
 

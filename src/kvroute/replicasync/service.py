@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from kvroute.datastore.store import Datastore
 from kvroute.plugins.lifecycle import ReplicatedState
 from kvroute.replicasync.core import ReplicaSync
+from kvroute.replicasync.membership import LeaseMembership
 from kvroute.replicasync.transport import CurveKeys, SyncTransport
 from kvroute.replicasync.wire import Codec
 from kvroute.settings import EppSettings
@@ -27,4 +28,25 @@ def build_sync(
         bind=f"tcp://{host}:{settings.sync_port}",
         peers=settings.sync_peers,
         interval_s=settings.sync_interval_s,
+    )
+
+
+def build_membership(settings: EppSettings, transport: SyncTransport) -> LeaseMembership | None:
+    """Lease membership (``--sync-lease-group``) feeding ``transport``'s peers, or None."""
+    if not settings.sync_lease_group:
+        return None
+    from kvroute.k8s.source import client_factory_from_env
+
+    static = list(settings.sync_peers)
+
+    def on_peers(peers: list[str]) -> None:
+        transport.set_peers([*static, *peers])
+
+    return LeaseMembership(
+        client_factory_from_env()(),
+        namespace=settings.pool_namespace,
+        group=settings.sync_lease_group,
+        replica_id=settings.replica_id,
+        endpoint=f"{settings.sync_advertise}:{transport.port}",
+        on_peers=on_peers,
     )

@@ -91,5 +91,9 @@ def test_sync_without_a_key_or_with_peers_but_no_port_is_refused() -> None:
         EppSettings(sync_port=9100)
     with pytest.raises(ConfigError, match="--sync-port"):
         EppSettings(sync_peers=("tcp://127.0.0.1:9100",))
+    with pytest.raises(ConfigError, match="--sync-advertise"):
+        EppSettings(
+            sync_port=9100, sync_key_file=Path("k"), sync_lease_group="g", sync_advertise=""
+        )
     with pytest.raises(ConfigError, match="--sync-interval"):
         EppSettings(sync_interval_s=0.0)
