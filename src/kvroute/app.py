@@ -184,6 +184,7 @@ class EppApp:
         self._source = endpoint_source or endpoint_source_for(settings)
         self._stack: contextlib.AsyncExitStack | None = None
         self.draining = False
+        self.sync: Any = None  # the replica-sync transport (``--sync-port``), when on
 
     async def __aenter__(self) -> EppApp:
         stack = contextlib.AsyncExitStack()
@@ -238,6 +239,7 @@ class EppApp:
         tasks.spawn(supervised(self._refresh_pool_metrics), "pool-metrics")
         if built.graph is not None:
             await stack.enter_async_context(built.graph.running())
+            self.sync = _start_replica_sync(s, built.graph, self.metrics.registry, tasks)
         self.ports.metrics = await stack.enter_async_context(self._metrics_server())
 
         source_serving = source.serving if isinstance(source, ServiceHealthSource) else None
@@ -351,6 +353,26 @@ class EppApp:
 
 async def _stop_grpc(server: grpc.aio.Server, grace_s: float) -> None:
     await server.stop(grace=grace_s if grace_s > 0 else None)
+
+
+def _start_replica_sync(
+    settings: EppSettings, graph: EppGraph, registry: Any, tasks: OwnedTasks
+) -> Any:
+    """Active-active replica sync (``--sync-port``): one supervised loop in the app's group."""
+    if settings.sync_port is None:
+        return None
+    from kvroute.replicasync.metrics import SyncCollector
+    from kvroute.replicasync.service import build_membership, build_sync
+
+    sync = build_sync(settings, graph.datastore, graph.capabilities.replicated)
+    if sync is None:
+        return None
+    registry.register(SyncCollector(sync.core))
+    tasks.spawn(supervised(sync.run), "replica-sync")
+    membership = build_membership(settings, sync)
+    if membership is not None:
+        tasks.spawn(supervised(membership.run), "replica-sync-leases")
+    return sync
 
 
 def _load_scheduling_config(settings: EppSettings, registry: Any) -> Any:

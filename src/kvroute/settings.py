@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,6 +308,78 @@ class EppSettings:
             "header (pick, scores, fallbacks); off by default",
         ),
     )
+    # Active-active replica sync (kvroute.replicasync; issue 17). Off unless --sync-port is set.
+    sync_port: int | None = field(
+        default=None,
+        metadata=flag(
+            "--sync-port",
+            parse=int,
+            help="publish this replica's routing state to its peers on this TCP port "
+            "(ZeroMQ PUB, CurveZMQ; 0: any free port); unset: no replica sync",
+        ),
+    )
+    sync_peers: tuple[str, ...] = field(
+        default=(),
+        metadata=flag(
+            "--peer",
+            repeat=True,
+            convert=tuple,
+            metavar="tcp://HOST:PORT",
+            help="a peer replica's --sync-port (repeatable; a static peer list)",
+        ),
+    )
+    sync_lease_group: str = field(
+        default="",
+        metadata=flag(
+            "--sync-lease-group",
+            metavar="NAME",
+            help="Kubernetes membership: hold a Lease in --pool-namespace labelled "
+            "kvroute.io/sync-group=NAME and peer with every replica holding one",
+        ),
+    )
+    sync_advertise: str = field(
+        default_factory=lambda: f"tcp://{os.environ['POD_IP']}" if os.environ.get("POD_IP") else "",
+        metadata=flag(
+            "--sync-advertise",
+            metavar="tcp://HOST",
+            help="the address peers reach this replica's --sync-port at, for the Lease "
+            "(default tcp://$POD_IP)",
+        ),
+    )
+    sync_key_file: Path | None = field(
+        default=None,
+        metadata=flag(
+            "--sync-key-file",
+            parse=Path,
+            metavar="FILE",
+            help="the pool's CurveZMQ secret certificate (zmq.auth format; required with "
+            "--sync-port); also keys the messages' HMAC",
+        ),
+    )
+    sync_authorized_keys: Path | None = field(
+        default=None,
+        metadata=flag(
+            "--sync-authorized-keys",
+            parse=Path,
+            metavar="DIR",
+            help="public certificates allowed to subscribe (default: the pool key's own)",
+        ),
+    )
+    replica_id: str = field(
+        default_factory=lambda: (
+            os.environ.get("POD_NAME", "") or f"{socket.gethostname()}-{os.getpid()}"
+        ),
+        metadata=flag(
+            "--replica-id",
+            help="this replica's name among its peers (default POD_NAME, else host-pid)",
+        ),
+    )
+    sync_interval_s: float = field(
+        default=0.005,
+        metadata=flag(
+            "--sync-interval", parse=duration, help="publish batching interval (default 5ms)"
+        ),
+    )
 
     emit_endpoint_scores: bool = field(
         default=False,
@@ -388,6 +461,14 @@ class EppSettings:
             raise ConfigError(
                 "--require-client-cert needs --secure-serving=true and --client-ca-path FILE"
             )
+        if self.sync_port is None and (self.sync_peers or self.sync_lease_group):
+            raise ConfigError("--peer and --sync-lease-group need --sync-port")
+        if self.sync_lease_group and not self.sync_advertise:
+            raise ConfigError("--sync-lease-group needs --sync-advertise (or POD_IP)")
+        if self.sync_port is not None and self.sync_key_file is None:
+            raise ConfigError("--sync-port needs --sync-key-file (sync is always authenticated)")
+        if not 0 < self.sync_interval_s <= 1.0:
+            raise ConfigError(f"--sync-interval must be in (0, 1s], got {self.sync_interval_s}")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout must not be negative, got {self.drain_timeout_s}")
         if self.config_file is not None and self.config_text is not None:

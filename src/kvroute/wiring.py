@@ -42,6 +42,7 @@ from kvroute.plugins.lifecycle import (
     DatastoreAttachable,
     DatastoreListener,
     PrefixBlockHolder,
+    ReplicatedState,
 )
 from kvroute.plugins.registry import PluginRegistry, default_registry
 from kvroute.requestcontrol.director import Director, Resolver
@@ -64,6 +65,7 @@ class PluginCapabilities:
     background: tuple[BackgroundTask, ...] = ()
     closables: tuple[AsyncClosable, ...] = ()
     block_holders: tuple[PrefixBlockHolder, ...] = ()
+    replicated: tuple[ReplicatedState, ...] = ()  # shared with active-active peers
 
     @classmethod
     def classify(cls, plugins: Mapping[str, object]) -> PluginCapabilities:
@@ -80,6 +82,7 @@ class PluginCapabilities:
             background=tuple(p for p in items if isinstance(p, BackgroundTask)),
             closables=tuple(p for p in items if isinstance(p, AsyncClosable)),
             block_holders=tuple(p for p in items if isinstance(p, PrefixBlockHolder)),
+            replicated=tuple(p for p in items if isinstance(p, ReplicatedState)),
         )
 
 

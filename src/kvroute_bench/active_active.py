@@ -10,18 +10,29 @@ replica's director counts only the requests it routed, as in a real cluster. Wha
 diverge here: the scraped metrics (every replica scrapes the same servers; the harness gives
 them one snapshot per interval).
 
+**Replica sync** (``--sync-delay-ms``, issue 17): with a delay given, each replica runs the
+EPP's real :class:`~kvroute.replicasync.core.ReplicaSync` core over its datastore and plugins.
+After every decision and every completion it flushes one message (its in-flight deltas, the
+prefix index's inserts), encoded and HMAC-tagged as on the wire; the message reaches each other
+replica ``delay`` later (the delay stands for the batching interval plus the network) and is
+decoded and merged there before that replica's next decision. ``off`` is today's behaviour:
+nothing shared. Peers are aged out on each receiver's own (virtual) clock, as live.
+
 Run ``python -m kvroute_bench.active_active --workload shared-prefix-sglang --qps 4`` (see
-``--help``); it prints one row per replica count with TTFT, prefix-cache hit rate and goodput.
+``--help``); it prints one row per replica count (and sync setting) with TTFT, prefix-cache hit
+rate and goodput.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import random
 import sys
 import zlib
 from collections.abc import Sequence
 
+from kvroute.embed import ReplicaSync, SyncCodec
 from kvroute_bench.baselines import BASELINES, Router
 from kvroute_bench.cluster import RunConfig, run_stage
 from kvroute_bench.epp_router import EppRouter
@@ -41,13 +52,39 @@ class ActiveActiveRouter:
         config_source: str = "default",
         seed: int = 0,
         assign: str = "random",
+        sync_delay: float | None = None,
     ) -> None:
         if assign not in ("random", "session"):
             raise ValueError("assign must be 'random' or 'session'")
-        self.name = f"kvroute x{replicas} ({assign})"
+        if sync_delay is not None and sync_delay < 0:
+            raise ValueError("sync_delay must be >= 0 (None: no sync)")
+        label = "off" if sync_delay is None else f"{sync_delay * 1e3:g} ms"
+        self.name = f"kvroute x{replicas} ({assign}, sync {label})"
         self._epps = [
             EppRouter(f"epp-{i}", config_source, seed=seed + 101 * i) for i in range(replicas)
         ]
+        self._delay = sync_delay
+        self._syncs: list[ReplicaSync] = []
+        if sync_delay is not None and replicas > 1:
+            codec = SyncCodec(b"bench-pool-key")
+            self._syncs = [
+                ReplicaSync(
+                    epp.name,
+                    epp.datastore,
+                    epp.graph.capabilities.replicated,
+                    codec=codec,
+                    clock=epp._clock,
+                    epoch=i,
+                    # replicas here publish only on their own events (no timer heartbeats),
+                    # so a quiet one must not be aged out as dead
+                    peer_timeout_s=30.0,
+                )
+                for i, epp in enumerate(self._epps)
+            ]
+        # (deliver_at, seq, destination replica, message) in delivery order
+        self._wire: list[tuple[float, int, int, bytes]] = []
+        self._wire_seq = 0
+        self.messages = 0
         self._assign = assign
         self._rng = random.Random(seed)
         self._owner: dict[str, int] = {}
@@ -61,16 +98,47 @@ class ActiveActiveRouter:
             return zlib.crc32(key.encode()) % n
         return self._rng.randrange(n)
 
+    def _deliver(self, now: float) -> None:
+        """Merge every message whose delivery time has come (in send order per pair)."""
+        wire = self._wire
+        while wire and wire[0][0] <= now:
+            at, _, dst, data = heapq.heappop(wire)
+            self._epps[dst].now = at
+            self._syncs[dst].merge(data, at)
+        for i, sync in enumerate(self._syncs):
+            self._epps[i].now = now
+            sync.expire(now)
+
+    def _publish(self, k: int, now: float) -> None:
+        data = self._syncs[k].flush(now)
+        if data is None or self._delay is None:
+            return
+        for dst in range(len(self._epps)):
+            if dst != k:
+                self._wire_seq += 1
+                heapq.heappush(self._wire, (now + self._delay, self._wire_seq, dst, data))
+                self.messages += 1
+
     def pick(self, request: BenchRequest, pool: PoolView, now: float) -> int | None:
         k = self._replica_for(request)
         self._owner[request.request_id] = k
         self.decisions_per_replica[k] += 1
-        return self._epps[k].pick(request, pool, now)
+        if self._syncs:
+            self._epps[k]._mirror(pool)  # endpoints known before peers' entries are merged
+            self._deliver(now)
+        picked = self._epps[k].pick(request, pool, now)
+        if self._syncs:
+            self._publish(k, now)
+        return picked
 
     def on_complete(self, request: BenchRequest, replica: int, now: float) -> None:
         k = self._owner.pop(request.request_id, None)
         if k is not None:
+            if self._syncs:
+                self._deliver(now)
             self._epps[k].on_complete(request, replica, now)
+            if self._syncs:
+                self._publish(k, now)
 
 
 def run(
@@ -83,6 +151,7 @@ def run(
     assign: str,
     seed: int,
     profile: str = "h100-llama3-8b",
+    sync_delay: float | None = None,
 ) -> list[tuple[int, StageMetrics]]:
     spec = resolve_spec(workload)
     engine = replica_config(profile, {})
@@ -91,7 +160,9 @@ def run(
     out = []
     for n in epp_replicas:
         router: ActiveActiveRouter | Router = (
-            ActiveActiveRouter(n, seed=seed, assign=assign) if n > 0 else BASELINES["random"](seed)
+            ActiveActiveRouter(n, seed=seed, assign=assign, sync_delay=sync_delay)
+            if n > 0
+            else BASELINES["random"](seed)
         )
         result = run_stage(
             requests,
@@ -123,27 +194,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--servers", type=int, default=8, help="simulated model servers")
     p.add_argument("--assign", default="random", choices=["random", "session"])
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    rows = run(
-        epp_replicas=[int(x) for x in args.epp_replicas.split(",")],
-        workload=args.workload,
-        qps=args.qps,
-        duration=args.duration,
-        servers=args.servers,
-        assign=args.assign,
-        seed=args.seed,
+    p.add_argument(
+        "--sync-delay-ms",
+        default="off",
+        help="comma list of replica-sync delays in ms, or 'off' (nothing shared); e.g. off,1,10",
     )
+    args = p.parse_args(argv)
+    delays = [None if d == "off" else float(d) / 1e3 for d in args.sync_delay_ms.split(",")]
+    counts = [int(x) for x in args.epp_replicas.split(",")]
     print(
         f"workload={args.workload} qps={args.qps} servers={args.servers} "
         f"duration={args.duration}s assign={args.assign} seed={args.seed}"
     )
-    print("| EPP replicas | prefix hit rate | TTFT p50 (s) | TTFT p90 (s) | goodput (req/s) |")
-    print("|---:|---:|---:|---:|---:|")
-    for n, m in rows:
-        print(
-            f"| {n} | {m.prefix_hit_rate:.3f} | {m.ttft_p50:.3f} | {m.ttft_p90:.3f} | "
-            f"{m.goodput_rps:.2f} |"
+    print(
+        "| EPP replicas | sync delay | prefix hit rate | TTFT p50 (s) | TTFT p90 (s) "
+        "| goodput (req/s) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for delay in delays:
+        rows = run(
+            epp_replicas=[n for n in counts if n > 1 or delay is delays[0]],
+            workload=args.workload,
+            qps=args.qps,
+            duration=args.duration,
+            servers=args.servers,
+            assign=args.assign,
+            seed=args.seed,
+            sync_delay=delay,
         )
+        label = "off" if delay is None else f"{delay * 1e3:g} ms"
+        for n, m in rows:
+            print(
+                f"| {n} | {label if n > 1 else '—'} | {m.prefix_hit_rate:.3f} | "
+                f"{m.ttft_p50:.3f} | {m.ttft_p90:.3f} | {m.goodput_rps:.2f} |",
+                flush=True,
+            )
     return 0
 
 

@@ -82,6 +82,7 @@ class EppRouter:
             clock=self._clock,
             flow_control=False,  # the harness picks at arrival; see kvroute_bench.flowcontrol
         )
+        self.graph = graph
         self.director = graph.director
         self.plugins = graph.setup.plugins  # for reports that read a plugin's state
         self._decisions: dict[str, RoutingDecision] = {}

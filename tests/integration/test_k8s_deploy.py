@@ -193,6 +193,32 @@ def test_chart_renders(
     ]
 
 
+def test_chart_active_active_replicas_sync_instead_of_electing() -> None:
+    docs = chart_docs(
+        inferenceExtension={
+            "replicas": 3,
+            "activeActive": {"enabled": True, "keySecret": "pool-sync-key"},
+        }
+    )
+    args = _args(docs)
+    assert "--ha-enable-leader-election" not in args
+    assert {"--sync-port=5557", "--sync-key-file=/sync-key/pool.key_secret"} <= set(args)
+    assert "--sync-lease-group=vllm" in args
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    assert deploy["spec"]["replicas"] == 3
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert {"name": "sync", "containerPort": 5557} in pod["containers"][0]["ports"]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "sync-key"]
+    assert vol["secret"]["secretName"] == "pool-sync-key"
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert any(
+        "list" in r["verbs"] and "delete" in r["verbs"] and "resourceNames" not in r
+        for r in role["rules"]
+    )
+
+
 def test_chart_without_pool_and_with_extras() -> None:
     docs = chart_docs(
         inferencePool={"create": False},

@@ -44,6 +44,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kvroute.plugins.lifecycle",),
     # Sources that feed the datastore: metric scrapers/KV events, and Kubernetes watches.
     ("kvroute.datalayer", "kvroute.k8s"),
+    # Active-active replica sync: the sans-IO core and its ZeroMQ shell (membership reads k8s).
+    ("kvroute.replicasync",),
     ("kvroute.scheduling",),
     # Flow control (admission queues, by priority band), run by the director before scheduling.
     ("kvroute.flowcontrol",),

@@ -16,7 +16,14 @@ from typing import Any
 
 from kvroute.errors import ConfigError
 from kvroute.gateway.edge import EdgeOptions
-from kvroute.settings import add_epp_arguments, duration, parse_bool, settings_from_args
+from kvroute.settings import (
+    EppSettings,
+    add_epp_arguments,
+    duration,
+    flags,
+    parse_bool,
+    settings_from_args,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +41,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     _add_edge_arguments(parser)
+    parser.add_argument(
+        "--epp-replicas",
+        type=int,
+        default=1,
+        help="run N active-active EPP replicas as child processes behind the one Envoy, "
+        "sharing state over CurveZMQ (default 1: the EPP runs in this process)",
+    )
     add_epp_arguments(parser, gateway=True)
 
 
@@ -120,6 +134,8 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.epp_replicas != 1:
+        return await _serve_replicas(args, settings, stop)
     gateway = Gateway(
         settings=settings,
         port=args.port,
@@ -147,6 +163,74 @@ async def _serve(args: argparse.Namespace) -> int:
 def _ext_proc_address(gw: Any) -> str:
     uds = gw.epp.settings.grpc_uds
     return f"unix:{uds}" if uds is not None else f":{gw.epp.ports.grpc}"
+
+
+# Flags the replica set sets itself for each child (ports, loopback, sync peers and key).
+_PER_REPLICA = frozenset(
+    {
+        "grpc_port", "grpc_health_port", "metrics_port", "secure_serving", "health_checking",
+        "sync_port", "sync_peers", "sync_key_file", "sync_authorized_keys", "replica_id",
+        "sync_lease_group", "sync_advertise",
+    }
+)  # fmt: skip
+
+
+def epp_child_args(args: argparse.Namespace) -> list[str]:
+    """The EPP flags of a ``serve`` command line, as ``kvroute epp`` arguments: every flag whose
+    parsed value differs from its default (the replica set adds the per-replica ones)."""
+    out: list[str] = []
+    probe = argparse.ArgumentParser()
+    add_epp_arguments(probe, gateway=True)
+    defaults = probe.parse_args([])
+    for f, spec in flags():
+        if f.name in _PER_REPLICA:
+            continue
+        value = getattr(args, f.name)
+        if value == getattr(defaults, f.name):
+            continue
+        for v in value if spec.repeat else [value]:
+            text = str(v).lower() if isinstance(v, bool) else str(getattr(v, "value", v))
+            out.append(f"{spec.name}={text}")
+    return out
+
+
+async def _serve_replicas(
+    args: argparse.Namespace, settings: EppSettings, stop: asyncio.Event
+) -> int:
+    from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
+    from kvroute.gateway.envoy import EnvoyProcess
+    from kvroute.gateway.replicas import EppReplicaSet
+
+    replicas = EppReplicaSet(args.epp_replicas, epp_child_args(args), args.log_dir)
+    async with replicas:
+        opts = BootstrapOptions(
+            listen_host=args.host,
+            port=args.port,
+            epp_endpoints=replicas.endpoints,
+            epp_tls=False,
+            endpoints=settings.endpoints,
+            failure_mode=FailureMode(args.failure_mode),
+            response_processing=settings.response_processing.value,
+            request_body_buffer_limit_bytes=settings.max_request_body_bytes,
+            edge=_edge_options(args),
+        )
+        envoy = EnvoyProcess(
+            build_bootstrap(opts), log_dir=args.log_dir, concurrency=args.envoy_concurrency
+        )
+        await envoy.start()
+        try:
+            print(
+                f"kvroute serve: gateway ready at http://{args.host}:{envoy.port} with "
+                f"{len(replicas.replicas)} EPP replicas (ext_proc "
+                + ", ".join(f":{p}" for _, p in replicas.endpoints)
+                + f"); logs in {args.log_dir}",
+                flush=True,
+            )
+            await stop.wait()
+        finally:
+            await envoy.stop()
+    print("kvroute serve: stopped", flush=True)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,6 +40,9 @@ class EndpointEvent:
 
 
 EndpointListener = Callable[[EndpointEvent], None]
+# Called after every local in-flight change that was applied: (endpoint, +1 sent / -1 finished,
+# tokens, model). The replica-sync core (:mod:`kvroute.replicasync`) turns these into deltas.
+LoadObserver = Callable[[str, int, int, str], None]
 
 
 class Datastore:
@@ -48,7 +51,15 @@ class Datastore:
     ``clock`` stamps snapshots that arrive without an ``updated_at`` (tests pass a fake clock).
     """
 
-    __slots__ = ("_by_hostport", "_by_name", "_clock", "_listeners", "_snapshot", "health")
+    __slots__ = (
+        "_by_hostport",
+        "_by_name",
+        "_clock",
+        "_listeners",
+        "_load_observer",
+        "_snapshot",
+        "health",
+    )
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -57,6 +68,7 @@ class Datastore:
         self._by_hostport: dict[str, str] = {}
         self._snapshot: tuple[Endpoint, ...] | None = ()
         self._listeners: list[EndpointListener] = []
+        self._load_observer: LoadObserver | None = None
 
     # -- endpoint set ---------------------------------------------------------------------
 
@@ -157,6 +169,8 @@ class Datastore:
         if model:
             models = load.inflight_models
             models[model] = models.get(model, 0) + 1
+        if self._load_observer is not None:
+            self._load_observer(name, 1, max(0, tokens), model)
 
     def on_request_finished(
         self,
@@ -179,15 +193,56 @@ class Datastore:
         if endpoint is None or (load is not None and endpoint.load is not load):
             return
         load = endpoint.load
-        load.inflight = max(0, load.inflight - 1)
-        load.inflight_tokens = max(0, load.inflight_tokens - max(0, tokens))
+        if load.inflight <= load.remote_inflight:
+            return  # nothing of ours is counted here (the local part is already 0)
+        load.inflight -= 1
+        taken = min(max(0, tokens), load.inflight_tokens - load.remote_tokens)
+        load.inflight_tokens -= max(0, taken)
         if model:
             models = load.inflight_models
             left = models.get(model, 0) - 1
             if left > 0:
                 models[model] = left
-            else:
+            elif left == 0:
                 models.pop(model, None)
+            if models.get(model, 0) < load.remote_models.get(model, 0):
+                models[model] = load.remote_models[model]  # never below the peers' part
+        if self._load_observer is not None:
+            self._load_observer(name, -1, max(0, taken), model)
+
+    def observe_load(self, observer: LoadObserver | None) -> None:
+        """Set (or clear) the one observer of local in-flight changes (the replica sync)."""
+        self._load_observer = observer
+
+    def set_remote_load(
+        self, name: str, inflight: int, tokens: int, models: Mapping[str, int]
+    ) -> None:
+        """Replace the peers' part of ``name``'s in-flight ledger; the local part is untouched.
+
+        The totals the scorers read move by the difference. A no-op for an unknown endpoint.
+        """
+        endpoint = self._by_name.get(name)
+        if endpoint is None:
+            return
+        load = endpoint.load
+        inflight, tokens = max(0, inflight), max(0, tokens)
+        load.inflight += inflight - load.remote_inflight
+        load.inflight_tokens += tokens - load.remote_tokens
+        load.remote_inflight, load.remote_tokens = inflight, tokens
+        totals, old = load.inflight_models, load.remote_models
+        for model in set(old) | set(models):
+            n = totals.get(model, 0) + max(0, models.get(model, 0)) - old.get(model, 0)
+            if n > 0:
+                totals[model] = n
+            else:
+                totals.pop(model, None)
+        load.remote_models = {m: n for m, n in models.items() if n > 0}
+
+    def add_remote_sent(self, name: str, sent: int) -> None:
+        """Peers sent ``sent`` requests to ``name`` (since this replica's last scrape of it)."""
+        endpoint = self._by_name.get(name)
+        if endpoint is not None and sent > 0:
+            endpoint.load.sent_since_scrape += sent
 
     def load_of(self, name: str) -> EndpointLoad | None:
         endpoint = self._by_name.get(name)

@@ -24,6 +24,8 @@ from kvroute.config.epp_config import (
 from kvroute.datastore.endpoint import EMPTY_METRICS
 from kvroute.datastore.store import Datastore
 from kvroute.protocol.openai import ParsedRequest, parse_request
+from kvroute.replicasync.core import ReplicaSync
+from kvroute.replicasync.wire import Codec as SyncCodec
 from kvroute.requestcontrol.director import Director, RoutingDecision
 from kvroute.requestcontrol.model_resolution import ResolvedModel
 from kvroute.scheduling.builder import SchedulingSetup, build_scheduling
@@ -37,9 +39,11 @@ __all__ = [
     "Director",
     "EppGraph",
     "ParsedRequest",
+    "ReplicaSync",
     "ResolvedModel",
     "RoutingDecision",
     "SchedulingSetup",
+    "SyncCodec",
     "build_epp",
     "build_scheduling",
     "builtin_epp_config",

@@ -45,12 +45,19 @@ class EndpointLoad:
     director); read by the scheduling plugins. ``inflight_tokens`` are the estimated prompt
     tokens of those requests (upstream ``inflight-load-producer``'s default charge); the
     ``inflight_models`` counts are per target model (base model or LoRA adapter), absent at 0.
+
+    With active-active replicas (:mod:`kvroute.replicasync`) the totals the plugins read are
+    this replica's own counts plus the ``remote_*`` part, the peers' published counts; the
+    local part is always ``total - remote`` and only the local part is ever uncounted here.
     """
 
     inflight: int = 0
     sent_since_scrape: int = 0  # sent after the current metrics snapshot was taken
     inflight_tokens: int = 0  # estimated prompt tokens of in-flight requests
     inflight_models: dict[str, int] = field(default_factory=dict)  # target model -> requests
+    remote_inflight: int = 0  # of ``inflight``: the peers' part
+    remote_tokens: int = 0  # of ``inflight_tokens``: the peers' part
+    remote_models: dict[str, int] = field(default_factory=dict)  # of ``inflight_models``
 
 
 @dataclass(frozen=True, slots=True)

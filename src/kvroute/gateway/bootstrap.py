@@ -76,6 +76,9 @@ class BootstrapOptions:
     admin_port: int = 0
     epp_host: str = "127.0.0.1"
     epp_port: int = 9002
+    # Active-active EPP replicas (``kvroute serve --epp-replicas N``): the ext_proc cluster's
+    # hosts, balanced per stream; empty = the one (epp_host, epp_port).
+    epp_endpoints: Sequence[tuple[str, int]] = field(default_factory=tuple)
     epp_tls: bool = True
     # Finding 7 (issue 20): Envoy reaches the EPP over this Unix socket (``kvroute serve``: in a
     # private 0700 directory), and serves its admin API on ``admin_uds``, instead of loopback
@@ -143,12 +146,31 @@ def _static_cluster(name: str, hosts: Sequence[tuple[str, int]], timeout: str) -
 def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
     """The ext_proc HTTP filter, processing mode as upstream's reference config."""
     full = opts.response_processing == "full"
+    envoy_grpc: dict[str, Any] = {"cluster_name": EPP_CLUSTER, "authority": "kvroute-epp"}
+    if len(opts.epp_endpoints) > 1:
+        # Several EPP replicas: a stream that cannot be opened on one (it just died, before the
+        # health check noticed) is opened on another instead of failing the request.
+        envoy_grpc["retry_policy"] = {
+            "retry_on": "connect-failure,refused-stream,unavailable,reset",
+            "num_retries": len(opts.epp_endpoints) - 1,
+            "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {
+                        "@type": _T
+                        + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                    },
+                }
+            ],
+            "host_selection_retry_max_attempts": 3,
+        }
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {
-                "envoy_grpc": {"cluster_name": EPP_CLUSTER, "authority": "kvroute-epp"},
+                "envoy_grpc": envoy_grpc,
                 "timeout": _duration(opts.grpc_timeout_s),
             },
             "processing_mode": {
@@ -348,8 +370,20 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             }
         ]
     timeout = _duration(opts.connect_timeout_s)
-    epp = _static_cluster(EPP_CLUSTER, [(opts.epp_host, opts.epp_port)], timeout)
-    if opts.epp_uds:
+    epp_hosts = list(opts.epp_endpoints) or [(opts.epp_host, opts.epp_port)]
+    epp = _static_cluster(EPP_CLUSTER, epp_hosts, timeout)
+    if len(epp_hosts) > 1:
+        epp["lb_policy"] = "LEAST_REQUEST"  # streams to the replica with the fewest open
+        # A replica that refuses a connection is ejected at once, not at the next health check.
+        epp["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "interval": "0.1s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100,
+        }
+    if opts.epp_uds and len(epp_hosts) == 1:
         lb = epp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         lb["address"] = {"pipe": {"path": opts.epp_uds}}
     epp["typed_extension_protocol_options"] = {

@@ -13,11 +13,16 @@ once, when the config is built, and runs the lifecycle wherever the EPP's object
 * :class:`AsyncClosable` -- ``aclose()``, awaited once when the graph stops.
 * :class:`PrefixBlockHolder` -- ``blocks_held(endpoint)``: prefix blocks a prefix index holds
   for an endpoint (shown on the live pool page).
+* :class:`ReplicatedState` -- state only this replica knows and its active-active peers should
+  (:mod:`kvroute.replicasync`): the approximate index's inserts, the precise index's speculative
+  entries; a session-affinity plugin's bindings use the same seam (entries ``[session,
+  endpoint, remaining_ttl_s]``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from kvroute.datastore.store import Datastore, EndpointEvent
@@ -46,3 +51,21 @@ class AsyncClosable(Protocol):
 @runtime_checkable
 class PrefixBlockHolder(Protocol):
     def blocks_held(self, endpoint: str) -> int: ...
+
+
+@runtime_checkable
+class ReplicatedState(Protocol):
+    """A plugin's state shared with peer replicas over one named channel.
+
+    ``drain_replicated()`` returns the msgpack-able entries recorded locally since the last
+    drain (recording starts with the first drain, so a plugin with no peers keeps nothing);
+    ``merge_replicated(entries, now)`` applies a peer's entries -- never re-published -- after
+    validating all of them: on a malformed entry it raises ``ValueError`` and applies none.
+    Entries carry no absolute time (remaining durations only).
+    """
+
+    def replication_channel(self) -> str: ...
+
+    def drain_replicated(self) -> list[Any]: ...
+
+    def merge_replicated(self, entries: Sequence[object], now: float) -> None: ...

@@ -61,7 +61,21 @@ VARIANTS = {
             outlier_detection=False,
         ),
     ),
+    "epp-replicas": BootstrapOptions(
+        endpoints=EPS, epp_tls=False, epp_endpoints=(("127.0.0.1", 9102), ("127.0.0.1", 9202))
+    ),
 }
+
+
+def test_epp_replicas_share_one_ext_proc_cluster_with_fast_ejection() -> None:
+    doc = build_bootstrap(VARIANTS["epp-replicas"])
+    epp = _clusters(doc)[EPP_CLUSTER]
+    hosts = epp["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ports = [h["endpoint"]["address"]["socket_address"]["port_value"] for h in hosts]
+    assert ports == [9102, 9202]
+    assert epp["lb_policy"] == "LEAST_REQUEST"
+    assert epp["outlier_detection"]["consecutive_local_origin_failure"] == 1
+    assert "outlier_detection" not in _clusters(build_bootstrap(VARIANTS["default"]))[EPP_CLUSTER]
 
 
 @pytest.mark.parametrize("name", list(VARIANTS), ids=list(VARIANTS))

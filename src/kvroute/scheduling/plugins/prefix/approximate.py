@@ -147,6 +147,31 @@ class PrefixCacheScorer:
         self._last_seen: dict[str, float] = {}
         self._next_prune = 0.0
         self._tuned_capacity: dict[str, int] = {}
+        self._outbox: list[list[Any]] | None = None  # replicated inserts (after a first drain)
+
+    # -- ReplicatedState (active-active peers; kvroute.replicasync) ----------------------------
+
+    def replication_channel(self) -> str:
+        return f"{TYPE}/{self.typed_name.name}"
+
+    def drain_replicated(self) -> list[Any]:
+        """The index inserts made here since the last drain: ``[server, [hash, ...]]``."""
+        out, self._outbox = self._outbox or [], []
+        return out
+
+    def merge_replicated(self, entries: Sequence[object], now: float) -> None:
+        """A peer's inserts; all validated before any is applied. A server this replica has
+        not scheduled over yet is taken on trust (peers are authenticated) but, like any
+        server, pruned once absent for a prune interval; at most 4096 servers are tracked."""
+        limit = self.params.max_blocks(1)
+        checked = [_prefix_entry(e, limit) for e in entries]
+        seen = self._last_seen
+        for server, hashes in checked:
+            if server not in seen:
+                if len(seen) >= 4096:
+                    continue
+                seen[server] = now
+            self.index.add(server, hashes)
 
     # -- PrepareData ---------------------------------------------------------------------------
 
@@ -277,8 +302,25 @@ class PrefixCacheScorer:
         prefill = result.profile_results.get(PREFILL_PROFILE)
         if prefill is not None and prefill.targets and result.primary_profile != PREFILL_PROFILE:
             targets.append(prefill.targets[0])
+        outbox = self._outbox
         for target in targets:
             self.index.add(target.name, hashes)
+            if outbox is not None:
+                outbox.append([target.name, list(hashes)])
+
+
+def _prefix_entry(entry: object, max_blocks: int) -> tuple[str, list[int]]:
+    """``[server, [hash, ...]]`` from a peer, checked (``ValueError`` when malformed)."""
+    if not isinstance(entry, list) or len(entry) != 2:
+        raise ValueError("prefix entry is not [server, hashes]")
+    server, hashes = entry
+    if not isinstance(server, str) or not server or not isinstance(hashes, list):
+        raise ValueError("prefix entry types")
+    if len(hashes) > max_blocks or not all(
+        isinstance(h, int) and not isinstance(h, bool) and 0 <= h < 1 << 64 for h in hashes
+    ):
+        raise ValueError("prefix entry hashes")
+    return server, hashes
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> PrefixCacheScorer:

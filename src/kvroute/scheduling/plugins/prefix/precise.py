@@ -119,6 +119,7 @@ class PrecisePrefixCacheScorer:
         self.subscriber: KvEventSubscriber | None = None
         self._key: StateKey[PreciseMatch] = StateKey(f"precise-prefix-match/{name}")
         self._known: dict[str, str] = {}  # server -> its KV events address
+        self._outbox: list[list[Any]] | None = None  # replicated speculative entries
 
     # -- event subscriptions -------------------------------------------------------------------
 
@@ -282,9 +283,41 @@ class PrecisePrefixCacheScorer:
         target = primary.targets[0]
         chain = match.hashes.get(target.name)
         if chain:
-            self.index.add_speculative(
-                target.name, chain, now=state.now, ttl=self.params.speculative_ttl_seconds
-            )
+            ttl = self.params.speculative_ttl_seconds
+            self.index.add_speculative(target.name, chain, now=state.now, ttl=ttl)
+            outbox = self._outbox
+            if outbox is not None:
+                outbox.append([target.name, ttl, list(chain)])
+
+    # -- ReplicatedState (active-active peers; kvroute.replicasync) ----------------------------
+
+    def replication_channel(self) -> str:
+        return f"{TYPE}/{self.typed_name.name}"
+
+    def drain_replicated(self) -> list[Any]:
+        """Speculative entries made here since the last drain: ``[server, ttl_s, [hash...]]``
+        (the remaining TTL, never an absolute time). Stored blocks need no sync: every replica
+        subscribes to the engines' KV events itself."""
+        out, self._outbox = self._outbox or [], []
+        return out
+
+    def merge_replicated(self, entries: Sequence[object], now: float) -> None:
+        max_ttl = self.params.speculative_ttl_seconds
+        checked = []
+        for e in entries:
+            if not isinstance(e, list) or len(e) != 3:
+                raise ValueError("speculative entry is not [server, ttl, hashes]")
+            server, ttl, hashes = e
+            if not isinstance(server, str) or not isinstance(ttl, int | float):
+                raise ValueError("speculative entry types")
+            if not isinstance(hashes, list) or len(hashes) > 1 << 16:
+                raise ValueError("speculative entry hashes")
+            if not all(isinstance(h, int) and not isinstance(h, bool) for h in hashes):
+                raise ValueError("speculative entry hashes")
+            checked.append((server, min(float(ttl), max_ttl), hashes))
+        for server, ttl, hashes in checked:
+            if ttl > 0 and server in self._known:
+                self.index.add_speculative(server, hashes, now=now, ttl=ttl)
 
 
 def _factory(
