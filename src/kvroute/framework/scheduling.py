@@ -149,6 +149,23 @@ EXPLAIN: StateKey[list[str]] = StateKey("explain")
 # sheddable request); the framework appends it to the profile's failure reason.
 EMPTY_REASON: StateKey[str] = StateKey("empty-reason")
 
+
+@dataclass(frozen=True, slots=True)
+class PrefixCacheMatchInfo:
+    """How much of this request's prompt each endpoint already caches (upstream
+    ``PrefixCacheMatchInfo``), published into the CycleState by the prefix-cache producer.
+
+    ``matched_blocks`` maps an endpoint name to its cached prefix blocks; an endpoint absent from
+    it caches nothing. P/D deciders read it for the decode pick.
+    """
+
+    matched_blocks: Mapping[str, int]
+    total_blocks: int
+    block_size_tokens: int
+
+
+PREFIX_CACHE_MATCH: StateKey[PrefixCacheMatchInfo] = StateKey("prefix-cache-match-info")
+
 # Why a profile produced no result (written by the framework; read by profile handlers).
 PROFILE_FAILURES: StateKey[dict[str, str]] = StateKey("profile-failures")
 

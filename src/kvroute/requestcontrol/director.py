@@ -24,13 +24,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from kvroute.datastore.endpoint import Endpoint, EndpointLoad
 from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
+from kvroute.framework.hooks import UPSTREAM_HEADERS
 from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
@@ -109,6 +110,8 @@ class RoutingDecision:
     resolved: ResolvedModel
     inflight_tokens: int = 0
     completed: bool = False
+    # Headers PreRequest plugins set on the forwarded request (``UPSTREAM_HEADERS``).
+    upstream_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def subset_candidates(
@@ -203,6 +206,7 @@ class Director:
             self._run_hook("PreRequest", pre, pre.pre_request, state, request, result)
 
         target = targets[0]
+        extra_headers: dict[str, str] | None = state.get(UPSTREAM_HEADERS, None)
         tokens = _estimate_tokens(parsed)
         self.datastore.on_request_sent(target.name, tokens, model=request.target_model)
         return RoutingDecision(
@@ -213,6 +217,7 @@ class Director:
             endpoint_header=",".join(e.hostport for e in targets),
             resolved=resolved,
             inflight_tokens=tokens,
+            upstream_headers=extra_headers or {},
         )
 
     def handle_response_complete(

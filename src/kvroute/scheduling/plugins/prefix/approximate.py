@@ -44,6 +44,7 @@ from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.framework.hooks import PrepareData, PreRequest
+from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, PrefixCacheMatchInfo
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import (
@@ -154,7 +155,15 @@ class PrefixCacheScorer:
     def prepare_data(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None:
-        state.write(self._key, self._match(state, request, endpoints))
+        match = self._match(state, request, endpoints)
+        state.write(self._key, match)
+        # The public view P/D deciders read (upstream's PrefixCacheMatchInfo attribute).
+        state.write(
+            PREFIX_CACHE_MATCH,
+            PrefixCacheMatchInfo(
+                match.matched, match.total_blocks, self.block_size_tokens(endpoints)
+            ),
+        )
 
     def _match(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
