@@ -153,15 +153,14 @@ EMPTY_REASON: StateKey[str] = StateKey("empty-reason")
 @dataclass(frozen=True, slots=True)
 class PrefixCacheMatchInfo:
     """How much of this request's prompt each endpoint already caches (upstream
-    ``PrefixCacheMatchInfo``), published into the CycleState by the prefix-cache producer.
+    ``PrefixCacheMatchInfo``), published into the CycleState by a prefix-cache producer.
 
-    ``matched_blocks`` maps an endpoint name to its cached prefix blocks; an endpoint absent from
-    it caches nothing. P/D deciders read it for the decode pick.
+    ``cached_tokens`` maps an endpoint name to the prompt tokens its cached prefix blocks cover
+    (blocks x that endpoint's block size); an endpoint absent from it caches nothing. P/D
+    deciders read it for the decode pick.
     """
 
-    matched_blocks: Mapping[str, int]
-    total_blocks: int
-    block_size_tokens: int
+    cached_tokens: Mapping[str, int]
 
 
 PREFIX_CACHE_MATCH: StateKey[PrefixCacheMatchInfo] = StateKey("prefix-cache-match-info")

@@ -158,12 +158,9 @@ class PrefixCacheScorer:
         match = self._match(state, request, endpoints)
         state.write(self._key, match)
         # The public view P/D deciders read (upstream's PrefixCacheMatchInfo attribute).
-        state.write(
-            PREFIX_CACHE_MATCH,
-            PrefixCacheMatchInfo(
-                match.matched, match.total_blocks, self.block_size_tokens(endpoints)
-            ),
-        )
+        size = self.block_size_tokens(endpoints)
+        cached = {name: blocks * size for name, blocks in match.matched.items()}
+        state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo(cached))
 
     def _match(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]

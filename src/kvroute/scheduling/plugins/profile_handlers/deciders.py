@@ -46,7 +46,7 @@ def uncached_tokens(state: CycleState, request: InferenceRequest, decode: Endpoi
     info = state.get(PREFIX_CACHE_MATCH, None)
     if info is None:
         return None
-    cached = info.matched_blocks.get(decode.name, 0) * info.block_size_tokens
+    cached = info.cached_tokens.get(decode.name, 0)
     return max(0, prompt_tokens(request) - cached)
 
 

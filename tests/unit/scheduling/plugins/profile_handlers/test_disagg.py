@@ -16,11 +16,16 @@ from kvroute.config.epp_config import load_epp_config, parse_epp_config
 from kvroute.errors import ConfigError, PluginValidationError, PoolExhaustedError
 from kvroute.framework.hooks import UPSTREAM_HEADERS
 from kvroute.framework.request import Usage
+from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, PrefixCacheMatchInfo
 from kvroute.plugins.registry import default_registry
 from kvroute.scheduling.builder import SchedulingSetup, build_scheduling
 from kvroute.scheduling.interfaces import CycleState
 from kvroute.scheduling.plugins.filters.roles import ROLE_LABEL
-from kvroute.scheduling.plugins.profile_handlers.deciders import AutoThreshold
+from kvroute.scheduling.plugins.profile_handlers.deciders import (
+    AutoThreshold,
+    PrefixBasedPdDecider,
+    PrefixDeciderParams,
+)
 from kvroute.scheduling.plugins.profile_handlers.disagg import (
     PREFILLER_HEADER,
     DisaggProfileHandler,
@@ -194,3 +199,19 @@ schedulingProfiles:
     assert headers == {PREFILLER_HEADER: PREFILL.hostport}
     decider.response_complete(make_request(request_id="q1"), DECODE, Usage(5, 10))
     assert decider.auto.cost[(AutoThreshold.bucket(5), True)].n == 1
+
+
+@pytest.mark.parametrize(
+    ("cached", "prompt_tokens_gate", "expected"),
+    [(None, 0, False), (0, 0, True), (84, 0, True), (85, 0, False), (0, 101, False)],
+)
+def test_prefix_decider_rule(cached: int | None, prompt_tokens_gate: int, expected: bool) -> None:
+    """Upstream's rule with nonCachedTokens 16 on a 100-token prompt (400 characters): split iff
+    100 - cached >= 16; no prefix producer means no split; promptTokens gates short prompts."""
+    decider = PrefixBasedPdDecider(
+        params=PrefixDeciderParams(nonCachedTokens=16, promptTokens=prompt_tokens_gate)
+    )
+    state = CycleState(NOW)
+    if cached is not None:
+        state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({DECODE.name: cached}))
+    assert decider.disaggregate(state, make_request(prompt="x" * 400), DECODE) is expected
