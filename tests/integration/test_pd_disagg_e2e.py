@@ -65,6 +65,7 @@ class LabelledEndpoints:
 @dataclass
 class Rig:
     url: str
+    epp: EppApp
     prefill: list[SimServer]
     decode: SimServer
     sidecar: Sidecar
@@ -116,7 +117,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
             EnvoyProcess(upstream_shaped_bootstrap(epp.ports.grpc), log_dir=tmp)
         )
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
-        yield Rig(f"http://127.0.0.1:{envoy.port}", prefill, decode, sidecar, client)
+        yield Rig(f"http://127.0.0.1:{envoy.port}", epp, prefill, decode, sidecar, client)
 
 
 def _events(raw: str) -> list[dict[str, Any]]:
@@ -151,6 +152,13 @@ async def test_long_prompt_is_prefilled_on_a_prefill_server_and_decoded_on_decod
     (used,) = (s for s in rig.prefill if s.transfers.sent)
     assert 'direction="sent"} 1' in await _metrics(rig.client, used)
     assert 'direction="received"} 1' in await _metrics(rig.client, rig.decode)
+
+    epp_metrics = (await rig.client.get(f"http://127.0.0.1:{rig.epp.ports.metrics}/metrics")).text
+    assert (
+        'llm_d_epp_disagg_decision_total{decision_type="prefill-decode",model_name="'
+        + MODEL
+        + '",plugin_name="disagg-profile-handler",plugin_type="disagg-profile-handler"} 1.0'
+    ) in epp_metrics
 
     # The same request served whole by a fresh aggregated server: the same stream.
     ref = await _sim("both", "dec")

@@ -13,10 +13,13 @@ once, when the config is built, and runs the lifecycle wherever the EPP's object
 * :class:`AsyncClosable` -- ``aclose()``, awaited once when the graph stops.
 * :class:`PrefixBlockHolder` -- ``blocks_held(endpoint)``: prefix blocks a prefix index holds
   for an endpoint (shown on the live pool page).
+* :class:`DecisionCounter` -- ``decision_counts()``: ``(model_name, decision_type) -> count``
+  (the P/D handler; exported as ``llm_d_epp_disagg_decision_total``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -46,3 +49,8 @@ class AsyncClosable(Protocol):
 @runtime_checkable
 class PrefixBlockHolder(Protocol):
     def blocks_held(self, endpoint: str) -> int: ...
+
+
+@runtime_checkable
+class DecisionCounter(Protocol):
+    def decision_counts(self) -> Mapping[tuple[str, str], int]: ...

@@ -117,7 +117,8 @@ class DisaggProfileHandler:
         self._handle = handle
         self.prefill_decider: Decider | None = None
         self.encode_decider: Decider | None = None
-        self.decisions: Counter[str] = Counter()
+        # (model_name, decision_type) -> count: upstream's llm_d_epp_disagg_decision_total.
+        self.decisions: Counter[tuple[str, str]] = Counter()
         self._prefill_on = self.params.stage_order == "prefill-first"
         self._encode_on = False
 
@@ -242,7 +243,7 @@ class DisaggProfileHandler:
         kind = ("encode-" if n.encode in ran else "") + (
             "prefill-decode" if self._remote_prefill(results) else "decode"
         )
-        self.decisions[kind if kind != "decode" else "decode-only"] += 1
+        self.decisions[(request.target_model or "unknown", _decision_type(kind))] += 1
         return SchedulingResult(dict(results), n.decode)
 
     def _remote_prefill(self, results: Mapping[str, ProfileResult | None]) -> bool:
@@ -251,6 +252,9 @@ class DisaggProfileHandler:
         if prefill is None or not prefill.targets or decode is None or not decode.targets:
             return False
         return prefill.targets[0].hostport != decode.targets[0].hostport
+
+    def decision_counts(self) -> Mapping[tuple[str, str], int]:
+        return dict(self.decisions)
 
     # -- PreRequest ----------------------------------------------------------------------------
 
@@ -272,6 +276,10 @@ class DisaggProfileHandler:
                 state.write(UPSTREAM_HEADERS, headers)
             else:
                 current.update(headers)
+
+
+def _decision_type(kind: str) -> str:
+    return "decode-only" if kind == "decode" else kind
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Plugin:

@@ -81,7 +81,8 @@ def test_upstream_pd_config_splits_long_prompts_and_keeps_cached_ones_local() ->
     # A short prompt (under 16 tokens) never splits.
     result, headers = _route(setup, "hi there", "c")
     assert headers == {}
-    assert handler.decisions == {"prefill-decode": 1, "decode-only": 2}
+    model = make_request().target_model
+    assert handler.decision_counts() == {(model, "prefill-decode"): 1, (model, "decode-only"): 2}
 
 
 def test_always_decider_and_missing_prefill_pool() -> None:
