@@ -5,7 +5,7 @@ Listens on ``--port`` (the port the InferencePool targets) and proxies to the mo
 that server first and decoded locally with the KV cache it hands over
 (:mod:`kvroute.sidecar.core`). Flags follow llm-d-router's sidecar where they exist
 (``--port`` 8000, ``--model-server-port`` 8200, ``--kv-connector`` nixlv2,
-``--prefill-max-retries`` 0); ``--prefill-timeout`` is kvroute's.
+``--prefill-max-retries`` 0, ``--data-parallel-size`` 1); ``--prefill-timeout`` is kvroute's.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--prefill-timeout", type=float, default=60.0, help="seconds before local prefill"
     )
     parser.add_argument("--prefill-max-retries", type=int, default=0, help="extra prefill tries")
+    parser.add_argument(
+        "--data-parallel-size",
+        type=int,
+        default=1,
+        help="DP ranks on consecutive ports from --port / --model-server-port (default 1)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -47,14 +53,19 @@ def run(args: argparse.Namespace) -> int:
             f"(supported: {', '.join(KV_CONNECTORS)})"
         )
         return 2
-    if args.prefill_max_retries < 0 or args.prefill_timeout <= 0:
-        print("kvroute sidecar: --prefill-max-retries must be >= 0 and --prefill-timeout > 0")
+    if args.prefill_max_retries < 0 or args.prefill_timeout <= 0 or args.data_parallel_size < 1:
+        print(
+            "kvroute sidecar: --prefill-max-retries must be >= 0, --prefill-timeout > 0 and "
+            "--data-parallel-size >= 1"
+        )
         return 2
     sidecar = Sidecar(
         SidecarOptions(
             model_server=f"http://{args.model_server_host}:{args.model_server_port}",
             prefill_timeout_s=args.prefill_timeout,
             prefill_max_retries=args.prefill_max_retries,
+            data_parallel_size=args.data_parallel_size,
+            listen_port=args.port,
         )
     )
     web.run_app(sidecar.app(), host=args.host, port=args.port, print=None)

@@ -36,6 +36,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.profile_handlers.single_profile",
     "kvroute.scheduling.plugins.profile_handlers.disagg",
     "kvroute.scheduling.plugins.profile_handlers.deciders",
+    "kvroute.scheduling.plugins.profile_handlers.data_parallel",
     "kvroute.scheduling.plugins.filters.roles",
     "kvroute.scheduling.plugins.filters.utilization_detector",
     "kvroute.scheduling.plugins.filters.decision_tree",

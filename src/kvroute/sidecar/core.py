@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 PREFILLER_HEADER = "x-prefiller-host-port"
+DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
 REQUEST_ID_HEADER = "x-request-id"
 # Paths whose requests can be split; anything else passes through.
 SPLITTABLE_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
@@ -44,6 +45,7 @@ _DROP_HEADERS = frozenset(
         "host",
         "content-length",
         PREFILLER_HEADER,
+        DATA_PARALLEL_HEADER,
     }
 )
 
@@ -140,3 +142,15 @@ def decode_body(body: Mapping[str, Any], params: Mapping[str, Any]) -> bytes:
     out = dict(body)
     out["kv_transfer_params"] = {**params, "do_remote_prefill": True, "do_remote_decode": False}
     return json.dumps(out, separators=(",", ":")).encode()
+
+
+def data_parallel_rank(headers: Mapping[str, str], listen_port: int, dp_size: int) -> int:
+    """The DP rank ``x-data-parallel-host-port`` names (its port minus the sidecar's own), as
+    upstream's sidecar maps ``podIP:port+r`` to ``localhost:model-server-port+r``; 0 when the
+    header is absent, malformed or out of range (the primary rank serves it)."""
+    value = next((v for k, v in headers.items() if k.lower() == DATA_PARALLEL_HEADER), "")
+    _, sep, port = value.strip().rpartition(":")
+    if dp_size <= 1 or not sep or not port.isdigit():
+        return 0
+    rank = int(port) - listen_port
+    return rank if 0 <= rank < dp_size else 0

@@ -24,6 +24,7 @@ from kvroute.sidecar.core import (
     MalformedTransferParams,
     Mode,
     Split,
+    data_parallel_rank,
     decode_body,
     forward_headers,
     parse_transfer_params,
@@ -43,6 +44,10 @@ class SidecarOptions:
     prefill_timeout_s: float = 60.0
     prefill_max_retries: int = 0
     prefill_scheme: str = "http"
+    # Data-parallel ranks on consecutive model-server ports (``--data-parallel-size``): rank r
+    # of ``x-data-parallel-host-port`` = its port - ``listen_port``.
+    data_parallel_size: int = 1
+    listen_port: int = 8000
 
 
 class SidecarMetrics:
@@ -150,11 +155,20 @@ class Sidecar:
         self.metrics.requests.labels(Mode.FALLBACK.value).inc()
         return original
 
+    def _model_server(self, headers: Mapping[str, str]) -> str:
+        o = self.options
+        base = o.model_server.rstrip("/")
+        rank = data_parallel_rank(headers, o.listen_port, o.data_parallel_size)
+        if rank == 0:
+            return base
+        scheme_host, _, port = base.rpartition(":")
+        return f"{scheme_host}:{int(port) + rank}"
+
     async def _forward(
         self, request: web.Request, headers: Mapping[str, str], body: bytes
     ) -> web.StreamResponse:
         assert self._session is not None
-        url = self.options.model_server.rstrip("/") + request.path_qs
+        url = self._model_server(request.headers) + request.path_qs
         try:
             upstream = await self._session.request(
                 request.method, url, data=body or None, headers=headers

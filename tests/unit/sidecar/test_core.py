@@ -72,3 +72,13 @@ def test_malformed_transfer_params_are_rejected(answer: bytes | str, match: str)
     raw = answer.encode() if isinstance(answer, str) else answer
     with pytest.raises(core.MalformedTransferParams, match=match):
         core.parse_transfer_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("value", "rank"),
+    [("10.0.0.7:8002", 2), ("10.0.0.7:8000", 0), ("10.0.0.7:8009", 0), ("junk", 0), ("", 0)],
+)
+def test_data_parallel_rank_from_the_header(value: str, rank: int) -> None:
+    headers = {"X-Data-Parallel-Host-Port": value} if value else {}
+    assert core.data_parallel_rank(headers, 8000, 4) == rank
+    assert core.data_parallel_rank(headers, 8000, 1) == 0

@@ -171,3 +171,33 @@ async def test_malformed_params_and_timeouts_fall_back_and_count() -> None:
             assert f"kvroute_sim:role_info{{{role}}} 1" in await resp.text()
     finally:
         await rig.close()
+
+
+async def test_data_parallel_header_reaches_that_ranks_port() -> None:
+    """Two simulated servers on consecutive ports stand for two DP ranks of one pod."""
+    ranks: list[SimServer] = []
+    try:
+        first = await _sim("both", "rank0")
+        ranks.append(first)
+        second = SimServer(load_server_config(profile="tiny"), name="rank1", port=first.port + 1)
+        try:
+            await second.start()
+        except OSError:
+            pytest.skip("the port after the first rank is taken")
+        ranks.append(second)
+        sidecar = Sidecar(
+            SidecarOptions(model_server=first.url, data_parallel_size=2, listen_port=9000)
+        )
+        runner, port = await _serve(sidecar.app())
+        try:
+            url = f"http://127.0.0.1:{port}"
+            status, raw = await _post(url, BODY, {"x-data-parallel-host-port": "10.0.0.7:9001"})
+            assert status == 200
+            assert json.loads(raw)["id"].endswith("rank1-1")
+            status, raw = await _post(url, BODY, {})
+            assert json.loads(raw)["id"].endswith("rank0-1")
+        finally:
+            await runner.cleanup()
+    finally:
+        for s in ranks:
+            await s.stop()
