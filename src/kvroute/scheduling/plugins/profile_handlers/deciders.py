@@ -184,6 +184,8 @@ class PrefixBasedPdDecider:
         tokens = n_in if uncached is None else uncached
         started = self._clock() if self._clock is not None else state.now
         self._pending[request.request_id] = (tokens, started, False)
+        while len(self._pending) > _MAX_PENDING:  # requests that never reached PreRequest
+            self._pending.popitem(last=False)
         return self.auto.choose(tokens)
 
     # -- learning hooks (only with nonCachedTokens: auto) --------------------------------------
@@ -204,8 +206,6 @@ class PrefixBasedPdDecider:
             if name != result.primary_profile
         )
         self._pending[request.request_id] = (found[0], found[1], split)
-        while len(self._pending) > _MAX_PENDING:
-            self._pending.popitem(last=False)
 
     def response_complete(
         self, request: InferenceRequest, endpoint: Endpoint, usage: Usage | None
