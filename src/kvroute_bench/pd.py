@@ -21,16 +21,28 @@ Run: ``python -m kvroute_bench.pd --help`` (the commands in ``docs/benchmarks.md
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kvroute_sim.config import EngineConfig, engine_profile
 from kvroute_sim.disagg import KVShape, link
 from kvroute_sim.engine import Engine, SimRequest, StepOutcome
 
 Policy = Callable[[int], bool]  # prompt tokens -> split?
+
+
+class PdRouter(Protocol):
+    """A router in the loop (``kvroute_bench.pd_kvroute``): picks (prefill or None, decode)."""
+
+    def route(
+        self, rid: str, prompt: int, output: int, now: float, engines: Sequence[Engine]
+    ) -> tuple[int | None, int]: ...
+
+    def complete(self, rid: str, now: float, output: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -41,6 +53,7 @@ class Rec:
     split: bool = False
     handed: bool = False  # the prefill leg is done; the decode leg runs
     prefill_engine: int = -1
+    decode_engine: int = -1  # chosen up front by a router (kvroute picks decode first)
     first: float | None = None
     finish: float | None = None
     gaps: list[float] = field(default_factory=list)
@@ -101,8 +114,10 @@ def run(
     slo_tpot: float = 0.05,
     label: str = "",
     qps: float = 0.0,
+    router: PdRouter | None = None,
 ) -> Result:
-    """One run; ``n_prefill`` 0 means aggregated over ``n_decode`` engines."""
+    """One run; ``n_prefill`` 0 means aggregated over ``n_decode`` engines. With ``router`` the
+    router decides (and ``policy`` is ignored); otherwise JSQ within each pool."""
     bpt = (shape or KVShape()).bytes_per_token
     kv_link = link(link_name)
     engines = [Engine(engine) for _ in range(n_prefill + n_decode)]
@@ -140,10 +155,15 @@ def run(
             t, p, o = arrivals[i]
             rid = f"r{i}"
             rec = recs[rid] = Rec(t, p, o)
-            rec.split = (n_prefill > 0 or n_decode > 1) and policy(p)
-            if rec.split:
+            if router is not None:
+                pre, rec.decode_engine = router.route(rid, p, o, now, engines)
+                rec.split = pre is not None
+                rec.prefill_engine = -1 if pre is None else pre
+            else:
+                rec.split = (n_prefill > 0 or n_decode > 1) and policy(p)
                 # Flexible pool (no prefill-only engines): any engine prefills, another decodes.
-                rec.prefill_engine = least(prefill_ix or decode_ix)
+                rec.prefill_engine = least(prefill_ix or decode_ix) if rec.split else -1
+            if rec.split:
                 submit(
                     rec.prefill_engine,
                     SimRequest(rid, num_prompt_tokens=p, max_tokens=1, arrival_time=now),
@@ -151,7 +171,7 @@ def run(
                 )
             else:
                 submit(
-                    least(decode_ix),
+                    rec.decode_engine if rec.decode_engine >= 0 else least(decode_ix),
                     SimRequest(rid, num_prompt_tokens=p, max_tokens=o, arrival_time=now),
                     now,
                 )
@@ -189,9 +209,12 @@ def run(
                     transfer_s=transfer,
                 )
                 others = [k for k in decode_ix if k != rec.prefill_engine] or decode_ix
-                submit(least(others), dreq, out.end)
+                target = rec.decode_engine if rec.decode_engine >= 0 else least(others)
+                submit(target, dreq, out.end)
             else:
                 rec.finish = out.end
+                if router is not None:
+                    router.complete(req.request_id, out.end, rec.output)
         wake(i, now)
 
     done = [r for r in recs.values() if r.finish is not None and r.first is not None]
@@ -276,6 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--slo-tpot", type=float, default=0.05)
     ap.add_argument("--crossover", action="store_true", help="sweep prompt length instead")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--kvroute",
+        metavar="NONCACHED",
+        help="also run kvroute's own P/D scheduler (nonCachedTokens: NONCACHED, e.g. auto)",
+    )
     a = ap.parse_args(argv)
     engine = engine_profile("h100-llama3-8b", max_model_len=16384)
     if a.crossover:
@@ -319,6 +347,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(one(0, a.gpus, split, f"flex x{a.gpus} (all both)"))
         for p in range(1, a.gpus):
             print(one(p, a.gpus - p, split, f"P/D {p}:{a.gpus - p}"))
+        if a.kvroute:
+            from kvroute_bench.pd_kvroute import KvrouteRouter
+
+            for p in range(a.gpus):
+                roles = ["both"] * a.gpus if p == 0 else ["prefill"] * p + ["decode"] * (a.gpus - p)
+                kv = KvrouteRouter(roles, a.kvroute, seed=a.seed)
+                name = f"flex x{a.gpus}" if p == 0 else f"P/D {p}:{a.gpus - p}"
+                res = run(
+                    arr,
+                    p,
+                    a.gpus - p,
+                    split,
+                    engine=engine,
+                    link_name=a.link,
+                    slo_ttft=a.slo_ttft,
+                    slo_tpot=a.slo_tpot,
+                    qps=qps,
+                    router=kv,
+                )
+                res = dataclasses.replace(
+                    res, label=f"kvroute {a.kvroute}, {name} (threshold at end {kv.threshold})"
+                )
+                print(_row(res))
     return 0
 
 
