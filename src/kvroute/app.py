@@ -410,6 +410,7 @@ async def build_director_backend(
     """The production backend: the graph of :func:`kvroute.wiring.build_epp`, behind ext_proc."""
     from kvroute.extproc.director_backend import Codec, DirectorBackend
     from kvroute.extproc.response_filter import OpenAIResponseFilter
+    from kvroute.observability.disagg_metrics import register_disagg_metrics
     from kvroute.plugins.registry import default_registry
     from kvroute.requestcontrol.model_resolution import ModelResolver
     from kvroute.scheduling.timing import PluginTimings
@@ -440,6 +441,8 @@ async def build_director_backend(
     if holders:
         metrics.recent.blocks_held = lambda name: sum(h.blocks_held(name) for h in holders)
     parsers = graph.setup.parsers  # requestHandler.parsers, resolved at build
+    # P/D decisions (llm_d_epp_disagg_decision_total), when a disagg handler is configured.
+    register_disagg_metrics(metrics.registry, list(graph.setup.plugins.values()))
     codec = Codec(
         parse_request=parsers.parse_request,
         rewrite_request_body=parsers.rewrite_request_body,

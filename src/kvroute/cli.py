@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "epp": ("kvroute.commands.epp", "run the Endpoint Picker (Envoy ext_proc gRPC server)"),
     "serve": ("kvroute.commands.serve", "run the EPP and a real Envoy in front of named endpoints"),
     "top": ("kvroute.commands.top", "watch a running EPP's pool live in the terminal"),
+    "sidecar": ("kvroute.commands.sidecar", "run the P/D routing sidecar beside a decode server"),
 }
 
 

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kvroute_sim.disagg import KVShape, Role
+
 # Linear-layer time per step (tokens in step -> seconds) for Llama-3-8B BF16 on one H100.
 # Anchored on Vidur's Llama-2-7B H100 medians x1.08 (§2.3) at 1-128 tokens (weight-bound) and
 # at 1024+ (compute-bound, ~20 us/token); the 256-512 transition is fitted to the §2.4 curve
@@ -118,6 +120,11 @@ class ServerConfig(BaseModel):
     tokenizer: str | None = None  # a HF tokenizer.json (or its directory); None = word pieces
     faults: FaultConfig = FaultConfig()
     tracing_endpoint: str | None = None  # OTLP/gRPC collector, e.g. "http://127.0.0.1:4317"
+    # P/D disaggregation (kvroute_sim.disagg): the engine role, the KV link it pulls over, and
+    # the model shape that sets the KV bytes per token.
+    role: Role = "both"
+    kv_link: Literal["nvlink", "rdma", "tcp"] = "rdma"
+    kv_shape: KVShape = KVShape()
 
 
 def _profiles() -> dict[str, dict[str, Any]]:

@@ -74,6 +74,10 @@ class SimRequest:
     num_prompt_tokens: int = 0
     prompt_block_hashes: Sequence[int] | None = None
     output_token_ids: Sequence[int] | None = None
+    # P/D: the prompt's KV arrives from a prefill server (all but the last prompt token), after
+    # ``transfer_s`` (seconds, scaled by ``time_scale`` like every other time).
+    remote_kv: bool = False
+    transfer_s: float = 0.0
     # --- progress, written by the engine ---
     status: int = PENDING
     num_output_tokens: int = 0
@@ -193,7 +197,7 @@ class Engine:
             req._hashable = req.prompt_token_ids is not None and req.output_token_ids is not None
         if req.lora is not None and req.lora not in self._lora_ids:
             self._lora_ids[req.lora] = len(self._lora_ids) + 1
-        req._ready_time = req.arrival_time + cfg.api_overhead_s * cfg.time_scale
+        req._ready_time = req.arrival_time + (cfg.api_overhead_s + req.transfer_s) * cfg.time_scale
         req.status = PENDING
         self._by_id[req.request_id] = req
         self._seq += 1
@@ -300,6 +304,8 @@ class Engine:
                 if cfg.prefix_caching and req._hashes:
                     hit, ev = pool.match(req._hashes, (total - 1) // bs)
                 computed = hit * bs
+                if req.remote_kv and req.num_preemptions == 0:
+                    computed = max(computed, req.num_prompt_tokens - 1)  # pulled, not computed
                 n = total - computed
                 if n > budget:
                     if not chunked:
@@ -318,9 +324,9 @@ class Engine:
                 req._n_hashed = hit
                 req.num_computed_tokens = computed
                 if req.num_preemptions == 0:
-                    req.num_cached_tokens = computed
+                    req.num_cached_tokens = hit * bs
                     self.prefix_cache_queries += total
-                    self.prefix_cache_hits += computed
+                    self.prefix_cache_hits += hit * bs
                 if req.first_scheduled_time is None:
                     req.first_scheduled_time = now
                 req.status = RUNNING

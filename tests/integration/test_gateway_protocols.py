@@ -23,6 +23,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvroute.app import EppApp
+from kvroute.gateway.edge import EdgeOptions
 from kvroute.gateway.gateway import Gateway
 from kvroute_sim.cluster import SimCluster
 
@@ -103,7 +104,18 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         resources = tmp / "pool.yaml"
         resources.write_text(RESOURCES)
         gw = await stack_.enter_async_context(
-            Gateway(cluster.urls, resources=[resources], config_text=CONFIG, log_dir=tmp)
+            Gateway(
+                cluster.urls,
+                resources=[resources],
+                config_text=CONFIG,
+                log_dir=tmp,
+                # header aliases and parser selection are under test: the operator trusts the
+                # client's routing headers and exposes the extra paths to the EPP
+                edge=EdgeOptions(
+                    trust_client_routing_headers=True,
+                    extra_path_prefixes=("/v1/rerank", "/v1/messages/count_tokens"),
+                ),
+            )
         )
         client = await stack_.enter_async_context(httpx.AsyncClient(base_url=gw.url, timeout=60))
         for _ in range(100):

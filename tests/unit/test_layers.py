@@ -53,6 +53,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Prometheus collectors, fed by the director backend.
     ("kvroute.observability",),
     ("kvroute.extproc",),
+    # The P/D sidecar beside a decode server: its own sans-IO core and aiohttp shell.
+    ("kvroute.sidecar",),
     # The one function that builds the EPP's object graph from settings and config, then the
     # composition root that runs it, then its shells.
     ("kvroute.wiring",),

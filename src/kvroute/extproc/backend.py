@@ -53,6 +53,8 @@ class Routed:
     target_model: str = ""
     metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     handle: object = None
+    # Headers set on the forwarded request by PreRequest plugins (``x-prefiller-host-port``).
+    upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Headers added to the client's response (e.g. the opt-in decision summary).
     response_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 

@@ -245,6 +245,7 @@ class DirectorBackend:
             target_model=req.target_model,
             handle=_Handle(decision, started, req.priority, req.fairness_id, span=span),
             response_headers=response_headers or {},
+            upstream_headers=getattr(decision, "upstream_headers", None) or {},
         )
         self._metrics.record_routed(
             req.incoming_model,

@@ -71,6 +71,7 @@ def routing_headers_response(
     request_id: str | None,
     remove: Iterable[str],
     extra_metadata: Mapping[str, Mapping[str, Any]],
+    extra_headers: Mapping[str, str] | None = None,
 ) -> Any:
     """The deferred request-headers answer that carries the routing decision.
 
@@ -83,6 +84,8 @@ def routing_headers_response(
         sets.append(header_option("content-length", str(content_length)))
     if request_id is not None:
         sets.append(header_option(REQUEST_ID_HEADER, request_id))
+    for key, value in (extra_headers or {}).items():
+        sets.append(header_option(key, value))
     common = pb.CommonResponse(
         clear_route_cache=True,
         header_mutation=pb.HeaderMutation(set_headers=sets, remove_headers=list(remove)),

@@ -53,7 +53,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,7 @@ from kvroute.extproc.backend import (
     subset_from_metadata,
 )
 from kvroute.extproc.body_budget import BodyBudget
+from kvroute.framework.hooks import PLUGIN_OWNED_HEADERS
 from kvroute.protocol.paths import is_inference_path
 from kvroute.requestcontrol.headers import MODEL_REWRITE, OBJECTIVE, read_aliased
 
@@ -341,13 +342,18 @@ class ExtProcStream:
             endpoint_header=routed.endpoint_header,
             content_length=len(routed.body),
             request_id=self.request_id if self._generated_request_id else None,
-            remove=self._control_headers_present(),
+            remove=self._control_headers_present(routed.upstream_headers),
             extra_metadata=routed.metadata,
+            extra_headers=routed.upstream_headers,
         )
         return [head, *msg.body_chunks(routed.body, request=True)]
 
-    def _control_headers_present(self) -> list[str]:
-        return [k for k in msg.SYSTEM_OWNED_HEADERS if k in self._headers]
+    def _control_headers_present(self, setting: Mapping[str, str] | None = None) -> list[str]:
+        """Control headers to strip; plugin-owned ones (``x-prefiller-host-port``) too, unless
+        this answer sets them (a set overwrites the client's copy)."""
+        out = [k for k in msg.SYSTEM_OWNED_HEADERS if k in self._headers]
+        out += [k for k in PLUGIN_OWNED_HEADERS if k in self._headers and k not in (setting or {})]
+        return out
 
     def _too_large(self, size: int) -> list[Any]:
         return self._reject(

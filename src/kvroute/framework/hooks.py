@@ -15,8 +15,21 @@ from typing import Protocol, runtime_checkable
 
 from kvroute.framework.endpoint import Endpoint
 from kvroute.framework.request import InferenceRequest, Usage
-from kvroute.framework.scheduling import CycleState, SchedulingResult
+from kvroute.framework.scheduling import CycleState, SchedulingResult, StateKey
 from kvroute.plugins.base import Plugin
+
+# Headers a PreRequest plugin asks to set on the request forwarded to the model server (e.g.
+# ``x-prefiller-host-port``); the director copies them onto its decision.
+UPSTREAM_HEADERS: StateKey[dict[str, str]] = StateKey("upstream-headers")
+
+# Headers only plugins write (upstream ``pkg/common/routing/common.go``): a client's copies are
+# removed before forwarding, so a client cannot pick the prefill server itself.
+PLUGIN_OWNED_HEADERS: tuple[str, ...] = (
+    "x-prefiller-host-port",
+    "x-encoder-hosts-ports",
+    "x-kv-cache-source-host-port",
+    "x-data-parallel-host-port",
+)
 
 
 @runtime_checkable

@@ -153,6 +153,22 @@ PREFETCHED: StateKey[dict[str, object]] = StateKey("prefetched")
 # sheddable request); the framework appends it to the profile's failure reason.
 EMPTY_REASON: StateKey[str] = StateKey("empty-reason")
 
+
+@dataclass(frozen=True, slots=True)
+class PrefixCacheMatchInfo:
+    """How much of this request's prompt each endpoint already caches (upstream
+    ``PrefixCacheMatchInfo``), published into the CycleState by a prefix-cache producer.
+
+    ``cached_tokens`` maps an endpoint name to the prompt tokens its cached prefix blocks cover
+    (blocks x that endpoint's block size); an endpoint absent from it caches nothing. P/D
+    deciders read it for the decode pick.
+    """
+
+    cached_tokens: Mapping[str, int]
+
+
+PREFIX_CACHE_MATCH: StateKey[PrefixCacheMatchInfo] = StateKey("prefix-cache-match-info")
+
 # Why a profile produced no result (written by the framework; read by profile handlers).
 PROFILE_FAILURES: StateKey[dict[str, str]] = StateKey("profile-failures")
 

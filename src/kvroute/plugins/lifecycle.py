@@ -17,11 +17,13 @@ once, when the config is built, and runs the lifecycle wherever the EPP's object
   (:mod:`kvroute.replicasync`): the approximate index's inserts, the precise index's speculative
   entries; a session-affinity plugin's bindings use the same seam (entries ``[session,
   endpoint, remaining_ttl_s]``).
+* :class:`DecisionCounter` -- ``decision_counts()``: ``(model_name, decision_type) -> count``
+  (the P/D handler; exported as ``llm_d_epp_disagg_decision_total``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -69,3 +71,8 @@ class ReplicatedState(Protocol):
     def drain_replicated(self) -> list[Any]: ...
 
     def merge_replicated(self, entries: Sequence[object], now: float) -> None: ...
+
+
+@runtime_checkable
+class DecisionCounter(Protocol):
+    def decision_counts(self) -> Mapping[tuple[str, str], int]: ...

@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -41,6 +41,7 @@ from kvroute.datastore.health import PassiveHealth
 from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
 from kvroute.flowcontrol.item import QueueItem
 from kvroute.flowcontrol.runtime import FlowController, slo_deadline
+from kvroute.framework.hooks import UPSTREAM_HEADERS
 from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
@@ -130,6 +131,8 @@ class RoutingDecision:
     # scored (None when off or when the profile has no scorers).
     endpoint_scores: Mapping[str, float] | None = None
     queue_wait_s: float = 0.0  # time spent in flow control (0 on the fast path)
+    # Headers PreRequest plugins set on the forwarded request (``UPSTREAM_HEADERS``).
+    upstream_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def subset_candidates(
@@ -329,6 +332,7 @@ class Director:
             self._run_hook("PreRequest", pre, pre.pre_request, state, request, result)
 
         target = targets[0]
+        extra_headers: dict[str, str] | None = state.get(UPSTREAM_HEADERS, None)
         tokens = _estimate_tokens(parsed)
         self.datastore.on_request_sent(target.name, tokens, model=request.target_model)
         return RoutingDecision(
@@ -340,6 +344,7 @@ class Director:
             resolved=resolved,
             inflight_tokens=tokens,
             endpoint_scores=_by_hostport(scores, result.primary_profile, candidates),
+            upstream_headers=extra_headers or {},
         )
 
     def handle_response_complete(

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kvroute_sim import disagg
 from kvroute_sim.config import FaultConfig, ServerConfig
 from kvroute_sim.engine import Engine, RequestRejected, SimRequest, StepOutcome
 from kvroute_sim.realtime import RealtimeEngine
@@ -74,6 +75,9 @@ class SimServer:
         self._tasks: set[asyncio.Future[None]] = set()
         self._dying = asyncio.Event()
         self._tracer: Any = None  # kvroute_sim.server.tracing.SimTracer when tracing is on
+        self.transfers = disagg.TransferMetrics(config.role)
+        self._link = disagg.link(config.kv_link)
+        self._next_block = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -220,6 +224,7 @@ class SimServer:
             lora=None if parsed.model == self.config.model else parsed.model,
             output_token_ids=out_ids,
         )
+        producer = self._pd_intake(body, req)
         try:
             queue = self.shell.submit(req)
         except RequestRejected as exc:
@@ -234,6 +239,8 @@ class SimServer:
             body_out = builder.full(
                 text, usage(req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens)
             )
+            if producer:
+                body_out["kv_transfer_params"] = self._pd_handout(req)
             return web.json_response(body_out)
         finally:
             if not req.finished:
@@ -301,6 +308,38 @@ class SimServer:
         finally:
             if not req.finished:
                 self.shell.abort(rid)
+
+    def _pd_intake(self, body: Any, req: SimRequest) -> bool:
+        """Apply ``kv_transfer_params`` to ``req``; True when this server must hand KV out."""
+        role = self.config.role
+        if role != "decode" and disagg.remote_decode_requested(body):
+            self.transfers.phases["prefill-only"] += 1
+            return True
+        if role != "prefill" and isinstance(body, dict) and "kv_transfer_params" in body:
+            params = disagg.remote_prefill_params(body)
+            if params is None:
+                if isinstance(body["kv_transfer_params"], dict) and body["kv_transfer_params"].get(
+                    "do_remote_prefill"
+                ):
+                    self.transfers.rejected_params += 1
+            else:
+                n_bytes = (len(req.prompt_token_ids or ())) * self.config.kv_shape.bytes_per_token
+                req.remote_kv = True
+                req.transfer_s = self._link.transfer_seconds(n_bytes)
+                self.transfers.received += 1
+                self.transfers.received_bytes += n_bytes
+                self.transfers.transfer_seconds += req.transfer_s
+                self.transfers.phases["remote-kv-decode"] += 1
+                return False
+        self.transfers.phases["whole"] += 1
+        return False
+
+    def _pd_handout(self, req: SimRequest) -> dict[str, Any]:
+        self.transfers.sent += 1
+        blocks = -(-req.num_prompt_tokens // self.config.engine.block_size)
+        first = self._next_block
+        self._next_block += blocks
+        return disagg.producer_params(f"{self.name}-engine", first, blocks, self.host, self.port)
 
     async def _stream(
         self,
@@ -394,6 +433,7 @@ class SimServer:
             lag_mean_s=self.shell.mean_lag_s,
             steps_late=self.shell.steps_late,
         )
+        text += self.transfers.render(self.config.model)
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from kvroute.flowcontrol.policies import is_fairness, is_ordering, is_usage_limi
 from kvroute.plugins.registry import PluginContext, default_registry
 from kvroute.scheduling.builder import is_filter, is_picker, is_profile_handler, is_scorer
 from kvroute.scheduling.interfaces import Filter, Picker, Scorer
+from kvroute.scheduling.plugins.profile_handlers.disagg import Decider
 from kvroute.scheduling.profile import ScoredView
 from kvroute.scheduling.request import Criticality
 from tests.fakes import NOW, make_endpoint, make_request, make_state
@@ -88,8 +89,9 @@ def test_plugin_builds_with_defaults_and_names_itself(type_name: str) -> None:
         or is_picker(plugin)
         or is_profile_handler(plugin)
         or callable(getattr(plugin, "prepare_data", None))
-        # data-layer/parser plugins only carry validated parameters for the composition root
-        or isinstance(plugin, (MetricsDataSource, CoreMetricsExtractor, RequestParser))
+        # data-layer/parser plugins only carry validated parameters for the composition root;
+        # P/D deciders are consulted by disagg-profile-handler
+        or isinstance(plugin, (MetricsDataSource, CoreMetricsExtractor, RequestParser, Decider))
         # flow-control policies (ordering / fairness / usage limit)
         or is_ordering(plugin)
         or is_fairness(plugin)

@@ -44,6 +44,7 @@ from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.framework.hooks import PrepareData, PreRequest
+from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, PrefixCacheMatchInfo
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import (
@@ -182,7 +183,12 @@ class PrefixCacheScorer:
     def prepare_data(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None:
-        state.write(self._key, self._match(state, request, endpoints))
+        match = self._match(state, request, endpoints)
+        state.write(self._key, match)
+        # The public view P/D deciders read (upstream's PrefixCacheMatchInfo attribute).
+        size = self.block_size_tokens(endpoints)
+        cached = {name: blocks * size for name, blocks in match.matched.items()}
+        state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo(cached))
 
     def _match(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]

@@ -45,6 +45,7 @@ from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import Datastore, EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.framework.hooks import PrepareData, PreRequest
+from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, PrefixCacheMatchInfo
 from kvroute.hostport import format_hostport
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
@@ -203,7 +204,12 @@ class PrecisePrefixCacheScorer:
     def prepare_data(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None:
-        state.write(self._key, self._match(state, request, endpoints))
+        match = self._match(state, request, endpoints)
+        state.write(self._key, match)
+        # The public view P/D deciders read (upstream's PrefixCacheMatchInfo attribute).
+        sizes = {e.name: self.block_size(e) for e in endpoints}
+        cached = {n: b * sizes.get(n, 0) for n, b in match.matched.items()}
+        state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo(cached))
 
     def _match(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]

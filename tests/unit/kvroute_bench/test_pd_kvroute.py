@@ -1,0 +1,37 @@
+"""kvroute's P/D scheduler driving the virtual-time P/D bench (real plugins, virtual clock)."""
+
+from __future__ import annotations
+
+from kvroute_bench import pd
+from kvroute_bench.pd_kvroute import KvrouteRouter
+from kvroute_sim.config import engine_profile
+
+ENGINE = engine_profile("h100-llama3-8b", max_model_len=16384)
+
+
+def test_auto_decider_on_short_chat_is_within_3_percent_of_aggregated() -> None:
+    arr = pd.workload("chat", 40.0, 20.0, seed=3)
+    agg = pd.run(arr, 0, 4, pd.threshold_policy(1 << 30), engine=ENGINE)
+    kv = KvrouteRouter(["both"] * 4, "auto", seed=3)
+    auto = pd.run(arr, 0, 4, pd.threshold_policy(0), engine=ENGINE, router=kv)
+    assert auto.completed == agg.completed == len(arr)
+    assert auto.goodput >= 0.97 * agg.goodput
+    assert auto.split_share < 0.1  # exploration only
+
+
+def test_fixed_threshold_splits_long_prompts_to_the_prefill_engine() -> None:
+    arr = [(0.0, 8000, 20), (0.5, 100, 20)]
+    kv = KvrouteRouter(["prefill", "decode"], "1024")
+    res = pd.run(arr, 1, 1, pd.threshold_policy(0), engine=ENGINE, router=kv)
+    assert res.completed == 2
+    assert res.split_share == 0.5
+    assert kv.setup.scheduler.handler.decision_counts() == {
+        (kv_model(), "prefill-decode"): 1,
+        (kv_model(), "decode-only"): 1,
+    }
+
+
+def kv_model() -> str:
+    from kvroute_bench.pd_kvroute import MODEL
+
+    return MODEL
