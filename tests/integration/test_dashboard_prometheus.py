@@ -104,8 +104,8 @@ async def test_every_dashboard_query_returns_series(tmp_path: Path) -> None:
                 await asyncio.sleep(0.1)
             await _traffic(gw.url, 8.0)
             await asyncio.sleep(2.5)  # scrapes after the last request
-            # flow-control panels may be empty only while nothing has waited in the queue (this mixed
-            # traffic rarely saturates the pool; test_flow_control_gateway.py covers queueing)
+            # flow-control panels may be empty only while nothing has waited in the queue (this
+            # mixed traffic rarely saturates the pool; test_flow_control_gateway.py queues)
             fc_exported = bool(await prom.query("llm_d_epp_flow_control_queue_size"))
             empty, allowed = [], []
             for title, expr, flow in dashboard_queries(doc):
