@@ -15,26 +15,24 @@ primary port). In-flight counts stay on the rank endpoint (its name is unchanged
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field
 
-from kvroute.errors import ConfigError, PoolExhaustedError
 from kvroute.framework.endpoint import Endpoint
 from kvroute.framework.hooks import UPSTREAM_HEADERS
 from kvroute.plugins.base import Plugin, TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import (
-    PROFILE_FAILURES,
     CycleState,
     ProfileHandler,
     ProfileResult,
-    ProfileRunner,
     SchedulingResult,
     StateKey,
 )
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
+from kvroute.scheduling.plugins.profile_handlers.single_profile import SingleProfileHandler
 from kvroute.scheduling.request import InferenceRequest
 
 TYPE = "data-parallel-profile-handler"
@@ -46,26 +44,13 @@ class DataParallelParams(PluginParams):
     primary_port: int = Field(8000, ge=1, le=65535, alias="primaryPort")
 
 
-class DataParallelProfileHandler:
+class DataParallelProfileHandler(SingleProfileHandler):
+    """The single profile, with the pick's rank sent to ``primaryPort`` (its header names the
+    rank): profile checks, picking and failure reasons are the single-profile handler's."""
+
     def __init__(self, name: str = TYPE, params: DataParallelParams | None = None) -> None:
         self.typed_name = TypedName(TYPE, name)
         self.params = params or DataParallelParams()
-
-    def check_profiles(self, names: Sequence[str]) -> None:
-        if len(names) != 1:
-            raise ConfigError(
-                f"{TYPE} {self.typed_name.name!r} needs exactly one scheduling profile, "
-                f"got {len(names)}: {', '.join(names) or '(none)'}"
-            )
-
-    def pick(
-        self,
-        state: CycleState,
-        request: InferenceRequest,
-        profiles: Mapping[str, ProfileRunner],
-        results: Mapping[str, ProfileResult | None],
-    ) -> Sequence[str]:
-        return () if results else tuple(profiles)
 
     def process_results(
         self,
@@ -73,10 +58,10 @@ class DataParallelProfileHandler:
         request: InferenceRequest,
         results: Mapping[str, ProfileResult | None],
     ) -> SchedulingResult:
-        ((name, result),) = results.items()
-        if result is None or not result.targets:
-            reason = state.get(PROFILE_FAILURES, {}).get(name, "picker returned no endpoint")
-            raise PoolExhaustedError(f"failed to find target endpoint: {reason}")
+        chosen = super().process_results(state, request, results)
+        name = chosen.primary_profile
+        result = chosen.profile_results[name]
+        assert result is not None  # the single-profile handler raised otherwise
         rank = result.targets[0]
         state.write(_RANK, rank)
         primary = dataclasses.replace(rank, port=self.params.primary_port)

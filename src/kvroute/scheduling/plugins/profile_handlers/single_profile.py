@@ -38,7 +38,8 @@ class SingleProfileHandler:
     def check_profiles(self, names: Sequence[str]) -> None:
         if len(names) != 1:
             raise ConfigError(
-                f"{TYPE} {self.typed_name.name!r} needs exactly one scheduling profile, "
+                f"{self.typed_name.type} {self.typed_name.name!r} needs exactly one scheduling "
+                "profile, "
                 f"got {len(names)}: {', '.join(names) or '(none)'}"
             )
 
