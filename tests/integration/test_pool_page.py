@@ -143,8 +143,18 @@ async def test_page_lists_endpoints_follows_load_and_escapes(driver: Any, tmp_pa
         assert sum(_cells(driver, "inflight").values()) == 0
 
         # Load: long generations keep requests in flight on the servers.
+        # Waves of 6 until the page has shown them: one wave lasts ~0.35 s on the tiny
+        # profile, shorter than the page's refresh can be relied on to catch on a busy box.
         body = {"model": "base", "prompt": "load " * 20, "max_tokens": 300}
-        load = [asyncio.create_task(client.post("/v1/completions", json=body)) for _ in range(6)]
+        stop = asyncio.Event()
+        statuses: list[int] = []
+
+        async def waves() -> None:
+            while not stop.is_set():
+                batch = [client.post("/v1/completions", json=body) for _ in range(6)]
+                statuses.extend(r.status_code for r in await asyncio.gather(*batch))
+
+        load = asyncio.create_task(waves())
         busy = await _until(
             lambda: sum(_cells(driver, "inflight").values()) > 0, what="in-flight count rising"
         )
@@ -152,8 +162,10 @@ async def test_page_lists_endpoints_follows_load_and_escapes(driver: Any, tmp_pa
         shot = os.environ.get("KVROUTE_POOL_SCREENSHOT")
         if shot:
             await asyncio.to_thread(driver.save_screenshot, shot)
-        for r in await asyncio.gather(*load):
-            assert r.status_code == 200
+        stop.set()
+        await load
+        assert statuses
+        assert all(code == 200 for code in statuses)
         # The default config's prefix scorer now holds the prompt's blocks on the picked server.
         await _until(
             lambda: sum(_cells(driver, "prefix-blocks").values()) > 0, what="prefix blocks held"
