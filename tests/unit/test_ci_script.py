@@ -23,6 +23,7 @@ def test_ci_script_parses() -> None:
 
 
 def test_ci_script_runs_make_test_last() -> None:
-    lines = [ln.strip() for ln in CI.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    stripped = (ln.strip() for ln in CI.read_text().splitlines())
+    lines = [ln for ln in stripped if ln and not ln.startswith("#")]
     assert lines[-1] == "make test"
     assert "set -euo pipefail" in lines
