@@ -126,6 +126,7 @@ async def _faults(servers: list[MiniModelServer], stop_at: float, log: list[str]
         server._release.set()  # held requests are answered 503 now
 
 
+@pytest.mark.timeout(SOAK_S + 240)
 async def test_soak_mixed_traffic_with_faults_loses_nothing_and_memory_stays_flat(
     tmp_path: Path,
 ) -> None:
