@@ -6,9 +6,11 @@ body parser; they differ only in admission:
 * ``flow-control``: kvroute's flow-control core (:class:`~kvroute.flowcontrol.queues.FlowQueues`,
   the same object the EPP's dispatcher drives) gated by ``concurrency-detector`` with
   ``maxConcurrency`` = the engine's ``max_num_seqs`` (a replica is "full" when its batch is);
-  bands by criticality, flows by tenant (the fairness ID), ``round-robin-fairness-policy``, FCFS,
-  TTL 60 s. Held requests are released by the harness (:data:`kvroute_bench.cluster.HOLD`) and
-  scheduled against the state at release.
+  bands by criticality, flows by tenant (the fairness ID), ``program-aware-fairness`` (least
+  attained service in tokens, upstream's default weights; every dispatch counted, the inline fast
+  path's too), FCFS, TTL 60 s. ``flow-control-rr`` (noisy scenario only) is the same with
+  ``round-robin-fairness-policy``. Held requests are released by the harness
+  (:data:`kvroute_bench.cluster.HOLD`) and scheduled against the state at release.
 * ``legacy``: upstream's legacy admission (``utilization-detector``: sheddable requests get 429
   while the pool is saturated; the rest go straight to the engines' queues).
 * ``none``: everything goes to the engines at once.
@@ -42,6 +44,7 @@ from kvroute.embed.flowcontrol import (
     ConcurrencyParams,
     FlowControlSettings,
     FlowQueues,
+    ProgramAwareFairness,
     QueueItem,
     RoundRobinFairness,
 )
@@ -55,6 +58,8 @@ from kvroute_bench.sweep import estimate_saturation
 from kvroute_bench.workload import BenchRequest, generate, resolve_spec
 
 POLICIES = ("flow-control", "legacy", "none")
+# The noisy-neighbour scenario also runs flow control with round-robin fairness, for comparison.
+NOISY_POLICIES = ("flow-control", "flow-control-rr", "legacy", "none")
 SCENARIOS = ("overload", "noisy", "bursts")
 TTL_S = 60.0
 CRITICAL_SLO_S = 1.0
@@ -71,18 +76,22 @@ class AdmissionRouter(EppRouter):
     """kvroute's director with one of the three admission modes (see the module docstring)."""
 
     def __init__(self, mode: str, *, seed: int, max_concurrency: int) -> None:
-        super().__init__(mode, "default", seed=seed)
+        super().__init__(
+            "flow-control" if mode.startswith("flow-control") else mode, "default", seed=seed
+        )
         self.mode = mode
         self.queue: FlowQueues | None = None
         self.detector: Any = self.director.admission.detector
         self.waits: dict[str, float] = {}
-        if mode in ("none", "flow-control"):  # no legacy shedding in either
+        flow_control = mode.startswith("flow-control")
+        if mode == "none" or flow_control:  # no legacy shedding in either
             self.director = _director_like(self.director, _NeverSaturated())
-        if mode == "flow-control":
+        if flow_control:
             self.detector = ConcurrencyDetector(
                 params=ConcurrencyParams.model_validate({"maxConcurrency": max_concurrency})
             )
-            band = BandSettings(fairness=RoundRobinFairness())
+            fairness = RoundRobinFairness() if mode == "flow-control-rr" else ProgramAwareFairness()
+            band = BandSettings(fairness=fairness)
             self.queue = FlowQueues(
                 FlowControlSettings(default_band=band, request_ttl=TTL_S, no_endpoint_ttl=TTL_S)
             )
@@ -96,8 +105,6 @@ class AdmissionRouter(EppRouter):
         self._mirror(pool)
         sat = self.detector.saturation(pool.endpoints, now)
         prio = request.criticality.to_priority()
-        if q.count == 0 and sat < q.settings.usage_limit.ceiling(prio, sat):
-            return self._schedule(request, pool, now)
         item = QueueItem(
             request_id=request.request_id,
             priority=prio,
@@ -108,6 +115,9 @@ class AdmissionRouter(EppRouter):
             output_tokens=request.output_len,
             payload=request,
         )
+        if q.count == 0 and sat < q.settings.usage_limit.ceiling(prio, sat):
+            q.dispatched_inline(item, now)  # as FlowController.admit's fast path
+            return self._schedule(request, pool, now)
         if q.enqueue(item) is not None:
             self.waits[request.request_id] = 0.0
             return None
@@ -202,10 +212,14 @@ class FcBenchSpec:
     duration: float = 40.0
     seed: int = 0
     profile: str = "h100-llama3-8b"
+    max_num_seqs: int | None = None  # engine override: a smaller batch saturates sooner
 
 
 def run_scenario(spec: FcBenchSpec) -> dict[str, Any]:
-    engine = replica_config(spec.profile)
+    overrides: dict[str, object] = {}
+    if spec.max_num_seqs is not None:
+        overrides["max_num_seqs"] = spec.max_num_seqs
+    engine = replica_config(spec.profile, overrides)
     per_replica = estimate_saturation(resolve_spec("sharegpt"), engine, seed=spec.seed, probe_s=20)
     sat = per_replica * spec.replicas
     requests = scenario_requests(spec.scenario, sat, spec.duration, spec.seed)
@@ -214,6 +228,7 @@ def run_scenario(spec: FcBenchSpec) -> dict[str, Any]:
         "scenario": spec.scenario,
         "replicas": spec.replicas,
         "profile": spec.profile,
+        "max_num_seqs": engine.max_num_seqs,
         "saturation_qps": round(sat, 2),
         "duration_s": spec.duration,
         "requests": len(requests),
@@ -230,7 +245,7 @@ def run_scenario(spec: FcBenchSpec) -> dict[str, Any]:
         crit = [r for r in requests if r.criticality is Criticality.CRITICAL]
         recs, _, _ = one("none", crit)
         results["idle_critical_goodput_rps"] = _goodput(recs, spec.duration, slo=True)
-    for policy in POLICIES:
+    for policy in NOISY_POLICIES if spec.scenario == "noisy" else POLICIES:
         recs, _end, router = one(policy, requests)
         results["policies"][policy] = _summary(spec.scenario, recs, spec.duration, router)
     _verdicts(results)

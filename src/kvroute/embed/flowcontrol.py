@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from kvroute.flowcontrol.concurrency import ConcurrencyDetector, ConcurrencyParams
 from kvroute.flowcontrol.item import QueueItem
-from kvroute.flowcontrol.policies import RoundRobinFairness
+from kvroute.flowcontrol.policies import (
+    ProgramAwareFairness,
+    ProgramAwareParams,
+    RoundRobinFairness,
+)
 from kvroute.flowcontrol.queues import BandSettings, FlowControlSettings, FlowQueues
 
 __all__ = [
@@ -19,6 +23,8 @@ __all__ = [
     "ConcurrencyParams",
     "FlowControlSettings",
     "FlowQueues",
+    "ProgramAwareFairness",
+    "ProgramAwareParams",
     "QueueItem",
     "RoundRobinFairness",
 ]

@@ -72,6 +72,21 @@ def test_program_aware_prefers_least_attained_service() -> None:
     assert las.attained("A", 3600.0) < 1.0
 
 
+def test_fast_path_dispatches_count_as_attained_service() -> None:
+    """A flow served inline while nothing was queued is not favoured once contention starts."""
+    las = ProgramAwareFairness()
+    q = FlowQueues(FlowControlSettings(default_band=BandSettings(fairness=las)))
+    for i in range(5):
+        fast = item(f"fast{i}", flow="A", prompt_tokens=1000)
+        q.dispatched_inline(fast, now=0.0)
+        assert fast.outcome is QueueOutcome.DISPATCHED
+    assert q.count == 0
+    assert las.attained("A", 0.0) == pytest.approx(5000.0)
+    q.enqueue(item("a0", flow="A", prompt_tokens=100))
+    q.enqueue(item("b0", flow="B", prompt_tokens=100))
+    assert drain_ids(q, now=0.0) == ["b0", "a0"]
+
+
 def test_slo_deadline_ordering_puts_requests_without_slo_last() -> None:
     q = FlowQueues(FlowControlSettings(default_band=BandSettings(ordering=SloDeadlineOrdering())))
     q.enqueue(item("none"))

@@ -13,7 +13,8 @@ import pytest
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.flowcontrol.concurrency import ConcurrencyDetector, ConcurrencyParams
 from kvroute.flowcontrol.item import QueueItem, QueueOutcome
-from kvroute.flowcontrol.queues import FlowControlSettings
+from kvroute.flowcontrol.policies import ProgramAwareFairness
+from kvroute.flowcontrol.queues import BandSettings, FlowControlSettings
 from kvroute.flowcontrol.runtime import (
     FlowController,
     QueueRejectedError,
@@ -71,6 +72,23 @@ async def test_fast_path_dispatches_inline_and_queue_waits_for_room() -> None:
     finish(fc)
     assert await low == "low"
     assert order == ["a", "high", "low"]
+
+
+async def test_fast_path_dispatch_reaches_the_fairness_policy() -> None:
+    las = ProgramAwareFairness()
+    EP.load.inflight = 0
+    fc = FlowController(
+        FlowControlSettings(default_band=BandSettings(fairness=las)),
+        ConcurrencyDetector(params=ConcurrencyParams(maxConcurrency=1)),  # type: ignore[call-arg]
+        lambda: (EP,),
+        poll_interval=0.001,
+    )
+    order: list[str] = []
+    first = QueueItem("a", 0, "tenant-a", 10, 0.0, prompt_tokens=100, output_tokens=10)
+    assert await fc.admit(first, send("a", order)) == "a"
+    assert fc.queues.count == 0
+    assert las.attained("tenant-a", fc._clock()) > 100.0  # 100 + 2 x 10, barely decayed
+    EP.load.inflight = 0
 
 
 async def test_ttl_expiry_is_429_with_reason() -> None:
