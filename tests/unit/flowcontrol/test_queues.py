@@ -11,6 +11,7 @@ from kvroute.flowcontrol.item import QueueItem, QueueOutcome
 from kvroute.flowcontrol.policies import (
     EdfOrdering,
     ProgramAwareFairness,
+    ProgramAwareParams,
     RoundRobinFairness,
     SloDeadlineOrdering,
     StaticUsageLimit,
@@ -70,6 +71,34 @@ def test_program_aware_prefers_least_attained_service() -> None:
     assert drain_ids(q, now=1.0)[0] == "b0"
     # Decay: after many half-lives the old service is forgotten.
     assert las.attained("A", 3600.0) < 1.0
+
+
+def test_program_aware_decay_survives_long_uptime_and_forgets_idle_ids() -> None:
+    las = ProgramAwareFairness(
+        params=ProgramAwareParams(lasHalfLifeSeconds=1.0, evictionTtlSeconds=3600.0)  # type: ignore[call-arg]
+    )
+    las.on_dispatch(item("a-old", flow="A", prompt_tokens=1000), now=0.0)
+    assert las.attained("A", 1.0) == pytest.approx(500.0)  # one half-life
+    # 500 half-lives later: the scale epoch has moved (no overflow), old service is gone.
+    las.on_dispatch(item("a-new", flow="A", prompt_tokens=1), now=500.0)
+    las.on_dispatch(item("b", flow="B", prompt_tokens=2), now=500.0)
+    assert las.attained("A", 500.0) == pytest.approx(1.0)
+    assert las.attained("B", 500.0) == pytest.approx(2.0)
+    flows = [_FlowStub("B", 500.0), _FlowStub("A", 500.0)]
+    assert las.select_flow(flows, EdfOrdering(), 500.0).fairness_id == "A"
+    # An ID idle for longer than evictionTtlSeconds is forgotten at the next sweep.
+    las.on_dispatch(item("b2", flow="B", prompt_tokens=2), now=5000.0)
+    assert las.attained("A", 5000.0) == 0.0
+    assert math.isfinite(las.attained("B", 5000.0))
+
+
+class _FlowStub:
+    def __init__(self, fairness_id: str, enqueued_at: float) -> None:
+        self.fairness_id = fairness_id
+        self._head = item(f"{fairness_id}-head", flow=fairness_id, enqueued_at=enqueued_at)
+
+    def head(self) -> QueueItem:
+        return self._head
 
 
 def test_fast_path_dispatches_count_as_attained_service() -> None:
