@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import random
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,8 @@ class AdmissionRouter(EppRouter):
         self.queue: FlowQueues | None = None
         self.detector: Any = self.director.admission.detector
         self.waits: dict[str, float] = {}
+        self.dropped: dict[str, str] = {}  # request id -> dropped reason (flow control)
+        self._gone: deque[QueueItem] = deque()  # left the queue without dispatch, not yet answered
         flow_control = mode.startswith("flow-control")
         if mode == "none" or flow_control:  # no legacy shedding in either
             self.director = _director_like(self.director, _NeverSaturated())
@@ -118,22 +121,33 @@ class AdmissionRouter(EppRouter):
         if q.count == 0 and sat < q.settings.usage_limit.ceiling(prio, sat):
             q.dispatched_inline(item, now)  # as FlowController.admit's fast path
             return self._schedule(request, pool, now)
-        if q.enqueue(item) is not None:
+        refused = q.enqueue(item)
+        for gone in q.take_displaced():  # answered at the next release: 429 queue pressure
+            self._gone.append(gone)
+        if refused is not None:
             self.waits[request.request_id] = 0.0
+            self.dropped[request.request_id] = refused.dropped_reason or refused.label
             return None
         self._held[request.request_id] = (request, now)
         return HOLD
 
     def release(self, pool: PoolView, now: float) -> tuple[BenchRequest, int | None] | None:
         q = self.queue
-        if q is None or q.count == 0:
+        if q is None:
             return None
-        self.now = now
-        self._mirror(pool)
-        for gone in q.expire(now):
+        if not self._gone:
+            if q.count == 0:
+                return None
+            self._gone.extend(q.expire(now))
+        if self._gone:  # expired or displaced: one rejection per call
+            gone = self._gone.popleft()
             req, t0 = self._held.pop(gone.request_id)
             self.waits[req.request_id] = now - t0
+            assert gone.outcome is not None
+            self.dropped[req.request_id] = gone.outcome.dropped_reason or gone.outcome.label
             return req, None
+        self.now = now
+        self._mirror(pool)
         item = q.next_dispatch(self.detector.saturation(pool.endpoints, now), now)
         if item is None:
             return None
@@ -288,6 +302,15 @@ def _summary(
             "goodput_rps": round(_goodput(rs, duration, slo=group == "critical"), 3),
             "ttft_p90_s": round(percentile(t, 90), 3),
             "ttft_p99_s": round(percentile(t, 99), 3),
+            "dropped_by_reason": dict(
+                sorted(
+                    Counter(
+                        router.dropped[r.request.request_id]
+                        for r in rs
+                        if r.shed and r.request.request_id in router.dropped
+                    ).items()
+                )
+            ),
         }
     if scenario == "noisy":
         # Served while every tenant still wants more: completions inside the arrival window.
@@ -304,6 +327,10 @@ def _summary(
         out["jain_equal_tenants"] = round(_jain(rates), 4)
         out["noisy_share_of_fair"] = round(window["noisy"] / (served / 11), 3)
         out["completed_in_window"] = dict(sorted(window.items()))
+        out["rejected"] = {g: c["rejected"] for g, c in classes.items()}
+        out["dropped_by_reason"] = {
+            g: c["dropped_by_reason"] for g, c in classes.items() if c["dropped_by_reason"]
+        }
     else:
         out["classes"] = classes
     return out

@@ -3,6 +3,12 @@
 Policy refs name plugins declared under ``plugins`` (already built by the scheduling builder and
 passed in as ``plugins``) or, undeclared, a built-in policy type (created with default
 parameters). Each ref is checked to be the right kind, with an error naming the key.
+
+Defaults are upstream's (``fcfs-ordering-policy``, ``static-usage-limit-policy``, TTL 60 s, 5000
+requests / 1 GB per band) except fairness: ``program-aware-fairness`` rather than upstream's
+``global-strict-fairness-policy``, which serves flows in global arrival order and so gives a tenant
+sending 10x as much 5.6x its fair share (``docs/benchmarks.md``, flow control, noisy neighbour);
+program-aware keeps it at or under its share. With one flow per band the two are the same.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from kvroute.config.flow_control import BandSpec, FlowControlSpec
 from kvroute.errors import ConfigError
 from kvroute.flowcontrol.policies import (
     FCFS,
-    GLOBAL_STRICT,
+    PROGRAM_AWARE,
     STATIC_USAGE_LIMIT,
     FairnessPolicy,
     OrderingPolicy,
@@ -89,7 +95,7 @@ def build_flow_control(
             else (
                 base.fairness
                 if base
-                else r.get(path, GLOBAL_STRICT, "fairness policy", is_fairness)
+                else r.get(path, PROGRAM_AWARE, "fairness policy", is_fairness)
             )
         )
         return BandSettings(

@@ -8,13 +8,14 @@ Type names and parameters are upstream's (llm-d-router ``pkg/epp/flowcontrol/fra
   - ``slo-deadline-ordering-policy``: deadline = receive time + ``x-llm-d-slo-ttft-ms``; requests
     without the header go last; ties FCFS.
 * fairness (``select_flow`` over the band's non-empty flows)
-  - ``global-strict-fairness-policy`` (default): the flow whose head is globally best.
+  - ``global-strict-fairness-policy`` (upstream's default): the flow whose head is globally best.
   - ``round-robin-fairness-policy``: a cursor over the non-empty flows.
-  - ``program-aware-fairness``: least attained service per fairness ID. Service is weighted
-    tokens (prompt + 2 x output), decayed with half-life ``lasHalfLifeSeconds`` (60); the score
-    is ``lasWeightService`` (0.8) x normalised service - ``lasWeightHeadWait`` (0.2) x normalised
-    head wait, lowest first. Idle IDs are forgotten after ``evictionTtlSeconds`` (3600), swept
-    every ``evictionSweepSeconds`` (300).
+  - ``program-aware-fairness`` (kvroute's default): least attained service per fairness ID.
+    Service is weighted tokens (prompt + 2 x output), decayed with half-life
+    ``lasHalfLifeSeconds`` (60); the score is ``lasWeightService`` (0.8) x normalised service -
+    ``lasWeightHeadWait`` (0.2) x normalised head wait, lowest first. Every dispatch counts,
+    the inline fast path's too. Idle IDs are forgotten after ``evictionTtlSeconds`` (3600),
+    swept every ``evictionSweepSeconds`` (300).
 * usage limit (``ceiling(priority, saturation)``)
   - ``static-usage-limit-policy`` (default): one ceiling, ``threshold`` (1.0), for every band.
 

@@ -134,6 +134,8 @@ class FlowController:
         future: asyncio.Future[T] = loop.create_future()
         item.payload = _Waiter(dispatch, future)
         rejected = q.enqueue(item, pool_empty=not endpoints)
+        for displaced in q.take_displaced():
+            self._answer(displaced, None)
         if rejected is not None:
             self._finished(item, 0.0)
             raise rejection(rejected)

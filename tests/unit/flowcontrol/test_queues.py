@@ -143,6 +143,42 @@ def test_band_capacity_rejects_with_saturated_or_no_endpoints() -> None:
     assert QueueOutcome.REJECTED_CAPACITY.dropped_reason == "rejected-saturated"
 
 
+def test_a_full_band_displaces_the_largest_flows_newest_not_a_quiet_arrival() -> None:
+    q = FlowQueues(FlowControlSettings(default_band=BandSettings(max_requests=4)))
+    for i in range(4):
+        assert q.enqueue(item(f"n{i}", flow="noisy", enqueued_at=float(i))) is None
+    # The noisy flow fills the band: its own next request is refused, as plain tail drop.
+    assert q.enqueue(item("n4", flow="noisy")) is QueueOutcome.REJECTED_CAPACITY
+    assert q.take_displaced() == []
+    # A quiet tenant's request gets in by displacing the noisy flow's newest queued request.
+    assert q.enqueue(item("q0", flow="quiet")) is None
+    (gone,) = q.take_displaced()
+    assert gone.request_id == "n3"
+    assert gone.outcome is QueueOutcome.EVICTED_QUEUE_PRESSURE
+    assert gone.outcome.http_status == 429
+    assert gone.outcome.dropped_reason == "evicted-queue-pressure"
+    assert q.count == 4
+    assert q.enqueue(item("q1", flow="quiet")) is None  # noisy 3 > quiet 1 + 1
+    assert [d.request_id for d in q.take_displaced()] == ["n2"]
+    # Now noisy 2, quiet 2: displacing would just swap roles, so the arrival is refused.
+    assert q.enqueue(item("q2", flow="quiet")) is QueueOutcome.REJECTED_CAPACITY
+    assert q.take_displaced() == []
+    assert sorted(drain_ids(q)) == ["n0", "n1", "q0", "q1"]
+    assert q.count == 0
+    assert q.bytes == 0
+
+
+def test_displacement_by_bytes_frees_enough_and_keeps_order() -> None:
+    band = BandSettings(max_requests=100, max_bytes=1000, fairness=RoundRobinFairness())
+    q = FlowQueues(FlowControlSettings(default_band=band))
+    for i in range(10):
+        assert q.enqueue(item(f"n{i}", flow="noisy", size_bytes=100)) is None
+    assert q.enqueue(item("big", flow="quiet", size_bytes=250)) is None
+    assert [d.request_id for d in q.take_displaced()] == ["n9", "n8", "n7"]
+    assert q.bytes == 950
+    assert drain_ids(q)[:3] == ["n0", "big", "n1"]
+
+
 def test_global_byte_cap_spans_bands() -> None:
     q = FlowQueues(FlowControlSettings(max_bytes=250))
     assert q.enqueue(item("a", 1)) is None
@@ -197,7 +233,8 @@ def test_property_random_operations_keep_counts_and_priority_order(seed: int) ->
     from the highest non-empty band at that moment."""
     rng = random.Random(seed)
     fairness = rng.choice([RoundRobinFairness(), ProgramAwareFairness(), None])
-    band = BandSettings(50) if fairness is None else BandSettings(50, fairness=fairness)
+    cap = rng.choice([6, 50])  # 6: full bands, displacement on most enqueues
+    band = BandSettings(cap) if fairness is None else BandSettings(cap, fairness=fairness)
     q = FlowQueues(FlowControlSettings(default_band=band, request_ttl=5.0))
     live: list[QueueItem] = []
     left: list[QueueItem] = []
@@ -207,8 +244,19 @@ def test_property_random_operations_keep_counts_and_priority_order(seed: int) ->
         op = rng.random()
         if op < 0.5:
             it = item(f"r{n}", rng.choice([-1, 0, 0, 3]), f"f{rng.randrange(4)}", enqueued_at=now)
+            sizes = {f: sum(1 for i in live if (i.priority, i.fairness_id) == f) for f in
+                     {(i.priority, i.fairness_id) for i in live}}  # fmt: skip
             if q.enqueue(it) is None:
                 live.append(it)
+            for d in q.take_displaced():  # only from a strictly larger flow of the same band
+                assert d.outcome is QueueOutcome.EVICTED_QUEUE_PRESSURE
+                assert d.priority == it.priority
+                assert (
+                    sizes[(d.priority, d.fairness_id)]
+                    > sizes.get((it.priority, it.fairness_id), 0) + 1
+                )
+                live.remove(d)
+                left.append(d)
         elif op < 0.8:
             best = max((i.priority for i in live), default=None)
             got = q.next_dispatch(0.0, now)
