@@ -6,11 +6,13 @@ body parser; they differ only in admission:
 * ``flow-control``: kvroute's flow-control core (:class:`~kvroute.flowcontrol.queues.FlowQueues`,
   the same object the EPP's dispatcher drives) gated by ``concurrency-detector`` with
   ``maxConcurrency`` = the engine's ``max_num_seqs`` (a replica is "full" when its batch is);
-  bands by criticality, flows by tenant (the fairness ID), ``program-aware-fairness`` (least
-  attained service in tokens, upstream's default weights; every dispatch counted, the inline fast
-  path's too), FCFS, TTL 60 s. ``flow-control-rr`` (noisy scenario only) is the same with
-  ``round-robin-fairness-policy``. Held requests are released by the harness
-  (:data:`kvroute_bench.cluster.HOLD`) and scheduled against the state at release.
+  bands by criticality, flows by tenant (the fairness ID), kvroute's default fairness
+  (``program-aware-fairness`` as pure least attained service in tokens; every dispatch counted,
+  the inline fast path's too), FCFS, TTL 60 s, 5000 requests per band with longest-queue drop.
+  In the noisy scenario also ``flow-control-rr`` (``round-robin-fairness-policy``) and
+  ``flow-control-las-upstream`` (``program-aware-fairness`` with upstream's 0.8 / 0.2 weights).
+  Held requests are released by the harness (:data:`kvroute_bench.cluster.HOLD`) and scheduled
+  against the state at release.
 * ``legacy``: upstream's legacy admission (``utilization-detector``: sheddable requests get 429
   while the pool is saturated; the rest go straight to the engines' queues).
 * ``none``: everything goes to the engines at once.
@@ -48,6 +50,7 @@ from kvroute.embed.flowcontrol import (
     ProgramAwareFairness,
     QueueItem,
     RoundRobinFairness,
+    default_fairness,
 )
 from kvroute.sdk import Criticality, Endpoint, TypedName
 from kvroute_bench.cluster import HOLD, RunConfig, run_stage
@@ -60,7 +63,7 @@ from kvroute_bench.workload import BenchRequest, generate, resolve_spec
 
 POLICIES = ("flow-control", "legacy", "none")
 # The noisy-neighbour scenario also runs flow control with round-robin fairness, for comparison.
-NOISY_POLICIES = ("flow-control", "flow-control-rr", "legacy", "none")
+NOISY_POLICIES = ("flow-control", "flow-control-rr", "flow-control-las-upstream", "legacy", "none")
 SCENARIOS = ("overload", "noisy", "bursts")
 TTL_S = 60.0
 CRITICAL_SLO_S = 1.0
@@ -93,7 +96,13 @@ class AdmissionRouter(EppRouter):
             self.detector = ConcurrencyDetector(
                 params=ConcurrencyParams.model_validate({"maxConcurrency": max_concurrency})
             )
-            fairness = RoundRobinFairness() if mode == "flow-control-rr" else ProgramAwareFairness()
+            fairness = (
+                RoundRobinFairness()
+                if mode == "flow-control-rr"
+                else ProgramAwareFairness()  # upstream's weights, 0.8 service / 0.2 head wait
+                if mode == "flow-control-las-upstream"
+                else default_fairness()
+            )
             band = BandSettings(fairness=fairness)
             self.queue = FlowQueues(
                 FlowControlSettings(default_band=band, request_ttl=TTL_S, no_endpoint_ttl=TTL_S)

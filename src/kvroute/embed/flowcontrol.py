@@ -14,6 +14,7 @@ from kvroute.flowcontrol.policies import (
     ProgramAwareFairness,
     ProgramAwareParams,
     RoundRobinFairness,
+    default_fairness,
 )
 from kvroute.flowcontrol.queues import BandSettings, FlowControlSettings, FlowQueues
 
@@ -27,4 +28,5 @@ __all__ = [
     "ProgramAwareParams",
     "QueueItem",
     "RoundRobinFairness",
+    "default_fairness",
 ]

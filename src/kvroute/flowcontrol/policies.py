@@ -10,7 +10,8 @@ Type names and parameters are upstream's (llm-d-router ``pkg/epp/flowcontrol/fra
 * fairness (``select_flow`` over the band's non-empty flows)
   - ``global-strict-fairness-policy`` (upstream's default): the flow whose head is globally best.
   - ``round-robin-fairness-policy``: a cursor over the non-empty flows.
-  - ``program-aware-fairness`` (kvroute's default): least attained service per fairness ID.
+  - ``program-aware-fairness`` (kvroute's default, with head-wait weight 0: see
+    :func:`default_fairness`): least attained service per fairness ID.
     Service is weighted tokens (prompt + 2 x output), decayed with half-life
     ``lasHalfLifeSeconds`` (60); the score is ``lasWeightService`` (0.8) x normalised service -
     ``lasWeightHeadWait`` (0.2) x normalised head wait, lowest first. Every dispatch counts,
@@ -228,6 +229,26 @@ class ProgramAwareFairness:
             for gone in [k for k, at in self._last.items() if now - at > ttl]:
                 del self._last[gone]
                 del self._scaled[gone]
+
+
+DEFAULT_FAIRNESS_NAME = "default-fairness"
+
+
+def default_fairness() -> ProgramAwareFairness:
+    """The fairness a band gets when its config names none: ``program-aware-fairness`` as pure
+    least attained service (``lasWeightService`` 1, ``lasWeightHeadWait`` 0).
+
+    Upstream's default is ``global-strict-fairness-policy`` (flows served in arrival order: a
+    tenant sending 10x as much gets 5.6x its fair share). Upstream's program-aware weights
+    (0.8 / 0.2) let the head-wait term, always largest for the flooding tenant's long queue,
+    outweigh up to a third more attained service: 1.23x its fair share in a 120 s
+    noisy-neighbour run, against 0.98x with the head-wait weight at 0 (``docs/benchmarks.md``,
+    flow control). An explicitly declared ``program-aware-fairness`` keeps upstream's weights.
+    """
+    return ProgramAwareFairness(
+        DEFAULT_FAIRNESS_NAME,
+        ProgramAwareParams.model_validate({"lasWeightService": 1.0, "lasWeightHeadWait": 0.0}),
+    )
 
 
 # -- usage limits -----------------------------------------------------------------------------

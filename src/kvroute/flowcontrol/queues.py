@@ -32,9 +32,9 @@ from kvroute.flowcontrol.policies import (
     FairnessPolicy,
     FcfsOrdering,
     OrderingPolicy,
-    ProgramAwareFairness,
     StaticUsageLimit,
     UsageLimitPolicy,
+    default_fairness,
 )
 
 
@@ -43,7 +43,7 @@ class BandSettings:
     max_requests: int = 5000
     max_bytes: int = 1_000_000_000
     ordering: OrderingPolicy = field(default_factory=FcfsOrdering)
-    fairness: FairnessPolicy = field(default_factory=ProgramAwareFairness)
+    fairness: FairnessPolicy = field(default_factory=default_fairness)
 
 
 @dataclass(frozen=True, slots=True)

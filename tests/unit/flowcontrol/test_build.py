@@ -44,6 +44,8 @@ def test_defaults_without_a_section_are_upstreams_but_fairness() -> None:
     assert s.default_band.max_bytes == 10**9
     assert isinstance(s.default_band.ordering, FcfsOrdering)
     assert isinstance(s.default_band.fairness, ProgramAwareFairness)  # upstream: global-strict
+    assert s.default_band.fairness.params.las_weight_head_wait == 0.0  # pure LAS
+    assert s.default_band.fairness.params.las_weight_service == 1.0
     assert s.max_bytes is None
     assert fc.detector is None
 
