@@ -12,8 +12,10 @@ What one timed call is:
   check, the metrics observer, then the (trivial) dispatch callable. The coroutine completes
   without suspending, so it is driven with ``send(None)``, as the event loop would.
 * ``enqueue+dispatch@10000``: one request in and one out of a band holding 10,000 queued
-  requests (steady depth), FCFS + global-strict, then 100 flows + round-robin: the core work per
-  queued request (the shell adds a future and a wake-up, constant in the depth).
+  requests (steady depth), FCFS + global-strict, then 100 flows with round-robin and with
+  program-aware: the core work per queued request (the shell adds a future and a wake-up,
+  constant in the depth).
+* ``displacing enqueue``: the full-band path (longest-queue drop) at 10,000 queued.
 
 ``test_memory_of_100k_queued`` prints the bytes per queued request (item + heap entries + the
 waiter's future) measured with tracemalloc, and checks it stays under 1 KiB.
@@ -107,6 +109,28 @@ def test_enqueue_and_dispatch_at_10000_queued(benchmark: Any, flows: int, fairne
         assert q.next_dispatch(0.0, NOW + next(clock) * 1e-3) is not None
 
     benchmark(once)
+    assert q.count == 10_000
+
+
+def test_displacing_enqueue_into_a_full_band_of_10000(benchmark: Any) -> None:
+    """The overflow path: a band full at 10,000 (one flooding flow), each call a quiet
+    tenant's arrival displacing the flood's newest item (longest-queue drop), then (steady
+    state) the quiet request leaves again and the flood refills the band."""
+    q = FlowQueues(FlowControlSettings(default_band=BandSettings(max_requests=10_000)))
+    for i in range(10_000):
+        assert q.enqueue(_item(i, "flood")) is None
+    counter = iter(range(10_000, 10**9))
+
+    def once() -> None:
+        i = next(counter)
+        quiet = _item(i, "quiet")
+        assert q.enqueue(quiet) is None
+        assert len(q.take_displaced()) == 1
+        assert q.remove(quiet, QueueOutcome.EVICTED_CONTEXT_CANCELLED)
+        assert q.enqueue(_item(-i, "flood")) is None
+
+    once()  # builds the flood's reverse-order heap once (O(n)), outside the timing
+    benchmark.pedantic(once, rounds=5000, warmup_rounds=10)
     assert q.count == 10_000
 
 
