@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import json
 import logging
 import time
@@ -74,11 +75,13 @@ from kvroute.extproc.backend import (
     subset_from_metadata,
 )
 from kvroute.extproc.body_budget import BodyBudget
+from kvroute.extproc.tap import TAP_NAMESPACE, TapReport
 from kvroute.framework.hooks import PLUGIN_OWNED_HEADERS
 from kvroute.protocol.paths import is_inference_path
 from kvroute.requestcontrol.headers import MODEL_REWRITE, OBJECTIVE, read_aliased
 
 log = logging.getLogger(__name__)
+_TAP_IDS = itertools.count(1)
 
 
 # Generous: a 1M-token prompt as JSON is a few MB; this only stops runaway uploads.
@@ -144,6 +147,13 @@ class ExtProcStream:
         self._backend = backend
         self._options = options or StreamOptions()
         self._light = self._options.response_processing is ResponseProcessing.LIGHT
+        self._tap = self._options.response_processing is ResponseProcessing.TAP
+        # tap mode: the id the Lua filter reports this response's body under (the server keeps
+        # a map id -> stream); _tap_sent once the routing answer carried it.
+        self.tap_id = f"{next(_TAP_IDS):x}" if self._tap else ""
+        self._tap_sent = False
+        self._tapped = False  # the tap report came: the response ended normally
+        self._closed = False  # the gRPC stream ended (completion waits for the tap report)
         self._max_body = self._options.max_request_body_bytes
         self._new_request_id = request_id_factory
         self.state = State.AWAIT_REQUEST_HEADERS
@@ -194,14 +204,33 @@ class ExtProcStream:
         self._pending = None
         return [*await self._route_async(rin), *out]
 
-    def close(self) -> None:
-        """The stream ended (normally, or the client went away): complete exactly once."""
+    def close(self) -> bool:
+        """The stream ended (normally, or the client went away): complete exactly once.
+
+        Returns True when completion waits for the tap report instead (tap mode, response
+        body under way): Envoy's Lua filter sends it without holding the response, so it may
+        arrive just after the stream ended. :meth:`tap_report` then completes the exchange,
+        or :meth:`expire_tap` does (as a disconnect) when no report comes."""
         self._release_body()
         if self.routed is None or self._completed:
-            return
+            return False
+        if self._tap_sent and not self._tapped and self.state is State.RESPONSE_BODY:
+            self._closed = True
+            return True
         # In light mode the body never comes through here: the stream's end *is* completion.
-        disconnected = not (self._skip_response_body and self.state is State.RESPONSE_BODY)
+        disconnected = not (
+            self._tapped or (self._skip_response_body and self.state is State.RESPONSE_BODY)
+        )
         self._complete(disconnected=disconnected)
+        return False
+
+    @property
+    def completed(self) -> bool:
+        return self._completed
+
+    def expire_tap(self) -> None:
+        """No tap report came after the stream ended: the client went away mid-response."""
+        self._complete(disconnected=True)
 
     # -- request path -------------------------------------------------------------------------
 
@@ -249,7 +278,7 @@ class ExtProcStream:
         if target is None:
             return self._reject(EppError("no pods available in datastore"), None)
         self.routed = Routed(endpoints=(target,), body=b"")
-        self._skip_response_body = self._light
+        self._skip_response_body = self._light or self._tap
         self.state = State.ROUTED
         return [
             msg.routing_headers_response(
@@ -336,14 +365,18 @@ class ExtProcStream:
         # The stream lives as long as the generation (minutes); it must not pin the request
         # body in memory all that time once the body is on its way.
         self.routed = dataclasses.replace(routed, body=b"")
-        self._skip_response_body = self._light
+        self._skip_response_body = self._light or self._tap
         self.state = State.ROUTED
+        metadata = routed.metadata
+        if self._tap:
+            metadata = {**metadata, TAP_NAMESPACE: tap_metadata(self.tap_id, routed)}
+            self._tap_sent = True
         head = msg.routing_headers_response(
             endpoint_header=routed.endpoint_header,
             content_length=len(routed.body),
             request_id=self.request_id if self._generated_request_id else None,
             remove=self._control_headers_present(routed.upstream_headers),
-            extra_metadata=routed.metadata,
+            extra_metadata=metadata,
             extra_headers=routed.upstream_headers,
         )
         return [head, *msg.body_chunks(routed.body, request=True)]
@@ -395,7 +428,7 @@ class ExtProcStream:
         encoding = h.get("content-encoding", "").strip().lower()
         if self.routed is None:  # a local reply ahead of routing: pass it through
             self._release_body()
-        elif not self._skip_response_body and encoding in ("", "identity"):
+        elif (not self._skip_response_body or self._tap_sent) and encoding in ("", "identity"):
             try:
                 self._filter = self._backend.response_filter(self.routed, self._streaming)
             except Exception:
@@ -438,6 +471,27 @@ class ExtProcStream:
             self._response_buf = bytearray()
         self._complete(disconnected=False)
         return [*out, msg.trailers_response(request=False)]
+
+    def tap_report(self, report: TapReport) -> None:
+        """The Lua filter's end-of-response report (tap mode): read usage from what it kept;
+        completes the exchange when the stream already ended.
+
+        Ignored when the body came through this stream after all (a gateway configured for
+        ``full``) or the exchange is already complete."""
+        if self.routed is None or self._completed or self._response_bytes:
+            return
+        self._tapped = True
+        self._response_bytes = report.total_bytes
+        if report.first_ms is not None:
+            self._first_chunk_at = time.monotonic() - report.first_ms / 1000.0
+        body = report.usage_body(self._streaming)
+        if self._filter is not None and body is not None:
+            try:
+                self._filter.feed(body, True)
+            except Exception:  # usage is bookkeeping: never fail the response for it
+                log.exception("reading usage from the tap report of %s failed", self.request_id)
+        if self._closed:
+            self._complete(disconnected=False)
 
     def _complete(self, *, disconnected: bool) -> None:
         self.state = State.COMPLETE if not disconnected else self.state
@@ -484,6 +538,17 @@ def openai_error_json(error: EppError, reason: str) -> str:
             }
         }
     )
+
+
+def tap_metadata(tap_id: str, routed: Routed) -> dict[str, str]:
+    """What the Lua filter needs: the report id, and the JSON-encoded served (``from``) and
+    client-facing (``to``) model names when the model was rewritten."""
+    out = {"id": tap_id}
+    incoming, target = routed.incoming_model, routed.target_model
+    if incoming and target and incoming != target:
+        out["from"] = json.dumps(target, ensure_ascii=False)
+        out["to"] = json.dumps(incoming, ensure_ascii=False)
+    return out
 
 
 def _internal(exc: Exception) -> EppError:

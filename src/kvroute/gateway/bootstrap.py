@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvroute.extproc.tap import TAP_NAMESPACE
 from kvroute.gateway.edge import (
     DESTINATION_HEADER,
     SERVED_HEADER,
@@ -53,6 +54,7 @@ from kvroute.gateway.edge import (
     path_matches,
     strip_client_headers_filter,
 )
+from kvroute.gateway.response_tap import response_tap_filter
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 POOL_CLUSTER = "kvroute_pool"
@@ -146,6 +148,9 @@ def _static_cluster(name: str, hosts: Sequence[tuple[str, int]], timeout: str) -
 def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
     """The ext_proc HTTP filter, processing mode as upstream's reference config."""
     full = opts.response_processing == "full"
+    namespaces = ["envoy.lb"]
+    if opts.response_processing == "tap":
+        namespaces.append(TAP_NAMESPACE)
     envoy_grpc: dict[str, Any] = {"cluster_name": EPP_CLUSTER, "authority": "kvroute-epp"}
     if len(opts.epp_endpoints) > 1:
         # Several EPP replicas: a stream that cannot be opened on one (it just died, before the
@@ -184,7 +189,7 @@ def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
             "message_timeout": _duration(opts.message_timeout_s),
             "failure_mode_allow": opts.failure_mode is FailureMode.FAIL_OPEN,
             "status_on_error": {"code": 503},
-            "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},
+            "metadata_options": {"receiving_namespaces": {"untyped": namespaces}},
         },
     }
 
@@ -353,6 +358,7 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             header_limit_filter(opts.edge),
             strip_client_headers_filter(opts.edge),
             ext_proc_filter(opts),
+            *([response_tap_filter(EPP_CLUSTER)] if opts.response_processing == "tap" else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},

@@ -1,0 +1,88 @@
+"""The EPP's side of the response tap (``tap`` response processing, issue 19), sans-IO.
+
+With ``tap`` the response body never travels through the ext_proc stream: Envoy's Lua filter
+(:mod:`kvroute.gateway.response_tap`) restores the model name itself and, at the end of the
+response, sends what the EPP needs for usage in one unary gRPC call. This module holds the names
+both sides agree on, parses that call's payload, and turns it back into body bytes that the
+EPP's ordinary response filter can read usage from.
+
+Payload: ``id``, ``kind``, ``total``, ``first_ms``, ``head_len`` each ending in ``\\n``, then
+``head_len`` bytes of head and the rest as tail. ``kind`` ``whole``: the head is the entire body;
+``edges``: the body was longer than the Lua filter keeps, head and tail are its first and last
+bytes; ``skip``: the body was compressed and not read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "TAP_METHOD",
+    "TAP_NAMESPACE",
+    "TapReport",
+    "TapReportError",
+    "parse_report",
+]
+
+TAP_NAMESPACE = "kvroute.tap"
+TAP_SERVICE = "kvroute.tap.v1.ResponseTap"
+TAP_METHOD = f"/{TAP_SERVICE}/Report"
+_KINDS = frozenset({"whole", "edges", "skip"})
+
+
+class TapReportError(ValueError):
+    """A payload the Lua filter cannot have sent (answered INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TapReport:
+    tap_id: str
+    kind: str
+    total_bytes: int
+    first_ms: float | None  # ms from the first body byte to the report; None when unknown
+    head: bytes
+    tail: bytes
+
+    def usage_body(self, streaming: bool) -> bytes | None:
+        """Bytes to feed the response filter as one whole body, None when nothing was read.
+
+        ``edges`` of an SSE stream: the head cut after its last complete event and the tail
+        from its first complete event, so the parser sees whole events (the stream's first ones
+        carry e.g. Anthropic's input tokens, its last ones the final usage). ``edges`` of a JSON
+        document cannot be parsed (usage unknown, as when the EPP's own filter fails).
+        """
+        if self.kind == "whole":
+            return self.head
+        if self.kind == "skip" or not streaming:
+            return None
+        cut = self.head.rfind(b"\n\n")
+        head = self.head[: cut + 2] if cut >= 0 else b""
+        start = self.tail.find(b"\n\n")
+        tail = self.tail[start + 2 :] if start >= 0 else b""
+        return head + tail
+
+
+def parse_report(payload: bytes) -> TapReport:
+    parts = payload.split(b"\n", 5)
+    if len(parts) != 6:
+        raise TapReportError("tap report: expected 5 header lines")
+    raw_id, raw_kind, raw_total, raw_first, raw_head_len, rest = parts
+    kind = raw_kind.decode("ascii", "replace")
+    if kind not in _KINDS:
+        raise TapReportError(f"tap report: unknown kind {kind!r}")
+    try:
+        total = int(raw_total)
+        first = float(raw_first)
+        head_len = int(raw_head_len)
+    except ValueError as exc:
+        raise TapReportError(f"tap report: bad number ({exc})") from None
+    if total < 0 or head_len < 0 or head_len > len(rest):
+        raise TapReportError("tap report: lengths out of range")
+    return TapReport(
+        tap_id=raw_id.decode("ascii", "replace"),
+        kind=kind,
+        total_bytes=total,
+        first_ms=first if first >= 0 else None,
+        head=rest[:head_len],
+        tail=rest[head_len:],
+    )

@@ -1,0 +1,175 @@
+"""The response tap: Envoy reads the response body so that the EPP does not have to (issue 19).
+
+In ``tap`` response processing the ext_proc filter does not stream the response body to the
+EPP (``response_body_mode: NONE``, so no gRPC message per token). Instead this Lua filter, placed
+*after* ext_proc in the HTTP filter list (so it sees the upstream's response first on the way
+back), does the two things the EPP used to need every chunk for:
+
+* **model-name restore**: when the EPP's routing answer says the model was rewritten (dynamic
+  metadata ``kvroute.tap``: ``from`` and ``to``, the JSON-encoded served and client-facing
+  names), it replaces ``"model":<from>`` and ``"model": <from>`` with the client's name in every
+  chunk, the same byte replacement as ``kvroute.protocol.response_rewrite``. A chunk tail that
+  could be the start of a pattern is held back and joined to the next chunk (released at the end
+  of stream), so a name split across two upstream writes is still restored.
+* **usage**: it keeps the body whole up to ``WHOLE_CAP`` bytes, else (streamed answers) its
+  first and last ``EDGE_CAP`` bytes, and at the end of the response sends them to the EPP in one
+  unary gRPC call (``TAP_METHOD`` on the EPP's own cluster; payload in :mod:`kvroute.extproc.tap`). The EPP
+  parses usage from them with its own parsers (the last usage event of an SSE stream, or the
+  whole JSON document) and records it with the completion of the ext_proc stream that routed the
+  request, matched by the ``id`` it put in the metadata. The call is asynchronous (the response
+  does not wait for it; verified with Envoy 1.40: a synchronous call at the end of a response is
+  cancelled when a short response finishes first): the EPP holds a stream that ended without its
+  report for up to ``TAP_GRACE_S`` (``kvroute.extproc.server``) before calling it a disconnect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvroute.extproc.tap import TAP_METHOD, TAP_NAMESPACE
+
+WHOLE_CAP = 256 * 1024
+EDGE_CAP = 16 * 1024
+
+_T = "type.googleapis.com/"
+
+_LUA = r"""
+local TAP_METHOD = "@METHOD@"
+local WHOLE_CAP = @WHOLE@
+local EDGE_CAP = @EDGE@
+
+local function replace_plain(s, old, new)
+  local a, b = string.find(s, old, 1, true)
+  if a == nil then return s end
+  local out, i = {}, 1
+  while a ~= nil do
+    out[#out + 1] = string.sub(s, i, a - 1)
+    out[#out + 1] = new
+    i = b + 1
+    a, b = string.find(s, old, i, true)
+  end
+  out[#out + 1] = string.sub(s, i)
+  return table.concat(out)
+end
+
+-- start of the shortest tail of s that is a proper prefix of a pattern (#s + 1: none)
+local function holdback(s, p1, p2)
+  local n = #s
+  local lo = n - #p2 + 2
+  if lo < 1 then lo = 1 end
+  local q = string.find(s, '"', lo, true)
+  while q ~= nil do
+    local tail = string.sub(s, q)
+    if (#tail < #p1 and string.sub(p1, 1, #tail) == tail)
+      or (#tail < #p2 and string.sub(p2, 1, #tail) == tail) then
+      return q
+    end
+    q = string.find(s, '"', q + 1, true)
+  end
+  return n + 1
+end
+
+local function be32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+                     math.floor(n / 256) % 256, n % 256)
+end
+
+local function now_ms(h)
+  local ok, t = pcall(function() return h:timestamp() end)
+  if ok and t ~= nil then return tonumber(t) end
+  return nil
+end
+
+function envoy_on_response(h)
+  local md = h:streamInfo():dynamicMetadata():get("@NAMESPACE@")
+  if md == nil or md["id"] == nil then return end
+  local id = md["id"]
+  local from, to = md["from"], md["to"]
+  local p1, p2, r1, r2
+  if from ~= nil and to ~= nil then
+    p1, r1 = '"model":' .. from, '"model":' .. to
+    p2, r2 = '"model": ' .. from, '"model": ' .. to
+  end
+  local enc = h:headers():get("content-encoding")
+  local read = enc == nil or enc == "" or string.lower(enc) == "identity"
+  local head, tail, tail_len = {}, {}, 0
+  local head_len, total, first = 0, 0, nil
+  local carry = ""
+  for chunk in h:bodyChunks() do
+    local len = chunk:length()
+    if read and (len > 0 or carry ~= "") then
+      local s = ""
+      if len > 0 then s = chunk:getBytes(0, len) end
+      if first == nil and len > 0 then first = now_ms(h) end
+      total = total + len
+      if head_len < WHOLE_CAP then
+        head[#head + 1] = s
+        head_len = head_len + #s
+      end
+      tail[#tail + 1] = s
+      tail_len = tail_len + #s
+      while #tail > 1 and tail_len - #tail[1] >= EDGE_CAP do
+        tail_len = tail_len - #tail[1]
+        table.remove(tail, 1)
+      end
+      if p1 ~= nil then
+        local data = carry .. s
+        if string.find(data, from, 1, true) ~= nil then
+          data = replace_plain(replace_plain(data, p1, r1), p2, r2)
+        end
+        local hold = holdback(data, p1, p2)
+        carry = string.sub(data, hold)
+        data = string.sub(data, 1, hold - 1)
+        if data ~= s then chunk:setBytes(data) end
+      end
+    elseif len > 0 then
+      total = total + len
+    end
+  end
+  if carry ~= "" then
+    h:logErr("kvroute response tap: response ended by trailers with " .. #carry ..
+             " bytes held for the model-name restore")
+  end
+  local kind, head_str, tail_str = "skip", "", ""
+  if read and total <= WHOLE_CAP then
+    kind, head_str = "whole", table.concat(head)
+  elseif read then
+    kind = "edges"
+    head_str = string.sub(table.concat(head), 1, EDGE_CAP)
+    tail_str = string.sub(table.concat(tail), -EDGE_CAP)
+  end
+  local first_ms = -1
+  if first ~= nil then
+    local t = now_ms(h)
+    if t ~= nil then first_ms = t - first end
+  end
+  local payload = id .. "\n" .. kind .. "\n" .. tostring(total) .. "\n" ..
+                  tostring(first_ms) .. "\n" .. tostring(#head_str) .. "\n" .. head_str .. tail_str
+  local frame = "\0" .. be32(#payload) .. payload
+  h:httpCall("@CLUSTER@", {
+    [":method"] = "POST", [":path"] = TAP_METHOD, [":authority"] = "kvroute-epp",
+    ["content-type"] = "application/grpc", ["te"] = "trailers",
+  }, frame, {["asynchronous"] = true, ["timeout_ms"] = 2000})
+end
+"""
+
+
+def lua_source(epp_cluster: str) -> str:
+    return (
+        _LUA.replace("@METHOD@", TAP_METHOD)
+        .replace("@WHOLE@", str(WHOLE_CAP))
+        .replace("@EDGE@", str(EDGE_CAP))
+        .replace("@NAMESPACE@", TAP_NAMESPACE)
+        .replace("@CLUSTER@", epp_cluster)
+    )
+
+
+def response_tap_filter(epp_cluster: str) -> dict[str, Any]:
+    """The Lua HTTP filter; goes after ext_proc (and before the router) in ``http_filters``."""
+    return {
+        "name": "kvroute.response_tap",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": lua_source(epp_cluster)},
+        },
+    }
