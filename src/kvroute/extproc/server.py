@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 # How long a tap-mode exchange whose stream ended waits for its report (Envoy sends it just
 # before the response's last bytes, so normally it is there within milliseconds).
-TAP_GRACE_S = 2.0
+TAP_GRACE_S = 1.0
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
