@@ -26,7 +26,9 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-_CHUNK = b'data: {"id":"cmpl-1","object":"text_completion","model":"m","choices":[{"text":"t "}]}\n\n'
+_CHUNK = (
+    b'data: {"id":"cmpl-1","object":"text_completion","model":"m","choices":[{"text":"t "}]}\n\n'
+)
 
 
 def _answer(req: Any) -> Any:
@@ -85,9 +87,7 @@ def _cpu_s(pid: int) -> float:
 async def _drive(port: int, streams: int, chunks: int, concurrency: int) -> float:
     headers = pb.ProcessingRequest(response_headers=pb.HttpHeaders())
     bodies = [
-        pb.ProcessingRequest(
-            response_body=pb.HttpBody(body=_CHUNK, end_of_stream=i == chunks - 1)
-        )
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=_CHUNK, end_of_stream=i == chunks - 1))
         for i in range(chunks)
     ]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:

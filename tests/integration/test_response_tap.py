@@ -134,7 +134,9 @@ def _events(text: str) -> list[dict[str, object]]:
 
 async def test_streamed_model_restored_usage_recorded(stack: Stack) -> None:
     before = await stack.metric("inference_objective_output_tokens_sum", **LABELS)
-    ntpot_before = await stack.metric("inference_objective_normalized_time_per_output_token_seconds_count", **LABELS)
+    ntpot_before = await stack.metric(
+        "inference_objective_normalized_time_per_output_token_seconds_count", **LABELS
+    )
     await stack.settle()
     body = {
         "model": "food-review",
@@ -152,12 +154,15 @@ async def test_streamed_model_restored_usage_recorded(stack: Stack) -> None:
     routed, outcome = stack.outcomes[0]
     assert (routed.incoming_model, routed.target_model) == ("food-review", "base")
     assert not outcome.disconnected
-    assert outcome.usage is not None and outcome.usage.completion_tokens == 6
+    assert outcome.usage is not None
+    assert outcome.usage.completion_tokens == 6
     assert outcome.response_bytes == len(r.content.replace(b"food-review", b"base"))
     assert outcome.first_chunk_at is not None
     after = await stack.metric("inference_objective_output_tokens_sum", **LABELS)
     assert after - before == 6
-    ntpot = await stack.metric("inference_objective_normalized_time_per_output_token_seconds_count", **LABELS)
+    ntpot = await stack.metric(
+        "inference_objective_normalized_time_per_output_token_seconds_count", **LABELS
+    )
     assert ntpot - ntpot_before == 1
     assert stack.inflight() == 0
 
@@ -194,12 +199,14 @@ async def test_model_split_across_chunks_restored(stack: Stack) -> None:
 async def test_client_disconnect_mid_stream_recorded_once(stack: Stack) -> None:
     await stack.settle()
     body = {"model": "food-review", "prompt": "x", "stream": True, "max_tokens": 50}
-    async with httpx.AsyncClient(base_url=stack.gw.url, timeout=30) as c:
-        async with c.stream("POST", "/v1/completions", json=body) as r:
-            first = await anext(r.aiter_bytes())
-            assert b'"model": "food-review"' in first
-            assert stack.inflight() == 1
-        # leaving the block closes the connection mid-stream
+    async with (
+        httpx.AsyncClient(base_url=stack.gw.url, timeout=30) as c,
+        c.stream("POST", "/v1/completions", json=body) as r,
+    ):
+        first = await anext(r.aiter_bytes())
+        assert b'"model": "food-review"' in first
+        assert stack.inflight() == 1
+    # leaving the block closed the connection mid-stream
     assert await _until(lambda: stack.inflight() == 0)
     assert await _until(lambda: len(stack.outcomes) == 1)
     await asyncio.sleep(0.3)  # a second completion would show up here
@@ -216,7 +223,12 @@ async def test_client_disconnect_mid_stream_recorded_once(stack: Stack) -> None:
 async def test_model_not_rewritten_usage_recorded(stack: Stack) -> None:
     """No rewrite: the body passes byte for byte, usage is still read."""
     await stack.settle()
-    body = {"model": "base", "prompt": "z", "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "base",
+        "prompt": "z",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     r = await stack.client.post("/v1/completions", json=body)
     assert r.status_code == 200
     assert [e["model"] for e in _events(r.text)] == ["base"] * 7
@@ -224,5 +236,6 @@ async def test_model_not_rewritten_usage_recorded(stack: Stack) -> None:
     routed, outcome = stack.outcomes[0]
     assert routed.incoming_model == routed.target_model == "base"
     assert not outcome.disconnected
-    assert outcome.usage is not None and outcome.usage.completion_tokens == 6
+    assert outcome.usage is not None
+    assert outcome.usage.completion_tokens == 6
     assert outcome.response_bytes == len(r.content)

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.stream import ExtProcStream, ProtocolViolation, StreamOptions
-from kvroute.extproc.tap import TAP_SERVICE, TapReportError, parse_report
+from kvroute.extproc.tap import TAP_CLUSTER_PREFIX, TAP_SERVICE, TapReportError, parse_report
 from kvroute.hostport import format_hostport
 from kvroute.observability import tracing
 
@@ -44,6 +44,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._options = options
         self.active_streams = 0
         self._tapped: dict[str, ExtProcStream] = {}  # tap id -> open stream (tap mode)
+        self.tap_cluster: str | None = None  # set when serving on TCP (build_ext_proc_server)
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -51,6 +52,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         stream = ExtProcStream(self._backend, self._options)
         self.active_streams += 1
         if stream.tap_id:
+            stream.tap_cluster = self.tap_cluster
             self._tapped[stream.tap_id] = stream
         trace_token = tracing.enter_grpc_call(context.invocation_metadata())
         try:
@@ -70,8 +72,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 self._tapped.pop(stream.tap_id, None)
             tracing.exit_grpc_call(trace_token)
 
-
-    async def tap_report(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    async def tap_report(
+        self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
         """``ResponseTap/Report``: one response's usage bytes from Envoy's Lua filter."""
         try:
             report = parse_report(payload)
@@ -91,7 +94,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if self._tapped.pop(stream.tap_id, None) is not None:
             stream.expire_tap()
 
-    def tap_handler(self) -> grpc.GenericRpcHandler:
+    def tap_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
             TAP_SERVICE, {"Report": grpc.unary_unary_rpc_method_handler(self.tap_report)}
         )
@@ -181,6 +184,7 @@ def build_ext_proc_server(
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
     bound = _add_port(server, host, port, tls, uds)
+    processor.tap_cluster = None if uds else f"{TAP_CLUSTER_PREFIX}{bound}"
     return server, bound
 
 

@@ -152,6 +152,7 @@ class ExtProcStream:
         # a map id -> stream); _tap_sent once the routing answer carried it.
         self.tap_id = f"{next(_TAP_IDS):x}" if self._tap else ""
         self._tap_sent = False
+        self.tap_cluster: str | None = None  # Envoy cluster that reaches this EPP (replicas)
         self._tapped = False  # the tap report came: the response ended normally
         self._closed = False  # the gRPC stream ended (completion waits for the tap report)
         self._max_body = self._options.max_request_body_bytes
@@ -369,7 +370,10 @@ class ExtProcStream:
         self.state = State.ROUTED
         metadata = routed.metadata
         if self._tap:
-            metadata = {**metadata, TAP_NAMESPACE: tap_metadata(self.tap_id, routed)}
+            tap = tap_metadata(self.tap_id, routed)
+            if self.tap_cluster:
+                tap["cluster"] = self.tap_cluster
+            metadata = {**metadata, TAP_NAMESPACE: tap}
             self._tap_sent = True
         head = msg.routing_headers_response(
             endpoint_header=routed.endpoint_header,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "TAP_CLUSTER_PREFIX",
     "TAP_METHOD",
     "TAP_NAMESPACE",
     "TapReport",
@@ -25,6 +26,10 @@ __all__ = [
 ]
 
 TAP_NAMESPACE = "kvroute.tap"
+# An EPP on TCP port P is reached for reports through Envoy cluster ``kvroute_epp_tap_<P>`` (the
+# generated config has one per EPP replica, so a report goes to the replica holding the stream);
+# an EPP on a Unix socket (one EPP) through the ext_proc cluster itself.
+TAP_CLUSTER_PREFIX = "kvroute_epp_tap_"
 TAP_SERVICE = "kvroute.tap.v1.ResponseTap"
 TAP_METHOD = f"/{TAP_SERVICE}/Report"
 _KINDS = frozenset({"whole", "edges", "skip"})

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvroute.extproc.tap import TAP_NAMESPACE
+from kvroute.extproc.tap import TAP_CLUSTER_PREFIX, TAP_NAMESPACE
 from kvroute.gateway.edge import (
     DESTINATION_HEADER,
     SERVED_HEADER,
@@ -422,6 +422,8 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         # No panic routing: with every EPP host unhealthy, fail the stream at once.
         epp["common_lb_config"] = {"healthy_panic_threshold": {"value": 0.0}}
     clusters = [_pool_cluster(opts, timeout), epp]
+    if opts.response_processing == "tap" and not (opts.epp_uds and len(epp_hosts) == 1):
+        clusters += _tap_clusters(epp, epp_hosts)
     if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
     if opts.tracing_collector is not None:
@@ -454,6 +456,20 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+
+
+def _tap_clusters(epp: dict[str, Any], hosts: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    """One cluster per EPP replica, ``kvroute_epp_tap_<port>``: the response tap's report must
+    reach the replica that holds the request's ext_proc stream (the EPP names it)."""
+    out = []
+    for host, port in hosts:
+        name = f"{TAP_CLUSTER_PREFIX}{port}"
+        cluster = _static_cluster(name, [(host, port)], epp["connect_timeout"])
+        for key in ("typed_extension_protocol_options", "transport_socket"):
+            if key in epp:
+                cluster[key] = epp[key]
+        out.append(cluster)
+    return out
 
 
 OTLP_CLUSTER = "kvroute_otlp"

@@ -13,13 +13,15 @@ back), does the two things the EPP used to need every chunk for:
   of stream), so a name split across two upstream writes is still restored.
 * **usage**: it keeps the body whole up to ``WHOLE_CAP`` bytes, else (streamed answers) its
   first and last ``EDGE_CAP`` bytes, and at the end of the response sends them to the EPP in one
-  unary gRPC call (``TAP_METHOD`` on the EPP's own cluster; payload in :mod:`kvroute.extproc.tap`). The EPP
-  parses usage from them with its own parsers (the last usage event of an SSE stream, or the
+  unary gRPC call (``TAP_METHOD``; payload in :mod:`kvroute.extproc.tap`). The EPP parses
+  usage from them with its own parsers (the last usage event of an SSE stream, or the
   whole JSON document) and records it with the completion of the ext_proc stream that routed the
-  request, matched by the ``id`` it put in the metadata. The call is asynchronous (the response
-  does not wait for it; verified with Envoy 1.40: a synchronous call at the end of a response is
-  cancelled when a short response finishes first): the EPP holds a stream that ended without its
-  report for up to ``TAP_GRACE_S`` (``kvroute.extproc.server``) before calling it a disconnect.
+  request, matched by the ``id`` it put in the metadata. The call goes to the cluster the
+  metadata names (``cluster``: the EPP replica that holds the stream), else to the ext_proc
+  cluster. It is asynchronous (the response does not wait for it; verified with Envoy 1.40: a
+  synchronous call at the end of a response is cancelled when a short response finishes
+  first), so the EPP holds a stream that ended without its report for up to ``TAP_GRACE_S``
+  (``kvroute.extproc.server``) before calling it a disconnect.
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ function envoy_on_response(h)
   local payload = id .. "\n" .. kind .. "\n" .. tostring(total) .. "\n" ..
                   tostring(first_ms) .. "\n" .. tostring(#head_str) .. "\n" .. head_str .. tail_str
   local frame = "\0" .. be32(#payload) .. payload
-  h:httpCall("@CLUSTER@", {
+  local cluster = md["cluster"] or "@CLUSTER@"
+  h:httpCall(cluster, {
     [":method"] = "POST", [":path"] = TAP_METHOD, [":authority"] = "kvroute-epp",
     ["content-type"] = "application/grpc", ["te"] = "trailers",
   }, frame, {["asynchronous"] = true, ["timeout_ms"] = 2000})
