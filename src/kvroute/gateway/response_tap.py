@@ -11,8 +11,9 @@ back), does the two things the EPP used to need every chunk for:
   chunk, the same byte replacement as ``kvroute.protocol.response_rewrite``. A chunk tail that
   could be the start of a pattern is held back and joined to the next chunk (released at the end
   of stream), so a name split across two upstream writes is still restored.
-* **usage**: it keeps the body whole up to ``WHOLE_CAP`` bytes, else (streamed answers) its
-  first and last ``EDGE_CAP`` bytes, and at the end of the response sends them to the EPP in one
+* **usage**: it keeps a JSON body whole up to ``WHOLE_CAP`` bytes, an SSE stream up to
+  ``2 * EDGE_CAP`` bytes and otherwise its first and last ``EDGE_CAP`` bytes (usage is in the
+  first and last events; the EPP parses a constant amount per answer, whatever its length), and at the end of the response sends them to the EPP in one
   unary gRPC call (``TAP_METHOD``; payload in :mod:`kvroute.extproc.tap`). The EPP parses
   usage from them with its own parsers (the last usage event of an SSE stream, or the
   whole JSON document) and records it with the completion of the ext_proc stream that routed the
@@ -31,7 +32,7 @@ from typing import Any
 from kvroute.extproc.tap import TAP_METHOD, TAP_NAMESPACE
 
 WHOLE_CAP = 256 * 1024
-EDGE_CAP = 16 * 1024
+EDGE_CAP = 8 * 1024
 
 _T = "type.googleapis.com/"
 
@@ -92,6 +93,11 @@ function envoy_on_response(h)
     p1, r1 = '"model":' .. from, '"model":' .. to
     p2, r2 = '"model": ' .. from, '"model": ' .. to
   end
+  local ctype = h:headers():get("content-type") or ""
+  local sse = string.find(string.lower(ctype), "text/event-stream", 1, true) ~= nil
+  -- an SSE stream's usage is in its first and last events: keep only those edges
+  local keep = WHOLE_CAP
+  if sse then keep = 2 * EDGE_CAP end
   local enc = h:headers():get("content-encoding")
   local read = enc == nil or enc == "" or string.lower(enc) == "identity"
   local head, tail, tail_len = {}, {}, 0
@@ -104,7 +110,7 @@ function envoy_on_response(h)
       if len > 0 then s = chunk:getBytes(0, len) end
       if first == nil and len > 0 then first = now_ms(h) end
       total = total + len
-      if head_len < WHOLE_CAP then
+      if head_len < keep then
         head[#head + 1] = s
         head_len = head_len + #s
       end
@@ -133,7 +139,7 @@ function envoy_on_response(h)
              " bytes held for the model-name restore")
   end
   local kind, head_str, tail_str = "skip", "", ""
-  if read and total <= WHOLE_CAP then
+  if read and total <= keep then
     kind, head_str = "whole", table.concat(head)
   elseif read then
     kind = "edges"
