@@ -25,6 +25,7 @@ from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.extproc import director_backend
 from kvroute.extproc.backend import Outcome, Routed
 from kvroute.gateway.gateway import Gateway
+from kvroute.gateway.response_tap import EDGE_CAP
 from tests.integration.conftest import MiniModelServer, mini_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -105,7 +106,7 @@ async def stack(
         outcomes.append((routed, o))  # what the stream recorded, as the backend got it
         real_complete(self, routed, o)
 
-    server = MiniModelServer("s", token_delay_s=0.02, tokens=6)
+    server = MiniModelServer("s", token_delay_s=0.01, tokens=6)
     mp = pytest.MonkeyPatch()
     mp.setattr(director_backend.DirectorBackend, "complete", complete)
     try:
@@ -165,6 +166,26 @@ async def test_streamed_model_restored_usage_recorded(stack: Stack) -> None:
     )
     assert ntpot - ntpot_before == 1
     assert stack.inflight() == 0
+
+
+async def test_long_stream_usage_read_from_its_edges(stack: Stack) -> None:
+    """Past ``2 * EDGE_CAP`` bytes the Lua filter keeps only the stream's first and last bytes."""
+    await stack.settle()
+    body = {
+        "model": "food-review",
+        "prompt": "p",
+        "stream": True,
+        "max_tokens": 200,
+        "stream_options": {"include_usage": True},
+    }
+    r = await stack.client.post("/v1/completions", json=body)
+    assert r.status_code == 200
+    assert len(r.content) > 2 * EDGE_CAP
+    assert [e["model"] for e in _events(r.text)] == ["food-review"] * 201
+    assert await _until(lambda: len(stack.outcomes) == 1)
+    _, outcome = stack.outcomes[0]
+    assert outcome.usage is not None and outcome.usage.completion_tokens == 200
+    assert not outcome.disconnected
 
 
 async def test_json_model_restored_usage_recorded(stack: Stack) -> None:
@@ -239,3 +260,35 @@ async def test_model_not_rewritten_usage_recorded(stack: Stack) -> None:
     assert outcome.usage is not None
     assert outcome.usage.completion_tokens == 6
     assert outcome.response_bytes == len(r.content)
+
+
+async def test_events_arriving_with_the_headers_are_all_restored(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A server that writes its first events together with the headers (no delay): the Lua
+    filter rewrites them while ext_proc may still hold the headers. Regression: a rewrite then
+    set ``content-length`` to the first chunk's length and the client saw one event only."""
+    tmp = tmp_path_factory.mktemp("tap-burst")
+    resources = tmp / "pool.yaml"
+    resources.write_text(RESOURCES)
+    server = MiniModelServer("burst", token_delay_s=0.0, tokens=30)
+    async with mini_pool([server]):
+        gw = Gateway(
+            [server.url],
+            resources=[resources],
+            config_text=CONFIG,
+            response_processing=ResponseProcessing.TAP,
+            log_dir=tmp,
+        )
+        async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            for stream in (True, False):
+                body = {"model": "food-review", "prompt": "p", "stream": stream}
+                for _ in range(5):
+                    r = await client.post("/v1/completions", json=body)
+                    assert r.status_code == 200
+                    assert "content-length" not in r.headers or not stream
+                    if stream:
+                        assert [e["model"] for e in _events(r.text)] == ["food-review"] * 30
+                        assert r.text.endswith("data: [DONE]\n\n")
+                    else:
+                        assert r.json()["model"] == "food-review"

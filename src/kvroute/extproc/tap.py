@@ -14,6 +14,7 @@ bytes; ``skip``: the body was compressed and not read.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 __all__ = [
@@ -54,17 +55,40 @@ class TapReport:
         ``edges`` of an SSE stream: the head cut after its last complete event and the tail
         from its first complete event, so the parser sees whole events (the stream's first ones
         carry e.g. Anthropic's input tokens, its last ones the final usage). ``edges`` of a JSON
-        document cannot be parsed (usage unknown, as when the EPP's own filter fails).
+        document: the last ``"usage"`` (or SGLang ``"meta_info"``) object found in the tail, as
+        a one-key document (servers write it after the choices); None when there is none.
         """
         if self.kind == "whole":
             return self.head
-        if self.kind == "skip" or not streaming:
+        if self.kind == "skip":
             return None
+        if not streaming:
+            return _usage_document(self.tail)
         cut = self.head.rfind(b"\n\n")
         head = self.head[: cut + 2] if cut >= 0 else b""
         start = self.tail.find(b"\n\n")
         tail = self.tail[start + 2 :] if start >= 0 else b""
         return head + tail
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _usage_document(tail: bytes) -> bytes | None:
+    text = tail.decode("utf-8", "replace")
+    for key in ("usage", "meta_info"):
+        at = text.rfind(f'"{key}"')
+        if at < 0:
+            continue
+        brace = text.find("{", at)
+        if brace < 0 or text[at + len(key) + 2 : brace].strip() != ":":
+            continue
+        try:
+            value, _ = _DECODER.raw_decode(text, brace)
+        except ValueError:
+            continue
+        return json.dumps({key: value}).encode()
+    return None
 
 
 def parse_report(payload: bytes) -> TapReport:

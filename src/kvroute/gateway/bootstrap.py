@@ -357,8 +357,10 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         "http_filters": [
             header_limit_filter(opts.edge),
             strip_client_headers_filter(opts.edge),
-            ext_proc_filter(opts),
+            # Before ext_proc: encoding runs the list backwards, so the tap sees the response
+            # after ext_proc let its headers go (see kvroute.gateway.response_tap).
             *([response_tap_filter(EPP_CLUSTER)] if opts.response_processing == "tap" else []),
+            ext_proc_filter(opts),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},

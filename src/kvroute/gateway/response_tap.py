@@ -1,9 +1,14 @@
 """The response tap: Envoy reads the response body so that the EPP does not have to (issue 19).
 
 In ``tap`` response processing the ext_proc filter does not stream the response body to the
-EPP (``response_body_mode: NONE``, so no gRPC message per token). Instead this Lua filter, placed
-*after* ext_proc in the HTTP filter list (so it sees the upstream's response first on the way
-back), does the two things the EPP used to need every chunk for:
+EPP (``response_body_mode: NONE``, so no gRPC message per token). Instead this Lua filter does
+the two things the EPP used to need every chunk for. It sits *before* ext_proc in the HTTP
+filter list, so on the way back it runs after ext_proc has released the response headers and
+they have gone to the client. That order matters (verified with Envoy 1.40): the Lua buffer's
+``setBytes`` also sets ``content-length`` on the response headers, and a length set while
+ext_proc still held them went to the client as the length of the whole body, cutting a stream
+after its first event. When it rewrites, the filter removes the upstream's ``content-length``
+(the body's length changes), as ext_proc does for bodies it streams.
 
 * **model-name restore**: when the EPP's routing answer says the model was rewritten (dynamic
   metadata ``kvroute.tap``: ``from`` and ``to``, the JSON-encoded served and client-facing
@@ -12,8 +17,9 @@ back), does the two things the EPP used to need every chunk for:
   could be the start of a pattern is held back and joined to the next chunk (released at the end
   of stream), so a name split across two upstream writes is still restored.
 * **usage**: it keeps a JSON body whole up to ``WHOLE_CAP`` bytes, an SSE stream up to
-  ``2 * EDGE_CAP`` bytes and otherwise its first and last ``EDGE_CAP`` bytes (usage is in the
-  first and last events; the EPP parses a constant amount per answer, whatever its length), and at the end of the response sends them to the EPP in one
+  ``2 * EDGE_CAP`` bytes and otherwise the first and last ``EDGE_CAP`` bytes (usage is in an SSE
+  stream's first and last events and at the end of a JSON document; Envoy holds a bounded amount
+  per response and the EPP parses a bounded amount, whatever the answer's length), and at the end of the response sends them to the EPP in one
   unary gRPC call (``TAP_METHOD``; payload in :mod:`kvroute.extproc.tap`). The EPP parses
   usage from them with its own parsers (the last usage event of an SSE stream, or the
   whole JSON document) and records it with the completion of the ext_proc stream that routed the
@@ -31,7 +37,7 @@ from typing import Any
 
 from kvroute.extproc.tap import TAP_METHOD, TAP_NAMESPACE
 
-WHOLE_CAP = 256 * 1024
+WHOLE_CAP = 64 * 1024
 EDGE_CAP = 8 * 1024
 
 _T = "type.googleapis.com/"
@@ -98,6 +104,7 @@ function envoy_on_response(h)
   -- an SSE stream's usage is in its first and last events: keep only those edges
   local keep = WHOLE_CAP
   if sse then keep = 2 * EDGE_CAP end
+  if p1 ~= nil then h:headers():remove("content-length") end
   local enc = h:headers():get("content-encoding")
   local read = enc == nil or enc == "" or string.lower(enc) == "identity"
   local head, tail, tail_len = {}, {}, 0
@@ -174,7 +181,7 @@ def lua_source(epp_cluster: str) -> str:
 
 
 def response_tap_filter(epp_cluster: str) -> dict[str, Any]:
-    """The Lua HTTP filter; goes after ext_proc (and before the router) in ``http_filters``."""
+    """The Lua HTTP filter; goes right before ext_proc in ``http_filters``."""
     return {
         "name": "kvroute.response_tap",
         "typed_config": {

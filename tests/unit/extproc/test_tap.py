@@ -132,12 +132,27 @@ def test_edges_of_a_long_stream_keep_first_and_last_events() -> None:
     assert outcome.response_bytes == 10**6
 
 
-@pytest.mark.parametrize("kind", ["skip", "edges"])
-def test_unreadable_json_report_has_no_usage(kind: str) -> None:
+def test_edges_of_a_long_json_document_read_its_usage() -> None:
     backend = _Backend()
     stream, _ = _tap_stream(backend)
     feed(stream, resp_headers("application/json"))
-    stream.tap_report(parse_report(_payload(stream.tap_id, kind, b'{"usage":', b"}")))
+    tail = b'xt":"..."}],"usage": {"prompt_tokens":7,"completion_tokens":9},"id":"x"}'
+    stream.tap_report(parse_report(_payload(stream.tap_id, "edges", b'{"model":', tail, 10**6)))
+    stream.close()
+    (outcome,) = backend.completions
+    assert outcome.usage == Usage(prompt_tokens=7, completion_tokens=9)
+
+
+@pytest.mark.parametrize(
+    ("kind", "tail"),
+    [("skip", b'"usage":{"prompt_tokens":1}}'), ("edges", b'"usage":{"prompt_tok'), ("edges", b"")],
+    ids=["compressed", "usage-cut", "no-usage"],
+)
+def test_unreadable_json_report_has_no_usage(kind: str, tail: bytes) -> None:
+    backend = _Backend()
+    stream, _ = _tap_stream(backend)
+    feed(stream, resp_headers("application/json"))
+    stream.tap_report(parse_report(_payload(stream.tap_id, kind, b'{"model":', tail, 10**6)))
     stream.close()
     (outcome,) = backend.completions
     assert outcome.usage is None

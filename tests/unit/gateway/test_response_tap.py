@@ -40,13 +40,13 @@ def _clusters(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in doc["static_resources"]["clusters"]}
 
 
-def test_lua_filter_sits_between_ext_proc_and_router() -> None:
+def test_lua_filter_sits_right_before_ext_proc() -> None:
     doc = build_bootstrap(VARIANTS["tap"])
     names = [f["name"] for f in _hcm(doc)["http_filters"]]
-    # Encoding runs the list backwards: the tap sees the upstream's bytes before ext_proc.
+    # Encoding runs the list backwards: the tap sees the response after ext_proc released it.
     assert names[-3:] == [
-        "envoy.filters.http.ext_proc",
         "kvroute.response_tap",
+        "envoy.filters.http.ext_proc",
         "envoy.filters.http.router",
     ]
     (ext_proc,) = [f for f in _hcm(doc)["http_filters"] if f["name"].endswith("ext_proc")]
