@@ -184,7 +184,8 @@ async def test_long_stream_usage_read_from_its_edges(stack: Stack) -> None:
     assert [e["model"] for e in _events(r.text)] == ["food-review"] * 201
     assert await _until(lambda: len(stack.outcomes) == 1)
     _, outcome = stack.outcomes[0]
-    assert outcome.usage is not None and outcome.usage.completion_tokens == 200
+    assert outcome.usage is not None
+    assert outcome.usage.completion_tokens == 200
     assert not outcome.disconnected
 
 

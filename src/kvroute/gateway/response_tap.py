@@ -19,8 +19,8 @@ after its first event. When it rewrites, the filter removes the upstream's ``con
 * **usage**: it keeps a JSON body whole up to ``WHOLE_CAP`` bytes, an SSE stream up to
   ``2 * EDGE_CAP`` bytes and otherwise the first and last ``EDGE_CAP`` bytes (usage is in an SSE
   stream's first and last events and at the end of a JSON document; Envoy holds a bounded amount
-  per response and the EPP parses a bounded amount, whatever the answer's length), and at the end of the response sends them to the EPP in one
-  unary gRPC call (``TAP_METHOD``; payload in :mod:`kvroute.extproc.tap`). The EPP parses
+  per response and the EPP parses a bounded amount, whatever the answer's length), and at the
+  end of the response sends them to the EPP in one unary gRPC call (``TAP_METHOD``; payload in :mod:`kvroute.extproc.tap`). The EPP parses
   usage from them with its own parsers (the last usage event of an SSE stream, or the
   whole JSON document) and records it with the completion of the ext_proc stream that routed the
   request, matched by the ``id`` it put in the metadata. The call goes to the cluster the
