@@ -17,18 +17,18 @@ after its first event. When it rewrites, the filter removes the upstream's ``con
   could be the start of a pattern is held back and joined to the next chunk (released at the end
   of stream), so a name split across two upstream writes is still restored.
 * **usage**: it keeps a JSON body whole up to ``WHOLE_CAP`` bytes, an SSE stream up to
-  ``2 * EDGE_CAP`` bytes and otherwise the first and last ``EDGE_CAP`` bytes (usage is in an SSE
-  stream's first and last events and at the end of a JSON document; Envoy holds a bounded amount
-  per response and the EPP parses a bounded amount, whatever the answer's length), and at the
-  end of the response sends them to the EPP in one unary gRPC call (``TAP_METHOD``; payload in :mod:`kvroute.extproc.tap`). The EPP parses
-  usage from them with its own parsers (the last usage event of an SSE stream, or the
-  whole JSON document) and records it with the completion of the ext_proc stream that routed the
-  request, matched by the ``id`` it put in the metadata. The call goes to the cluster the
-  metadata names (``cluster``: the EPP replica that holds the stream), else to the ext_proc
-  cluster. It is asynchronous (the response does not wait for it; verified with Envoy 1.40: a
-  synchronous call at the end of a response is cancelled when a short response finishes
-  first), so the EPP holds a stream that ended without its report for up to ``TAP_GRACE_S``
-  (``kvroute.extproc.server``) before calling it a disconnect.
+  ``2 * EDGE_CAP`` bytes, and otherwise the first and last ``EDGE_CAP`` bytes (usage is in an
+  SSE stream's first and last events and at the end of a JSON document, so Envoy holds and the
+  EPP parses a bounded amount per answer, whatever its length). At the end of the response it
+  sends them to the EPP in one unary gRPC call (``TAP_METHOD``; payload in
+  :mod:`kvroute.extproc.tap`). The EPP reads usage from them with its own parsers and records
+  it with the completion of the ext_proc stream that routed the request, matched by the ``id``
+  it put in the metadata. The call goes to the cluster the metadata names (``cluster``: the EPP
+  replica that holds the stream), else to the ext_proc cluster. It is asynchronous (the
+  response does not wait for it; verified with Envoy 1.40: a synchronous call at the end of a
+  response is cancelled when a short response finishes first), so the EPP holds a stream that
+  ended without its report for up to ``TAP_GRACE_S`` (``kvroute.extproc.server``) before
+  calling it a disconnect.
 """
 
 from __future__ import annotations
