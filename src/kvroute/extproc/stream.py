@@ -154,7 +154,6 @@ class ExtProcStream:
         self._tap_sent = False
         self.tap_cluster: str | None = None  # Envoy cluster that reaches this EPP (replicas)
         self._tapped = False  # the tap report came: the response ended normally
-        self._closed = False  # the gRPC stream ended (completion waits for the tap report)
         self._max_body = self._options.max_request_body_bytes
         self._new_request_id = request_id_factory
         self.state = State.AWAIT_REQUEST_HEADERS
@@ -208,15 +207,15 @@ class ExtProcStream:
     def close(self) -> bool:
         """The stream ended (normally, or the client went away): complete exactly once.
 
-        Returns True when completion waits for the tap report instead (tap mode, response
-        body under way): Envoy's Lua filter sends it without holding the response, so it may
-        arrive just after the stream ended. :meth:`tap_report` then completes the exchange,
-        or :meth:`expire_tap` does (as a disconnect) when no report comes."""
+        Returns True when completion waits for the tap report instead (tap mode, response body
+        under way): Envoy ends the ext_proc stream when the upstream's end passes ext_proc, and
+        the Lua filter, which runs after it on the way back, reports just after that.
+        :meth:`tap_report` then completes the exchange, or :meth:`expire_tap` does (as a
+        disconnect) when no report comes."""
         self._release_body()
         if self.routed is None or self._completed:
             return False
         if self._tap_sent and not self._tapped and self.state is State.RESPONSE_BODY:
-            self._closed = True
             return True
         # In light mode the body never comes through here: the stream's end *is* completion.
         disconnected = not (
@@ -477,8 +476,8 @@ class ExtProcStream:
         return [*out, msg.trailers_response(request=False)]
 
     def tap_report(self, report: TapReport) -> None:
-        """The Lua filter's end-of-response report (tap mode): read usage from what it kept;
-        completes the exchange when the stream already ended.
+        """The Lua filter's end-of-response report (tap mode): read usage from what it kept and
+        complete the exchange.
 
         Ignored when the body came through this stream after all (a gateway configured for
         ``full``) or the exchange is already complete."""
@@ -494,8 +493,9 @@ class ExtProcStream:
                 self._filter.feed(body, True)
             except Exception:  # usage is bookkeeping: never fail the response for it
                 log.exception("reading usage from the tap report of %s failed", self.request_id)
-        if self._closed:
-            self._complete(disconnected=False)
+        # Envoy holds the response's last bytes until this call returns: the exchange is
+        # complete now, before the client has its end (as full mode's end-of-stream chunk).
+        self._complete(disconnected=False)
 
     def _complete(self, *, disconnected: bool) -> None:
         self.state = State.COMPLETE if not disconnected else self.state

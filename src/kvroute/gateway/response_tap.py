@@ -24,11 +24,12 @@ after its first event. When it rewrites, the filter removes the upstream's ``con
   :mod:`kvroute.extproc.tap`). The EPP reads usage from them with its own parsers and records
   it with the completion of the ext_proc stream that routed the request, matched by the ``id``
   it put in the metadata. The call goes to the cluster the metadata names (``cluster``: the EPP
-  replica that holds the stream), else to the ext_proc cluster. It is asynchronous (the
-  response does not wait for it; verified with Envoy 1.40: a synchronous call at the end of a
-  response is cancelled when a short response finishes first), so the EPP holds a stream that
-  ended without its report for up to ``TAP_GRACE_S`` (``kvroute.extproc.server``) before
-  calling it a disconnect.
+  replica that holds the stream), else to the ext_proc cluster. The call is synchronous: the
+  response's last bytes wait for it (one loopback round trip), so the EPP records completion
+  before the client has the end of the response, as in ``full`` mode. Envoy ends the ext_proc
+  stream a moment earlier (when the upstream's end passes ext_proc), so the EPP holds a stream
+  that ended without its report for up to ``TAP_GRACE_S`` (``kvroute.extproc.server``) before
+  calling it a disconnect (a client that left mid-stream: no report comes).
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ function envoy_on_response(h)
   h:httpCall(cluster, {
     [":method"] = "POST", [":path"] = TAP_METHOD, [":authority"] = "kvroute-epp",
     ["content-type"] = "application/grpc", ["te"] = "trailers",
-  }, frame, {["asynchronous"] = true, ["timeout_ms"] = 2000})
+  }, frame, 2000)
 end
 """
 

@@ -68,12 +68,13 @@ def test_routing_answer_names_the_report_and_the_rewrite() -> None:
     assert other.tap_id != stream.tap_id
 
 
-def test_report_before_stream_end_gives_usage_and_completes_at_close() -> None:
+def test_report_gives_usage_and_completes() -> None:
     backend = _Backend()
     stream, _ = _tap_stream(backend)
     feed(stream, resp_headers("text/event-stream"))
     stream.tap_report(parse_report(_payload(stream.tap_id, "whole", SSE)))
-    assert backend.completions == []  # completion is the stream's end, as in light
+    # The response's last bytes wait for the report: the exchange is complete now.
+    assert len(backend.completions) == 1
     assert stream.close() is False
     (outcome,) = backend.completions
     assert outcome.usage == Usage(prompt_tokens=5, completion_tokens=2)
