@@ -159,6 +159,7 @@ async def test_streamed_model_restored_usage_recorded(stack: Stack) -> None:
     assert outcome.usage.completion_tokens == 6
     assert outcome.response_bytes == len(r.content.replace(b"food-review", b"base"))
     assert outcome.first_chunk_at is not None
+    assert outcome.via_tap
     after = await stack.metric("inference_objective_output_tokens_sum", **LABELS)
     assert after - before == 6
     ntpot = await stack.metric(

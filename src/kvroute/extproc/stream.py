@@ -509,6 +509,7 @@ class ExtProcStream:
             response_bytes=self._response_bytes,
             disconnected=disconnected,
             first_chunk_at=self._first_chunk_at,
+            via_tap=self._tapped,
         )
         try:
             self._backend.complete(self.routed, outcome)
