@@ -1,4 +1,4 @@
-"""``tap`` response processing through a real Envoy (issue 19): restore, usage, completion.
+"""``tap`` response processing (the gateway's default) through a real Envoy (issue 19).
 
 The response body does not travel through the EPP; Envoy's Lua filter restores the model name
 and reports usage once per response. Checked here end to end, with an InferenceModel that
@@ -114,8 +114,7 @@ async def stack(
             gw = Gateway(
                 [server.url],
                 resources=[resources],
-                config_text=CONFIG,
-                response_processing=ResponseProcessing.TAP,
+                config_text=CONFIG,  # response processing: the default, tap
                 upstream_lb=request.param,
                 log_dir=tmp,
             )
@@ -134,6 +133,7 @@ def _events(text: str) -> list[dict[str, object]]:
 
 
 async def test_streamed_model_restored_usage_recorded(stack: Stack) -> None:
+    assert stack.gw.settings.response_processing is ResponseProcessing.TAP  # the default
     before = await stack.metric("inference_objective_output_tokens_sum", **LABELS)
     ntpot_before = await stack.metric(
         "inference_objective_normalized_time_per_output_token_seconds_count", **LABELS

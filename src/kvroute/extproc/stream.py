@@ -33,16 +33,21 @@ Protocol (upstream ``pkg/epp/handlers``, ``docs/proposals/004-endpoint-picker-pr
   model-name restore and usage reading work on plain bytes, on compressed ones a match would be
   corruption. A response filter that cannot be built also degrades to pass-through.
 
-Response processing has two modes, chosen together with the Envoy filter config. ``full`` is
+Response processing has three modes, chosen together with the Envoy filter config. ``full`` is
 upstream's: every response chunk travels through the EPP. ``light`` pairs with a filter config of
 ``response_body_mode: NONE`` and ``response_trailer_mode: SEND``: the body never reaches the EPP,
-and because trailers are still wanted Envoy keeps the ext_proc stream open until the HTTP
-exchange ends, so the stream's end (:meth:`ExtProcStream.close`) is the completion signal.
-(Verified with Envoy 1.40: with trailers SKIP as well, Envoy closes the stream right after the
-response headers, which would end in-flight accounting at the first byte. Envoy also ignores a
-per-request ``mode_override`` whenever a FULL_DUPLEX_STREAMED body mode is configured, so the
-choice cannot be made per request.) ``light`` cannot restore a rewritten model name nor read
-usage; it is for pools that serve models under their own names.
+and because trailers are still wanted Envoy keeps the ext_proc stream open until the response
+has passed the filter, so the stream's end (:meth:`ExtProcStream.close`) is the completion
+signal. (Verified with Envoy 1.40: with trailers SKIP as well, Envoy closes the stream right
+after the response headers. Envoy also ignores a per-request ``mode_override`` whenever a
+FULL_DUPLEX_STREAMED body mode is configured, so the choice cannot be made per request.)
+``light`` cannot restore a rewritten model name nor read usage. ``tap`` (``kvroute serve``'s
+default) has light's filter config plus Envoy's Lua response tap
+(:mod:`kvroute.gateway.response_tap`): the routing answer names the report id and the rewrite
+in dynamic metadata (``kvroute.tap``), Envoy restores the name itself and reports the body's
+edges once per response (:meth:`ExtProcStream.tap_report`), which completes the exchange with
+usage. A tap stream whose body does come through (an upstream-shaped Envoy) is handled as
+``full``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ Shape follows the upstream reference config (``test/testdata/envoy.yaml`` @v1.5.
 ``gie-epp.md`` §2.1): the ext_proc filter in FULL_DUPLEX_STREAMED mode for both bodies, an
 ORIGINAL_DST cluster that follows ``x-gateway-destination-endpoint``, ``message_timeout`` long
 enough for long generations. No ``allow_mode_override``: Envoy ignores a per-request
-``mode_override`` under FULL_DUPLEX_STREAMED (docs/benchmarks.md), so ``light`` response
-processing is chosen in this filter config instead, and the EPP never sends one. kvroute adds:
+``mode_override`` under FULL_DUPLEX_STREAMED (docs/benchmarks.md), so ``light`` and ``tap``
+response processing are chosen in this filter config instead, and the EPP never sends one
+(``tap`` adds the Lua response tap of ``kvroute.gateway.response_tap`` and, with several EPP
+replicas, one report cluster per replica). kvroute adds:
 
 * the edge policy of ``kvroute.gateway.edge`` (issue 20): only inference paths routed (404
   otherwise), a ``header_mutation`` filter *before* ext_proc that drops client-supplied
@@ -105,7 +107,7 @@ class BootstrapOptions:
     epp_health_interval_s: float = 1.0
     access_log_path: str | None = None
     # "full": upstream's FULL_DUPLEX_STREAMED response body; "light": response body not sent to
-    # the EPP at all (Envoy ignores ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is
+    # the EPP at all; "tap": as light, plus the Lua response tap (Envoy ignores ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is
     # configured, so the choice has to be made in the filter config).
     response_processing: str = "full"
     # "override_host": a STATIC cluster of the known endpoints with Envoy's override_host load
