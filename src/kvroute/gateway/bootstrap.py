@@ -107,8 +107,9 @@ class BootstrapOptions:
     epp_health_interval_s: float = 1.0
     access_log_path: str | None = None
     # "full": upstream's FULL_DUPLEX_STREAMED response body; "light": response body not sent to
-    # the EPP at all; "tap": as light, plus the Lua response tap (Envoy ignores ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is
-    # configured, so the choice has to be made in the filter config).
+    # the EPP at all; "tap": as light, plus the Lua response tap (Envoy ignores
+    # ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is configured, so the choice has
+    # to be made in the filter config).
     response_processing: str = "full"
     # "override_host": a STATIC cluster of the known endpoints with Envoy's override_host load
     # balancer, which reads the comma list and walks it on retries (needs the endpoint set up
