@@ -8,6 +8,8 @@ ext_proc message, for a servicer that answers every ``response_body`` message wi
 kvroute logic at all: this is the floor the transport sets). The client is grpc.aio in this
 process; the server runs in a child process, so only the server's CPU is counted. Each stream
 is request headers + ``--chunks`` SSE-sized body chunks, ``--concurrency`` streams at a time.
+``aio-unary``: the ``tap`` report instead, one unary call (raw bytes) per "stream"; its
+"message" is the whole call.
 """
 
 from __future__ import annotations
@@ -57,12 +59,24 @@ class _Sync(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             yield _answer(req)
 
 
+async def _report(payload: bytes, ctx: Any) -> bytes:
+    return b""
+
+
 def _serve(kind: str, port_q: Any) -> None:
-    if kind == "aio":
+    if kind in ("aio", "aio-unary"):
 
         async def main() -> None:
             server = grpc.aio.server()
             pb_grpc.add_ExternalProcessorServicer_to_server(_Aio(), server)
+            server.add_generic_rpc_handlers(
+                (
+                    grpc.method_handlers_generic_handler(
+                        "kvroute.tap.v1.ResponseTap",
+                        {"Report": grpc.unary_unary_rpc_method_handler(_report)},
+                    ),
+                )
+            )
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             port_q.put(port)
@@ -82,6 +96,22 @@ def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive_unary(port: int, calls: int, concurrency: int) -> float:
+    payload = b"1\nwhole\n300\n5\n300\n" + _CHUNK * 3
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        report = ch.unary_unary("/kvroute.tap.v1.ResponseTap/Report")
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with sem:
+                await report(payload)
+
+        await one()
+        t0 = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(calls)))
+        return time.monotonic() - t0
 
 
 async def _drive(port: int, streams: int, chunks: int, concurrency: int) -> float:
@@ -117,14 +147,20 @@ def measure(kind: str, streams: int, chunks: int, concurrency: int) -> dict[str,
     proc.start()
     try:
         port = q.get(timeout=30)
-        asyncio.run(_drive(port, 2, chunks, 1))  # warm the server
-        before = _cpu_s(proc.pid or 0)
-        wall = asyncio.run(_drive(port, streams, chunks, concurrency))
+        unary = kind == "aio-unary"
+        if unary:  # one tap report per "stream": streams calls
+            asyncio.run(_drive_unary(port, 20, 1))
+            before = _cpu_s(proc.pid or 0)
+            wall = asyncio.run(_drive_unary(port, streams, concurrency))
+        else:
+            asyncio.run(_drive(port, 2, chunks, 1))  # warm the server
+            before = _cpu_s(proc.pid or 0)
+            wall = asyncio.run(_drive(port, streams, chunks, concurrency))
         cpu = _cpu_s(proc.pid or 0) - before
     finally:
         proc.kill()
         proc.join()
-    messages = streams * (chunks + 1)
+    messages = streams if unary else streams * (chunks + 1)
     return {
         "server": kind,
         "streams": streams,
@@ -146,7 +182,7 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     for _ in range(a.rounds):  # A/B interleaved
-        for kind in ("aio", "sync"):
+        for kind in ("aio", "sync", "aio-unary"):
             rows.append(measure(kind, a.streams, a.chunks, a.concurrency))
             r = rows[-1]
             print(

@@ -220,11 +220,14 @@ class ExtProcStream:
         self._release_body()
         if self.routed is None or self._completed:
             return False
-        if self._tap_sent and not self._tapped and self.state is State.RESPONSE_BODY:
+        if self._tap_sent and not self._tapped and self.state in _AWAITING_TAP:
             return True
-        # In light mode the body never comes through here: the stream's end *is* completion.
+        # In light mode the body never comes through here: the stream's end *is* completion
+        # (also in tap mode for a header-only request: no report is asked for).
         disconnected = not (
-            self._tapped or (self._skip_response_body and self.state is State.RESPONSE_BODY)
+            self._tapped
+            or (self._tap and not self._tap_sent)
+            or (self._skip_response_body and self.state is State.RESPONSE_BODY)
         )
         self._complete(disconnected=disconnected)
         return False
@@ -374,9 +377,11 @@ class ExtProcStream:
         self.state = State.ROUTED
         metadata = routed.metadata
         if self._tap:
-            tap = tap_metadata(self.tap_id, routed)
+            tap: dict[str, Any] = {**tap_metadata(self.tap_id, routed)}
             if self.tap_cluster:
                 tap["cluster"] = self.tap_cluster
+            if routed.response_headers:  # Envoy skips the response headers: Lua adds these
+                tap["headers"] = dict(routed.response_headers)
             metadata = {**metadata, TAP_NAMESPACE: tap}
             self._tap_sent = True
         head = msg.routing_headers_response(
@@ -489,6 +494,16 @@ class ExtProcStream:
         if self.routed is None or self._completed or self._response_bytes:
             return
         self._tapped = True
+        if self.state is State.ROUTED:  # no response headers came (tap: Envoy skips them)
+            self._status = report.status
+            self._streaming = report.sse
+            self._served = report.served or self._served
+            self.state = State.RESPONSE_BODY
+            if report.kind != "skip":
+                try:
+                    self._filter = self._backend.response_filter(self.routed, self._streaming)
+                except Exception:
+                    log.exception("response filter failed; usage of %s not read", self.request_id)
         self._response_bytes = report.total_bytes
         if report.first_ms is not None:
             self._first_chunk_at = time.monotonic() - report.first_ms / 1000.0
@@ -521,6 +536,9 @@ class ExtProcStream:
         except Exception:  # bookkeeping must not cut off the response it is counting
             log.exception("recording the completion of request %s failed", self.request_id)
 
+
+# tap mode: Envoy skips the response headers, so the stream may still be ROUTED at its end.
+_AWAITING_TAP = frozenset({State.ROUTED, State.RESPONSE_BODY})
 
 _HANDLERS: dict[Event, Callable[[ExtProcStream, Any], list[Any]]] = {
     Event.REQUEST_HEADERS: ExtProcStream._on_request_headers,

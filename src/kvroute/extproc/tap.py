@@ -6,8 +6,11 @@ response, sends what the EPP needs for usage in one unary gRPC call. This module
 both sides agree on, parses that call's payload, and turns it back into body bytes that the
 EPP's ordinary response filter can read usage from.
 
-Payload: ``id``, ``kind``, ``total``, ``first_ms``, ``head_len`` each ending in ``\\n``, then
-``head_len`` bytes of head and the rest as tail. ``kind`` ``whole``: the head is the entire body;
+Payload: ``id``, ``kind``, ``total``, ``first_ms``, ``status``, ``sse`` (1 for
+``text/event-stream``), ``served`` (the ``x-gateway-destination-endpoint-served`` response
+header) and ``head_len``, each ending in ``\\n``, then ``head_len`` bytes of head and the rest
+as tail. (The ext_proc filter skips the response headers in tap mode, one message pair less per
+request; the report carries what the EPP read from them.) ``kind`` ``whole``: the head is the entire body;
 ``edges``: the body was longer than the Lua filter keeps, head and tail are its first and last
 bytes; ``skip``: the body was compressed and not read.
 """
@@ -46,6 +49,9 @@ class TapReport:
     kind: str
     total_bytes: int
     first_ms: float | None  # ms from the first body byte to the report; None when unknown
+    status: int | None
+    sse: bool
+    served: str
     head: bytes
     tail: bytes
 
@@ -92,16 +98,19 @@ def _usage_document(tail: bytes) -> bytes | None:
 
 
 def parse_report(payload: bytes) -> TapReport:
-    parts = payload.split(b"\n", 5)
-    if len(parts) != 6:
-        raise TapReportError("tap report: expected 5 header lines")
-    raw_id, raw_kind, raw_total, raw_first, raw_head_len, rest = parts
+    parts = payload.split(b"\n", 8)
+    if len(parts) != 9:
+        raise TapReportError("tap report: expected 8 header lines")
+    raw_id, raw_kind, raw_total, raw_first, raw_status, raw_sse, raw_served, raw_head_len, rest = (
+        parts
+    )
     kind = raw_kind.decode("ascii", "replace")
     if kind not in _KINDS:
         raise TapReportError(f"tap report: unknown kind {kind!r}")
     try:
         total = int(raw_total)
         first = float(raw_first)
+        status = int(raw_status)
         head_len = int(raw_head_len)
     except ValueError as exc:
         raise TapReportError(f"tap report: bad number ({exc})") from None
@@ -112,6 +121,9 @@ def parse_report(payload: bytes) -> TapReport:
         kind=kind,
         total_bytes=total,
         first_ms=first if first >= 0 else None,
+        status=status if status > 0 else None,
+        sse=raw_sse == b"1",
+        served=raw_served.decode("utf-8", "replace"),
         head=rest[:head_len],
         tail=rest[head_len:],
     )

@@ -183,7 +183,9 @@ def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
             },
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "response_header_mode": "SEND",
+                # tap: the Lua filter reports status, content type and served endpoint and
+                # adds the EPP's response headers itself (one message pair less per request).
+                "response_header_mode": "SKIP" if opts.response_processing == "tap" else "SEND",
                 "request_body_mode": "FULL_DUPLEX_STREAMED",
                 "response_body_mode": "FULL_DUPLEX_STREAMED" if full else "NONE",
                 "request_trailer_mode": "SEND",

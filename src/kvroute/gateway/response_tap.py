@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvroute.extproc.messages import DESTINATION_SERVED_HEADER as SERVED_HEADER
 from kvroute.extproc.tap import TAP_METHOD, TAP_NAMESPACE
 
 WHOLE_CAP = 64 * 1024
@@ -106,6 +107,10 @@ function envoy_on_response(h)
   local keep = WHOLE_CAP
   if sse then keep = 2 * EDGE_CAP end
   if p1 ~= nil then h:headers():remove("content-length") end
+  local add = md["headers"]  -- the EPP's response headers (ext_proc skips them in tap mode)
+  if add ~= nil then
+    for k, v in pairs(add) do h:headers():replace(k, v) end
+  end
   local enc = h:headers():get("content-encoding")
   local read = enc == nil or enc == "" or string.lower(enc) == "identity"
   local head, tail, tail_len = {}, {}, 0
@@ -159,8 +164,13 @@ function envoy_on_response(h)
     local t = now_ms(h)
     if t ~= nil then first_ms = t - first end
   end
+  local status = h:headers():get(":status") or "0"
+  local served = h:headers():get("@SERVED@") or ""
+  local sse_flag = "0"
+  if sse then sse_flag = "1" end
   local payload = id .. "\n" .. kind .. "\n" .. tostring(total) .. "\n" ..
-                  tostring(first_ms) .. "\n" .. tostring(#head_str) .. "\n" .. head_str .. tail_str
+                  tostring(first_ms) .. "\n" .. status .. "\n" .. sse_flag .. "\n" ..
+                  served .. "\n" .. tostring(#head_str) .. "\n" .. head_str .. tail_str
   local frame = "\0" .. be32(#payload) .. payload
   local cluster = md["cluster"] or "@CLUSTER@"
   h:httpCall(cluster, {
@@ -178,6 +188,7 @@ def lua_source(epp_cluster: str) -> str:
         .replace("@EDGE@", str(EDGE_CAP))
         .replace("@NAMESPACE@", TAP_NAMESPACE)
         .replace("@CLUSTER@", epp_cluster)
+        .replace("@SERVED@", SERVED_HEADER)
     )
 
 

@@ -37,16 +37,20 @@ SSE = (
 )
 
 
-def _payload(tap_id: str, kind: str, head: bytes, tail: bytes = b"", total: int = -1) -> bytes:
+def _payload(
+    tap_id: str,
+    kind: str,
+    head: bytes,
+    tail: bytes = b"",
+    total: int = -1,
+    *,
+    status: int = 200,
+    sse: bool = True,
+    served: str = "10.0.0.1:8000",
+) -> bytes:
     total = len(head) + len(tail) if total < 0 else total
-    return (
-        b"\n".join(
-            [tap_id.encode(), kind.encode(), str(total).encode(), b"12", str(len(head)).encode()]
-        )
-        + b"\n"
-        + head
-        + tail
-    )
+    lines = [tap_id, kind, str(total), "12", str(status), "1" if sse else "0", served]
+    return "\n".join([*lines, str(len(head))]).encode() + b"\n" + head + tail
 
 
 def _tap_stream(backend: _Backend, rewrite: bool = True) -> tuple[ExtProcStream, dict[str, str]]:
@@ -81,6 +85,38 @@ def test_report_gives_usage_and_completes() -> None:
     assert not outcome.disconnected
     assert outcome.response_bytes == len(SSE)
     assert outcome.first_chunk_at is not None
+
+
+def test_report_without_response_headers_gives_status_and_kind() -> None:
+    """The generated tap config skips the response headers: the report carries them."""
+    backend = _Backend()
+    stream, _ = _tap_stream(backend)
+    assert stream.close() is True  # ended while ROUTED: wait for the report
+    stream.tap_report(parse_report(_payload(stream.tap_id, "whole", SSE, status=200, sse=True)))
+    (outcome,) = backend.completions
+    assert outcome.status == 200
+    assert outcome.served_endpoint == "10.0.0.1:8000"
+    assert outcome.usage == Usage(prompt_tokens=5, completion_tokens=2)
+    assert not outcome.disconnected
+
+
+def test_report_of_an_error_json_without_response_headers() -> None:
+    backend = _Backend()
+    stream, _ = _tap_stream(backend)
+    doc = b'{"error":{"message":"bad"}}'
+    stream.tap_report(parse_report(_payload(stream.tap_id, "whole", doc, status=400, sse=False)))
+    assert stream.close() is False
+    (outcome,) = backend.completions
+    assert outcome.status == 400
+    assert outcome.usage is None
+
+
+def test_header_only_request_completes_at_stream_end() -> None:
+    backend = _Backend()
+    stream = ExtProcStream(backend, StreamOptions(response_processing=ResponseProcessing.TAP))
+    run(stream, [req_headers(eos=True)])
+    assert stream.close() is False
+    assert backend.completions == [Outcome(status=None, disconnected=False)]
 
 
 def test_stream_end_before_report_waits_for_it() -> None:
@@ -162,7 +198,13 @@ def test_unreadable_json_report_has_no_usage(kind: str, tail: bytes) -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"1\nwhole\n", b"1\nodd\n0\n0\n0\n", b"1\nwhole\nx\n0\n0\n", b"1\nwhole\n5\n0\n9\nabc"],
+    [
+        b"",
+        b"1\nwhole\n",
+        b"1\nodd\n0\n0\n200\n1\ns\n0\n",
+        b"1\nwhole\nx\n0\n200\n1\ns\n0\n",
+        b"1\nwhole\n5\n0\n200\n1\ns\n9\nabc",
+    ],
     ids=["empty", "short", "kind", "number", "head-too-long"],
 )
 def test_bad_payloads_are_refused(payload: bytes) -> None:

@@ -52,6 +52,7 @@ def test_lua_filter_sits_right_before_ext_proc() -> None:
     (ext_proc,) = [f for f in _hcm(doc)["http_filters"] if f["name"].endswith("ext_proc")]
     cfg = ext_proc["typed_config"]
     assert cfg["processing_mode"]["response_body_mode"] == "NONE"
+    assert cfg["processing_mode"]["response_header_mode"] == "SKIP"  # the report carries them
     assert cfg["processing_mode"]["response_trailer_mode"] == "SEND"
     assert cfg["metadata_options"]["receiving_namespaces"]["untyped"] == ["envoy.lb", TAP_NAMESPACE]
 
