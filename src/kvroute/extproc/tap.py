@@ -11,8 +11,8 @@ Payload: ``id``, ``kind``, ``total``, ``first_ms``, ``status``, ``sse`` (1 for
 header) and ``head_len``, each ending in ``\\n``, then ``head_len`` bytes of head and the rest
 as tail. (The ext_proc filter skips the response headers in tap mode, one message pair less per
 request; the report carries what the EPP read from them.) ``kind`` ``whole``: the head is the
-entire body; ``edges``: the body was longer than the Lua filter keeps, head and tail are its first and last
-bytes; ``skip``: the body was compressed and not read.
+entire body; ``edges``: the body was longer than the Lua filter keeps, head and tail are its
+first and last bytes; ``skip``: the body was compressed and not read.
 """
 
 from __future__ import annotations
