@@ -8,8 +8,8 @@ ext_proc message, for a servicer that answers every ``response_body`` message wi
 kvroute logic at all: this is the floor the transport sets). The client is grpc.aio in this
 process; the server runs in a child process, so only the server's CPU is counted. Each stream
 is request headers + ``--chunks`` SSE-sized body chunks, ``--concurrency`` streams at a time.
-``aio-unary``: the ``tap`` report instead, one unary call (raw bytes) per "stream"; its
-"message" is the whole call.
+``aio-unary``: the ``tap`` report instead, unary calls (raw bytes), one per "message"; per
+message is then per call (``ms/stream`` has no meaning there).
 """
 
 from __future__ import annotations
@@ -148,10 +148,10 @@ def measure(kind: str, streams: int, chunks: int, concurrency: int) -> dict[str,
     try:
         port = q.get(timeout=30)
         unary = kind == "aio-unary"
-        if unary:  # one tap report per "stream": streams calls
+        if unary:  # tap reports: as many calls as the streams have messages (CPU tick = 10 ms)
             asyncio.run(_drive_unary(port, 20, 1))
             before = _cpu_s(proc.pid or 0)
-            wall = asyncio.run(_drive_unary(port, streams, concurrency))
+            wall = asyncio.run(_drive_unary(port, streams * (chunks + 1), concurrency))
         else:
             asyncio.run(_drive(port, 2, chunks, 1))  # warm the server
             before = _cpu_s(proc.pid or 0)
@@ -160,7 +160,7 @@ def measure(kind: str, streams: int, chunks: int, concurrency: int) -> dict[str,
     finally:
         proc.kill()
         proc.join()
-    messages = streams if unary else streams * (chunks + 1)
+    messages = streams * (chunks + 1)
     return {
         "server": kind,
         "streams": streams,
