@@ -24,9 +24,13 @@ after its first event. When it rewrites, the filter removes the upstream's ``con
   :mod:`kvroute.extproc.tap`). The EPP reads usage from them with its own parsers and records
   it with the completion of the ext_proc stream that routed the request, matched by the ``id``
   it put in the metadata. The call goes to the cluster the metadata names (``cluster``: the EPP
-  replica that holds the stream), else to the ext_proc cluster. The call is synchronous: the
-  response's last bytes wait for it (one loopback round trip), so the EPP records completion
-  before the client has the end of the response, as in ``full`` mode. Envoy ends the ext_proc
+  replica that holds the stream), else to the ext_proc cluster. The call is synchronous and is
+  made while the response's last bytes are held (one loopback round trip), so the EPP records
+  completion before the client has the end of the response, as in ``full`` mode: for a body of
+  known length inside the chunk loop, at its last chunk; otherwise (SSE, chunked) after the
+  loop, at the end-of-stream frame. (Verified with Envoy 1.40: the end of a content-length body
+  was *not* held by a call made after the loop; the client had its answer before the EPP had
+  the report in 20 of 40 requests.) Envoy ends the ext_proc
   stream a moment earlier (when the upstream's end passes ext_proc), so the EPP holds a stream
   that ended without its report for up to ``TAP_GRACE_S`` (``kvroute.extproc.server``) before
   calling it a disconnect (a client that left mid-stream: no report comes).
@@ -106,6 +110,9 @@ function envoy_on_response(h)
   -- an SSE stream's usage is in its first and last events: keep only those edges
   local keep = WHOLE_CAP
   if sse then keep = 2 * EDGE_CAP end
+  -- A body of known length: the report goes out while its last chunk is held (Envoy 1.40 lets
+  -- the end of a content-length body pass a call made after the loop).
+  local clen = tonumber(h:headers():get("content-length") or "")
   if p1 ~= nil then h:headers():remove("content-length") end
   local add = md["headers"]  -- the EPP's response headers (ext_proc skips them in tap mode)
   if add ~= nil then
@@ -116,6 +123,35 @@ function envoy_on_response(h)
   local head, tail, tail_len = {}, {}, 0
   local head_len, total, first = 0, 0, nil
   local carry = ""
+  local reported = false
+  local function report()
+    local kind, head_str, tail_str = "skip", "", ""
+    if read and total <= keep then
+      kind, head_str = "whole", table.concat(head)
+    elseif read then
+      kind = "edges"
+      head_str = string.sub(table.concat(head), 1, EDGE_CAP)
+      tail_str = string.sub(table.concat(tail), -EDGE_CAP)
+    end
+    local first_ms = -1
+    if first ~= nil then
+      local t = now_ms(h)
+      if t ~= nil then first_ms = t - first end
+    end
+    local status = h:headers():get(":status") or "0"
+    local served = h:headers():get("@SERVED@") or ""
+    local sse_flag = "0"
+    if sse then sse_flag = "1" end
+    local payload = id .. "\n" .. kind .. "\n" .. tostring(total) .. "\n" ..
+                    tostring(first_ms) .. "\n" .. status .. "\n" .. sse_flag .. "\n" ..
+                    served .. "\n" .. tostring(#head_str) .. "\n" .. head_str .. tail_str
+    local frame = "\0" .. be32(#payload) .. payload
+    local cluster = md["cluster"] or "@CLUSTER@"
+    h:httpCall(cluster, {
+      [":method"] = "POST", [":path"] = TAP_METHOD, [":authority"] = "kvroute-epp",
+      ["content-type"] = "application/grpc", ["te"] = "trailers",
+    }, frame, 2000)
+  end
   for chunk in h:bodyChunks() do
     local len = chunk:length()
     if read and (len > 0 or carry ~= "") then
@@ -138,7 +174,8 @@ function envoy_on_response(h)
         if string.find(data, from, 1, true) ~= nil then
           data = replace_plain(replace_plain(data, p1, r1), p2, r2)
         end
-        local hold = holdback(data, p1, p2)
+        local hold = #data + 1  -- the last chunk of a known-length body holds nothing back
+        if clen == nil or total < clen then hold = holdback(data, p1, p2) end
         carry = string.sub(data, hold)
         data = string.sub(data, 1, hold - 1)
         if data ~= s then chunk:setBytes(data) end
@@ -146,37 +183,16 @@ function envoy_on_response(h)
     elseif len > 0 then
       total = total + len
     end
+    if clen ~= nil and total >= clen and not reported then
+      reported = true
+      report()
+    end
   end
   if carry ~= "" then
     h:logErr("kvroute response tap: response ended by trailers with " .. #carry ..
              " bytes held for the model-name restore")
   end
-  local kind, head_str, tail_str = "skip", "", ""
-  if read and total <= keep then
-    kind, head_str = "whole", table.concat(head)
-  elseif read then
-    kind = "edges"
-    head_str = string.sub(table.concat(head), 1, EDGE_CAP)
-    tail_str = string.sub(table.concat(tail), -EDGE_CAP)
-  end
-  local first_ms = -1
-  if first ~= nil then
-    local t = now_ms(h)
-    if t ~= nil then first_ms = t - first end
-  end
-  local status = h:headers():get(":status") or "0"
-  local served = h:headers():get("@SERVED@") or ""
-  local sse_flag = "0"
-  if sse then sse_flag = "1" end
-  local payload = id .. "\n" .. kind .. "\n" .. tostring(total) .. "\n" ..
-                  tostring(first_ms) .. "\n" .. status .. "\n" .. sse_flag .. "\n" ..
-                  served .. "\n" .. tostring(#head_str) .. "\n" .. head_str .. tail_str
-  local frame = "\0" .. be32(#payload) .. payload
-  local cluster = md["cluster"] or "@CLUSTER@"
-  h:httpCall(cluster, {
-    [":method"] = "POST", [":path"] = TAP_METHOD, [":authority"] = "kvroute-epp",
-    ["content-type"] = "application/grpc", ["te"] = "trailers",
-  }, frame, 2000)
+  if not reported then report() end
 end
 """
 
