@@ -45,6 +45,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.active_streams = 0
         self._tapped: dict[str, ExtProcStream] = {}  # tap id -> open stream (tap mode)
         self.tap_cluster: str | None = None  # set when serving on TCP (build_ext_proc_server)
+        self.late_tap_reports = 0
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -82,8 +83,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             log.warning("bad response tap report: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         stream = self._tapped.get(report.tap_id)
-        if stream is None:  # later than TAP_GRACE_S after its stream ended
-            log.warning("response tap report for unknown stream %s", report.tap_id)
+        if stream is None:  # later than TAP_GRACE_S after its stream ended (EPP overloaded)
+            self.late_tap_reports += 1
+            level = logging.WARNING if self.late_tap_reports == 1 else logging.DEBUG
+            log.log(
+                level,
+                "response tap report for %s came after its stream ended and the %.0f s grace "
+                "(recorded as a disconnect, usage lost); further ones are logged at debug level",
+                report.tap_id,
+                TAP_GRACE_S,
+            )
         else:
             stream.tap_report(report)
             if stream.completed:

@@ -210,3 +210,46 @@ def test_unreadable_json_report_has_no_usage(kind: str, tail: bytes) -> None:
 def test_bad_payloads_are_refused(payload: bytes) -> None:
     with pytest.raises(TapReportError):
         parse_report(payload)
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """Stands in for grpc.aio's servicer context: only ``abort`` is used by the handler."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[object, str] | None = None
+
+    async def abort(self, code: object, details: str) -> None:
+        self.aborted = (code, details)
+        raise _Aborted
+
+
+def test_server_hands_a_report_to_its_stream_and_counts_late_ones() -> None:
+    import asyncio
+
+    import grpc
+
+    from kvroute.extproc.server import ExternalProcessor
+
+    backend = _Backend()
+    processor = ExternalProcessor(
+        backend, StreamOptions(response_processing=ResponseProcessing.TAP)
+    )
+    stream, _ = _tap_stream(backend)
+    processor._tapped[stream.tap_id] = stream  # as Process registers it
+    ctx = _Context()
+    payload = _payload(stream.tap_id, "whole", SSE)
+    assert asyncio.run(processor.tap_report(payload, ctx)) == b""  # type: ignore[arg-type]
+    assert len(backend.completions) == 1
+    assert stream.tap_id not in processor._tapped  # completed: forgotten
+    # The same id again (its stream is gone): counted, nothing recorded twice.
+    asyncio.run(processor.tap_report(payload, ctx))  # type: ignore[arg-type]
+    assert processor.late_tap_reports == 1
+    assert len(backend.completions) == 1
+    with pytest.raises(_Aborted):
+        asyncio.run(processor.tap_report(b"not a report", ctx))  # type: ignore[arg-type]
+    assert ctx.aborted is not None
+    assert ctx.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
