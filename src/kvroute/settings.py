@@ -242,8 +242,12 @@ class EppSettings:
             choices=[m.value for m in ResponseProcessing],
             convert=ResponseProcessing,
             flag_default=ResponseProcessing.FULL.value,
-            help="full: every response chunk through the EPP (upstream); light: response body "
-            "skipped (no model-name restore, no usage metrics), much less EPP CPU",
+            gateway_default=ResponseProcessing.TAP.value,
+            help="full (kvroute epp default): every response chunk through the EPP (upstream); "
+            "tap (kvroute serve default): the body skips the EPP, the generated Envoy config's "
+            "Lua filter restores the model name and reports usage once per response (behind an "
+            "Envoy that streams bodies it acts as full); light: response body skipped (no "
+            "model-name restore, no usage metrics)",
         ),
     )
     max_request_body_bytes: int = field(

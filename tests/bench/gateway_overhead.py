@@ -160,6 +160,7 @@ async def load(
     """
     body = json.dumps(
         {"model": "base", "prompt": prompt, "stream": tokens > 0, "max_tokens": tokens or 0}
+        | ({"stream_options": {"include_usage": True}} if tokens > 0 else {})
     )
     lat: list[float] = []
     errors = 0
@@ -274,6 +275,38 @@ async def main(args: argparse.Namespace) -> list[RunResult]:
     return out
 
 
+async def compare(args: argparse.Namespace) -> list[RunResult]:
+    """Issue 19: the response-processing modes in one run, same load, each in its own gateway.
+
+    Per mode: non-streamed small prompts at ``--rates`` (with a direct run before each, for the
+    added latency), streamed answers at ``--stream-rates``, and the ramp for ``--ramp-modes``.
+    """
+    out: list[RunResult] = []
+    log_dir = Path(".kvroute")
+    dur = args.duration
+    with backends(2, token_delay=args.token_delay) as eps:
+        for mode in args.modes:
+            with gateway(eps, mode, log_dir) as gw:
+                await asyncio.sleep(0.5)
+                idle = await idle_cpu_rate(gw)
+                print(f"idle CPU ({mode}): EPP {idle[0]:.3f} s/s, Envoy {idle[1]:.3f} s/s")
+                for rps in args.rates:
+                    out.append(await measure("direct", eps[0], rps, dur, 40, 0))
+                    out.append(await measure(f"json-{mode}", gw.url, rps, dur, 40, 0, gw, idle))
+                for rps in args.stream_rates:
+                    name = f"sse-{mode}"
+                    out.append(await measure(name, gw.url, rps, dur, 40, args.tokens, gw, idle))
+                if mode in args.ramp_modes:
+                    for rps in args.ramp:
+                        r = await measure(f"ramp-{mode}", gw.url, rps, dur, 40, 0, gw, idle)
+                        out.append(r)
+                        if r.errors or r.achieved_rps < 0.95 * rps or r.p99_ms > 1000:
+                            break
+        for rps in args.stream_rates:
+            out.append(await measure("direct", eps[0], rps, dur, 40, args.tokens))
+    return out
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rates", type=float, nargs="+", default=[10, 50, 100])
@@ -283,8 +316,15 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=64, help="tokens per streamed response")
     p.add_argument("--token-delay", type=float, default=0.005, help="seconds between tokens")
     p.add_argument("--out", type=Path, default=Path(".kvroute/gateway-overhead.json"))
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="issue 19: compare --modes (full, light, tap) in one run instead",
+    )
+    p.add_argument("--modes", nargs="+", default=["full", "light", "tap"])
+    p.add_argument("--ramp-modes", nargs="*", default=["full", "tap"])
     args = p.parse_args(argv)
-    results = asyncio.run(main(args))
+    results = asyncio.run(compare(args) if args.compare else main(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps([asdict(r) for r in results], indent=1))
     print(f"wrote {args.out}")

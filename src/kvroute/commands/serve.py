@@ -201,7 +201,9 @@ async def _serve_replicas(
     from kvroute.gateway.envoy import EnvoyProcess
     from kvroute.gateway.replicas import EppReplicaSet
 
-    replicas = EppReplicaSet(args.epp_replicas, epp_child_args(args), args.log_dir)
+    # serve's --response-processing default (tap) is not kvroute epp's (full): always passed.
+    child = [*epp_child_args(args), f"--response-processing={settings.response_processing.value}"]
+    replicas = EppReplicaSet(args.epp_replicas, child, args.log_dir)
     async with replicas:
         opts = BootstrapOptions(
             listen_host=args.host,

@@ -16,7 +16,11 @@ DEFAULT_MAX_BUFFERED_BODY_BYTES = 256 * 1024 * 1024
 
 
 class ResponseProcessing(enum.StrEnum):
-    """``full``: upstream behaviour. ``light``: skip the response body when not needed."""
+    """``full``: upstream behaviour, every response chunk through the EPP. ``light``: the
+    response body skips the EPP (no model-name restore, no usage). ``tap``: the body skips the
+    EPP, Envoy's Lua filter restores the model name and reports usage once per response (needs
+    the gateway kvroute generates; see ``kvroute.extproc.tap``)."""
 
     FULL = "full"
     LIGHT = "light"
+    TAP = "tap"

@@ -73,6 +73,9 @@ class Outcome:
     response_bytes: int = 0
     disconnected: bool = False  # the stream ended before the response did
     first_chunk_at: float | None = None  # time.monotonic() of the first response body chunk
+    # tap mode: the body was read from Envoy's end-of-response report, not chunk by chunk here
+    # (a response filter saw it only at the end; first_chunk_at is the report's own timing).
+    via_tap: bool = False
 
 
 class ResponseFilter(Protocol):

@@ -3,6 +3,11 @@
 The servicer only moves messages between the gRPC stream and the state machine; every rule
 lives in ``stream.py``. The stream is closed in a ``finally`` so completion is recorded when
 Envoy ends the stream normally *and* when it cancels it (client disconnect), exactly once.
+
+``tap`` response processing adds one unary method on the same server,
+``/kvroute.tap.v1.ResponseTap/Report`` (raw bytes, no protobuf; see :mod:`kvroute.extproc.tap`):
+Envoy's Lua filter calls it once at the end of each response, and the servicer hands the report
+to the open stream it names.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.stream import ExtProcStream, ProtocolViolation, StreamOptions
+from kvroute.extproc.tap import TAP_CLUSTER_PREFIX, TAP_SERVICE, TapReportError, parse_report
 from kvroute.hostport import format_hostport
 from kvroute.observability import tracing
 
 log = logging.getLogger(__name__)
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+# How long a tap-mode exchange whose stream ended waits for its report (Envoy sends it just
+# before the response's last bytes, so normally it is there within milliseconds).
+TAP_GRACE_S = 1.0
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -34,12 +43,18 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._backend = backend
         self._options = options
         self.active_streams = 0
+        self._tapped: dict[str, ExtProcStream] = {}  # tap id -> open stream (tap mode)
+        self.tap_cluster: str | None = None  # set when serving on TCP (build_ext_proc_server)
+        self.late_tap_reports = 0
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         stream = ExtProcStream(self._backend, self._options)
         self.active_streams += 1
+        if stream.tap_id:
+            stream.tap_cluster = self.tap_cluster
+            self._tapped[stream.tap_id] = stream
         trace_token = tracing.enter_grpc_call(context.invocation_metadata())
         try:
             async for request in request_iterator:
@@ -52,8 +67,46 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             self.active_streams -= 1
-            stream.close()
+            if stream.close():  # completion waits for the tap report, at most TAP_GRACE_S
+                asyncio.get_running_loop().call_later(TAP_GRACE_S, self._expire_tap, stream)
+            elif stream.tap_id:
+                self._tapped.pop(stream.tap_id, None)
             tracing.exit_grpc_call(trace_token)
+
+    async def tap_report(
+        self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        """``ResponseTap/Report``: one response's usage bytes from Envoy's Lua filter."""
+        try:
+            report = parse_report(payload)
+        except TapReportError as exc:
+            log.warning("bad response tap report: %s", exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        stream = self._tapped.get(report.tap_id)
+        if stream is None:  # later than TAP_GRACE_S after its stream ended (EPP overloaded)
+            self.late_tap_reports += 1
+            level = logging.WARNING if self.late_tap_reports == 1 else logging.DEBUG
+            log.log(
+                level,
+                "response tap report for %s came after its stream ended and the %.0f s grace "
+                "(recorded as a disconnect, usage lost); further ones are logged at debug level",
+                report.tap_id,
+                TAP_GRACE_S,
+            )
+        else:
+            stream.tap_report(report)
+            if stream.completed:
+                self._tapped.pop(report.tap_id, None)
+        return b""
+
+    def _expire_tap(self, stream: ExtProcStream) -> None:
+        if self._tapped.pop(stream.tap_id, None) is not None:
+            stream.expire_tap()
+
+    def tap_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return grpc.method_handlers_generic_handler(
+            TAP_SERVICE, {"Report": grpc.unary_unary_rpc_method_handler(self.tap_report)}
+        )
 
 
 class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
@@ -136,9 +189,11 @@ def build_ext_proc_server(
         ]
     )
     pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    server.add_generic_rpc_handlers((processor.tap_handler(),))
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
     bound = _add_port(server, host, port, tls, uds)
+    processor.tap_cluster = None if uds else f"{TAP_CLUSTER_PREFIX}{bound}"
     return server, bound
 
 

@@ -33,22 +33,28 @@ Protocol (upstream ``pkg/epp/handlers``, ``docs/proposals/004-endpoint-picker-pr
   model-name restore and usage reading work on plain bytes, on compressed ones a match would be
   corruption. A response filter that cannot be built also degrades to pass-through.
 
-Response processing has two modes, chosen together with the Envoy filter config. ``full`` is
+Response processing has three modes, chosen together with the Envoy filter config. ``full`` is
 upstream's: every response chunk travels through the EPP. ``light`` pairs with a filter config of
 ``response_body_mode: NONE`` and ``response_trailer_mode: SEND``: the body never reaches the EPP,
-and because trailers are still wanted Envoy keeps the ext_proc stream open until the HTTP
-exchange ends, so the stream's end (:meth:`ExtProcStream.close`) is the completion signal.
-(Verified with Envoy 1.40: with trailers SKIP as well, Envoy closes the stream right after the
-response headers, which would end in-flight accounting at the first byte. Envoy also ignores a
-per-request ``mode_override`` whenever a FULL_DUPLEX_STREAMED body mode is configured, so the
-choice cannot be made per request.) ``light`` cannot restore a rewritten model name nor read
-usage; it is for pools that serve models under their own names.
+and because trailers are still wanted Envoy keeps the ext_proc stream open until the response
+has passed the filter, so the stream's end (:meth:`ExtProcStream.close`) is the completion
+signal. (Verified with Envoy 1.40: with trailers SKIP as well, Envoy closes the stream right
+after the response headers. Envoy also ignores a per-request ``mode_override`` whenever a
+FULL_DUPLEX_STREAMED body mode is configured, so the choice cannot be made per request.)
+``light`` cannot restore a rewritten model name nor read usage. ``tap`` (``kvroute serve``'s
+default) has light's filter config plus Envoy's Lua response tap
+(:mod:`kvroute.gateway.response_tap`): the routing answer names the report id and the rewrite
+in dynamic metadata (``kvroute.tap``), Envoy restores the name itself and reports the body's
+edges once per response (:meth:`ExtProcStream.tap_report`), which completes the exchange with
+usage. A tap stream whose body does come through (an upstream-shaped Envoy) is handled as
+``full``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import json
 import logging
 import time
@@ -74,11 +80,13 @@ from kvroute.extproc.backend import (
     subset_from_metadata,
 )
 from kvroute.extproc.body_budget import BodyBudget
+from kvroute.extproc.tap import TAP_NAMESPACE, TapReport
 from kvroute.framework.hooks import PLUGIN_OWNED_HEADERS
 from kvroute.protocol.paths import is_inference_path
 from kvroute.requestcontrol.headers import MODEL_REWRITE, OBJECTIVE, read_aliased
 
 log = logging.getLogger(__name__)
+_TAP_IDS = itertools.count(1)
 
 
 # Generous: a 1M-token prompt as JSON is a few MB; this only stops runaway uploads.
@@ -144,6 +152,13 @@ class ExtProcStream:
         self._backend = backend
         self._options = options or StreamOptions()
         self._light = self._options.response_processing is ResponseProcessing.LIGHT
+        self._tap = self._options.response_processing is ResponseProcessing.TAP
+        # tap mode: the id the Lua filter reports this response's body under (the server keeps
+        # a map id -> stream); _tap_sent once the routing answer carried it.
+        self.tap_id = f"{next(_TAP_IDS):x}" if self._tap else ""
+        self._tap_sent = False
+        self.tap_cluster: str | None = None  # Envoy cluster that reaches this EPP (replicas)
+        self._tapped = False  # the tap report came: the response ended normally
         self._max_body = self._options.max_request_body_bytes
         self._new_request_id = request_id_factory
         self.state = State.AWAIT_REQUEST_HEADERS
@@ -194,14 +209,36 @@ class ExtProcStream:
         self._pending = None
         return [*await self._route_async(rin), *out]
 
-    def close(self) -> None:
-        """The stream ended (normally, or the client went away): complete exactly once."""
+    def close(self) -> bool:
+        """The stream ended (normally, or the client went away): complete exactly once.
+
+        Returns True when completion waits for the tap report instead (tap mode, response body
+        under way): Envoy ends the ext_proc stream when the upstream's end passes ext_proc, and
+        the Lua filter, which runs after it on the way back, reports just after that.
+        :meth:`tap_report` then completes the exchange, or :meth:`expire_tap` does (as a
+        disconnect) when no report comes."""
         self._release_body()
         if self.routed is None or self._completed:
-            return
-        # In light mode the body never comes through here: the stream's end *is* completion.
-        disconnected = not (self._skip_response_body and self.state is State.RESPONSE_BODY)
+            return False
+        if self._tap_sent and not self._tapped and self.state in _AWAITING_TAP:
+            return True
+        # In light mode the body never comes through here: the stream's end *is* completion
+        # (also in tap mode for a header-only request: no report is asked for).
+        disconnected = not (
+            self._tapped
+            or (self._tap and not self._tap_sent)
+            or (self._skip_response_body and self.state is State.RESPONSE_BODY)
+        )
         self._complete(disconnected=disconnected)
+        return False
+
+    @property
+    def completed(self) -> bool:
+        return self._completed
+
+    def expire_tap(self) -> None:
+        """No tap report came after the stream ended: the client went away mid-response."""
+        self._complete(disconnected=True)
 
     # -- request path -------------------------------------------------------------------------
 
@@ -249,7 +286,7 @@ class ExtProcStream:
         if target is None:
             return self._reject(EppError("no pods available in datastore"), None)
         self.routed = Routed(endpoints=(target,), body=b"")
-        self._skip_response_body = self._light
+        self._skip_response_body = self._light or self._tap
         self.state = State.ROUTED
         return [
             msg.routing_headers_response(
@@ -336,14 +373,23 @@ class ExtProcStream:
         # The stream lives as long as the generation (minutes); it must not pin the request
         # body in memory all that time once the body is on its way.
         self.routed = dataclasses.replace(routed, body=b"")
-        self._skip_response_body = self._light
+        self._skip_response_body = self._light or self._tap
         self.state = State.ROUTED
+        metadata = routed.metadata
+        if self._tap:
+            tap: dict[str, Any] = {**tap_metadata(self.tap_id, routed)}
+            if self.tap_cluster:
+                tap["cluster"] = self.tap_cluster
+            if routed.response_headers:  # Envoy skips the response headers: Lua adds these
+                tap["headers"] = dict(routed.response_headers)
+            metadata = {**metadata, TAP_NAMESPACE: tap}
+            self._tap_sent = True
         head = msg.routing_headers_response(
             endpoint_header=routed.endpoint_header,
             content_length=len(routed.body),
             request_id=self.request_id if self._generated_request_id else None,
             remove=self._control_headers_present(routed.upstream_headers),
-            extra_metadata=routed.metadata,
+            extra_metadata=metadata,
             extra_headers=routed.upstream_headers,
         )
         return [head, *msg.body_chunks(routed.body, request=True)]
@@ -395,7 +441,7 @@ class ExtProcStream:
         encoding = h.get("content-encoding", "").strip().lower()
         if self.routed is None:  # a local reply ahead of routing: pass it through
             self._release_body()
-        elif not self._skip_response_body and encoding in ("", "identity"):
+        elif (not self._skip_response_body or self._tap_sent) and encoding in ("", "identity"):
             try:
                 self._filter = self._backend.response_filter(self.routed, self._streaming)
             except Exception:
@@ -439,6 +485,38 @@ class ExtProcStream:
         self._complete(disconnected=False)
         return [*out, msg.trailers_response(request=False)]
 
+    def tap_report(self, report: TapReport) -> None:
+        """The Lua filter's end-of-response report (tap mode): read usage from what it kept and
+        complete the exchange.
+
+        Ignored when the body came through this stream after all (a gateway configured for
+        ``full``) or the exchange is already complete."""
+        if self.routed is None or self._completed or self._response_bytes:
+            return
+        self._tapped = True
+        if self.state is State.ROUTED:  # no response headers came (tap: Envoy skips them)
+            self._status = report.status
+            self._streaming = report.sse
+            self._served = report.served or self._served
+            self.state = State.RESPONSE_BODY
+            if report.kind != "skip":
+                try:
+                    self._filter = self._backend.response_filter(self.routed, self._streaming)
+                except Exception:
+                    log.exception("response filter failed; usage of %s not read", self.request_id)
+        self._response_bytes = report.total_bytes
+        if report.first_ms is not None:
+            self._first_chunk_at = time.monotonic() - report.first_ms / 1000.0
+        body = report.usage_body(self._streaming)
+        if self._filter is not None and body is not None:
+            try:
+                self._filter.feed(body, True)
+            except Exception:  # usage is bookkeeping: never fail the response for it
+                log.exception("reading usage from the tap report of %s failed", self.request_id)
+        # Envoy holds the response's last bytes until this call returns: the exchange is
+        # complete now, before the client has its end (as full mode's end-of-stream chunk).
+        self._complete(disconnected=False)
+
     def _complete(self, *, disconnected: bool) -> None:
         self.state = State.COMPLETE if not disconnected else self.state
         if self._completed or self.routed is None:
@@ -451,12 +529,16 @@ class ExtProcStream:
             response_bytes=self._response_bytes,
             disconnected=disconnected,
             first_chunk_at=self._first_chunk_at,
+            via_tap=self._tapped,
         )
         try:
             self._backend.complete(self.routed, outcome)
         except Exception:  # bookkeeping must not cut off the response it is counting
             log.exception("recording the completion of request %s failed", self.request_id)
 
+
+# tap mode: Envoy skips the response headers, so the stream may still be ROUTED at its end.
+_AWAITING_TAP = frozenset({State.ROUTED, State.RESPONSE_BODY})
 
 _HANDLERS: dict[Event, Callable[[ExtProcStream, Any], list[Any]]] = {
     Event.REQUEST_HEADERS: ExtProcStream._on_request_headers,
@@ -484,6 +566,17 @@ def openai_error_json(error: EppError, reason: str) -> str:
             }
         }
     )
+
+
+def tap_metadata(tap_id: str, routed: Routed) -> dict[str, str]:
+    """What the Lua filter needs: the report id, and the JSON-encoded served (``from``) and
+    client-facing (``to``) model names when the model was rewritten."""
+    out = {"id": tap_id}
+    incoming, target = routed.incoming_model, routed.target_model
+    if incoming and target and incoming != target:
+        out["from"] = json.dumps(target, ensure_ascii=False)
+        out["to"] = json.dumps(incoming, ensure_ascii=False)
+    return out
 
 
 def _internal(exc: Exception) -> EppError:

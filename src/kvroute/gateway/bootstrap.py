@@ -4,8 +4,10 @@ Shape follows the upstream reference config (``test/testdata/envoy.yaml`` @v1.5.
 ``gie-epp.md`` §2.1): the ext_proc filter in FULL_DUPLEX_STREAMED mode for both bodies, an
 ORIGINAL_DST cluster that follows ``x-gateway-destination-endpoint``, ``message_timeout`` long
 enough for long generations. No ``allow_mode_override``: Envoy ignores a per-request
-``mode_override`` under FULL_DUPLEX_STREAMED (docs/benchmarks.md), so ``light`` response
-processing is chosen in this filter config instead, and the EPP never sends one. kvroute adds:
+``mode_override`` under FULL_DUPLEX_STREAMED (docs/benchmarks.md), so ``light`` and ``tap``
+response processing are chosen in this filter config instead, and the EPP never sends one
+(``tap`` adds the Lua response tap of ``kvroute.gateway.response_tap`` and, with several EPP
+replicas, one report cluster per replica). kvroute adds:
 
 * the edge policy of ``kvroute.gateway.edge`` (issue 20): only inference paths routed (404
   otherwise), a ``header_mutation`` filter *before* ext_proc that drops client-supplied
@@ -42,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvroute.extproc.tap import TAP_CLUSTER_PREFIX, TAP_NAMESPACE
 from kvroute.gateway.edge import (
     DESTINATION_HEADER,
     SERVED_HEADER,
@@ -53,6 +56,7 @@ from kvroute.gateway.edge import (
     path_matches,
     strip_client_headers_filter,
 )
+from kvroute.gateway.response_tap import response_tap_filter
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 POOL_CLUSTER = "kvroute_pool"
@@ -103,8 +107,9 @@ class BootstrapOptions:
     epp_health_interval_s: float = 1.0
     access_log_path: str | None = None
     # "full": upstream's FULL_DUPLEX_STREAMED response body; "light": response body not sent to
-    # the EPP at all (Envoy ignores ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is
-    # configured, so the choice has to be made in the filter config).
+    # the EPP at all; "tap": as light, plus the Lua response tap (Envoy ignores
+    # ``mode_override`` when a FULL_DUPLEX_STREAMED body mode is configured, so the choice has
+    # to be made in the filter config).
     response_processing: str = "full"
     # "override_host": a STATIC cluster of the known endpoints with Envoy's override_host load
     # balancer, which reads the comma list and walks it on retries (needs the endpoint set up
@@ -146,6 +151,9 @@ def _static_cluster(name: str, hosts: Sequence[tuple[str, int]], timeout: str) -
 def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
     """The ext_proc HTTP filter, processing mode as upstream's reference config."""
     full = opts.response_processing == "full"
+    namespaces = ["envoy.lb"]
+    if opts.response_processing == "tap":
+        namespaces.append(TAP_NAMESPACE)
     envoy_grpc: dict[str, Any] = {"cluster_name": EPP_CLUSTER, "authority": "kvroute-epp"}
     if len(opts.epp_endpoints) > 1:
         # Several EPP replicas: a stream that cannot be opened on one (it just died, before the
@@ -175,7 +183,9 @@ def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
             },
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "response_header_mode": "SEND",
+                # tap: the Lua filter reports status, content type and served endpoint and
+                # adds the EPP's response headers itself (one message pair less per request).
+                "response_header_mode": "SKIP" if opts.response_processing == "tap" else "SEND",
                 "request_body_mode": "FULL_DUPLEX_STREAMED",
                 "response_body_mode": "FULL_DUPLEX_STREAMED" if full else "NONE",
                 "request_trailer_mode": "SEND",
@@ -184,7 +194,7 @@ def ext_proc_filter(opts: BootstrapOptions) -> dict[str, Any]:
             "message_timeout": _duration(opts.message_timeout_s),
             "failure_mode_allow": opts.failure_mode is FailureMode.FAIL_OPEN,
             "status_on_error": {"code": 503},
-            "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},
+            "metadata_options": {"receiving_namespaces": {"untyped": namespaces}},
         },
     }
 
@@ -352,6 +362,9 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         "http_filters": [
             header_limit_filter(opts.edge),
             strip_client_headers_filter(opts.edge),
+            # Before ext_proc: encoding runs the list backwards, so the tap sees the response
+            # after ext_proc let its headers go (see kvroute.gateway.response_tap).
+            *([response_tap_filter(EPP_CLUSTER)] if opts.response_processing == "tap" else []),
             ext_proc_filter(opts),
             {
                 "name": "envoy.filters.http.router",
@@ -416,6 +429,8 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         # No panic routing: with every EPP host unhealthy, fail the stream at once.
         epp["common_lb_config"] = {"healthy_panic_threshold": {"value": 0.0}}
     clusters = [_pool_cluster(opts, timeout), epp]
+    if opts.response_processing == "tap" and not (opts.epp_uds and len(epp_hosts) == 1):
+        clusters += _tap_clusters(epp, epp_hosts)
     if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
     if opts.tracing_collector is not None:
@@ -448,6 +463,20 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+
+
+def _tap_clusters(epp: dict[str, Any], hosts: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    """One cluster per EPP replica, ``kvroute_epp_tap_<port>``: the response tap's report must
+    reach the replica that holds the request's ext_proc stream (the EPP names it)."""
+    out = []
+    for host, port in hosts:
+        name = f"{TAP_CLUSTER_PREFIX}{port}"
+        cluster = _static_cluster(name, [(host, port)], epp["connect_timeout"])
+        for key in ("typed_extension_protocol_options", "transport_socket"):
+            if key in epp:
+                cluster[key] = epp[key]
+        out.append(cluster)
+    return out
 
 
 OTLP_CLUSTER = "kvroute_otlp"

@@ -54,7 +54,7 @@ class Gateway:
         port: int = 0,
         host: str = "127.0.0.1",
         failure_mode: FailureMode = FailureMode.FAIL_CLOSE,
-        response_processing: ResponseProcessing = ResponseProcessing.FULL,
+        response_processing: ResponseProcessing = ResponseProcessing.TAP,
         secure_serving: bool = False,
         metrics_port: int = 0,
         log_dir: Path = DEFAULT_LOG_DIR,
