@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from kvroute.app import build_director_backend
+from kvroute.config.epp_config import default_config_text
 from kvroute.datastore.endpoint import EndpointMetrics
 from kvroute.datastore.store import Datastore
 from kvroute.errors import BadRequestError, EppError, PoolExhaustedError
 from kvroute.extproc.backend import Outcome, RoutingBackend, RoutingInput
 from kvroute.observability.metrics import EppMetrics
+from kvroute.plugins.registry import default_registry
 from kvroute.settings import EppSettings
 
 
@@ -59,7 +61,11 @@ def _setup(
         store.update_metrics(
             f"ep{i}", EndpointMetrics(waiting_queue_size=waiting, kv_cache_usage=kv)
         )
-    settings = EppSettings(endpoints=(("10.0.0.0", 8000),), resources=(path,))
+    # Flow control off: these metrics are set once and never scraped again, so on a loaded box
+    # they can go stale (200 ms) before the request is routed, and flow control would then hold
+    # it for its TTL; legacy admission still rejects sheddable traffic when saturated.
+    config = default_config_text(default_registry()) + "flowControl: {enabled: false}\n"
+    settings = EppSettings(endpoints=(("10.0.0.0", 8000),), resources=(path,), config_text=config)
     metrics = EppMetrics("ignored")
     built = asyncio.run(build_director_backend(settings, store, metrics))
     return built.backend, store, metrics
