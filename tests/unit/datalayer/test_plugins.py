@@ -225,21 +225,3 @@ def test_request_handler_openai_parser_is_accepted() -> None:
     setup = build_scheduling(parse_epp_config(text, "p.yaml"), default_registry())
     assert isinstance(setup.plugins["openai-parser"], RequestParser)
 
-
-def test_openai_parser_media_parameters_act() -> None:
-    """maxMediaItemBytes and mediaTokens reach the parser the EPP runs (issue 14)."""
-    text = UPSTREAM_DEFAULT + "requestHandler: {parsers: [{pluginRef: mm}]}\n"
-    text = text.replace(
-        "- type: core-metrics-extractor\n",
-        "- type: core-metrics-extractor\n- name: mm\n  type: openai-parser\n  parameters:\n"
-        "    maxMediaItemBytes: 10\n"
-        "    mediaTokens: [{modelPattern: '^m$', image: {rule: fixed, tokens: 7}}]\n",
-    )
-    setup = build_scheduling(parse_epp_config(text, "p.yaml"), default_registry())
-    url = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [url]}]}).encode()
-    assert setup.parsers.parse_request(body, "/v1/chat/completions").media[0].tokens == 7
-    big = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 40}}
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [big]}]}).encode()
-    with pytest.raises(PayloadTooLargeError, match="limit of 10 bytes"):
-        setup.parsers.parse_request(body, "/v1/chat/completions")
