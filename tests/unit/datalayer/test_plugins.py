@@ -224,4 +224,3 @@ def test_request_handler_openai_parser_is_accepted() -> None:
     )
     setup = build_scheduling(parse_epp_config(text, "p.yaml"), default_registry())
     assert isinstance(setup.plugins["openai-parser"], RequestParser)
-
