@@ -107,11 +107,17 @@ def body_chunks(body: bytes, *, request: bool, end_of_stream: bool = True) -> li
     still one message.
     """
     if len(body) <= BODY_BYTE_LIMIT:  # the common case: one message, no slicing
-        return [streamed_body(body, end_of_stream, request=request)]
-    chunks = [body[i : i + BODY_BYTE_LIMIT] for i in range(0, len(body), BODY_BYTE_LIMIT)]
-    last = len(chunks) - 1
+        return [streamed_body(bytes(body), end_of_stream, request=request)]
+    # One slice at a time, dropped once copied into its message: a list of slices first would
+    # hold a second copy of the whole body (issue 14, 20 MB images). ``body`` may be the
+    # stream's bytearray (handed over without a copy); protobuf wants bytes per chunk.
+    view = memoryview(body)
+    last = (len(body) - 1) // BODY_BYTE_LIMIT * BODY_BYTE_LIMIT
     return [
-        streamed_body(c, end_of_stream and i == last, request=request) for i, c in enumerate(chunks)
+        streamed_body(
+            bytes(view[i : i + BODY_BYTE_LIMIT]), end_of_stream and i == last, request=request
+        )
+        for i in range(0, len(body), BODY_BYTE_LIMIT)
     ]
 
 

@@ -55,7 +55,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kvroute.config.extproc_options import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
 from kvroute.errors import (
@@ -309,7 +309,11 @@ class ExtProcStream:
     def _route(self) -> list[Any]:
         h = self._headers
         rin = RoutingInput(
-            body=bytes(self._body),
+            # The buffer itself, not a copy (a second copy of a 20 MB image body; issue 14):
+            # _release_body below gives this stream a new one, so the backend owns it alone.
+            # A bytearray does all the parsers and body_chunks do with it (decode, find,
+            # memoryview slices), hence the cast.
+            body=cast(bytes, self._body),
             headers=h,
             path=h.get(":path", "")
             or h.get("x-original-path", "")

@@ -12,10 +12,10 @@ OpenAI chat content parts handled (``where`` names the part in errors, e.g.
 * Responses API ``input_image`` (``image_url`` string or ``file_id``), ``input_file``
   (``file_data`` / ``file_url`` / ``file_id``), ``input_audio``.
 
-Each base64 payload is decoded exactly once, in 4 MiB steps straight from the JSON string (no
+Each base64 payload is decoded exactly once, in 1 MiB steps straight from the JSON string (no
 copy of the whole payload): every step is validated (strict alphabet and padding), fed to an
 XXH3-64 hash and dropped; only the first :data:`~kvroute.protocol.media_headers.HEAD_BYTES`
-are kept to read the image size or WAV duration. So an item costs at most ~7 MiB of transient
+are kept to read the image size or WAV duration. So an item costs at most ~1 MiB of transient
 memory whatever its size. The hash of the *decoded* bytes is the item's key, so the same
 picture matches whichever part carries it (``image_url`` or ``file``, any mime label).
 
@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kvroute.errors import BadRequestError, PayloadTooLargeError
 from kvroute.framework.request import MediaItem
 from kvroute.protocol.media_headers import HEAD_BYTES, image_size, wav_duration_s
+from kvroute.protocol.media_spans import MediaSpans
 from kvroute.protocol.media_tokens import MediaTokenRules, ModelMediaTokens, rules_for_model
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_ITEM_BYTES = 32 * 1024 * 1024
-_STEP = 4 * 1024 * 1024  # base64 characters decoded per step (a multiple of 4)
+_STEP = 1024 * 1024  # base64 characters decoded per step (a multiple of 4)
 _AUDIO_BYTES_PER_SECOND = 16_000  # 128 kbit/s: the estimate for compressed audio
 _MAX_URL_SCAN = 1024  # a data URL's header (mime and parameters) ends within this many chars
 
@@ -99,12 +100,19 @@ def placeholder(kind: str, key: str, tokens: int) -> str:
 class MediaCollector:
     """Collects the media items of one request body, in prompt order."""
 
-    __slots__ = ("items", "limit", "rules")
+    __slots__ = ("consumed", "items", "limit", "rules", "spans")
 
-    def __init__(self, model: str, options: MediaOptions = DEFAULT_OPTIONS) -> None:
+    def __init__(
+        self,
+        model: str,
+        options: MediaOptions = DEFAULT_OPTIONS,
+        spans: MediaSpans | None = None,
+    ) -> None:
         self.rules: MediaTokenRules = rules_for_model(model, options.media_tokens)
         self.limit = options.max_media_item_bytes
         self.items: list[MediaItem] = []
+        self.spans = spans  # payloads kept out of the JSON (kvroute.protocol.media_spans)
+        self.consumed = 0  # how many of those a part decoded
 
     @property
     def tokens(self) -> int:
@@ -155,14 +163,14 @@ class MediaCollector:
         data = value.get("data")
         if not isinstance(data, str) or not data:
             raise BadRequestError(f"invalid request: {where}.data must be a base64 string")
-        return self._decoded("audio", data, 0, f"{where}.data")
+        return self._base64("audio", data, f"{where}.data")
 
     def _file(self, file: Mapping[str, Any], where: str) -> str:
         data = file.get("file_data")
         if isinstance(data, str) and data:
             if data[:5].lower() == "data:":
                 return self._data_url("file", data, f"{where}.file_data")
-            return self._decoded("file", data, 0, f"{where}.file_data")
+            return self._base64("file", data, f"{where}.file_data")
         url = file.get("file_url")
         if isinstance(url, str) and url:
             return self._url_part("file", url, f"{where}.file_url")
@@ -182,11 +190,22 @@ class MediaCollector:
         mime = params[0].strip().lower()
         if media == "file" and mime.startswith(("image/", "audio/", "video/")):
             media = mime.split("/", 1)[0]
+        payload = self.spans.payload(url[comma + 1 :]) if self.spans is not None else None
+        if payload is not None:
+            self.consumed += 1
+            return self._decoded(media, payload, 0, where)
         return self._decoded(media, url, comma + 1, where)
+
+    def _base64(self, media: str, data: str, where: str) -> str:
+        payload = self.spans.payload(data) if self.spans is not None else None
+        if payload is not None:
+            self.consumed += 1
+            return self._decoded(media, payload, 0, where)
+        return self._decoded(media, data, 0, where)
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def _decoded(self, media: str, text: str, start: int, where: str) -> str:
+    def _decoded(self, media: str, text: str | memoryview, start: int, where: str) -> str:
         """Decode ``text[start:]`` (base64) once, in steps: hash, size, header."""
         n = len(text) - start
         if n <= 0:

@@ -51,6 +51,7 @@ from kvroute.protocol.media import (
     MediaCollector,
     MediaOptions,
 )
+from kvroute.protocol.media_spans import MediaSpans, split_media
 
 __all__ = ["ParsedRequest", "api_kind_for_path", "parse_request", "rewrite_request_body"]
 
@@ -80,6 +81,9 @@ class ParsedRequest:
     raw: bytes = b""
     # Media items in prompt order (kvroute.protocol.media); their tokens are in prompt_text.
     media: tuple[MediaItem, ...] = ()
+    # True when big base64 payloads were kept out of ``body`` (kvroute.protocol.media_spans):
+    # ``body`` then holds markers in their place and only ``raw`` has the media.
+    split: bool = False
 
     @property
     def media_tokens(self) -> int:
@@ -103,15 +107,36 @@ def parse_request(
     """Decode and validate ``body`` for the API that ``path`` names.
 
     ``options`` are the ``openai-parser`` parameters for media parts (limits, token rules).
+    Big base64 payloads are kept out of the parsed dict (:mod:`kvroute.protocol.media_spans`).
     """
-    data = _decode_json(body)
+    skeleton, spans = split_media(body)
+    if spans is None:
+        return _parse(body, body, None, path, options)[0]
+    try:
+        parsed, consumed = _parse(body, skeleton, spans, path, options)
+    except BadRequestError:
+        # Parsed whole again: the error then names what the client sent, not the skeleton.
+        return _parse(body, body, None, path, options)[0]
+    if consumed != len(spans.spans):  # a big base64 string outside a media part
+        return _parse(body, body, None, path, options)[0]
+    return parsed
+
+
+def _parse(
+    body: bytes,
+    skeleton: bytes,
+    spans: MediaSpans | None,
+    path: str | None,
+    options: MediaOptions,
+) -> tuple[ParsedRequest, int]:
+    data = _decode_json(skeleton)
     if not isinstance(data, dict):
         raise BadRequestError("invalid JSON body: expected a JSON object")
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("model not found in request body")
     api = api_kind_for_path(path)
-    media = MediaCollector(model, options)
+    media = MediaCollector(model, options, spans)
     prompt_text = _PROMPT_BUILDERS[api](data, media)
     _require_encodable(model, "model name")
     _require_encodable(prompt_text, "prompt")
@@ -122,7 +147,7 @@ def parse_request(
         raise BadRequestError("invalid request: 'stream' must be a boolean")
     stream_options = data.get("stream_options")
     include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-    return ParsedRequest(
+    parsed = ParsedRequest(
         api=api,
         body=data,
         model=model,
@@ -132,7 +157,9 @@ def parse_request(
         max_tokens=_max_tokens(data),
         raw=body,
         media=tuple(media.items),
+        split=spans is not None,
     )
+    return parsed, media.consumed
 
 
 def _decode_json(body: bytes) -> Any:
@@ -346,7 +373,7 @@ def rewrite_request_body(parsed: ParsedRequest, target_model: str) -> bytes:
     spliced = _splice_model(raw, parsed.model, target_model) if raw else None
     if spliced is not None:
         return spliced
-    body = dict(parsed.body)
+    body = dict(parsed.body) if not parsed.split else json.loads(raw)
     body["model"] = target_model
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     try:
