@@ -57,26 +57,34 @@ def split_media(raw: bytes) -> tuple[bytes, MediaSpans | None]:
     if len(raw) < MIN_SPAN:
         return raw, None
     found: list[tuple[int, int]] = []
-    for pattern in (_DATA_URL, _DATA_KEY):
-        for m in pattern.finditer(raw):
-            if _escaped(raw, m.start()):
-                continue
-            start = m.end()
-            end = raw.find(b'"', start)
-            if end - start < MIN_SPAN:
-                continue
-            if raw.find(b"\\", start, end) >= 0:
-                continue  # an escape (PHP writes "\\/"): leave the string to the JSON parser
+    pos, n = 0, len(raw)
+    while True:
+        # bytes.find is C speed, and the second search stops where the first hit: the bytes
+        # inside a span are never scanned for a needle; the regexes only confirm a candidate.
+        hit = raw.find(b'"data', pos)
+        other = raw.find(b'"file_data', pos, hit if hit >= 0 else n)
+        at = other if other >= 0 else hit
+        if at < 0:
+            break
+        pos = at + 1
+        m = _DATA_URL.match(raw, at)
+        if m is None:
+            m = _DATA_KEY.match(raw, at)
+            if m is not None:  # a key whose value may itself be a data URL
+                m = _DATA_URL.match(raw, m.end() - 1) or m
+        if m is None or _escaped(raw, at):
+            continue
+        start = m.end()
+        end = raw.find(b'"', start)
+        if end - start >= MIN_SPAN and raw.find(b"\\", start, end) < 0:
             found.append((start, end))
+            pos = end + 1
     if not found:
         return raw, None
-    found.sort()
     spans = MediaSpans(raw)
     pieces: list[bytes] = []
     at = 0
     for i, (start, end) in enumerate(found):
-        if start < at:  # overlapping matches (a data URL under a "data" key): first wins
-            continue
         marker = spans.marker(i)
         spans.spans[marker] = (start, end)
         pieces.append(raw[at:start])

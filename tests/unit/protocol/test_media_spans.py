@@ -48,6 +48,16 @@ def test_split_parse_equals_the_whole_parse(monkeypatch: pytest.MonkeyPatch) -> 
     assert len(json.dumps(split.body)) < 1000  # the dict holds no payload
 
 
+def test_file_data_as_data_url_or_bare_base64(monkeypatch: pytest.MonkeyPatch) -> None:
+    as_url = {"type": "file", "file": {"file_data": "data:application/pdf;base64," + _b64()}}
+    bare = {"type": "file", "file": {"file_data": _b64()}}
+    body = json.dumps(_chat(as_url, bare)).encode()
+    split = parse_request(body, CHAT)
+    assert split.split
+    assert split.media == _unsplit(monkeypatch, body).media
+    assert split.media[0].key == split.media[1].key
+
+
 def test_big_data_string_outside_a_media_part_is_parsed_whole() -> None:
     body = json.dumps(_chat({"type": "text", "text": "x"}, metadata={"data": _b64()})).encode()
     parsed = parse_request(body, CHAT)
