@@ -361,7 +361,7 @@ schedulingProfiles:
   - {{pluginRef: prefix-cache-scorer, weight: 3}}
   - {{pluginRef: lora-affinity-scorer, weight: 1}}
   - {{pluginRef: session-affinity-scorer, weight: 1}}
-  - {{pluginRef: mm-embeddings-cache-scorer, weight: 3}}
+  - {{pluginRef: mm-embeddings-cache-scorer, weight: 6}}
   - {{pluginRef: queue-scorer, weight: 1}}
   - {{pluginRef: kv-cache-utilization-scorer, weight: 1}}
   - {{pluginRef: active-request-scorer, weight: 2}}
