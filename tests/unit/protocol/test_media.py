@@ -173,3 +173,15 @@ def test_large_item_decoded_in_steps() -> None:
     broken = broken[:9_000_000] + "!" + broken[9_000_001:]
     with pytest.raises(BadRequestError, match="invalid base64"):
         parse_request(_chat(_img(broken)), CHAT)
+
+
+def test_load_estimates_count_image_tokens_not_base64_size() -> None:
+    """The director's in-flight token charge (token-load scorer, flow control) reads the
+    prompt text: a 2 MB image counts its ~1,000 tokens, not 2 MB / 4 characters."""
+    from kvroute.requestcontrol.director import _estimate_tokens
+
+    data = _png((900, 900)) + b"\0" * 2_000_000
+    parsed = parse_request(_chat({"type": "text", "text": "hi"}, _img(_data_url(data))), CHAT)
+    tokens = parsed.media[0].tokens
+    assert tokens == 32 * 32 + 2
+    assert tokens <= _estimate_tokens(parsed) <= tokens + 10
