@@ -140,6 +140,32 @@ class MediaCollector:
             return self._file(part, where)
         raise AssertionError(kind)  # the caller routes only the types above here
 
+    def anthropic_block(self, block: Mapping[str, Any], where: str) -> str:
+        """The placeholder of an Anthropic ``image`` / ``document`` block (its ``source``:
+        ``base64`` with ``data``, ``url``, ``file`` with ``file_id``; ``text`` documents are
+        their text)."""
+        media = "image" if block.get("type") == "image" else "file"
+        source = block.get("source")
+        where = f"{where}.source"
+        if not isinstance(source, Mapping):
+            raise BadRequestError(f"invalid request: {where} must be an object")
+        kind = source.get("type")
+        if kind == "base64":
+            data = source.get("data")
+            if not isinstance(data, str) or not data:
+                raise BadRequestError(f"invalid request: {where}.data must be a base64 string")
+            return self._base64(media, data, f"{where}.data")
+        if kind == "url":
+            return self._url_part(media, source.get("url"), f"{where}.url")
+        if kind == "file":
+            return self._id_part(media, source.get("file_id"), f"{where}.file_id")
+        if kind == "text" and isinstance(source.get("data"), str):
+            return str(source["data"])
+        raise BadRequestError(
+            f"invalid request: {where}: unsupported source type {kind!r} "
+            "(supported: base64, url, file, text)"
+        )
+
     # -- part shapes -------------------------------------------------------------------------
 
     def _url_part(self, media: str, value: Any, where: str) -> str:

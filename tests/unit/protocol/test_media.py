@@ -185,3 +185,28 @@ def test_load_estimates_count_image_tokens_not_base64_size() -> None:
     tokens = parsed.media[0].tokens
     assert tokens == 32 * 32 + 2
     assert tokens <= _estimate_tokens(parsed) <= tokens + 10
+
+
+def test_anthropic_image_and_document_blocks() -> None:
+    from kvroute.protocol.anthropic import parse_messages_request
+
+    blocks = [
+        {"type": "text", "text": "compare "},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": _data_url(_png())[22:]},
+        },
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}},
+    ]
+    body = json.dumps(
+        {"model": QWEN, "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]}
+    ).encode()
+    parsed = parse_messages_request(body)
+    assert [(m.kind, m.width) for m in parsed.media] == [("image", 640), ("image", None)]
+    assert parsed.media[0].key == parse_request(_chat(_img(_data_url(_png()))), CHAT).media[0].key
+    assert "doc" in parsed.prompt_text
+    bad = {"type": "image", "source": {"type": "base64", "data": "@@@@"}}
+    body = json.dumps({"model": QWEN, "messages": [{"role": "user", "content": [bad]}]}).encode()
+    with pytest.raises(BadRequestError, match=r"messages\[0\]\.content\[0\]\.source\.data"):
+        parse_messages_request(body)
