@@ -114,6 +114,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fc.add_argument("--duration", type=float, default=40.0, help="arrival seconds")
     fc.add_argument("--profile", default="h100-llama3-8b", help="kvroute_sim engine profile")
     fc.add_argument("--seed", type=int, default=0)
+    fc.add_argument(
+        "--max-num-seqs", type=int, help="override the engine's batch size (max_num_seqs)"
+    )
     fc.add_argument("--out", type=Path, help="write OUT.json")
 
     from kvroute_bench.autoscale_cli import add_parser as add_autoscale
@@ -161,7 +164,14 @@ def run(args: argparse.Namespace) -> int:
 
         out = render(
             run_scenario(
-                FcBenchSpec(args.scenario, args.replicas, args.duration, args.seed, args.profile)
+                FcBenchSpec(
+                    args.scenario,
+                    args.replicas,
+                    args.duration,
+                    args.seed,
+                    args.profile,
+                    args.max_num_seqs,
+                )
             )
         )
         print(out)

@@ -7,12 +7,13 @@ Run::
 What one timed call is:
 
 * ``cycle[default-N]``: what the director runs per request around the scheduler for the default
-  profile (prefix-cache-scorer 3, lora-affinity-scorer 1, session-affinity-scorer 1, queue-scorer
+  profile (prefix-cache-scorer 3, lora-affinity-scorer 4, session-affinity-scorer 1, queue-scorer
   1, kv-cache-utilization-scorer 1, active-request-scorer 2, token-load-scorer 1,
   max-score-picker with tieTolerance):
   every PrepareData hook, then ``Scheduler.schedule`` over a frozen tuple of N endpoints. The
   prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and plugin timing is
   on, as in the EPP.
+* ``cycle[default-warm-N]``: the same with the prompt cached on every tenth endpoint.
 * ``cycle[upstream-N]``: upstream's default (queue 2, KV 2, prefix 3, max-score-picker), which
   was kvroute's default before scheduler v2 and stays available as ``--profile upstream``.
 * ``cycle[latency-100]``: the default profile plus ``latency-scorer`` (weight 1) with a warm
@@ -49,6 +50,7 @@ from kvroute.requestcontrol.director import Director
 from kvroute.scheduling.builder import SchedulingSetup, build_scheduling
 from kvroute.scheduling.interfaces import CycleState
 from kvroute.scheduling.plugins.latency.scorer import LatencyScorer
+from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
 from kvroute.scheduling.request import InferenceRequest
 from kvroute.scheduling.timing import PluginTimings
 
@@ -134,6 +136,23 @@ def test_cycle_default_profile(benchmark: Any, n: int) -> None:
     result = benchmark(_cycle(setup, _endpoints(n)))
     assert result.primary is not None
     setup.timings.drain() if setup.timings else None
+
+
+@pytest.mark.parametrize("n", [100, 1000], ids=lambda n: f"default-warm-{n}")
+def test_cycle_default_profile_warm(benchmark: Any, n: int) -> None:
+    """The default profile when the prompt is cached: one endpoint in ten holds all its blocks,
+    so the prefix scorer's hot-spot guard and every affinity path run (the empty-index case
+    above skips them)."""
+    setup = _setup(None)
+    endpoints = _endpoints(n)
+    scorer = setup.plugins["prefix-cache-scorer"]
+    assert isinstance(scorer, PrefixCacheScorer)
+    _level, hashes = scorer.hash_request(_request(), endpoints)
+    for e in endpoints[::10]:
+        scorer.index.add(e.name, hashes)
+    assert len(scorer.index.match_longest_prefix(hashes)) == len(endpoints[::10])
+    result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
 
 
 @pytest.mark.parametrize("n", [100, 1000], ids=lambda n: f"upstream-{n}")

@@ -9,7 +9,9 @@ deterministically (no dependence on scrape timing):
   and an OpenAI error JSON body;
 * a client that hangs up while queued leaves the queue at once (queue gauge back to 0,
   ``EvictedContextCancelled`` counted), and the held request never reaches the server;
-* EPP shutdown answers every queued request 503 ``rejected-shutting-down``.
+* EPP shutdown answers every queued request 503 ``rejected-shutting-down``;
+* a full band displaces the newest request of the tenant holding it (429
+  ``evicted-queue-pressure``) for a quiet tenant's arrival.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tests.integration.conftest import MiniModelServer, mini_pool
 pytestmark = [pytest.mark.integration]
 
 
-def _config(ttl: str) -> str:
+def _config(ttl: str, band: str = "{}") -> str:
     return f"""\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
@@ -41,6 +43,7 @@ schedulingProfiles:
   plugins: [{{pluginRef: queue-scorer}}, {{pluginRef: max-score-picker}}]
 flowControl:
   defaultRequestTTL: {ttl}
+  defaultPriorityBand: {band}
   saturationDetector: {{pluginRef: concurrency-detector}}
 """
 
@@ -69,8 +72,8 @@ async def _metric(gw: Gateway, name: str, **labels: str) -> float:
 BODY = {"model": "base", "prompt": "hello", "max_tokens": 4}
 
 
-def _gateway(server: MiniModelServer, tmp_path: Path, ttl: str) -> Gateway:
-    return Gateway([server.url], config_text=_config(ttl), log_dir=tmp_path)
+def _gateway(server: MiniModelServer, tmp_path: Path, ttl: str, band: str = "{}") -> Gateway:
+    return Gateway([server.url], config_text=_config(ttl, band), log_dir=tmp_path)
 
 
 async def test_a_burst_waits_in_the_epp_and_succeeds(tmp_path: Path) -> None:
@@ -119,6 +122,51 @@ async def test_past_the_ttl_the_client_gets_429_with_the_reason(tmp_path: Path) 
         assert (await long).status_code == 200
         assert server.served == 1
         assert await _metric(gw, "llm_d_epp_flow_control_requests_total", outcome="EvictedTTL") == 1
+
+
+async def test_a_full_band_displaces_the_noisy_tenants_newest_not_the_quiet_one(
+    tmp_path: Path,
+) -> None:
+    """Band of 2: a tenant holding both places loses its newest (429 ``evicted-queue-pressure``,
+    JSON error) to a quiet tenant's arrival, which waits and succeeds."""
+    server = MiniModelServer("s", token_delay_s=0.05)
+    fid = "x-llm-d-inference-fairness-id"
+    async with (
+        mini_pool([server]),
+        _gateway(server, tmp_path, "60s", "{maxRequests: 2}") as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
+    ):
+        noisy = {fid: "noisy"}
+        long = asyncio.create_task(
+            c.post("/v1/completions", json={**BODY, "max_tokens": 20}, headers=noisy)
+        )
+        assert await _until(lambda: server.inflight == 1)
+        queue = "llm_d_epp_flow_control_queue_size"
+
+        async def queued(n: int) -> float:
+            for _ in range(200):
+                if await _metric(gw, queue) == n:
+                    break
+                await asyncio.sleep(0.01)
+            return await _metric(gw, queue)
+
+        first = asyncio.create_task(c.post("/v1/completions", json=BODY, headers=noisy))
+        assert await queued(1) == 1  # queued before the second: the second is the newest
+        second = asyncio.create_task(c.post("/v1/completions", json=BODY, headers=noisy))
+        assert await queued(2) == 2
+        quiet = asyncio.create_task(c.post("/v1/completions", json=BODY, headers={fid: "quiet"}))
+        r = await asyncio.wait_for(second, 10)
+        assert r.status_code == 429, r.text
+        assert r.headers["x-llm-d-request-dropped-reason"] == "evicted-queue-pressure"
+        assert r.json()["error"]["code"] == "evicted-queue-pressure"
+        assert (await quiet).status_code == 200
+        assert (await first).status_code == 200
+        assert (await long).status_code == 200
+        assert server.served == 3
+        assert await _metric(gw, queue) == 0
+        assert (
+            await _metric(gw, "llm_d_epp_flow_control_requests_total", outcome="EvictedOther") == 1
+        )
 
 
 async def test_a_client_that_hangs_up_while_queued_leaves_the_queue(tmp_path: Path) -> None:

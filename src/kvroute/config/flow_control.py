@@ -14,6 +14,7 @@
       defaultPriorityBand: {maxRequests: 5000, maxBytes: 1G,
                             orderingPolicyRef: fcfs-ordering-policy,
                             fairnessPolicyRef: global-strict-fairness-policy}
+                                     # unset: program-aware least attained service (kvroute)
       defaultNegativePriorityBand: {maxRequests: 100}
       priorityBands: [{priority: 100, orderingPolicyRef: slo-deadline-ordering-policy}]
 

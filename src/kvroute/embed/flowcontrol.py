@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from kvroute.flowcontrol.concurrency import ConcurrencyDetector, ConcurrencyParams
 from kvroute.flowcontrol.item import QueueItem
-from kvroute.flowcontrol.policies import RoundRobinFairness
+from kvroute.flowcontrol.policies import (
+    ProgramAwareFairness,
+    ProgramAwareParams,
+    RoundRobinFairness,
+    default_fairness,
+)
 from kvroute.flowcontrol.queues import BandSettings, FlowControlSettings, FlowQueues
 
 __all__ = [
@@ -19,6 +24,9 @@ __all__ = [
     "ConcurrencyParams",
     "FlowControlSettings",
     "FlowQueues",
+    "ProgramAwareFairness",
+    "ProgramAwareParams",
     "QueueItem",
     "RoundRobinFairness",
+    "default_fairness",
 ]

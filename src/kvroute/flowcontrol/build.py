@@ -3,6 +3,14 @@
 Policy refs name plugins declared under ``plugins`` (already built by the scheduling builder and
 passed in as ``plugins``) or, undeclared, a built-in policy type (created with default
 parameters). Each ref is checked to be the right kind, with an error naming the key.
+
+Defaults are upstream's (``fcfs-ordering-policy``, ``static-usage-limit-policy``, TTL 60 s, 5000
+requests / 1 GB per band) except fairness: pure least attained service
+(:func:`~kvroute.flowcontrol.policies.default_fairness`) rather than upstream's
+``global-strict-fairness-policy``, which serves flows in global arrival order and so gives a tenant
+sending 10x as much 5.6x its fair share (``docs/benchmarks.md``, flow control, noisy neighbour).
+With one flow per band the two are the same. One default instance serves every band that names
+no policy (a tenant's service is counted across them).
 """
 
 from __future__ import annotations
@@ -15,11 +23,11 @@ from kvroute.config.flow_control import BandSpec, FlowControlSpec
 from kvroute.errors import ConfigError
 from kvroute.flowcontrol.policies import (
     FCFS,
-    GLOBAL_STRICT,
     STATIC_USAGE_LIMIT,
     FairnessPolicy,
     OrderingPolicy,
     UsageLimitPolicy,
+    default_fairness,
     is_fairness,
     is_ordering,
     is_usage_limit,
@@ -86,11 +94,7 @@ def build_flow_control(
                 f"{path}.fairnessPolicyRef", b.fairness_policy_ref, "fairness policy", is_fairness
             )
             if b.fairness_policy_ref
-            else (
-                base.fairness
-                if base
-                else r.get(path, GLOBAL_STRICT, "fairness policy", is_fairness)
-            )
+            else (base.fairness if base else default_fairness())
         )
         return BandSettings(
             max_requests=b.max_requests or (base.max_requests if base else DEFAULT_MAX_REQUESTS),

@@ -25,6 +25,9 @@ class QueueOutcome(Enum):
     EVICTED_NO_ENDPOINTS = ("EvictedNoEndpoints", 503, "rejected-no-endpoints")
     EVICTED_CONTEXT_CANCELLED = ("EvictedContextCancelled", 503, "rejected-context-cancelled")
     EVICTED_SHUTDOWN = ("EvictedOther", 503, "rejected-shutting-down")
+    # Displaced from a full band by a request of a smaller flow (longest-queue drop); the
+    # reason is the one upstream reserves for queue-pressure eviction.
+    EVICTED_QUEUE_PRESSURE = ("EvictedOther", 429, "evicted-queue-pressure")
 
     @property
     def label(self) -> str:
@@ -48,6 +51,9 @@ MESSAGES: dict[QueueOutcome, str] = {
     QueueOutcome.EVICTED_NO_ENDPOINTS: "request timed out in queue waiting for endpoints",
     QueueOutcome.EVICTED_CONTEXT_CANCELLED: "client disconnected",
     QueueOutcome.EVICTED_SHUTDOWN: "flow controller is shutting down",
+    QueueOutcome.EVICTED_QUEUE_PRESSURE: (
+        "flow control queue full: displaced by a request of a flow with fewer queued requests"
+    ),
 }
 
 

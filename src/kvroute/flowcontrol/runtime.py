@@ -7,7 +7,8 @@ against the endpoint state of *that* moment, and the in-flight counters it updat
 the very next saturation check (no over-dispatch between checks).
 
 * **Fast path**: nothing queued and the pool under the usage ceiling: ``dispatch`` runs inline,
-  no task switch, no allocation beyond the item.
+  no task switch, no allocation beyond the item; the band's fairness policy still hears of the
+  dispatch (:meth:`~kvroute.flowcontrol.queues.FlowQueues.dispatched_inline`).
 * **Queued**: the coroutine waits on a future; a single dispatcher task wakes on every enqueue,
   every :meth:`notify` (a request finished) and every ``poll_interval`` while something waits
   (scraped metrics change without a notification), and expires TTLs on time.
@@ -126,13 +127,15 @@ class FlowController:
         if q.count == 0 and endpoints:
             sat = self.detector.saturation(endpoints, now)
             if sat < q.settings.usage_limit.ceiling(item.priority, sat):
-                item.outcome = QueueOutcome.DISPATCHED
+                q.dispatched_inline(item, now)
                 self._finished(item, 0.0)
                 return dispatch()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         item.payload = _Waiter(dispatch, future)
         rejected = q.enqueue(item, pool_empty=not endpoints)
+        for displaced in q.take_displaced():
+            self._answer(displaced, None)
         if rejected is not None:
             self._finished(item, 0.0)
             raise rejection(rejected)

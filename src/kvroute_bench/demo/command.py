@@ -58,7 +58,7 @@ async def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kvroute_bench.demo.run import PhaseResult, default_workdir, plot, run_phase
+    from kvroute_bench.demo.run import PhaseResult, default_workdir, plot, run_phase, trade_offs
     from kvroute_bench.demo.scenario import (
         CRITICAL_TTFT_SLO,
         DemoWorkload,
@@ -109,6 +109,9 @@ async def _main(args: argparse.Namespace) -> int:
         f"429 = shed by kvroute (sheddable only); fail = client timeout ({args.timeout:g} s) or "
         f"error; SLO ok = completed with TTFT <= {CRITICAL_TTFT_SLO:g} s."
     )
+    if len(results) == 2:
+        for line in trade_offs(results[0], results[1]):
+            console.print(line)
     png = workdir / "demo-ttft.png"
     plot(results, png)
     console.print(f"Plot written to {png}; Envoy log under {workdir}/.")

@@ -132,6 +132,37 @@ def summarize(name: str, records: Sequence[RequestRecord], end: float, wall: flo
     return PhaseResult(name, rows, wall)
 
 
+# Why a class can be slower under kvroute than under round-robin, per class (one line each).
+_TRADE_OFF = {
+    "Critical": "kvroute keeps chat that shares a system prompt on the servers that cached it and "
+    "keeps each adapter where it is loaded, so some servers carry more; round-robin spreads chat "
+    "evenly and pays with adapter swaps instead",
+    "Standard": "kvroute concentrates each adapter on the servers holding it",
+    "Sheddable": "kvroute ranks batch traffic behind critical and standard work",
+}
+
+
+def trade_offs(kvroute: PhaseResult, rr: PhaseResult, margin: float = 0.05) -> list[str]:
+    """One line per class whose p90 TTFT under kvroute is more than ``margin`` above
+    round-robin's, with what round-robin paid for it (its failures) and why."""
+    lines = []
+    for cls, row in kvroute.by_class.items():
+        other = rr.by_class.get(cls)
+        if cls == "all" or other is None or not row.ttft_p90 > other.ttft_p90 * (1 + margin):
+            continue
+        all_k, all_rr = kvroute.by_class.get("all"), rr.by_class.get("all")
+        cost = (
+            f"; round-robin failed {all_rr.failed} requests overall, kvroute {all_k.failed}"
+            if all_k is not None and all_rr is not None
+            else ""
+        )
+        lines.append(
+            f"Trade-off: {cls.lower()} p90 TTFT {row.ttft_p90:.2f} s vs {other.ttft_p90:.2f} s "
+            f"round-robin: {_TRADE_OFF.get(cls, 'kvroute weighs load against affinity')}{cost}."
+        )
+    return lines
+
+
 async def run_phase(
     name: str, requests: list[BenchRequest], servers: int, workdir: Path, request_timeout: float
 ) -> PhaseResult:

@@ -10,7 +10,7 @@ from kvroute.flowcontrol.build import build_flow_control
 from kvroute.flowcontrol.concurrency import ConcurrencyDetector
 from kvroute.flowcontrol.policies import (
     FcfsOrdering,
-    GlobalStrictFairness,
+    ProgramAwareFairness,
     RoundRobinFairness,
     SloDeadlineOrdering,
 )
@@ -34,7 +34,7 @@ def build(flow: str = ""):  # type: ignore[no-untyped-def]
     return build_flow_control(config.flow_control, setup.plugins, registry, "epp.yaml")
 
 
-def test_defaults_without_a_section_are_upstreams() -> None:
+def test_defaults_without_a_section_are_upstreams_but_fairness() -> None:
     fc = build()
     assert fc is not None
     s = fc.settings
@@ -43,7 +43,9 @@ def test_defaults_without_a_section_are_upstreams() -> None:
     assert s.default_band.max_requests == 5000
     assert s.default_band.max_bytes == 10**9
     assert isinstance(s.default_band.ordering, FcfsOrdering)
-    assert isinstance(s.default_band.fairness, GlobalStrictFairness)
+    assert isinstance(s.default_band.fairness, ProgramAwareFairness)  # upstream: global-strict
+    assert s.default_band.fairness.params.las_weight_head_wait == 0.0  # pure LAS
+    assert s.default_band.fairness.params.las_weight_service == 1.0
     assert s.max_bytes is None
     assert fc.detector is None
 

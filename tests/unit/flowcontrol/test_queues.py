@@ -11,6 +11,7 @@ from kvroute.flowcontrol.item import QueueItem, QueueOutcome
 from kvroute.flowcontrol.policies import (
     EdfOrdering,
     ProgramAwareFairness,
+    ProgramAwareParams,
     RoundRobinFairness,
     SloDeadlineOrdering,
     StaticUsageLimit,
@@ -72,6 +73,49 @@ def test_program_aware_prefers_least_attained_service() -> None:
     assert las.attained("A", 3600.0) < 1.0
 
 
+def test_program_aware_decay_survives_long_uptime_and_forgets_idle_ids() -> None:
+    las = ProgramAwareFairness(
+        params=ProgramAwareParams(lasHalfLifeSeconds=1.0, evictionTtlSeconds=3600.0)  # type: ignore[call-arg]
+    )
+    las.on_dispatch(item("a-old", flow="A", prompt_tokens=1000), now=0.0)
+    assert las.attained("A", 1.0) == pytest.approx(500.0)  # one half-life
+    # 500 half-lives later: the scale epoch has moved (no overflow), old service is gone.
+    las.on_dispatch(item("a-new", flow="A", prompt_tokens=1), now=500.0)
+    las.on_dispatch(item("b", flow="B", prompt_tokens=2), now=500.0)
+    assert las.attained("A", 500.0) == pytest.approx(1.0)
+    assert las.attained("B", 500.0) == pytest.approx(2.0)
+    flows = [_FlowStub("B", 500.0), _FlowStub("A", 500.0)]
+    assert las.select_flow(flows, EdfOrdering(), 500.0).fairness_id == "A"
+    # An ID idle for longer than evictionTtlSeconds is forgotten at the next sweep.
+    las.on_dispatch(item("b2", flow="B", prompt_tokens=2), now=5000.0)
+    assert las.attained("A", 5000.0) == 0.0
+    assert math.isfinite(las.attained("B", 5000.0))
+
+
+class _FlowStub:
+    def __init__(self, fairness_id: str, enqueued_at: float) -> None:
+        self.fairness_id = fairness_id
+        self._head = item(f"{fairness_id}-head", flow=fairness_id, enqueued_at=enqueued_at)
+
+    def head(self) -> QueueItem:
+        return self._head
+
+
+def test_fast_path_dispatches_count_as_attained_service() -> None:
+    """A flow served inline while nothing was queued is not favoured once contention starts."""
+    las = ProgramAwareFairness()
+    q = FlowQueues(FlowControlSettings(default_band=BandSettings(fairness=las)))
+    for i in range(5):
+        fast = item(f"fast{i}", flow="A", prompt_tokens=1000)
+        q.dispatched_inline(fast, now=0.0)
+        assert fast.outcome is QueueOutcome.DISPATCHED
+    assert q.count == 0
+    assert las.attained("A", 0.0) == pytest.approx(5000.0)
+    q.enqueue(item("a0", flow="A", prompt_tokens=100))
+    q.enqueue(item("b0", flow="B", prompt_tokens=100))
+    assert drain_ids(q, now=0.0) == ["b0", "a0"]
+
+
 def test_slo_deadline_ordering_puts_requests_without_slo_last() -> None:
     q = FlowQueues(FlowControlSettings(default_band=BandSettings(ordering=SloDeadlineOrdering())))
     q.enqueue(item("none"))
@@ -97,6 +141,42 @@ def test_band_capacity_rejects_with_saturated_or_no_endpoints() -> None:
     assert q.enqueue(item("big", 1, size_bytes=300)) is QueueOutcome.REJECTED_CAPACITY
     assert QueueOutcome.REJECTED_CAPACITY.http_status == 429
     assert QueueOutcome.REJECTED_CAPACITY.dropped_reason == "rejected-saturated"
+
+
+def test_a_full_band_displaces_the_largest_flows_newest_not_a_quiet_arrival() -> None:
+    q = FlowQueues(FlowControlSettings(default_band=BandSettings(max_requests=4)))
+    for i in range(4):
+        assert q.enqueue(item(f"n{i}", flow="noisy", enqueued_at=float(i))) is None
+    # The noisy flow fills the band: its own next request is refused, as plain tail drop.
+    assert q.enqueue(item("n4", flow="noisy")) is QueueOutcome.REJECTED_CAPACITY
+    assert q.take_displaced() == []
+    # A quiet tenant's request gets in by displacing the noisy flow's newest queued request.
+    assert q.enqueue(item("q0", flow="quiet")) is None
+    (gone,) = q.take_displaced()
+    assert gone.request_id == "n3"
+    assert gone.outcome is QueueOutcome.EVICTED_QUEUE_PRESSURE
+    assert gone.outcome.http_status == 429
+    assert gone.outcome.dropped_reason == "evicted-queue-pressure"
+    assert q.count == 4
+    assert q.enqueue(item("q1", flow="quiet")) is None  # noisy 3 > quiet 1 + 1
+    assert [d.request_id for d in q.take_displaced()] == ["n2"]
+    # Now noisy 2, quiet 2: displacing would just swap roles, so the arrival is refused.
+    assert q.enqueue(item("q2", flow="quiet")) is QueueOutcome.REJECTED_CAPACITY
+    assert q.take_displaced() == []
+    assert sorted(drain_ids(q)) == ["n0", "n1", "q0", "q1"]
+    assert q.count == 0
+    assert q.bytes == 0
+
+
+def test_displacement_by_bytes_frees_enough_and_keeps_order() -> None:
+    band = BandSettings(max_requests=100, max_bytes=1000, fairness=RoundRobinFairness())
+    q = FlowQueues(FlowControlSettings(default_band=band))
+    for i in range(10):
+        assert q.enqueue(item(f"n{i}", flow="noisy", size_bytes=100)) is None
+    assert q.enqueue(item("big", flow="quiet", size_bytes=250)) is None
+    assert [d.request_id for d in q.take_displaced()] == ["n9", "n8", "n7"]
+    assert q.bytes == 950
+    assert drain_ids(q)[:3] == ["n0", "big", "n1"]
 
 
 def test_global_byte_cap_spans_bands() -> None:
@@ -153,7 +233,8 @@ def test_property_random_operations_keep_counts_and_priority_order(seed: int) ->
     from the highest non-empty band at that moment."""
     rng = random.Random(seed)
     fairness = rng.choice([RoundRobinFairness(), ProgramAwareFairness(), None])
-    band = BandSettings(50) if fairness is None else BandSettings(50, fairness=fairness)
+    cap = rng.choice([6, 50])  # 6: full bands, displacement on most enqueues
+    band = BandSettings(cap) if fairness is None else BandSettings(cap, fairness=fairness)
     q = FlowQueues(FlowControlSettings(default_band=band, request_ttl=5.0))
     live: list[QueueItem] = []
     left: list[QueueItem] = []
@@ -163,8 +244,19 @@ def test_property_random_operations_keep_counts_and_priority_order(seed: int) ->
         op = rng.random()
         if op < 0.5:
             it = item(f"r{n}", rng.choice([-1, 0, 0, 3]), f"f{rng.randrange(4)}", enqueued_at=now)
+            sizes = {f: sum(1 for i in live if (i.priority, i.fairness_id) == f) for f in
+                     {(i.priority, i.fairness_id) for i in live}}  # fmt: skip
             if q.enqueue(it) is None:
                 live.append(it)
+            for d in q.take_displaced():  # only from a strictly larger flow of the same band
+                assert d.outcome is QueueOutcome.EVICTED_QUEUE_PRESSURE
+                assert d.priority == it.priority
+                assert (
+                    sizes[(d.priority, d.fairness_id)]
+                    > sizes.get((it.priority, it.fairness_id), 0) + 1
+                )
+                live.remove(d)
+                left.append(d)
         elif op < 0.8:
             best = max((i.priority for i in live), default=None)
             got = q.next_dispatch(0.0, now)

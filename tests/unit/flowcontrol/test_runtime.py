@@ -13,7 +13,8 @@ import pytest
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.flowcontrol.concurrency import ConcurrencyDetector, ConcurrencyParams
 from kvroute.flowcontrol.item import QueueItem, QueueOutcome
-from kvroute.flowcontrol.queues import FlowControlSettings
+from kvroute.flowcontrol.policies import ProgramAwareFairness
+from kvroute.flowcontrol.queues import BandSettings, FlowControlSettings
 from kvroute.flowcontrol.runtime import (
     FlowController,
     QueueRejectedError,
@@ -71,6 +72,56 @@ async def test_fast_path_dispatches_inline_and_queue_waits_for_room() -> None:
     finish(fc)
     assert await low == "low"
     assert order == ["a", "high", "low"]
+
+
+async def test_fast_path_dispatch_reaches_the_fairness_policy() -> None:
+    las = ProgramAwareFairness()
+    EP.load.inflight = 0
+    fc = FlowController(
+        FlowControlSettings(default_band=BandSettings(fairness=las)),
+        ConcurrencyDetector(params=ConcurrencyParams(maxConcurrency=1)),  # type: ignore[call-arg]
+        lambda: (EP,),
+        poll_interval=0.001,
+    )
+    order: list[str] = []
+    first = QueueItem("a", 0, "tenant-a", 10, 0.0, prompt_tokens=100, output_tokens=10)
+    assert await fc.admit(first, send("a", order)) == "a"
+    assert fc.queues.count == 0
+    assert las.attained("tenant-a", fc._clock()) > 100.0  # 100 + 2 x 10, barely decayed
+    EP.load.inflight = 0
+
+
+async def test_a_displaced_waiter_gets_429_queue_pressure_and_the_arrival_waits() -> None:
+    EP.load.inflight = 1  # the pool is full: everything queues
+    fc = FlowController(
+        FlowControlSettings(default_band=BandSettings(max_requests=2)),
+        ConcurrencyDetector(params=ConcurrencyParams(maxConcurrency=1)),  # type: ignore[call-arg]
+        lambda: (EP,),
+        poll_interval=0.001,
+    )
+    order: list[str] = []
+
+    def mk(rid: str, flow: str) -> QueueItem:
+        return QueueItem(request_id=rid, priority=0, fairness_id=flow, size_bytes=1, enqueued_at=0)
+
+    noisy = [
+        asyncio.create_task(fc.admit(mk(f"n{i}", "noisy"), send(f"n{i}", order))) for i in range(2)
+    ]
+    await asyncio.sleep(0.01)
+    quiet = asyncio.create_task(fc.admit(mk("q", "quiet"), send("q", order)))
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueRejectedError) as err:
+        await noisy[1]
+    assert err.value.outcome is QueueOutcome.EVICTED_QUEUE_PRESSURE
+    assert err.value.dropped_reason == "evicted-queue-pressure"
+    assert fc.queues.count == 2
+    finish(fc)
+    assert await noisy[0] == "n0"
+    finish(fc)
+    assert await quiet == "q"
+    assert order == ["n0", "q"]
+    EP.load.inflight = 0
+    await fc.aclose()
 
 
 async def test_ttl_expiry_is_429_with_reason() -> None:

@@ -147,6 +147,11 @@ class PrefixCacheScorer:
         self._key: StateKey[PrefixMatch] = StateKey(f"prefix-match/{name}")
         self._last_seen: dict[str, float] = {}
         self._next_prune = 0.0
+        # the candidate tuple of the last cycle and when it was seen: the datastore hands out
+        # the same frozen tuple until an endpoint or its metrics change, so a cycle over the
+        # same tuple needs no per-endpoint pass
+        self._observed: Sequence[Endpoint] = ()
+        self._observed_at = 0.0
         self._tuned_capacity: dict[str, int] = {}
         self._outbox: list[list[Any]] | None = None  # replicated inserts (after a first drain)
 
@@ -183,18 +188,22 @@ class PrefixCacheScorer:
     def prepare_data(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None:
-        match = self._match(state, request, endpoints)
+        size = self.block_size_tokens(endpoints)
+        match = self._match(state, request, endpoints, size)
         state.write(self._key, match)
         # The public view P/D deciders read (upstream's PrefixCacheMatchInfo attribute).
-        size = self.block_size_tokens(endpoints)
         cached = {name: blocks * size for name, blocks in match.matched.items()}
         state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo(cached))
 
     def _match(
-        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+        self,
+        state: CycleState,
+        request: InferenceRequest,
+        endpoints: Sequence[Endpoint],
+        block_tokens: int,
     ) -> PrefixMatch:
         self._observe(state.now, endpoints)
-        level, hashes = self.hash_request(request, endpoints)
+        level, hashes = self.hash_request(request, endpoints, block_tokens)
         matched = self.index.match_longest_prefix(hashes)
         return PrefixMatch(level=level, hashes=tuple(hashes), matched=matched)
 
@@ -207,10 +216,15 @@ class PrefixCacheScorer:
         return self.params.block_tokens
 
     def hash_request(
-        self, request: InferenceRequest, endpoints: Sequence[Endpoint]
+        self,
+        request: InferenceRequest,
+        endpoints: Sequence[Endpoint],
+        block_tokens: int | None = None,
     ) -> tuple[int, list[int]]:
-        """(level, chained block hashes) of ``request``."""
-        block_tokens = self.block_size_tokens(endpoints)
+        """(level, chained block hashes) of ``request`` (``block_tokens``: the block size when
+        the caller has it already)."""
+        if block_tokens is None:
+            block_tokens = self.block_size_tokens(endpoints)
         max_blocks = self.params.max_blocks(block_tokens)
         salt = request.body.get("cache_salt")
         salt = salt if isinstance(salt, str) else ""
@@ -236,14 +250,22 @@ class PrefixCacheScorer:
         treated the same way.
         """
         seen = self._last_seen
-        for e in endpoints:
-            seen[e.name] = now
-            if self.params.auto_tune and e.metrics.cache_num_blocks > 0:
-                blocks = e.metrics.cache_num_blocks
-                if self._tuned_capacity.get(e.name) != blocks:
-                    self._tuned_capacity[e.name] = blocks
-                    self.index.set_capacity(e.name, blocks)
+        if endpoints is self._observed:
+            self._observed_at = now  # same frozen endpoints as last cycle: nothing new to tune
+        else:
+            for e in self._observed:  # the previous tuple's last sighting
+                seen[e.name] = self._observed_at
+            self._observed, self._observed_at = endpoints, now
+            for e in endpoints:
+                seen[e.name] = now
+                if self.params.auto_tune and e.metrics.cache_num_blocks > 0:
+                    blocks = e.metrics.cache_num_blocks
+                    if self._tuned_capacity.get(e.name) != blocks:
+                        self._tuned_capacity[e.name] = blocks
+                        self.index.set_capacity(e.name, blocks)
         if now >= self._next_prune:
+            for e in self._observed:
+                seen[e.name] = self._observed_at
             horizon = now - self.params.prune_interval_seconds
             for name in [n for n, t in seen.items() if t < horizon]:
                 self.forget(name)
@@ -253,6 +275,8 @@ class PrefixCacheScorer:
         self.index.remove_server(server)
         self._last_seen.pop(server, None)
         self._tuned_capacity.pop(server, None)
+        if any(e.name == server for e in self._observed):
+            self._observed = ()  # its sighting must not be written back
 
     def endpoint_event(self, event: EndpointEvent) -> None:
         """Datastore listener: prune a server as soon as it leaves the pool."""
@@ -277,8 +301,8 @@ class PrefixCacheScorer:
     ) -> Mapping[str, float]:
         match = self.match(state, request, endpoints)
         total = match.total_blocks
-        if total == 0:
-            return {e.name: 0.0 for e in endpoints}
+        if total == 0 or not match.matched:  # no endpoint holds a block: no guard needed
+            return dict.fromkeys([e.name for e in endpoints], 0.0)
         overloaded = self.guard.overloaded(endpoints)
         explain = state.get(EXPLAIN, None)
         if explain is not None:
