@@ -49,11 +49,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -187,12 +188,18 @@ class ExtProcStream:
     async def areceive(self, request: Any) -> list[Any]:
         """:meth:`receive`, then, when that completed the request body, await the backend's
         routing and return its answer first (before e.g. the request-trailers answer)."""
+        return list(await self.areceive_iter(request))
+
+    async def areceive_iter(self, request: Any) -> Iterator[Any]:
+        """:meth:`areceive` as an iterator: the forwarded body's chunk messages are built one
+        at a time as the caller (the gRPC shell) sends them, so a 20 MB body is not held twice
+        (the body and all its messages) while it goes out (issue 14)."""
         out = self.receive(request)
         rin = self._pending
         if rin is None:
-            return out
+            return iter(out)
         self._pending = None
-        return [*await self._route_async(rin), *out]
+        return itertools.chain(await self._route_async(rin), out)
 
     def close(self) -> None:
         """The stream ended (normally, or the client went away): complete exactly once."""
@@ -328,7 +335,7 @@ class ExtProcStream:
         self._pending = rin
         return []
 
-    async def _route_async(self, rin: RoutingInput) -> list[Any]:
+    async def _route_async(self, rin: RoutingInput) -> Iterable[Any]:
         try:
             routed = await self._backend.route(rin)
         except EppError as exc:
@@ -350,7 +357,7 @@ class ExtProcStream:
             extra_metadata=routed.metadata,
             extra_headers=routed.upstream_headers,
         )
-        return [head, *msg.body_chunks(routed.body, request=True)]
+        return itertools.chain((head,), msg.iter_body_chunks(routed.body, request=True))
 
     def _control_headers_present(self, setting: Mapping[str, str] | None = None) -> list[str]:
         """Control headers to strip; plugin-owned ones (``x-prefiller-host-port``) too, unless
