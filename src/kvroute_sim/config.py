@@ -71,6 +71,9 @@ class EngineConfig(BaseModel):
     time_scale: float = Field(1.0, gt=0)
     # KV events are collected only when enabled (they cost time on the step path)
     kv_events: bool = False
+    # vision-language (kvroute_sim.vision): encoder seconds per image token, encoder cache size
+    encoder_s_per_token: float = Field(0.0, ge=0)
+    encoder_cache_items: int = Field(2048, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
@@ -150,6 +153,24 @@ def _profiles() -> dict[str, dict[str, Any]]:
         },
         # The calibrated engine slowed x10, so a 2-core box keeps real time honest.
         "slow": {"time_scale": 10.0},
+        # A Qwen2.5-VL-7B-class server (kvroute_sim.vision; an approximation, see there): the
+        # calibrated language model plus a vision encoder and its cache, a longer context.
+        "vision": {"encoder_s_per_token": 15e-6, "max_model_len": 16384},
+        # The vision profile on the tiny engine, for tests.
+        "tiny-vision": {
+            "max_num_seqs": 8,
+            "max_num_batched_tokens": 2048,
+            "max_model_len": 4096,
+            "num_gpu_blocks": 1024,
+            "api_overhead_s": 0.0,
+            "linear_table": ((1, 1e-3), (2048, 4e-3)),
+            "t_fix": 0.0,
+            "c_seq": 0.0,
+            "c_kv": 0.0,
+            "c_att": 0.0,
+            "encoder_s_per_token": 20e-6,
+            "encoder_cache_items": 64,
+        },
     }
 
 

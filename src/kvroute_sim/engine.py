@@ -47,6 +47,7 @@ from kvroute_sim.config import EngineConfig
 from kvroute_sim.kvcache import BlockPool, BlockStored, KVEvent
 from kvroute_sim.steptime import StepTimeModel
 from kvroute_sim.tokenizer import ROOT_HASH, block_hashes, hash_block
+from kvroute_sim.vision import EncoderCache, MediaSpan
 
 PENDING, WAITING, RUNNING, FINISHED, ABORTED = 0, 1, 2, 3, 4
 _NO_MORE_BLOCKS = 1 << 62  # ``_n_hashed`` once a request has no further hashable blocks
@@ -78,6 +79,9 @@ class SimRequest:
     # ``transfer_s`` (seconds, scaled by ``time_scale`` like every other time).
     remote_kv: bool = False
     transfer_s: float = 0.0
+    # Vision (kvroute_sim.vision): the prompt's media items; their encoder time is added to
+    # the step that first schedules the request, unless the server's encoder cache has them.
+    media: Sequence[MediaSpan] = ()
     # --- progress, written by the engine ---
     status: int = PENDING
     num_output_tokens: int = 0
@@ -145,6 +149,8 @@ class EngineStats:
     num_steps: int
     num_adapter_loads: int
     busy_time: float
+    encoder_cache_queries: int = 0  # vision: media items that needed their encoder output
+    encoder_cache_hits: int = 0  # ... and found it in this server's encoder cache
 
 
 class Engine:
@@ -170,6 +176,7 @@ class Engine:
         self.num_steps = 0
         self.num_adapter_loads = 0
         self.busy_time = 0.0
+        self.encoder_cache = EncoderCache(config.encoder_cache_items)
 
     # --- intake -----------------------------------------------------------------------------
 
@@ -284,6 +291,7 @@ class Engine:
 
         # 2. waiting requests, FCFS, only when nothing was preempted this step
         lora_load = 0.0
+        encoder = 0.0  # vision encoder seconds for the items first scheduled this step
         if not preempted and waiting:
             max_seqs = cfg.max_num_seqs
             max_loras = cfg.max_loras
@@ -327,6 +335,10 @@ class Engine:
                     req.num_cached_tokens = hit * bs
                     self.prefix_cache_queries += total
                     self.prefix_cache_hits += hit * bs
+                    if req.media:
+                        encoder += self.encoder_cache.encode_time(
+                            req.media, computed, cfg.encoder_s_per_token
+                        )
                 if req.first_scheduled_time is None:
                     req.first_scheduled_time = now
                 req.status = RUNNING
@@ -360,6 +372,7 @@ class Engine:
         dt = self._steptime.duration(
             n_tokens, len(sched), decode_ctx, prefill_att, len(adapters), lora_load
         )
+        dt += encoder * cfg.time_scale
         end = now + dt
         out.duration = dt
         out.num_scheduled_tokens = n_tokens
@@ -570,4 +583,6 @@ class Engine:
             num_steps=self.num_steps,
             num_adapter_loads=self.num_adapter_loads,
             busy_time=self.busy_time,
+            encoder_cache_queries=self.encoder_cache.queries,
+            encoder_cache_hits=self.encoder_cache.hits,
         )

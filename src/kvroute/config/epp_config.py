@@ -347,6 +347,7 @@ plugins:
 - type: lora-affinity-scorer
   parameters: {{neutralUnknownModels: true}}
 - type: session-affinity-scorer
+- type: mm-embeddings-cache-scorer
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
 - type: active-request-scorer
@@ -360,6 +361,7 @@ schedulingProfiles:
   - {{pluginRef: prefix-cache-scorer, weight: 3}}
   - {{pluginRef: lora-affinity-scorer, weight: 4}}
   - {{pluginRef: session-affinity-scorer, weight: 1}}
+  - {{pluginRef: mm-embeddings-cache-scorer, weight: 6}}
   - {{pluginRef: queue-scorer, weight: 1}}
   - {{pluginRef: kv-cache-utilization-scorer, weight: 1}}
   - {{pluginRef: active-request-scorer, weight: 2}}
@@ -370,6 +372,7 @@ KVROUTE_DEFAULT_TYPES = (
     "prefix-cache-scorer",
     "lora-affinity-scorer",
     "session-affinity-scorer",
+    "mm-embeddings-cache-scorer",
     "queue-scorer",
     "kv-cache-utilization-scorer",
     "active-request-scorer",

@@ -34,6 +34,7 @@ from kvroute.datastore.file_discovery import FILE_DISCOVERY, FileDiscoveryParams
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.plugins.base import Plugin, TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
+from kvroute.protocol.media import MediaOptions
 
 if TYPE_CHECKING:
     from kvroute.config.epp_config import EndpointPickerConfig
@@ -76,10 +77,15 @@ class CoreMetricsExtractor:
 
 
 class RequestParser:
-    """A named request parser (its type selects the protocol; see kvroute.protocol.parsers)."""
+    """A named request parser (its type selects the protocol; see kvroute.protocol.parsers).
 
-    def __init__(self, type_name: str, name: str) -> None:
+    ``media`` holds the ``openai-parser`` multimodal parameters (``maxMediaItemBytes``,
+    ``mediaTokens``; see :mod:`kvroute.protocol.media`); other parser types take none.
+    """
+
+    def __init__(self, type_name: str, name: str, media: MediaOptions | None = None) -> None:
         self.typed_name = TypedName(type_name, name)
+        self.media = media
 
 
 def _data_source(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
@@ -128,6 +134,17 @@ def _file_discovery(name: str, parameters: Mapping[str, Any], handle: PluginHand
 
 def _parser(type_name: str) -> PluginFactory:
     def factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
+        if type_name == OPENAI_PARSER:
+            try:
+                media = MediaOptions.model_validate(dict(parameters))
+            except ValidationError as exc:
+                fields = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                )
+                raise PluginValidationError(
+                    f"plugin {name!r} ({type_name}): parameters.{fields}"
+                ) from None
+            return RequestParser(type_name, name, media)
         if parameters:
             raise PluginValidationError(
                 f"plugin {name!r} ({type_name}): takes no parameters, got {sorted(parameters)}"

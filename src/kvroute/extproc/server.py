@@ -60,7 +60,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             async for request in request_iterator:
                 # Awaits routing (possibly a flow-control wait); cancelled when Envoy resets
                 # the stream, which takes a queued request out of its queue.
-                for response in await stream.areceive(request):
+                # Lazily: a big forwarded body's chunk messages are built as they go out.
+                for response in await stream.areceive_iter(request):
                     yield response
         except ProtocolViolation as exc:
             log.warning("ext_proc protocol violation: %s", exc)

@@ -59,9 +59,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kvroute.config.extproc_options import DEFAULT_MAX_REQUEST_BODY_BYTES, ResponseProcessing
 from kvroute.errors import (
@@ -202,12 +202,18 @@ class ExtProcStream:
     async def areceive(self, request: Any) -> list[Any]:
         """:meth:`receive`, then, when that completed the request body, await the backend's
         routing and return its answer first (before e.g. the request-trailers answer)."""
+        return list(await self.areceive_iter(request))
+
+    async def areceive_iter(self, request: Any) -> Iterator[Any]:
+        """:meth:`areceive` as an iterator: the forwarded body's chunk messages are built one
+        at a time as the caller (the gRPC shell) sends them, so a 20 MB body is not held twice
+        (the body and all its messages) while it goes out (issue 14)."""
         out = self.receive(request)
         rin = self._pending
         if rin is None:
-            return out
+            return iter(out)
         self._pending = None
-        return [*await self._route_async(rin), *out]
+        return itertools.chain(await self._route_async(rin), out)
 
     def close(self) -> bool:
         """The stream ended (normally, or the client went away): complete exactly once.
@@ -346,7 +352,11 @@ class ExtProcStream:
     def _route(self) -> list[Any]:
         h = self._headers
         rin = RoutingInput(
-            body=bytes(self._body),
+            # The buffer itself, not a copy (a second copy of a 20 MB image body; issue 14):
+            # _release_body below gives this stream a new one, so the backend owns it alone.
+            # A bytearray does all the parsers and body_chunks do with it (decode, find,
+            # memoryview slices), hence the cast.
+            body=cast(bytes, self._body),
             headers=h,
             path=h.get(":path", "")
             or h.get("x-original-path", "")
@@ -361,7 +371,7 @@ class ExtProcStream:
         self._pending = rin
         return []
 
-    async def _route_async(self, rin: RoutingInput) -> list[Any]:
+    async def _route_async(self, rin: RoutingInput) -> Iterable[Any]:
         try:
             routed = await self._backend.route(rin)
         except EppError as exc:
@@ -392,7 +402,7 @@ class ExtProcStream:
             extra_metadata=metadata,
             extra_headers=routed.upstream_headers,
         )
-        return [head, *msg.body_chunks(routed.body, request=True)]
+        return itertools.chain((head,), msg.iter_body_chunks(routed.body, request=True))
 
     def _control_headers_present(self, setting: Mapping[str, str] | None = None) -> list[str]:
         """Control headers to strip; plugin-owned ones (``x-prefiller-host-port``) too, unless

@@ -44,6 +44,25 @@ class ApiKind(StrEnum):
     PASSTHROUGH = "passthrough"  # body not interpreted: routed by load only
 
 
+@dataclass(frozen=True, slots=True)
+class MediaItem:
+    """One image, audio clip, video or file of a multimodal request (``kvroute.protocol.media``).
+
+    ``key`` is a content hash (hex): of the decoded bytes when the request carries them (a
+    ``data:`` URL, base64 audio or file data), else of the URL or file id (the EPP never
+    fetches a URL). ``tokens`` is the prompt-token estimate from the model family's rule;
+    ``where`` names the part (``messages[0].content[1]``).
+    """
+
+    kind: str  # image | audio | video | file
+    key: str
+    tokens: int
+    size_bytes: int = 0
+    where: str = ""
+    width: int | None = None
+    height: int | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InferenceRequest:
     """Everything a plugin may read about one request.
@@ -66,6 +85,9 @@ class InferenceRequest:
     request_size_bytes: int = 0
     stream: bool = False
     fairness_id: str = "default-flow"
+    # Media items in prompt order (empty for text-only requests); their placeholders are in
+    # ``prompt_text`` where each item sits, padded to the item's estimated tokens.
+    media: tuple[MediaItem, ...] = ()
 
     @property
     def sheddable(self) -> bool:

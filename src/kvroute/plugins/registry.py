@@ -47,6 +47,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.scorers.active_request",
     "kvroute.scheduling.plugins.scorers.session_affinity",
     "kvroute.scheduling.plugins.scorers.no_hit_lru",
+    "kvroute.scheduling.plugins.scorers.mm_embeddings_cache",  # issue 14
     "kvroute.scheduling.plugins.scorers.context_length_aware",
     "kvroute.scheduling.plugins.latency",
     "kvroute.scheduling.plugins.filters.prefix_cache_affinity",

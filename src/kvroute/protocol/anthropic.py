@@ -7,9 +7,11 @@ which answers 400 the same way). ``stream: true`` streams; ``max_tokens`` bounds
 ``prompt_text`` (what prefix affinity hashes) keeps the order the model sees, so a longer
 conversation extends the text: ``tools`` as compact JSON, then ``system`` (a string or a list of
 text blocks) as a ``<|system|>`` block, then each message as ``<|role|>\\n<content>\\n``. Content
-is a string or a list of blocks: ``text`` blocks contribute their text, every other block
-(``image``, ``tool_use``, ``tool_result``, ``document``, ``thinking``...) its compact JSON with
-sorted keys, so the text is deterministic for a given body.
+is a string or a list of blocks: ``text`` blocks contribute their text, ``image`` and
+``document`` blocks in messages their media placeholder (content hash padded to the estimated
+tokens, :mod:`kvroute.protocol.media`; a ``url`` source is never fetched), every other block
+(``tool_use``, ``tool_result``, ``thinking``...) its compact JSON with sorted keys, so the text
+is deterministic for a given body.
 
 Usage, as upstream: a JSON response's ``usage.input_tokens`` / ``output_tokens`` /
 ``cache_read_input_tokens``; a stream's ``message_start`` event (``message.usage``: input and
@@ -25,6 +27,7 @@ from typing import Any
 from kvroute.errors import BadRequestError
 from kvroute.framework.request import ApiKind, Usage
 from kvroute.protocol.jsonbody import decode_object, required_model, stream_flag
+from kvroute.protocol.media import MediaCollector
 from kvroute.protocol.openai import ParsedRequest
 
 __all__ = [
@@ -42,11 +45,13 @@ def parse_messages_request(body: bytes, path: str | None = None) -> ParsedReques
     if not isinstance(messages, list) or not messages:
         raise BadRequestError("invalid messages request: must have at least one message")
     model = required_model(data)
+    media = MediaCollector(model)  # image / document blocks (kvroute.protocol.media)
     parts = [_tools_text(data.get("tools")), _system_text(data.get("system"))]
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequestError(f"invalid messages request: messages[{i}] must be an object")
-        parts.append(f"<|{message.get('role', '')}|>\n{_content_text(message.get('content'))}\n")
+        content = _content_text(message.get("content"), media, f"messages[{i}]")
+        parts.append(f"<|{message.get('role', '')}|>\n{content}\n")
     text = "".join(parts)
     try:
         text.encode("utf-8")
@@ -62,6 +67,7 @@ def parse_messages_request(body: bytes, path: str | None = None) -> ParsedReques
         prompt_text=text,
         max_tokens=_max_tokens(max_tokens),
         raw=body,
+        media=tuple(media.items),
     )
 
 
@@ -99,17 +105,23 @@ def _system_text(system: Any) -> str:
     return f"<|system|>\n{_content_text(system)}\n"
 
 
-def _content_text(content: Any) -> str:
+def _content_text(content: Any, media: MediaCollector | None = None, where: str = "") -> str:
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts = []
-        for block in content:
+        for j, block in enumerate(content):
             if isinstance(block, dict) and block.get("type") == "text":
                 text = block.get("text")
                 parts.append(text if isinstance(text, str) else _compact(block))
+            elif (
+                media is not None
+                and isinstance(block, dict)
+                and block.get("type") in ("image", "document")
+            ):
+                parts.append(media.anthropic_block(block, f"{where}.content[{j}]"))
             else:
                 parts.append(_compact(block))
         return "".join(parts)

@@ -13,11 +13,14 @@ not: its closing bracket moves), which is what prefix caching needs::
     <|role|>\\n<content>\\n            one block per message, in order
     <|role name=NAME|>\\n...          when the message has a ``name``
 
-Text content parts are concatenated; any other content part (images, audio), ``tool_calls``
-and ``tool_call_id`` are appended as compact JSON with sorted keys, so the text is
-deterministic for a given body. Completions: the prompt string, a list of strings joined with
-``\\n``, or token ids as space-separated decimals. Responses: ``instructions`` (as a system
-block) then ``input`` (a string, or items serialized like messages). Embeddings: like
+Text content parts are concatenated; a media part (image, audio, video, file: see
+:mod:`kvroute.protocol.media`) becomes its placeholder, ``<|image:KEY|>`` padded to four
+characters per estimated token, so the item's hash sits in the prompt where the item does and
+its tokens count; in chat messages an unknown part type is a 400. Other parts (``refusal``),
+``tool_calls`` and ``tool_call_id`` are appended as compact JSON with sorted keys, so the
+text is deterministic for a given body. Completions: the prompt string, a list of strings
+joined with ``\\n``, or token ids as space-separated decimals. Responses: ``instructions``
+(as a system block) then ``input`` (a string, or items serialized like messages). Embeddings: like
 completions. Conversations: ``items`` like messages.
 
 :func:`rewrite_request_body` replaces the top-level ``model`` value in the raw bytes instead of
@@ -39,7 +42,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvroute.errors import BadRequestError
-from kvroute.framework.request import ApiKind
+from kvroute.framework.request import ApiKind, MediaItem
+from kvroute.protocol.media import (
+    CHAT_PART_TYPES,
+    DEFAULT_OPTIONS,
+    MEDIA_PART_TYPES,
+    TEXT_PART_TYPES,
+    MediaCollector,
+    MediaOptions,
+)
+from kvroute.protocol.media_spans import MediaSpans, split_media
 
 __all__ = ["ParsedRequest", "api_kind_for_path", "parse_request", "rewrite_request_body"]
 
@@ -67,6 +79,15 @@ class ParsedRequest:
     prompt_text: str
     max_tokens: int | None
     raw: bytes = b""
+    # Media items in prompt order (kvroute.protocol.media); their tokens are in prompt_text.
+    media: tuple[MediaItem, ...] = ()
+    # True when big base64 payloads were kept out of ``body`` (kvroute.protocol.media_spans):
+    # ``body`` then holds markers in their place and only ``raw`` has the media.
+    split: bool = False
+
+    @property
+    def media_tokens(self) -> int:
+        return sum(item.tokens for item in self.media)
 
 
 def api_kind_for_path(path: str | None) -> ApiKind:
@@ -80,16 +101,43 @@ def api_kind_for_path(path: str | None) -> ApiKind:
     return ApiKind.COMPLETIONS
 
 
-def parse_request(body: bytes, path: str | None = None) -> ParsedRequest:
-    """Decode and validate ``body`` for the API that ``path`` names."""
-    data = _decode_json(body)
+def parse_request(
+    body: bytes, path: str | None = None, options: MediaOptions = DEFAULT_OPTIONS
+) -> ParsedRequest:
+    """Decode and validate ``body`` for the API that ``path`` names.
+
+    ``options`` are the ``openai-parser`` parameters for media parts (limits, token rules).
+    Big base64 payloads are kept out of the parsed dict (:mod:`kvroute.protocol.media_spans`).
+    """
+    skeleton, spans = split_media(body)
+    if spans is None:
+        return _parse(body, body, None, path, options)[0]
+    try:
+        parsed, consumed = _parse(body, skeleton, spans, path, options)
+    except BadRequestError:
+        # Parsed whole again: the error then names what the client sent, not the skeleton.
+        return _parse(body, body, None, path, options)[0]
+    if consumed != len(spans.spans):  # a big base64 string outside a media part
+        return _parse(body, body, None, path, options)[0]
+    return parsed
+
+
+def _parse(
+    body: bytes,
+    skeleton: bytes,
+    spans: MediaSpans | None,
+    path: str | None,
+    options: MediaOptions,
+) -> tuple[ParsedRequest, int]:
+    data = _decode_json(skeleton)
     if not isinstance(data, dict):
         raise BadRequestError("invalid JSON body: expected a JSON object")
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("model not found in request body")
     api = api_kind_for_path(path)
-    prompt_text = _PROMPT_BUILDERS[api](data)
+    media = MediaCollector(model, options, spans)
+    prompt_text = _PROMPT_BUILDERS[api](data, media)
     _require_encodable(model, "model name")
     _require_encodable(prompt_text, "prompt")
     stream = data.get("stream")
@@ -97,9 +145,9 @@ def parse_request(body: bytes, path: str | None = None) -> ParsedRequest:
         stream = False  # absent or null, as Go's decoder leaves the bool false
     elif not isinstance(stream, bool):
         raise BadRequestError("invalid request: 'stream' must be a boolean")
-    options = data.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    return ParsedRequest(
+    stream_options = data.get("stream_options")
+    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    parsed = ParsedRequest(
         api=api,
         body=data,
         model=model,
@@ -108,7 +156,10 @@ def parse_request(body: bytes, path: str | None = None) -> ParsedRequest:
         prompt_text=prompt_text,
         max_tokens=_max_tokens(data),
         raw=body,
+        media=tuple(media.items),
+        split=spans is not None,
     )
+    return parsed, media.consumed
 
 
 def _decode_json(body: bytes) -> Any:
@@ -171,16 +222,38 @@ def _compact(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _content_text(content: Any) -> str:
+def _content_text(
+    content: Any, media: MediaCollector | None = None, where: str = "", strict: bool = False
+) -> str:
+    """A message's content as prompt text; media parts become their placeholders.
+
+    ``strict`` (chat messages): a part whose ``type`` kvroute does not know is a 400. Without
+    a collector (other callers) or outside ``strict``, unknown parts are compact JSON as before.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts: list[str] = []
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
+        for j, part in enumerate(content):
+            if isinstance(part, dict):
+                kind = part.get("type")
+                if media is not None and kind in MEDIA_PART_TYPES:
+                    parts.append(media.part_text(part, f"{where}.content[{j}]"))
+                    continue
+                text = part.get("text")
+                if isinstance(text, str) and (
+                    kind is None or kind in TEXT_PART_TYPES or not strict
+                ):
+                    parts.append(text)
+                    continue
+                if strict and kind not in CHAT_PART_TYPES:
+                    raise BadRequestError(
+                        f"invalid request: {where}.content[{j}]: unsupported content part type "
+                        f"{kind!r} (supported: {', '.join(CHAT_PART_TYPES)})"
+                    )
+                parts.append(_compact(part))
             elif isinstance(part, str):
                 parts.append(part)
             else:
@@ -189,7 +262,9 @@ def _content_text(content: Any) -> str:
     return _compact(content)
 
 
-def _messages_text(messages: list[Any], what: str) -> str:
+def _messages_text(
+    messages: list[Any], what: str, media: MediaCollector | None = None, strict: bool = False
+) -> str:
     out: list[str] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -197,7 +272,7 @@ def _messages_text(messages: list[Any], what: str) -> str:
         role = message.get("role", message.get("type", ""))
         name = message.get("name")
         header = f"<|{role} name={name}|>" if isinstance(name, str) and name else f"<|{role}|>"
-        text = _content_text(message.get("content"))
+        text = _content_text(message.get("content"), media, f"{what}[{i}]", strict)
         extras = [
             _compact(message[key]) for key in ("tool_calls", "tool_call_id") if key in message
         ]
@@ -224,40 +299,40 @@ def _prompt_like_text(value: Any, field: str) -> str:
     raise BadRequestError(f"invalid request: '{field}' is required and must not be empty")
 
 
-def _chat_text(data: dict[str, Any]) -> str:
+def _chat_text(data: dict[str, Any], media: MediaCollector) -> str:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequestError("invalid request: chat completions need at least one message")
-    return _messages_text(messages, "messages")
+    return _messages_text(messages, "messages", media, strict=True)
 
 
-def _completions_text(data: dict[str, Any]) -> str:
+def _completions_text(data: dict[str, Any], media: MediaCollector) -> str:
     return _prompt_like_text(data.get("prompt"), "prompt")
 
 
-def _embeddings_text(data: dict[str, Any]) -> str:
+def _embeddings_text(data: dict[str, Any], media: MediaCollector) -> str:
     return _prompt_like_text(data.get("input"), "input")
 
 
-def _responses_text(data: dict[str, Any]) -> str:
+def _responses_text(data: dict[str, Any], media: MediaCollector) -> str:
     value = data.get("input")
     instructions = data.get("instructions")
     prefix = f"<|system|>\n{instructions}\n" if isinstance(instructions, str) else ""
     if isinstance(value, str) and value:
         return prefix + value
     if isinstance(value, list) and value:
-        return prefix + _messages_text(value, "input")
+        return prefix + _messages_text(value, "input", media)
     raise BadRequestError("invalid request: responses need 'input'")
 
 
-def _conversations_text(data: dict[str, Any]) -> str:
+def _conversations_text(data: dict[str, Any], media: MediaCollector) -> str:
     items = data.get("items")
     if not isinstance(items, list) or not items:
         raise BadRequestError("invalid request: conversations need 'items'")
-    return _messages_text(items, "items")
+    return _messages_text(items, "items", media)
 
 
-def _images_text(data: dict[str, Any]) -> str:
+def _images_text(data: dict[str, Any], media: MediaCollector) -> str:
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise BadRequestError("invalid request: image generations need a non-empty 'prompt'")
@@ -298,7 +373,7 @@ def rewrite_request_body(parsed: ParsedRequest, target_model: str) -> bytes:
     spliced = _splice_model(raw, parsed.model, target_model) if raw else None
     if spliced is not None:
         return spliced
-    body = dict(parsed.body)
+    body = dict(parsed.body) if not parsed.split else json.loads(raw)
     body["model"] = target_model
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     try:

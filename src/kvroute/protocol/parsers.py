@@ -10,7 +10,9 @@ configured the list is upstream's default: openai, anthropic, vllmhttp, passthro
 
 * ``openai-parser``: ``chat/completions``, ``completions``, ``embeddings``, ``responses``,
   ``conversations``, ``chat/completions/render``, ``completions/render``,
-  ``images/generations``; model required and rewritten; usage read, model restored.
+  ``images/generations``; model required and rewritten; usage read, model restored. Its
+  parameters ``maxMediaItemBytes`` and ``mediaTokens`` govern media parts
+  (:mod:`kvroute.protocol.media`, :mod:`kvroute.protocol.media_tokens`).
 * ``anthropic-parser``: ``messages`` (model required and rewritten; Messages usage, model
   restored) and ``messages/count_tokens`` (forwarded raw, response not read).
 * ``vllmhttp-parser``: ``inference/v1/generate``; model optional; OpenAI-style usage.
@@ -25,11 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from kvroute.errors import BadRequestError, ConfigError
 from kvroute.framework.request import ApiKind, Usage
 from kvroute.protocol import anthropic, generate, openai
+from kvroute.protocol.media import MediaOptions
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.protocol.sse import SseUsageParser
 from kvroute.protocol.usage import parse_usage_body
@@ -67,6 +71,10 @@ def _anthropic(body: bytes, path: str) -> ParsedRequest:
     if _matches(path, "messages/count_tokens"):
         return anthropic.parse_count_tokens_request(body, path)
     return anthropic.parse_messages_request(body, path)
+
+
+def _openai_with(media: MediaOptions, body: bytes, path: str) -> ParsedRequest:
+    return openai.parse_request(body, path, media)
 
 
 def _passthrough(body: bytes, path: str) -> ParsedRequest:
@@ -123,9 +131,13 @@ def _matches(path: str, suffix: str) -> bool:
 class ParserSet:
     """An ordered, de-duplicated list of parser types; see the module docstring."""
 
-    __slots__ = ("_claims", "_fallback", "names")
+    __slots__ = ("_claims", "_fallback", "media", "names")
 
-    def __init__(self, names: Iterable[str] = DEFAULT_PARSERS) -> None:
+    def __init__(
+        self, names: Iterable[str] = DEFAULT_PARSERS, media: MediaOptions | None = None
+    ) -> None:
+        # openai-parser's multimodal parameters (limits, token rules); None: the defaults.
+        self.media = media
         chosen: list[ParserType] = []
         self._fallback: ParserType | None = None
         for name in names:
@@ -134,6 +146,8 @@ class ParserSet:
                 raise ConfigError(_unknown(name))
             if any(k.name == name for k in chosen):
                 continue  # upstream skips a repeated type
+            if name == OPENAI and media is not None:
+                kind = ParserType(OPENAI, kind.claims, partial(_openai_with, media))
             chosen.append(kind)
             if not kind.claims:
                 self._fallback = kind
@@ -188,6 +202,7 @@ def parser_set_for(config: Any, plugins: Mapping[str, Any]) -> ParserSet:
     if not refs:
         return ParserSet()
     types = []
+    media: MediaOptions | None = None
     for ref in refs:
         plugin = plugins.get(ref)
         if plugin is None:
@@ -204,7 +219,9 @@ def parser_set_for(config: Any, plugins: Mapping[str, Any]) -> ParserSet:
                 f"requestHandler.parsers: the plugin {ref!r} ({type_name}) is not a parser plugin"
             )
         types.append(type_name)
-    return ParserSet(types)
+        if type_name == OPENAI and media is None:
+            media = getattr(plugin, "media", None)
+    return ParserSet(types, media)
 
 
 # --- response usage -------------------------------------------------------------------------

@@ -413,6 +413,7 @@ class Director:
             prompt_text=parsed.prompt_text,
             request_size_bytes=len(parsed.raw),
             stream=parsed.stream,
+            media=parsed.media,
             fairness_id=headers.get(FAIRNESS_ID_HEADER)
             or headers.get(FAIRNESS_ID_HEADER_ALIAS)
             or self.default_fairness_id,

@@ -211,6 +211,7 @@ class SimServer:
                 max_model_len=self.config.engine.max_model_len,
                 default_chat_max_tokens=self.config.default_chat_max_tokens,
                 encode=self.text.encode,
+                vision=self.config.engine.encoder_s_per_token > 0,
             )
         except ApiError as err:
             return _error(err)
@@ -223,6 +224,7 @@ class SimServer:
             max_tokens=parsed.max_tokens,
             lora=None if parsed.model == self.config.model else parsed.model,
             output_token_ids=out_ids,
+            media=parsed.media,
         )
         producer = self._pd_intake(body, req)
         try:
@@ -263,6 +265,7 @@ class SimServer:
                 max_model_len=self.config.engine.max_model_len,
                 default_chat_max_tokens=self.config.default_chat_max_tokens,
                 encode=self.text.encode,
+                vision=self.config.engine.encoder_s_per_token > 0,
             )
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(ApiError(400, "The request body is not valid JSON."))
@@ -277,6 +280,7 @@ class SimServer:
             max_tokens=parsed.max_tokens,
             lora=None if parsed.model == self.config.model else parsed.model,
             output_token_ids=out_ids,
+            media=parsed.media,
         )
         try:
             queue = self.shell.submit(req)

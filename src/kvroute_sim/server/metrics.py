@@ -150,6 +150,9 @@ def render(
         _counter(out, f"{p}prefix_cache_queries_total", lab, stats.prefix_cache_queries)
         _counter(out, f"{p}prefix_cache_hits_total", lab, stats.prefix_cache_hits)
         _counter(out, f"{p}num_preemptions_total", lab, stats.num_preemptions)
+        if stats.encoder_cache_queries:  # vision profiles (kvroute_sim.vision)
+            _counter(out, f"{p}encoder_cache_queries_total", lab, stats.encoder_cache_queries)
+            _counter(out, f"{p}encoder_cache_hits_total", lab, stats.encoder_cache_hits)
         _counter(out, f"{p}prompt_tokens_total", lab, metrics.prompt_tokens)
         _counter(out, f"{p}generation_tokens_total", lab, metrics.generation_tokens)
         _counter(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kvroute_sim.tokenizer import render_chat, tokenize
+from kvroute_sim.vision import MediaSpan, has_media, render_chat_media
 
 ApiKind = Literal["completion", "chat"]
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # vLLM/OpenAI default for /v1/completions
@@ -53,6 +54,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     continuous_usage: bool
+    media: tuple[MediaSpan, ...] = ()  # vision profile: the prompt's media items
 
 
 def parse_generation(
@@ -63,8 +65,14 @@ def parse_generation(
     max_model_len: int,
     default_chat_max_tokens: int,
     encode: Callable[[str], list[int]] = tokenize,
+    vision: bool = False,
 ) -> ParsedRequest:
-    """Validate a completions/chat body; raises ``ApiError`` (400/404) like vLLM would."""
+    """Validate a completions/chat body; raises ``ApiError`` (400/404) like vLLM would.
+
+    ``vision`` (the vision profiles): image, video and audio parts become token ids in place
+    (:func:`kvroute_sim.vision.render_chat_media`); otherwise they contribute nothing.
+    """
+    media: tuple[MediaSpan, ...] = ()
     if not isinstance(body, Mapping):
         raise ApiError(400, "The request body must be a JSON object.")
     model = body.get("model")
@@ -88,7 +96,10 @@ def parse_generation(
             raise ApiError(400, "Field 'messages' must be a non-empty list.", "messages")
         if not all(isinstance(m, Mapping) for m in messages):
             raise ApiError(400, "Each message must be an object.", "messages")
-        ids = encode(render_chat(messages))
+        if vision and has_media(messages):
+            ids, media = render_chat_media(messages, encode)
+        else:
+            ids = encode(render_chat(messages))
     if not ids:
         raise ApiError(400, "The prompt is empty.", "prompt")
     raw_max = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -124,6 +135,7 @@ def parse_generation(
         stream=stream,
         include_usage=bool(opts.get("include_usage", False)),
         continuous_usage=bool(opts.get("continuous_usage_stats", False)),
+        media=media,
     )
 
 

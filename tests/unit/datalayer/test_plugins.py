@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kvroute.config.epp_config import parse_epp_config
@@ -12,7 +14,7 @@ from kvroute.datalayer.plugins import (
     data_layer_setup,
 )
 from kvroute.datastore.store import Datastore
-from kvroute.errors import ConfigError
+from kvroute.errors import ConfigError, PayloadTooLargeError
 from kvroute.plugins.registry import default_registry
 from kvroute.scheduling.builder import build_scheduling
 
@@ -58,14 +60,46 @@ def test_parser_plugin_is_accepted() -> None:
     assert isinstance(setup.plugins["openai-parser"], RequestParser)
 
 
+def test_openai_parser_media_parameters_act() -> None:
+    """maxMediaItemBytes and mediaTokens reach the parser the EPP runs (issue 14)."""
+    text = UPSTREAM_DEFAULT + "requestHandler: {parsers: [{pluginRef: mm}]}\n"
+    text = text.replace(
+        "- type: core-metrics-extractor\n",
+        "- type: core-metrics-extractor\n- name: mm\n  type: openai-parser\n  parameters:\n"
+        "    maxMediaItemBytes: 10\n"
+        "    mediaTokens: [{modelPattern: '^m$', image: {rule: fixed, tokens: 7}}]\n",
+    )
+    setup = build_scheduling(parse_epp_config(text, "p.yaml"), default_registry())
+    url = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [url]}]}).encode()
+    assert setup.parsers.parse_request(body, "/v1/chat/completions").media[0].tokens == 7
+    big = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 40}}
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [big]}]}).encode()
+    with pytest.raises(PayloadTooLargeError, match="limit of 10 bytes"):
+        setup.parsers.parse_request(body, "/v1/chat/completions")
+
+
 @pytest.mark.parametrize(
     ("plugin", "needle"),
     [
         ("{type: metrics-data-source, parameters: {pth: /m}}", "metrics-data-source"),
         ("{type: core-metrics-extractor, parameters: {engineConfigs: 3}}", "engineConfigs"),
-        ("{type: openai-parser, parameters: {x: 1}}", "takes no parameters"),
+        ("{type: openai-parser, parameters: {x: 1}}", "parameters.x: Extra inputs"),
+        ("{type: anthropic-parser, parameters: {x: 1}}", "takes no parameters"),
+        ("{type: openai-parser, parameters: {maxMediaItemBytes: 0}}", "maxMediaItemBytes"),
+        (
+            "{type: openai-parser, parameters: {mediaTokens: [{modelPattern: '('}]}}",
+            "mediaTokens.0.modelPattern",
+        ),
     ],
-    ids=["unknown-data-source-field", "bad-engine-configs", "parser-with-params"],
+    ids=[
+        "unknown-data-source-field",
+        "bad-engine-configs",
+        "openai-parser-unknown-param",
+        "parser-with-params",
+        "openai-parser-bad-limit",
+        "openai-parser-bad-pattern",
+    ],
 )
 def test_bad_parameters_fail_at_load(plugin: str, needle: str) -> None:
     text = f"""

@@ -65,12 +65,12 @@ VALID = [
                     "name": "ann",
                     "content": [
                         {"type": "text", "text": "look: "},
-                        {"type": "image_url", "image_url": {"url": "u"}},
+                        {"type": "refusal", "refusal": "no"},
                     ],
                 }
             ],
         ),
-        '<|user name=ann|>\nlook: {"image_url":{"url":"u"},"type":"image_url"}\n',
+        '<|user name=ann|>\nlook: {"refusal":"no","type":"refusal"}\n',
     ),
     (
         "chat tool calls",

@@ -110,7 +110,16 @@ def go_json_messages(messages: Sequence[Mapping[str, Any]]) -> bytes:
 
 
 def request_input_bytes(request: InferenceRequest) -> bytes:
-    """The bytes upstream hashes for one request (``getUserInputBytes``)."""
+    """The bytes upstream hashes for one request (``getUserInputBytes``).
+
+    kvroute divergence: a request with media items hashes kvroute's prompt text instead, where
+    each item is its content hash padded to its estimated tokens (:mod:`kvroute.protocol.media`),
+    so the item enters the chain where it sits and spans as many blocks as its tokens, as in
+    vLLM. Upstream marshals the data URL itself: megabytes of base64 per image, hashed in
+    Python on every request, and a block boundary that depends on the encoding.
+    """
+    if request.media:
+        return request.prompt_text.encode()
     body = request.body
     if request.api is ApiKind.CHAT_COMPLETIONS:
         messages = body.get("messages")
