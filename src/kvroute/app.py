@@ -315,8 +315,11 @@ class EppApp:
         token = self.settings.metrics_bearer_token
         expected = f"Bearer {token}".encode() if token else b""
 
-        async def metrics(request: web.Request) -> web.Response:
-            if token:  # --metrics-endpoint-auth with a static token (issue 20 finding 7)
+        @web.middleware
+        async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+            # --metrics-endpoint-auth with a static token (issue 20 finding 7): every route of
+            # this server, /metrics and the live pool page with its state and event stream
+            if token:
                 given = request.headers.get("Authorization", "").encode()
                 if not hmac.compare_digest(given, expected):
                     return web.Response(
@@ -324,12 +327,16 @@ class EppApp:
                         text="unauthorized: send Authorization: Bearer <token>\n",
                         headers={"WWW-Authenticate": 'Bearer realm="kvroute-metrics"'},
                     )
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        async def metrics(request: web.Request) -> web.Response:
             self._refresh_pool_gauges()
             return web.Response(
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
-        app = web.Application()
+        app = web.Application(middlewares=[auth])
         app.router.add_get("/metrics", metrics)
         from kvroute.observability.pool_page import add_pool_page  # live page, same server
 

@@ -386,6 +386,19 @@ async def test_finding7_metrics_endpoint_requires_the_bearer_token(tmp_path: Pat
         ok = await c.get(url, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert "inference_pool_ready_pods" in ok.text
+        # the live pool page is served by the same server and behind the same token (it
+        # showed endpoints and recent decisions to anyone, token or not)
+        base = f"http://127.0.0.1:{gw.epp.ports.metrics}"
+        auth = {"Authorization": "Bearer s3cret"}
+        for path in ("/pool", "/pool/pool.js", "/pool/state", "/pool/events"):
+            assert (await c.get(base + path)).status_code == 401, path
+        assert (await c.get(base + "/pool", headers=auth)).status_code == 200
+        state = await c.get(base + "/pool/state", headers=auth)
+        assert state.status_code == 200
+        assert state.json()["endpoints"]
+        async with c.stream("GET", base + "/pool/events", headers=auth) as events:
+            assert events.status_code == 200
+            assert events.headers["content-type"].startswith("text/event-stream")
 
 
 async def test_finding7_envoy_reaches_the_epp_and_its_admin_over_private_unix_sockets(
