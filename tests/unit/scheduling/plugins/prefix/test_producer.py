@@ -76,7 +76,8 @@ def test_split_pipeline_scores_from_the_producer_index() -> None:
     assert producer.typed_name.type == "approx-prefix-cache-producer"
     assert producer.params.max_prefix_tokens_to_match == 2048
     assert producer.params.lru_capacity_per_server == 500
-    assert isinstance(scorer, ProducedPrefixScorer) and scorer.producer is producer
+    assert isinstance(scorer, ProducedPrefixScorer)
+    assert scorer.producer is producer
     prompt = "the same long system prompt for every turn " * 40
     first = d.handle_request(parse_request(_body(prompt)), {}, "r0")
     assert producer.blocks_held(first.target.name) > 0  # the producer's PreRequest inserted
@@ -92,7 +93,8 @@ def test_scorer_index_parameters_next_to_a_producer_are_rejected_naming_both() -
     with pytest.raises((ConfigError, PluginValidationError)) as err:
         _build(text)
     msg = str(err.value)
-    assert "lruCapacityPerServer" in msg and "approx-prefix-cache-producer" in msg
+    assert "lruCapacityPerServer" in msg
+    assert "approx-prefix-cache-producer" in msg
 
 
 def test_unimplemented_upstream_scorer_key_is_rejected_by_name() -> None:
@@ -129,7 +131,8 @@ def test_token_producer_backends_kvroute_lacks_fail_naming_the_field(
     )
     with pytest.raises((ConfigError, PluginValidationError)) as err:
         _build(text)
-    assert "token-producer" in str(err.value) and field in str(err.value)
+    assert "token-producer" in str(err.value)
+    assert field in str(err.value)
 
 
 def test_tokenizer_alias_loads() -> None:

@@ -28,6 +28,7 @@ def test_load_aware_formula(threshold: int, queues: list[int], expected: list[fl
 def test_registered_and_validated_at_load() -> None:
     registry = default_registry(include_entry_points=False)
     plugin = registry.create("load-aware-scorer", "la", {"threshold": 32}, PluginContext())
-    assert isinstance(plugin, LoadAwareScorer) and plugin.threshold == 32
+    assert isinstance(plugin, LoadAwareScorer)
+    assert plugin.threshold == 32
     with pytest.raises(PluginValidationError, match=r"parameters\.threshold"):
         registry.create("load-aware-scorer", "la", {"threshold": 0}, PluginContext())
