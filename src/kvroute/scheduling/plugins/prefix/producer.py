@@ -45,6 +45,7 @@ from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
+from kvroute.scheduling.plugins.prefix import approximate
 from kvroute.scheduling.plugins.prefix.approximate import TYPE as SCORER_TYPE
 from kvroute.scheduling.plugins.prefix.approximate import (
     PrefixCacheParams,
@@ -157,12 +158,10 @@ def _scorer_factory(
 def _own_producer_scorer(
     name: str, parameters: Mapping[str, Any], handle: PluginHandle
 ) -> PrefixCacheScorer:
-    params = parse_params(PrefixCacheParams, name, SCORER_TYPE, parameters)
-    del handle
-    try:
-        return PrefixCacheScorer(name, params)
-    except ConfigError as exc:
-        raise PluginValidationError(f"plugin {name!r} ({SCORER_TYPE}): {exc.message}") from exc
+    """No producer declared: the one-plugin scorer, exactly as ``approximate`` builds it."""
+    plugin = approximate.PLUGINS[SCORER_TYPE](name, parameters, handle)
+    assert isinstance(plugin, PrefixCacheScorer)
+    return plugin
 
 
 def _token_factory(type_name: str) -> PluginFactory:
