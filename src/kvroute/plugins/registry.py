@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "kvroute.plugins"
 
 BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.scorers.queue",
+    "kvroute.scheduling.plugins.scorers.load_aware",
     "kvroute.scheduling.plugins.scorers.running_requests",
     "kvroute.scheduling.plugins.scorers.kv_cache_utilization",
     "kvroute.scheduling.plugins.scorers.lora_affinity",

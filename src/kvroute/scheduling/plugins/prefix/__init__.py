@@ -2,7 +2,8 @@
 
 One concept per module: ``hashing`` (block hash chains), ``index`` (the LRU index of levels 1-2),
 ``approximate`` (``prefix-cache-scorer``), ``precise_index`` (the KV-event index),
-``precise`` (``precise-prefix-cache-scorer``) and ``hotspot`` (the anti-hotspot rule).
+``precise`` (``precise-prefix-cache-scorer``), ``producer`` (upstream's split spelling:
+``token-producer``, ``approx-prefix-cache-producer``) and ``hotspot`` (the anti-hotspot rule).
 ``PLUGINS`` is what the registry loads.
 """
 
@@ -11,6 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kvroute.plugins.registry import PluginFactory
-from kvroute.scheduling.plugins.prefix import approximate, precise
+from kvroute.scheduling.plugins.prefix import approximate, precise, producer
 
-PLUGINS: Mapping[str, PluginFactory] = {**approximate.PLUGINS, **precise.PLUGINS}
+# ``producer`` re-registers ``prefix-cache-scorer`` (it wraps approximate's factory), so its
+# entries win over approximate's.
+PLUGINS: Mapping[str, PluginFactory] = {
+    **approximate.PLUGINS,
+    **precise.PLUGINS,
+    **producer.PLUGINS,
+}

@@ -134,8 +134,9 @@ class PrefixCacheScorer:
         params: PrefixCacheParams | None = None,
         *,
         tokenizer: RequestTokenizer | None = None,
+        type_name: str = TYPE,
     ) -> None:
-        self.typed_name = TypedName(TYPE, name)
+        self.typed_name = TypedName(type_name, name)
         self.params = p = params or PrefixCacheParams()
         self.index = PrefixIndex(p.lru_capacity_per_server)
         self.tokenizer: RequestTokenizer | None = tokenizer

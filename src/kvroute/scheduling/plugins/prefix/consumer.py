@@ -12,6 +12,7 @@ from kvroute.errors import PluginValidationError
 from kvroute.plugins.registry import PluginHandle
 from kvroute.scheduling.plugins.prefix.approximate import TYPE as PREFIX_TYPE
 from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
+from kvroute.scheduling.plugins.prefix.producer import ProducedPrefixScorer
 
 DEFAULT_PREFIX_PLUGIN = PREFIX_TYPE
 
@@ -26,6 +27,8 @@ def find_prefix_plugin(
             f"plugin {name!r} ({type_name}): parameters.prefixPluginName: no plugin named "
             f"{prefix_name!r} declared before it (declare a {PREFIX_TYPE} first)"
         ) from None
+    if isinstance(plugin, ProducedPrefixScorer):  # upstream's split spelling: read its producer
+        return plugin.producer
     if not isinstance(plugin, PrefixCacheScorer):
         raise PluginValidationError(
             f"plugin {name!r} ({type_name}): parameters.prefixPluginName: {prefix_name!r} is a "
