@@ -39,6 +39,7 @@ class EppError(Exception):
 
     code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
     http_status: ClassVar[int] = 500
+    reason_header: ClassVar[str | None] = None  # x-llm-d-request-dropped-reason, if any
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -70,6 +71,9 @@ class PayloadTooLargeError(BadRequestError):
 class PoolExhaustedError(EppError):
     code = ErrorCode.RESOURCE_EXHAUSTED
     http_status = 429
+    # the ``x-llm-d-request-dropped-reason`` value, as upstream sends it when admission sheds or
+    # the filters leave no candidate (the body stays upstream's plain-text error)
+    reason_header: ClassVar[str | None] = "rejected-saturated"
 
 
 class ServiceUnavailableError(EppError):

@@ -101,11 +101,6 @@ async def test_gateway_destination_endpoint_served(tmp_path: Path) -> None:
             assert r.headers["x-gateway-destination-endpoint-served"] == pool[ip]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kvroute answers 429 without x-llm-d-request-dropped-reason when filters drain every "
-    "candidate; llm-d-router writes rejected-saturated there (#2462). Director fix pending.",
-)
 async def test_no_selection_header_is_rejected_with_the_dropped_reason(tmp_path: Path) -> None:
     """Mirrors the negative half of ``GatewayFollowingEPPRouting``'s EPP contract: with the
     testing filter and no selection header the EPP has no candidates, so the request is

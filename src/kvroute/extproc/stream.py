@@ -19,7 +19,9 @@ Protocol (upstream ``pkg/epp/handlers``, ``docs/proposals/004-endpoint-picker-pr
 * any :class:`~kvroute.errors.EppError` becomes an ``ImmediateResponse`` with
   ``inference error: <Code> - <message>``; one that carries a ``dropped_reason`` (flow control)
   is answered with the ``x-llm-d-request-dropped-reason`` header and an OpenAI error JSON
-  body; any other exception while routing becomes a 500
+  body; an error class with a ``reason_header`` (a 429 from admission or an empty candidate
+  set: ``rejected-saturated``) keeps the plain-text body and carries that header; any other
+  exception while routing becomes a 500
   ``Internal`` one (logged with its traceback), so a bug never leaves the client without an
   answer.
 * request bodies over ``max_request_body_bytes`` are answered 413. The EPP buffers each body
@@ -429,7 +431,12 @@ class ExtProcStream:
             log.exception("recording a rejected request failed")
         reason: str | None = getattr(error, "dropped_reason", None)
         if reason is None:
-            return [msg.immediate_response(error.http_status, error.response_body())]
+            extra = (
+                ()
+                if error.reason_header is None
+                else ((DROPPED_REASON_HEADER, error.reason_header),)
+            )
+            return [msg.immediate_response(error.http_status, error.response_body(), headers=extra)]
         return [
             msg.immediate_response(
                 error.http_status,
