@@ -244,6 +244,40 @@ def compare(live: dict[str, StageMetrics], virtual: dict[str, StageMetrics]) -> 
     return rows
 
 
+TABLE_ROWS = (
+    ("TTFT p50 (s)", "ttft_p50"),
+    ("TTFT p90 (s)", "ttft_p90"),
+    ("TTFT p99 (s)", "ttft_p99"),
+    ("NTPOT p90 (ms/token)", "ntpot_p90"),
+    ("e2e p90 (s)", "e2e_p90"),
+)
+
+
+def markdown_table(comparison: dict[str, Any]) -> str:
+    """Live RR, live kvroute, ratio, virtual RR, virtual kvroute, ratio, and whether the two
+    ratios agree in direction (both > 1: kvroute better in both; both < 1: worse in both)."""
+    lines = [
+        "| metric | live RR | live kvroute | live RR/kv | virtual RR | virtual kvroute "
+        "| virtual RR/kv | same direction |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, key in TABLE_ROWS:
+        row = comparison[key]
+        scale = 1e3 if key == "ntpot_p90" else 1.0
+        cells = [label]
+        ratios = []
+        for mode in ("live", "virtual"):
+            m = row[mode]
+            ratios.append(m["rr_over_kvroute"])
+            cells += [f"{m['round-robin'] * scale:.3g}", f"{m['kvroute'] * scale:.3g}"]
+            cells.append("n/a" if m["rr_over_kvroute"] is None else f"{m['rr_over_kvroute']:.2f}")
+        a, b = ratios
+        same = "n/a" if a is None or b is None else ("yes" if (a - 1) * (b - 1) > 0 else "no")
+        cells.append(same)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _engine_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or ():
@@ -339,5 +373,10 @@ def run_crosscheck_command(args: argparse.Namespace) -> int:
     text = json.dumps(out, indent=1)
     if args.out:
         args.out.with_suffix(".json").write_text(text + "\n")
+    if "comparison" in out:
+        table = markdown_table(out["comparison"])
+        print(table)
+        if args.out:
+            args.out.with_suffix(".md").write_text(table + "\n")
     print(json.dumps({k: out[k] for k in ("comparison", "predictor") if k in out}, indent=1))
     return 0
