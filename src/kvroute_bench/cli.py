@@ -100,6 +100,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cc.add_argument("--qps", type=float, required=True)
     cc.add_argument("--duration", type=float, default=40.0)
     cc.add_argument("--timeout", type=float, default=180.0)
+    cc.add_argument(
+        "--engine", action="append", help="engine override key=value, both modes (repeatable)"
+    )
+    cc.add_argument(
+        "--pool",
+        help="accelerator per replica, cycled, e.g. h100,h200,a100,l4 (default: the preset's)",
+    )
+    cc.add_argument("--config", type=Path, help="EndpointPickerConfig for the EPP, both modes")
+    cc.add_argument(
+        "--latency-scorer",
+        action="store_true",
+        help="kvroute's default profile plus latency-scorer (reports the predictor's TTFT error)",
+    )
+    cc.add_argument(
+        "--response-processing",
+        choices=("light", "full"),
+        default="light",
+        help="how much of each response the live EPP reads (full: first-chunk times too)",
+    )
+    cc.add_argument("--live", default="round-robin,kvroute", help="live phases to run")
+    cc.add_argument("--no-virtual", action="store_true", help="skip the virtual-time phase")
+    cc.add_argument(
+        "--predictor-after",
+        type=float,
+        default=60.0,
+        help="seconds of live traffic before the predictor's error is measured",
+    )
     cc.add_argument("--out", type=Path, help="write OUT.json")
 
     sm = sub.add_parser("summary", help="Markdown tables over several results JSONs (presets)")

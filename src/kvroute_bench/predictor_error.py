@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kvroute.embed import builtin_epp_config
-from kvroute.embed.latency import LatencyScorer, PredictedLatencyProducer
+from kvroute.embed.latency import LatencyPredictor, LatencyScorer, PredictedLatencyProducer
 from kvroute.sdk import default_registry
 from kvroute_bench.cluster import RunConfig, run_stage
 from kvroute_bench.epp_router import EppRouter
@@ -28,11 +30,76 @@ from kvroute_bench.workload import generate, resolve_spec
 from kvroute_sim.accelerators import parse_pool
 
 
-def _config_with_latency_scorer(path: Path) -> None:
+def latency_scorer_config() -> str:
+    """kvroute's default profile plus ``latency-scorer`` (weight 1), as EPP config text."""
     cfg = builtin_epp_config("default", default_registry(include_entry_points=False)).to_yaml_dict()
     cfg["plugins"].append({"type": "latency-scorer"})
     cfg["schedulingProfiles"][0]["plugins"].insert(-1, {"pluginRef": "latency-scorer", "weight": 1})
-    path.write_text(json.dumps(cfg))
+    return json.dumps(cfg)
+
+
+def _config_with_latency_scorer(path: Path) -> None:
+    path.write_text(latency_scorer_config())
+
+
+def _median(xs: Sequence[float]) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[len(s) // 2]
+
+
+class PredictorProbe:
+    """Reads the TTFT predictor of a live, in-process EPP (``Gateway(backend_factory=...)``).
+
+    :meth:`factory` builds the production backend and keeps its decision graph, so the
+    ``predicted-latency-producer``'s own error window (|predicted - observed| / observed TTFT,
+    appended as each response's first chunk arrives) can be read while traffic runs. :meth:`mark`
+    notes how many observations exist at that moment (e.g. after one minute); :meth:`report`
+    gives the median over all of them and over those after the mark.
+    """
+
+    def __init__(self) -> None:
+        self.graph: Any = None
+        self._marked: int | None = None
+
+    async def factory(self, settings: Any, datastore: Any, metrics: Any) -> Any:
+        from kvroute.embed.gateway import build_director_backend
+
+        built = await build_director_backend(settings, datastore, metrics)
+        self.graph = built.graph
+        return built
+
+    def predictor(self) -> LatencyPredictor | None:
+        if self.graph is None:
+            return None
+        for plugin in self.graph.setup.plugins.values():
+            if isinstance(plugin, PredictedLatencyProducer):
+                return plugin.predictor
+            producer = getattr(plugin, "producer", None)
+            if isinstance(producer, PredictedLatencyProducer):
+                return producer.predictor
+        return None
+
+    def mark(self) -> None:
+        p = self.predictor()
+        self._marked = None if p is None else len(p.ttft_rel_errors)
+
+    def report(self) -> dict[str, Any] | None:
+        """``None`` when the EPP has no latency predictor."""
+        p = self.predictor()
+        if p is None:
+            return None
+        errors = list(p.ttft_rel_errors)
+        full = len(errors) == p.ttft_rel_errors.maxlen  # older observations fell out
+        after = errors[self._marked :] if self._marked is not None and not full else []
+        return {
+            "observations": len(errors),
+            "window_full": full,
+            "median_abs_ttft_error": _median(errors),
+            "observations_after_mark": len(after) if self._marked is not None else None,
+            "median_abs_ttft_error_after_mark": _median(after),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

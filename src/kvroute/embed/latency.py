@@ -6,7 +6,8 @@ running ``latency-scorer`` and its ``predicted-latency-producer`` to measure the
 
 from __future__ import annotations
 
+from kvroute.scheduling.plugins.latency.predictor import LatencyPredictor
 from kvroute.scheduling.plugins.latency.producer import PredictedLatencyProducer
 from kvroute.scheduling.plugins.latency.scorer import LatencyScorer
 
-__all__ = ["LatencyScorer", "PredictedLatencyProducer"]
+__all__ = ["LatencyPredictor", "LatencyScorer", "PredictedLatencyProducer"]

@@ -32,3 +32,20 @@ def test_ratios_per_mode() -> None:
     assert table["ttft_p90"]["live"]["rr_over_kvroute"] == pytest.approx(4.0)
     assert table["ttft_p90"]["virtual"]["rr_over_kvroute"] == pytest.approx(1.5)
     assert table["output_tok_s"]["live"]["rr_over_kvroute"] == pytest.approx(1.0)
+
+
+def test_markdown_table_marks_direction() -> None:
+    from kvroute_bench.crosscheck import markdown_table
+
+    live = {"round-robin": _metrics(0.4), "kvroute": _metrics(0.1)}
+    virtual = {"round-robin": _metrics(0.3), "kvroute": _metrics(0.2)}
+    table = markdown_table(compare(live, virtual))
+    rows = table.splitlines()
+    ttft = next(r for r in rows if r.startswith("| TTFT p90"))
+    assert "| 4.00 |" in ttft
+    assert "| 1.50 |" in ttft
+    assert ttft.endswith("| yes |")
+    flipped = markdown_table(
+        compare(live, {"round-robin": _metrics(0.1), "kvroute": _metrics(0.3)})
+    )
+    assert next(r for r in flipped.splitlines() if r.startswith("| TTFT p90")).endswith("| no |")
