@@ -54,3 +54,13 @@ def test_unknown_class_is_the_default_and_logged_once(caplog: pytest.LogCaptureF
         assert endpoint_hardware({ACCELERATOR_LABEL: "tpu-v9-unknown"}).name == DEFAULT_CLASS
     hits = [r for r in caplog.records if "tpu-v9-unknown" in r.getMessage()]
     assert len(hits) == 1
+
+
+def test_malformed_cost_is_logged_once_per_value(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="kvroute.framework.accelerator")
+    for _ in range(3):
+        hw = endpoint_hardware({ACCELERATOR_LABEL: "l4", COST_LABEL: "twelve-dollars"})
+        assert hw.cost_per_hour == ACCELERATOR_CLASSES["l4"].cost_per_hour
+    hits = [r for r in caplog.records if "twelve-dollars" in r.getMessage()]
+    assert len(hits) == 1
+    assert hits[0].levelname == "WARNING"

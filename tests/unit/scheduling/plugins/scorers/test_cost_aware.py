@@ -95,3 +95,27 @@ def test_registered_and_validated_by_the_registry() -> None:
     assert built.params.default_ttft_slo_ms == 300
     with pytest.raises(PluginValidationError, match="headroom"):
         reg.create("cost-aware-scorer", "c", {"headroom": 2}, PluginContext())
+
+
+def test_a_pod_with_bad_labels_stays_in_the_pool_and_is_routed() -> None:
+    """Issue 13: an unknown accelerator class or a malformed cost never drops the endpoint: it
+    is stored, and a cost-aware profile routes to it (here the only candidate)."""
+    import random
+
+    from kvroute.config.epp_config import parse_epp_config
+    from kvroute.datastore.store import Datastore
+    from kvroute.scheduling.builder import build_scheduling
+
+    store = Datastore()
+    store.upsert_endpoint("odd", "10.0.0.9", 8000, {ACCELERATOR_LABEL: "abacus", COST_LABEL: "-3"})
+    (stored,) = store.endpoints()
+    config = parse_epp_config(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+        "plugins: [{type: cost-aware-scorer}, {type: max-score-picker}]\n"
+        "schedulingProfiles: [{name: default, plugins: [{pluginRef: cost-aware-scorer}, "
+        "{pluginRef: max-score-picker}]}]\n"
+    )
+    setup = build_scheduling(config, default_registry(), rng=random.Random(0))
+    result = setup.scheduler.schedule(make_request(), (stored,), state=make_state())
+    assert result.primary is not None
+    assert [e.name for e in result.primary.targets] == ["odd"]
