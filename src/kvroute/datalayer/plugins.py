@@ -26,13 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from kvroute.datalayer.mappings import MappingRegistry
 from kvroute.datalayer.scraper import MetricsCollector, MetricsDataSourceParams
 from kvroute.datastore.file_discovery import FILE_DISCOVERY, FileDiscoveryParams
 from kvroute.errors import ConfigError, PluginValidationError
-from kvroute.plugins.base import Plugin, TypedName
+from kvroute.plugins.base import Plugin, TypedName, validate_parameters
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.protocol.media import MediaOptions
 
@@ -89,15 +87,7 @@ class RequestParser:
 
 
 def _data_source(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
-    try:
-        params = MetricsDataSourceParams.model_validate(dict(parameters))
-    except ValidationError as exc:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise PluginValidationError(
-            f"plugin {name!r} ({METRICS_DATA_SOURCE}): parameters.{fields}"
-        ) from None
+    params = validate_parameters(MetricsDataSourceParams, name, METRICS_DATA_SOURCE, parameters)
     return MetricsDataSource(name, params)
 
 
@@ -120,30 +110,15 @@ class FileDiscoveryPlugin:
 
 
 def _file_discovery(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
-    try:
-        params = FileDiscoveryParams.model_validate(dict(parameters))
-    except ValidationError as exc:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise PluginValidationError(
-            f"plugin {name!r} ({FILE_DISCOVERY}): parameters.{fields}"
-        ) from None
-    return FileDiscoveryPlugin(name, params)
+    return FileDiscoveryPlugin(
+        name, validate_parameters(FileDiscoveryParams, name, FILE_DISCOVERY, parameters)
+    )
 
 
 def _parser(type_name: str) -> PluginFactory:
     def factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> Any:
         if type_name == OPENAI_PARSER:
-            try:
-                media = MediaOptions.model_validate(dict(parameters))
-            except ValidationError as exc:
-                fields = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-                )
-                raise PluginValidationError(
-                    f"plugin {name!r} ({type_name}): parameters.{fields}"
-                ) from None
+            media = validate_parameters(MediaOptions, name, type_name, parameters)
             return RequestParser(type_name, name, media)
         if parameters:
             raise PluginValidationError(

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from kvroute.errors import PluginValidationError
+from kvroute.plugins.base import validate_parameters
 
 
 class PluginParams(BaseModel):
@@ -28,14 +28,4 @@ P = TypeVar("P", bound=PluginParams)
 
 def parse_params(model: type[P], name: str, type_name: str, raw: Mapping[str, Any] | None) -> P:
     """Validate ``raw`` (the config's ``parameters``) into ``model`` or raise a named error."""
-    try:
-        return model.model_validate(dict(raw or {}))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            where = f"parameters.{loc}" if loc else "parameters"
-            problems.append(f"{where}: {err['msg']}")
-        raise PluginValidationError(
-            f"plugin {name!r} ({type_name}): " + "; ".join(problems)
-        ) from None
+    return validate_parameters(model, name, type_name, raw)
