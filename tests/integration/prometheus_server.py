@@ -110,8 +110,11 @@ class PrometheusServer:
         if self._log is not None:
             self._log.close()
 
-    async def query(self, expr: str) -> list[dict[str, Any]]:
-        r = await self._client.get("/api/v1/query", params={"query": expr})
+    async def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query, now or at Unix time ``at`` (as a dashboard panel evaluates a past
+        point of its time range)."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        r = await self._client.get("/api/v1/query", params=params)
         doc = r.json()
         assert doc.get("status") == "success", (expr, doc)
         result: list[dict[str, Any]] = doc["data"]["result"]
