@@ -16,7 +16,7 @@ import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
@@ -392,6 +392,22 @@ def _load_scheduling_config(settings: EppSettings, registry: Any) -> Any:
     return builtin_epp_config("default", registry), "<default config>"
 
 
+def _attach_headroom(metrics: EppMetrics, plugins: Iterable[object]) -> None:
+    """Export ``kvroute_pool_predicted_ttft_headroom_seconds`` from the profile's first
+    ``predicted-latency-producer``; without one the gauge is not registered."""
+    from kvroute.scheduling.plugins.latency.producer import PredictedLatencyProducer
+
+    producer = next((p for p in plugins if isinstance(p, PredictedLatencyProducer)), None)
+    if producer is None:
+        return
+
+    def headroom(classes: Collection[str]) -> Mapping[str, float]:
+        values = producer.headroom(time.monotonic())
+        return {cls: v for cls, v in values.items() if cls in classes}
+
+    metrics.autoscaling.attach_signal("predicted_ttft_headroom_seconds", headroom)
+
+
 def _resolver_for(settings: EppSettings, metrics: EppMetrics) -> Any:
     """InferenceModel/Objective/Rewrite from ``--resources``, narrowed to the served pool.
 
@@ -425,6 +441,7 @@ async def build_director_backend(
     registry = default_registry()
     config, source = _load_scheduling_config(settings, registry)
     timings = PluginTimings()
+    from kvroute.observability.autoscaling_metrics import flow_control_providers
     from kvroute.observability.flowcontrol_metrics import FlowControlMetrics
 
     flow_metrics = FlowControlMetrics(metrics.registry, settings.pool_label)
@@ -442,6 +459,10 @@ async def build_director_backend(
     director = graph.director
     if graph.flow_control is not None:
         flow_metrics.watch_saturation(graph.flow_control.saturation)
+        fc_signals = flow_control_providers(graph.flow_control.queues, time.monotonic)
+        for signal, provider in fc_signals.items():
+            metrics.autoscaling.attach_signal(signal, provider)
+    _attach_headroom(metrics, graph.setup.plugins.values())
     metrics.attach_plugin_timings(timings)
     # The live pool page shows how many blocks the prefix index(es) hold per endpoint.
     holders = graph.capabilities.block_holders

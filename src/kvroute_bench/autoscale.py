@@ -17,8 +17,10 @@ Signals (:data:`SIGNALS`), each the value the chart's PromQL would return at the
 ready replicas: what DCGM's ``GR_ENGINE_ACTIVE`` or ``nvidia-smi`` utilisation reports and
 what most HPAs use), ``queue`` (``kvroute_pool_average_queue_size``), ``kv``
 (``kvroute_pool_average_kv_cache_utilization``) and ``running``
-(``kvroute_pool_average_running_requests``). Flow-control wait and predicted-TTFT headroom are
-not here yet: :func:`register_signal` takes them when those modules land.
+(``kvroute_pool_average_running_requests``). The EPP also exports flow control's queue wait and
+the predicted-TTFT headroom, but this loop runs neither (it routes at arrival, without flow
+control or the latency predictor), so they are not offered: :func:`register_signal` takes them
+once the loop models them.
 
 The router sees the ready replicas' endpoints with the EPP's in-flight ledger (``least-requests``
 by default; policies that read scraped metrics are not offered, since this loop does not scrape
@@ -111,11 +113,17 @@ SIGNALS: dict[str, SignalFn] = {
     "kv": lambda s: _mean([e.metrics.kv_cache_usage for e in s.endpoints]),
     "running": lambda s: _mean([float(e.metrics.running_queue_size) for e in s.endpoints]),
 }
-# Signals that arrive with other modules: flow control's queue wait, the latency predictor's
-# TTFT headroom. Named here so that asking for them says why they are missing.
+# Signals the EPP exports that this loop does not model. Named here so that asking for them says
+# why they are missing.
 PENDING_SIGNALS = {
-    "flow-control-wait": "needs flow control (kvroute_pool_admission_queue_oldest_wait_seconds)",
-    "ttft-headroom": "needs the latency predictor (kvroute_pool_predicted_ttft_headroom_seconds)",
+    "flow-control-wait": (
+        "this loop runs no flow control (the EPP exports "
+        "kvroute_pool_admission_queue_oldest_wait_seconds)"
+    ),
+    "ttft-headroom": (
+        "this loop runs no latency predictor (the EPP exports "
+        "kvroute_pool_predicted_ttft_headroom_seconds)"
+    ),
 }
 
 

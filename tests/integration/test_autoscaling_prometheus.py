@@ -160,3 +160,9 @@ async def _check(prom: PrometheusServer) -> None:
         assert l4_kv is not None
         assert 0 < l4_kv <= 1
     assert checked == 16
+    # Flow control (on by default) exports its queue per class; nothing waits in it here (the
+    # load goes straight to the L4 server), so both read 0 -- but they exist for every class.
+    for cls in ("h100", "l4"):
+        for gauge in ("admission_queue_length", "admission_queue_oldest_wait_seconds"):
+            expr = f'max(kvroute_pool_{gauge}{{name="pool",accelerator="{cls}"}})'
+            assert await _value(prom, expr) == 0, expr

@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvroute.config.epp_config import KVROUTE_DEFAULT_CONFIG_TEXT
 from kvroute.gateway.gateway import Gateway
 from kvroute_sim.cluster import SimCluster
 
@@ -72,18 +74,31 @@ def exported(text: str) -> dict[str, tuple[str, set[str] | None]]:
     return out
 
 
+def _config_with_predictor() -> str:
+    """The default profile plus a ``predicted-latency-producer`` (warm after one response), so
+    the conditional ``kvroute_pool_predicted_ttft_headroom_seconds`` is exported too."""
+    doc = yaml.safe_load(KVROUTE_DEFAULT_CONFIG_TEXT)
+    producer = {"type": "predicted-latency-producer", "parameters": {"warmupSamples": 1}}
+    doc["plugins"].append(producer)
+    return str(yaml.safe_dump(doc, sort_keys=False))
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def scraped(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     tmp = tmp_path_factory.mktemp("metrics-doc")
     async with (
         SimCluster(2, profile="tiny", model="base") as sims,
-        Gateway(sims.urls, log_dir=tmp) as gw,
+        Gateway(sims.urls, config_text=_config_with_predictor(), log_dir=tmp) as gw,
         httpx.AsyncClient(base_url=gw.url, timeout=30.0) as client,
     ):
         body = {"model": "base", "prompt": "hello there", "max_tokens": 4}
         assert (await client.post("/v1/completions", json=body)).status_code == 200
         stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
         assert (await client.post("/v1/completions", json=stream)).status_code == 200
+        slo = {"x-llm-d-slo-ttft-ms": "800"}
+        for _ in range(3):  # the predictor learns from the first; the later ones add headroom
+            r = await client.post("/v1/completions", json=body, headers=slo)
+            assert r.status_code == 200
         bad = await client.post("/v1/completions", json={"prompt": "no model"})
         assert bad.status_code == 400
         yield (await client.get(f"http://127.0.0.1:{gw.epp.ports.metrics}/metrics")).text

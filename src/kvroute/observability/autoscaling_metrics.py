@@ -9,29 +9,33 @@ endpoint's ``kvroute.dev/accelerator`` label (:mod:`kvroute.framework.accelerato
 what upstream has no name for: the EPP's own in-flight ledger (requests and estimated prompt
 tokens sent and not finished; ahead of the next scrape) and the cost of the serving replicas.
 
-Two signals depend on work not merged yet and are seams, not values: the flow-control queue
-(length and oldest wait) and the predicted-TTFT headroom. :meth:`AutoscalingMetrics.attach_signal`
-takes a provider (called on each refresh, returning per-class values); until one is attached the
-gauge is not registered at all, so nothing fake is exported. ``docs/autoscaling.md`` names the
-providers each of those modules is expected to attach.
+Three more come from other modules through :meth:`AutoscalingMetrics.attach_signal` (a provider
+called on each refresh with the classes present, returning per-class values; a signal without a
+provider is not registered at all, so nothing fake is exported): flow control's queue length and
+oldest wait (:func:`flow_control_providers`, attached by the app whenever flow control is on;
+the queue is the pool's, so every class of the pool carries the same value: a request waiting in
+the EPP waits for any of them) and the predicted-TTFT headroom (attached when the profile has a
+``predicted-latency-producer``; per class of the picked endpoints, from requests that carry a
+TTFT SLO header).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from kvroute.flowcontrol.queues import FlowQueues
 from kvroute.framework.accelerator import endpoint_hardware
 from kvroute.framework.endpoint import Endpoint
 
 PREFIX = "kvroute_pool_"
 LABELS = ("name", "accelerator")
 
-# Signals a later module provides: name -> help text. Only these may be attached.
+# Signals another module provides: name -> help text. Only these may be attached.
 PENDING_SIGNALS: Mapping[str, str] = {
     "admission_queue_length": "Requests held by flow control, per accelerator class's pool.",
     "admission_queue_oldest_wait_seconds": "Age of the oldest request held by flow control.",
@@ -41,8 +45,30 @@ PENDING_SIGNALS: Mapping[str, str] = {
     ),
 }
 
-# A provider returns accelerator class -> value, called once per refresh.
-SignalProvider = Callable[[], Mapping[str, float]]
+# A provider gets the accelerator classes present and returns class -> value, once per refresh;
+# a class it leaves out has no sample this time (its series is removed).
+SignalProvider = Callable[[Collection[str]], Mapping[str, float]]
+
+
+def flow_control_providers(
+    queues: FlowQueues, clock: Callable[[], float]
+) -> dict[str, SignalProvider]:
+    """``admission_queue_length`` and ``admission_queue_oldest_wait_seconds`` of a flow
+    controller's queues (``clock`` is the controller's), the same value for every class."""
+
+    def length(classes: Collection[str]) -> Mapping[str, float]:
+        n = float(sum(count for _, count, _, _ in queues.band_stats()))
+        return dict.fromkeys(classes, n)
+
+    def oldest_wait(classes: Collection[str]) -> Mapping[str, float]:
+        oldest = min((item.enqueued_at for item in queues.items()), default=None)
+        wait = 0.0 if oldest is None else max(0.0, clock() - oldest)
+        return dict.fromkeys(classes, wait)
+
+    return {
+        "admission_queue_length": length,
+        "admission_queue_oldest_wait_seconds": oldest_wait,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +144,7 @@ class AutoscalingMetrics:
             self.cost,
         )
         self._signals: dict[str, tuple[Gauge, SignalProvider]] = {}
+        self._signal_classes: dict[str, set[str]] = {}
         self._known: set[str] = set()
 
     def attach_signal(self, signal: str, provider: SignalProvider) -> None:
@@ -134,6 +161,7 @@ class AutoscalingMetrics:
             raise ValueError(f"autoscaling signal {signal!r} already has a provider")
         g = Gauge(PREFIX + signal, PENDING_SIGNALS[signal], LABELS, registry=self._registry)
         self._signals[signal] = (g, provider)
+        self._signal_classes[signal] = set()
 
     def refresh(self, endpoints: Iterable[Endpoint]) -> None:
         name = self.pool_name
@@ -150,6 +178,10 @@ class AutoscalingMetrics:
             self.inflight_tokens.labels(name, cls).set(s.inflight_tokens)
             self.cost.labels(name, cls).set(s.cost_per_hour)
         self._known = set(snaps)
-        for g, provider in self._signals.values():
-            for cls, value in provider().items():
+        for signal, (g, provider) in self._signals.items():
+            values = provider(set(snaps))
+            for gone in self._signal_classes[signal] - values.keys():
+                g.remove(name, gone)
+            for cls, value in values.items():
                 g.labels(name, cls).set(value)
+            self._signal_classes[signal] = set(values)

@@ -95,7 +95,7 @@ def test_more_capacity_means_better_attainment_and_more_replica_hours() -> None:
 
 
 def test_pending_signals_say_what_they_need() -> None:
-    with pytest.raises(ValueError, match="needs flow control"):
+    with pytest.raises(ValueError, match="runs no flow control"):
         signal_fn("flow-control-wait")
     with pytest.raises(ValueError, match="unknown signal"):
         signal_fn("cpu")
@@ -123,5 +123,5 @@ def test_the_command_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     assert doc["meta"]["trace"]["shape"] == "bursty"
     assert "| kv@0.5 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 10_000
-    with pytest.raises(SystemExit, match="needs flow control"):
+    with pytest.raises(SystemExit, match="runs no flow control"):
         run(parser.parse_args(["autoscale", "--scaler", "flow-control-wait=1"]))

@@ -71,10 +71,38 @@ def test_pending_signals_are_absent_until_a_provider_is_attached() -> None:
     m.refresh_pool([_ep("h-0", "h100", 0, 0.0)])
     text = generate_latest(m.registry).decode()
     assert "kvroute_pool_admission_queue_length" not in text
-    m.autoscaling.attach_signal("admission_queue_length", lambda: {"h100": 7.0})
+    m.autoscaling.attach_signal(
+        "admission_queue_length", lambda classes: dict.fromkeys(classes, 7.0)
+    )
     m.refresh_pool([_ep("h-0", "h100", 0, 0.0)])
     assert _v(m, "admission_queue_length", "h100") == 7
     with pytest.raises(ValueError, match="already has a provider"):
-        m.autoscaling.attach_signal("admission_queue_length", dict)
+        m.autoscaling.attach_signal("admission_queue_length", lambda _: {})
     with pytest.raises(ValueError, match="unknown autoscaling signal"):
-        m.autoscaling.attach_signal("gpu_busy", dict)
+        m.autoscaling.attach_signal("gpu_busy", lambda _: {})
+
+
+def test_flow_control_queue_signals_from_the_real_queues() -> None:
+    """Length and oldest wait of the flow controller's queues, the same for every class present;
+    a class that leaves the pool loses its series."""
+    from kvroute.flowcontrol.item import QueueItem
+    from kvroute.flowcontrol.queues import FlowQueues
+    from kvroute.observability.autoscaling_metrics import flow_control_providers
+
+    now = [100.0]
+    queues = FlowQueues()
+    m = EppMetrics("p")
+    for signal, provider in flow_control_providers(queues, lambda: now[0]).items():
+        m.autoscaling.attach_signal(signal, provider)
+    pool = [_ep("h-0", "h100", 0, 0.0), _ep("l-0", "l4", 0, 0.0)]
+    m.refresh_pool(pool)
+    assert _v(m, "admission_queue_length", "h100") == 0
+    assert _v(m, "admission_queue_oldest_wait_seconds", "l4") == 0
+    for i, at in enumerate((90.0, 97.5)):
+        assert queues.enqueue(QueueItem(f"r{i}", 0, "tenant", 10, enqueued_at=at)) is None
+    m.refresh_pool(pool)
+    assert _v(m, "admission_queue_length", "l4") == 2
+    assert _v(m, "admission_queue_oldest_wait_seconds", "h100") == pytest.approx(10.0)
+    m.refresh_pool(pool[:1])
+    assert _v(m, "admission_queue_length", "l4") is None
+    assert _v(m, "admission_queue_length", "h100") == 2

@@ -9,6 +9,9 @@ The producer is a PrepareData, PreRequest and ResponseComplete hook:
   send-time features with :class:`~kvroute.scheduling.plugins.latency.predictor.LatencyPredictor`;
 * ``pre_request`` records the chosen endpoint's features, the send time and the prediction, and
   adds the request's uncached prompt to that endpoint's prefill backlog;
+* ``headroom`` (the EPP's ``kvroute_pool_predicted_ttft_headroom_seconds``, an autoscaling
+  signal): the mean over the last ``HEADROOM_WINDOW_S`` seconds of (TTFT SLO - predicted TTFT)
+  of the requests sent with a TTFT SLO header, per accelerator class of the picked endpoint;
 * ``response_complete`` turns what the EPP observed into targets: TTFT = first response chunk
   (``Usage.first_token_at``) - send time; TPOT = (completion - first chunk) / (output tokens -
   1) with the output tokens from the response's usage. Both update the endpoint's model and the
@@ -25,6 +28,7 @@ a request not completed after that is forgotten), ``streamingMode`` (false), ``e
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +38,14 @@ from pydantic import Field
 from kvroute.config.duration import GoDuration
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import PluginValidationError
+from kvroute.framework.accelerator import endpoint_hardware
 from kvroute.framework.hooks import PreRequest, ResponseComplete
 from kvroute.framework.request import Usage
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, SchedulingResult, StateKey
 from kvroute.scheduling.plugins.latency.predictor import DEFAULT_WARMUP, LatencyPredictor
+from kvroute.scheduling.plugins.latency.slo import parse_slo
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
 from kvroute.scheduling.request import InferenceRequest
@@ -47,6 +53,8 @@ from kvroute.scheduling.request import InferenceRequest
 TYPE = "predicted-latency-producer"
 CHARS_PER_TOKEN = 4
 SWEEP_EVERY = 256
+HEADROOM_WINDOW_S = 60.0  # the autoscaling signal's averaging window
+HEADROOM_SAMPLES = 4096  # at most this many recent SLO requests are kept for it
 
 
 class PredictedLatencyParams(PluginParams):
@@ -87,6 +95,8 @@ class PredictedLatencyProducer:
         )
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._sends = 0
+        # (send time, accelerator class, TTFT SLO - predicted TTFT) of recent SLO requests
+        self._headroom: deque[tuple[float, str, float]] = deque(maxlen=HEADROOM_SAMPLES)
 
     def _prefix_plugin(self) -> PrefixCacheScorer | None:
         if self._prefix is False:
@@ -165,6 +175,11 @@ class PredictedLatencyProducer:
             got = pr.predict(target.name, x_ttft, x_tpot)
         predicted = None if got is None else got[0]
         pr.sent(target.name, u, predicted, now)
+        if predicted is not None:
+            slo = parse_slo(request.headers).ttft_s
+            if slo is not None:
+                cls = endpoint_hardware(target.labels).name
+                self._headroom.append((now, cls, slo - predicted))
         self._pending[(request.request_id, target.name)] = _Pending(
             target.name, now, x_ttft, x_tpot, predicted
         )
@@ -191,6 +206,19 @@ class PredictedLatencyProducer:
 
     def pending(self) -> int:
         return len(self._pending)
+
+    def headroom(self, now: float, window_s: float = HEADROOM_WINDOW_S) -> dict[str, float]:
+        """Mean (TTFT SLO - predicted TTFT) in seconds per accelerator class over the requests
+        sent with a TTFT SLO in the last ``window_s``; a class with none is absent."""
+        recent = self._headroom
+        while recent and recent[0][0] < now - window_s:
+            recent.popleft()
+        sums: dict[str, list[float]] = {}
+        for _, cls, h in recent:
+            acc = sums.setdefault(cls, [0.0, 0.0])
+            acc[0] += h
+            acc[1] += 1.0
+        return {cls: total / n for cls, (total, n) in sums.items()}
 
 
 def _factory(

@@ -121,3 +121,32 @@ def test_scorer_uses_a_declared_producer_or_owns_one() -> None:
     assert isinstance(shared, LatencyScorer)
     assert not shared.owns_producer
     assert shared.producer is ctx.plugins["predicted-latency-producer"]
+
+
+def test_headroom_per_accelerator_class_over_slo_requests_in_the_window() -> None:
+    """The autoscaling signal ``kvroute_pool_predicted_ttft_headroom_seconds``: SLO - predicted
+    TTFT, averaged per class of the picked endpoint over SLO requests of the last window."""
+    from kvroute.framework.accelerator import ACCELERATOR_LABEL
+
+    clock = Clock()
+    producer = PredictedLatencyProducer(handle=PluginContext(clock=clock))
+    eps = [
+        make_endpoint("fast", labels={ACCELERATOR_LABEL: "h100"}),
+        make_endpoint("slow", labels={ACCELERATOR_LABEL: "l4"}),
+    ]
+    _train(producer, eps, clock)  # requests without an SLO header: no headroom sample
+    assert producer.headroom(clock.t) == {}
+    slo = {"x-llm-d-slo-ttft-ms": "500"}
+    for i, ep in enumerate(eps):
+        state = CycleState(clock.t)
+        result = SchedulingResult({"d": ProfileResult((ep,))}, "d")
+        producer.pre_request(state, _req(1000 + i, 2000, slo), result)
+    got = producer.headroom(clock.t)
+    assert set(got) == {"h100", "l4"}
+    assert abs(got["h100"] - (0.5 - 0.05)) < 0.02  # fast: 50 ms predicted for 2000 tokens
+    assert abs(got["l4"] - (0.5 - 0.15)) < 0.03  # slow: 150 ms
+    producer.pre_request(
+        CycleState(clock.t), _req(2000, 2000, {"x-slo-ttft-ms": "bad"}), result
+    )  # a malformed SLO header adds no sample
+    assert producer.headroom(clock.t) == got
+    assert producer.headroom(clock.t + 61.0) == {}  # aged out of the 60 s window
