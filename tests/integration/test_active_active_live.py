@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kvroute.gateway.bootstrap import BootstrapOptions, build_bootstrap
+from kvroute.gateway.bootstrap import EPP_CLUSTER, BootstrapOptions, build_bootstrap
 from kvroute.gateway.envoy import EnvoyProcess
-from kvroute.gateway.replicas import EppReplicaSet
+from kvroute.gateway.replicas import EppReplicaSet, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -82,6 +82,44 @@ async def test_three_replicas_survive_one_sigkill(tmp_path: Path) -> None:
 
 VICTIM = 1
 REPLICA_HEADER = "x-kvroute-epp-replica"
+
+
+async def test_a_dead_replica_left_in_rotation_costs_no_request(tmp_path: Path) -> None:
+    """Envoy's retry of an ext_proc stream that cannot open: the EPP cluster lists one live
+    replica and one port nobody listens on, with health checks and outlier ejection off, so
+    only the retry policy keeps requests off the dead host (without it about half fail)."""
+    sim, urls = _start_sim(1)
+    try:
+        async with EppReplicaSet(1, [f"--endpoint={urls[0]}"], tmp_path, ready_timeout_s=120) as rs:
+            host, port = urls[0].split("//")[1].split(":")
+            dead = ("127.0.0.1", free_port())
+            opts = BootstrapOptions(
+                port=0,
+                epp_endpoints=[rs.endpoints[0], dead],
+                epp_tls=False,
+                endpoints=[(host, int(port))],
+                epp_health_check=False,
+            )
+            bootstrap = build_bootstrap(opts)
+            (epp,) = [
+                c for c in bootstrap["static_resources"]["clusters"] if c["name"] == EPP_CLUSTER
+            ]
+            del epp["outlier_detection"]
+            envoy = EnvoyProcess(bootstrap, log_dir=tmp_path)
+            await envoy.start()
+            try:
+                statuses = []
+                async with httpx.AsyncClient(timeout=30) as c:
+                    for i in range(40):
+                        body = {"model": MODEL, "prompt": f"hello {i}", "max_tokens": 2}
+                        r = await c.post(f"http://127.0.0.1:{envoy.port}/v1/completions", json=body)
+                        statuses.append(r.status_code)
+                assert statuses == [200] * 40, statuses
+            finally:
+                await envoy.stop()
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.communicate(timeout=10)
 
 
 @dataclass(slots=True)
