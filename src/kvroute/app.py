@@ -478,7 +478,12 @@ async def build_director_backend(
     )
     tracing, tracing_tasks = _tracing_for(settings)
     backend = DirectorBackend(
-        director, codec, metrics, tracing=tracing, decision_header=settings.enable_decision_header
+        director,
+        codec,
+        metrics,
+        tracing=tracing,
+        decision_header=settings.enable_decision_header,
+        replica_id=settings.replica_id if settings.sync_port is not None else None,
     )
 
     def on_resources(resources: Any) -> None:

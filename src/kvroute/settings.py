@@ -384,6 +384,15 @@ class EppSettings:
             "--sync-interval", parse=duration, help="publish batching interval (default 5ms)"
         ),
     )
+    sync_peer_timeout_s: float = field(
+        default=0.5,
+        metadata=flag(
+            "--sync-peer-timeout",
+            parse=duration,
+            help="a peer silent this long is aged out and its in-flight counts leave this "
+            "replica's view (default 500ms; it heartbeats every quarter of this)",
+        ),
+    )
 
     emit_endpoint_scores: bool = field(
         default=False,
@@ -473,6 +482,11 @@ class EppSettings:
             raise ConfigError("--sync-port needs --sync-key-file (sync is always authenticated)")
         if not 0 < self.sync_interval_s <= 1.0:
             raise ConfigError(f"--sync-interval must be in (0, 1s], got {self.sync_interval_s}")
+        if not 4 * self.sync_interval_s <= self.sync_peer_timeout_s <= 60.0:
+            raise ConfigError(
+                "--sync-peer-timeout must be at least 4 x --sync-interval and at most 60s, "
+                f"got {self.sync_peer_timeout_s}"
+            )
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout must not be negative, got {self.drain_timeout_s}")
         if self.config_file is not None and self.config_text is not None:

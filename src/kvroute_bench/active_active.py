@@ -31,12 +31,13 @@ import random
 import sys
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 from kvroute.embed import ReplicaSync, SyncCodec
 from kvroute_bench.baselines import BASELINES, Router
 from kvroute_bench.cluster import RunConfig, run_stage
 from kvroute_bench.epp_router import EppRouter
-from kvroute_bench.metrics import StageMetrics
+from kvroute_bench.metrics import StageMetrics, percentile
 from kvroute_bench.pool import PoolView
 from kvroute_bench.sim_replica import SimReplica, replica_config, step_costs
 from kvroute_bench.workload import BenchRequest, generate, resolve_spec
@@ -131,6 +132,12 @@ class ActiveActiveRouter:
             self._publish(k, now)
         return picked
 
+    def on_first_token(self, request: BenchRequest, replica: int, now: float) -> None:
+        """The first chunk streams back through the replica that routed the request."""
+        k = self._owner.get(request.request_id)
+        if k is not None:
+            self._epps[k].on_first_token(request, replica, now)
+
     def on_complete(self, request: BenchRequest, replica: int, now: float) -> None:
         k = self._owner.pop(request.request_id, None)
         if k is not None:
@@ -152,7 +159,12 @@ def run(
     seed: int,
     profile: str = "h100-llama3-8b",
     sync_delay: float | None = None,
+    config_source: str = "default",
+    router_seed: int | None = None,
 ) -> list[tuple[int, StageMetrics]]:
+    """One stage per replica count on one workload. ``seed`` draws the workload;
+    ``router_seed`` (default: ``seed``) the replicas' tie-breaks and the stream assignment."""
+    rseed = seed if router_seed is None else router_seed
     spec = resolve_spec(workload)
     engine = replica_config(profile, {})
     requests = generate(spec, rate=qps, duration=duration, seed=seed)
@@ -160,9 +172,11 @@ def run(
     out = []
     for n in epp_replicas:
         router: ActiveActiveRouter | Router = (
-            ActiveActiveRouter(n, seed=seed, assign=assign, sync_delay=sync_delay)
+            ActiveActiveRouter(
+                n, config_source=config_source, seed=rseed, assign=assign, sync_delay=sync_delay
+            )
             if n > 0
-            else BASELINES["random"](seed)
+            else BASELINES["random"](rseed)
         )
         result = run_stage(
             requests,
@@ -173,8 +187,38 @@ def run(
             config=config,
             costs=step_costs(engine),
         )
-        out.append((n, result.metrics))
+        t0, t1 = config.warmup, duration
+        ttfts = sorted(
+            r.ttft(result.sim_seconds)
+            for r in result.records
+            if t0 <= r.sent < t1 and not r.shed and not r.failed
+        )
+        m = result.metrics
+        m.extra["ttft_mean"] = sum(ttfts) / len(ttfts) if ttfts else 0.0
+        m.extra["ttft_p95"] = percentile(ttfts, 95)
+        out.append((n, m))
     return out
+
+
+def _row(m: StageMetrics) -> str:
+    return (
+        f"{m.prefix_hit_rate:.3f} | {m.ttft_p50 * 1e3:.1f} | {m.ttft_p90 * 1e3:.1f} | "
+        f"{m.extra['ttft_p95'] * 1e3:.1f} | {m.extra['ttft_mean'] * 1e3:.1f} | "
+        f"{m.goodput_rps:.2f}"
+    )
+
+
+def _mean(ms: Sequence[StageMetrics]) -> StageMetrics:
+    """The first stage's record with the printed figures replaced by their means."""
+    k = len(ms)
+    return replace(
+        ms[0],
+        prefix_hit_rate=sum(m.prefix_hit_rate for m in ms) / k,
+        ttft_p50=sum(m.ttft_p50 for m in ms) / k,
+        ttft_p90=sum(m.ttft_p90 for m in ms) / k,
+        goodput_rps=sum(m.goodput_rps for m in ms) / k,
+        extra={x: sum(m.extra[x] for m in ms) / k for x in ("ttft_p95", "ttft_mean")},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,7 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--servers", type=int, default=8, help="simulated model servers")
     p.add_argument("--assign", default="random", choices=["random", "session"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0", help="workload seed; a comma list runs each")
+    p.add_argument(
+        "--router-seed",
+        default=None,
+        help="the replicas' tie-break (and stream assignment) seed, a comma list runs each; "
+        "default: the workload seed. Several separate tie-break noise from what sync changes",
+    )
+    p.add_argument(
+        "--config",
+        default="default",
+        help="EPP config of every replica: a built-in profile name (default, upstream, "
+        "decision-tree) or a config file",
+    )
     p.add_argument(
         "--sync-delay-ms",
         default="off",
@@ -202,33 +258,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     delays = [None if d == "off" else float(d) / 1e3 for d in args.sync_delay_ms.split(",")]
     counts = [int(x) for x in args.epp_replicas.split(",")]
+    seeds = [int(x) for x in args.seed.split(",")]
+    rseeds: list[int | None] = (
+        [None] if args.router_seed is None else [int(x) for x in args.router_seed.split(",")]
+    )
     print(
         f"workload={args.workload} qps={args.qps} servers={args.servers} "
-        f"duration={args.duration}s assign={args.assign} seed={args.seed}"
+        f"duration={args.duration}s assign={args.assign} config={args.config}"
     )
     print(
-        "| EPP replicas | sync delay | prefix hit rate | TTFT p50 (s) | TTFT p90 (s) "
-        "| goodput (req/s) |"
+        "| seed | router seed | EPP replicas | sync delay | prefix hit rate | TTFT p50 (ms) "
+        "| TTFT p90 (ms) | TTFT p95 (ms) | TTFT mean (ms) | goodput (req/s) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
-    for delay in delays:
-        rows = run(
-            epp_replicas=[n for n in counts if n > 1 or delay is delays[0]],
-            workload=args.workload,
-            qps=args.qps,
-            duration=args.duration,
-            servers=args.servers,
-            assign=args.assign,
-            seed=args.seed,
-            sync_delay=delay,
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    groups: dict[tuple[int, str], list[StageMetrics]] = {}
+    for seed in seeds:
+        for rseed in rseeds:
+            for delay in delays:
+                rows = run(
+                    epp_replicas=[n for n in counts if n > 1 or delay is delays[0]],
+                    workload=args.workload,
+                    qps=args.qps,
+                    duration=args.duration,
+                    servers=args.servers,
+                    assign=args.assign,
+                    seed=seed,
+                    sync_delay=delay,
+                    config_source=args.config,
+                    router_seed=rseed,
+                )
+                label = "off" if delay is None else f"{delay * 1e3:g} ms"
+                for n, m in rows:
+                    label_n = label if n > 1 else "—"
+                    groups.setdefault((n, label_n), []).append(m)
+                    print(
+                        f"| {seed} | {seed if rseed is None else rseed} | {n} | {label_n} "
+                        f"| {_row(m)} |",
+                        flush=True,
+                    )
+    if len(seeds) * len(rseeds) > 1:
+        print(f"\nmean over {len(seeds) * len(rseeds)} runs")
+        print(
+            "| EPP replicas | sync delay | prefix hit rate | TTFT p50 (ms) | TTFT p90 (ms) "
+            "| TTFT p95 (ms) | TTFT mean (ms) | goodput (req/s) |"
         )
-        label = "off" if delay is None else f"{delay * 1e3:g} ms"
-        for n, m in rows:
-            print(
-                f"| {n} | {label if n > 1 else '—'} | {m.prefix_hit_rate:.3f} | "
-                f"{m.ttft_p50:.3f} | {m.ttft_p90:.3f} | {m.goodput_rps:.2f} |",
-                flush=True,
-            )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for (n, label_n), ms in groups.items():
+            print(f"| {n} | {label_n} | {_row(_mean(ms))} |")
     return 0
 
 

@@ -83,6 +83,9 @@ async def test_reports_reach_the_replica_holding_the_stream(tmp_path: Path) -> N
                 for r in rs_:
                     assert r.status_code == 200
                     assert [e["model"] for e in _events(r.text)] == ["food-review"] * 6
+                # tap mode: Envoy's Lua filter adds the routing replica's name header
+                named = {r.headers.get("x-kvroute-epp-replica") for r in rs_}
+                assert named == {"epp-0", "epp-1"}, named
                 await asyncio.sleep(0.3)
                 after = [
                     await _metric(c, p, "inference_objective_output_tokens_count") for p in ports

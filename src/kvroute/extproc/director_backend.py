@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from kvroute.datastore.endpoint import Endpoint
@@ -28,6 +29,7 @@ from kvroute.scheduling.request import InferenceRequest
 log = logging.getLogger(__name__)
 
 LB_NAMESPACE = "envoy.lb"
+REPLICA_RESPONSE_HEADER = "x-kvroute-epp-replica"
 SCORES_KEY = "x-gateway-destination-endpoint-scores"
 
 
@@ -133,6 +135,7 @@ class DirectorBackend:
         clock: Callable[[], float] = time.monotonic,
         tracing: Tracing | None = None,
         decision_header: bool = False,
+        replica_id: str | None = None,
     ) -> None:
         self._director = director
         self._codec = codec
@@ -140,6 +143,11 @@ class DirectorBackend:
         self._clock = clock
         self._tracing = tracing
         self._decision_header = decision_header
+        # Active-active (replica sync on): every routed response names the replica that routed
+        # it, so a client or a test can tell which replica carried a stream.
+        self._replica_header = (
+            MappingProxyType({REPLICA_RESPONSE_HEADER: replica_id}) if replica_id else None
+        )
 
     async def route(self, request: RoutingInput) -> Routed:
         started = self._clock()
@@ -219,6 +227,12 @@ class DirectorBackend:
                 span.deactivate()
         return self._owned(request, parsed, decision, started, span, extra)
 
+    def _response_headers(self, extra: Mapping[str, str] | None) -> Mapping[str, str]:
+        replica = self._replica_header
+        if replica is None:
+            return extra or {}
+        return {**extra, **replica} if extra else replica
+
     def _routed(
         self,
         request: RoutingInput,
@@ -244,7 +258,7 @@ class DirectorBackend:
             incoming_model=req.incoming_model,
             target_model=req.target_model,
             handle=_Handle(decision, started, req.priority, req.fairness_id, span=span),
-            response_headers=response_headers or {},
+            response_headers=self._response_headers(response_headers),
             upstream_headers=getattr(decision, "upstream_headers", None) or {},
         )
         self._metrics.record_routed(

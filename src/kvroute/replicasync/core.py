@@ -41,10 +41,12 @@ from kvroute.replicasync.wire import (
 )
 
 # A peer sends at least every heartbeat; four missed heartbeats age it out, so a dead replica's
-# counters leave the survivors' view within 1 s. A live peer wrongly aged out (a stalled loop)
-# is back with its next message, its counts whole again at its next full snapshot.
-DEFAULT_PEER_TIMEOUT_S = 0.8
-DEFAULT_HEARTBEAT_S = 0.2
+# counters leave the survivors' view about 0.5 s after its last message (``--sync-peer-timeout``;
+# the issue asks for 1 s, and a loaded box's loop lag comes on top). A live peer wrongly aged
+# out (a loop stalled that long) is back with its next message, its counts whole again at its
+# next full snapshot.
+DEFAULT_PEER_TIMEOUT_S = 0.5
+DEFAULT_HEARTBEAT_S = 0.125
 DEFAULT_FULL_EVERY_S = 1.0
 MAX_ENTRIES_PER_FLUSH = 512  # per channel; the rest waits for the next flush
 
@@ -72,6 +74,9 @@ class SyncStats:
     merged: int = 0
     gaps: int = 0  # sequence gaps seen (messages lost in transit; repaired by full snapshots)
     expired: int = 0  # peers aged out
+    # how long the last aged-out peer had been silent when it went (this replica's clock): the
+    # upper bound of how long its counts outlived it, what the survivors' convergence takes
+    last_expired_silence_s: float | None = None
     overflow: int = 0  # replicated entries dropped because a flush was full
     dropped: dict[DropReason, int] = field(default_factory=dict)
     last_merge_at: float | None = None  # this replica's clock
@@ -272,6 +277,7 @@ class ReplicaSync:
         now = self._clock() if now is None else now
         gone = [k for k, p in self._peers.items() if now - p.last_seen > self._timeout]
         for key in gone:
+            self.stats.last_expired_silence_s = now - self._peers[key].last_seen
             self._drop_peer(key)
             self.stats.expired += 1
         return [k[0] for k in gone]

@@ -3,7 +3,9 @@
 ``kvroute_replica_sync_peers_connected`` (peers heard from within the timeout: 0 means this
 replica is partitioned and routes on its local view), ``kvroute_replica_sync_messages_dropped_
 total{reason}``, ``kvroute_replica_sync_last_merge_age_seconds`` (-1 before the first merge),
-``kvroute_replica_sync_messages_sent_total``, ``..._merged_total``, ``..._peers_expired_total``.
+``kvroute_replica_sync_messages_sent_total``, ``..._merged_total``, ``..._peers_expired_total``,
+``kvroute_replica_sync_last_expired_peer_silence_seconds`` (the last aged-out peer's silence
+when it went: how long a dead replica's counts stayed in this replica's view).
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ class SyncCollector(Collector):
             f"{PREFIX}_last_merge_age_seconds",
             "Seconds since a peer's message was last merged (-1: never).",
             value=age,
+        )
+        silence = stats.last_expired_silence_s
+        yield GaugeMetricFamily(
+            f"{PREFIX}_last_expired_peer_silence_seconds",
+            "How long the last aged-out peer had been silent when it was aged out: how long its "
+            "counts outlived its last message (-1: none aged out yet).",
+            value=-1.0 if silence is None else silence,
         )
         for name, value, text in (
             ("messages_sent", stats.sent, "Sync messages published."),

@@ -20,7 +20,15 @@ def build_sync(
     if settings.sync_port is None or settings.sync_key_file is None:
         return None
     keys = CurveKeys.load(settings.sync_key_file, settings.sync_authorized_keys)
-    core = ReplicaSync(settings.replica_id, datastore, states, codec=Codec(keys.hmac_key))
+    timeout = settings.sync_peer_timeout_s
+    core = ReplicaSync(
+        settings.replica_id,
+        datastore,
+        states,
+        codec=Codec(keys.hmac_key),
+        peer_timeout_s=timeout,
+        heartbeat_s=timeout / 4,  # four missed heartbeats age a peer out
+    )
     host = settings.bind_host if settings.bind_host not in ("", "::") else "0.0.0.0"
     return SyncTransport(
         core,

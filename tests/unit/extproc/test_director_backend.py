@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq.auth
 
 from kvroute.app import build_director_backend
 from kvroute.config.epp_config import default_config_text
@@ -15,6 +16,7 @@ from kvroute.datastore.endpoint import EndpointMetrics
 from kvroute.datastore.store import Datastore
 from kvroute.errors import BadRequestError, EppError, PoolExhaustedError
 from kvroute.extproc.backend import Outcome, RoutingBackend, RoutingInput
+from kvroute.extproc.director_backend import REPLICA_RESPONSE_HEADER
 from kvroute.observability.metrics import EppMetrics
 from kvroute.plugins.registry import default_registry
 from kvroute.settings import EppSettings
@@ -49,7 +51,7 @@ spec: {priority: -1, poolRef: {name: unit-pool}}
 
 
 def _setup(
-    tmp_path: Path, *, saturated: bool = False
+    tmp_path: Path, *, saturated: bool = False, **extra: Any
 ) -> tuple[RoutingBackend, Datastore, EppMetrics]:
     path = tmp_path / "pool.yaml"
     path.write_text(RESOURCES)
@@ -65,7 +67,9 @@ def _setup(
     # they can go stale (200 ms) before the request is routed, and flow control would then hold
     # it for its TTL; legacy admission still rejects sheddable traffic when saturated.
     config = default_config_text(default_registry()) + "flowControl: {enabled: false}\n"
-    settings = EppSettings(endpoints=(("10.0.0.0", 8000),), resources=(path,), config_text=config)
+    settings = EppSettings(
+        endpoints=(("10.0.0.0", 8000),), resources=(path,), config_text=config, **extra
+    )
     metrics = EppMetrics("ignored")
     built = asyncio.run(build_director_backend(settings, store, metrics))
     return built.backend, store, metrics
@@ -101,6 +105,20 @@ def test_route_rewrites_model_and_counts_in_flight(tmp_path: Path) -> None:
     assert reg.get_sample_value("inference_objective_output_tokens_sum", labels) == 2 * 2
     assert (
         reg.get_sample_value("inference_objective_request_total", {**labels, "priority": "0"}) == 1
+    )
+
+
+def test_a_synced_replica_names_itself_on_every_routed_response(tmp_path: Path) -> None:
+    """Active-active: the response says which replica routed it (``x-kvroute-epp-replica``);
+    a single EPP (no ``--sync-port``) adds nothing."""
+    _, secret = zmq.auth.create_certificates(tmp_path, "pool")
+    synced, _, _ = _setup(tmp_path, sync_port=0, sync_key_file=Path(secret), replica_id="epp-7")
+    routed = route(synced, _input({"model": "base", "prompt": "hi"}))
+    assert routed.response_headers == {REPLICA_RESPONSE_HEADER: "epp-7"}
+    alone, _, _ = _setup(tmp_path)
+    assert (
+        REPLICA_RESPONSE_HEADER
+        not in route(alone, _input({"model": "base", "prompt": "hi"})).response_headers
     )
 
 

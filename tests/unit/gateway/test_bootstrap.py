@@ -78,6 +78,27 @@ def test_epp_replicas_share_one_ext_proc_cluster_with_fast_ejection() -> None:
     assert "outlier_detection" not in _clusters(build_bootstrap(VARIANTS["default"]))[EPP_CLUSTER]
 
 
+def _grpc_service(doc: dict[str, Any]) -> dict[str, Any]:
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    (ext_proc,) = [
+        f for f in hcm["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.ext_proc"
+    ]
+    grpc: dict[str, Any] = ext_proc["typed_config"]["grpc_service"]
+    return grpc
+
+
+def test_epp_replicas_retry_a_stream_that_cannot_open_on_another_replica() -> None:
+    """The retry policy sits on GrpcService (Envoy's gRPC client honours it for filter streams),
+    not on EnvoyGrpc (xDS only); the live kill test measures the effect."""
+    grpc = _grpc_service(build_bootstrap(VARIANTS["epp-replicas"]))
+    assert "retry_policy" not in grpc["envoy_grpc"]
+    retry = grpc["retry_policy"]
+    assert "connect-failure" in retry["retry_on"]
+    assert "reset" in retry["retry_on"]
+    assert retry["num_retries"] == 2  # one per replica
+    assert "retry_policy" not in _grpc_service(build_bootstrap(VARIANTS["default"]))
+
+
 @pytest.mark.parametrize("name", list(VARIANTS), ids=list(VARIANTS))
 def test_envoy_validates_generated_config(name: str, tmp_path: Path) -> None:
     path = tmp_path / "envoy.json"

@@ -70,8 +70,11 @@ def test_a_silent_peer_ages_out_on_the_receivers_clock() -> None:
     load = db.load_of("b")
     assert load is not None
     assert load.inflight == 1
-    assert b.expire(5000.0 + 0.5) == []  # within the timeout on b's own clock
+    assert b.stats.last_expired_silence_s is None
+    assert b.expire(5000.0 + 0.4) == []  # within the timeout (0.5 s) on b's own clock
     assert b.expire(5000.0 + 10.0) == ["r-a"]
+    # what the metric reports: how long the peer's counts outlived its last message
+    assert b.stats.last_expired_silence_s == pytest.approx(10.0)
     assert load.inflight == 0
     assert load.remote_inflight == 0
     assert b.peers() == {}

@@ -19,8 +19,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from kvroute.app import EppApp
 from kvroute.config.epp_config import default_config_text
+from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
 from kvroute.plugins.registry import default_registry
+from kvroute.replicasync.service import build_sync
 from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
 from kvroute.settings import EppSettings
 from tests.unit.extproc.test_stream import req_body, req_headers
@@ -89,6 +91,7 @@ async def test_a_request_routed_by_one_replica_reaches_the_others_view(tmp_path:
             text = (await c.get(f"http://127.0.0.1:{b.ports.metrics}/metrics")).text
         assert "kvroute_replica_sync_peers_connected 1.0" in text
         assert 'kvroute_replica_sync_messages_dropped_total{reason="unauthenticated"} 0.0' in text
+        assert "kvroute_replica_sync_last_expired_peer_silence_seconds -1.0" in text
 
 
 def test_sync_without_a_key_or_with_peers_but_no_port_is_refused() -> None:
@@ -102,3 +105,19 @@ def test_sync_without_a_key_or_with_peers_but_no_port_is_refused() -> None:
         )
     with pytest.raises(ConfigError, match="--sync-interval"):
         EppSettings(sync_interval_s=0.0)
+    with pytest.raises(ConfigError, match="--sync-peer-timeout"):
+        EppSettings(sync_peer_timeout_s=0.01)  # under 4 publish intervals (5 ms)
+    with pytest.raises(ConfigError, match="--sync-peer-timeout"):
+        EppSettings(sync_peer_timeout_s=120.0)
+
+
+async def test_the_peer_timeout_flag_reaches_the_core(tmp_path: Path) -> None:
+    _, secret = zmq.auth.create_certificates(tmp_path, "pool")
+    settings = EppSettings(sync_port=0, sync_key_file=Path(secret), sync_peer_timeout_s=0.3)
+    transport = build_sync(settings, Datastore(), ())
+    assert transport is not None
+    try:
+        assert transport.core._timeout == 0.3
+        assert transport.core._heartbeat == pytest.approx(0.075)
+    finally:
+        transport.close()

@@ -108,7 +108,7 @@ async def test_peers_join_and_leave_without_restart(tmp_path: Path) -> None:
         assert load.inflight == 0  # not peered yet
         t1.set_peers([t2.endpoint])  # join
         await _until(lambda: load.inflight == 1)
-        t1.set_peers([])  # leave: r2 goes silent and ages out (0.8 s)
+        t1.set_peers([])  # leave: r2 goes silent and ages out (0.5 s)
         assert t1.peer_endpoints == frozenset()
         await _until(lambda: "r2" not in t1.core.peers(), within=3.0)
         assert load.inflight == 0
