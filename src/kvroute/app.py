@@ -254,7 +254,9 @@ class EppApp:
         options = StreamOptions(
             s.response_processing, s.max_request_body_bytes, body_budget=self.body_budget
         )
-        self.processor = ExternalProcessor(built.backend, options)
+        self.processor = ExternalProcessor(
+            built.backend, options, release_routed=s.release_routed_streams
+        )
         server, self.ports.grpc = build_ext_proc_server(
             self.processor,
             host=s.bind_host,

@@ -56,6 +56,7 @@ from kvroute.gateway.edge import (
     path_matches,
     strip_client_headers_filter,
 )
+from kvroute.gateway.failopen import FailOpenRewrites, failopen_rewrite_filter
 from kvroute.gateway.response_tap import response_tap_filter
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -91,6 +92,9 @@ class BootstrapOptions:
     admin_uds: str | None = None
     endpoints: Sequence[tuple[str, int]] = field(default_factory=tuple)  # for FailOpen
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
+    # FailOpen: the EPP's model rewrites, applied by Envoy to requests the EPP did not route
+    # (kvroute.gateway.failopen).
+    failopen_rewrites: FailOpenRewrites = field(default_factory=FailOpenRewrites)
     connect_timeout_s: float = 2.0
     grpc_timeout_s: float = 10.0
     message_timeout_s: float = 1000.0
@@ -366,6 +370,7 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             # after ext_proc let its headers go (see kvroute.gateway.response_tap).
             *([response_tap_filter(EPP_CLUSTER)] if opts.response_processing == "tap" else []),
             ext_proc_filter(opts),
+            *_failopen_filters(opts),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},
@@ -463,6 +468,12 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+
+
+def _failopen_filters(opts: BootstrapOptions) -> list[dict[str, Any]]:
+    if opts.failure_mode is FailureMode.FAIL_OPEN and opts.failopen_rewrites:
+        return [failopen_rewrite_filter(opts.failopen_rewrites)]
+    return []
 
 
 def _tap_clusters(epp: dict[str, Any], hosts: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
