@@ -201,12 +201,14 @@ async def test_finding3_sigterm_drains_20_running_streams(tmp_path: Path) -> Non
         async def stream(i: int) -> str:
             body = {"model": "m", "prompt": f"d{i}", "max_tokens": tokens, "stream": True}
             got = b""
-            async with httpx.AsyncClient(timeout=120) as c:  # one connection per stream
-                async with c.stream("POST", url, json=body) as r:
-                    assert r.status_code == 200
-                    async for chunk in r.aiter_bytes():
-                        got += chunk
-                        started[i].set()
+            async with (
+                httpx.AsyncClient(timeout=120) as c,  # one connection per stream
+                c.stream("POST", url, json=body) as r,
+            ):
+                assert r.status_code == 200
+                async for chunk in r.aiter_bytes():
+                    got += chunk
+                    started[i].set()
             return got.decode()
 
         try:
