@@ -461,17 +461,13 @@ class EppSettings:
             parse=parse_bool,
             optional_value=True,
             metavar="BOOL",
-            help="require a bearer token on /metrics (upstream checks it with Kubernetes "
-            "TokenReview; kvroute checks a static token: --metrics-bearer-token-file)",
+            help="require a bearer token on /metrics: checked with Kubernetes TokenReview and "
+            "SubjectAccessReview, as upstream (needs a cluster config), or against "
+            "--metrics-bearer-token-file when one is given",
         ),
     )
 
     def __post_init__(self) -> None:
-        if self.metrics_endpoint_auth and self.metrics_bearer_token is None:
-            raise ConfigError(
-                "--metrics-endpoint-auth: Kubernetes TokenReview is not implemented; "
-                "give the token with --metrics-bearer-token-file"
-            )
         if self.max_buffered_body_bytes <= 0:
             raise ConfigError(
                 f"--max-buffered-body-bytes must be positive, got {self.max_buffered_body_bytes}"
