@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -195,3 +197,70 @@ async def test_released_streams_still_complete_through_the_tap_report(tmp_path: 
                 await asyncio.sleep(0.01)
             assert sum(e.load.inflight for e in gw.epp.datastore.endpoints()) == 0
             assert gw.epp.processor.late_tap_reports == 0
+
+
+def _replica_pids(serve_pid: int) -> list[int]:
+    """``kvroute serve --epp-replicas``'s EPP children (its other child is Envoy)."""
+    out = []
+    for task in Path(f"/proc/{serve_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"epp" in cmdline:
+                out.append(int(child))
+    return out
+
+
+@pytest.mark.slow  # two EPP replica processes start: ~25 s on a loaded 2-core box
+async def test_finding3_serve_failopen_outlives_its_epp_replicas(tmp_path: Path) -> None:
+    """``kvroute serve --failure-mode FailOpen --epp-replicas 2`` as the user runs it: the EPPs
+    are child processes, the one case of ``serve`` where they can die alone. Both SIGKILLed
+    while 3 streams run: the streams end with ``[DONE]`` (serve released them), and a
+    ``model: chat`` request then still gets its rewrite (the table in Envoy's config)."""
+    resources = tmp_path / "pool.yaml"
+    resources.write_text(POOL_YAML)
+    server = MiniModelServer("s", adapters=("chat-v1",), token_delay_s=0.05)
+    async with mini_pool([server]):
+        port = _free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvroute.cli", "serve", "--endpoint", server.url,
+            "--port", str(port), "--metrics-port", "0", "--log-dir", str(tmp_path),
+            "--failure-mode", "FailOpen", "--epp-replicas", "2", "--resources", str(resources),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = ""
+            while "gateway ready" not in line:
+                raw = await asyncio.wait_for(proc.stdout.readline(), 90)
+                assert raw, "serve exited before it was ready"
+                line = raw.decode()
+            url = f"http://127.0.0.1:{port}/v1/completions"
+            async with httpx.AsyncClient(timeout=60) as c:
+                for _ in range(200):  # Envoy's health checks have seen a replica
+                    r = await c.post(url, json={"model": "chat", "prompt": "w", "max_tokens": 1})
+                    if r.status_code == 200 and REWRITE_HEADER not in server.seen_headers[-1]:
+                        break
+                    await asyncio.sleep(0.1)
+                started = [asyncio.Event() for _ in range(3)]
+                tasks = [asyncio.create_task(_stream(c, url, i, e)) for i, e in enumerate(started)]
+                for e in started:
+                    await asyncio.wait_for(e.wait(), 30)
+                pids = _replica_pids(proc.pid)
+                assert len(pids) == 2
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                for text in await asyncio.gather(*tasks):
+                    assert text.count("data: ") == TOKENS + 1, text
+                    assert text.rstrip().endswith("data: [DONE]")
+                for _ in range(100):  # a 503 until Envoy's health check saw both die
+                    r = await c.post(url, json={"model": "chat", "prompt": "after"})
+                    if r.status_code == 200:
+                        break
+                    await asyncio.sleep(0.1)
+                assert r.status_code == 200, r.text
+            assert server.seen_models[-1] == "chat-v1"
+            assert server.seen_headers[-1][REWRITE_HEADER] == "chat -> chat-v1"
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 60)
