@@ -325,11 +325,11 @@ class EppApp:
             # state and event stream
             given = request.headers.get("Authorization", "")
             if token and not hmac.compare_digest(given.encode(), expected):
-                return _unauthorized(401, "send Authorization: Bearer <token>")
+                return self._unauthorized(401, "send Authorization: Bearer <token>")
             if reviewer is not None:
                 decision = await reviewer.check(given, request.path)
                 if not decision.allowed:
-                    return _unauthorized(decision.status, decision.reason)
+                    return self._unauthorized(decision.status, decision.reason)
             response: web.StreamResponse = await handler(request)
             return response
 
@@ -368,6 +368,15 @@ class EppApp:
 
         return TokenReviewAuthenticator(client_factory_from_env()())
 
+    @staticmethod
+    def _unauthorized(status: int, reason: str) -> web.Response:
+        word = "unauthorized" if status == 401 else "forbidden"
+        return web.Response(
+            status=status,
+            text=f"{word}: {reason}\n",
+            headers={"WWW-Authenticate": 'Bearer realm="kvroute-metrics"'} if status == 401 else {},
+        )
+
     async def serve_forever(self) -> None:
         """Block until cancelled (Ctrl-C/SIGTERM handling is the caller's)."""
         await asyncio.Event().wait()
@@ -405,15 +414,6 @@ def _load_scheduling_config(settings: EppSettings, registry: Any) -> Any:
     if settings.config_text is not None:
         return parse_epp_config(settings.config_text), "<config-text>"
     return builtin_epp_config("default", registry), "<default config>"
-
-
-def _unauthorized(status: int, reason: str) -> web.Response:
-    word = "unauthorized" if status == 401 else "forbidden"
-    return web.Response(
-        status=status,
-        text=f"{word}: {reason}\n",
-        headers={"WWW-Authenticate": 'Bearer realm="kvroute-metrics"'} if status == 401 else {},
-    )
 
 
 def _resolver_for(settings: EppSettings, metrics: EppMetrics) -> Any:
