@@ -33,7 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--failure-mode",
         choices=["FailClose", "FailOpen"],
         default="FailClose",
-        help="when the EPP is unreachable: 503 (FailClose) or route round-robin (FailOpen)",
+        help="when the EPP is unreachable: 503 (FailClose) or route round-robin (FailOpen: "
+        "with the EPP's model rewrites from --resources, and, in tap mode, streams already "
+        "routed outlive an EPP crash; see docs/security.md)",
     )
     parser.add_argument(
         "--log-dir", type=Path, default=Path(".kvroute"), help="where Envoy's log goes"

@@ -16,7 +16,8 @@ replicas, one report cluster per replica). kvroute adds:
   outlier ejection, a first-byte timeout;
 * two routes: requests that carry the destination header (set by the EPP) go to the
   ORIGINAL_DST cluster; the rest (EPP unreachable) go to a round-robin cluster of all endpoints
-  under FailOpen, or get a 503 under FailClose;
+  under FailOpen, or get a 503 under FailClose; under FailOpen a Lua filter after ext_proc
+  applies the EPP's startup model-rewrite table to those (``kvroute.gateway.failopen``);
 * ``x-gateway-destination-endpoint-served`` added to the response (the upstream address that
   served it), which the EPP reads back on the response path;
 * a retry policy for connect failures and resets before the first response byte (Envoy's
