@@ -254,7 +254,9 @@ class EppApp:
         options = StreamOptions(
             s.response_processing, s.max_request_body_bytes, body_budget=self.body_budget
         )
-        self.processor = ExternalProcessor(built.backend, options)
+        self.processor = ExternalProcessor(
+            built.backend, options, release_routed=s.release_routed_streams
+        )
         server, self.ports.grpc = build_ext_proc_server(
             self.processor,
             host=s.bind_host,
@@ -314,19 +316,20 @@ class EppApp:
 
         token = self.settings.metrics_bearer_token
         expected = f"Bearer {token}".encode() if token else b""
+        reviewer = await self._token_reviewer() if not token else None
 
         @web.middleware
         async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-            # --metrics-endpoint-auth with a static token (issue 20 finding 7): every route of
-            # this server, /metrics and the live pool page with its state and event stream
-            if token:
-                given = request.headers.get("Authorization", "").encode()
-                if not hmac.compare_digest(given, expected):
-                    return web.Response(
-                        status=401,
-                        text="unauthorized: send Authorization: Bearer <token>\n",
-                        headers={"WWW-Authenticate": 'Bearer realm="kvroute-metrics"'},
-                    )
+            # --metrics-endpoint-auth (issue 20 finding 7): a static token, or TokenReview as
+            # upstream; every route of this server, /metrics and the live pool page with its
+            # state and event stream
+            given = request.headers.get("Authorization", "")
+            if token and not hmac.compare_digest(given.encode(), expected):
+                return self._unauthorized(401, "send Authorization: Bearer <token>")
+            if reviewer is not None:
+                decision = await reviewer.check(given, request.path)
+                if not decision.allowed:
+                    return self._unauthorized(decision.status, decision.reason)
             response: web.StreamResponse = await handler(request)
             return response
 
@@ -346,12 +349,33 @@ class EppApp:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.bind_host, self.settings.metrics_port)
-        await site.start()
         try:
+            await site.start()
             server: Any = site._server  # aiohttp exposes the bound socket only here
             yield int(server.sockets[0].getsockname()[1])
         finally:
             await runner.cleanup()
+            if reviewer is not None:
+                await reviewer.close()
+
+    async def _token_reviewer(self) -> Any:
+        """TokenReview for ``--metrics-endpoint-auth`` without a static token (``kvroute.k8s.
+        token_review``); the cluster config is resolved now (no config: exit 2)."""
+        if not self.settings.metrics_endpoint_auth:
+            return None
+        from kvroute.k8s.source import client_factory_from_env
+        from kvroute.k8s.token_review import TokenReviewAuthenticator
+
+        return TokenReviewAuthenticator(client_factory_from_env()())
+
+    @staticmethod
+    def _unauthorized(status: int, reason: str) -> web.Response:
+        word = "unauthorized" if status == 401 else "forbidden"
+        return web.Response(
+            status=status,
+            text=f"{word}: {reason}\n",
+            headers={"WWW-Authenticate": 'Bearer realm="kvroute-metrics"'} if status == 401 else {},
+        )
 
     async def serve_forever(self) -> None:
         """Block until cancelled (Ctrl-C/SIGTERM handling is the caller's)."""

@@ -270,6 +270,21 @@ class EppSettings:
         ),
     )
 
+    # Issue 20 finding 3: in tap mode the EPP ends the ext_proc stream once the request is
+    # routed, so an EPP that dies mid-response does not cut the stream (kvroute.extproc.server).
+    release_routed_streams: bool = field(
+        default=False,
+        metadata=flag(
+            "--release-routed-streams",
+            parse=parse_bool,
+            optional_value=True,
+            metavar="BOOL",
+            help="tap mode: close each ext_proc stream once routed, so streams outlive an EPP "
+            "crash; completion then comes only from Envoy's tap report (kvroute serve sets it "
+            "under FailOpen)",
+        ),
+    )
+
     # OpenTelemetry (None: from the OTEL_* variables; see kvroute.observability.tracing).
     tracing: bool | None = field(
         default=None,
@@ -455,17 +470,13 @@ class EppSettings:
             parse=parse_bool,
             optional_value=True,
             metavar="BOOL",
-            help="require a bearer token on /metrics (upstream checks it with Kubernetes "
-            "TokenReview; kvroute checks a static token: --metrics-bearer-token-file)",
+            help="require a bearer token on /metrics: checked with Kubernetes TokenReview and "
+            "SubjectAccessReview, as upstream (needs a cluster config), or against "
+            "--metrics-bearer-token-file when one is given",
         ),
     )
 
     def __post_init__(self) -> None:
-        if self.metrics_endpoint_auth and self.metrics_bearer_token is None:
-            raise ConfigError(
-                "--metrics-endpoint-auth: Kubernetes TokenReview is not implemented; "
-                "give the token with --metrics-bearer-token-file"
-            )
         if self.max_buffered_body_bytes <= 0:
             raise ConfigError(
                 f"--max-buffered-body-bytes must be positive, got {self.max_buffered_body_bytes}"
@@ -495,14 +506,8 @@ class EppSettings:
             raise ConfigError("--pool-name and --endpoint-selector are mutually exclusive")
         if len(self.endpoint_target_ports) > 8:
             raise ConfigError("--endpoint-target-ports takes 1 to 8 ports")
-        if self.max_buffered_body_bytes <= 0:
-            raise ConfigError(
-                f"--max-buffered-body-bytes must be positive, got {self.max_buffered_body_bytes}"
-            )
-        if self.require_client_cert and (not self.secure_serving or self.client_ca_path is None):
-            raise ConfigError(
-                "--require-client-cert needs --secure-serving=true and --client-ca-path FILE"
-            )
+        if self.release_routed_streams and self.response_processing is not ResponseProcessing.TAP:
+            raise ConfigError("--release-routed-streams needs --response-processing=tap")
         if self.max_request_body_bytes <= 0:
             raise ConfigError(
                 f"--max-request-body-bytes must be positive, got {self.max_request_body_bytes}"

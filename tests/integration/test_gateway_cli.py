@@ -174,3 +174,68 @@ async def test_finding2_serve_refuses_a_taken_port(tmp_path: Path) -> None:
     text = out.decode()
     assert f"gateway port 127.0.0.1:{port} is already in use" in text
     assert "gateway ready" not in text
+
+
+async def test_finding3_sigterm_drains_20_running_streams(tmp_path: Path) -> None:
+    """Issue 20 finding 3: SIGTERM of ``kvroute serve`` with 20 streams in flight cut all 20
+    after their 200 (no ``[DONE]``). ``serve`` as the user runs it: SIGTERM once every stream
+    has its first token; new connections are refused at once, the 20 run to ``[DONE]``, and
+    the drain ends within ``--drain-timeout`` (serve logs a WARNING when it has to cut)."""
+    tokens = 30
+    server = MiniModelServer("drain", token_delay_s=0.1)
+    async with mini_pool([server]):
+        port = _free_port()
+        proc = await _start(
+            "serve", "--endpoint", server.url, "--port", str(port), "--metrics-port", "0",
+            "--log-dir", str(tmp_path), "--drain-timeout", "120s",
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = ""
+        while "gateway ready" not in line:
+            raw = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert raw, "serve exited before it was ready"
+            line = raw.decode()
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        started = [asyncio.Event() for _ in range(20)]
+
+        async def stream(i: int) -> str:
+            body = {"model": "m", "prompt": f"d{i}", "max_tokens": tokens, "stream": True}
+            got = b""
+            async with (
+                httpx.AsyncClient(timeout=120) as c,  # one connection per stream
+                c.stream("POST", url, json=body) as r,
+            ):
+                assert r.status_code == 200
+                async for chunk in r.aiter_bytes():
+                    got += chunk
+                    started[i].set()
+            return got.decode()
+
+        try:
+            tasks = [asyncio.create_task(stream(i)) for i in range(20)]
+            for e in started:
+                await asyncio.wait_for(e.wait(), 60)
+            proc.send_signal(signal.SIGTERM)
+            refused = False
+            for _ in range(200):  # the listener closes while the streams still run
+                try:
+                    async with httpx.AsyncClient(timeout=5) as late:
+                        await late.post(url, json={"model": "m", "prompt": "late"})
+                except httpx.ConnectError:
+                    refused = True
+                    break
+                await asyncio.sleep(0.05)
+            assert refused
+            assert not all(t.done() for t in tasks)  # refused while streams were in flight
+            texts = await asyncio.gather(*tasks)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            rc = await asyncio.wait_for(proc.wait(), 150)
+        for text in texts:
+            assert text.count("data: ") == tokens + 1
+            assert text.rstrip().endswith("data: [DONE]")
+        assert rc == 0
+        rest = (await proc.stdout.read()).decode()
+        assert "stopped" in rest
+        assert "drain timed out" not in rest

@@ -164,12 +164,17 @@ def test_issue20_security_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "from-env"
     )
     assert _parse([]).metrics_bearer_token is None
+    # TokenReview (tests/integration/test_metrics_token_review.py) when no static token
+    auth = _parse(["--metrics-endpoint-auth"])
+    assert (auth.metrics_endpoint_auth, auth.metrics_bearer_token) == (True, None)
+    released = _parse(["--response-processing", "tap", "--release-routed-streams"])
+    assert released.release_routed_streams
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--metrics-endpoint-auth"], "TokenReview is not implemented"),
+        (["--release-routed-streams"], "--release-routed-streams needs --response-processing"),
         (["--metrics-bearer-token-file", "env:KVR_UNSET_TOKEN"], "the token is empty"),
         (["--metrics-bearer-token-file", "/nonexistent/token"], "--metrics-bearer-token-file"),
         (["--max-buffered-body-bytes", "0"], "--max-buffered-body-bytes must be positive"),

@@ -33,7 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--failure-mode",
         choices=["FailClose", "FailOpen"],
         default="FailClose",
-        help="when the EPP is unreachable: 503 (FailClose) or route round-robin (FailOpen)",
+        help="when the EPP is unreachable: 503 (FailClose) or route round-robin (FailOpen: "
+        "with the EPP's model rewrites from --resources, and, in tap mode, streams already "
+        "routed outlive an EPP crash; see docs/security.md)",
     )
     parser.add_argument(
         "--log-dir", type=Path, default=Path(".kvroute"), help="where Envoy's log goes"
@@ -199,10 +201,15 @@ async def _serve_replicas(
 ) -> int:
     from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
     from kvroute.gateway.envoy import EnvoyProcess
+    from kvroute.gateway.failopen import FailOpenRewrites, rewrites_from_settings
+    from kvroute.gateway.gateway import failopen_settings
     from kvroute.gateway.replicas import EppReplicaSet
 
     # serve's --response-processing default (tap) is not kvroute epp's (full): always passed.
     child = [*epp_child_args(args), f"--response-processing={settings.response_processing.value}"]
+    failopen = FailureMode(args.failure_mode) is FailureMode.FAIL_OPEN
+    if failopen and failopen_settings(settings).release_routed_streams:
+        child.append("--release-routed-streams=true")  # streams outlive a replica's crash
     replicas = EppReplicaSet(args.epp_replicas, child, args.log_dir)
     async with replicas:
         opts = BootstrapOptions(
@@ -212,6 +219,7 @@ async def _serve_replicas(
             epp_tls=False,
             endpoints=settings.endpoints,
             failure_mode=FailureMode(args.failure_mode),
+            failopen_rewrites=rewrites_from_settings(settings) if failopen else FailOpenRewrites(),
             response_processing=settings.response_processing.value,
             request_body_buffer_limit_bytes=settings.max_request_body_bytes,
             edge=_edge_options(args),

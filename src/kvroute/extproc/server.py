@@ -34,14 +34,30 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 # How long a tap-mode exchange whose stream ended waits for its report (Envoy sends it just
 # before the response's last bytes, so normally it is there within milliseconds).
 TAP_GRACE_S = 1.0
+# With ``release_routed`` (``--release-routed-streams``) the stream ends as soon as the request
+# is routed, and the report comes at the end of the whole response: an exchange is held this
+# long for it. A client that went away mid-response sends no report (Envoy's Lua filter does
+# not run for a reset stream), so its completion is recorded, as a disconnect, only then.
+RELEASED_TAP_TTL_S = 3600.0
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """``envoy.service.ext_proc.v3.ExternalProcessor/Process``: one stream per HTTP request."""
 
-    def __init__(self, backend: RoutingBackend, options: StreamOptions) -> None:
+    def __init__(
+        self, backend: RoutingBackend, options: StreamOptions, *, release_routed: bool = False
+    ) -> None:
         self._backend = backend
         self._options = options
+        # Issue 20 finding 3. Envoy 1.40 answers a broken ext_proc stream whose request body
+        # was FULL_DUPLEX_STREAMED with a local reply (a reset once the response started),
+        # also under failure_mode_allow: an EPP that dies cuts every stream it still holds.
+        # A stream the EPP ends itself (gRPC OK) is "processing complete" to Envoy, which then
+        # forwards the rest of the exchange without it. In tap mode the EPP needs nothing
+        # more once the request is routed (the Lua filter reports the response), so with
+        # ``release_routed`` it ends the stream right there.
+        self._release_routed = release_routed
+        self.released_streams = 0
         self.active_streams = 0
         self._tapped: dict[str, ExtProcStream] = {}  # tap id -> open stream (tap mode)
         self.tap_cluster: str | None = None  # set when serving on TCP (build_ext_proc_server)
@@ -56,6 +72,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             stream.tap_cluster = self.tap_cluster
             self._tapped[stream.tap_id] = stream
         trace_token = tracing.enter_grpc_call(context.invocation_metadata())
+        released = False
         try:
             async for request in request_iterator:
                 # Awaits routing (possibly a flow-control wait); cancelled when Envoy resets
@@ -63,13 +80,18 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 # Lazily: a big forwarded body's chunk messages are built as they go out.
                 for response in await stream.areceive_iter(request):
                     yield response
+                if self._release_routed and stream.awaiting_tap_report:
+                    released = True  # returning ends the stream with gRPC OK
+                    self.released_streams += 1
+                    break
         except ProtocolViolation as exc:
             log.warning("ext_proc protocol violation: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             self.active_streams -= 1
             if stream.close():  # completion waits for the tap report, at most TAP_GRACE_S
-                asyncio.get_running_loop().call_later(TAP_GRACE_S, self._expire_tap, stream)
+                grace = RELEASED_TAP_TTL_S if released else TAP_GRACE_S
+                asyncio.get_running_loop().call_later(grace, self._expire_tap, stream)
             elif stream.tap_id:
                 self._tapped.pop(stream.tap_id, None)
             tracing.exit_grpc_call(trace_token)

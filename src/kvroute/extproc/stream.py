@@ -228,7 +228,7 @@ class ExtProcStream:
         self._release_body()
         if self.routed is None or self._completed:
             return False
-        if self._tap_sent and not self._tapped and self.state in _AWAITING_TAP:
+        if self.awaiting_tap_report:
             return True
         # In light mode the body never comes through here: the stream's end *is* completion
         # (also in tap mode for a header-only request: no report is asked for).
@@ -243,6 +243,11 @@ class ExtProcStream:
     @property
     def completed(self) -> bool:
         return self._completed
+
+    @property
+    def awaiting_tap_report(self) -> bool:
+        """Routed in tap mode; completion comes with the Lua filter's report."""
+        return self._tap_sent and not self._tapped and self.state in _AWAITING_TAP
 
     def expire_tap(self) -> None:
         """No tap report came after the stream ended: the client went away mid-response."""

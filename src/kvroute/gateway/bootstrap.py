@@ -16,7 +16,8 @@ replicas, one report cluster per replica). kvroute adds:
   outlier ejection, a first-byte timeout;
 * two routes: requests that carry the destination header (set by the EPP) go to the
   ORIGINAL_DST cluster; the rest (EPP unreachable) go to a round-robin cluster of all endpoints
-  under FailOpen, or get a 503 under FailClose;
+  under FailOpen, or get a 503 under FailClose; under FailOpen a Lua filter after ext_proc
+  applies the EPP's startup model-rewrite table to those (``kvroute.gateway.failopen``);
 * ``x-gateway-destination-endpoint-served`` added to the response (the upstream address that
   served it), which the EPP reads back on the response path;
 * a retry policy for connect failures and resets before the first response byte (Envoy's
@@ -56,6 +57,7 @@ from kvroute.gateway.edge import (
     path_matches,
     strip_client_headers_filter,
 )
+from kvroute.gateway.failopen import FailOpenRewrites, failopen_rewrite_filter
 from kvroute.gateway.response_tap import response_tap_filter
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -91,6 +93,9 @@ class BootstrapOptions:
     admin_uds: str | None = None
     endpoints: Sequence[tuple[str, int]] = field(default_factory=tuple)  # for FailOpen
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
+    # FailOpen: the EPP's model rewrites, applied by Envoy to requests the EPP did not route
+    # (kvroute.gateway.failopen).
+    failopen_rewrites: FailOpenRewrites = field(default_factory=FailOpenRewrites)
     connect_timeout_s: float = 2.0
     grpc_timeout_s: float = 10.0
     message_timeout_s: float = 1000.0
@@ -380,6 +385,7 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             # after ext_proc let its headers go (see kvroute.gateway.response_tap).
             *([response_tap_filter(EPP_CLUSTER)] if opts.response_processing == "tap" else []),
             ext_proc_filter(opts),
+            *_failopen_filters(opts),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},
@@ -477,6 +483,12 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+
+
+def _failopen_filters(opts: BootstrapOptions) -> list[dict[str, Any]]:
+    if opts.failure_mode is FailureMode.FAIL_OPEN and opts.failopen_rewrites:
+        return [failopen_rewrite_filter(opts.failopen_rewrites)]
+    return []
 
 
 def _tap_clusters(epp: dict[str, Any], hosts: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from kvroute.gateway.bootstrap import (
 )
 from kvroute.gateway.edge import EdgeOptions
 from kvroute.gateway.envoy import EnvoyProcess, ensure_port_free
+from kvroute.gateway.failopen import FailOpenRewrites, rewrites_from_settings
 from kvroute.hostport import format_hostport
 from kvroute.observability.tracing import TracingConfig
 from kvroute.settings import EppSettings, parse_endpoint_url
@@ -79,6 +80,8 @@ class Gateway:
             response_processing=response_processing,
             health_checking=True,  # Envoy health-checks the ext_proc port (see bootstrap)
         )
+        if failure_mode is FailureMode.FAIL_OPEN:
+            base = failopen_settings(base)
         self.settings = base
         self.epp = EppApp(base, backend_factory=backend_factory)
         self._host = host
@@ -107,6 +110,9 @@ class Gateway:
             epp_tls=s.secure_serving,
             endpoints=s.endpoints,
             failure_mode=self._failure_mode,
+            failopen_rewrites=rewrites_from_settings(s)
+            if self._failure_mode is FailureMode.FAIL_OPEN
+            else FailOpenRewrites(),
             response_processing=s.response_processing.value,
             upstream_lb=self._upstream_lb,
             epp_health_check=s.health_checking,
@@ -168,6 +174,14 @@ class Gateway:
         if self.socket_dir is not None:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
             self.socket_dir = None
+
+
+def failopen_settings(s: EppSettings) -> EppSettings:
+    """FailOpen: in tap mode the EPP lets go of each ext_proc stream once it is routed, so an
+    EPP that dies does not take the running streams with it (``--release-routed-streams``)."""
+    if s.response_processing is ResponseProcessing.TAP and not s.release_routed_streams:
+        return dataclasses.replace(s, release_routed_streams=True)
+    return s
 
 
 def _tracing_options(s: EppSettings) -> dict[str, Any]:

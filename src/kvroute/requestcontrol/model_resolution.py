@@ -115,6 +115,13 @@ class WeightedChoice:
     def names(self) -> tuple[str, ...]:
         return self._names
 
+    @property
+    def weights(self) -> tuple[int, ...]:
+        """Each name's weight; all 0 means uniform."""
+        if not self._total:
+            return (0,) * len(self._names)
+        return tuple(b - a for a, b in zip((0, *self._cumulative), self._cumulative, strict=False))
+
     def pick(self, rng: random.Random) -> str:
         names = self._names
         if len(names) == 1:
@@ -230,6 +237,29 @@ class ModelResolver:
             rewrite_name=rewrite_name,
             inference_model_name=entry.name if entry else None,
         )
+
+    def static_rewrites(
+        self,
+    ) -> tuple[dict[str, tuple[tuple[str, int], ...]], tuple[tuple[str, int], ...]]:
+        """The body-model rewrites as data: ``({model: ((target, weight), ...)}, generic)``.
+
+        What :meth:`resolve` does without headers, for a fallback outside the EPP (the FailOpen
+        rewrite filter of ``kvroute.gateway.failopen``): an InferenceModel's targets first, then
+        an exact InferenceModelRewrite; ``generic`` (empty: none) applies to any other model.
+        """
+        table: dict[str, tuple[tuple[str, int], ...]] = {}
+        for name, rule in self._exact.items():
+            table[name] = tuple(zip(rule.targets.names, rule.targets.weights, strict=True))
+        for name, entry in self._models.items():
+            if entry.targets is not None:
+                table[name] = tuple(zip(entry.targets.names, entry.targets.weights, strict=True))
+        generic = self._generic
+        rest = (
+            ()
+            if generic is None
+            else tuple(zip(generic.targets.names, generic.targets.weights, strict=True))
+        )
+        return table, rest
 
 
 def _index_models(models: Iterable[InferenceModel]) -> dict[str, _ModelEntry]:

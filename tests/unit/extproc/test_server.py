@@ -140,3 +140,52 @@ async def test_tls_serving_with_self_signed_certificate() -> None:
     finally:
         await server.stop(None)
     assert head.WhichOneof("response") == "request_headers"
+
+
+async def test_released_tap_stream_ends_once_routed_and_completes_by_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``release_routed`` (issue 20 finding 3): in tap mode the EPP ends the ext_proc stream with
+    gRPC OK right after the routing answer (Envoy then needs it no more, and a dying EPP cannot
+    cut the exchange); the tap report completes it, and without one it expires, as a disconnect,
+    after ``RELEASED_TAP_TTL_S`` (not the 1 s grace of an unreleased stream)."""
+    from kvroute.config.extproc_options import ResponseProcessing
+    from kvroute.extproc import server as server_mod
+    from tests.unit.extproc.test_tap import SSE, _Context, _payload
+
+    monkeypatch.setattr(server_mod, "RELEASED_TAP_TTL_S", 0.3)
+    backend = _Backend()
+    processor = ExternalProcessor(
+        backend, StreamOptions(response_processing=ResponseProcessing.TAP), release_routed=True
+    )
+    server, port = build_ext_proc_server(processor, host="127.0.0.1", port=0, tls=None)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        for _ in range(2):
+            call = stub.Process()
+            await call.write(req_headers())
+            await call.write(req_body(COMPLETION))
+            head = await call.read()
+            assert head.WhichOneof("response") == "request_headers"
+            await call.read()  # the body
+            assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
+            assert await call.code() == grpc.StatusCode.OK
+        assert processor.released_streams == 2
+        assert backend.completions == []  # both wait for their report
+        assert len(processor._tapped) == 2
+        first = next(iter(processor._tapped))
+        await processor.tap_report(_payload(first, "whole", SSE), _Context())  # type: ignore[arg-type]
+        assert len(backend.completions) == 1
+        assert backend.completions[0].disconnected is False
+        for _ in range(200):  # the other one: no report, expired
+            if len(backend.completions) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(backend.completions) == 2
+        assert backend.completions[1].disconnected is True
+        assert processor._tapped == {}
+    finally:
+        await channel.close(None)
+        await server.stop(None)

@@ -20,6 +20,7 @@ from kvroute.gateway.bootstrap import (
 )
 from kvroute.gateway.edge import EdgeOptions
 from kvroute.gateway.envoy import find_envoy
+from kvroute.gateway.failopen import FailOpenRewrites
 
 EPS = (("127.0.0.1", 8001), ("127.0.0.1", 8002))
 
@@ -59,6 +60,14 @@ VARIANTS = {
             extra_path_prefixes=("/v1/models",),
             first_byte_timeout_s=0,
             outlier_detection=False,
+        ),
+    ),
+    "failopen-rewrites": BootstrapOptions(
+        endpoints=EPS,
+        failure_mode=FailureMode.FAIL_OPEN,
+        failopen_rewrites=FailOpenRewrites(
+            exact={"chat": (("chat-v1", 90), ("chat-v2", 10)), 'odd"\\name\né': (("x", 0),)},
+            generic=(("fallback", 0),),
         ),
     ),
     "epp-replicas": BootstrapOptions(
