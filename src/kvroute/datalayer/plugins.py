@@ -49,6 +49,8 @@ PARSER_TYPES = (
     "anthropic-parser",
     "vllmhttp-parser",
     "sglanghttp-parser",
+    "vllmgrpc-parser",
+    "vertexai-parser",
     PASSTHROUGH_PARSER,
 )
 

@@ -454,7 +454,10 @@ class ExtProcStream:
         status = h.get(":status", "")
         self._status = int(status) if status.isascii() and status.isdigit() else None
         self._served = h.get(msg.DESTINATION_SERVED_HEADER) or self._served
-        self._streaming = "text/event-stream" in h.get("content-type", "").lower()
+        ctype = h.get("content-type", "").lower()
+        # gRPC responses pass chunk by chunk too (a server-streaming call must not be held
+        # until its trailers); their usage is read frame by frame.
+        self._streaming = "text/event-stream" in ctype or ctype.startswith("application/grpc")
         encoding = h.get("content-encoding", "").strip().lower()
         if self.routed is None:  # a local reply ahead of routing: pass it through
             self._release_body()
