@@ -161,6 +161,7 @@ class DataLayerSetup:
             interval,
             scheme=params.scheme,
             path=params.path,
+            port=params.port,
             insecure_skip_verify=params.insecure_skip_verify,
         )
 

@@ -61,6 +61,12 @@ VARIANTS = {
             outlier_detection=False,
         ),
     ),
+    "h2c-original-dst-failopen": BootstrapOptions(
+        endpoints=EPS,
+        upstream_h2c=True,
+        upstream_lb="original_dst",
+        failure_mode=FailureMode.FAIL_OPEN,
+    ),
     "epp-replicas": BootstrapOptions(
         endpoints=EPS, epp_tls=False, epp_endpoints=(("127.0.0.1", 9102), ("127.0.0.1", 9202))
     ),
@@ -76,6 +82,17 @@ def test_epp_replicas_share_one_ext_proc_cluster_with_fast_ejection() -> None:
     assert epp["lb_policy"] == "LEAST_REQUEST"
     assert epp["outlier_detection"]["consecutive_local_origin_failure"] == 1
     assert "outlier_detection" not in _clusters(build_bootstrap(VARIANTS["default"]))[EPP_CLUSTER]
+
+
+def test_h2c_pool_speaks_http2_to_the_model_servers_and_http1_by_default() -> None:
+    h2 = {"http2_protocol_options": {}}
+    clusters = _clusters(build_bootstrap(VARIANTS["h2c-original-dst-failopen"]))
+    for name in (POOL_CLUSTER, FAILOPEN_CLUSTER):
+        opts = clusters[name]["typed_extension_protocol_options"]
+        (proto,) = opts.values()
+        assert proto["explicit_http_config"] == h2
+    plain = _clusters(build_bootstrap(VARIANTS["default"]))[POOL_CLUSTER]
+    assert "typed_extension_protocol_options" not in plain
 
 
 @pytest.mark.parametrize("name", list(VARIANTS), ids=list(VARIANTS))
