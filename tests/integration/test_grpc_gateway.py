@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvroute.app import EppApp
@@ -169,9 +168,12 @@ class Stack:
 
 
 async def _idle_metrics(_request: web.Request) -> web.Response:
-    return web.Response(
-        text="vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n"
+    idle = (
+        "vllm:num_requests_waiting 0",
+        "vllm:num_requests_running 0",
+        "vllm:kv_cache_usage_perc 0",
     )
+    return web.Response(text="\n".join(idle) + "\n")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
