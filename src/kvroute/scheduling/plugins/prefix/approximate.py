@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -97,6 +97,9 @@ class PrefixCacheParams(PluginParams):
             )
         return self
 
+    # The smallest block size used, whatever is configured or auto-tuned (1: none).
+    min_block_tokens: ClassVar[int] = 1
+
     @property
     def block_tokens(self) -> int:
         return self.block_size_tokens or 16
@@ -104,7 +107,22 @@ class PrefixCacheParams(PluginParams):
     def max_blocks(self, block_tokens: int) -> int:
         if self.max_prefix_tokens_to_match > 0:
             return max(1, self.max_prefix_tokens_to_match // block_tokens)
-        return self.max_prefix_blocks_to_match
+        return self.max_prefix_blocks_to_match or UNLIMITED_BLOCKS
+
+
+UNLIMITED_BLOCKS = 1 << 62  # both caps 0 on the producer: the whole prompt
+
+
+class ProducerParams(PrefixCacheParams):
+    """``approx-prefix-cache-producer``: upstream v0.10's defaults (``types.go``,
+    ``plugin.go``): ``maxPrefixTokensToMatch`` 131072 (wins over blocks),
+    ``maxPrefixBlocksToMatch`` 2048 (0 with a token cap of 0: unlimited), and an effective block
+    size of at least 64 tokens (``minBlockSizeTokens``), so vLLM's 16-token blocks are matched
+    in 64-token steps. The one-plugin ``prefix-cache-scorer`` keeps GIE v1.5's (256 blocks)."""
+
+    max_prefix_blocks_to_match: int = Field(default=2048, alias="maxPrefixBlocksToMatch", ge=0)
+    max_prefix_tokens_to_match: int = Field(default=131072, alias="maxPrefixTokensToMatch", ge=0)
+    min_block_tokens: ClassVar[int] = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +228,12 @@ class PrefixCacheScorer:
 
     def block_size_tokens(self, endpoints: Sequence[Endpoint]) -> int:
         """Upstream auto-tune: the first endpoint that reports a block size decides."""
+        floor = self.params.min_block_tokens
         if self.params.auto_tune:
             for e in endpoints:
                 if e.metrics.cache_block_size > 0:
-                    return e.metrics.cache_block_size
-        return self.params.block_tokens
+                    return max(floor, e.metrics.cache_block_size)
+        return max(floor, self.params.block_tokens)
 
     def hash_request(
         self,

@@ -12,8 +12,10 @@ Here:
 
 * ``approx-prefix-cache-producer`` is a :class:`PrefixCacheScorer` instance under the producer's
   type name: the same parameters (``autoTune``, ``blockSizeTokens``, ``maxPrefixBlocksToMatch``,
-  ``maxPrefixTokensToMatch``, ``lruCapacityPerServer`` and kvroute's extras), the same PrepareData
-  hash-and-match and PreRequest insert. Not being in a profile, it never scores.
+  ``maxPrefixTokensToMatch``, ``lruCapacityPerServer`` and kvroute's extras) with upstream
+  v0.10's producer defaults (:class:`ProducerParams`: 131072 tokens, 2048 blocks, blocks of at
+  least 64 tokens), the same PrepareData hash-and-match and PreRequest insert. Not being in a
+  profile, it never scores.
 * ``prefix-cache-scorer`` declared after it, with no index parameters, becomes
   :class:`ProducedPrefixScorer`: it scores from the producer's match (the producer named by
   ``prefixMatchInfoProducerName``, default ``approx-prefix-cache-producer``) and hashes nothing
@@ -51,6 +53,7 @@ from kvroute.scheduling.plugins.prefix.approximate import (
     PrefixCacheParams,
     PrefixCacheScorer,
     PrefixMatch,
+    ProducerParams,
 )
 from kvroute.scheduling.request import InferenceRequest
 
@@ -111,7 +114,7 @@ def _producer_factory(
     name: str, parameters: Mapping[str, Any], handle: PluginHandle
 ) -> PrefixCacheScorer:
     del handle
-    params = parse_params(PrefixCacheParams, name, PRODUCER_TYPE, parameters)
+    params = parse_params(ProducerParams, name, PRODUCER_TYPE, parameters)
     try:
         return PrefixCacheScorer(name, params, type_name=PRODUCER_TYPE)
     except ConfigError as exc:

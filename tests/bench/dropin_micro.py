@@ -1,0 +1,119 @@
+"""Issue 18 costs: ``approx-prefix-cache-producer`` PrepareData with upstream v0.10's defaults
+against the defaults it had before (GIE v1.5's: 256 blocks, 16-token blocks), and the parse
+cost of the two gRPC parsers next to the OpenAI parser on the same prompt.
+
+Run: ``PYTHONPATH=src .venv/bin/python -m tests.bench.dropin_micro`` (figures in
+docs/benchmarks.md, "Drop-in, second round"). Best of 5 repeats, wall time per call, the
+variants interleaved in each repeat; 8 endpoints of 16-token KV blocks, index warm.
+"""
+
+from __future__ import annotations
+
+import json
+import timeit
+
+from kvroute.datastore.endpoint import Endpoint, EndpointMetrics
+from kvroute.protocol.grpc_wire import MESSAGES, frame
+from kvroute.protocol.parsers import ParserSet
+from kvroute.scheduling.interfaces import CycleState
+from kvroute.scheduling.plugins.prefix.approximate import (
+    PrefixCacheParams,
+    PrefixCacheScorer,
+    ProducerParams,
+)
+from kvroute.scheduling.request import InferenceRequest
+
+ENDPOINTS = [
+    Endpoint(
+        name=f"e{i}",
+        address=f"10.0.0.{i + 1}",
+        port=8000,
+        metrics=EndpointMetrics(cache_block_size=16, cache_num_blocks=10000, updated_at=1.0),
+    )
+    for i in range(8)
+]
+
+
+def _producers() -> dict[str, PrefixCacheScorer]:
+    return {
+        "before (256 blocks, 16-token blocks)": PrefixCacheScorer(
+            "p", PrefixCacheParams(), type_name="approx-prefix-cache-producer"
+        ),
+        "upstream v0.10 (131072 tokens, >= 64-token blocks)": PrefixCacheScorer(
+            "p", ProducerParams(), type_name="approx-prefix-cache-producer"
+        ),
+    }
+
+
+def _bench_producer() -> None:
+    producers = _producers()
+    for chars in (8_000, 64_000, 400_000):
+        prompt = ("You are a helpful assistant with tools. " * (chars // 40 + 1))[:chars]
+        req = InferenceRequest(
+            request_id="r", incoming_model="m", target_model="m", prompt_text=prompt
+        )
+        for p in producers.values():  # warm: endpoint e0 holds the whole prefix
+            p.index.add("e0", p.hash_request(req, ENDPOINTS)[1])
+        best: dict[str, float] = dict.fromkeys(producers, float("inf"))
+        for _ in range(5):
+            for name, p in producers.items():
+                n = 200
+                t = timeit.timeit(
+                    lambda p=p, r=req: p.prepare_data(CycleState(now=1.0), r, ENDPOINTS), number=n
+                )
+                best[name] = min(best[name], t / n)
+        for name, p in producers.items():
+            blocks = len(p.hash_request(req, ENDPOINTS)[1])
+            print(
+                f"producer {chars:>7} chars  {name:<52} {best[name] * 1e6:8.1f} us  {blocks} blocks"
+            )
+
+
+def _bench_parsers() -> None:
+    system = "You are a helpful assistant. " * 200
+    chat = {
+        "model": "m",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+    }
+    chat_json = json.dumps(chat).encode()
+    vertex = MESSAGES["google.cloud.aiplatform.v1beta1.ChatCompletionsRequest"](endpoint="e")
+    vertex.http_body.data = chat_json
+    gen = MESSAGES["vllm.grpc.engine.GenerateRequest"](text=system + "hi", stream=True)
+    tok = MESSAGES["vllm.grpc.engine.GenerateRequest"]()
+    tok.tokenized.input_ids.extend(range(2000))
+    cases = [
+        ("openai chat (JSON)", chat_json, "/v1/chat/completions"),
+        (
+            "vertexai ChatCompletions",
+            frame(vertex.SerializeToString()),
+            "/google.cloud.aiplatform.v1beta1.PredictionService/ChatCompletions",
+        ),
+        (
+            "vllmgrpc Generate text",
+            frame(gen.SerializeToString()),
+            "/vllm.grpc.engine.VllmEngine/Generate",
+        ),
+        (
+            "vllmgrpc Generate 2000 ids",
+            frame(tok.SerializeToString()),
+            "/vllm.grpc.engine.VllmEngine/Generate",
+        ),
+    ]
+    parsers = ParserSet(["openai-parser", "vertexai-parser", "vllmgrpc-parser"])
+    best = {name: float("inf") for name, _, _ in cases}
+    for _ in range(5):
+        for name, body, path in cases:
+            n = 2000
+            t = timeit.timeit(lambda b=body, p=path: parsers.parse_request(b, p), number=n)
+            best[name] = min(best[name], t / n)
+    for name, body, _ in cases:
+        print(f"parse  {name:<28} {len(body):>6} B  {best[name] * 1e6:7.1f} us")
+
+
+def main() -> None:
+    _bench_producer()
+    _bench_parsers()
+
+
+if __name__ == "__main__":
+    main()
