@@ -17,9 +17,9 @@ from kvroute.plugins.registry import default_registry
 from kvroute.protocol.openai import parse_request
 from kvroute.requestcontrol.director import Director
 from kvroute.scheduling.builder import build_scheduling
-from kvroute.scheduling.request import InferenceRequest
 from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
 from kvroute.scheduling.plugins.prefix.producer import ProducedPrefixScorer
+from kvroute.scheduling.request import InferenceRequest
 
 NOW = 50.0
 
