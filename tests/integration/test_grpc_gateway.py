@@ -176,8 +176,17 @@ async def _idle_metrics(_request: web.Request) -> web.Response:
     return web.Response(text="\n".join(idle) + "\n")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+@pytest_asyncio.fixture(
+    scope="module",
+    loop_scope="module",
+    # full: upstream's response path, every gRPC frame through the EPP; tap: kvroute serve's
+    # default, Envoy's Lua tap reports the (small) response to the EPP
+    params=[ResponseProcessing.FULL, ResponseProcessing.TAP],
+    ids=["full", "tap"],
+)
+async def stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[Stack]:
     servers = [MiniGrpcServer(f"grpc-{i}") for i in range(3)]
     for s in servers:
         await s.start()
@@ -199,8 +208,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                     resources=[resources],
                     config_text=CONFIG.replace("METRICS_PORT", str(metrics_port)),
                     log_dir=tmp,
-                    # upstream's full response path: every gRPC frame passes the EPP
-                    response_processing=ResponseProcessing.FULL,
+                    response_processing=request.param,
                     edge=EdgeOptions(
                         extra_path_prefixes=(
                             "/vllm.grpc.engine.VllmEngine/",
