@@ -199,6 +199,7 @@ async def _serve_replicas(
 ) -> int:
     from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
     from kvroute.gateway.envoy import EnvoyProcess
+    from kvroute.gateway.gateway import pool_speaks_h2c
     from kvroute.gateway.replicas import EppReplicaSet
 
     # serve's --response-processing default (tap) is not kvroute epp's (full): always passed.
@@ -215,6 +216,7 @@ async def _serve_replicas(
             response_processing=settings.response_processing.value,
             request_body_buffer_limit_bytes=settings.max_request_body_bytes,
             edge=_edge_options(args),
+            upstream_h2c=pool_speaks_h2c(settings),
         )
         envoy = EnvoyProcess(
             build_bootstrap(opts), log_dir=args.log_dir, concurrency=args.envoy_concurrency

@@ -116,7 +116,7 @@ class Gateway:
             request_body_buffer_limit_bytes=s.max_request_body_bytes,
             upstream_h2c=self._upstream_h2c
             if self._upstream_h2c is not None
-            else _pool_speaks_h2c(s),
+            else pool_speaks_h2c(s),
             **_tracing_options(s),
         )
 
@@ -190,7 +190,7 @@ def _tracing_options(s: EppSettings) -> dict[str, Any]:
     }
 
 
-def _pool_speaks_h2c(settings: EppSettings) -> bool:
+def pool_speaks_h2c(settings: EppSettings) -> bool:
     """True when the InferencePool of ``--resources`` declares ``appProtocol: kubernetes.io/h2c``
     (the EPP validated the files already; a pool that cannot be chosen means HTTP/1.1)."""
     if not settings.resources:

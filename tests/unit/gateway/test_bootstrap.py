@@ -279,3 +279,20 @@ def test_extra_prefixes_and_bad_edge_options() -> None:
     assert {"prefix": "/v1/models"} in matches
     with pytest.raises(ConfigError, match="--expose-path-prefix"):
         EdgeOptions(extra_path_prefixes=("v1",))
+
+
+def test_pool_app_protocol_decides_h2c(tmp_path: Path) -> None:
+    from kvroute.gateway.gateway import pool_speaks_h2c
+    from kvroute.settings import EppSettings
+
+    pool = (
+        "apiVersion: inference.networking.k8s.io/v1\nkind: InferencePool\n"
+        "metadata: {name: p}\nspec:\n  selector: {matchLabels: {app: x}}\n"
+        "  targetPorts: [{number: 9000}]\n"
+    )
+    plain, h2c = tmp_path / "plain.yaml", tmp_path / "h2c.yaml"
+    plain.write_text(pool)
+    h2c.write_text(pool + "  appProtocol: kubernetes.io/h2c\n")
+    assert pool_speaks_h2c(EppSettings(resources=(h2c,))) is True
+    assert pool_speaks_h2c(EppSettings(resources=(plain,))) is False
+    assert pool_speaks_h2c(EppSettings()) is False
