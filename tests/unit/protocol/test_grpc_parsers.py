@@ -11,13 +11,16 @@ import json
 
 import pytest
 
-from kvroute.errors import BadRequestError
+from kvroute.config.epp_config import parse_epp_config
+from kvroute.datastore.store import Datastore
+from kvroute.errors import BadRequestError, ConfigError
 from kvroute.extproc.response_filter import OpenAIResponseFilter
 from kvroute.framework.request import openai_shape
 from kvroute.protocol.grpc_wire import MESSAGES, FrameReader, first_message, frame
 from kvroute.protocol.parsers import ParserSet, body_usage, stream_usage
 from kvroute.scheduling.plugins.prefix.hashing import request_input_bytes
 from kvroute.scheduling.request import ApiKind, InferenceRequest
+from kvroute.wiring import build_epp
 
 GEN = "/vllm.grpc.engine.VllmEngine/Generate"
 EMBED = "/vllm.grpc.engine.VllmEngine/Embed"
@@ -227,3 +230,17 @@ def test_response_filter_passes_grpc_bytes_and_never_restores_the_model() -> Non
     assert filt.feed(body, False) == body  # a byte replace would break the frame length
     assert filt.usage is not None
     assert filt.usage.prompt_tokens == 3
+
+
+@pytest.mark.parametrize("kind", ["vertexai-parser", "vllmgrpc-parser"])
+def test_config_of_upstreams_readme_shape_builds_the_parser(kind: str) -> None:
+    """Our own config of the shape of upstream's parser READMEs: declared plugin + pluginRef."""
+    text = (
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+        f"requestHandler:\n  parsers:\n  - pluginRef: {kind}\n"
+        f"plugins:\n  - name: {kind}\n    type: {kind}\n"
+    )
+    epp = build_epp(parse_epp_config(text, "readme.yaml"), Datastore())
+    assert epp.setup.parsers.names == (kind,)
+    with pytest.raises(ConfigError, match="takes no parameters"):
+        build_epp(parse_epp_config(text + "    parameters: {x: 1}\n", "r.yaml"), Datastore())
