@@ -49,6 +49,7 @@ from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import (
     EXPLAIN,
+    PREFETCHED,
     CycleState,
     SchedulingResult,
     Scorer,
@@ -173,6 +174,9 @@ class PrefixCacheScorer:
         self._observed_at = 0.0
         self._tuned_capacity: dict[str, int] = {}
         self._outbox: list[list[Any]] | None = None  # replicated inserts (after a first drain)
+        # the name of a prefetching token producer (token-producer's vllm backend) whose token
+        # ids this plugin hashes when it has them (set by the producer's factory)
+        self.token_source: str | None = None
 
     # -- ReplicatedState (active-active peers; kvroute.replicasync) ----------------------------
 
@@ -222,7 +226,12 @@ class PrefixCacheScorer:
         block_tokens: int,
     ) -> PrefixMatch:
         self._observe(state.now, endpoints)
-        level, hashes = self.hash_request(request, endpoints, block_tokens)
+        tokens = None
+        if self.token_source is not None:
+            prefetched = state.get(PREFETCHED, None)
+            got = prefetched.get(self.token_source) if prefetched else None
+            tokens = got if isinstance(got, list) else None
+        level, hashes = self.hash_request(request, endpoints, block_tokens, tokens=tokens)
         matched = self.index.match_longest_prefix(hashes)
         return PrefixMatch(level=level, hashes=tuple(hashes), matched=matched)
 
@@ -240,21 +249,23 @@ class PrefixCacheScorer:
         request: InferenceRequest,
         endpoints: Sequence[Endpoint],
         block_tokens: int | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
     ) -> tuple[int, list[int]]:
         """(level, chained block hashes) of ``request`` (``block_tokens``: the block size when
-        the caller has it already)."""
+        the caller has it already; ``tokens``: engine token ids a token producer rendered)."""
         if block_tokens is None:
             block_tokens = self.block_size_tokens(endpoints)
         max_blocks = self.params.max_blocks(block_tokens)
         salt = request.body.get("cache_salt")
         salt = salt if isinstance(salt, str) else ""
-        if self.tokenizer is not None:
+        if tokens is None and self.tokenizer is not None:
             tokens = self.tokenizer.encode_request(request)
-            if tokens is not None:
-                root = token_root_hash(request.target_model + salt)
-                return 2, token_block_hashes(
-                    tokens, block_size=block_tokens, root=root, max_blocks=max_blocks
-                )
+        if tokens is not None:
+            root = token_root_hash(request.target_model + salt)
+            return 2, token_block_hashes(
+                tokens, block_size=block_tokens, root=root, max_blocks=max_blocks
+            )
         return 1, char_block_hashes(
             request_input_bytes(request),
             block_chars=block_tokens * AVERAGE_CHARS_PER_TOKEN,

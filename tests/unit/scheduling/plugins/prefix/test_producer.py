@@ -119,12 +119,16 @@ def test_named_producer_that_is_missing_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ("{modelName: some/model, vllm: {url: 'http://127.0.0.1:9'}}", "modelName"),
+        ("{vllm: {url: 'http://127.0.0.1:9'}}", "modelName"),  # vllm needs the model
+        ("{modelName: m, vllm: {url: 'https://r:8000'}}", "vllm.url"),  # no TLS, as upstream
+        ("{modelName: m, vllm: {timeout: 0s}}", "vllm.timeout"),
+        ("{modelName: m, vllm: {port: 1}}", "vllm.port"),  # strict: unknown keys by name
+        ("{modelName: m, estimate: {}}", "only one of"),
         ("{udsTokenizerConfig: {socketFile: /tmp/x.sock}}", "udsTokenizerConfig"),
         ("{estimate: {image: {mode: static}}}", "estimate.image"),
     ],
 )
-def test_token_producer_backends_kvroute_lacks_fail_naming_the_field(
+def test_token_producer_bad_or_unsupported_backends_fail_naming_the_field(
     params: str, field: str
 ) -> None:
     text = SPLIT.replace(
