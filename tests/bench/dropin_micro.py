@@ -1,6 +1,8 @@
 """Issue 18 costs: ``approx-prefix-cache-producer`` PrepareData with upstream v0.10's defaults
-against the defaults it had before (GIE v1.5's: 256 blocks, 16-token blocks), and the parse
-cost of the two gRPC parsers next to the OpenAI parser on the same prompt.
+against the defaults it had before (GIE v1.5's: 256 blocks, 16-token blocks), the parse cost of
+the two gRPC parsers next to the OpenAI parser on the same prompt, and the director's serving
+entry point (``handle_request_async``) with ``token-producer``'s ``vllm`` backend (a render
+call to ``kvroute sim`` on loopback) against the estimate backend.
 
 Run: ``PYTHONPATH=src .venv/bin/python -m tests.bench.dropin_micro`` (figures in
 docs/benchmarks.md, "Drop-in, second round"). Best of 5 repeats, wall time per call, the
@@ -9,7 +11,9 @@ variants interleaved in each repeat; 8 endpoints of 16-token KV blocks, index wa
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import timeit
 
 from kvroute.datastore.endpoint import Endpoint, EndpointMetrics
@@ -110,9 +114,72 @@ def _bench_parsers() -> None:
         print(f"parse  {name:<28} {len(body):>6} B  {best[name] * 1e6:7.1f} us")
 
 
+_RENDER_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: token-producer
+  parameters: PARAMS
+- type: approx-prefix-cache-producer
+- type: prefix-cache-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: prefix-cache-scorer, weight: 1}
+  - {pluginRef: max-score-picker}
+"""
+
+
+async def _bench_render() -> None:
+    from kvroute.config.epp_config import parse_epp_config
+    from kvroute.datastore.store import Datastore
+    from kvroute.protocol.openai import parse_request
+    from kvroute.wiring import build_epp
+    from kvroute_sim.cluster import SimCluster
+
+    system = "You are a careful assistant who answers questions about the weather. " * 40
+    async with SimCluster(1, profile="tiny", model="base") as cluster:
+        graphs = {}
+        for name, params in (
+            ("estimate backend", "{}"),
+            (
+                "vllm backend (render on loopback)",
+                f"{{modelName: base, vllm: {{url: '{cluster.urls[0]}'}}}}",
+            ),
+        ):
+            store = Datastore()
+            for i in range(8):
+                store.upsert_endpoint(f"e{i}", f"10.0.0.{i + 1}", 8000)
+                store.update_metrics(f"e{i}", EndpointMetrics(updated_at=1e12))
+            text = _RENDER_CONFIG.replace("PARAMS", params)
+            graphs[name] = build_epp(parse_epp_config(text, "r.yaml"), store)
+        best = dict.fromkeys(graphs, float("inf"))
+        for _ in range(5):
+            for name, graph in graphs.items():
+                n = 100
+                start = time.perf_counter()
+                for i in range(n):
+                    body = {
+                        "model": "base",
+                        "max_tokens": 4,
+                        "messages": [
+                            {"role": "system", "content": system},
+                            {"role": "user", "content": f"question {i}"},
+                        ],
+                    }
+                    parsed = parse_request(json.dumps(body).encode(), "/v1/chat/completions")
+                    d = await graph.director.handle_request_async(parsed, {}, f"r{i}")
+                    graph.director.handle_response_complete(d, None)
+                best[name] = min(best[name], (time.perf_counter() - start) / n)
+        for name in graphs:
+            print(f"route  {name:<36} {best[name] * 1e6:8.1f} us per request")
+
+
 def main() -> None:
     _bench_producer()
     _bench_parsers()
+    asyncio.run(_bench_render())
 
 
 if __name__ == "__main__":
