@@ -13,7 +13,8 @@ before the (synchronous) scheduling cycle, and ``approx-prefix-cache-producer`` 
 it returns (level 2: blocks of token ids, as upstream's approximate hashing on tokens). Requests
 of other APIs, and any failure (unreachable, timeout, non-2xx, a body without ``token_ids``),
 fall back to the estimate (the producer's character blocks); failures are counted on the plugin
-(``failures``) and logged at WARNING, at most once per 30 s.
+(``failures``) and logged at WARNING, at most once per 30 s. One pooled keep-alive ``httpx``
+client serves every worker thread; it is closed with the plugin (``aclose``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
 from pydantic import Field, field_validator
 
 from kvroute.config.duration import parse_go_duration
@@ -90,6 +91,7 @@ class RenderTokenProducer:
         self.failures = 0
         self.rendered = 0
         self._logged_at = -_LOG_EVERY_S
+        self._client: httpx.Client | None = None
 
     def prefetch(self, request: InferenceRequest) -> Sequence[int] | None:
         api = openai_shape(request.api)
@@ -104,7 +106,7 @@ class RenderTokenProducer:
         body = {**request.body, "model": self.model_name}  # render wants the base model
         try:
             answer = self._post(path, body, timeout)
-        except (OSError, ValueError) as exc:  # URLError/HTTPError, timeouts, bad JSON
+        except (OSError, ValueError) as exc:  # unreachable, timeout, non-2xx, bad JSON
             self._failed(f"{path}: {exc}")
             return None
         if path == COMPLETIONS_RENDER and isinstance(answer, list) and answer:
@@ -117,14 +119,23 @@ class RenderTokenProducer:
         return ids
 
     def _post(self, path: str, body: Mapping[str, Any], timeout: float) -> Any:
-        req = urllib.request.Request(
-            self.params.url + path,
-            data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+        if self._client is None:  # one pooled keep-alive client, shared by the worker threads
+            self._client = httpx.Client(
+                base_url=self.params.url,
+                limits=httpx.Limits(max_keepalive_connections=16),
+                headers={"content-type": "application/json"},
+            )
+        try:
+            resp = self._client.post(path, content=json.dumps(body).encode(), timeout=timeout)
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise OSError(str(exc) or type(exc).__name__) from None
+        return resp.json()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def _failed(self, why: str) -> None:
         self.failures += 1
