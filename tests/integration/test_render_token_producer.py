@@ -108,3 +108,19 @@ async def test_render_failure_falls_back_to_the_estimate_and_is_counted() -> Non
     assert tokens.failures == 1
     assert tokens.rendered == 0
     assert producer.blocks_held(decision.target.name) > 0  # hashed from the text estimate
+
+
+async def test_render_outcomes_are_a_counter_family() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kvroute.observability.render_metrics import register_render_metrics
+
+    graph = _graph("http://127.0.0.1:9")
+    tokens = graph.setup.plugins["token-producer"]
+    tokens.rendered, tokens.failures = 3, 1
+    registry = CollectorRegistry()
+    assert register_render_metrics(registry, list(graph.setup.plugins.values()))
+    text = generate_latest(registry).decode()
+    assert 'kvroute_token_render_total{outcome="rendered",plugin_name="token-producer"} 3.0' in text
+    assert 'kvroute_token_render_total{outcome="failed",plugin_name="token-producer"} 1.0' in text
+    assert not register_render_metrics(CollectorRegistry(), [])
