@@ -458,6 +458,7 @@ async def build_director_backend(
     from kvroute.extproc.director_backend import Codec, DirectorBackend
     from kvroute.extproc.response_filter import OpenAIResponseFilter
     from kvroute.observability.disagg_metrics import register_disagg_metrics
+    from kvroute.observability.render_metrics import register_render_metrics
     from kvroute.plugins.registry import default_registry
     from kvroute.requestcontrol.model_resolution import ModelResolver
     from kvroute.scheduling.timing import PluginTimings
@@ -495,6 +496,7 @@ async def build_director_backend(
     parsers = graph.setup.parsers  # requestHandler.parsers, resolved at build
     # P/D decisions (llm_d_epp_disagg_decision_total), when a disagg handler is configured.
     register_disagg_metrics(metrics.registry, list(graph.setup.plugins.values()))
+    register_render_metrics(metrics.registry, list(graph.setup.plugins.values()))
     codec = Codec(
         parse_request=parsers.parse_request,
         rewrite_request_body=parsers.rewrite_request_body,

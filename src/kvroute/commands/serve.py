@@ -202,7 +202,7 @@ async def _serve_replicas(
     from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
     from kvroute.gateway.envoy import EnvoyProcess
     from kvroute.gateway.failopen import FailOpenRewrites, rewrites_from_settings
-    from kvroute.gateway.gateway import failopen_settings
+    from kvroute.gateway.gateway import failopen_settings, pool_speaks_h2c
     from kvroute.gateway.replicas import EppReplicaSet
 
     # serve's --response-processing default (tap) is not kvroute epp's (full): always passed.
@@ -223,6 +223,7 @@ async def _serve_replicas(
             response_processing=settings.response_processing.value,
             request_body_buffer_limit_bytes=settings.max_request_body_bytes,
             edge=_edge_options(args),
+            upstream_h2c=pool_speaks_h2c(settings),
         )
         envoy = EnvoyProcess(
             build_bootstrap(opts), log_dir=args.log_dir, concurrency=args.envoy_concurrency

@@ -49,6 +49,8 @@ PARSER_TYPES = (
     "anthropic-parser",
     "vllmhttp-parser",
     "sglanghttp-parser",
+    "vllmgrpc-parser",
+    "vertexai-parser",
     PASSTHROUGH_PARSER,
 )
 
@@ -159,6 +161,7 @@ class DataLayerSetup:
             interval,
             scheme=params.scheme,
             path=params.path,
+            port=params.port,
             insecure_skip_verify=params.insecure_skip_verify,
         )
 

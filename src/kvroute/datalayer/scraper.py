@@ -114,12 +114,17 @@ def metrics_url(
 
 
 class MetricsDataSourceParams(BaseModel):
-    """Upstream's ``metrics-data-source`` plugin parameters (``scheme``, ``path``, TLS)."""
+    """Upstream's ``metrics-data-source`` plugin parameters (``scheme``, ``path``, ``port``,
+    TLS). ``port`` (1-65535), when set, replaces every endpoint's inference port for scraping:
+    a model server whose metrics are on another port (a gRPC engine serving ``/metrics`` over
+    HTTP/1.1 beside its h2c port). Upstream's ``caCertPath``, client cert/key and ``interval``
+    are not accepted (strict: rejected by name)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
     scheme: str = "http"
     path: str = "/metrics"
+    port: int | None = Field(None, ge=1, le=65535)
     insecure_skip_verify: bool = Field(True, alias="insecureSkipVerify")
 
 

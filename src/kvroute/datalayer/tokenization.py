@@ -33,7 +33,7 @@ import xxhash
 from tokenizers import Tokenizer
 
 from kvroute.errors import ConfigError
-from kvroute.framework.request import ApiKind, InferenceRequest
+from kvroute.framework.request import ApiKind, InferenceRequest, openai_shape
 
 
 class RequestTokenizer(Protocol):
@@ -166,14 +166,15 @@ class PromptTokenizer:
     def encode_request(self, request: InferenceRequest) -> array[int] | None:
         """Token ids of a completions/chat request, or ``None`` (caller falls back to level 1)."""
         body = request.body
+        api = openai_shape(request.api)
         try:
-            if request.api is ApiKind.CHAT_COMPLETIONS:
+            if api is ApiKind.CHAT_COMPLETIONS:
                 messages = body.get("messages")
                 if self._template is None or not isinstance(messages, Sequence):
                     return None
                 extra = {"tools": body["tools"]} if body.get("tools") else {}
                 return self.encode_chat(messages, **extra)
-            if request.api is ApiKind.COMPLETIONS:
+            if api is ApiKind.COMPLETIONS:
                 prompt = body.get("prompt", request.prompt_text)
                 if isinstance(prompt, str):
                     return self.encode_text(prompt)

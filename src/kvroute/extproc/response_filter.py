@@ -9,7 +9,13 @@ scanning for streams, one parse of the whole document otherwise. ``api`` (the re
 
 from __future__ import annotations
 
-from kvroute.protocol.parsers import StreamUsage, body_usage, reads_response, stream_usage
+from kvroute.protocol.parsers import (
+    StreamUsage,
+    body_usage,
+    reads_response,
+    restores_model,
+    stream_usage,
+)
 from kvroute.protocol.response_rewrite import ModelNameRewriter
 from kvroute.requestcontrol.hooks import Usage
 from kvroute.scheduling.request import ApiKind
@@ -27,7 +33,11 @@ class OpenAIResponseFilter:
         self._reads = reads_response(api)
         self._rewriter = (
             ModelNameRewriter(target_model, incoming_model)
-            if self._reads and incoming_model and target_model and target_model != incoming_model
+            if self._reads
+            and restores_model(api)
+            and incoming_model
+            and target_model
+            and target_model != incoming_model
             else None
         )
         self._sse: StreamUsage | None = stream_usage(api) if streaming and self._reads else None

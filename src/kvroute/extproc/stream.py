@@ -118,7 +118,11 @@ TRANSITIONS: dict[State, frozenset[Event]] = {
     State.REQUEST_BODY: frozenset(
         {Event.REQUEST_BODY, Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS}
     ),
-    State.ROUTED: frozenset({Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS}),
+    # RESPONSE_TRAILERS: light/tap skip the response headers and body, so a gRPC response's
+    # trailers are the first response message the EPP sees.
+    State.ROUTED: frozenset(
+        {Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS, Event.RESPONSE_TRAILERS}
+    ),
     State.RESPONSE_BODY: frozenset({Event.RESPONSE_BODY, Event.RESPONSE_TRAILERS}),
     State.COMPLETE: frozenset({Event.RESPONSE_TRAILERS, Event.RESPONSE_BODY}),
     State.REJECTED: frozenset(Event),
@@ -459,7 +463,10 @@ class ExtProcStream:
         status = h.get(":status", "")
         self._status = int(status) if status.isascii() and status.isdigit() else None
         self._served = h.get(msg.DESTINATION_SERVED_HEADER) or self._served
-        self._streaming = "text/event-stream" in h.get("content-type", "").lower()
+        ctype = h.get("content-type", "").lower()
+        # gRPC responses pass chunk by chunk too (a server-streaming call must not be held
+        # until its trailers); their usage is read frame by frame.
+        self._streaming = "text/event-stream" in ctype or ctype.startswith("application/grpc")
         encoding = h.get("content-encoding", "").strip().lower()
         if self.routed is None:  # a local reply ahead of routing: pass it through
             self._release_body()
@@ -500,6 +507,9 @@ class ExtProcStream:
         return out
 
     def _on_response_trailers(self, _trailers: Any) -> list[Any]:
+        if self.state is State.ROUTED and self._tap_sent and not self._tapped:
+            # tap mode: the Lua report completes the exchange (it may come after this)
+            return [msg.trailers_response(request=False)]
         out: list[Any] = []
         if self._response_buf and self._filter is not None:  # JSON body ended by trailers
             out = msg.body_chunks(self._filter.feed(bytes(self._response_buf), True), request=False)

@@ -42,6 +42,27 @@ class ApiKind(StrEnum):
     VLLM_GENERATE = "inference/v1/generate"  # vLLM's native token-in generate
     SGLANG_GENERATE = "generate"  # SGLang's native generate
     PASSTHROUGH = "passthrough"  # body not interpreted: routed by load only
+    # gRPC over HTTP/2 (h2c): bodies are gRPC frames, forwarded byte for byte.
+    VLLM_GRPC_GENERATE = "vllm.grpc.engine.VllmEngine/Generate"
+    VLLM_GRPC_EMBED = "vllm.grpc.engine.VllmEngine/Embed"
+    # Vertex AI's PredictionService: an OpenAI JSON body inside a protobuf HttpBody.
+    VERTEX_CHAT_COMPLETIONS = "PredictionService/ChatCompletions"
+    VERTEX_RAW_PREDICT = "PredictionService/RawPredict"
+    VERTEX_STREAM_RAW_PREDICT = "PredictionService/StreamRawPredict"
+
+
+# The OpenAI API whose JSON a wrapped API carries (Vertex AI delegates to the OpenAI parser with
+# these paths, as upstream's ``vertexai-parser``); prefix hashing reads that JSON the same way.
+_OPENAI_SHAPE = {
+    ApiKind.VERTEX_CHAT_COMPLETIONS: ApiKind.CHAT_COMPLETIONS,
+    ApiKind.VERTEX_RAW_PREDICT: ApiKind.RESPONSES,
+    ApiKind.VERTEX_STREAM_RAW_PREDICT: ApiKind.RESPONSES,
+}
+
+
+def openai_shape(api: ApiKind) -> ApiKind:
+    """The OpenAI API whose body ``api`` carries (``api`` itself when it is not a wrapper)."""
+    return _OPENAI_SHAPE.get(api, api)
 
 
 @dataclass(frozen=True, slots=True)

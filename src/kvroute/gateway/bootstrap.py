@@ -128,6 +128,9 @@ class BootstrapOptions:
     # What passes the edge (issue 20): paths, client headers, header limits, timeouts, outlier
     # ejection; ``kvroute serve``'s flags.
     edge: EdgeOptions = field(default_factory=EdgeOptions)
+    # The pool's ``appProtocol: kubernetes.io/h2c``: Envoy speaks HTTP/2 cleartext to the model
+    # servers (gRPC APIs: ``vllmgrpc-parser``, ``vertexai-parser``); else HTTP/1.1.
+    upstream_h2c: bool = False
 
 
 def _duration(seconds: float) -> str:
@@ -359,9 +362,20 @@ def _pool_cluster(opts: BootstrapOptions, timeout: str) -> dict[str, Any]:
             },
         }
     cluster["circuit_breakers"] = _UNLIMITED
+    if opts.upstream_h2c:
+        _set_h2c(cluster)
     if opts.edge.outlier_detection:
         cluster["outlier_detection"] = outlier_detection(opts.edge)
     return cluster
+
+
+def _set_h2c(cluster: dict[str, Any]) -> None:
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
 
 
 def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
@@ -453,6 +467,8 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         clusters += _tap_clusters(epp, epp_hosts)
     if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
+        if opts.upstream_h2c:
+            _set_h2c(clusters[-1])
     if opts.tracing_collector is not None:
         _add_tracing(opts, hcm, clusters)
     return {

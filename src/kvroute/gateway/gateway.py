@@ -66,6 +66,7 @@ class Gateway:
         edge: EdgeOptions | None = None,
         private_sockets: bool = True,
         drain_timeout_s: float = 30.0,
+        upstream_h2c: bool | None = None,
     ) -> None:
         base = settings or EppSettings(
             grpc_port=0,
@@ -93,6 +94,8 @@ class Gateway:
         self.edge = edge or EdgeOptions()
         self._private_sockets = private_sockets
         self.drain_timeout_s = drain_timeout_s
+        # None: as the served InferencePool's appProtocol says (kubernetes.io/h2c or http).
+        self._upstream_h2c = upstream_h2c
         self.socket_dir: Path | None = None
         self.envoy: EnvoyProcess | None = None
         self.url = ""
@@ -117,6 +120,9 @@ class Gateway:
             upstream_lb=self._upstream_lb,
             epp_health_check=s.health_checking,
             request_body_buffer_limit_bytes=s.max_request_body_bytes,
+            upstream_h2c=self._upstream_h2c
+            if self._upstream_h2c is not None
+            else pool_speaks_h2c(s),
             **_tracing_options(s),
         )
 
@@ -196,3 +202,20 @@ def _tracing_options(s: EppSettings) -> dict[str, Any]:
         "tracing_collector": (parts.hostname, parts.port or 4317),
         "tracing_sampling_percent": config.sampling_ratio * 100.0,
     }
+
+
+def pool_speaks_h2c(settings: EppSettings) -> bool:
+    """True when the InferencePool of ``--resources`` declares ``appProtocol: kubernetes.io/h2c``
+    (the EPP validated the files already; a pool that cannot be chosen means HTTP/1.1)."""
+    if not settings.resources:
+        return False
+    from kvroute.config.resources import load_resources
+
+    try:
+        resources = load_resources(list(settings.resources))
+        if not resources.pools:
+            return False
+        pool = resources.pool(settings.pool_name or None, settings.pool_namespace)
+    except ConfigError:  # reported by the EPP itself, with its own message
+        return False
+    return getattr(pool, "app_protocol", "http") == "kubernetes.io/h2c"

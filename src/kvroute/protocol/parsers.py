@@ -17,6 +17,11 @@ configured the list is upstream's default: openai, anthropic, vllmhttp, passthro
   restored) and ``messages/count_tokens`` (forwarded raw, response not read).
 * ``vllmhttp-parser``: ``inference/v1/generate``; model optional; OpenAI-style usage.
 * ``sglanghttp-parser``: ``generate``; no model, body untouched; ``meta_info`` usage.
+* ``vllmgrpc-parser``: ``vllm.grpc.engine.VllmEngine/{Generate,Embed}`` (gRPC, h2c); no
+  model; usage from the response messages (:mod:`kvroute.protocol.grpc_parsers`).
+* ``vertexai-parser``: ``PredictionService/{ChatCompletions,RawPredict,StreamRawPredict}``
+  (gRPC, h2c): the OpenAI JSON inside the ``HttpBody`` parsed as chat completions or Responses.
+  Neither gRPC parser rewrites the body or restores the model (as upstream).
 * ``passthrough-parser``: claims nothing (the fallback); body untouched, response not read,
   routed by load only (no prompt text for prefix affinity).
 
@@ -32,7 +37,7 @@ from typing import Any, Protocol
 
 from kvroute.errors import BadRequestError, ConfigError
 from kvroute.framework.request import ApiKind, Usage
-from kvroute.protocol import anthropic, generate, openai
+from kvroute.protocol import anthropic, generate, grpc_parsers, openai
 from kvroute.protocol.media import MediaOptions
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.protocol.sse import SseUsageParser
@@ -47,6 +52,7 @@ __all__ = [
     "body_usage",
     "parser_set_for",
     "reads_response",
+    "restores_model",
     "stream_usage",
 ]
 
@@ -55,6 +61,8 @@ ANTHROPIC = "anthropic-parser"
 VLLM_HTTP = "vllmhttp-parser"
 SGLANG_HTTP = "sglanghttp-parser"
 PASSTHROUGH = "passthrough-parser"
+VLLM_GRPC = "vllmgrpc-parser"
+VERTEX_AI = "vertexai-parser"
 DEFAULT_PARSERS = (OPENAI, ANTHROPIC, VLLM_HTTP, PASSTHROUGH)
 
 Parse = Callable[[bytes, str], ParsedRequest]
@@ -110,13 +118,17 @@ PARSER_TYPES: Mapping[str, ParserType] = {
         ParserType(ANTHROPIC, ("messages", "messages/count_tokens"), _anthropic),
         ParserType(VLLM_HTTP, ("inference/v1/generate",), generate.parse_vllm_generate),
         ParserType(SGLANG_HTTP, ("generate",), generate.parse_sglang_generate),
+        ParserType(VLLM_GRPC, grpc_parsers.VLLM_GRPC_PATHS, grpc_parsers.parse_vllm_grpc),
+        ParserType(VERTEX_AI, grpc_parsers.VERTEX_PATHS, grpc_parsers.parse_vertexai),
         ParserType(PASSTHROUGH, (), _passthrough),
     )
 }
 
 # Bodies kvroute forwards byte for byte whatever the resolved model (no model field to set).
+# The gRPC APIs too: their bodies are protobuf frames (upstream rewrites neither).
 _UNTOUCHED = frozenset(
     {ApiKind.PASSTHROUGH, ApiKind.MESSAGES_COUNT_TOKENS, ApiKind.SGLANG_GENERATE}
+    | grpc_parsers.GRPC_APIS
 )
 
 
@@ -246,6 +258,8 @@ def stream_usage(api: ApiKind | None) -> StreamUsage:
         return anthropic.AnthropicStreamUsage()
     if api is ApiKind.SGLANG_GENERATE:
         return generate.SglangStreamUsage()
+    if api in grpc_parsers.GRPC_APIS:
+        return grpc_parsers.grpc_stream_usage(api)
     return SseUsageParser()
 
 
@@ -254,9 +268,16 @@ def body_usage(api: ApiKind | None, body: bytes) -> Usage | None:
         return anthropic.anthropic_usage_body(body)
     if api is ApiKind.SGLANG_GENERATE:
         return generate.sglang_usage_body(body)
+    if api in grpc_parsers.GRPC_APIS:
+        return grpc_parsers.grpc_usage_body(api, body)
     return parse_usage_body(body)
 
 
 def reads_response(api: ApiKind | None) -> bool:
     """False for the raw-forwarded APIs: no usage, no model to restore."""
     return api not in (ApiKind.PASSTHROUGH, ApiKind.MESSAGES_COUNT_TOKENS)
+
+
+def restores_model(api: ApiKind | None) -> bool:
+    """False where the request body was forwarded untouched: the response keeps its model."""
+    return api not in _UNTOUCHED

@@ -65,6 +65,7 @@ class SimServer:
         self.adapters: dict[str, str] = {lora: lora for lora in config.loras}
         self._rng = random.Random(seed)
         self._seq = 0
+        self.rendered = 0  # answers of the render endpoints
         self.metrics = ServerMetrics()
         self.text = text_tokenizer(config.tokenizer)
         self.engine = Engine(config.engine)
@@ -102,6 +103,8 @@ class SimServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/completions/render", self._render)
+        app.router.add_post("/v1/chat/completions/render", self._render)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -387,6 +390,30 @@ class SimServer:
         return resp
 
     # --- other routes -------------------------------------------------------------------------
+
+    async def _render(self, request: web.Request) -> web.Response:
+        """vLLM's render endpoints (``vllm launch render``): the prompt's token ids, no
+        generation. Completions answer a list (one entry per prompt), chat one object."""
+        chat = request.path.startswith("/v1/chat/")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(ApiError(400, "The request body is not valid JSON."))
+        try:
+            parsed = parse_generation(
+                "chat" if chat else "completion",
+                body,
+                served=self._served(),
+                max_model_len=self.config.engine.max_model_len,
+                default_chat_max_tokens=self.config.default_chat_max_tokens,
+                encode=self.text.encode,
+                vision=self.config.engine.encoder_s_per_token > 0,
+            )
+        except ApiError as err:
+            return _error(err)
+        self.rendered += 1
+        answer = {"token_ids": parsed.prompt_token_ids}
+        return web.json_response(answer if chat else [answer])
 
     async def _models(self, request: web.Request) -> web.Response:
         del request

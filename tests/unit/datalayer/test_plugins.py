@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -224,3 +225,18 @@ def test_request_handler_openai_parser_is_accepted() -> None:
     )
     setup = build_scheduling(parse_epp_config(text, "p.yaml"), default_registry())
     assert isinstance(setup.plugins["openai-parser"], RequestParser)
+
+
+def test_source_port_overrides_the_scrape_port_and_is_range_checked() -> None:
+    def build(port: object) -> Any:
+        text = HEAD + (
+            "plugins:\n" + SCORER + "- {name: src, type: metrics-data-source, parameters: "
+            f"{{port: {port}}}}}\n"
+            "dataLayer:\n  sources: [{pluginRef: src}]\n"
+        )
+        setup = build_scheduling(parse_epp_config(text, "dl.yaml"), default_registry())
+        return data_layer_setup(setup.effective_config, setup.plugins)
+
+    assert build(9400).collector(Datastore(), 0.05).port == 9400
+    with pytest.raises(ConfigError, match="port"):
+        build(70000)

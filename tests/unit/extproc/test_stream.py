@@ -435,6 +435,26 @@ def test_light_mode_completes_when_stream_ends_without_body() -> None:
     assert backend.filters == []  # light mode never builds a response filter
 
 
+def test_light_mode_grpc_trailers_complete_the_exchange() -> None:
+    """light/tap skip the response headers and body: a gRPC response's trailers are the first
+    response message (they used to abort the ext_proc stream, and Envoy reset the call)."""
+    backend = _Backend()
+    stream = _routed_stream(backend, response_processing=ResponseProcessing.LIGHT)
+    trailers = pb.ProcessingRequest(response_trailers=pb.HttpTrailers())
+    out = feed(stream, trailers)
+    assert [m.WhichOneof("response") for m in out] == ["response_trailers"]
+    assert len(backend.completions) == 1
+    assert backend.completions[0].disconnected is False
+
+
+def test_grpc_response_passes_chunk_by_chunk() -> None:
+    backend = _Backend()
+    stream = _routed_stream(backend)
+    feed(stream, resp_headers("application/grpc"))
+    out = feed(stream, resp_body(b"\x00\x00\x00\x00\x01a", eos=False))
+    assert streamed(out, "response_body") == [(b"\x00\x00\x00\x00\x01a", False)]
+
+
 @pytest.mark.parametrize(
     ("content_type", "chunks"),
     [

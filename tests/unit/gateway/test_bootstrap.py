@@ -70,6 +70,12 @@ VARIANTS = {
             generic=(("fallback", 0),),
         ),
     ),
+    "h2c-original-dst-failopen": BootstrapOptions(
+        endpoints=EPS,
+        upstream_h2c=True,
+        upstream_lb="original_dst",
+        failure_mode=FailureMode.FAIL_OPEN,
+    ),
     "epp-replicas": BootstrapOptions(
         endpoints=EPS, epp_tls=False, epp_endpoints=(("127.0.0.1", 9102), ("127.0.0.1", 9202))
     ),
@@ -106,6 +112,17 @@ def test_epp_replicas_retry_a_stream_that_cannot_open_on_another_replica() -> No
     assert "reset" in retry["retry_on"]
     assert retry["num_retries"] == 2  # one per replica
     assert "retry_policy" not in _grpc_service(build_bootstrap(VARIANTS["default"]))
+
+
+def test_h2c_pool_speaks_http2_to_the_model_servers_and_http1_by_default() -> None:
+    h2 = {"http2_protocol_options": {}}
+    clusters = _clusters(build_bootstrap(VARIANTS["h2c-original-dst-failopen"]))
+    for name in (POOL_CLUSTER, FAILOPEN_CLUSTER):
+        opts = clusters[name]["typed_extension_protocol_options"]
+        (proto,) = opts.values()
+        assert proto["explicit_http_config"] == h2
+    plain = _clusters(build_bootstrap(VARIANTS["default"]))[POOL_CLUSTER]
+    assert "typed_extension_protocol_options" not in plain
 
 
 @pytest.mark.parametrize("name", list(VARIANTS), ids=list(VARIANTS))
@@ -292,3 +309,20 @@ def test_extra_prefixes_and_bad_edge_options() -> None:
     assert {"prefix": "/v1/models"} in matches
     with pytest.raises(ConfigError, match="--expose-path-prefix"):
         EdgeOptions(extra_path_prefixes=("v1",))
+
+
+def test_pool_app_protocol_decides_h2c(tmp_path: Path) -> None:
+    from kvroute.gateway.gateway import pool_speaks_h2c
+    from kvroute.settings import EppSettings
+
+    pool = (
+        "apiVersion: inference.networking.k8s.io/v1\nkind: InferencePool\n"
+        "metadata: {name: p}\nspec:\n  selector: {matchLabels: {app: x}}\n"
+        "  targetPorts: [{number: 9000}]\n"
+    )
+    plain, h2c = tmp_path / "plain.yaml", tmp_path / "h2c.yaml"
+    plain.write_text(pool)
+    h2c.write_text(pool + "  appProtocol: kubernetes.io/h2c\n")
+    assert pool_speaks_h2c(EppSettings(resources=(h2c,))) is True
+    assert pool_speaks_h2c(EppSettings(resources=(plain,))) is False
+    assert pool_speaks_h2c(EppSettings()) is False

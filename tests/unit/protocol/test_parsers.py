@@ -76,8 +76,8 @@ def test_parsers_after_the_fallback_and_repeats_are_dropped() -> None:
 
 
 def test_unknown_parser_type_is_a_config_error_naming_it() -> None:
-    with pytest.raises(ConfigError, match="unknown parser type 'vllmgrpc-parser'"):
-        ParserSet(["openai-parser", "vllmgrpc-parser"])
+    with pytest.raises(ConfigError, match="unknown parser type 'tritongrpc-parser'"):
+        ParserSet(["openai-parser", "tritongrpc-parser"])
 
 
 def test_passthrough_forwards_the_body_untouched_even_when_rewritten() -> None:
@@ -140,6 +140,6 @@ def test_config_refs_that_are_not_parsers_are_rejected_by_name() -> None:
         parser_set_for(config, {})
     with pytest.raises(ConfigError, match=r"the plugin 'queue' \(queue-scorer\) is not a parser"):
         parser_set_for(config, {"queue": _plugin("queue-scorer", "queue")})
-    unknown = _config("requestHandler: {parsers: [{pluginRef: vertexai-parser}]}\n")
-    with pytest.raises(ConfigError, match="vertexai-parser"):
+    unknown = _config("requestHandler: {parsers: [{pluginRef: tritongrpc-parser}]}\n")
+    with pytest.raises(ConfigError, match="tritongrpc-parser"):
         parser_set_for(unknown, {})

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -49,6 +49,7 @@ from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import (
     EXPLAIN,
+    PREFETCHED,
     CycleState,
     SchedulingResult,
     Scorer,
@@ -97,6 +98,9 @@ class PrefixCacheParams(PluginParams):
             )
         return self
 
+    # The smallest block size used, whatever is configured or auto-tuned (1: none).
+    min_block_tokens: ClassVar[int] = 1
+
     @property
     def block_tokens(self) -> int:
         return self.block_size_tokens or 16
@@ -104,7 +108,22 @@ class PrefixCacheParams(PluginParams):
     def max_blocks(self, block_tokens: int) -> int:
         if self.max_prefix_tokens_to_match > 0:
             return max(1, self.max_prefix_tokens_to_match // block_tokens)
-        return self.max_prefix_blocks_to_match
+        return self.max_prefix_blocks_to_match or UNLIMITED_BLOCKS
+
+
+UNLIMITED_BLOCKS = 1 << 62  # both caps 0 on the producer: the whole prompt
+
+
+class ProducerParams(PrefixCacheParams):
+    """``approx-prefix-cache-producer``: upstream v0.10's defaults (``types.go``,
+    ``plugin.go``): ``maxPrefixTokensToMatch`` 131072 (wins over blocks),
+    ``maxPrefixBlocksToMatch`` 2048 (0 with a token cap of 0: unlimited), and an effective block
+    size of at least 64 tokens (``minBlockSizeTokens``), so vLLM's 16-token blocks are matched
+    in 64-token steps. The one-plugin ``prefix-cache-scorer`` keeps GIE v1.5's (256 blocks)."""
+
+    max_prefix_blocks_to_match: int = Field(default=2048, alias="maxPrefixBlocksToMatch", ge=0)
+    max_prefix_tokens_to_match: int = Field(default=131072, alias="maxPrefixTokensToMatch", ge=0)
+    min_block_tokens: ClassVar[int] = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +174,9 @@ class PrefixCacheScorer:
         self._observed_at = 0.0
         self._tuned_capacity: dict[str, int] = {}
         self._outbox: list[list[Any]] | None = None  # replicated inserts (after a first drain)
+        # the name of a prefetching token producer (token-producer's vllm backend) whose token
+        # ids this plugin hashes when it has them (set by the producer's factory)
+        self.token_source: str | None = None
 
     # -- ReplicatedState (active-active peers; kvroute.replicasync) ----------------------------
 
@@ -204,38 +226,46 @@ class PrefixCacheScorer:
         block_tokens: int,
     ) -> PrefixMatch:
         self._observe(state.now, endpoints)
-        level, hashes = self.hash_request(request, endpoints, block_tokens)
+        tokens = None
+        if self.token_source is not None:
+            prefetched = state.get(PREFETCHED, None)
+            got = prefetched.get(self.token_source) if prefetched else None
+            tokens = got if isinstance(got, list) else None
+        level, hashes = self.hash_request(request, endpoints, block_tokens, tokens=tokens)
         matched = self.index.match_longest_prefix(hashes)
         return PrefixMatch(level=level, hashes=tuple(hashes), matched=matched)
 
     def block_size_tokens(self, endpoints: Sequence[Endpoint]) -> int:
         """Upstream auto-tune: the first endpoint that reports a block size decides."""
+        floor = self.params.min_block_tokens
         if self.params.auto_tune:
             for e in endpoints:
                 if e.metrics.cache_block_size > 0:
-                    return e.metrics.cache_block_size
-        return self.params.block_tokens
+                    return max(floor, e.metrics.cache_block_size)
+        return max(floor, self.params.block_tokens)
 
     def hash_request(
         self,
         request: InferenceRequest,
         endpoints: Sequence[Endpoint],
         block_tokens: int | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
     ) -> tuple[int, list[int]]:
         """(level, chained block hashes) of ``request`` (``block_tokens``: the block size when
-        the caller has it already)."""
+        the caller has it already; ``tokens``: engine token ids a token producer rendered)."""
         if block_tokens is None:
             block_tokens = self.block_size_tokens(endpoints)
         max_blocks = self.params.max_blocks(block_tokens)
         salt = request.body.get("cache_salt")
         salt = salt if isinstance(salt, str) else ""
-        if self.tokenizer is not None:
+        if tokens is None and self.tokenizer is not None:
             tokens = self.tokenizer.encode_request(request)
-            if tokens is not None:
-                root = token_root_hash(request.target_model + salt)
-                return 2, token_block_hashes(
-                    tokens, block_size=block_tokens, root=root, max_blocks=max_blocks
-                )
+        if tokens is not None:
+            root = token_root_hash(request.target_model + salt)
+            return 2, token_block_hashes(
+                tokens, block_size=block_tokens, root=root, max_blocks=max_blocks
+            )
         return 1, char_block_hashes(
             request_input_bytes(request),
             block_chars=block_tokens * AVERAGE_CHARS_PER_TOKEN,

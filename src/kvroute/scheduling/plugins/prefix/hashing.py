@@ -29,6 +29,7 @@ from typing import Any
 
 import xxhash
 
+from kvroute.framework.request import openai_shape
 from kvroute.scheduling.request import ApiKind, InferenceRequest
 
 AVERAGE_CHARS_PER_TOKEN = 4
@@ -121,21 +122,22 @@ def request_input_bytes(request: InferenceRequest) -> bytes:
     if request.media:
         return request.prompt_text.encode()
     body = request.body
-    if request.api is ApiKind.CHAT_COMPLETIONS:
+    api = openai_shape(request.api)  # Vertex AI: the OpenAI JSON inside, hashed the same way
+    if api is ApiKind.CHAT_COMPLETIONS:
         messages = body.get("messages")
         if isinstance(messages, Sequence) and not isinstance(messages, str):
             return go_json_messages(messages)
-    elif request.api is ApiKind.COMPLETIONS:
+    elif api is ApiKind.COMPLETIONS:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
             return prompt.encode()
-    elif request.api is ApiKind.RESPONSES:
+    elif api is ApiKind.RESPONSES:
         parts = [{k: body[k]} for k in ("instructions", "tools", "input") if k in body]
         if parts:
             return go_json(parts).encode()
-    elif request.api is ApiKind.CONVERSATIONS and "items" in body:
+    elif api is ApiKind.CONVERSATIONS and "items" in body:
         return go_json(body["items"]).encode()
-    elif request.api is ApiKind.EMBEDDINGS and "input" in body:
+    elif api is ApiKind.EMBEDDINGS and "input" in body:
         return go_json(body["input"]).encode()
     return request.prompt_text.encode()
 

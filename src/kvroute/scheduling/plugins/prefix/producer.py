@@ -12,8 +12,10 @@ Here:
 
 * ``approx-prefix-cache-producer`` is a :class:`PrefixCacheScorer` instance under the producer's
   type name: the same parameters (``autoTune``, ``blockSizeTokens``, ``maxPrefixBlocksToMatch``,
-  ``maxPrefixTokensToMatch``, ``lruCapacityPerServer`` and kvroute's extras), the same PrepareData
-  hash-and-match and PreRequest insert. Not being in a profile, it never scores.
+  ``maxPrefixTokensToMatch``, ``lruCapacityPerServer`` and kvroute's extras) with upstream
+  v0.10's producer defaults (:class:`ProducerParams`: 131072 tokens, 2048 blocks, blocks of at
+  least 64 tokens), the same PrepareData hash-and-match and PreRequest insert. Not being in a
+  profile, it never scores.
 * ``prefix-cache-scorer`` declared after it, with no index parameters, becomes
   :class:`ProducedPrefixScorer`: it scores from the producer's match (the producer named by
   ``prefixMatchInfoProducerName``, default ``approx-prefix-cache-producer``) and hashes nothing
@@ -22,10 +24,12 @@ Here:
   upstream's auto-created default producer).
 * ``token-producer`` (alias ``tokenizer``) with the default ``estimate`` backend is accepted: its
   tokens (each 4 bytes of prompt → one token) are exactly the blocks level-1 hashing already
-  cuts (``blockSizeTokens * 4`` characters), so it adds no work. The ``vllm`` and
-  ``udsTokenizerConfig`` backends and the multimodal ``estimate.image``/``estimate.video`` knobs
-  are rejected at load, naming the field (kvroute's engine-token path is the prefix plugin's
-  ``tokenizer: <local tokenizer directory>``).
+  cuts (``blockSizeTokens * 4`` characters), so it adds no work. The ``vllm`` backend
+  (``modelName``, ``vllm.{url,timeout,mmTimeout}``) renders engine token ids on a vLLM render
+  service before the cycle (:mod:`kvroute.scheduling.plugins.prefix.render`), and an
+  ``approx-prefix-cache-producer`` declared after it hashes them. The deprecated
+  ``udsTokenizerConfig`` and the multimodal ``estimate.image``/``estimate.video`` knobs are
+  rejected at load, naming the field.
 
 Upstream's scorer keys ``matchLengthWeight``/``matchLengthScaleTokens`` are not implemented and
 are rejected by name (strict parameters).
@@ -51,7 +55,9 @@ from kvroute.scheduling.plugins.prefix.approximate import (
     PrefixCacheParams,
     PrefixCacheScorer,
     PrefixMatch,
+    ProducerParams,
 )
+from kvroute.scheduling.plugins.prefix.render import RenderTokenProducer, VllmParams
 from kvroute.scheduling.request import InferenceRequest
 
 log = logging.getLogger(__name__)
@@ -95,7 +101,7 @@ class EstimateParams(PluginParams):
 
 class TokenProducerParams(PluginParams):
     model_name: str | None = Field(default=None, alias="modelName")
-    vllm: dict[str, Any] | None = None
+    vllm: VllmParams | None = None
     uds_tokenizer_config: dict[str, Any] | None = Field(default=None, alias="udsTokenizerConfig")
     estimate: EstimateParams | None = None
 
@@ -110,12 +116,22 @@ class TokenProducer:
 def _producer_factory(
     name: str, parameters: Mapping[str, Any], handle: PluginHandle
 ) -> PrefixCacheScorer:
-    del handle
-    params = parse_params(PrefixCacheParams, name, PRODUCER_TYPE, parameters)
+    params = parse_params(ProducerParams, name, PRODUCER_TYPE, parameters)
     try:
-        return PrefixCacheScorer(name, params, type_name=PRODUCER_TYPE)
+        producer = PrefixCacheScorer(name, params, type_name=PRODUCER_TYPE)
     except ConfigError as exc:
         raise PluginValidationError(f"plugin {name!r} ({PRODUCER_TYPE}): {exc.message}") from exc
+    # A vllm token-producer declared before it (upstream's TokenizedPrompt dependency): its
+    # rendered engine tokens are what the producer hashes.
+    for token_name in (TOKEN_PRODUCER_TYPE, TOKEN_PRODUCER_ALIAS):
+        try:
+            tokens = handle.plugin(token_name)
+        except PluginValidationError:
+            continue
+        if isinstance(tokens, RenderTokenProducer):
+            producer.token_source = tokens.typed_name.name
+            break
+    return producer
 
 
 def _declared_producer(handle: PluginHandle, producer_name: str) -> PrefixCacheScorer | None:
@@ -165,26 +181,33 @@ def _own_producer_scorer(
 
 
 def _token_factory(type_name: str) -> PluginFactory:
-    def factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> TokenProducer:
+    def factory(
+        name: str, parameters: Mapping[str, Any], handle: PluginHandle
+    ) -> TokenProducer | RenderTokenProducer:
         del handle
         params = parse_params(TokenProducerParams, name, type_name, parameters)
-        for key, value in (
-            ("modelName", params.model_name),
-            ("vllm", params.vllm),
-            ("udsTokenizerConfig", params.uds_tokenizer_config),
-        ):
-            if value is not None:
-                raise PluginValidationError(
-                    f"plugin {name!r} ({type_name}): parameters.{key}: the vllm/uds tokenizer "
-                    "backends are not supported by kvroute (only the default estimate "
-                    "backend); for engine tokens set tokenizer: <local tokenizer directory> on "
-                    f"{SCORER_TYPE} or {PRODUCER_TYPE}"
-                )
+        where = f"plugin {name!r} ({type_name})"
+        if params.uds_tokenizer_config is not None:
+            raise PluginValidationError(
+                f"{where}: parameters.udsTokenizerConfig: the deprecated UDS tokenizer sidecar "
+                "is not supported by kvroute; use the vllm backend (vllm.url) or, for local "
+                f"engine tokens, tokenizer: <local tokenizer directory> on {PRODUCER_TYPE}"
+            )
         if type_name == TOKEN_PRODUCER_ALIAS:
             log.warning(
                 "plugin %r: type %r is deprecated; write %r", name, type_name, TOKEN_PRODUCER_TYPE
             )
-        return TokenProducer(name, type_name)
+        if params.vllm is None and params.model_name is None:
+            return TokenProducer(name, type_name)
+        if params.estimate is not None:
+            raise PluginValidationError(
+                f"{where}: parameters: only one of 'estimate' or 'vllm'/'modelName' may be set"
+            )
+        if not params.model_name:
+            raise PluginValidationError(
+                f"{where}: parameters.modelName: required by the vllm backend"
+            )
+        return RenderTokenProducer(name, type_name, params.model_name, params.vllm or VllmParams())
 
     return factory
 

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from kvroute.config.epp_config import parse_epp_config
-from kvroute.datastore.endpoint import EndpointMetrics
+from kvroute.datastore.endpoint import Endpoint, EndpointMetrics
 from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.plugins.registry import default_registry
@@ -19,6 +19,7 @@ from kvroute.requestcontrol.director import Director
 from kvroute.scheduling.builder import build_scheduling
 from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
 from kvroute.scheduling.plugins.prefix.producer import ProducedPrefixScorer
+from kvroute.scheduling.request import InferenceRequest
 
 NOW = 50.0
 
@@ -118,12 +119,16 @@ def test_named_producer_that_is_missing_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ("{modelName: some/model, vllm: {url: 'http://127.0.0.1:9'}}", "modelName"),
+        ("{vllm: {url: 'http://127.0.0.1:9'}}", "modelName"),  # vllm needs the model
+        ("{modelName: m, vllm: {url: 'https://r:8000'}}", "vllm.url"),  # no TLS, as upstream
+        ("{modelName: m, vllm: {timeout: 0s}}", "vllm.timeout"),
+        ("{modelName: m, vllm: {port: 1}}", "vllm.port"),  # strict: unknown keys by name
+        ("{modelName: m, estimate: {}}", "only one of"),
         ("{udsTokenizerConfig: {socketFile: /tmp/x.sock}}", "udsTokenizerConfig"),
         ("{estimate: {image: {mode: static}}}", "estimate.image"),
     ],
 )
-def test_token_producer_backends_kvroute_lacks_fail_naming_the_field(
+def test_token_producer_bad_or_unsupported_backends_fail_naming_the_field(
     params: str, field: str
 ) -> None:
     text = SPLIT.replace(
@@ -138,3 +143,44 @@ def test_token_producer_backends_kvroute_lacks_fail_naming_the_field(
 def test_tokenizer_alias_loads() -> None:
     _, plugins = _build(SPLIT.replace("- type: token-producer\n", "- type: tokenizer\n"))
     assert plugins["tokenizer"].typed_name.type == "tokenizer"  # type: ignore[attr-defined]
+
+
+def test_producer_defaults_are_upstream_v0_10s_and_the_scorer_keeps_its_own() -> None:
+    text = SPLIT.replace(
+        "  parameters: {maxPrefixTokensToMatch: 2048, lruCapacityPerServer: 500}\n", ""
+    )
+    _, plugins = _build(text)
+    producer = plugins["approx-prefix-cache-producer"]
+    assert isinstance(producer, PrefixCacheScorer)
+    p = producer.params
+    assert (p.max_prefix_tokens_to_match, p.max_prefix_blocks_to_match) == (131072, 2048)
+    assert p.lru_capacity_per_server == 31250
+    # upstream's minBlockSizeTokens: 16 configured or reported blocks are matched in 64s
+    assert producer.block_size_tokens([]) == 64
+    vllm = Endpoint(
+        name="e", address="10.0.0.1", port=8000, metrics=EndpointMetrics(cache_block_size=16)
+    )
+    assert producer.block_size_tokens([vllm]) == 64
+    assert p.max_blocks(64) == 2048  # 131072 tokens / 64
+    # the one-plugin scorer (kvroute's default profile) is unchanged: GIE v1.5's 256 blocks
+    alone = PrefixCacheScorer()
+    assert alone.params.max_prefix_blocks_to_match == 256
+    assert alone.block_size_tokens([vllm]) == 16
+
+
+def test_producer_with_both_caps_zero_matches_the_whole_prompt() -> None:
+    text = SPLIT.replace(
+        "{maxPrefixTokensToMatch: 2048, lruCapacityPerServer: 500}",
+        "{maxPrefixTokensToMatch: 0, maxPrefixBlocksToMatch: 0}",
+    )
+    _, plugins = _build(text)
+    producer = plugins["approx-prefix-cache-producer"]
+    assert isinstance(producer, PrefixCacheScorer)
+    request = InferenceRequest(
+        request_id="r",
+        incoming_model="m",
+        target_model="m",
+        prompt_text="x" * 256 * 3000,  # 3000 blocks of 64 tokens (256 characters each)
+    )
+    hashes = producer.hash_request(request, [])[1]
+    assert len(hashes) == 3000
