@@ -114,6 +114,10 @@ class Stack:
 
 
 KINDS = ["kvroute-config", "upstream-shaped-config"]
+# The simulators, the EPP and the test's clients share one event loop (and a 2-core box): at
+# upstream's 50 ms interval a scrape's 40 ms timeout fails under the saturation test's 120
+# streams, the endpoints' data goes stale and the queues are never seen past the threshold.
+SCRAPE_INTERVAL_S = 0.15
 
 
 async def _start_gateway(
@@ -123,9 +127,18 @@ async def _start_gateway(
     resources = tmp / "pool.yaml"
     resources.write_text(RESOURCES)
     if kind == "kvroute-config":
-        gw = await stack_.enter_async_context(
-            Gateway(urls, resources=[resources], config_text=CONFIG, log_dir=tmp)
+        gw_settings = EppSettings(
+            grpc_port=0,
+            grpc_health_port=0,
+            metrics_port=0,
+            bind_host="127.0.0.1",
+            endpoints=tuple(parse_endpoint_url(u) for u in urls),
+            resources=(resources,),
+            config_text=CONFIG,
+            health_checking=True,
+            refresh_metrics_interval_s=SCRAPE_INTERVAL_S,
         )
+        gw = await stack_.enter_async_context(Gateway(settings=gw_settings, log_dir=tmp))
         return gw.url, gw.epp
     settings = EppSettings(
         grpc_port=0,
@@ -137,6 +150,7 @@ async def _start_gateway(
         config_text=CONFIG,
         secure_serving=True,  # upstream's default, self-signed
         health_checking=True,  # the example health-checks the ext_proc port
+        refresh_metrics_interval_s=SCRAPE_INTERVAL_S,
     )
     epp = await stack_.enter_async_context(EppApp(settings))
     envoy = await stack_.enter_async_context(
@@ -234,7 +248,7 @@ async def test_lora_requests_land_on_the_server_running_the_adapter(stack: Stack
     long = {"model": "sql-lora", "prompt": "hold the adapter", "max_tokens": 3000, "stream": True}
     async with stack.client.stream("POST", "/v1/completions", json=long) as held:
         holder = held.headers["x-sim-server"]
-        await asyncio.sleep(0.2)  # a few scrapes: the adapter shows as running on the holder
+        await asyncio.sleep(0.6)  # a few scrapes: the adapter shows as running on the holder
         body = {"model": "sql-lora", "prompt": "select 1", "max_tokens": 4}
         rs = [await stack.client.post("/v1/completions", json=body) for _ in range(4)]
         # leaving the block without reading the rest disconnects the held stream
