@@ -79,10 +79,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     ) -> bytes:
         """``ResponseTap/Report``: one response's usage bytes from Envoy's Lua filter."""
         try:
-            report = parse_report(payload)
+            self.handle_tap_report(payload)
         except TapReportError as exc:
             log.warning("bad response tap report: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return b""
+
+    def handle_tap_report(self, payload: bytes) -> None:
+        """One report, whichever transport brought it (gRPC above, or the HTTP/1.1 socket of
+        :mod:`kvroute.extproc.tap_http`); raises :class:`TapReportError` for a bad payload."""
+        report = parse_report(payload)
         stream = self._tapped.get(report.tap_id)
         if stream is None:  # later than TAP_GRACE_S after its stream ended (EPP overloaded)
             self.late_tap_reports += 1
@@ -98,7 +104,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             stream.tap_report(report)
             if stream.completed:
                 self._tapped.pop(report.tap_id, None)
-        return b""
 
     def _expire_tap(self, stream: ExtProcStream) -> None:
         if self._tapped.pop(stream.tap_id, None) is not None:
