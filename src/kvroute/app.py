@@ -279,7 +279,7 @@ class EppApp:
         await hserver.start()
         stack.push_async_callback(_stop_grpc, hserver, 0.0)
         if s.response_processing is ResponseProcessing.TAP and s.grpc_uds is not None:
-            if not s.secure_serving:  # TLS asked for: the report keeps the (TLS) gRPC method
+            if not s.secure_serving and s.tap_report == "http":  # TLS asked for: the report keeps the (TLS) gRPC method
                 # Entered before the drain is pushed: reports keep coming while streams drain.
                 path = report_socket_for(s.grpc_uds)
                 handle = self.processor.handle_tap_report
