@@ -26,9 +26,9 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.datalayer.staleness import is_stale
 from kvroute.datastore.store import Datastore
-from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.errors import ConfigError
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.body_budget import BodyBudget
@@ -278,13 +278,15 @@ class EppApp:
             self.ports.grpc = 0  # not a TCP port; the socket path is settings.grpc_uds
         await hserver.start()
         stack.push_async_callback(_stop_grpc, hserver, 0.0)
-        if s.response_processing is ResponseProcessing.TAP and s.grpc_uds is not None:
-            if not s.secure_serving and s.tap_report == "http":  # TLS asked for: the report keeps the (TLS) gRPC method
-                # Entered before the drain is pushed: reports keep coming while streams drain.
-                path = report_socket_for(s.grpc_uds)
-                handle = self.processor.handle_tap_report
-                await stack.enter_async_context(serving_reports(path, handle))
-                self.tap_http_socket = path
+        # tap over the private socket: the report gets its own HTTP/1.1 socket (issue 19); with
+        # TLS asked for, or --tap-report grpc, it stays the (TLS) gRPC method. Entered before
+        # the drain is pushed: reports keep coming while streams drain.
+        tap = s.response_processing is ResponseProcessing.TAP
+        if tap and s.grpc_uds is not None and not s.secure_serving and s.tap_report == "http":
+            path = report_socket_for(s.grpc_uds)
+            handle = self.processor.handle_tap_report
+            await stack.enter_async_context(serving_reports(path, handle))
+            self.tap_http_socket = path
         await server.start()
         stack.push_async_callback(self._drain, server)
         if built.on_shutdown is not None:  # LIFO: runs before the drain starts

@@ -91,7 +91,8 @@ async def test_one_stream_one_http_report_usage_recorded(stack: Stack, stream: b
     # had it, so no waiting here.
     assert len(stack.outcomes) == 1
     _, outcome = stack.outcomes[0]
-    assert outcome.via_tap and not outcome.disconnected
+    assert outcome.via_tap
+    assert not outcome.disconnected
     assert outcome.usage is not None
     assert (outcome.usage.prompt_tokens, outcome.usage.completion_tokens) == (10, 3)
     after = await _counters(stack)
@@ -114,7 +115,8 @@ async def test_disconnect_sends_no_report_recorded_once(stack: Stack) -> None:
     await asyncio.sleep(0.3)  # a second completion would show up here
     assert len(stack.outcomes) == 1
     _, outcome = stack.outcomes[0]
-    assert outcome.disconnected and outcome.usage is None
+    assert outcome.disconnected
+    assert outcome.usage is None
     after = await _counters(stack)
     assert _delta(before, after, f"cluster.{TAP_HTTP_CLUSTER}.upstream_rq_total") == 0
     assert stack.inflight() == 0

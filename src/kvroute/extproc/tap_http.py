@@ -187,9 +187,7 @@ def report_socket_for(grpc_uds: Path) -> Path:
 @contextlib.asynccontextmanager
 async def serving_reports(path: Path, handle: Callable[[bytes], None]) -> AsyncIterator[None]:
     """Serve reports on the Unix socket ``path`` (replacing a stale socket file) until exit."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_socket():
-            path.unlink()
+    _remove_stale_socket(path)
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: _ReportProtocol(handle), str(path))
     os.chmod(path, 0o600)
@@ -200,5 +198,12 @@ async def serving_reports(path: Path, handle: Callable[[bytes], None]) -> AsyncI
         # Envoy may keep its keep-alive connections open; do not wait on them for long.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1.0)
-        with contextlib.suppress(FileNotFoundError):
+        _remove_stale_socket(path)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left behind is replaced; anything else at ``path`` is left alone (binding
+    then fails with a clear OSError)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_socket():
             path.unlink()
