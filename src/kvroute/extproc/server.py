@@ -7,7 +7,9 @@ Envoy ends the stream normally *and* when it cancels it (client disconnect), exa
 ``tap`` response processing adds one unary method on the same server,
 ``/kvroute.tap.v1.ResponseTap/Report`` (raw bytes, no protobuf; see :mod:`kvroute.extproc.tap`):
 Envoy's Lua filter calls it once at the end of each response, and the servicer hands the report
-to the open stream it names.
+to the open stream it names. Over ``kvroute serve``'s private Unix socket the same report comes
+as an HTTP/1.1 POST instead (:mod:`kvroute.extproc.tap_http`, a fraction of the CPU); both
+transports end in :meth:`ExternalProcessor.handle_tap_report`.
 """
 
 from __future__ import annotations
