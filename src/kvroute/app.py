@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,6 +26,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.datalayer.staleness import is_stale
 from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError
@@ -38,6 +40,7 @@ from kvroute.extproc.server import (
     build_health_server,
 )
 from kvroute.extproc.stream import StreamOptions
+from kvroute.extproc.tap_http import report_socket_for, serving_reports
 from kvroute.observability.metrics import EppMetrics
 from kvroute.settings import EppSettings
 from kvroute.wiring import EppGraph, OwnedTasks, build_epp, supervised
@@ -180,6 +183,8 @@ class EppApp:
         self.ports = BoundPorts()
         self.tls = tls
         self.processor: ExternalProcessor | None = None
+        # tap over a private Unix socket: the HTTP/1.1 report socket (kvroute.extproc.tap_http)
+        self.tap_http_socket: Path | None = None
         self._backend_factory = backend_factory
         self._source = endpoint_source or endpoint_source_for(settings)
         self._stack: contextlib.AsyncExitStack | None = None
@@ -275,6 +280,15 @@ class EppApp:
             self.ports.grpc = 0  # not a TCP port; the socket path is settings.grpc_uds
         await hserver.start()
         stack.push_async_callback(_stop_grpc, hserver, 0.0)
+        # tap over the private socket: the report gets its own HTTP/1.1 socket (issue 19); with
+        # TLS asked for, or --tap-report grpc, it stays the (TLS) gRPC method. Entered before
+        # the drain is pushed: reports keep coming while streams drain.
+        tap = s.response_processing is ResponseProcessing.TAP
+        if tap and s.grpc_uds is not None and not s.secure_serving and s.tap_report == "http":
+            path = report_socket_for(s.grpc_uds)
+            handle = self.processor.handle_tap_report
+            await stack.enter_async_context(serving_reports(path, handle))
+            self.tap_http_socket = path
         await server.start()
         stack.push_async_callback(self._drain, server)
         if built.on_shutdown is not None:  # LIFO: runs before the drain starts

@@ -250,6 +250,18 @@ class EppSettings:
             "model-name restore, no usage metrics)",
         ),
     )
+    tap_report: str = field(
+        default="http",
+        metadata=flag(
+            "--tap-report",
+            choices=["http", "grpc"],
+            help="tap: how Envoy's Lua filter sends the EPP each response's report. http "
+            "(default): a plain HTTP/1.1 POST to a second Unix socket beside the EPP's private "
+            "ext_proc socket (kvroute serve; a fraction of the CPU of a grpc.aio call); grpc: "
+            "the unary gRPC method on the ext_proc server. An EPP on TCP or with TLS always "
+            "takes the gRPC report",
+        ),
+    )
     max_request_body_bytes: int = field(
         default=DEFAULT_MAX_REQUEST_BODY_BYTES,
         metadata=flag(

@@ -106,7 +106,11 @@ class GatewayProc:
 def gateway(endpoints: Sequence[str], mode: str, log_dir: Path) -> Any:
     port = _free_port()
     cmd = [sys.executable, "-m", "kvroute.cli", "serve", "--port", str(port)]
-    cmd += ["--metrics-port", "0", "--response-processing", mode, "--log-dir", str(log_dir)]
+    # "tap-grpc": tap with the report over gRPC (before issue 19's request-half work).
+    processing, _, report = mode.partition("-")
+    cmd += ["--metrics-port", "0", "--response-processing", processing, "--log-dir", str(log_dir)]
+    if report:
+        cmd += ["--tap-report", report]
     for e in endpoints:
         cmd += ["--endpoint", e]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -321,7 +325,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="issue 19: compare --modes (full, light, tap) in one run instead",
     )
-    p.add_argument("--modes", nargs="+", default=["full", "light", "tap"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["full", "light", "tap"],
+        help="response processing per gateway; tap-grpc / tap-http also pick --tap-report",
+    )
     p.add_argument("--ramp-modes", nargs="*", default=["full", "tap"])
     args = p.parse_args(argv)
     results = asyncio.run(compare(args) if args.compare else main(args))

@@ -7,7 +7,9 @@ Envoy ends the stream normally *and* when it cancels it (client disconnect), exa
 ``tap`` response processing adds one unary method on the same server,
 ``/kvroute.tap.v1.ResponseTap/Report`` (raw bytes, no protobuf; see :mod:`kvroute.extproc.tap`):
 Envoy's Lua filter calls it once at the end of each response, and the servicer hands the report
-to the open stream it names.
+to the open stream it names. Over ``kvroute serve``'s private Unix socket the same report comes
+as an HTTP/1.1 POST instead (:mod:`kvroute.extproc.tap_http`, a fraction of the CPU); both
+transports end in :meth:`ExternalProcessor.handle_tap_report`.
 """
 
 from __future__ import annotations
@@ -101,10 +103,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     ) -> bytes:
         """``ResponseTap/Report``: one response's usage bytes from Envoy's Lua filter."""
         try:
-            report = parse_report(payload)
+            self.handle_tap_report(payload)
         except TapReportError as exc:
             log.warning("bad response tap report: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return b""
+
+    def handle_tap_report(self, payload: bytes) -> None:
+        """One report, whichever transport brought it (gRPC above, or the HTTP/1.1 socket of
+        :mod:`kvroute.extproc.tap_http`); raises :class:`TapReportError` for a bad payload."""
+        report = parse_report(payload)
         stream = self._tapped.get(report.tap_id)
         if stream is None:  # later than TAP_GRACE_S after its stream ended (EPP overloaded)
             self.late_tap_reports += 1
@@ -120,7 +128,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             stream.tap_report(report)
             if stream.completed:
                 self._tapped.pop(report.tap_id, None)
-        return b""
 
     def _expire_tap(self, stream: ExtProcStream) -> None:
         if self._tapped.pop(stream.tap_id, None) is not None:

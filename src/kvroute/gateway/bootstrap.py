@@ -64,6 +64,7 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 POOL_CLUSTER = "kvroute_pool"
 FAILOPEN_CLUSTER = "kvroute_failopen"
 EPP_CLUSTER = "kvroute_epp"
+TAP_HTTP_CLUSTER = "kvroute_epp_tap_http"
 
 _T = "type.googleapis.com/"
 
@@ -91,6 +92,9 @@ class BootstrapOptions:
     # TCP ports any local process can use.
     epp_uds: str | None = None
     admin_uds: str | None = None
+    # tap: the EPP's HTTP/1.1 report socket (``EppApp.tap_http_socket``; issue 19): the Lua
+    # filter reports there instead of over gRPC, unless the metadata names a replica's cluster.
+    tap_http_uds: str | None = None
     endpoints: Sequence[tuple[str, int]] = field(default_factory=tuple)  # for FailOpen
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
     # FailOpen: the EPP's model rewrites, applied by Envoy to requests the EPP did not route
@@ -397,7 +401,11 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             strip_client_headers_filter(opts.edge),
             # Before ext_proc: encoding runs the list backwards, so the tap sees the response
             # after ext_proc let its headers go (see kvroute.gateway.response_tap).
-            *([response_tap_filter(EPP_CLUSTER)] if opts.response_processing == "tap" else []),
+            *(
+                [response_tap_filter(EPP_CLUSTER, TAP_HTTP_CLUSTER if opts.tap_http_uds else "")]
+                if opts.response_processing == "tap"
+                else []
+            ),
             ext_proc_filter(opts),
             *_failopen_filters(opts),
             {
@@ -465,6 +473,13 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
     clusters = [_pool_cluster(opts, timeout), epp]
     if opts.response_processing == "tap" and not (opts.epp_uds and len(epp_hosts) == 1):
         clusters += _tap_clusters(epp, epp_hosts)
+    if opts.response_processing == "tap" and opts.tap_http_uds:
+        # HTTP/1.1 (Envoy's default for a cluster), keep-alive, over the private socket.
+        tap_http = _static_cluster(TAP_HTTP_CLUSTER, [("127.0.0.1", 0)], timeout)
+        lb = tap_http["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        lb["address"] = {"pipe": {"path": opts.tap_http_uds}}
+        tap_http["circuit_breakers"] = _UNLIMITED
+        clusters.append(tap_http)
     if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
         if opts.upstream_h2c:

@@ -110,6 +110,7 @@ class Gateway:
             epp_port=self.epp.ports.grpc,
             epp_uds=str(s.grpc_uds) if s.grpc_uds is not None else None,
             admin_uds=str(self.socket_dir / "admin.sock") if self.socket_dir else None,
+            tap_http_uds=str(self.epp.tap_http_socket) if self.epp.tap_http_socket else None,
             epp_tls=s.secure_serving,
             endpoints=s.endpoints,
             failure_mode=self._failure_mode,

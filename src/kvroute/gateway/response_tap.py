@@ -30,7 +30,10 @@ after its first event. When it rewrites, the filter removes the upstream's ``con
   known length inside the chunk loop, at its last chunk; otherwise (SSE, chunked) after the
   loop, at the end-of-stream frame. (Verified with Envoy 1.40: the end of a content-length body
   was *not* held by a call made after the loop; the client had its answer before the EPP had
-  the report in 20 of 40 requests.) Envoy ends the ext_proc
+  the report in 20 of 40 requests.) With ``kvroute serve``'s private Unix sockets (and no TLS)
+  the call is a plain HTTP/1.1 POST of the same payload to the EPP's report socket instead
+  (``http_cluster``; :mod:`kvroute.extproc.tap_http`: a fraction of grpc.aio's CPU per call).
+  Envoy ends the ext_proc
   stream a moment earlier (when the upstream's end passes ext_proc), so the EPP holds a stream
   that ended without its report for up to ``TAP_GRACE_S`` (``kvroute.extproc.server``) before
   calling it a disconnect (a client that left mid-stream: no report comes).
@@ -42,6 +45,7 @@ from typing import Any
 
 from kvroute.extproc.messages import DESTINATION_SERVED_HEADER as SERVED_HEADER
 from kvroute.extproc.tap import TAP_METHOD, TAP_NAMESPACE
+from kvroute.extproc.tap_http import TAP_HTTP_PATH
 
 WHOLE_CAP = 64 * 1024
 EDGE_CAP = 8 * 1024
@@ -50,6 +54,8 @@ _T = "type.googleapis.com/"
 
 _LUA = r"""
 local TAP_METHOD = "@METHOD@"
+local HTTP_CLUSTER = "@HTTP_CLUSTER@"  -- "": reports go over gRPC
+local HTTP_PATH = "@HTTP_PATH@"
 local WHOLE_CAP = @WHOLE@
 local EDGE_CAP = @EDGE@
 
@@ -145,6 +151,13 @@ function envoy_on_response(h)
     local payload = id .. "\n" .. kind .. "\n" .. tostring(total) .. "\n" ..
                     tostring(first_ms) .. "\n" .. status .. "\n" .. sse_flag .. "\n" ..
                     served .. "\n" .. tostring(#head_str) .. "\n" .. head_str .. tail_str
+    if md["cluster"] == nil and HTTP_CLUSTER ~= "" then
+      h:httpCall(HTTP_CLUSTER, {
+        [":method"] = "POST", [":path"] = HTTP_PATH, [":authority"] = "kvroute-epp",
+        ["content-type"] = "application/octet-stream",
+      }, payload, 2000)
+      return
+    end
     local frame = "\0" .. be32(#payload) .. payload
     local cluster = md["cluster"] or "@CLUSTER@"
     h:httpCall(cluster, {
@@ -197,9 +210,13 @@ end
 """
 
 
-def lua_source(epp_cluster: str) -> str:
+def lua_source(epp_cluster: str, http_cluster: str = "") -> str:
+    """The filter's Lua; ``http_cluster``: reports go there as plain HTTP/1.1 POSTs
+    (:mod:`kvroute.extproc.tap_http`) unless the metadata names a replica's cluster."""
     return (
         _LUA.replace("@METHOD@", TAP_METHOD)
+        .replace("@HTTP_CLUSTER@", http_cluster)
+        .replace("@HTTP_PATH@", TAP_HTTP_PATH)
         .replace("@WHOLE@", str(WHOLE_CAP))
         .replace("@EDGE@", str(EDGE_CAP))
         .replace("@NAMESPACE@", TAP_NAMESPACE)
@@ -208,12 +225,12 @@ def lua_source(epp_cluster: str) -> str:
     )
 
 
-def response_tap_filter(epp_cluster: str) -> dict[str, Any]:
+def response_tap_filter(epp_cluster: str, http_cluster: str = "") -> dict[str, Any]:
     """The Lua HTTP filter; goes right before ext_proc in ``http_filters``."""
     return {
         "name": "kvroute.response_tap",
         "typed_config": {
             "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": lua_source(epp_cluster)},
+            "default_source_code": {"inline_string": lua_source(epp_cluster, http_cluster)},
         },
     }

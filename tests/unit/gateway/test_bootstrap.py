@@ -14,6 +14,7 @@ from kvroute.gateway.bootstrap import (
     EPP_CLUSTER,
     FAILOPEN_CLUSTER,
     POOL_CLUSTER,
+    TAP_HTTP_CLUSTER,
     BootstrapOptions,
     FailureMode,
     build_bootstrap,
@@ -78,6 +79,14 @@ VARIANTS = {
     ),
     "epp-replicas": BootstrapOptions(
         endpoints=EPS, epp_tls=False, epp_endpoints=(("127.0.0.1", 9102), ("127.0.0.1", 9202))
+    ),
+    # kvroute serve's default shape (issue 19): tap, private sockets, the HTTP report socket.
+    "tap-http-report": BootstrapOptions(
+        endpoints=EPS,
+        epp_tls=False,
+        response_processing="tap",
+        epp_uds="/tmp/kvroute-validate/epp.sock",
+        tap_http_uds="/tmp/kvroute-validate/epp.sock-tap",
     ),
 }
 
@@ -326,3 +335,19 @@ def test_pool_app_protocol_decides_h2c(tmp_path: Path) -> None:
     assert pool_speaks_h2c(EppSettings(resources=(h2c,))) is True
     assert pool_speaks_h2c(EppSettings(resources=(plain,))) is False
     assert pool_speaks_h2c(EppSettings()) is False
+
+
+def test_tap_report_socket_is_an_http1_cluster_the_lua_filter_posts_to() -> None:
+    doc = build_bootstrap(VARIANTS["tap-http-report"])
+    cluster = _clusters(doc)[TAP_HTTP_CLUSTER]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"] == {"pipe": {"path": "/tmp/kvroute-validate/epp.sock-tap"}}
+    assert "typed_extension_protocol_options" not in cluster  # HTTP/1.1, not h2
+    (lua,) = [f for f in _hcm(doc)["http_filters"] if f["name"] == "kvroute.response_tap"]
+    source = lua["typed_config"]["default_source_code"]["inline_string"]
+    assert f'local HTTP_CLUSTER = "{TAP_HTTP_CLUSTER}"' in source
+    # Without the socket (TCP, TLS, replicas, --tap-report grpc): no such cluster, gRPC only.
+    plain = build_bootstrap(BootstrapOptions(endpoints=EPS, response_processing="tap"))
+    assert TAP_HTTP_CLUSTER not in _clusters(plain)
+    (lua,) = [f for f in _hcm(plain)["http_filters"] if f["name"] == "kvroute.response_tap"]
+    assert 'local HTTP_CLUSTER = ""' in lua["typed_config"]["default_source_code"]["inline_string"]
