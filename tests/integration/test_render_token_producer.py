@@ -94,6 +94,7 @@ async def test_rendered_engine_tokens_are_what_the_producer_hashes() -> None:
         decision = await graph.director.handle_request_async(parsed, {}, "c1")
         graph.director.handle_response_complete(decision, None)
         assert tokens.rendered == 4
+        await graph.aclose()  # closes the plugins: the render client's keep-alive connection
 
 
 async def test_render_failure_falls_back_to_the_estimate_and_is_counted() -> None:
@@ -108,6 +109,7 @@ async def test_render_failure_falls_back_to_the_estimate_and_is_counted() -> Non
     assert tokens.failures == 1
     assert tokens.rendered == 0
     assert producer.blocks_held(decision.target.name) > 0  # hashed from the text estimate
+    await graph.aclose()
 
 
 async def test_render_outcomes_are_a_counter_family() -> None:
