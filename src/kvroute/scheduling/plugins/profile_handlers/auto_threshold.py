@@ -118,7 +118,9 @@ class AutoThreshold:
         """For display: with equal queues on both sides, the lower edge of the lowest bucket
         from which every learnt bucket is cheaper split; above the top one if that one is
         cheaper whole; ``initial`` while nothing is learnt."""
-        verdicts = {b: v for b, x, _ in self.cost if x == 0 and (v := self._verdict(b, 0)) is not None}
+        verdicts = {
+            b: v for b, x, _ in self.cost if x == 0 and (v := self._verdict(b, 0)) is not None
+        }
         if not verdicts:
             return self.initial
         threshold = None
