@@ -286,6 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="observe the crossover prompt length with kvroute's decider instead",
     )
     ap.add_argument(
+        "--auto-exploration",
+        type=float,
+        help="--crossover mixed-length run: the decider's autoExploration (default 0.05)",
+    )
+    ap.add_argument(
         "--prefill", type=int, help="--crossover pool: prefill engines (default gpus/2; 0: flex)"
     )
     ap.add_argument("--seed", type=int, default=1)
@@ -303,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kvroute_bench.pd_crossover import print_tables
 
         n_p = a.gpus // 2 if a.prefill is None else a.prefill
-        print_tables(a.gpus, n_p, a.qps[0], a.duration, engine, a.link)
+        print_tables(a.gpus, n_p, a.qps[0], a.duration, engine, a.link, a.auto_exploration)
         return 0
     print(HEADER)
     for qps in a.qps:

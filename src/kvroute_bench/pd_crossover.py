@@ -53,8 +53,9 @@ def _run(
     engine: EngineConfig,
     link_name: str,
     records: list[pd.Rec] | None = None,
+    exploration: float | None = None,
 ) -> tuple[pd.Result, KvrouteRouter]:
-    kv = KvrouteRouter(roles(gpus, n_prefill), non_cached, seed=7)
+    kv = KvrouteRouter(roles(gpus, n_prefill), non_cached, seed=7, exploration=exploration)
     res = pd.run(
         arrivals,
         n_prefill,
@@ -90,6 +91,7 @@ class BucketRow:
     split_share: float
     whole: float  # mean s/token of the requests kept whole (nan if none)
     split: float  # mean s/token of the requests split (nan if none)
+    learnt: str = "-"  # auto's verdict at the end with equal queues: split, whole, - (not yet)
 
 
 def _mean_cost(recs: Sequence[pd.Rec]) -> float:
@@ -99,19 +101,35 @@ def _mean_cost(recs: Sequence[pd.Rec]) -> float:
 
 
 def mixed(
-    gpus: int, n_prefill: int, qps: float, duration: float, engine: EngineConfig, link_name: str
+    gpus: int,
+    n_prefill: int,
+    qps: float,
+    duration: float,
+    engine: EngineConfig,
+    link_name: str,
+    exploration: float | None = None,
 ) -> tuple[list[BucketRow], pd.Result, int]:
     """Mixed lengths with ``auto``: per bucket rows, the run's result, auto's end threshold."""
     arr = pd.workload("mixed", qps, duration, 7)
     recs: list[pd.Rec] = []
-    res, kv = _run(arr, gpus, n_prefill, "auto", engine, link_name, recs)
+    res, kv = _run(arr, gpus, n_prefill, "auto", engine, link_name, recs, exploration)
+    auto = kv.decider.auto
     rows = []
     for b in sorted({r.prompt.bit_length() - 1 for r in recs}):
         inb = [r for r in recs if r.prompt.bit_length() - 1 == b]
         split = [r for r in inb if r.split]
         whole = [r for r in inb if not r.split]
+        verdict = auto.verdict(b, 0)
+        learnt = "-" if verdict is None else ("split" if verdict else "whole")
         rows.append(
-            BucketRow(2**b, len(inb), len(split) / len(inb), _mean_cost(whole), _mean_cost(split))
+            BucketRow(
+                2**b,
+                len(inb),
+                len(split) / len(inb),
+                _mean_cost(whole),
+                _mean_cost(split),
+                learnt,
+            )
         )
     return rows, res, kv.threshold
 
@@ -127,7 +145,13 @@ def observed_crossover(rows: Sequence[BucketRow]) -> int | None:
 
 
 def print_tables(
-    gpus: int, n_prefill: int, qps: float, duration: float, engine: EngineConfig, link_name: str
+    gpus: int,
+    n_prefill: int,
+    qps: float,
+    duration: float,
+    engine: EngineConfig,
+    link_name: str,
+    exploration: float | None = None,
 ) -> None:
     pool = f"flex x{gpus}" if n_prefill == 0 else f"P/D {n_prefill}:{gpus - n_prefill}"
     print(f"Per length, {pool}, {qps:g} QPS:\n")
@@ -141,16 +165,19 @@ def print_tables(
             f"| {r.tokens} | {r.whole:.4f} | {r.split:.4f} | {r.auto:.4f} | "
             f"{100 * r.auto_split:.0f}% | {cheaper} | {r.threshold} |"
         )
-    rows, res, threshold = mixed(gpus, n_prefill, qps, duration, engine, link_name)
-    print(f"\nMixed lengths (128..16000 tokens, log-uniform), {pool}, {qps:g} QPS, auto:\n")
+    rows, res, threshold = mixed(gpus, n_prefill, qps, duration, engine, link_name, exploration)
+    explore = "" if exploration is None else f" (autoExploration {exploration:g})"
     print(
-        "| bucket (tokens) | requests | auto split | kept whole (s/token) | split (s/token) |"
-        "\n|---|---|---|---|---|"
+        f"\nMixed lengths (128..16000 tokens, log-uniform), {pool}, {qps:g} QPS, auto{explore}:\n"
+    )
+    print(
+        "| bucket (tokens) | requests | auto split | kept whole (s/token) | split (s/token) "
+        "| learnt (equal queues) |\n|---|---|---|---|---|---|"
     )
     for b in rows:
         print(
             f"| {b.low}-{2 * b.low - 1} | {b.requests} | {100 * b.split_share:.0f}% | "
-            f"{b.whole:.4f} | {b.split:.4f} |"
+            f"{b.whole:.4f} | {b.split:.4f} | {b.learnt} |"
         )
     print(
         f"\nObserved crossover (auto splits most requests from): {observed_crossover(rows)} "

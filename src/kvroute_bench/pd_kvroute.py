@@ -58,11 +58,21 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 class KvrouteRouter:
-    def __init__(self, roles: Sequence[str], non_cached: str = "auto", seed: int = 0) -> None:
-        """``roles[i]`` is engine i's ``llm-d.ai/role`` (``prefill``, ``decode`` or ``both``)."""
+    def __init__(
+        self,
+        roles: Sequence[str],
+        non_cached: str = "auto",
+        seed: int = 0,
+        exploration: float | None = None,
+    ) -> None:
+        """``roles[i]`` is engine i's ``llm-d.ai/role`` (``prefill``, ``decode`` or ``both``);
+        ``exploration`` sets the decider's ``autoExploration`` (with ``auto``)."""
         self.now = 0.0
+        decider = non_cached
+        if exploration is not None:
+            decider += f", autoExploration: {exploration}"
         self.setup = build_scheduling(
-            parse_epp_config(CONFIG.replace("NON_CACHED", non_cached)),
+            parse_epp_config(CONFIG.replace("NON_CACHED", decider)),
             default_registry(include_entry_points=False),
             rng=random.Random(seed),
             clock=lambda: self.now,

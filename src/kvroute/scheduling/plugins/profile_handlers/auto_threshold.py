@@ -53,7 +53,7 @@ class AutoThreshold:
     """The learner; see the module docstring."""
 
     ALPHA = 0.1
-    MARGIN = 0.05  # split only when it is this much cheaper than kept whole
+    MARGIN = 0.02  # split only when it is this much cheaper than kept whole
 
     def __init__(
         self, initial: int, exploration: float, min_samples: int, rng: random.Random
@@ -70,7 +70,7 @@ class AutoThreshold:
     def bucket(tokens: int) -> int:
         return max(0, int(math.log2(max(1, tokens))))
 
-    def _verdict(self, b: int, ctx: int) -> bool | None:
+    def verdict(self, b: int, ctx: int) -> bool | None:
         """Split cheaper than whole in bucket ``b`` and context ``ctx``; None if not learnt."""
         whole, split = self.cost.get((b, ctx, False)), self.cost.get((b, ctx, True))
         m = self.min_samples
@@ -82,13 +82,13 @@ class AutoThreshold:
         """The mode this learner wants for ``tokens`` uncached tokens in ``ctx``, before
         exploration."""
         b = self.bucket(tokens)
-        verdict = self._verdict(b, ctx)
+        verdict = self.verdict(b, ctx)
         if verdict is not None:
             return verdict
         learnt = {c for c, x, _ in self.cost if x == ctx}
-        if any(self._verdict(c, ctx) for c in learnt if c < b):
+        if any(self.verdict(c, ctx) for c in learnt if c < b):
             return True
-        if any(self._verdict(c, ctx) is False for c in learnt if c > b):
+        if any(self.verdict(c, ctx) is False for c in learnt if c > b):
             return False
         return tokens >= self.initial and ctx <= 0
 
@@ -119,13 +119,13 @@ class AutoThreshold:
         from which every learnt bucket is cheaper split; above the top one if that one is
         cheaper whole; ``initial`` while nothing is learnt."""
         verdicts = {
-            b: v for b, x, _ in self.cost if x == 0 and (v := self._verdict(b, 0)) is not None
+            b: v for b, x, _ in self.cost if x == 0 and (v := self.verdict(b, 0)) is not None
         }
         if not verdicts:
             return self.initial
-        threshold = None
+        threshold: int = 1 << (max(verdicts) + 1)
         for b in sorted(verdicts, reverse=True):
             if not verdicts[b]:
                 break
-            threshold = 2**b
-        return threshold if threshold is not None else 2 ** (max(verdicts) + 1)
+            threshold = 1 << b
+        return threshold

@@ -119,7 +119,8 @@ class PrefixBasedPdDecider:
         tokens = n_in if uncached is None else uncached
         started = self._clock() if self._clock is not None else state.now
         whole_load = float(decode.metrics.waiting_queue_size)
-        split_load = _prefill_queue(state.get(_CANDIDATES, ()), decode)
+        candidates: tuple[Endpoint, ...] = state.get(_CANDIDATES, ())
+        split_load = _prefill_queue(candidates, decode)
         self._pending[request.request_id] = (tokens, started, False, split_load, whole_load)
         while len(self._pending) > _MAX_PENDING:  # requests that never reached PreRequest
             self._pending.popitem(last=False)
