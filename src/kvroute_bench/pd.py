@@ -43,7 +43,9 @@ class PdRouter(Protocol):
         self, rid: str, prompt: int, output: int, now: float, engines: Sequence[Engine]
     ) -> tuple[int | None, int]: ...
 
-    def complete(self, rid: str, now: float, output: int) -> None: ...
+    def complete(
+        self, rid: str, now: float, output: int, first_token_at: float | None = None
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -219,7 +221,7 @@ def run(
             else:
                 rec.finish = out.end
                 if router is not None:
-                    router.complete(req.request_id, out.end, rec.output)
+                    router.complete(req.request_id, out.end, rec.output, rec.first)
         wake(i, now)
 
     done = [r for r in recs.values() if r.finish is not None and r.first is not None]

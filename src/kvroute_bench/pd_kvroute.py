@@ -126,12 +126,15 @@ class KvrouteRouter:
         self._requests[rid] = request
         return (None if p is None or p == d else p), d
 
-    def complete(self, rid: str, now: float, output: int) -> None:
+    def complete(
+        self, rid: str, now: float, output: int, first_token_at: float | None = None
+    ) -> None:
         self.now = now
         request = self._requests.pop(rid)
+        usage = Usage(0, output, 0, first_token_at)
         for h in self.hooks:
             if hasattr(h, "response_complete"):
-                h.response_complete(request, self.endpoints[0], Usage(0, output, 0))
+                h.response_complete(request, self.endpoints[0], usage)
 
     @property
     def threshold(self) -> int:
