@@ -288,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="observe the crossover prompt length with kvroute's decider instead",
     )
     ap.add_argument(
+        "--auto-charge-stalls",
+        action="store_true",
+        help="with nonCachedTokens auto: the decider's autoChargeStalls",
+    )
+    ap.add_argument(
         "--auto-exploration",
         type=float,
         help="--crossover mixed-length run: the decider's autoExploration (default 0.05)",
@@ -310,7 +315,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kvroute_bench.pd_crossover import print_tables
 
         n_p = a.gpus // 2 if a.prefill is None else a.prefill
-        print_tables(a.gpus, n_p, a.qps[0], a.duration, engine, a.link, a.auto_exploration)
+        print_tables(
+            a.gpus,
+            n_p,
+            a.qps[0],
+            a.duration,
+            engine,
+            a.link,
+            a.auto_exploration,
+            a.auto_charge_stalls,
+        )
         return 0
     print(HEADER)
     for qps in a.qps:
@@ -349,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for p in range(a.gpus):
                 roles = ["both"] * a.gpus if p == 0 else ["prefill"] * p + ["decode"] * (a.gpus - p)
-                kv = KvrouteRouter(roles, non_cached, seed=a.seed)
+                stalls = a.auto_charge_stalls and non_cached == "auto"
+                kv = KvrouteRouter(roles, non_cached, seed=a.seed, charge_stalls=stalls)
                 name = f"flex x{a.gpus}" if p == 0 else f"P/D {p}:{a.gpus - p}"
                 res = run(
                     arr,
@@ -364,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     router=kv,
                 )
                 end = f" (threshold at end {kv.threshold})" if non_cached == "auto" else ""
-                res = dataclasses.replace(res, label=f"kvroute {non_cached}, {name}{end}")
+                mode = non_cached + (" +stalls" if stalls else "")
+                res = dataclasses.replace(res, label=f"kvroute {mode}, {name}{end}")
                 print(_row(res))
     return 0
 

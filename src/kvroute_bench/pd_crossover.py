@@ -54,8 +54,15 @@ def _run(
     link_name: str,
     records: list[pd.Rec] | None = None,
     exploration: float | None = None,
+    charge_stalls: bool = False,
 ) -> tuple[pd.Result, KvrouteRouter]:
-    kv = KvrouteRouter(roles(gpus, n_prefill), non_cached, seed=7, exploration=exploration)
+    kv = KvrouteRouter(
+        roles(gpus, n_prefill),
+        non_cached,
+        seed=7,
+        exploration=exploration,
+        charge_stalls=charge_stalls and non_cached == "auto",
+    )
     res = pd.run(
         arrivals,
         n_prefill,
@@ -70,14 +77,22 @@ def _run(
 
 
 def by_length(
-    gpus: int, n_prefill: int, qps: float, duration: float, engine: EngineConfig, link_name: str
+    gpus: int,
+    n_prefill: int,
+    qps: float,
+    duration: float,
+    engine: EngineConfig,
+    link_name: str,
+    charge_stalls: bool = False,
 ) -> list[LengthRow]:
     rows = []
     for tokens in LENGTHS:
         arr = pd.workload("long", qps, duration, 7, prompt=tokens)
         whole, _ = _run(arr, gpus, n_prefill, "0", engine, link_name)
         split, _ = _run(arr, gpus, n_prefill, "1", engine, link_name)
-        auto, kv = _run(arr, gpus, n_prefill, "auto", engine, link_name)
+        auto, kv = _run(
+            arr, gpus, n_prefill, "auto", engine, link_name, charge_stalls=charge_stalls
+        )
         rows.append(
             LengthRow(tokens, whole.cost, split.cost, auto.cost, auto.split_share, kv.threshold)
         )
@@ -108,11 +123,14 @@ def mixed(
     engine: EngineConfig,
     link_name: str,
     exploration: float | None = None,
+    charge_stalls: bool = False,
 ) -> tuple[list[BucketRow], pd.Result, int]:
     """Mixed lengths with ``auto``: per bucket rows, the run's result, auto's end threshold."""
     arr = pd.workload("mixed", qps, duration, 7)
     recs: list[pd.Rec] = []
-    res, kv = _run(arr, gpus, n_prefill, "auto", engine, link_name, recs, exploration)
+    res, kv = _run(
+        arr, gpus, n_prefill, "auto", engine, link_name, recs, exploration, charge_stalls
+    )
     auto = kv.decider.auto
     rows = []
     for b in sorted({r.prompt.bit_length() - 1 for r in recs}):
@@ -152,20 +170,24 @@ def print_tables(
     engine: EngineConfig,
     link_name: str,
     exploration: float | None = None,
+    charge_stalls: bool = False,
 ) -> None:
     pool = f"flex x{gpus}" if n_prefill == 0 else f"P/D {n_prefill}:{gpus - n_prefill}"
-    print(f"Per length, {pool}, {qps:g} QPS:\n")
+    auto_name = "auto, autoChargeStalls" if charge_stalls else "auto"
+    print(f"Per length, {pool}, {qps:g} QPS ({auto_name}):\n")
     print(
         "| prompt tokens | never split (s/token) | always split (s/token) | auto (s/token) "
         "| auto split | cheaper fixed | auto threshold at end |\n|---|---|---|---|---|---|---|"
     )
-    for r in by_length(gpus, n_prefill, qps, duration, engine, link_name):
+    for r in by_length(gpus, n_prefill, qps, duration, engine, link_name, charge_stalls):
         cheaper = "split" if r.split < r.whole else "whole"
         print(
             f"| {r.tokens} | {r.whole:.4f} | {r.split:.4f} | {r.auto:.4f} | "
             f"{100 * r.auto_split:.0f}% | {cheaper} | {r.threshold} |"
         )
-    rows, res, threshold = mixed(gpus, n_prefill, qps, duration, engine, link_name, exploration)
+    rows, res, threshold = mixed(
+        gpus, n_prefill, qps, duration, engine, link_name, exploration, charge_stalls
+    )
     explore = "" if exploration is None else f" (autoExploration {exploration:g})"
     print(
         f"\nMixed lengths (128..16000 tokens, log-uniform), {pool}, {qps:g} QPS, auto{explore}:\n"

@@ -64,13 +64,17 @@ class KvrouteRouter:
         non_cached: str = "auto",
         seed: int = 0,
         exploration: float | None = None,
+        charge_stalls: bool = False,
     ) -> None:
         """``roles[i]`` is engine i's ``llm-d.ai/role`` (``prefill``, ``decode`` or ``both``);
-        ``exploration`` sets the decider's ``autoExploration`` (with ``auto``)."""
+        ``exploration`` and ``charge_stalls`` set the decider's ``autoExploration`` and
+        ``autoChargeStalls`` (with ``auto``)."""
         self.now = 0.0
         decider = non_cached
         if exploration is not None:
             decider += f", autoExploration: {exploration}"
+        if charge_stalls:
+            decider += ", autoChargeStalls: true"
         self.setup = build_scheduling(
             parse_epp_config(CONFIG.replace("NON_CACHED", decider)),
             default_registry(include_entry_points=False),

@@ -56,15 +56,35 @@ class AutoThreshold:
     MARGIN = 0.02  # split only when it is this much cheaper than kept whole
 
     def __init__(
-        self, initial: int, exploration: float, min_samples: int, rng: random.Random
+        self,
+        initial: int,
+        exploration: float,
+        min_samples: int,
+        rng: random.Random,
+        *,
+        charge_stalls: bool = False,
     ) -> None:
         self.initial = initial
+        self.charge_stalls = charge_stalls
+        self.prefill_rate = 0.0  # the fastest prefill seen: uncached tokens per second of TTFT
         self.exploration = exploration
         self.min_samples = min_samples
         self.rng = rng
         # (bucket, context, split?) -> EWMA of cost / the bucket's baseline at completion
         self.cost: dict[tuple[int, int, bool], Ewma] = {}
         self.baseline: dict[int, Ewma] = {}  # bucket -> EWMA of every completion's cost
+
+    def stall_seconds(self, tokens: int, others: float, ttft: float | None) -> float:
+        """With ``charge_stalls`` (``autoChargeStalls``), what a request's prefill costs the
+        ``others`` requests running or waiting where it runs: each waits about as long as the
+        prefill computes, estimated as ``tokens`` at the fastest prefill rate seen
+        (``tokens / ttft``, the upper envelope, so queueing in a TTFT does not inflate it).
+        Added to the request's own seconds before dividing by its output tokens."""
+        if ttft is not None and ttft > 0:
+            self.prefill_rate = max(self.prefill_rate, tokens / ttft)
+        if not self.charge_stalls or self.prefill_rate <= 0:
+            return 0.0
+        return others * tokens / self.prefill_rate
 
     @staticmethod
     def bucket(tokens: int) -> int:

@@ -58,6 +58,7 @@ class PrefixDeciderParams(PluginParams):
     auto_initial_tokens: int | None = Field(None, ge=1, alias="autoInitialTokens")
     auto_exploration: float | None = Field(None, ge=0.0, le=0.5, alias="autoExploration")
     auto_min_samples: int | None = Field(None, ge=1, alias="autoMinSamples")
+    auto_charge_stalls: bool | None = Field(None, alias="autoChargeStalls")
 
     @model_validator(mode="after")
     def _check(self) -> PrefixDeciderParams:
@@ -68,6 +69,7 @@ class PrefixDeciderParams(PluginParams):
                 ("autoInitialTokens", self.auto_initial_tokens),
                 ("autoExploration", self.auto_exploration),
                 ("autoMinSamples", self.auto_min_samples),
+                ("autoChargeStalls", self.auto_charge_stalls),
             ):
                 if value is not None:
                     raise ValueError(f"{key} needs nonCachedTokens: auto")
@@ -93,9 +95,13 @@ class PrefixBasedPdDecider:
                 0.05 if p.auto_exploration is None else p.auto_exploration,
                 p.auto_min_samples or 20,
                 rng or random.Random(),
+                charge_stalls=bool(p.auto_charge_stalls),
             )
-        # request id -> (uncached tokens, start, split, load if split, load if whole)
-        self._pending: OrderedDict[str, tuple[int, float, bool, float, float]] = OrderedDict()
+        # request id -> (uncached tokens, start, split, load if split, load if whole, requests
+        # running or waiting where its prefill runs)
+        self._pending: OrderedDict[str, tuple[int, float, bool, float, float, float]] = (
+            OrderedDict()
+        )
 
     @property
     def threshold(self) -> int:
@@ -121,7 +127,7 @@ class PrefixBasedPdDecider:
         whole_load = float(decode.metrics.waiting_queue_size)
         candidates: tuple[Endpoint, ...] = state.get(_CANDIDATES, ())
         split_load = _prefill_queue(candidates, decode)
-        self._pending[request.request_id] = (tokens, started, False, split_load, whole_load)
+        self._pending[request.request_id] = (tokens, started, False, split_load, whole_load, 0.0)
         while len(self._pending) > _MAX_PENDING:  # requests that never reached PreRequest
             self._pending.popitem(last=False)
         return self.auto.choose(tokens, split_load, whole_load)
@@ -143,13 +149,24 @@ class PrefixBasedPdDecider:
         if found is None:
             return
         primary = result.primary
-        target = primary.targets[0].hostport if primary is not None and primary.targets else ""
-        split = any(
-            r is not None and r.targets and r.targets[0].hostport != target
-            for name, r in result.profile_results.items()
-            if name != result.primary_profile
+        decode = primary.targets[0] if primary is not None and primary.targets else None
+        target = decode.hostport if decode is not None else ""
+        prefill = next(
+            (
+                r.targets[0]
+                for name, r in result.profile_results.items()
+                if name != result.primary_profile
+                and r is not None
+                and r.targets
+                and r.targets[0].hostport != target
+            ),
+            None,
         )
-        self._pending[request.request_id] = (*found[:2], split, *found[3:])
+        where = prefill if prefill is not None else decode
+        others = 0.0  # the streams there and the queue behind it all wait for its prefill
+        if where is not None:
+            others = float(where.metrics.running_queue_size + where.metrics.waiting_queue_size)
+        self._pending[request.request_id] = (*found[:2], prefill is not None, *found[3:5], others)
 
     def response_complete(
         self, request: InferenceRequest, endpoint: Endpoint, usage: Usage | None
@@ -159,9 +176,11 @@ class PrefixBasedPdDecider:
         found = self._pending.pop(request.request_id, None)
         if found is None:
             return
-        tokens, started, split, split_load, whole_load = found
+        tokens, started, split, split_load, whole_load, others = found
         out = usage.completion_tokens if usage is not None else 0
-        cost = (self._clock() - started) / max(1, out)
+        first = usage.first_token_at if usage is not None else None
+        stall = self.auto.stall_seconds(tokens, others, None if first is None else first - started)
+        cost = (self._clock() - started + stall) / max(1, out)
         self.auto.observe(tokens, split, cost, split_load, whole_load)
 
 

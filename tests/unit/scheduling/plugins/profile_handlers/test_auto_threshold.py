@@ -63,3 +63,15 @@ def test_unlearnt_buckets_borrow_from_learnt_neighbours() -> None:
     assert auto.prefers_split(9000)  # a longer bucket follows the shorter learnt one
     assert not auto.prefers_split(9000, context(4, 0))  # only in the context it was learnt in
     assert not auto.prefers_split(300)  # shorter: the initial rule (300 < 100000)
+
+
+def test_stall_charge_uses_the_fastest_prefill_rate_seen_and_only_when_on() -> None:
+    off = AutoThreshold(2048, 0.05, 20, random.Random(0))
+    assert off.stall_seconds(8000, 10, 0.25) == 0.0  # learns the rate, charges nothing
+    assert off.prefill_rate == 32000
+    on = AutoThreshold(2048, 0.05, 20, random.Random(0), charge_stalls=True)
+    assert on.stall_seconds(1000, 4, None) == 0.0  # no rate yet
+    on.stall_seconds(8000, 0, 0.25)  # 32k tokens/s
+    on.stall_seconds(8000, 0, 2.0)  # queued: a slower apparent rate does not lower it
+    assert on.prefill_rate == 32000
+    assert on.stall_seconds(3200, 5, None) == 5 * 0.1
