@@ -58,3 +58,23 @@ def kv_model() -> str:
     from kvroute_bench.pd_kvroute import MODEL
 
     return MODEL
+
+
+def test_stall_charge_keeps_splitting_long_prompts_at_light_load() -> None:
+    """8192-token prompts at 2 QPS in a 2:2 pool: splitting is 23% cheaper for the system
+    (the decode stalls it spares the other streams) though not for the request itself. With
+    ``autoChargeStalls`` the learner keeps splitting (>85%) at about the always-split cost."""
+    arr = pd.workload("long", 2.0, 300.0, seed=7, prompt=8192)
+    roles = ["prefill", "prefill", "decode", "decode"]
+    always = pd.run(
+        arr, 2, 2, pd.threshold_policy(0), engine=ENGINE, router=KvrouteRouter(roles, "1")
+    )
+    never = pd.run(
+        arr, 2, 2, pd.threshold_policy(0), engine=ENGINE, router=KvrouteRouter(roles, "0")
+    )
+    kv = KvrouteRouter(roles, "auto", seed=1, charge_stalls=True)
+    charged = pd.run(arr, 2, 2, pd.threshold_policy(0), engine=ENGINE, router=kv)
+    assert always.cost < 0.85 * never.cost
+    assert charged.split_share > 0.85
+    assert charged.cost < 1.03 * always.cost
+    assert kv.decider.auto.prefill_rate > 0
