@@ -288,9 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="observe the crossover prompt length with kvroute's decider instead",
     )
     ap.add_argument(
-        "--auto-charge-stalls",
-        action="store_true",
-        help="with nonCachedTokens auto: the decider's autoChargeStalls",
+        "--no-auto-charge-stalls",
+        dest="auto_charge_stalls",
+        action="store_false",
+        help="with nonCachedTokens auto: autoChargeStalls false (the default is true)",
     )
     ap.add_argument(
         "--auto-exploration",
@@ -363,8 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for p in range(a.gpus):
                 roles = ["both"] * a.gpus if p == 0 else ["prefill"] * p + ["decode"] * (a.gpus - p)
-                stalls = a.auto_charge_stalls and non_cached == "auto"
-                kv = KvrouteRouter(roles, non_cached, seed=a.seed, charge_stalls=stalls)
+                plain = non_cached == "auto" and not a.auto_charge_stalls
+                kv = KvrouteRouter(
+                    roles, non_cached, seed=a.seed, charge_stalls=False if plain else None
+                )
                 name = f"flex x{a.gpus}" if p == 0 else f"P/D {p}:{a.gpus - p}"
                 res = run(
                     arr,
@@ -379,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     router=kv,
                 )
                 end = f" (threshold at end {kv.threshold})" if non_cached == "auto" else ""
-                mode = non_cached + (" +stalls" if stalls else "")
+                mode = non_cached + (" -stalls" if plain else "")
                 res = dataclasses.replace(res, label=f"kvroute {mode}, {name}{end}")
                 print(_row(res))
     return 0

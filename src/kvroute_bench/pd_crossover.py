@@ -54,14 +54,14 @@ def _run(
     link_name: str,
     records: list[pd.Rec] | None = None,
     exploration: float | None = None,
-    charge_stalls: bool = False,
+    charge_stalls: bool = True,
 ) -> tuple[pd.Result, KvrouteRouter]:
     kv = KvrouteRouter(
         roles(gpus, n_prefill),
         non_cached,
         seed=7,
         exploration=exploration,
-        charge_stalls=charge_stalls and non_cached == "auto",
+        charge_stalls=None if non_cached != "auto" or charge_stalls else False,
     )
     res = pd.run(
         arrivals,
@@ -83,7 +83,7 @@ def by_length(
     duration: float,
     engine: EngineConfig,
     link_name: str,
-    charge_stalls: bool = False,
+    charge_stalls: bool = True,
 ) -> list[LengthRow]:
     rows = []
     for tokens in LENGTHS:
@@ -123,7 +123,7 @@ def mixed(
     engine: EngineConfig,
     link_name: str,
     exploration: float | None = None,
-    charge_stalls: bool = False,
+    charge_stalls: bool = True,
 ) -> tuple[list[BucketRow], pd.Result, int]:
     """Mixed lengths with ``auto``: per bucket rows, the run's result, auto's end threshold."""
     arr = pd.workload("mixed", qps, duration, 7)
@@ -170,10 +170,10 @@ def print_tables(
     engine: EngineConfig,
     link_name: str,
     exploration: float | None = None,
-    charge_stalls: bool = False,
+    charge_stalls: bool = True,
 ) -> None:
     pool = f"flex x{gpus}" if n_prefill == 0 else f"P/D {n_prefill}:{gpus - n_prefill}"
-    auto_name = "auto, autoChargeStalls" if charge_stalls else "auto"
+    auto_name = "auto" if charge_stalls else "auto, autoChargeStalls false"
     print(f"Per length, {pool}, {qps:g} QPS ({auto_name}):\n")
     print(
         "| prompt tokens | never split (s/token) | always split (s/token) | auto (s/token) "
@@ -190,7 +190,8 @@ def print_tables(
     )
     explore = "" if exploration is None else f" (autoExploration {exploration:g})"
     print(
-        f"\nMixed lengths (128..16000 tokens, log-uniform), {pool}, {qps:g} QPS, auto{explore}:\n"
+        f"\nMixed lengths (128..16000 tokens, log-uniform), {pool}, {qps:g} QPS, "
+        f"{auto_name}{explore}:\n"
     )
     print(
         "| bucket (tokens) | requests | auto split | kept whole (s/token) | split (s/token) "

@@ -64,7 +64,7 @@ class KvrouteRouter:
         non_cached: str = "auto",
         seed: int = 0,
         exploration: float | None = None,
-        charge_stalls: bool = False,
+        charge_stalls: bool | None = None,
     ) -> None:
         """``roles[i]`` is engine i's ``llm-d.ai/role`` (``prefill``, ``decode`` or ``both``);
         ``exploration`` and ``charge_stalls`` set the decider's ``autoExploration`` and
@@ -73,8 +73,8 @@ class KvrouteRouter:
         decider = non_cached
         if exploration is not None:
             decider += f", autoExploration: {exploration}"
-        if charge_stalls:
-            decider += ", autoChargeStalls: true"
+        if charge_stalls is not None:
+            decider += f", autoChargeStalls: {str(charge_stalls).lower()}"
         self.setup = build_scheduling(
             parse_epp_config(CONFIG.replace("NON_CACHED", decider)),
             default_registry(include_entry_points=False),

@@ -22,6 +22,12 @@ the comparison, a bucket is split while the prefill side's queue is short enough
 and kept whole once it is not, so the share that splits settles where the two costs meet; on
 mixed lengths the buckets whose verdict is clear at every load behave as a threshold.
 
+With ``charge_stalls`` (the decider's ``autoChargeStalls``, on by default there) a request's
+cost also carries :meth:`AutoThreshold.stall_seconds`, the wait its prefill causes the requests
+running or waiting where it runs: a request's own latency does not show the decode stalls a
+long prefill kept whole inflicts on the other streams of its engine, which is what a split
+saves, so without it the two modes cost a request the same at light load.
+
 A bucket not learnt yet borrows from its learnt neighbours (longer prompts gain more from a
 split): it splits if a shorter learnt bucket would split now, stays whole if a longer one would
 stay whole, and otherwise follows ``initial`` (split iff ``tokens >= initial``).

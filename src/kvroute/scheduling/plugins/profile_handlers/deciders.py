@@ -95,7 +95,7 @@ class PrefixBasedPdDecider:
                 0.05 if p.auto_exploration is None else p.auto_exploration,
                 p.auto_min_samples or 20,
                 rng or random.Random(),
-                charge_stalls=bool(p.auto_charge_stalls),
+                charge_stalls=p.auto_charge_stalls is not False,  # default on
             )
         # request id -> (uncached tokens, start, split, load if split, load if whole, requests
         # running or waiting where its prefill runs)

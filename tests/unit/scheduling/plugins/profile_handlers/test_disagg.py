@@ -170,8 +170,10 @@ def test_decider_parameters() -> None:
         _setup(text=base + "{nonCachedTokens: -1}\n- type: queue-scorer\n")
     with pytest.raises(PluginValidationError, match="autoChargeStalls needs nonCachedTokens"):
         _setup(text=base + "{nonCachedTokens: 16, autoChargeStalls: true}\n")
-    setup = _setup(text=base + "{nonCachedTokens: auto, autoChargeStalls: true}\n")
-    assert setup.plugins["prefix-based-pd-decider"].auto.charge_stalls
+    setup = _setup(text=base + "{nonCachedTokens: auto}\n")
+    assert setup.plugins["prefix-based-pd-decider"].auto.charge_stalls  # default on
+    setup = _setup(text=base + "{nonCachedTokens: auto, autoChargeStalls: false}\n")
+    assert not setup.plugins["prefix-based-pd-decider"].auto.charge_stalls
 
 
 def test_auto_threshold_learns_the_crossover() -> None:
