@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import heapq
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,9 @@ class PdRouter(Protocol):
         self, rid: str, prompt: int, output: int, now: float, engines: Sequence[Engine]
     ) -> tuple[int | None, int]: ...
 
-    def complete(self, rid: str, now: float, output: int) -> None: ...
+    def complete(
+        self, rid: str, now: float, output: int, first_token_at: float | None = None
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -94,6 +97,8 @@ def workload(
             return out
         if kind == "long":  # RAG: 8k-token prompts, 200-token answers
             p, o = prompt or 8000, 200
+        elif kind == "mixed":  # prompt lengths log-uniform over 128..16000, 200-token answers
+            p, o = int(2 ** rng.uniform(7, math.log2(16000))), 200
         elif kind == "code":  # code generation: long context, longer answers
             p, o = prompt or int(rng.uniform(3000, 6000)), int(rng.uniform(200, 600))
         else:  # short chat
@@ -115,9 +120,11 @@ def run(
     label: str = "",
     qps: float = 0.0,
     router: PdRouter | None = None,
+    records: list[Rec] | None = None,
 ) -> Result:
     """One run; ``n_prefill`` 0 means aggregated over ``n_decode`` engines. With ``router`` the
-    router decides (and ``policy`` is ignored); otherwise JSQ within each pool."""
+    router decides (and ``policy`` is ignored); otherwise JSQ within each pool. ``records``
+    receives every completed request's record."""
     bpt = (shape or KVShape()).bytes_per_token
     kv_link = link(link_name)
     engines = [Engine(engine) for _ in range(n_prefill + n_decode)]
@@ -214,10 +221,12 @@ def run(
             else:
                 rec.finish = out.end
                 if router is not None:
-                    router.complete(req.request_id, out.end, rec.output)
+                    router.complete(req.request_id, out.end, rec.output, rec.first)
         wake(i, now)
 
     done = [r for r in recs.values() if r.finish is not None and r.first is not None]
+    if records is not None:
+        records.extend(done)
     span = max((r.finish for r in done if r.finish is not None), default=1.0)
     ttft = [r.first - r.arrival for r in done if r.first is not None]
     gaps = [g for r in done for g in r.gaps]
@@ -263,33 +272,9 @@ HEADER = (
 )
 
 
-def crossover(
-    gpus: int, n_prefill: int, qps: float, duration: float, engine: EngineConfig, link_name: str
-) -> list[tuple[int, float, float]]:
-    """Per prompt length, in a ``n_prefill:(gpus-n_prefill)`` pool at ``qps``: (tokens, cost kept
-    whole on a decode engine, cost split), cost = the automatic decider's (mean end-to-end
-    seconds per output token). The decider converges to the lowest length where split wins."""
-    out = []
-    for p in (256, 512, 1024, 2048, 4096, 8192):
-        arr = workload("long", qps, duration, 7, prompt=p)
-        whole, split = (
-            run(
-                arr,
-                n_prefill,
-                gpus - n_prefill,
-                threshold_policy(t),
-                engine=engine,
-                link_name=link_name,
-            ).cost
-            for t in (1 << 30, 0)
-        )
-        out.append((p, whole, split))
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kvroute_bench.pd", description=__doc__)
-    ap.add_argument("--workload", choices=["long", "code", "chat"], default="long")
+    ap.add_argument("--workload", choices=["long", "code", "chat", "mixed"], default="long")
     ap.add_argument("--gpus", type=int, default=4)
     ap.add_argument("--qps", type=float, nargs="+", default=[4.0])
     ap.add_argument("--duration", type=float, default=60.0)
@@ -297,23 +282,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threshold", type=int, default=2048, help="split prompts >= this (tokens)")
     ap.add_argument("--slo-ttft", type=float, default=2.0)
     ap.add_argument("--slo-tpot", type=float, default=0.05)
-    ap.add_argument("--crossover", action="store_true", help="sweep prompt length instead")
+    ap.add_argument(
+        "--crossover",
+        action="store_true",
+        help="observe the crossover prompt length with kvroute's decider instead",
+    )
+    ap.add_argument(
+        "--no-auto-charge-stalls",
+        dest="auto_charge_stalls",
+        action="store_false",
+        help="with nonCachedTokens auto: autoChargeStalls false (the default is true)",
+    )
+    ap.add_argument(
+        "--auto-exploration",
+        type=float,
+        help="--crossover mixed-length run: the decider's autoExploration (default 0.05)",
+    )
+    ap.add_argument(
+        "--prefill", type=int, help="--crossover pool: prefill engines (default gpus/2; 0: flex)"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--kvroute",
         metavar="NONCACHED",
-        help="also run kvroute's own P/D scheduler (nonCachedTokens: NONCACHED, e.g. auto)",
+        nargs="+",
+        default=[],
+        help="also run kvroute's own P/D scheduler with each nonCachedTokens value given "
+        "(e.g. 0 2048 auto; 0 never splits)",
     )
     a = ap.parse_args(argv)
     engine = engine_profile("h100-llama3-8b", max_model_len=16384)
     if a.crossover:
-        n_p = a.gpus // 2
-        print(
-            f"| prompt tokens | kept whole (s/token) | split {n_p}:{a.gpus - n_p} (s/token) "
-            "| cheaper |\n|---|---|---|---|"
+        from kvroute_bench.pd_crossover import print_tables
+
+        n_p = a.gpus // 2 if a.prefill is None else a.prefill
+        print_tables(
+            a.gpus,
+            n_p,
+            a.qps[0],
+            a.duration,
+            engine,
+            a.link,
+            a.auto_exploration,
+            a.auto_charge_stalls,
         )
-        for p, whole, dis in crossover(a.gpus, n_p, a.qps[0], a.duration, engine, a.link):
-            print(f"| {p} | {whole:.4f} | {dis:.4f} | {'split' if dis < whole else 'whole'} |")
         return 0
     print(HEADER)
     for qps in a.qps:
@@ -347,12 +359,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(one(0, a.gpus, split, f"flex x{a.gpus} (all both)"))
         for p in range(1, a.gpus):
             print(one(p, a.gpus - p, split, f"P/D {p}:{a.gpus - p}"))
-        if a.kvroute:
+        for non_cached in a.kvroute:
             from kvroute_bench.pd_kvroute import KvrouteRouter
 
             for p in range(a.gpus):
                 roles = ["both"] * a.gpus if p == 0 else ["prefill"] * p + ["decode"] * (a.gpus - p)
-                kv = KvrouteRouter(roles, a.kvroute, seed=a.seed)
+                plain = non_cached == "auto" and not a.auto_charge_stalls
+                kv = KvrouteRouter(
+                    roles, non_cached, seed=a.seed, charge_stalls=False if plain else None
+                )
                 name = f"flex x{a.gpus}" if p == 0 else f"P/D {p}:{a.gpus - p}"
                 res = run(
                     arr,
@@ -366,9 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     qps=qps,
                     router=kv,
                 )
-                res = dataclasses.replace(
-                    res, label=f"kvroute {a.kvroute}, {name} (threshold at end {kv.threshold})"
-                )
+                end = f" (threshold at end {kv.threshold})" if non_cached == "auto" else ""
+                mode = non_cached + (" -stalls" if plain else "")
+                res = dataclasses.replace(res, label=f"kvroute {mode}, {name}{end}")
                 print(_row(res))
     return 0
 

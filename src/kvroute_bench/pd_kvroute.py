@@ -58,11 +58,25 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 class KvrouteRouter:
-    def __init__(self, roles: Sequence[str], non_cached: str = "auto", seed: int = 0) -> None:
-        """``roles[i]`` is engine i's ``llm-d.ai/role`` (``prefill``, ``decode`` or ``both``)."""
+    def __init__(
+        self,
+        roles: Sequence[str],
+        non_cached: str = "auto",
+        seed: int = 0,
+        exploration: float | None = None,
+        charge_stalls: bool | None = None,
+    ) -> None:
+        """``roles[i]`` is engine i's ``llm-d.ai/role`` (``prefill``, ``decode`` or ``both``);
+        ``exploration`` and ``charge_stalls`` set the decider's ``autoExploration`` and
+        ``autoChargeStalls`` (with ``auto``)."""
         self.now = 0.0
+        decider = non_cached
+        if exploration is not None:
+            decider += f", autoExploration: {exploration}"
+        if charge_stalls is not None:
+            decider += f", autoChargeStalls: {str(charge_stalls).lower()}"
         self.setup = build_scheduling(
-            parse_epp_config(CONFIG.replace("NON_CACHED", non_cached)),
+            parse_epp_config(CONFIG.replace("NON_CACHED", decider)),
             default_registry(include_entry_points=False),
             rng=random.Random(seed),
             clock=lambda: self.now,
@@ -116,12 +130,15 @@ class KvrouteRouter:
         self._requests[rid] = request
         return (None if p is None or p == d else p), d
 
-    def complete(self, rid: str, now: float, output: int) -> None:
+    def complete(
+        self, rid: str, now: float, output: int, first_token_at: float | None = None
+    ) -> None:
         self.now = now
         request = self._requests.pop(rid)
+        usage = Usage(0, output, 0, first_token_at)
         for h in self.hooks:
             if hasattr(h, "response_complete"):
-                h.response_complete(request, self.endpoints[0], Usage(0, output, 0))
+                h.response_complete(request, self.endpoints[0], usage)
 
     @property
     def threshold(self) -> int:

@@ -3,7 +3,7 @@
 Pool (all on loopback, OS-chosen ports): two ``kvroute_sim`` prefill servers (role ``prefill``,
 label ``llm-d.ai/role: prefill``) and one decode server (role ``decode``) behind
 ``kvroute.sidecar`` (the pool endpoint, labelled ``decode``). The EPP runs the P/D config
-``tests/testdata/configs/pd-disagg.yaml``, shaped like llm-d-router's
+``tests/testdata/configs/pd-disagg.yaml``, kvroute's own file of the same shape as llm-d-router's
 ``deploy/config/pd-epp-config.yaml``, with ``nonCachedTokens`` raised to 64. Envoy is
 ``examples/envoy/envoy.yaml`` (the upstream shape). The one stand-in is the endpoint source: a
 static list with labels, where a cluster would deliver Pods with labels.

@@ -5,29 +5,30 @@
   ``in < nonCachedTokens``; otherwise true iff ``in - cachedBlocks·blockSize ≥ nonCachedTokens``
   where ``cachedBlocks`` is what the decode pick already holds (the prefix producer's
   :class:`~kvroute.framework.scheduling.PrefixCacheMatchInfo`; none published means false).
-* ``nonCachedTokens: auto`` (kvroute): the threshold is learnt; see :class:`AutoThreshold`.
+* ``nonCachedTokens: auto`` (kvroute): the split is learnt per length bucket; see
+  :mod:`~kvroute.scheduling.plugins.profile_handlers.auto_threshold`.
 * ``always-disagg-pd-decider``: always true. ``always-disagg-multimodal-decider``: true when a
   chat message carries an ``image_url``, ``video_url`` or ``input_audio`` part.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from kvroute.framework.endpoint import Endpoint
 from kvroute.framework.request import Usage
-from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, SchedulingResult
+from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, SchedulingResult, StateKey
 from kvroute.plugins.base import Plugin, TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle, handle_rng
 from kvroute.scheduling.interfaces import CycleState
+from kvroute.scheduling.plugins.filters.roles import Stage, stages_of
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
+from kvroute.scheduling.plugins.profile_handlers.auto_threshold import AutoThreshold
 from kvroute.scheduling.request import InferenceRequest
 
 PREFIX_TYPE = "prefix-based-pd-decider"
@@ -57,6 +58,7 @@ class PrefixDeciderParams(PluginParams):
     auto_initial_tokens: int | None = Field(None, ge=1, alias="autoInitialTokens")
     auto_exploration: float | None = Field(None, ge=0.0, le=0.5, alias="autoExploration")
     auto_min_samples: int | None = Field(None, ge=1, alias="autoMinSamples")
+    auto_charge_stalls: bool | None = Field(None, alias="autoChargeStalls")
 
     @model_validator(mode="after")
     def _check(self) -> PrefixDeciderParams:
@@ -67,77 +69,11 @@ class PrefixDeciderParams(PluginParams):
                 ("autoInitialTokens", self.auto_initial_tokens),
                 ("autoExploration", self.auto_exploration),
                 ("autoMinSamples", self.auto_min_samples),
+                ("autoChargeStalls", self.auto_charge_stalls),
             ):
                 if value is not None:
                     raise ValueError(f"{key} needs nonCachedTokens: auto")
         return self
-
-
-@dataclass(slots=True)
-class _Ewma:
-    value: float = 0.0
-    n: int = 0
-
-    def add(self, x: float, alpha: float) -> None:
-        self.value = x if self.n == 0 else self.value + alpha * (x - self.value)
-        self.n += 1
-
-
-class AutoThreshold:
-    """Learns the uncached-token threshold from the latencies requests actually see.
-
-    Rule: uncached prompt lengths fall in power-of-two buckets ``[2^b, 2^(b+1))``. For each
-    bucket and mode (aggregated, disaggregated) an EWMA (alpha = 0.1) tracks the request's cost,
-    end-to-end seconds per output token (``(t_complete - t_scheduled) / max(1, completion)``),
-    which carries both the extra hop a split adds and the decode stalls it removes. A fraction
-    ``exploration`` of requests takes the mode the threshold would not choose, so both modes keep
-    being measured. After each completion the threshold becomes the lower edge of the lowest
-    bucket from which every bucket with ``min_samples`` in both modes is cheaper disaggregated;
-    if the highest such bucket is cheaper aggregated, the threshold moves above it. Until some
-    bucket has enough samples the threshold stays at ``initial``.
-    """
-
-    ALPHA = 0.1
-
-    def __init__(
-        self, initial: int, exploration: float, min_samples: int, rng: random.Random
-    ) -> None:
-        self.threshold = initial
-        self.exploration = exploration
-        self.min_samples = min_samples
-        self.rng = rng
-        self.cost: dict[tuple[int, bool], _Ewma] = {}
-
-    @staticmethod
-    def bucket(tokens: int) -> int:
-        return max(0, int(math.log2(max(1, tokens))))
-
-    def choose(self, tokens: int) -> bool:
-        wanted = tokens >= self.threshold
-        if self.exploration > 0 and self.rng.random() < self.exploration:
-            return not wanted
-        return wanted
-
-    def observe(self, tokens: int, disaggregated: bool, cost: float) -> None:
-        key = (self.bucket(tokens), disaggregated)
-        self.cost.setdefault(key, _Ewma()).add(cost, self.ALPHA)
-        self._update()
-
-    def _update(self) -> None:
-        m = self.min_samples
-        verdicts: dict[int, bool] = {}
-        for (b, _), _e in self.cost.items():
-            agg, dis = self.cost.get((b, False)), self.cost.get((b, True))
-            if agg is not None and dis is not None and agg.n >= m and dis.n >= m:
-                verdicts[b] = dis.value < agg.value
-        if not verdicts:
-            return
-        threshold = None
-        for b in sorted(verdicts, reverse=True):
-            if not verdicts[b]:
-                break
-            threshold = 2**b
-        self.threshold = threshold if threshold is not None else 2 ** (max(verdicts) + 1)
 
 
 class PrefixBasedPdDecider:
@@ -159,8 +95,13 @@ class PrefixBasedPdDecider:
                 0.05 if p.auto_exploration is None else p.auto_exploration,
                 p.auto_min_samples or 20,
                 rng or random.Random(),
+                charge_stalls=p.auto_charge_stalls is not False,  # default on
             )
-        self._pending: OrderedDict[str, tuple[int, float, bool]] = OrderedDict()
+        # request id -> (uncached tokens, start, split, load if split, load if whole, requests
+        # running or waiting where its prefill runs)
+        self._pending: OrderedDict[str, tuple[int, float, bool, float, float, float]] = (
+            OrderedDict()
+        )
 
     @property
     def threshold(self) -> int:
@@ -183,12 +124,21 @@ class PrefixBasedPdDecider:
             return uncached >= t
         tokens = n_in if uncached is None else uncached
         started = self._clock() if self._clock is not None else state.now
-        self._pending[request.request_id] = (tokens, started, False)
+        whole_load = float(decode.metrics.waiting_queue_size)
+        candidates: tuple[Endpoint, ...] = state.get(_CANDIDATES, ())
+        split_load = _prefill_queue(candidates, decode)
+        self._pending[request.request_id] = (tokens, started, False, split_load, whole_load, 0.0)
         while len(self._pending) > _MAX_PENDING:  # requests that never reached PreRequest
             self._pending.popitem(last=False)
-        return self.auto.choose(tokens)
+        return self.auto.choose(tokens, split_load, whole_load)
 
     # -- learning hooks (only with nonCachedTokens: auto) --------------------------------------
+
+    def prepare_data(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> None:
+        if self.auto is not None:
+            state.write(_CANDIDATES, tuple(endpoints))
 
     def pre_request(
         self, state: CycleState, request: InferenceRequest, result: SchedulingResult
@@ -199,13 +149,24 @@ class PrefixBasedPdDecider:
         if found is None:
             return
         primary = result.primary
-        target = primary.targets[0].hostport if primary is not None and primary.targets else ""
-        split = any(
-            r is not None and r.targets and r.targets[0].hostport != target
-            for name, r in result.profile_results.items()
-            if name != result.primary_profile
+        decode = primary.targets[0] if primary is not None and primary.targets else None
+        target = decode.hostport if decode is not None else ""
+        prefill = next(
+            (
+                r.targets[0]
+                for name, r in result.profile_results.items()
+                if name != result.primary_profile
+                and r is not None
+                and r.targets
+                and r.targets[0].hostport != target
+            ),
+            None,
         )
-        self._pending[request.request_id] = (found[0], found[1], split)
+        where = prefill if prefill is not None else decode
+        others = 0.0  # the streams there and the queue behind it all wait for its prefill
+        if where is not None:
+            others = float(where.metrics.running_queue_size + where.metrics.waiting_queue_size)
+        self._pending[request.request_id] = (*found[:2], prefill is not None, *found[3:5], others)
 
     def response_complete(
         self, request: InferenceRequest, endpoint: Endpoint, usage: Usage | None
@@ -215,9 +176,27 @@ class PrefixBasedPdDecider:
         found = self._pending.pop(request.request_id, None)
         if found is None:
             return
-        tokens, started, split = found
+        tokens, started, split, split_load, whole_load, others = found
         out = usage.completion_tokens if usage is not None else 0
-        self.auto.observe(tokens, split, (self._clock() - started) / max(1, out))
+        first = usage.first_token_at if usage is not None else None
+        stall = self.auto.stall_seconds(tokens, others, None if first is None else first - started)
+        cost = (self._clock() - started + stall) / max(1, out)
+        self.auto.observe(tokens, split, cost, split_load, whole_load)
+
+
+# The candidates of this cycle (PrepareData), for the loads ``auto`` compares.
+_CANDIDATES: StateKey[tuple[Endpoint, ...]] = StateKey("pd-decider-candidates")
+
+
+def _prefill_queue(endpoints: Sequence[Endpoint], decode: Endpoint) -> float:
+    """The shortest waiting queue among the endpoints other than ``decode`` that serve
+    prefill (0 when there is none: then nothing can split anyway)."""
+    queues = [
+        e.metrics.waiting_queue_size
+        for e in endpoints
+        if e.name != decode.name and Stage.PREFILL in (stages_of(e) or ())
+    ]
+    return float(min(queues, default=0))
 
 
 class AlwaysDisaggPdDecider:

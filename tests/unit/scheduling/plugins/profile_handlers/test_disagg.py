@@ -1,7 +1,8 @@
 """disagg-profile-handler and the P/D deciders, built from EndpointPickerConfigs.
 
-``pd-disagg.yaml`` mirrors llm-d-router's ``deploy/config/pd-epp-config.yaml`` (same plugins,
-parameters and profiles; kvroute's ``prefix-cache-scorer`` carries the producer's parameters).
+``pd-disagg.yaml`` mirrors llm-d-router's ``deploy/config/pd-epp-config.yaml`` (kvroute's own
+file of the same shape: apiVersion ``llm-d.ai/v1alpha1``, the same plugins, parameters and
+profiles, including the separate ``approx-prefix-cache-producer``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ def test_upstream_pd_config_splits_long_prompts_and_keeps_cached_ones_local() ->
     setup = _setup(CONFIGS / "pd-disagg.yaml")
     handler = setup.scheduler.handler
     assert isinstance(handler, DisaggProfileHandler)
+    types = {name: p.typed_name.type for name, p in setup.plugins.items()}
+    assert types["approx-prefix-cache-producer"] == "approx-prefix-cache-producer"
+    assert types["prefix-cache-scorer"] == "prefix-cache-scorer"
+    assert handler.prefill_decider is setup.plugins["prefix-based-pd-decider"]
     long_prompt = "tell me about the sea. " * 40  # ~230 tokens, far over nonCachedTokens 16
 
     result, headers = _route(setup, long_prompt, "a")
@@ -163,6 +168,12 @@ def test_decider_parameters() -> None:
         _setup(text=base + "{nonCachedTokens: 16, autoMinSamples: 3}\n- type: queue-scorer\n")
     with pytest.raises(PluginValidationError, match="nonCachedTokens"):
         _setup(text=base + "{nonCachedTokens: -1}\n- type: queue-scorer\n")
+    with pytest.raises(PluginValidationError, match="autoChargeStalls needs nonCachedTokens"):
+        _setup(text=base + "{nonCachedTokens: 16, autoChargeStalls: true}\n")
+    setup = _setup(text=base + "{nonCachedTokens: auto}\n")
+    assert setup.plugins["prefix-based-pd-decider"].auto.charge_stalls  # default on
+    setup = _setup(text=base + "{nonCachedTokens: auto, autoChargeStalls: false}\n")
+    assert not setup.plugins["prefix-based-pd-decider"].auto.charge_stalls
 
 
 def test_auto_threshold_learns_the_crossover() -> None:
@@ -199,7 +210,8 @@ schedulingProfiles:
     _, headers = _route(setup, "a long enough prompt", "q1")
     assert headers == {PREFILLER_HEADER: PREFILL.hostport}
     decider.response_complete(make_request(request_id="q1"), DECODE, Usage(5, 10))
-    assert decider.auto.cost[(AutoThreshold.bucket(5), True)].n == 1
+    # Both servers' queues are empty (context 0: equal queues).
+    assert decider.auto.cost[(AutoThreshold.bucket(5), 0, True)].n == 1
 
 
 @pytest.mark.parametrize(
