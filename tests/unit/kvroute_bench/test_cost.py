@@ -71,7 +71,9 @@ def test_cost_figures_by_hand() -> None:
     assert math.isnan(empty["cost_per_m_work"])
 
 
-def _rec(rid: str, sent: float, ttft: float | None, crit: Criticality, slo: float | None) -> RequestRecord:
+def _rec(
+    rid: str, sent: float, ttft: float | None, crit: Criticality, slo: float | None
+) -> RequestRecord:
     req = BenchRequest(rid, sent, (1, 2, 3), 10, criticality=crit, ttft_slo=slo)
     first = None if ttft is None else sent + ttft
     return RequestRecord(req, sent, replica=0, first_token=first, finish=first, output_tokens=10)
@@ -114,11 +116,17 @@ def test_preset_builds_the_mixed_pool_with_classes_and_costs() -> None:
     prices = parse_prices(spec.prices)
     assert prices == {"h100": GCP_LIST_PRICES["h100"], "l4": GCP_LIST_PRICES["l4"]}
     sweep = SweepSpec(
-        workload=spec, engine=H100, replicas=12, policies=(), qps=(), duration=1.0,
+        workload=spec,
+        engine=H100,
+        replicas=12,
+        policies=(),
+        qps=(),
+        duration=1.0,
         accelerators=tuple(accs),
     )
     cfgs = sweep.replica_configs()
-    assert cfgs[0] == H100 and cfgs[4].num_gpu_blocks < H100.num_gpu_blocks / 5
+    assert cfgs[0] == H100
+    assert cfgs[4].num_gpu_blocks < H100.num_gpu_blocks / 5
     # The labels reach the router's endpoints, and kvroute reads them back as class + price.
     spy = _LabelSpy()
     requests = generate(spec, rate=4.0, duration=1.0, seed=0)
@@ -180,7 +188,8 @@ def _small_run(policies: Sequence[str]) -> dict[str, dict[str, object]]:
 def test_cost_aware_costs_less_per_token_than_the_default_at_the_same_attainment() -> None:
     runs = _small_run(("kvroute", "cost-aware"))
     base, cheap = runs["kvroute"]["extra"], runs["cost-aware"]["extra"]
-    assert isinstance(base, dict) and isinstance(cheap, dict)
+    assert isinstance(base, dict)
+    assert isinstance(cheap, dict)
     # Same traffic, all of it served.
     assert cheap["cost"]["output_tokens"] == base["cost"]["output_tokens"] > 0
     assert cheap["cost"]["cost_per_m_work"] < 0.9 * base["cost"]["cost_per_m_work"]
@@ -196,4 +205,5 @@ def test_cost_aware_costs_less_per_token_than_the_default_at_the_same_attainment
     results["stages"][0]["policies"] = runs
     text = markdown(json.loads(json.dumps(results)))
     assert "tokens by class | $/M work |" in text
-    assert "| cost-aware | " in text and "l4 " in text
+    assert "| cost-aware | " in text
+    assert "l4 " in text

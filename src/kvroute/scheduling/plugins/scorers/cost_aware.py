@@ -98,9 +98,7 @@ class CostAwareScorer:
             []
             if critical_fast
             else [
-                e
-                for e in endpoints
-                if est[e.name] <= budget and e.metrics.kv_cache_usage <= kv_max
+                e for e in endpoints if est[e.name] <= budget and e.metrics.kv_cache_usage <= kv_max
             ]
         )
         out: dict[str, float] = {}
