@@ -19,6 +19,14 @@ implementation detail that may move.
 from __future__ import annotations
 
 from kvroute.errors import ConfigError, EppError, ErrorCode, PluginValidationError
+from kvroute.framework.accelerator import (
+    ACCELERATOR_CLASSES,
+    ACCELERATOR_LABEL,
+    COST_LABEL,
+    AcceleratorClass,
+    EndpointHardware,
+    endpoint_hardware,
+)
 from kvroute.framework.endpoint import Endpoint, EndpointLoad, EndpointMetrics
 from kvroute.framework.hooks import PrepareData, PreRequest, ResponseComplete
 from kvroute.framework.request import ApiKind, Criticality, InferenceRequest, Usage
@@ -48,12 +56,17 @@ from kvroute.plugins.registry import (
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 
 __all__ = [
+    "ACCELERATOR_CLASSES",
+    "ACCELERATOR_LABEL",
+    "COST_LABEL",
     "PLUGIN_ENTRY_POINT_GROUP",
+    "AcceleratorClass",
     "ApiKind",
     "ConfigError",
     "Criticality",
     "CycleState",
     "Endpoint",
+    "EndpointHardware",
     "EndpointLoad",
     "EndpointMetrics",
     "EppError",
@@ -82,6 +95,7 @@ __all__ = [
     "TypedName",
     "Usage",
     "default_registry",
+    "endpoint_hardware",
     "handle_rng",
     "parse_params",
 ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from kvroute.sdk import Endpoint, EndpointLoad
@@ -58,9 +58,16 @@ class RunResult:
     decisions: int
 
 
-def make_endpoints(n: int) -> list[Endpoint]:
+def make_endpoints(n: int, labels: Sequence[Mapping[str, str]] | None = None) -> list[Endpoint]:
+    """``n`` endpoints; ``labels[i]`` are replica ``i``'s pod labels (accelerator, cost)."""
     return [
-        Endpoint(name=f"replica-{i}", address="10.0.0.1", port=8000 + i, load=EndpointLoad())
+        Endpoint(
+            name=f"replica-{i}",
+            address="10.0.0.1",
+            port=8000 + i,
+            labels=dict(labels[i]) if labels else {},
+            load=EndpointLoad(),
+        )
         for i in range(n)
     ]
 
@@ -75,11 +82,16 @@ def run_stage(
     config: RunConfig,
     costs: StepCosts | None = None,
     progress: Callable[[float], None] | None = None,
+    labels: Sequence[Mapping[str, str]] | None = None,
 ) -> RunResult:
-    """Run one stage: the arrivals in ``requests`` (sorted, times in ``[0, duration)``)."""
+    """Run one stage: the arrivals in ``requests`` (sorted, times in ``[0, duration)``).
+
+    ``labels`` (one mapping per replica) become the endpoints' pod labels. Per replica, the
+    seconds of the steps ending inside the measurement window go to
+    ``metrics.extra["replica_busy_s"]`` (:mod:`kvroute_bench.cost`)."""
     wall0 = time.perf_counter()
     n = len(engines)
-    pool = PoolView(make_endpoints(n), engines, costs)
+    pool = PoolView(make_endpoints(n, labels), engines, costs)
     records = {r.request_id: RequestRecord(request=r, sent=r.arrival) for r in requests}
     by_replica_req: list[dict[str, BenchRequest]] = [{} for _ in range(n)]
     stepping = [False] * n
@@ -91,6 +103,7 @@ def run_stage(
     start_totals = [e.totals() for e in engines]
     window = (config.warmup, duration)
     tokens_in_window = 0
+    replica_busy = [0.0] * n
     stop_at = duration + config.drain
     now = 0.0
     next_progress = 0.0
@@ -184,6 +197,7 @@ def run_stage(
         stepping[i] = False
         if window[0] <= now < window[1]:
             tokens_in_window += ev.output_tokens
+            replica_busy[i] += ev.duration
         for rid in ev.first_token:
             records[rid].first_token = now
             if on_first_token is not None:
@@ -216,6 +230,7 @@ def run_stage(
         counters=counters,
         slo=config.slo,
     )
+    metrics.extra["replica_busy_s"] = replica_busy
     return RunResult(metrics, recs, end, time.perf_counter() - wall0, decisions)
 
 

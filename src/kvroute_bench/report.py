@@ -138,6 +138,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         crit_lines = _criticality_lines(stage)
         if crit_lines:
             lines += ["", *crit_lines]
+        cost = cost_lines(stage)
+        if cost:
+            lines += ["", *cost]
         lines.append("")
     gaps = results.get("gap_closed") or {}
     if gaps:
@@ -152,6 +155,32 @@ def markdown(results: Mapping[str, Any]) -> str:
                 lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def cost_lines(stage: Mapping[str, Any]) -> list[str]:
+    """The cost table (:mod:`kvroute_bench.cost`) of a stage whose runs carry cost figures."""
+    rows = []
+    for name, m in stage["policies"].items():
+        extra = m.get("extra") or {}
+        c, att = extra.get("cost"), extra.get("ttft_slo_attainment") or {}
+        if not c:
+            continue
+        share = " / ".join(f"{a} {100 * v:.0f} %" for a, v in c["token_share"].items())
+        rows.append(
+            f"| {name} | {_fmt(att.get('overall'), 100, 2)} % | "
+            f"{_fmt(att.get('Critical'), 100, 2)} % | {_fmt(m.get('ttft_p90'), 1e3, 0)} | "
+            f"{_fmt(m.get('tpot_p90'), 1e3, 0)} | {c['output_tokens']} | {share} | "
+            f"{_fmt(c['cost_per_m_work'], 1, 3)} | {_fmt(c['cost_per_m_busy'], 1, 3)} | "
+            f"{_fmt(c['cost_per_m_provisioned'], 1, 3)} |"
+        )
+    if not rows:
+        return []
+    return [
+        "| policy | TTFT-SLO met | critical met | TTFT p90 ms | TPOT p90 ms | output tokens | "
+        "tokens by class | $/M work | $/M busy | $/M provisioned |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _criticality_lines(stage: Mapping[str, Any]) -> list[str]:

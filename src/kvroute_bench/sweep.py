@@ -19,6 +19,13 @@ from kvroute_bench.baselines import BASELINES, GreedyOracle, Router
 from kvroute_bench.cache_aware import SglangCacheAwareRouter
 from kvroute_bench.cache_bound import pooled_cache_hit_rate
 from kvroute_bench.cluster import RunConfig, RunResult, run_stage
+from kvroute_bench.cost import (
+    cost_figures,
+    parse_prices,
+    replica_labels,
+    replica_output_tokens,
+    ttft_attainment,
+)
 from kvroute_bench.metrics import StageMetrics
 from kvroute_bench.pool import PoolView
 from kvroute_bench.sim_replica import SimReplica, pooled_config, step_costs
@@ -30,7 +37,10 @@ from kvroute_sim.config import EngineConfig
 EPP_PROFILES = {"kvroute": "default", "decision-tree": "decision-tree"}
 # EPP configs shipped with the bench, by policy name: upstream's default stays available by name
 # whatever kvroute's own default becomes.
-EPP_CONFIG_FILES = {"upstream-default": Path(__file__).parent / "profiles/upstream-default.yaml"}
+EPP_CONFIG_FILES = {
+    "upstream-default": Path(__file__).parent / "profiles/upstream-default.yaml",
+    "cost-aware": Path(__file__).parent / "profiles/cost-aware.yaml",
+}
 PEER_BASELINES: dict[str, Callable[[int], Router]] = {
     "sglang-cache-aware": SglangCacheAwareRouter,
     "llm-d-token-aware": LlmdTokenAwareRouter,
@@ -109,6 +119,10 @@ class SweepSpec:
             )
         return [on_accelerator(self.engine, a) for a in self.accelerators]
 
+    def prices(self) -> dict[str, float]:
+        """The workload's ``prices`` per class (empty: the classes' default prices)."""
+        return parse_prices(self.workload.prices)
+
 
 @dataclass(slots=True)
 class StageOutcome:
@@ -133,6 +147,7 @@ def run_one(
     else:
         cfg = spec.engine
         engines = [SimReplica(c) for c in spec.replica_configs()]
+    labels = replica_labels(spec.accelerators, spec.prices()) if spec.accelerators else None
     router = make_router(policy, spec.seed)
     return run_stage(
         requests,
@@ -143,6 +158,7 @@ def run_one(
         config=spec.run,
         costs=step_costs(cfg),
         progress=progress,
+        labels=labels if policy != "pooled" else None,
     )
 
 
@@ -160,6 +176,7 @@ def run_sweep(
     on_stage: Callable[[StageOutcome], None] | None = None,
 ) -> list[StageOutcome]:
     outcomes = []
+    capacity = class_capacity(spec) if spec.workload.prices and spec.accelerators else {}
     for qps in spec.qps:
         requests = stage_requests(spec, qps)
         by_policy: dict[str, StageMetrics] = {}
@@ -168,6 +185,8 @@ def run_sweep(
             if on_start is not None:
                 on_start(qps, policy)
             result = run_one(spec, policy, requests, qps, on_progress)
+            if capacity and policy != "pooled":
+                add_cost(spec, result, capacity)
             by_policy[policy] = result.metrics
             speed[policy] = {
                 "sim_s": result.sim_seconds,
@@ -193,10 +212,43 @@ def cache_bounds(spec: SweepSpec, requests: Sequence[BenchRequest]) -> dict[str,
     return {"pooled_cache": pooled.hit_rate, "unbounded_cache": unbounded.hit_rate}
 
 
+def class_capacity(spec: SweepSpec) -> dict[str, float]:
+    """Saturated output tokens/s of one replica of each class in the pool, on this workload
+    (:func:`saturation_probe`): the denominator of the ``work`` cost (:mod:`kvroute_bench.cost`)."""
+    out: dict[str, float] = {}
+    for a in spec.accelerators:
+        if a not in out:
+            cfg = on_accelerator(spec.engine, a)
+            out[a] = saturation_probe(spec.workload, cfg, seed=spec.seed).output_tok_s
+    return out
+
+
+def add_cost(spec: SweepSpec, result: RunResult, capacity: dict[str, float]) -> None:
+    """Put the run's cost figures and TTFT-SLO attainment into ``result.metrics.extra``."""
+    m = result.metrics
+    window = (spec.run.warmup, spec.duration)
+    m.extra["cost"] = cost_figures(
+        accelerators=spec.accelerators,
+        prices=spec.prices(),
+        capacity_tok_s=capacity,
+        replica_tokens=replica_output_tokens(result.records, window, len(spec.accelerators)),
+        replica_busy_s=m.extra["replica_busy_s"],
+        window_s=m.window_s,
+    )
+    m.extra["ttft_slo_attainment"] = ttft_attainment(result.records, window, spec.run.slo)
+
+
 def estimate_saturation(
     workload: WorkloadSpec, engine: EngineConfig, *, seed: int, probe_s: float = 20.0
 ) -> float:
-    """Requests/s one replica completes when overloaded (achieved QPS past the knee).
+    """Requests/s one replica completes when overloaded (achieved QPS past the knee)."""
+    return saturation_probe(workload, engine, seed=seed, probe_s=probe_s).achieved_qps
+
+
+def saturation_probe(
+    workload: WorkloadSpec, engine: EngineConfig, *, seed: int, probe_s: float = 20.0
+) -> StageMetrics:
+    """The metrics of one replica's first overloaded probe stage (achieved QPS past the knee).
 
     Offers a rate that doubles until the achieved rate stops following it (< 85% of offered),
     then reports the achieved rate of that overloaded stage. Multiply by the replica count for
@@ -218,13 +270,15 @@ def estimate_saturation(
         seed=seed,
         run=RunConfig(warmup=probe_s / 2, drain=1.0),
     )
+    metrics: StageMetrics | None = None
     for _ in range(12):
         requests = generate(workload, rate=rate, duration=probe_s, seed=seed)
-        achieved = run_one(spec, "round-robin", requests, rate).metrics.achieved_qps
-        if achieved < 0.85 * rate:
-            return achieved
+        metrics = run_one(spec, "round-robin", requests, rate).metrics
+        if metrics.achieved_qps < 0.85 * rate:
+            return metrics
         rate *= 2
-    return rate
+    assert metrics is not None
+    return metrics
 
 
 def unloaded_request_time(workload: WorkloadSpec, engine: EngineConfig, *, seed: int) -> float:

@@ -34,6 +34,7 @@ from kvroute_bench.arrivals import arrival_times
 _UNIQUE_BASE = 1 << 20
 _UNIQUE_SPAN = 1 << 28  # ids per seed slot (16 slots)
 SESSION_HEADER = "x-session-id"
+SLO_TTFT_HEADER = "x-slo-ttft-ms"
 LENGTH_DISTS = ("lognormal", "pareto")
 
 
@@ -50,11 +51,15 @@ class BenchRequest:
     ttft_slo: float | None = None  # seconds; None = the run's default SLO
     group: str = ""  # prefix group / session / adapter class, for per-group reports
     session_id: str | None = None  # conversation id (sent as ``x-session-id``); None = none
+    slo_header: bool = False  # send ``ttft_slo`` as ``x-slo-ttft-ms`` (what SLO-aware scorers read)
 
     @property
     def headers(self) -> dict[str, str]:
-        """Request headers a client would send beyond criticality (the session id)."""
-        return {SESSION_HEADER: self.session_id} if self.session_id is not None else {}
+        """Request headers a client would send beyond criticality (session id, TTFT SLO)."""
+        out = {SESSION_HEADER: self.session_id} if self.session_id is not None else {}
+        if self.slo_header and self.ttft_slo is not None:
+            out[SLO_TTFT_HEADER] = f"{self.ttft_slo * 1000.0:g}"
+        return out
 
     @property
     def prompt_len(self) -> int:
@@ -90,6 +95,11 @@ class WorkloadSpec:
     max_context: int = 4000
     # accelerator pool spec (kvroute_sim.accelerators.parse_pool); "" = homogeneous --profile
     pool: str = ""
+    # price per replica-hour by class, "h100=11.06,l4=0.71" (kvroute_bench.cost); "" = the
+    # classes' defaults in kvroute.framework.accelerator. Sent as each endpoint's cost label.
+    prices: str = ""
+    # send each request's TTFT SLO as the x-slo-ttft-ms header
+    slo_header: bool = False
     # shared-prefix / multi-turn
     num_groups: int = 150
     prompts_per_group: int = 5
@@ -105,6 +115,12 @@ class WorkloadSpec:
     critical_ttft_slo: float = 0.5
     batch_input_mean: float = 1000.0
     batch_output_mean: float = 400.0
+    # tiered (ShareGPT-like lengths for every class): critical_fraction critical requests
+    # (critical_ttft_slo), sheddable_fraction sheddable (sheddable_ttft_slo), the rest standard
+    # (standard_ttft_slo)
+    sheddable_fraction: float = 0.3
+    standard_ttft_slo: float = 1.0
+    sheddable_ttft_slo: float = 2.0
 
     def with_params(self, params: Mapping[str, str]) -> WorkloadSpec:
         """Override fields from ``key=value`` strings, converting to each field's type."""
@@ -162,6 +178,18 @@ PRESETS: dict[str, WorkloadSpec] = {
     # the same without the L4s (whose ~10x slower steps make any blind spreading collapse):
     # 4 H100, 2 H200, 1 MI300X, 3 A100
     "heterogeneous-datacenter": WorkloadSpec(kind="sharegpt", pool="h100:4,h200:2,mi300x:1,a100:3"),
+    # ---- cost-aware routing (issue 13) ----
+    # 4 H100 + 8 L4 at approximate GCP on-demand list prices per GPU-hour (kvroute_bench.cost);
+    # ShareGPT-like chat in three tiers: 20 % critical (TTFT SLO 0.5 s), 50 % standard (1 s),
+    # 30 % sheddable (2 s); each request carries its SLO as x-slo-ttft-ms
+    "mixed-accelerators": WorkloadSpec(
+        kind="tiered",
+        pool="h100:4,l4:8",
+        prices="h100=11.06,l4=0.71",
+        slo_header=True,
+        critical_fraction=0.2,
+        sheddable_fraction=0.3,
+    ),
     # ShareGPT-like means with Pareto tails on both lengths
     "sharegpt-heavy": WorkloadSpec(kind="sharegpt", input_dist="pareto", output_dist="pareto"),
     # 8 agents (1500-token system prompt with tools) x 16 live sessions; every turn appends a
@@ -358,6 +386,24 @@ def _mixed_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -
     return shape
 
 
+def _tiered_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
+    """ShareGPT-like chat in three criticality tiers, each with its own TTFT SLO."""
+    chat = _sharegpt_shapes(spec, rng, uniq)
+
+    def shape(i: int) -> Shape:
+        prompt, n_out, *_ = chat(i)
+        u = rng.random()
+        if u < spec.critical_fraction:
+            crit, slo = Criticality.CRITICAL, spec.critical_ttft_slo
+        elif u < spec.critical_fraction + spec.sheddable_fraction:
+            crit, slo = Criticality.SHEDDABLE, spec.sheddable_ttft_slo
+        else:
+            crit, slo = Criticality.STANDARD, spec.standard_ttft_slo
+        return prompt, n_out, None, crit, slo, crit.name.lower(), None
+
+    return shape
+
+
 def _agent_shapes(spec: WorkloadSpec, rng: random.Random, uniq: _UniqueTokens) -> ShapeFn:
     """Multi-turn agent sessions. ``num_groups`` agents (a ``system_prompt_len``-token system
     prompt with its tools) run ``prompts_per_group`` live sessions each; an arrival advances a
@@ -418,6 +464,7 @@ _SHAPES: dict[str, Callable[[WorkloadSpec, random.Random, _UniqueTokens], ShapeF
     "multi-turn": _multi_turn_shapes,
     "multi-lora": _multi_lora_shapes,
     "mixed-criticality": _mixed_shapes,
+    "tiered": _tiered_shapes,
     "agent": _agent_shapes,
     "code": _code_shapes,
 }
@@ -447,7 +494,11 @@ def generate(spec: WorkloadSpec, *, rate: float, duration: float, seed: int) -> 
     out: list[BenchRequest] = []
     for i, t in enumerate(times):
         prompt, n_out, adapter, crit, slo, group, session = shape(i)
-        out.append(BenchRequest(f"r{i}", t, prompt, n_out, adapter, crit, slo, group, session))
+        out.append(
+            BenchRequest(
+                f"r{i}", t, prompt, n_out, adapter, crit, slo, group, session, spec.slo_header
+            )
+        )
     return out
 
 

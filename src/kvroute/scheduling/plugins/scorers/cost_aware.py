@@ -14,7 +14,9 @@ class's relative speed and the endpoint's load (both parameters in reference-cla
                    + runningPenaltyMs * running_queue_size(e)) / relative_speed(e) / 1000
 
 The SLO is the request's ``x-llm-d-slo-ttft-ms`` (or ``x-slo-ttft-ms``) header, else
-``defaultTtftSloMs``. An endpoint *fits* when ``ttft_est <= slo * (1 - headroom)``. Scores:
+``defaultTtftSloMs``. An endpoint *fits* when ``ttft_est <= slo * (1 - headroom)`` and its
+scraped KV-cache use is at most ``maxKvUtilization`` (default 1.0: no limit; a nearly full
+cache means the next request waits for blocks, which the queue shows only later). Scores:
 fitting endpoints get 0.6..1 by cost per token (cheapest 1.0); the others get 0..0.5 by
 estimated TTFT (fastest 0.5). So the cheapest fitting endpoint wins, and when none fits --
 critical traffic in a saturated cheap tier -- the fastest does. With ``criticalOnFastest`` a
@@ -48,6 +50,7 @@ class CostAwareScorerParams(PluginParams):
     queue_penalty_ms: float = Field(default=40.0, ge=0, alias="queuePenaltyMs")
     running_penalty_ms: float = Field(default=1.0, ge=0, alias="runningPenaltyMs")
     critical_on_fastest: bool = Field(default=False, alias="criticalOnFastest")
+    max_kv_utilization: float = Field(default=1.0, gt=0, le=1, alias="maxKvUtilization")
 
 
 def request_ttft_slo_s(request: InferenceRequest, default_ms: float) -> float:
@@ -90,7 +93,14 @@ class CostAwareScorer:
         budget = request_ttft_slo_s(request, p.default_ttft_slo_ms) * (1.0 - p.headroom)
         est = {e.name: self.estimate_ttft_s(e) for e in endpoints}
         critical_fast = p.critical_on_fastest and request.criticality == Criticality.CRITICAL
-        fits = [] if critical_fast else [e for e in endpoints if est[e.name] <= budget]
+        kv_max = p.max_kv_utilization
+        fits = (
+            []
+            if critical_fast
+            else [
+                e for e in endpoints if est[e.name] <= budget and e.metrics.kv_cache_usage <= kv_max
+            ]
+        )
         out: dict[str, float] = {}
         if fits:
             cost = {}

@@ -119,3 +119,14 @@ def test_a_pod_with_bad_labels_stays_in_the_pool_and_is_routed() -> None:
     result = setup.scheduler.schedule(make_request(), (stored,), state=make_state())
     assert result.primary is not None
     assert [e.name for e in result.primary.targets] == ["odd"]
+
+
+def test_max_kv_utilization_keeps_a_nearly_full_cheap_endpoint_out() -> None:
+    full = make_endpoint("l4", labels=L4, kv=0.9)
+    eps = [full, make_endpoint("h", labels=CHEAP_H100)]
+    assert _best(dict(CostAwareScorer().score(make_state(), make_request(), eps))) == "l4"
+    capped = CostAwareScorer(params=CostAwareScorerParams(max_kv_utilization=0.8))
+    assert _best(dict(capped.score(make_state(), make_request(), eps))) == "h"
+    reg = default_registry(include_entry_points=False)
+    with pytest.raises(PluginValidationError, match="maxKvUtilization"):
+        reg.create("cost-aware-scorer", "c", {"maxKvUtilization": 1.5}, PluginContext())
