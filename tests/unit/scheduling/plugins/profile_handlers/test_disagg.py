@@ -69,7 +69,9 @@ def test_upstream_pd_config_splits_long_prompts_and_keeps_cached_ones_local() ->
     assert types["approx-prefix-cache-producer"] == "approx-prefix-cache-producer"
     assert types["prefix-cache-scorer"] == "prefix-cache-scorer"
     assert handler.prefill_decider is setup.plugins["prefix-based-pd-decider"]
-    long_prompt = "tell me about the sea. " * 40  # ~230 tokens, far over nonCachedTokens 16
+    # 256 estimated tokens (4 chars each), far over nonCachedTokens 16, and a whole number of the
+    # producer's blocks (upstream's floor of 64 tokens), so a repeat is cached to the last token
+    long_prompt = "sea " * 256
 
     result, headers = _route(setup, long_prompt, "a")
     assert result.primary_profile == "decode"
