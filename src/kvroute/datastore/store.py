@@ -166,6 +166,7 @@ class Datastore:
         load.inflight += 1
         load.sent_since_scrape += 1
         load.inflight_tokens += max(0, tokens)
+        load.prefill_tokens += max(0, tokens)
         if model:
             models = load.inflight_models
             models[model] = models.get(model, 0) + 1
@@ -179,6 +180,7 @@ class Datastore:
         *,
         load: EndpointLoad | None = None,
         model: str = "",
+        prefill: bool = True,
     ) -> None:
         """Uncount a finished request; never below zero, a no-op for an unknown endpoint.
 
@@ -187,12 +189,15 @@ class Datastore:
         may finish after its endpoint was replaced by a new one with the same name and fresh
         counters; given ``load``, that finish leaves the new counters alone instead of
         uncounting a request they never counted. Without it, the floor at zero still keeps
-        them from going negative.
+        them from going negative. ``prefill`` (default true): the request's tokens are still in
+        ``prefill_tokens`` (no :meth:`on_first_token` was reported for it).
         """
         endpoint = self._by_name.get(name)
         if endpoint is None or (load is not None and endpoint.load is not load):
             return
         load = endpoint.load
+        if prefill:
+            load.prefill_tokens -= min(max(0, tokens), load.prefill_tokens)
         if load.inflight <= load.remote_inflight:
             return  # nothing of ours is counted here (the local part is already 0)
         load.inflight -= 1
@@ -209,6 +214,19 @@ class Datastore:
                 models[model] = load.remote_models[model]  # never below the peers' part
         if self._load_observer is not None:
             self._load_observer(name, -1, max(0, taken), model)
+
+    def on_first_token(
+        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
+    ) -> None:
+        """The first response chunk of a request counted with ``tokens`` passed: its prompt
+        leaves ``prefill_tokens`` (it stays in ``inflight_tokens`` until it finishes). Never
+        below zero; a no-op for an unknown or replaced endpoint (``load`` as in
+        :meth:`on_request_finished`)."""
+        endpoint = self._by_name.get(name)
+        if endpoint is None or (load is not None and endpoint.load is not load):
+            return
+        cur = endpoint.load
+        cur.prefill_tokens -= min(max(0, tokens), cur.prefill_tokens)
 
     def observe_load(self, observer: LoadObserver | None) -> None:
         """Set (or clear) the one observer of local in-flight changes (the replica sync)."""

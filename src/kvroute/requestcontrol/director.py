@@ -19,6 +19,8 @@ stream; this is pure and synchronous so it runs inline on the event loop)::
     PreRequest hooks  -> the target is known (prefix-index insert, ...)
     in-flight         -> datastore.on_request_sent(target): request, prompt tokens, model
 
+:meth:`Director.handle_first_token` (the first response chunk passed) moves the request's prompt
+out of the endpoint's prefill ledger (``EndpointLoad.prefill_tokens``), once per decision.
 :meth:`Director.handle_response_complete` undoes the in-flight count and runs the
 ResponseComplete hooks exactly once per decision, however many times the caller reports the end
 (response trailers, end of body, stream cleanup after a client disconnect all may).
@@ -88,6 +90,11 @@ class EndpointSource(Protocol):
         *,
         load: EndpointLoad | None = None,
         model: str = "",
+        prefill: bool = True,
+    ) -> None: ...
+
+    def on_first_token(
+        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
     ) -> None: ...
 
 
@@ -127,6 +134,7 @@ class RoutingDecision:
     resolved: ResolvedModel
     inflight_tokens: int = 0
     completed: bool = False
+    first_token_seen: bool = False  # handle_first_token ran: the prompt left the prefill ledger
     # --emit-endpoint-scores: ip:port -> weighted total of every endpoint the primary profile
     # scored (None when off or when the profile has no scorers).
     endpoint_scores: Mapping[str, float] | None = None
@@ -347,6 +355,19 @@ class Director:
             upstream_headers=extra_headers or {},
         )
 
+    def handle_first_token(self, decision: RoutingDecision) -> None:
+        """The first response chunk of ``decision`` passed the EPP: the endpoint is done with its
+        prompt, so it leaves the prefill ledger. Idempotent; a no-op after completion. Callers:
+        the ext_proc response path (``full`` response mode sees the first chunk; in ``tap`` mode
+        the body arrives only at the end, and without response-body processing it never does, so
+        there the prompt is released at completion) and the virtual-time bench."""
+        if decision.completed or decision.first_token_seen:
+            return
+        decision.first_token_seen = True
+        self.datastore.on_first_token(
+            decision.target.name, decision.inflight_tokens, load=decision.target.load
+        )
+
     def handle_response_complete(
         self,
         decision: RoutingDecision,
@@ -371,6 +392,7 @@ class Director:
             decision.inflight_tokens,
             load=decision.target.load,
             model=decision.request.target_model,
+            prefill=not decision.first_token_seen,
         )
         for done in self._complete:
             self._run_hook(

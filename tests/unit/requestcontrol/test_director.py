@@ -143,6 +143,26 @@ def test_completion_after_the_target_was_replaced_leaves_the_new_counters_alone(
     assert load.inflight == 1
 
 
+def test_first_token_moves_the_prompt_out_of_the_prefill_ledger_once() -> None:
+    director, store = _director(POOL)
+    decision = director.handle_request(_parsed(prompt="x" * 400), {}, "r1")
+    load = store.load_of(decision.target.name)
+    assert load is not None
+    assert (load.inflight_tokens, load.prefill_tokens) == (100, 100)
+    director.handle_first_token(decision)
+    director.handle_first_token(decision)  # a second report changes nothing
+    assert (load.inflight, load.inflight_tokens, load.prefill_tokens) == (1, 100, 0)
+    other = director.handle_request(_parsed(prompt="y" * 80), {}, "r2")
+    other_load = store.load_of(other.target.name)
+    assert other_load is not None
+    assert other_load.prefill_tokens == 20  # the first one's prompt is no longer there
+    director.handle_response_complete(decision)
+    director.handle_response_complete(other)  # no first token: released at completion
+    director.handle_first_token(other)  # after completion: a no-op
+    assert (load.inflight_tokens, load.prefill_tokens) == (0, 0)
+    assert (other_load.inflight_tokens, other_load.prefill_tokens) == (0, 0)
+
+
 def test_fallback_list_in_picker_order() -> None:
     config = HEAD + (
         "plugins: [{type: queue-scorer}, "
