@@ -161,15 +161,18 @@ def test_prefill_ledger_released_at_first_token_or_at_completion() -> None:
     store = _store_with("a")
     load = store.load_of("a")
     assert load is not None
-    store.on_request_sent("a", tokens=300)
-    store.on_request_sent("a", tokens=50)
-    assert (load.inflight_tokens, load.prefill_tokens) == (350, 350)
+    store.on_request_sent("a", tokens=300)  # nothing cached: all 300 to compute
+    store.on_request_sent("a", tokens=500, prefill_tokens=50)  # 450 of 500 cached there
+    assert (load.inflight_tokens, load.prefill_tokens) == (800, 350)
     store.on_first_token("a", 300)  # the first request streams: its prompt is done
-    assert (load.inflight_tokens, load.prefill_tokens) == (350, 50)
-    store.on_request_finished("a", tokens=300, prefill=False)  # already released
-    assert (load.inflight, load.inflight_tokens, load.prefill_tokens) == (1, 50, 50)
-    store.on_request_finished("a", tokens=50)  # no first token seen: released here
+    assert (load.inflight_tokens, load.prefill_tokens) == (800, 50)
+    store.on_request_finished("a", tokens=300, prefill_tokens=0)  # already released
+    assert (load.inflight, load.inflight_tokens, load.prefill_tokens) == (1, 500, 50)
+    store.on_request_finished("a", tokens=500, prefill_tokens=50)  # no first token seen
     assert (load.inflight, load.inflight_tokens, load.prefill_tokens) == (0, 0, 0)
+    store.on_request_sent("a", tokens=70)
+    store.on_request_finished("a", tokens=70)  # default: the whole charge
+    assert load.prefill_tokens == 0
     store.on_first_token("a", 999)  # late or duplicate report: floor at zero
     store.on_first_token("ghost", 5)  # unknown endpoint: no-op
     assert load.prefill_tokens == 0
