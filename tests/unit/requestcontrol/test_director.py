@@ -163,6 +163,28 @@ def test_first_token_moves_the_prompt_out_of_the_prefill_ledger_once() -> None:
     assert (other_load.inflight_tokens, other_load.prefill_tokens) == (0, 0)
 
 
+def test_prefill_charge_is_the_prompt_not_cached_on_the_target() -> None:
+    """With a prefix-cache producer the ledger is charged what the target must compute."""
+    config = HEAD + (
+        "plugins: [{type: prefix-cache-scorer}]\n"
+        "schedulingProfiles: [{name: default, plugins: [{pluginRef: prefix-cache-scorer}]}]\n"
+    )
+    director, store = _director([make_endpoint("only")], config)
+    prompt = "the same long system prompt, sent twice. " * 100  # 4,100 chars: 1,025 tokens
+    first = director.handle_request(_parsed(prompt=prompt), {}, "r1")
+    assert first.prefill_tokens == first.inflight_tokens == 1025  # nothing cached yet
+    second = director.handle_request(_parsed(prompt=prompt), {}, "r2")
+    assert second.inflight_tokens == 1025
+    assert 0 <= second.prefill_tokens < 100  # all but the last partial block is cached there
+    load = store.load_of("only")
+    assert load is not None
+    assert load.prefill_tokens == first.prefill_tokens + second.prefill_tokens
+    director.handle_first_token(second)
+    director.handle_response_complete(first)
+    director.handle_response_complete(second)
+    assert (load.inflight_tokens, load.prefill_tokens) == (0, 0)
+
+
 def test_fallback_list_in_picker_order() -> None:
     config = HEAD + (
         "plugins: [{type: queue-scorer}, "
