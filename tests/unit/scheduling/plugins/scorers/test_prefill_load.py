@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvroute.errors import PluginValidationError
+from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, PrefixCacheMatchInfo
 from kvroute.plugins.registry import PluginContext, default_registry
 from kvroute.scheduling.plugins.scorers.prefill_load import PrefillLoadParams, PrefillLoadScorer
 from tests.fakes import make_endpoint, make_request, make_state
@@ -58,3 +59,17 @@ def test_registered_and_validated() -> None:
         reg.create("prefill-load-scorer", "p", {"thresholdTokens": 0}, ctx)
     with pytest.raises(PluginValidationError, match="normalize"):
         reg.create("prefill-load-scorer", "p", {"normalize": True}, ctx)
+
+
+def test_prefix_hit_threshold_leaves_cached_requests_to_affinity() -> None:
+    eps = [_with_prefill("a", 100), _with_prefill("b", 400)]
+    s = PrefillLoadScorer(params=PrefillLoadParams(prefix_hit_threshold=0.5))
+    request = make_request(prompt="x" * 400)  # 100 tokens
+    state = make_state()
+    assert s.score(state, request, eps) == {"a": 0.75, "b": 0.0}  # no prefix data: scored
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"b": 40}))  # 40% cached on b
+    assert s.score(state, request, eps) == {"a": 0.75, "b": 0.0}
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"b": 60}))  # 60%: affinity decides
+    assert s.score(state, request, eps) == {}
+    off = PrefillLoadScorer()  # threshold 0: prefix data is ignored
+    assert off.score(state, request, eps) == {"a": 0.75, "b": 0.0}
