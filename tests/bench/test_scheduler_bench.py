@@ -187,6 +187,30 @@ def test_cycle_latency_100(benchmark: Any) -> None:
     assert result.primary is not None
 
 
+@pytest.mark.parametrize("n", [100, 1000], ids=lambda n: f"default-prefill-{n}")
+def test_cycle_default_plus_prefill_load(benchmark: Any, n: int) -> None:
+    """The default profile plus ``prefill-load-scorer`` (the issue-11 second-round candidate,
+    docs/benchmarks.md), with a prefill backlog on every endpoint."""
+    registry = default_registry()
+    config = builtin_epp_config("default", registry)
+    params = {"prefixHitThreshold": 0.5}
+    plugins = [*config.plugins, PluginSpec(type="prefill-load-scorer", parameters=params)]
+    prof = config.scheduling_profiles[0]
+    refs = [*prof.plugins, ProfilePluginRef(plugin_ref="prefill-load-scorer", weight=2.0)]
+    config = config.model_copy(
+        update={
+            "plugins": plugins,
+            "scheduling_profiles": [prof.model_copy(update={"plugins": refs})],
+        }
+    )
+    setup = build_scheduling(config, registry, rng=random.Random(0), clock=lambda: NOW)
+    endpoints = _endpoints(n)
+    for i, e in enumerate(endpoints):
+        e.load.prefill_tokens = (i * 397) % 9000
+    result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
+
+
 @pytest.mark.parametrize("n", [10, 100, 1000], ids=lambda n: f"queue-kv-{n}")
 def test_cycle_queue_kv_only(benchmark: Any, n: int) -> None:
     result = benchmark(_cycle(_setup(QUEUE_KV), _endpoints(n)))

@@ -222,9 +222,9 @@ class Datastore:
     def on_first_token(
         self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
     ) -> None:
-        """The first response chunk of a request counted with ``tokens`` prefill tokens passed:
-        its prompt leaves ``prefill_tokens`` (it stays in ``inflight_tokens`` until it finishes). Never
-        below zero; a no-op for an unknown or replaced endpoint (``load`` as in
+        """The first response chunk of a request charged ``tokens`` prefill tokens passed: they
+        leave ``prefill_tokens`` (the request stays in ``inflight_tokens`` until it finishes).
+        Never below zero; a no-op for an unknown or replaced endpoint (``load`` as in
         :meth:`on_request_finished`)."""
         endpoint = self._by_name.get(name)
         if endpoint is None or (load is not None and endpoint.load is not load):

@@ -2,14 +2,14 @@
 
 Input: ``EndpointLoad.prefill_tokens``, the EPP's own ledger of the uncached prompt tokens of
 requests it sent to ``e`` whose first response chunk it has not seen yet (estimated prompt
-tokens less what the prefix-cache producer found cached on ``e`` this cycle, all of them without
-one): charged by the director at send, released at the first chunk (``Director.handle_first_token``), or at
-completion when no chunk was observed (``tap`` response mode, no response-body processing). A
-server that just received a long prompt is therefore seen as busy exactly while it prefills it,
-and no longer once it streams: the freshest signal of what delays the next first token. This is
-the charge upstream's ``inflight-load-producer`` keeps (prompt tokens released at the first
-streamed chunk) as a separate signal; kvroute's ``token-load-scorer`` keeps prompt tokens until
-completion.
+tokens less what the prefix-cache producer found cached on ``e`` this cycle; all of them
+without one). The director charges it at send and releases it at the first chunk
+(``Director.handle_first_token``), or at completion when no chunk was observed (``tap``
+response mode, no response-body processing). A server that just received a long prompt is
+therefore seen as busy exactly while it prefills it, and no longer once it streams: the
+freshest signal of what delays the next first token. This is the charge upstream's
+``inflight-load-producer`` keeps (prompt tokens released at the first streamed chunk);
+kvroute's ``token-load-scorer`` keeps prompt tokens until completion.
 
 Formula, with ``b(e)`` the prefill tokens and ``hi`` / ``lo`` the largest / smallest among the
 candidates::
@@ -81,7 +81,8 @@ class PrefillLoadScorer:
         mode = self.params.mode
         if mode == "threshold":
             limit = float(self.params.threshold_tokens)
-            return {e.name: 1.0 - min(1.0, b / limit) for e, b in zip(endpoints, loads, strict=True)}
+            pairs = zip(endpoints, loads, strict=True)
+            return {e.name: 1.0 - min(1.0, b / limit) for e, b in pairs}
         hi = max(loads)
         lo = min(loads) if mode == "minmax" else 0
         if hi <= lo:

@@ -50,7 +50,8 @@ def test_equal_loads_score_equal(mode: str) -> None:
 def test_registered_and_validated() -> None:
     reg = default_registry(include_entry_points=False)
     ctx = PluginContext()
-    plugin = reg.create("prefill-load-scorer", "p", {"mode": "threshold", "thresholdTokens": 9}, ctx)
+    params = {"mode": "threshold", "thresholdTokens": 9}
+    plugin = reg.create("prefill-load-scorer", "p", params, ctx)
     assert isinstance(plugin, PrefillLoadScorer)
     assert plugin.params.threshold_tokens == 9
     with pytest.raises(PluginValidationError, match="mode"):
