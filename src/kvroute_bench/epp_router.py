@@ -134,8 +134,13 @@ class EppRouter:
         return self._index[decision.target.name]
 
     def on_first_token(self, request: BenchRequest, replica: int, now: float) -> None:
-        """The first chunk reached the client: what the EPP's response path would time-stamp."""
+        """The first chunk reached the client: what the EPP's response path would time-stamp
+        (and where it releases the prompt from the endpoint's prefill ledger)."""
         self._first_token[request.request_id] = now
+        decision = self._decisions.get(request.request_id)
+        if decision is not None:
+            self.now = now
+            self.director.handle_first_token(decision)
 
     def on_complete(self, request: BenchRequest, replica: int, now: float) -> None:
         self.now = now

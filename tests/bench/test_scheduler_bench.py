@@ -9,11 +9,13 @@ What one timed call is:
 * ``cycle[default-N]``: what the director runs per request around the scheduler for the default
   profile (prefix-cache-scorer 3, lora-affinity-scorer 4, session-affinity-scorer 1, queue-scorer
   1, kv-cache-utilization-scorer 1, active-request-scorer 2, token-load-scorer 1,
-  max-score-picker with tieTolerance):
+  prefill-load-scorer 2, max-score-picker with tieTolerance):
   every PrepareData hook, then ``Scheduler.schedule`` over a frozen tuple of N endpoints. The
   prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and plugin timing is
   on, as in the EPP.
 * ``cycle[default-warm-N]``: the same with the prompt cached on every tenth endpoint.
+* ``cycle[default-no-prefill-N]``: the default without ``prefill-load-scorer`` (the default
+  before the issue-11 second round), for that scorer's cost in the same run.
 * ``cycle[upstream-N]``: upstream's default (queue 2, KV 2, prefix 3, max-score-picker), which
   was kvroute's default before scheduler v2 and stays available as ``--profile upstream``.
 * ``cycle[latency-100]``: the default profile plus ``latency-scorer`` (weight 1) with a warm
@@ -183,6 +185,29 @@ def test_cycle_latency_100(benchmark: Any) -> None:
         for _ in range(10):
             x = predictor.ttft_features(e, rng.random() * 2000, NOW)
             predictor.observe(e.name, x, rng.random(), predictor.tpot_features(e), 0.01)
+    result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
+
+
+@pytest.mark.parametrize("n", [100, 1000], ids=lambda n: f"default-no-prefill-{n}")
+def test_cycle_default_without_prefill_load(benchmark: Any, n: int) -> None:
+    """The default profile before the issue-11 second round (without ``prefill-load-scorer``),
+    for the cost of that scorer in the same run; a prefill backlog on every endpoint."""
+    registry = default_registry()
+    config = builtin_epp_config("default", registry)
+    plugins = [p for p in config.plugins if p.type != "prefill-load-scorer"]
+    prof = config.scheduling_profiles[0]
+    refs = [r for r in prof.plugins if r.plugin_ref != "prefill-load-scorer"]
+    config = config.model_copy(
+        update={
+            "plugins": plugins,
+            "scheduling_profiles": [prof.model_copy(update={"plugins": refs})],
+        }
+    )
+    setup = build_scheduling(config, registry, rng=random.Random(0), clock=lambda: NOW)
+    endpoints = _endpoints(n)
+    for i, e in enumerate(endpoints):
+        e.load.prefill_tokens = (i * 397) % 9000
     result = benchmark(_cycle(setup, endpoints))
     assert result.primary is not None
 

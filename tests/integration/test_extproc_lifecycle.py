@@ -76,3 +76,30 @@ async def test_client_disconnect_completes_exactly_once(tmp_path: Path) -> None:
             assert await _until(lambda: _inflight(gw) == 0)
             (ep,) = gw.epp.datastore.endpoints()
             assert ep.load.inflight == 0
+
+
+@pytest.mark.parametrize(
+    "mode", list(ResponseProcessing), ids=[m.value for m in ResponseProcessing]
+)
+async def test_prefill_ledger_released_at_first_chunk_in_full_mode(
+    tmp_path: Path, mode: ResponseProcessing
+) -> None:
+    """``full``: the EPP sees the first body chunk and the prompt leaves the prefill ledger while
+    the request still streams. Other modes see no chunk, so it leaves at completion."""
+    server = MiniModelServer("s", token_delay_s=0.1, tokens=6)
+    async with mini_pool([server]):
+        gw = Gateway([server.url], response_processing=mode, log_dir=tmp_path)
+        async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
+            body = {"model": "base", "prompt": "p" * 400, "stream": True}  # 100 tokens
+            (ep,) = gw.epp.datastore.endpoints()
+            async with c.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                chunks = r.aiter_bytes()
+                await anext(chunks)
+                await asyncio.sleep(0.15)
+                assert _inflight(gw) == 1
+                expected = 0 if mode is ResponseProcessing.FULL else 100
+                assert ep.load.prefill_tokens == expected
+                _ = b"".join([c async for c in chunks])
+            assert await _until(lambda: _inflight(gw) == 0)
+            assert ep.load.prefill_tokens == 0

@@ -353,6 +353,8 @@ plugins:
 - type: active-request-scorer
 - type: token-load-scorer
   parameters: {{normalize: true}}
+- type: prefill-load-scorer
+  parameters: {{prefixHitThreshold: 0.5}}
 - type: max-score-picker
   parameters: {{tieTolerance: 0.05}}
 schedulingProfiles:
@@ -366,6 +368,7 @@ schedulingProfiles:
   - {{pluginRef: kv-cache-utilization-scorer, weight: 1}}
   - {{pluginRef: active-request-scorer, weight: 2}}
   - {{pluginRef: token-load-scorer, weight: 1}}
+  - {{pluginRef: prefill-load-scorer, weight: 2}}
   - {{pluginRef: max-score-picker}}
 """
 KVROUTE_DEFAULT_TYPES = (
@@ -377,6 +380,7 @@ KVROUTE_DEFAULT_TYPES = (
     "kv-cache-utilization-scorer",
     "active-request-scorer",
     "token-load-scorer",
+    "prefill-load-scorer",
     "max-score-picker",
 )
 

@@ -156,9 +156,13 @@ class Datastore:
 
     # -- in-flight accounting -------------------------------------------------------------
 
-    def on_request_sent(self, name: str, tokens: int = 0, *, model: str = "") -> None:
+    def on_request_sent(
+        self, name: str, tokens: int = 0, *, model: str = "", prefill_tokens: int | None = None
+    ) -> None:
         """Count a request the picker just sent (``tokens``: its estimated prompt tokens,
-        ``model``: its target model); a no-op for an endpoint no longer stored."""
+        ``model``: its target model, ``prefill_tokens``: the part of the prompt the endpoint
+        must compute, i.e. not cached there; ``None`` = all of ``tokens``); a no-op for an
+        endpoint no longer stored."""
         endpoint = self._by_name.get(name)
         if endpoint is None:
             return
@@ -166,6 +170,7 @@ class Datastore:
         load.inflight += 1
         load.sent_since_scrape += 1
         load.inflight_tokens += max(0, tokens)
+        load.prefill_tokens += max(0, tokens if prefill_tokens is None else prefill_tokens)
         if model:
             models = load.inflight_models
             models[model] = models.get(model, 0) + 1
@@ -179,6 +184,7 @@ class Datastore:
         *,
         load: EndpointLoad | None = None,
         model: str = "",
+        prefill_tokens: int | None = None,
     ) -> None:
         """Uncount a finished request; never below zero, a no-op for an unknown endpoint.
 
@@ -187,12 +193,15 @@ class Datastore:
         may finish after its endpoint was replaced by a new one with the same name and fresh
         counters; given ``load``, that finish leaves the new counters alone instead of
         uncounting a request they never counted. Without it, the floor at zero still keeps
-        them from going negative.
+        them from going negative. ``prefill_tokens``: what of the request is still counted in
+        ``load.prefill_tokens`` (0 once :meth:`on_first_token` released it; ``None`` = ``tokens``).
         """
         endpoint = self._by_name.get(name)
         if endpoint is None or (load is not None and endpoint.load is not load):
             return
         load = endpoint.load
+        held = tokens if prefill_tokens is None else prefill_tokens
+        load.prefill_tokens -= min(max(0, held), load.prefill_tokens)
         if load.inflight <= load.remote_inflight:
             return  # nothing of ours is counted here (the local part is already 0)
         load.inflight -= 1
@@ -209,6 +218,19 @@ class Datastore:
                 models[model] = load.remote_models[model]  # never below the peers' part
         if self._load_observer is not None:
             self._load_observer(name, -1, max(0, taken), model)
+
+    def on_first_token(
+        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
+    ) -> None:
+        """The first response chunk of a request charged ``tokens`` prefill tokens passed: they
+        leave ``prefill_tokens`` (the request stays in ``inflight_tokens`` until it finishes).
+        Never below zero; a no-op for an unknown or replaced endpoint (``load`` as in
+        :meth:`on_request_finished`)."""
+        endpoint = self._by_name.get(name)
+        if endpoint is None or (load is not None and endpoint.load is not load):
+            return
+        cur = endpoint.load
+        cur.prefill_tokens -= min(max(0, tokens), cur.prefill_tokens)
 
     def observe_load(self, observer: LoadObserver | None) -> None:
         """Set (or clear) the one observer of local in-flight changes (the replica sync)."""

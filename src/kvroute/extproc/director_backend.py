@@ -64,6 +64,8 @@ class DirectorLike(Protocol):
         trace: Any = None,
     ) -> Any: ...
 
+    def handle_first_token(self, decision: Any) -> None: ...
+
     def handle_response_complete(
         self,
         decision: Any,
@@ -98,12 +100,21 @@ class _Handle:
 
 
 class _FirstByteFilter:
-    """Wraps a response filter to note when the first non-empty body chunk passes (TTFT)."""
+    """Wraps a response filter to note when the first non-empty body chunk passes (TTFT), and to
+    tell the director then (the prompt leaves the endpoint's prefill ledger). In ``tap`` mode
+    the filter is fed once, at the end of the response, so that release comes with completion."""
 
-    __slots__ = ("_clock", "_handle", "_inner")
+    __slots__ = ("_clock", "_director", "_handle", "_inner")
 
-    def __init__(self, inner: ResponseFilter, handle: _Handle, clock: Callable[[], float]):
+    def __init__(
+        self,
+        inner: ResponseFilter,
+        handle: _Handle,
+        clock: Callable[[], float],
+        director: DirectorLike,
+    ):
         self._inner, self._handle, self._clock = inner, handle, clock
+        self._director = director
 
     @property
     def usage(self) -> Usage | None:
@@ -112,6 +123,10 @@ class _FirstByteFilter:
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
         if chunk and self._handle.first_byte is None:
             self._handle.first_byte = self._clock()
+            try:
+                self._director.handle_first_token(self._handle.decision)
+            except Exception:  # bookkeeping must not cut off the response it is counting
+                log.exception("recording the first token of a response failed")
         return self._inner.feed(chunk, end_of_stream)
 
 
@@ -286,7 +301,7 @@ class DirectorBackend:
         )
         if handle.span is not None:
             handle.response_span = handle.span.start_child("kvroute.response", streaming=streaming)
-        return _FirstByteFilter(inner, handle, self._clock)
+        return _FirstByteFilter(inner, handle, self._clock, self._director)
 
     def complete(self, routed: Routed, outcome: Outcome) -> None:
         handle = routed.handle

@@ -45,6 +45,10 @@ class EndpointLoad:
     director); read by the scheduling plugins. ``inflight_tokens`` are the estimated prompt
     tokens of those requests (upstream ``inflight-load-producer``'s default charge); the
     ``inflight_models`` counts are per target model (base model or LoRA adapter), absent at 0.
+    ``prefill_tokens`` is the part of ``inflight_tokens`` whose first token the EPP has not yet
+    seen (charged at send, released at the first response chunk, or at completion when no chunk
+    was observed): the prompt work still ahead of the endpoint, as upstream's
+    ``inflight-load-producer`` releases prompt tokens. It is this replica's own count only.
 
     With active-active replicas (:mod:`kvroute.replicasync`) the totals the plugins read are
     this replica's own counts plus the ``remote_*`` part, the peers' published counts; the
@@ -54,6 +58,7 @@ class EndpointLoad:
     inflight: int = 0
     sent_since_scrape: int = 0  # sent after the current metrics snapshot was taken
     inflight_tokens: int = 0  # estimated prompt tokens of in-flight requests
+    prefill_tokens: int = 0  # of those, the tokens of requests with no first token seen yet
     inflight_models: dict[str, int] = field(default_factory=dict)  # target model -> requests
     remote_inflight: int = 0  # of ``inflight``: the peers' part
     remote_tokens: int = 0  # of ``inflight_tokens``: the peers' part

@@ -46,6 +46,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.prefix",
     "kvroute.scheduling.plugins.scorers.token_load",
     "kvroute.scheduling.plugins.scorers.active_request",
+    "kvroute.scheduling.plugins.scorers.prefill_load",
     "kvroute.scheduling.plugins.scorers.session_affinity",
     "kvroute.scheduling.plugins.scorers.no_hit_lru",
     "kvroute.scheduling.plugins.scorers.mm_embeddings_cache",  # issue 14

@@ -19,6 +19,10 @@ stream; this is pure and synchronous so it runs inline on the event loop)::
     PreRequest hooks  -> the target is known (prefix-index insert, ...)
     in-flight         -> datastore.on_request_sent(target): request, prompt tokens, model
 
+:meth:`Director.handle_first_token` (the first response chunk passed) moves the request's uncached
+prompt tokens (the prompt less what ``PREFIX_CACHE_MATCH`` says the target caches: the prefill it
+must compute, upstream ``inflight-load-producer``'s charge) out of the endpoint's prefill ledger
+(``EndpointLoad.prefill_tokens``), once per decision.
 :meth:`Director.handle_response_complete` undoes the in-flight count and runs the
 ResponseComplete hooks exactly once per decision, however many times the caller reports the end
 (response trailers, end of body, stream cleanup after a client disconnect all may).
@@ -42,6 +46,7 @@ from kvroute.errors import EppError, NoCandidatesError, PoolExhaustedError
 from kvroute.flowcontrol.item import QueueItem
 from kvroute.flowcontrol.runtime import FlowController, slo_deadline
 from kvroute.framework.hooks import UPSTREAM_HEADERS
+from kvroute.framework.scheduling import PREFIX_CACHE_MATCH
 from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
@@ -79,7 +84,9 @@ class EndpointSource(Protocol):
 
     def endpoints(self) -> tuple[Endpoint, ...]: ...
 
-    def on_request_sent(self, name: str, tokens: int = 0, *, model: str = "") -> None: ...
+    def on_request_sent(
+        self, name: str, tokens: int = 0, *, model: str = "", prefill_tokens: int | None = None
+    ) -> None: ...
 
     def on_request_finished(
         self,
@@ -88,6 +95,11 @@ class EndpointSource(Protocol):
         *,
         load: EndpointLoad | None = None,
         model: str = "",
+        prefill_tokens: int | None = None,
+    ) -> None: ...
+
+    def on_first_token(
+        self, name: str, tokens: int = 0, *, load: EndpointLoad | None = None
     ) -> None: ...
 
 
@@ -126,7 +138,9 @@ class RoutingDecision:
     endpoint_header: str
     resolved: ResolvedModel
     inflight_tokens: int = 0
+    prefill_tokens: int = 0  # of those, not cached on the target: its prefill-ledger charge
     completed: bool = False
+    first_token_seen: bool = False  # handle_first_token ran: the prompt left the prefill ledger
     # --emit-endpoint-scores: ip:port -> weighted total of every endpoint the primary profile
     # scored (None when off or when the profile has no scorers).
     endpoint_scores: Mapping[str, float] | None = None
@@ -334,7 +348,10 @@ class Director:
         target = targets[0]
         extra_headers: dict[str, str] | None = state.get(UPSTREAM_HEADERS, None)
         tokens = _estimate_tokens(parsed)
-        self.datastore.on_request_sent(target.name, tokens, model=request.target_model)
+        prefill = _uncached_tokens(state, target.name, tokens)
+        self.datastore.on_request_sent(
+            target.name, tokens, model=request.target_model, prefill_tokens=prefill
+        )
         return RoutingDecision(
             target=target,
             fallbacks=tuple(targets[1:]),
@@ -343,8 +360,22 @@ class Director:
             endpoint_header=",".join(e.hostport for e in targets),
             resolved=resolved,
             inflight_tokens=tokens,
+            prefill_tokens=prefill,
             endpoint_scores=_by_hostport(scores, result.primary_profile, candidates),
             upstream_headers=extra_headers or {},
+        )
+
+    def handle_first_token(self, decision: RoutingDecision) -> None:
+        """The first response chunk of ``decision`` passed the EPP: the endpoint is done with its
+        prompt, so it leaves the prefill ledger. Idempotent; a no-op after completion. Callers:
+        the ext_proc response path (``full`` response mode sees the first chunk; in ``tap`` mode
+        the body arrives only at the end, and without response-body processing it never does, so
+        there the prompt is released at completion) and the virtual-time bench."""
+        if decision.completed or decision.first_token_seen:
+            return
+        decision.first_token_seen = True
+        self.datastore.on_first_token(
+            decision.target.name, decision.prefill_tokens, load=decision.target.load
         )
 
     def handle_response_complete(
@@ -371,6 +402,7 @@ class Director:
             decision.inflight_tokens,
             load=decision.target.load,
             model=decision.request.target_model,
+            prefill_tokens=0 if decision.first_token_seen else decision.prefill_tokens,
         )
         for done in self._complete:
             self._run_hook(
@@ -469,6 +501,15 @@ def _estimate_tokens(parsed: ParsedRequest) -> int:
     """Estimated prompt tokens, the datastore's in-flight token charge (upstream
     ``inflight-load-producer`` with its default ``addEstimatedOutputTokens: false``)."""
     return len(parsed.prompt_text) // AVG_CHARS_PER_TOKEN
+
+
+def _uncached_tokens(state: CycleState, target: str, tokens: int) -> int:
+    """The prompt tokens ``target`` must compute: ``tokens`` less what a prefix-cache producer
+    found cached there this cycle (``PREFIX_CACHE_MATCH``); all of them without a producer."""
+    info = state.get(PREFIX_CACHE_MATCH, None)
+    if info is None:
+        return tokens
+    return max(0, tokens - info.cached_tokens.get(target, 0))
 
 
 def _note_candidates(

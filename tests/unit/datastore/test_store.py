@@ -157,6 +157,38 @@ def test_inflight_accounting_never_negative(
     assert (load.inflight, load.inflight_tokens, load.sent_since_scrape) == (inflight, tokens, sent)
 
 
+def test_prefill_ledger_released_at_first_token_or_at_completion() -> None:
+    store = _store_with("a")
+    load = store.load_of("a")
+    assert load is not None
+    store.on_request_sent("a", tokens=300)  # nothing cached: all 300 to compute
+    store.on_request_sent("a", tokens=500, prefill_tokens=50)  # 450 of 500 cached there
+    assert (load.inflight_tokens, load.prefill_tokens) == (800, 350)
+    store.on_first_token("a", 300)  # the first request streams: its prompt is done
+    assert (load.inflight_tokens, load.prefill_tokens) == (800, 50)
+    store.on_request_finished("a", tokens=300, prefill_tokens=0)  # already released
+    assert (load.inflight, load.inflight_tokens, load.prefill_tokens) == (1, 500, 50)
+    store.on_request_finished("a", tokens=500, prefill_tokens=50)  # no first token seen
+    assert (load.inflight, load.inflight_tokens, load.prefill_tokens) == (0, 0, 0)
+    store.on_request_sent("a", tokens=70)
+    store.on_request_finished("a", tokens=70)  # default: the whole charge
+    assert load.prefill_tokens == 0
+    store.on_first_token("a", 999)  # late or duplicate report: floor at zero
+    store.on_first_token("ghost", 5)  # unknown endpoint: no-op
+    assert load.prefill_tokens == 0
+
+
+def test_first_token_after_endpoint_replaced_leaves_new_ledger_alone() -> None:
+    store = _store_with("a")
+    old = store.get("a")
+    assert old is not None
+    store.on_request_sent("a", tokens=100)
+    moved = store.upsert_endpoint("a", "10.0.0.77", 8000, {"app": "vllm"})
+    store.on_request_sent("a", tokens=40)
+    store.on_first_token("a", 100, load=old.load)
+    assert moved.load.prefill_tokens == 40
+
+
 def test_accounting_on_unknown_endpoint_is_a_noop() -> None:
     store = _store_with("a")
     store.on_request_sent("ghost")

@@ -122,6 +122,31 @@ def test_a_synced_replica_names_itself_on_every_routed_response(tmp_path: Path) 
     )
 
 
+def test_first_streamed_chunk_releases_the_prompt_from_the_prefill_ledger(tmp_path: Path) -> None:
+    """``full`` response mode: the first body chunk through the filter tells the director."""
+    backend, store, _ = _setup(tmp_path)
+    routed = route(backend, _input({"model": "base", "prompt": "p" * 400, "stream": True}))
+    assert sum(e.load.prefill_tokens for e in store.endpoints()) == 100
+    f = backend.response_filter(routed, streaming=True)
+    f.feed(b"", False)  # an empty chunk is not a first token
+    assert sum(e.load.prefill_tokens for e in store.endpoints()) == 100
+    f.feed(b'data: {"model":"base","choices":[{"text":"a"}]}\n\n', False)
+    assert sum(e.load.prefill_tokens for e in store.endpoints()) == 0
+    assert sum(e.load.inflight_tokens for e in store.endpoints()) == 100  # still in flight
+    f.feed(b"data: [DONE]\n\n", True)
+    backend.complete(routed, Outcome(status=200, usage=f.usage))
+    assert sum(e.load.inflight_tokens for e in store.endpoints()) == 0
+
+
+def test_no_response_body_seen_releases_the_prompt_at_completion(tmp_path: Path) -> None:
+    """Light response processing (no filter fed): the prefill ledger empties at completion."""
+    backend, store, _ = _setup(tmp_path)
+    routed = route(backend, _input({"model": "base", "prompt": "p" * 400}))
+    assert sum(e.load.prefill_tokens for e in store.endpoints()) == 100
+    backend.complete(routed, Outcome(status=200))
+    assert sum(e.load.prefill_tokens for e in store.endpoints()) == 0
+
+
 def test_unchanged_model_keeps_the_original_bytes(tmp_path: Path) -> None:
     backend, _, _ = _setup(tmp_path)
     rin = _input({"model": "base", "prompt": "hi"})

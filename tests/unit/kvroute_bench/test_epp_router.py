@@ -86,3 +86,31 @@ def test_any_endpoint_picker_config_file_can_be_benchmarked(tmp_path: Path) -> N
     )
     assert res.metrics.policy == f"config:{cfg}"
     assert res.metrics.completed == res.metrics.arrived
+
+
+def test_first_tokens_empty_the_prefill_ledger_while_requests_still_decode() -> None:
+    """The harness's first-token events reach the director: a request that streams no longer
+    counts as prefill work on its replica, though it stays in flight until it completes."""
+    router = EppRouter("kvroute", "default", seed=1)
+    seen: list[tuple[int, int]] = []  # (prefill tokens, in-flight tokens) after each first token
+    original = router.on_first_token
+
+    def spy(request: BenchRequest, replica: int, now: float) -> None:
+        original(request, replica, now)
+        load = router.datastore.load_of(f"replica-{replica}")
+        assert load is not None
+        seen.append((load.prefill_tokens, load.inflight_tokens))
+
+    router.on_first_token = spy  # type: ignore[method-assign]
+    res = run_stage(
+        _requests(),
+        [SimReplica(TINY) for _ in range(3)],
+        router,
+        offered_qps=200,
+        duration=2.0,
+        config=RunConfig(),
+    )
+    assert len(seen) == res.metrics.completed > 0
+    assert any(p < t for p, t in seen)  # prompts left the ledger before their requests ended
+    loads = [e.load for e in router.datastore.endpoints()]
+    assert all(x.prefill_tokens == 0 and x.inflight_tokens == 0 for x in loads)

@@ -143,6 +143,48 @@ def test_completion_after_the_target_was_replaced_leaves_the_new_counters_alone(
     assert load.inflight == 1
 
 
+def test_first_token_moves_the_prompt_out_of_the_prefill_ledger_once() -> None:
+    director, store = _director(POOL)
+    decision = director.handle_request(_parsed(prompt="x" * 400), {}, "r1")
+    load = store.load_of(decision.target.name)
+    assert load is not None
+    assert (load.inflight_tokens, load.prefill_tokens) == (100, 100)
+    director.handle_first_token(decision)
+    director.handle_first_token(decision)  # a second report changes nothing
+    assert (load.inflight, load.inflight_tokens, load.prefill_tokens) == (1, 100, 0)
+    other = director.handle_request(_parsed(prompt="y" * 80), {}, "r2")
+    other_load = store.load_of(other.target.name)
+    assert other_load is not None
+    assert other_load.prefill_tokens == 20  # the first one's prompt is no longer there
+    director.handle_response_complete(decision)
+    director.handle_response_complete(other)  # no first token: released at completion
+    director.handle_first_token(other)  # after completion: a no-op
+    assert (load.inflight_tokens, load.prefill_tokens) == (0, 0)
+    assert (other_load.inflight_tokens, other_load.prefill_tokens) == (0, 0)
+
+
+def test_prefill_charge_is_the_prompt_not_cached_on_the_target() -> None:
+    """With a prefix-cache producer the ledger is charged what the target must compute."""
+    config = HEAD + (
+        "plugins: [{type: prefix-cache-scorer}]\n"
+        "schedulingProfiles: [{name: default, plugins: [{pluginRef: prefix-cache-scorer}]}]\n"
+    )
+    director, store = _director([make_endpoint("only")], config)
+    prompt = "the same long system prompt, sent twice. " * 100  # 4,100 chars: 1,025 tokens
+    first = director.handle_request(_parsed(prompt=prompt), {}, "r1")
+    assert first.prefill_tokens == first.inflight_tokens == 1025  # nothing cached yet
+    second = director.handle_request(_parsed(prompt=prompt), {}, "r2")
+    assert second.inflight_tokens == 1025
+    assert 0 <= second.prefill_tokens < 100  # all but the last partial block is cached there
+    load = store.load_of("only")
+    assert load is not None
+    assert load.prefill_tokens == first.prefill_tokens + second.prefill_tokens
+    director.handle_first_token(second)
+    director.handle_response_complete(first)
+    director.handle_response_complete(second)
+    assert (load.inflight_tokens, load.prefill_tokens) == (0, 0)
+
+
 def test_fallback_list_in_picker_order() -> None:
     config = HEAD + (
         "plugins: [{type: queue-scorer}, "
