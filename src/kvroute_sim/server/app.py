@@ -30,6 +30,7 @@ from kvroute_sim.server.openai_api import (
     DONE,
     ApiError,
     ApiKind,
+    ParsedRequest,
     ResponseBuilder,
     parse_generation,
     usage,
@@ -195,6 +196,18 @@ class SimServer:
     def _served(self) -> frozenset[str]:
         return frozenset((self.config.model, *self.adapters))
 
+    def _parse(self, kind: ApiKind, body: object) -> ParsedRequest:
+        """A generation request validated against this server's models and limits."""
+        return parse_generation(
+            kind,
+            body,
+            served=self._served(),
+            max_model_len=self.config.engine.max_model_len,
+            default_chat_max_tokens=self.config.default_chat_max_tokens,
+            encode=self.text.encode,
+            vision=self.config.engine.encoder_s_per_token > 0,
+        )
+
     async def _generate(self, request: web.Request, kind: ApiKind) -> web.StreamResponse:
         faults = self.faults
         if faults.hang:
@@ -207,15 +220,7 @@ class SimServer:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(ApiError(400, "The request body is not valid JSON."))
         try:
-            parsed = parse_generation(
-                kind,
-                body,
-                served=self._served(),
-                max_model_len=self.config.engine.max_model_len,
-                default_chat_max_tokens=self.config.default_chat_max_tokens,
-                encode=self.text.encode,
-                vision=self.config.engine.encoder_s_per_token > 0,
-            )
+            parsed = self._parse(kind, body)
         except ApiError as err:
             return _error(err)
         self._seq += 1
@@ -261,15 +266,7 @@ class SimServer:
         """Messages / Responses: validated as the equivalent chat request, answered in kind."""
         try:
             chat = to_chat_body(api, await request.json())
-            parsed = parse_generation(
-                "chat",
-                chat,
-                served=self._served(),
-                max_model_len=self.config.engine.max_model_len,
-                default_chat_max_tokens=self.config.default_chat_max_tokens,
-                encode=self.text.encode,
-                vision=self.config.engine.encoder_s_per_token > 0,
-            )
+            parsed = self._parse("chat", chat)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(ApiError(400, "The request body is not valid JSON."))
         except ApiError as err:
@@ -400,15 +397,7 @@ class SimServer:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(ApiError(400, "The request body is not valid JSON."))
         try:
-            parsed = parse_generation(
-                "chat" if chat else "completion",
-                body,
-                served=self._served(),
-                max_model_len=self.config.engine.max_model_len,
-                default_chat_max_tokens=self.config.default_chat_max_tokens,
-                encode=self.text.encode,
-                vision=self.config.engine.encoder_s_per_token > 0,
-            )
+            parsed = self._parse("chat" if chat else "completion", body)
         except ApiError as err:
             return _error(err)
         self.rendered += 1
