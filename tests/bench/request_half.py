@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
@@ -74,6 +75,17 @@ def _serve(kind: str, port: int, ready: Any) -> None:
     async def main() -> None:
         if kind == "http":
             await asyncio.get_running_loop().create_server(_Http, "127.0.0.1", port)
+        elif kind == "aiohttp":  # the same report on the library the EPP's metrics server uses
+
+            async def handle(request: web.Request) -> web.Response:
+                await request.read()
+                return web.Response()
+
+            app = web.Application()
+            app.router.add_post(TAP_HTTP_PATH, handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
         else:
             opts = [("grpc.enable_channelz", 0)] if kind == "gen-no-channelz" else []
             server = grpc.aio.server(options=opts)
@@ -181,8 +193,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
         for name in ("gen", "read-write", "gen-no-channelz"):
             ms = measure(name, _streams, args.calls)
             print(f"round {r + 1} stream {name:16s} {ms:.3f} ms server CPU per stream", flush=True)
-        for name, client in (("grpc", _grpc_reports), ("http", _http_reports)):
-            ms = measure(name if name == "http" else "gen", client, args.calls)
+        reports = (("grpc", "gen", _grpc_reports), ("http", "http", _http_reports),
+                   ("aiohttp", "aiohttp", _http_reports))  # fmt: skip
+        for name, server, client in reports:
+            ms = measure(server, client, args.calls)
             print(f"round {r + 1} report {name:15s} {ms * 1000:.0f} us server CPU per report")
     return 0
 

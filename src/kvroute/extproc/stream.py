@@ -507,7 +507,7 @@ class ExtProcStream:
         return out
 
     def _on_response_trailers(self, _trailers: Any) -> list[Any]:
-        if self.state is State.ROUTED and self._tap_sent and not self._tapped:
+        if self.state is State.ROUTED and self.awaiting_tap_report:
             # tap mode: the Lua report completes the exchange (it may come after this)
             return [msg.trailers_response(request=False)]
         out: list[Any] = []
