@@ -178,7 +178,8 @@ def build_epp(
     loops: list[tuple[str, Loop]] = []
     if scrape_interval_s is not None:
         layer = data_layer_setup(setup.effective_config, setup.plugins, source)
-        loops.append(("metrics-scraper", layer.collector(datastore, scrape_interval_s).run))
+        if layer.runs_metrics:
+            loops.append(("metrics-scraper", layer.collector(datastore, scrape_interval_s).run))
     for plugin in caps.background:
         loops.append((f"plugin {_name_of(plugin)}", plugin.run_background))
     return EppGraph(datastore, setup, caps, director, tuple(loops), controller)

@@ -9,12 +9,16 @@ bad parameter or an unsupported layout fails when the config loads, naming the k
 
 What kvroute runs, and what it rejects (by name, at load):
 
-* ``dataLayer.sources``: one ``metrics-data-source`` with at most one ``core-metrics-extractor``;
-  the listed source's ``scheme``/``path``/``insecureSkipVerify`` and the listed extractor's
-  ``engineConfigs`` are what the scraper uses. More sources or extractors, a source or extractor
-  of another type, or a declared source/extractor that the listed sources leave out are errors.
-  Without ``dataLayer``, a single declared ``metrics-data-source``/``core-metrics-extractor`` is
-  used (two of either are ambiguous: an error), else the built-in defaults.
+* ``dataLayer.sources``: at most one ``metrics-data-source`` with at most one
+  ``core-metrics-extractor``; the listed source's ``scheme``/``path``/``insecureSkipVerify`` and
+  the listed extractor's ``engineConfigs`` are what the scraper uses (not listed: the built-in
+  defaults, unless a listed source ``replaces_metrics``). Every other listed source is a plugin
+  implementing :class:`DataLayerSource` (its own polling or notifications, run through the
+  plugin lifecycle); it validates the extractors listed under it. A source or extractor of a
+  type that is neither, two metrics sources, or a declared source/extractor that the listed
+  sources leave out are errors. Without ``dataLayer``, a single declared
+  ``metrics-data-source``/``core-metrics-extractor`` is used (two of either are ambiguous: an
+  error), else the built-in defaults; a declared :class:`DataLayerSource` must be listed.
 * ``parser`` / ``requestHandler.parsers``: only ``openai-parser`` (kvroute parses every body as
   OpenAI). ``passthrough-parser`` (route by load only, body untouched) is rejected: kvroute's
   director needs the parsed model name.
@@ -22,9 +26,9 @@ What kvroute runs, and what it rejects (by name, at load):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kvroute.datalayer.mappings import MappingRegistry
 from kvroute.datalayer.scraper import MetricsCollector, MetricsDataSourceParams
@@ -53,6 +57,25 @@ PARSER_TYPES = (
     "vertexai-parser",
     PASSTHROUGH_PARSER,
 )
+
+
+@runtime_checkable
+class DataLayerSource(Plugin, Protocol):
+    """A ``dataLayer.sources`` entry other than ``metrics-data-source`` (dcgm, models, ...).
+
+    The plugin collects through the plugin lifecycle (:mod:`kvroute.plugins.lifecycle`:
+    ``attach(datastore)`` and ``run_background()``) and writes what its extractors produce with
+    ``Datastore.set_attributes``. ``bind_extractors`` receives the plugins listed under it in
+    ``dataLayer.sources[i].extractors`` when the config loads (each resolution passes the whole
+    list again: keep the last one, do not append); it returns one message per extractor it
+    cannot run (e.g. ``"is a core-metrics-extractor, expected dcgm-extractor"``), which the
+    load reports under that extractor's path. ``replaces_metrics`` is True for a source that
+    stands in for ``metrics-data-source`` (the built-in scraper then does not run).
+    """
+
+    replaces_metrics: bool
+
+    def bind_extractors(self, extractors: Sequence[Plugin]) -> list[str]: ...
 
 
 class MetricsDataSource:
@@ -145,6 +168,13 @@ class DataLayerSetup:
 
     source: MetricsDataSource | None = None
     extractor: CoreMetricsExtractor | None = None
+    # the other listed sources, in config order (they run through the plugin lifecycle)
+    others: tuple[DataLayerSource, ...] = ()
+
+    @property
+    def runs_metrics(self) -> bool:
+        """False when a listed source stands in for the built-in metrics scraper."""
+        return not any(o.replaces_metrics for o in self.others)
 
     @property
     def mappings(self) -> MappingRegistry:
@@ -182,6 +212,7 @@ def data_layer_setup(
     errors: list[str] = []
     declared_sources = _of_type(plugins, MetricsDataSource)
     declared_extractors = _of_type(plugins, CoreMetricsExtractor)
+    declared_others = [n for n, p in plugins.items() if isinstance(p, DataLayerSource)]
     specs = config.data_layer.sources if config.data_layer is not None else []
     if not specs:
         for kind, names in (
@@ -193,50 +224,67 @@ def data_layer_setup(
                     f"plugins: {len(names)} {kind} plugins ({', '.join(names)}) and no "
                     "dataLayer.sources to say which one to use"
                 )
+        errors.extend(
+            f"plugins: {_describe(plugins, name)} is a data source: list it in "
+            "dataLayer.sources (with its extractors) or remove it"
+            for name in declared_others
+        )
         _raise(errors, source)
         return DataLayerSetup(
             source=_first(plugins, declared_sources, MetricsDataSource),
             extractor=_first(plugins, declared_extractors, CoreMetricsExtractor),
         )
-    if len(specs) > 1:
-        listed_names = ", ".join(s.plugin_ref for s in specs)
-        errors.append(
-            f"dataLayer.sources: kvroute runs one {METRICS_DATA_SOURCE}, got {len(specs)} "
-            f"sources ({listed_names})"
-        )
-    spec = specs[0]
-    chosen = plugins.get(spec.plugin_ref)
-    if not isinstance(chosen, MetricsDataSource):
-        errors.append(
-            f"dataLayer.sources[0].pluginRef: {_describe(plugins, spec.plugin_ref)} is not a "
-            f"{METRICS_DATA_SOURCE} (supported data sources: {METRICS_DATA_SOURCE})"
-        )
-    if len(spec.extractors) > 1:
-        errors.append(
-            f"dataLayer.sources[0].extractors: kvroute runs one {CORE_METRICS_EXTRACTOR}, "
-            f"got {len(spec.extractors)}"
-        )
+    chosen: MetricsDataSource | None = None
     extractor: CoreMetricsExtractor | None = None
-    for j, ref in enumerate(spec.extractors):
-        found = plugins.get(ref.plugin_ref)
-        if isinstance(found, CoreMetricsExtractor):
-            extractor = extractor or found
+    others: list[DataLayerSource] = []
+    for i, spec in enumerate(specs):
+        found_source = plugins.get(spec.plugin_ref)
+        path = f"dataLayer.sources[{i}]"
+        if isinstance(found_source, MetricsDataSource):
+            if chosen is not None:
+                errors.append(
+                    f"{path}.pluginRef: kvroute runs one {METRICS_DATA_SOURCE}, and "
+                    f"{chosen.typed_name.name!r} is listed already"
+                )
+                continue
+            chosen = found_source
+            if len(spec.extractors) > 1:
+                errors.append(
+                    f"{path}.extractors: kvroute runs one {CORE_METRICS_EXTRACTOR}, "
+                    f"got {len(spec.extractors)}"
+                )
+            for j, ref in enumerate(spec.extractors):
+                found = plugins.get(ref.plugin_ref)
+                if isinstance(found, CoreMetricsExtractor):
+                    extractor = extractor or found
+                else:
+                    errors.append(
+                        f"{path}.extractors[{j}].pluginRef: "
+                        f"{_describe(plugins, ref.plugin_ref)} is not a {CORE_METRICS_EXTRACTOR} "
+                        f"(supported extractors: {CORE_METRICS_EXTRACTOR})"
+                    )
+        elif isinstance(found_source, DataLayerSource):
+            others.append(found_source)
+            bound = [plugins[r.plugin_ref] for r in spec.extractors if r.plugin_ref in plugins]
+            missing = [r.plugin_ref for r in spec.extractors if r.plugin_ref not in plugins]
+            if not missing:  # an unknown name is reported by the config's reference check
+                errors.extend(
+                    f"{path}.extractors: {problem}"
+                    for problem in found_source.bind_extractors(bound)
+                )
         else:
             errors.append(
-                f"dataLayer.sources[0].extractors[{j}].pluginRef: "
-                f"{_describe(plugins, ref.plugin_ref)} is not a {CORE_METRICS_EXTRACTOR} "
-                f"(supported extractors: {CORE_METRICS_EXTRACTOR})"
+                f"{path}.pluginRef: {_describe(plugins, spec.plugin_ref)} is not a data source"
             )
     listed = {s.plugin_ref for s in specs} | {e.plugin_ref for s in specs for e in s.extractors}
-    for name in declared_sources + declared_extractors:
+    for name in declared_sources + declared_extractors + declared_others:
         if name not in listed:
             errors.append(
                 f"plugins: {_describe(plugins, name)} is not listed in dataLayer.sources, "
                 "so it would never run; list it or remove it"
             )
     _raise(errors, source)
-    assert isinstance(chosen, MetricsDataSource)  # else _raise raised
-    return DataLayerSetup(source=chosen, extractor=extractor)
+    return DataLayerSetup(source=chosen, extractor=extractor, others=tuple(others))
 
 
 def _first(plugins: Mapping[str, Plugin], names: list[str], cls: type[Any]) -> Any:

@@ -154,6 +154,30 @@ class Datastore:
         self._snapshot = None
         return new
 
+    # -- attributes (data-layer extractors) -----------------------------------------------
+
+    def set_attributes(self, name: str, updates: Mapping[str, object | None]) -> Endpoint | None:
+        """Merge ``updates`` into an endpoint's attributes (a ``None`` value removes the key).
+
+        Returns the new endpoint, or None when it is unknown (removed meanwhile). Metrics and the
+        load counters are kept; a change of address starts with no attributes (a new server).
+        """
+        old = self._by_name.get(name)
+        if old is None:
+            return None
+        merged = dict(old.attributes)
+        for key, value in updates.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        if merged == old.attributes:
+            return old
+        new = dataclasses.replace(old, attributes=MappingProxyType(merged))
+        self._by_name[name] = new
+        self._snapshot = None
+        return new
+
     # -- in-flight accounting -------------------------------------------------------------
 
     def on_request_sent(

@@ -75,6 +75,12 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     metrics: EndpointMetrics = EMPTY_METRICS
     load: EndpointLoad = field(default_factory=EndpointLoad, compare=False)
+    # Values data-layer extractors stamp on the endpoint (upstream's endpoint attributes:
+    # ``GPUUtilization``, ``Topology``, the served models, ...), keyed by attribute name;
+    # replaced as a whole by ``Datastore.set_attributes``, never mutated.
+    attributes: Mapping[str, object] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
 
     @property
     def hostport(self) -> str:

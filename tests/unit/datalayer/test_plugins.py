@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from kvroute.datalayer.plugins import (
 )
 from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError, PayloadTooLargeError
-from kvroute.plugins.registry import default_registry
+from kvroute.plugins.base import Plugin, TypedName
+from kvroute.plugins.registry import PluginRegistry, default_registry
 from kvroute.scheduling.builder import build_scheduling
 
 # gie-epp.md §3.5, verbatim: the effective upstream default configuration.
@@ -126,12 +128,13 @@ REJECTED = [
     (
         SCORER + "- {name: a, type: metrics-data-source}\n- {name: b, type: metrics-data-source}\n"
         "dataLayer:\n  sources: [{pluginRef: a}, {pluginRef: b}]\n",
-        "dl.yaml: dataLayer.sources: kvroute runs one metrics-data-source, got 2 sources (a, b)",
+        "dl.yaml: dataLayer.sources[1].pluginRef: kvroute runs one metrics-data-source, and 'a' "
+        "is listed already",
     ),
     (
         SCORER + "dataLayer:\n  sources: [{pluginRef: queue-scorer}]\n",
         "dl.yaml: dataLayer.sources[0].pluginRef: plugin 'queue-scorer' (queue-scorer) is not a "
-        "metrics-data-source",
+        "data source",
     ),
     (
         SCORER + "- type: metrics-data-source\n"
@@ -240,3 +243,69 @@ def test_source_port_overrides_the_scrape_port_and_is_range_checked() -> None:
     assert build(9400).collector(Datastore(), 0.05).port == 9400
     with pytest.raises(ConfigError, match="port"):
         build(70000)
+
+
+class _Source:
+    """A minimal DataLayerSource: accepts extractors whose type ends in ``-extractor``."""
+
+    replaces_metrics = False
+
+    def __init__(self, name: str) -> None:
+        self.typed_name = TypedName("test-source", name)
+        self.bound: list[str] = []
+
+    def bind_extractors(self, extractors: Sequence[Plugin]) -> list[str]:
+        problems = []
+        self.bound = []
+        for e in extractors:
+            if e.typed_name.type.endswith("-extractor"):
+                self.bound.append(e.typed_name.name)
+            else:
+                problems.append(f"{e.typed_name.name!r} is not an extractor this source runs")
+        return problems
+
+
+def _registry_with_source() -> PluginRegistry:
+    registry = default_registry()
+    registry.register("test-source", lambda name, params, handle: _Source(name))
+    return registry
+
+
+def test_other_sources_are_bound_with_their_extractors_and_metrics_kept() -> None:
+    text = HEAD + (
+        "plugins:\n" + SCORER + "- {name: s, type: test-source}\n"
+        "- {name: x, type: core-metrics-extractor}\n- type: metrics-data-source\n"
+        "dataLayer:\n  sources:\n  - {pluginRef: metrics-data-source}\n"
+        "  - {pluginRef: s, extractors: [{pluginRef: x}]}\n"
+    )
+    setup = build_scheduling(parse_epp_config(text, "dl.yaml"), _registry_with_source())
+    layer = data_layer_setup(setup.effective_config, setup.plugins, "dl.yaml")
+    (other,) = layer.others
+    assert isinstance(other, _Source)
+    assert other.bound == ["x"]
+    assert layer.source is not None
+    assert layer.runs_metrics
+
+
+def test_an_other_source_reports_extractors_it_cannot_run() -> None:
+    text = HEAD + (
+        "plugins:\n" + SCORER + "- {name: s, type: test-source}\n"
+        "dataLayer:\n  sources: [{pluginRef: s, extractors: [{pluginRef: queue-scorer}]}]\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        build_scheduling(
+            parse_epp_config(text, "dl.yaml"), _registry_with_source(), source="dl.yaml"
+        )
+    assert (
+        "dl.yaml: dataLayer.sources[0].extractors: 'queue-scorer' is not an extractor this "
+        "source runs" in exc.value.message
+    )
+
+
+def test_an_other_source_must_be_listed() -> None:
+    text = HEAD + "plugins:\n" + SCORER + "- {name: s, type: test-source}\n"
+    with pytest.raises(ConfigError) as exc:
+        build_scheduling(parse_epp_config(text, "dl.yaml"), _registry_with_source())
+    assert "plugin 's' (test-source) is a data source: list it in dataLayer.sources" in (
+        exc.value.message
+    )

@@ -242,3 +242,29 @@ def test_labels_are_read_only_copies() -> None:
     assert endpoint.labels["k"] == "v"
     with pytest.raises(TypeError):
         endpoint.labels["k"] = "x"  # type: ignore[index]
+
+
+def test_set_attributes_merges_removes_and_keeps_metrics_and_load() -> None:
+    store = Datastore()
+    store.upsert_endpoint("a", "10.0.0.1", 8000)
+    store.on_request_sent("a", 10)
+    store.update_metrics("a", EndpointMetrics(waiting_queue_size=3, updated_at=1.0))
+    before = store.endpoints()
+    new = store.set_attributes("a", {"GPUUtilization": 0.5, "Topology": {"zone": "z1"}})
+    assert new is not None
+    assert dict(new.attributes) == {
+        "GPUUtilization": 0.5,
+        "Topology": {"zone": "z1"},
+    }
+    assert new.metrics.waiting_queue_size == 3
+    assert new.load.inflight == 1
+    assert store.endpoints() is not before  # the snapshot is rebuilt
+    again = store.set_attributes("a", {"GPUUtilization": None})
+    assert again is not None
+    assert dict(again.attributes) == {"Topology": {"zone": "z1"}}
+    assert store.set_attributes("a", {"GPUUtilization": None}) is again  # no change, same value
+    assert store.set_attributes("missing", {"x": 1}) is None
+    relabelled = store.upsert_endpoint("a", "10.0.0.1", 8000, {"role": "decode"})
+    assert dict(relabelled.attributes) == {"Topology": {"zone": "z1"}}
+    moved = store.upsert_endpoint("a", "10.0.0.2", 8000)
+    assert dict(moved.attributes) == {}
