@@ -61,6 +61,20 @@ class Prefetch(Plugin, Protocol):
     def prefetch(self, request: InferenceRequest) -> object: ...
 
 
+@runtime_checkable
+class Screener(Plugin, Protocol):
+    """Narrows the candidate endpoints before any profile runs (upstream ``Screener``).
+
+    Runs after the candidates are located and before ``PrepareData``; the director intersects
+    the results of all screeners (order-preserving). An empty result rejects the request with
+    503 ``rejected-no-endpoints``. Synchronous and cheap, on the request path.
+    """
+
+    def screen(
+        self, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RequestHooks:
     """The request hooks of a config, classified once at load (never on the request path)."""
