@@ -1,7 +1,10 @@
 """Request-lifecycle extension points around the scheduling cycle (upstream requestcontrol).
 
 The director calls them in this order for every request:
-``PrepareData`` (before scheduling, may write into the CycleState) -> scheduling ->
+``RequestHeaderProcessor`` (first, before admission; may set request attributes) ->
+``Screener`` (narrows the candidates) ->
+``PrepareData`` (before scheduling, may write into the CycleState) ->
+``Admitter`` (may deny the request: 500 ``Internal``) -> scheduling ->
 ``PreRequest`` (the target is known; e.g. prefix-index insert, in-flight increment) ->
 ``ResponseComplete`` (exactly once per scheduled request, also when the client disconnected).
 All are synchronous and must be cheap: they run on the event loop in the request path.
@@ -9,7 +12,7 @@ All are synchronous and must be cheap: they run on the event loop in the request
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -75,6 +78,32 @@ class Screener(Plugin, Protocol):
     ) -> Sequence[Endpoint]: ...
 
 
+@runtime_checkable
+class RequestHeaderProcessor(Plugin, Protocol):
+    """Reads the request's headers first, before admission (upstream ``RequestHeaderProcessor``).
+
+    Returns request attributes to set (e.g. ``agent-identity``); the director merges the
+    results of all processors in config order (a later one overrides an earlier key) into
+    ``InferenceRequest.attributes``. Synchronous and cheap, on the request path.
+    """
+
+    def process_request_headers(self, request: InferenceRequest) -> Mapping[str, str]: ...
+
+
+@runtime_checkable
+class Admitter(Plugin, Protocol):
+    """Admits or denies a request after PrepareData, before scheduling (upstream ``Admitter``).
+
+    Returns ``None`` to admit, or the reason of a denial; the director answers a denial with
+    500 ``inference error: Internal - request cannot be admitted: <reason>`` as upstream does.
+    The first denial wins (later admitters do not run).
+    """
+
+    def admit_request(
+        self, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RequestHooks:
     """The request hooks of a config, classified once at load (never on the request path)."""
@@ -83,6 +112,9 @@ class RequestHooks:
     pre_request: tuple[PreRequest, ...] = ()
     response_complete: tuple[ResponseComplete, ...] = ()
     prefetch: tuple[Prefetch, ...] = ()
+    header_processors: tuple[RequestHeaderProcessor, ...] = ()
+    screeners: tuple[Screener, ...] = ()
+    admitters: tuple[Admitter, ...] = ()
 
     @classmethod
     def of(cls, plugins: Iterable[object]) -> RequestHooks:
@@ -93,9 +125,18 @@ class RequestHooks:
             pre_request=tuple(p for p in items if isinstance(p, PreRequest)),
             response_complete=tuple(p for p in items if isinstance(p, ResponseComplete)),
             prefetch=tuple(p for p in items if isinstance(p, Prefetch)),
+            header_processors=tuple(p for p in items if isinstance(p, RequestHeaderProcessor)),
+            screeners=tuple(p for p in items if isinstance(p, Screener)),
+            admitters=tuple(p for p in items if isinstance(p, Admitter)),
         )
 
     def __bool__(self) -> bool:
         return bool(
-            self.prepare_data or self.pre_request or self.response_complete or self.prefetch
+            self.prepare_data
+            or self.pre_request
+            or self.response_complete
+            or self.prefetch
+            or self.header_processors
+            or self.screeners
+            or self.admitters
         )

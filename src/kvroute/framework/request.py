@@ -109,6 +109,8 @@ class InferenceRequest:
     # Media items in prompt order (empty for text-only requests); their placeholders are in
     # ``prompt_text`` where each item sits, padded to the item's estimated tokens.
     media: tuple[MediaItem, ...] = ()
+    # Attributes RequestHeaderProcessors set (e.g. ``agent-identity``), read-only afterwards.
+    attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def sheddable(self) -> bool:

@@ -57,6 +57,8 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     # flow control (issue 12): policies and the concurrency detector
     "kvroute.flowcontrol.policies",
     "kvroute.flowcontrol.concurrency",
+    # request control (issue 18): admitters and request-header processors
+    "kvroute.requestcontrol.plugins.probabilistic_admitter",
 )
 
 

@@ -4,6 +4,8 @@ The pipeline of upstream ``Director.HandleRequest``, without I/O (the ext_proc s
 stream; this is pure and synchronous so it runs inline on the event loop)::
 
     model resolution  -> InferenceModel / Rewrite / header: target model, criticality, priority
+    header processors -> RequestHeaderProcessor plugins set request attributes; fairness ID =
+                         fairness header, else the ``agent-identity`` attribute, else default
     candidates        -> subset hint (envoy.lb x-gateway-destination-endpoint-subset), by IP
                          none -> 503 NoCandidatesError
     admission         -> flow control off: sheddable (priority < 0) while saturated -> 429
@@ -13,8 +15,10 @@ stream; this is pure and synchronous so it runs inline on the event loop)::
     pre-scheduling    -> (async path) CPU-heavy ``prefetch`` hooks (tokenisation, chat-template
                          rendering) run in a worker thread; results reach PrepareData via the
                          CycleState (:data:`PREFETCHED`)
+    screeners         -> Screener plugins narrow the candidates (intersected); none -> 503
     PrepareData hooks -> may write into the CycleState (e.g. prefix-match data); a hook that
                          raises is logged and skipped, as upstream logs PrepareData failures
+    admitters         -> an Admitter plugin may deny -> 500 (``requestcontrol.extensions``)
     scheduling        -> filters / scorers / picker; nothing left -> 429 PoolExhaustedError
     PreRequest hooks  -> the target is known (prefix-index insert, ...)
     in-flight         -> datastore.on_request_sent(target): request, prompt tokens, model
@@ -35,7 +39,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -51,6 +55,12 @@ from kvroute.hostport import host_of
 from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.requestcontrol.admission import AdmissionController
+from kvroute.requestcontrol.extensions import (
+    fairness_id,
+    run_admitters,
+    run_header_processors,
+    run_screeners,
+)
 from kvroute.requestcontrol.headers import MODEL_REWRITE, read_aliased
 from kvroute.requestcontrol.hooks import RequestHooks, Usage
 from kvroute.requestcontrol.model_resolution import ResolvedModel
@@ -322,11 +332,13 @@ class Director:
         trace: CycleTrace | None,
         prefetched: dict[str, object] | None,
     ) -> RoutingDecision:
+        candidates = run_screeners(self.hooks.screeners, request, candidates)
         state = CycleState(now)
         if prefetched is not None:
             state.write(PREFETCHED, prefetched)
         for hook in self._prepare:
             self._run_hook("PrepareData", hook, hook.prepare_data, state, request, candidates)
+        run_admitters(self.hooks.admitters, request, candidates)
 
         scores: dict[str, dict[str, float]] | None = {} if self.emit_endpoint_scores else None
         try:
@@ -433,7 +445,7 @@ class Director:
         body: Mapping[str, Any] = parsed.body
         if resolved.target_model != parsed.model:
             body = {**parsed.body, "model": resolved.target_model}
-        return InferenceRequest(
+        request = InferenceRequest(
             request_id=request_id,
             incoming_model=resolved.incoming_model,
             target_model=resolved.target_model,
@@ -446,10 +458,10 @@ class Director:
             request_size_bytes=len(parsed.raw),
             stream=parsed.stream,
             media=parsed.media,
-            fairness_id=headers.get(FAIRNESS_ID_HEADER)
-            or headers.get(FAIRNESS_ID_HEADER_ALIAS)
-            or self.default_fairness_id,
         )
+        attributes = run_header_processors(self.hooks.header_processors, request)
+        fid = fairness_id(headers, attributes, FAIRNESS_ID_HEADER, FAIRNESS_ID_HEADER_ALIAS)
+        return replace(request, attributes=attributes, fairness_id=fid or self.default_fairness_id)
 
     def _run_hook(
         self, point: str, hook: Plugin, method: Callable[..., None], *args: object

@@ -53,7 +53,14 @@ DEFAULT_HANDLER_TYPE = "single-profile-handler"
 DEFAULT_PICKER_TYPE = "max-score-picker"
 DEFAULT_DETECTOR_TYPE = "utilization-detector"
 
-HOOK_METHODS = ("prepare_data", "pre_request", "response_complete")
+HOOK_METHODS = (
+    "prepare_data",
+    "pre_request",
+    "response_complete",
+    "process_request_headers",  # RequestHeaderProcessor
+    "screen",  # Screener
+    "admit_request",  # Admitter
+)
 
 
 def is_filter(p: object) -> bool:

@@ -16,7 +16,13 @@ from kvroute.datalayer.plugins import CoreMetricsExtractor, MetricsDataSource, R
 from kvroute.errors import PluginValidationError
 from kvroute.flowcontrol.policies import is_fairness, is_ordering, is_usage_limit
 from kvroute.plugins.registry import PluginContext, default_registry
-from kvroute.scheduling.builder import is_filter, is_picker, is_profile_handler, is_scorer
+from kvroute.scheduling.builder import (
+    is_filter,
+    is_hook,
+    is_picker,
+    is_profile_handler,
+    is_scorer,
+)
 from kvroute.scheduling.interfaces import Filter, Picker, Scorer
 from kvroute.scheduling.plugins.prefix.producer import TokenProducer
 from kvroute.scheduling.plugins.profile_handlers.disagg import Decider
@@ -90,6 +96,8 @@ def test_plugin_builds_with_defaults_and_names_itself(type_name: str) -> None:
         or is_picker(plugin)
         or is_profile_handler(plugin)
         or callable(getattr(plugin, "prepare_data", None))
+        # request-control hooks: admitters, request-header processors, screeners
+        or is_hook(plugin)
         # data-layer/parser plugins only carry validated parameters for the composition root;
         # P/D deciders are consulted by disagg-profile-handler
         or isinstance(plugin, (MetricsDataSource, CoreMetricsExtractor, RequestParser, Decider))

@@ -1,0 +1,1 @@
+"""Request-control plugins: header processors and admitters (upstream ``requestcontrol``)."""
