@@ -119,6 +119,9 @@ def build_flow_control(
     limit = r.get(
         "flowControl.usageLimitPolicyPluginRef", limit_ref, "usage limit policy", is_usage_limit
     )
+    note = getattr(limit, "note_priorities", None)
+    if callable(note):  # a rank-based policy (soft-reflective-ceiling) learns the config's bands
+        note(bands)
     detector = None
     if spec.saturation_detector is not None:
         detector = r.get(

@@ -57,6 +57,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     # flow control (issue 12): policies and the concurrency detector
     "kvroute.flowcontrol.policies",
     "kvroute.flowcontrol.concurrency",
+    "kvroute.flowcontrol.soft_reflective_ceiling",
     # request control (issue 18): admitters and request-header processors
     "kvroute.requestcontrol.plugins.probabilistic_admitter",
 )
