@@ -60,6 +60,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.flowcontrol.soft_reflective_ceiling",
     # request control (issue 18): admitters and request-header processors
     "kvroute.requestcontrol.plugins.probabilistic_admitter",
+    "kvroute.requestcontrol.plugins.agent_identity",
 )
 
 
