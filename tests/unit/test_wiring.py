@@ -109,3 +109,19 @@ def test_capabilities_are_classified_once_by_protocol() -> None:
     assert caps.hooks.response_complete == ()  # lora-affinity reads the datastore's ledger
     assert [name for name, _ in graph.loops] == ["metrics-scraper"]
     assert build_epp(config, Datastore(), registry=registry).loops == ()  # no interval: no scraper
+
+
+def test_request_control_plugins_reach_the_director() -> None:
+    """Admitters, header processors and screeners declared in a config are classified once at
+    load and handed to the director (issue 18)."""
+    config = parse_epp_config(
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+        "plugins: [{type: probabilistic-admitter}, {type: agent-identity}, "
+        "{type: random-picker}]\n"
+        "schedulingProfiles: [{name: default, plugins: [{pluginRef: random-picker}]}]\n"
+    )
+    graph = build_epp(config, Datastore())
+    hooks = graph.director.hooks
+    assert [a.typed_name.type for a in hooks.admitters] == ["probabilistic-admitter"]
+    assert [h.typed_name.type for h in hooks.header_processors] == ["agent-identity"]
+    assert hooks.screeners == ()
