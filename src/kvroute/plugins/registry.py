@@ -61,6 +61,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     # request control (issue 18): admitters and request-header processors
     "kvroute.requestcontrol.plugins.probabilistic_admitter",
     "kvroute.requestcontrol.plugins.agent_identity",
+    "kvroute.requestcontrol.plugins.request_attribute_reporter",
 )
 
 
