@@ -57,6 +57,9 @@ class Routed:
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Headers added to the client's response (e.g. the opt-in decision summary).
     response_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Dynamic metadata for the proxy, filled by ``complete`` (e.g. request-attribute-reporter);
+    # the stream sends it on its last response message (full mode).
+    response_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def endpoint_header(self) -> str:

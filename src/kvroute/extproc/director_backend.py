@@ -313,6 +313,8 @@ class DirectorBackend:
         self._director.handle_response_complete(
             handle.decision, usage, status=outcome.status, served=outcome.served_endpoint
         )
+        for namespace, values in handle.decision.response_metadata.items():
+            routed.response_metadata.setdefault(namespace, {}).update(values)
         # tap: the filter saw the body only at the end; Envoy's report timed the first byte.
         first = outcome.first_chunk_at if outcome.via_tap else handle.first_byte
         if handle.span is not None:

@@ -504,6 +504,7 @@ class ExtProcStream:
             out = msg.body_chunks(whole, request=False)
         if end:
             self._complete(disconnected=False)
+            self._attach_response_metadata(out)
         return out
 
     def _on_response_trailers(self, _trailers: Any) -> list[Any]:
@@ -515,7 +516,9 @@ class ExtProcStream:
             out = msg.body_chunks(self._filter.feed(bytes(self._response_buf), True), request=False)
             self._response_buf = bytearray()
         self._complete(disconnected=False)
-        return [*out, msg.trailers_response(request=False)]
+        out.append(msg.trailers_response(request=False))
+        self._attach_response_metadata(out)
+        return out
 
     def tap_report(self, report: TapReport) -> None:
         """The Lua filter's end-of-response report (tap mode): read usage from what it kept and
@@ -548,6 +551,12 @@ class ExtProcStream:
         # Envoy holds the response's last bytes until this call returns: the exchange is
         # complete now, before the client has its end (as full mode's end-of-stream chunk).
         self._complete(disconnected=False)
+
+    def _attach_response_metadata(self, out: list[Any]) -> None:
+        """Put the completion's dynamic metadata (``Routed.response_metadata``) on the last
+        message of the response."""
+        if out and self.routed is not None and self.routed.response_metadata:
+            out[-1].dynamic_metadata.CopyFrom(msg.metadata_struct(self.routed.response_metadata))
 
     def _complete(self, *, disconnected: bool) -> None:
         self.state = State.COMPLETE if not disconnected else self.state

@@ -91,6 +91,19 @@ class RequestHeaderProcessor(Plugin, Protocol):
 
 
 @runtime_checkable
+class ResponseMetadata(Plugin, Protocol):
+    """Dynamic metadata for the proxy from a completed response's usage (upstream's
+    ``ResponseBody`` plugins writing ``Response.DynamicMetadata``, e.g.
+    ``request-attribute-reporter``): namespace -> {key: value}. Called once per completed
+    request, with the ResponseComplete hooks; the ext_proc stream sends the merged result on
+    its last response message (full mode: the end-of-stream body chunk or the trailers)."""
+
+    def response_metadata(
+        self, request: InferenceRequest, usage: Usage | None
+    ) -> Mapping[str, Mapping[str, float]]: ...
+
+
+@runtime_checkable
 class Admitter(Plugin, Protocol):
     """Admits or denies a request after PrepareData, before scheduling (upstream ``Admitter``).
 
@@ -115,6 +128,7 @@ class RequestHooks:
     header_processors: tuple[RequestHeaderProcessor, ...] = ()
     screeners: tuple[Screener, ...] = ()
     admitters: tuple[Admitter, ...] = ()
+    response_metadata: tuple[ResponseMetadata, ...] = ()
 
     @classmethod
     def of(cls, plugins: Iterable[object]) -> RequestHooks:
@@ -128,6 +142,7 @@ class RequestHooks:
             header_processors=tuple(p for p in items if isinstance(p, RequestHeaderProcessor)),
             screeners=tuple(p for p in items if isinstance(p, Screener)),
             admitters=tuple(p for p in items if isinstance(p, Admitter)),
+            response_metadata=tuple(p for p in items if isinstance(p, ResponseMetadata)),
         )
 
     def __bool__(self) -> bool:
@@ -139,4 +154,5 @@ class RequestHooks:
             or self.header_processors
             or self.screeners
             or self.admitters
+            or self.response_metadata
         )

@@ -56,6 +56,7 @@ from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.requestcontrol.admission import AdmissionController
 from kvroute.requestcontrol.extensions import (
+    collect_response_metadata,
     fairness_id,
     run_admitters,
     run_header_processors,
@@ -157,6 +158,8 @@ class RoutingDecision:
     queue_wait_s: float = 0.0  # time spent in flow control (0 on the fast path)
     # Headers PreRequest plugins set on the forwarded request (``UPSTREAM_HEADERS``).
     upstream_headers: Mapping[str, str] = field(default_factory=dict)
+    # Dynamic metadata for the proxy, from ResponseMetadata plugins at completion.
+    response_metadata: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def subset_candidates(
@@ -424,6 +427,10 @@ class Director:
                 decision.request,
                 decision.target,
                 usage,
+            )
+        if self.hooks.response_metadata:
+            collect_response_metadata(
+                self.hooks.response_metadata, decision.request, usage, decision.response_metadata
             )
         if self.flow_control is not None:
             self.flow_control.notify()  # capacity freed: queued requests may go now

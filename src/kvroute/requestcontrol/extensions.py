@@ -23,8 +23,8 @@ from typing import ClassVar
 
 from kvroute.errors import EppError, ServiceUnavailableError
 from kvroute.framework.endpoint import Endpoint
-from kvroute.framework.hooks import Admitter, RequestHeaderProcessor, Screener
-from kvroute.framework.request import InferenceRequest
+from kvroute.framework.hooks import Admitter, RequestHeaderProcessor, ResponseMetadata, Screener
+from kvroute.framework.request import InferenceRequest, Usage
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +98,18 @@ def run_admitters(
             continue
         if reason is not None:
             raise AdmissionDeniedError(NOT_ADMITTED_PREFIX + reason)
+
+
+def collect_response_metadata(
+    writers: Sequence[ResponseMetadata],
+    request: InferenceRequest,
+    usage: Usage | None,
+    into: dict[str, dict[str, float]],
+) -> None:
+    """Merge every writer's namespace -> {key: value} into ``into`` (a later key wins)."""
+    for writer in writers:
+        try:
+            for namespace, values in writer.response_metadata(request, usage).items():
+                into.setdefault(namespace, {}).update(values)
+        except Exception:
+            log.exception("ResponseMetadata %s failed; continuing", writer.typed_name)

@@ -60,6 +60,7 @@ HOOK_METHODS = (
     "process_request_headers",  # RequestHeaderProcessor
     "screen",  # Screener
     "admit_request",  # Admitter
+    "response_metadata",  # ResponseMetadata
 )
 
 

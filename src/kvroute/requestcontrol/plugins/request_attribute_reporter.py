@@ -11,12 +11,13 @@ reported cached tokens, ``prompt_tokens_details.cached_tokens``, all doubles as 
 response completion the condition is evaluated (false or an error: nothing reported), then the
 expression; its value truncated to an integer is reported unless it is 0, as upstream.
 
-What is not done here: kvroute does not yet put the value into the dynamic metadata of the
-ext_proc response (that needs the response-body path in ``extproc/stream.py`` to carry
-metadata from the ResponseComplete hooks onto its last message). The plugin evaluates the CEL
-at completion (a ResponseComplete hook), logs the value at debug level, and keeps the most
-recent reports in :attr:`RequestAttributeReporter.reports` (``(request_id, namespace, name,
-value)``) for tests and inspection. Evaluated with cel-python (pure Python).
+The value goes into the dynamic metadata of the ext_proc response (``namespace`` ->
+{``name``: value}, a number), on the last response message the EPP sends: the end-of-stream
+body chunk, or the trailers answer (full response processing). Not in tap mode
+(``kvroute serve``'s light/tap response processing), where the EPP sends no response message
+after the body: there the value is only evaluated, logged (debug) and recorded. The most
+recent reports are kept in :attr:`RequestAttributeReporter.reports` (``(request_id,
+namespace, name, value)``). Evaluated with cel-python (pure Python).
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ from celpy.evaluation import CELEvalError
 from pydantic import Field, field_validator
 
 from kvroute.errors import PluginValidationError
-from kvroute.framework.endpoint import Endpoint
-from kvroute.framework.hooks import ResponseComplete
+from kvroute.framework.hooks import ResponseMetadata
 from kvroute.framework.request import InferenceRequest, Usage
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
@@ -120,14 +120,14 @@ class RequestAttributeReporter:
         out = int(value)
         return out or None
 
-    def response_complete(
-        self, request: InferenceRequest, endpoint: Endpoint, usage: Usage | None
-    ) -> None:
+    def response_metadata(
+        self, request: InferenceRequest, usage: Usage | None
+    ) -> Mapping[str, Mapping[str, float]]:
         if usage is None:
-            return
+            return {}
         value = self.evaluate(usage)
         if value is None:
-            return
+            return {}
         self.reports.append(Report(request.request_id, self.namespace, self.key, value))
         log.debug(
             "%s: %s %s.%s = %d",
@@ -137,6 +137,7 @@ class RequestAttributeReporter:
             self.key,
             value,
         )
+        return {self.namespace: {self.key: float(value)}}
 
 
 def _compile(env: celpy.Environment, name: str, field: str, text: str) -> Any:
@@ -155,4 +156,4 @@ def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> 
 
 PLUGINS: Mapping[str, PluginFactory] = {TYPE: _factory}
 
-_: type[ResponseComplete] = RequestAttributeReporter
+_: type[ResponseMetadata] = RequestAttributeReporter

@@ -1,6 +1,6 @@
 """``request-attribute-reporter``: parameters, CEL over usage (real cel-python), and the value
-recorded when the director completes a request. (Putting it into the ext_proc response's
-dynamic metadata is not implemented yet; see the module docstring.)"""
+recorded when the director completes a request (the ext_proc side:
+tests/unit/extproc/test_response_metadata.py)."""
 
 from __future__ import annotations
 
@@ -128,3 +128,5 @@ def test_value_recorded_when_the_director_completes_the_request() -> None:
     assert list(reporter.reports) == [
         Report("req-1", "envoy.lb", "x-gateway-inference-request-cost", 42)
     ]
+    assert decision.response_metadata == {"envoy.lb": {"x-gateway-inference-request-cost": 42.0}}
+    assert other.response_metadata == {}
