@@ -225,7 +225,8 @@ class Director:
 
         Raises ``BadRequestError`` (400; also ``ModelNotFoundError`` 404 when the resolver is
         configured to reject unknown models), ``NoCandidatesError`` (503),
-        ``PoolExhaustedError`` (429).
+        ``PoolExhaustedError`` (429); from request-control plugins ``ScreenedOutError`` (503)
+        and ``AdmissionDeniedError`` (500).
         """
         resolved = self.resolver.resolve(parsed.model, headers)
         request = self._build_request(parsed, headers, request_id, resolved)
