@@ -57,6 +57,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     # issue 18: endpoint attributes and the data sources that produce them
     "kvroute.scheduling.plugins.filters.endpoint_attribute",
     "kvroute.scheduling.plugins.scorers.endpoint_attribute",
+    "kvroute.datalayer.dcgm",
     # flow control (issue 12): policies and the concurrency detector
     "kvroute.flowcontrol.policies",
     "kvroute.flowcontrol.concurrency",
