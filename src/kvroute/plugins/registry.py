@@ -58,6 +58,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.filters.endpoint_attribute",
     "kvroute.scheduling.plugins.scorers.endpoint_attribute",
     "kvroute.datalayer.dcgm",
+    "kvroute.datalayer.models",
     # flow control (issue 12): policies and the concurrency detector
     "kvroute.flowcontrol.policies",
     "kvroute.flowcontrol.concurrency",
