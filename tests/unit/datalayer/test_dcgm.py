@@ -17,6 +17,10 @@ from kvroute.datastore.store import Datastore
 from kvroute.errors import ConfigError, PluginValidationError
 from kvroute.plugins.registry import PluginContext, default_registry
 from kvroute.scheduling.builder import build_scheduling
+from kvroute.scheduling.plugins.filters.endpoint_attribute import EndpointAttributeFilter
+from kvroute.scheduling.plugins.scorers.endpoint_attribute import EndpointAttributeScorer
+from kvroute.wiring import build_epp
+from tests.fakes import make_request, make_state
 
 # Our own page in the DCGM exporter's shape: two GPUs of pod-a, one of another pod.
 PAGE = """# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
@@ -226,3 +230,61 @@ def test_wrong_extractor_under_the_source_names_both() -> None:
     assert "dataLayer.sources[0].extractors" in message
     assert "'core' is a core-metrics-extractor, expected dcgm-extractor" in message
     assert "'gpu'" in message
+
+
+GPU_CONFIG = """
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: dcgm-data-source, name: dcgm-source, parameters: {port: PORT, interval: "50ms"}}
+- {type: dcgm-extractor, name: dcgm-extractor}
+- type: endpoint-attribute-filter
+  name: gpu-filter
+  parameters:
+    attribute: GPUUtilization
+    producer: dcgm-extractor
+    onMissing: Fail
+    algorithm: {type: threshold, threshold: {operator: LessThanOrEqual, value: 0.9}}
+- type: endpoint-attribute-scorer
+  name: gpu-scorer
+  parameters:
+    attributeKey: GPUUtilization
+    producer: dcgm-extractor
+    algorithm: {type: linear_lower_is_better, normalization: {fixedRange: {min: 0, max: 1}}}
+- type: max-score-picker
+dataLayer:
+  sources:
+  - {pluginRef: dcgm-source, extractors: [{pluginRef: dcgm-extractor}]}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: gpu-filter}, {pluginRef: gpu-scorer}, {pluginRef: max-score-picker}]
+"""
+
+
+async def test_built_graph_polls_and_its_filter_and_scorer_read_the_attribute(
+    exporter: tuple[Exporter, int],
+) -> None:
+    """The whole path: config -> build_epp -> running graph polls the exporter -> the
+    profile's filter and scorer see GPUUtilization in the Datastore."""
+    _, port = exporter
+    config = parse_epp_config(GPU_CONFIG.replace("PORT", str(port)), "gpu.yaml")
+    store = Datastore()
+    store.upsert_endpoint("pod-a", "127.0.0.1", 8000)  # 72 % busy on the exporter page
+    store.upsert_endpoint("pod-b", "127.0.0.1", 8001)  # 99 %; same exporter port
+    graph = build_epp(config, store)
+    async with graph.running():
+        for _ in range(200):
+            if all("GPUUtilization" in e.attributes for e in store.endpoints()):
+                break
+            await asyncio.sleep(0.02)
+    util = {e.name: e.attributes.get("GPUUtilization") for e in store.endpoints()}
+    assert util == {"pod-a": pytest.approx(0.72), "pod-b": pytest.approx(0.99)}
+    gpu_filter = graph.setup.plugins["gpu-filter"]
+    gpu_scorer = graph.setup.plugins["gpu-scorer"]
+    assert isinstance(gpu_filter, EndpointAttributeFilter)
+    assert isinstance(gpu_scorer, EndpointAttributeScorer)
+    kept = gpu_filter.filter(make_state(), make_request(), store.endpoints())
+    assert [e.name for e in kept] == ["pod-a"]
+    scores = gpu_scorer.score(make_state(), make_request(), store.endpoints())
+    assert scores["pod-a"] == pytest.approx(0.28)
+    assert scores["pod-b"] == pytest.approx(0.01)
