@@ -54,6 +54,11 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.latency",
     "kvroute.scheduling.plugins.filters.prefix_cache_affinity",
     "kvroute.datalayer.plugins",
+    # issue 18: endpoint attributes and the data sources that produce them
+    "kvroute.scheduling.plugins.filters.endpoint_attribute",
+    "kvroute.scheduling.plugins.scorers.endpoint_attribute",
+    "kvroute.datalayer.dcgm",
+    "kvroute.datalayer.models",
     # flow control (issue 12): policies and the concurrency detector
     "kvroute.flowcontrol.policies",
     "kvroute.flowcontrol.concurrency",

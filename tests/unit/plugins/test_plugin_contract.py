@@ -12,7 +12,13 @@ from typing import Any, cast
 
 import pytest
 
-from kvroute.datalayer.plugins import CoreMetricsExtractor, MetricsDataSource, RequestParser
+from kvroute.datalayer.http_source import PollingExtractor
+from kvroute.datalayer.plugins import (
+    CoreMetricsExtractor,
+    DataLayerSource,
+    MetricsDataSource,
+    RequestParser,
+)
 from kvroute.errors import PluginValidationError
 from kvroute.flowcontrol.policies import is_fairness, is_ordering, is_usage_limit
 from kvroute.plugins.registry import PluginContext, default_registry
@@ -66,6 +72,16 @@ def _build(type_name: str) -> Any:
         pytest.skip(f"{type_name} has required parameters: {exc.message}")
 
 
+DATA_LAYER_TYPES = (
+    MetricsDataSource,
+    CoreMetricsExtractor,
+    RequestParser,
+    Decider,
+    DataLayerSource,
+    PollingExtractor,
+)
+
+
 def test_registry_has_the_upstream_built_ins() -> None:
     expected = {
         "queue-scorer",
@@ -99,8 +115,9 @@ def test_plugin_builds_with_defaults_and_names_itself(type_name: str) -> None:
         # request-control hooks: admitters, request-header processors, screeners
         or is_hook(plugin)
         # data-layer/parser plugins only carry validated parameters for the composition root;
-        # P/D deciders are consulted by disagg-profile-handler
-        or isinstance(plugin, (MetricsDataSource, CoreMetricsExtractor, RequestParser, Decider))
+        # P/D deciders are consulted by disagg-profile-handler; the other dataLayer.sources
+        # (dcgm, models) run through the lifecycle with the extractors bound under them
+        or isinstance(plugin, DATA_LAYER_TYPES)
         # flow-control policies (ordering / fairness / usage limit)
         or is_ordering(plugin)
         or is_fairness(plugin)
