@@ -3,7 +3,8 @@
 One concept per module: ``hashing`` (block hash chains), ``index`` (the LRU index of levels 1-2),
 ``approximate`` (``prefix-cache-scorer``), ``precise_index`` (the KV-event index),
 ``precise`` (``precise-prefix-cache-scorer``), ``producer`` (upstream's split spelling:
-``token-producer``, ``approx-prefix-cache-producer``) and ``hotspot`` (the anti-hotspot rule).
+``token-producer``, ``approx-prefix-cache-producer``), ``hotspot`` (the anti-hotspot rule) and
+``mm_producer`` (``mm-embeddings-cache-producer``), ``burst`` (``burst-prefix-cache-producer``).
 ``PLUGINS`` is what the registry loads.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kvroute.plugins.registry import PluginFactory
-from kvroute.scheduling.plugins.prefix import approximate, precise, producer
+from kvroute.scheduling.plugins.prefix import approximate, burst, mm_producer, precise, producer
 
 # ``producer`` re-registers ``prefix-cache-scorer`` (it wraps approximate's factory), so its
 # entries win over approximate's.
@@ -20,4 +21,6 @@ PLUGINS: Mapping[str, PluginFactory] = {
     **approximate.PLUGINS,
     **precise.PLUGINS,
     **producer.PLUGINS,
+    **mm_producer.PLUGINS,
+    **burst.PLUGINS,
 }

@@ -28,6 +28,11 @@ def find_prefix_plugin(
             f"{prefix_name!r} declared before it (declare a {PREFIX_TYPE} first)"
         ) from None
     if isinstance(plugin, ProducedPrefixScorer):  # upstream's split spelling: read its producer
+        if not isinstance(plugin.producer, PrefixCacheScorer):
+            raise PluginValidationError(
+                f"plugin {name!r} ({type_name}): parameters.prefixPluginName: {prefix_name!r} "
+                f"scores a {plugin.producer.typed_name.type}, which keeps no prefix index"
+            )
         return plugin.producer
     if not isinstance(plugin, PrefixCacheScorer):
         raise PluginValidationError(

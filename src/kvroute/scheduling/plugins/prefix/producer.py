@@ -57,6 +57,7 @@ from kvroute.scheduling.plugins.prefix.approximate import (
     PrefixMatch,
     ProducerParams,
 )
+from kvroute.scheduling.plugins.prefix.burst import BurstPrefixCacheProducer
 from kvroute.scheduling.plugins.prefix.render import RenderTokenProducer, VllmParams
 from kvroute.scheduling.request import InferenceRequest
 
@@ -68,11 +69,12 @@ TOKEN_PRODUCER_ALIAS = "tokenizer"  # upstream's legacy name, deprecated
 
 
 class ProducedPrefixScorer:
-    """``prefix-cache-scorer`` over an ``approx-prefix-cache-producer``'s match."""
+    """``prefix-cache-scorer`` over an ``approx-prefix-cache-producer``'s (or a
+    ``burst-prefix-cache-producer``'s) match."""
 
     category = ScorerCategory.AFFINITY
 
-    def __init__(self, name: str, producer: PrefixCacheScorer) -> None:
+    def __init__(self, name: str, producer: PrefixCacheScorer | BurstPrefixCacheProducer) -> None:
         self.typed_name = TypedName(SCORER_TYPE, name)
         self.producer = producer
 
@@ -134,12 +136,16 @@ def _producer_factory(
     return producer
 
 
-def _declared_producer(handle: PluginHandle, producer_name: str) -> PrefixCacheScorer | None:
+def _declared_producer(
+    handle: PluginHandle, producer_name: str
+) -> PrefixCacheScorer | BurstPrefixCacheProducer | None:
     try:
         plugin = handle.plugin(producer_name)
     except PluginValidationError:
         return None
     if isinstance(plugin, PrefixCacheScorer) and plugin.typed_name.type == PRODUCER_TYPE:
+        return plugin
+    if isinstance(plugin, BurstPrefixCacheProducer):
         return plugin
     return None
 
@@ -155,7 +161,8 @@ def _scorer_factory(
         if producer_key in raw:
             raise PluginValidationError(
                 f"plugin {name!r} ({SCORER_TYPE}): parameters.{producer_key}: no "
-                f"{PRODUCER_TYPE} named {producer_name!r} declared before it"
+                f"{PRODUCER_TYPE} (or burst-prefix-cache-producer) named {producer_name!r} "
+                "declared before it"
             )
         return _own_producer_scorer(name, raw, handle)
     index_keys = sorted(k for k in raw if k != producer_key)

@@ -8,9 +8,11 @@ order, or in a second conversation.
 
 Formula (llm-d-router ``mm-embeddings-cache-scorer``): the request's distinct media items that
 the endpoint recently processed, divided by the request's distinct items; a request without
-media gives no preference (no scores, so text traffic is untouched). kvroute keeps the
-per-endpoint record itself (upstream splits it into ``mm-embeddings-cache-producer``): an LRU of
-item keys per endpoint, filled at PreRequest with the items of each request sent there, of
+media gives no preference (no scores, so text traffic is untouched). The per-endpoint record is
+an LRU of item keys per endpoint, filled at PreRequest with the items of each request sent there.
+With an ``mm-embeddings-cache-producer`` declared before the scorer (upstream's split), the
+producer owns and fills that record and the scorer only reads it (its own cache parameters are
+then rejected as ambiguous); declared alone, the scorer keeps its own record of
 ``cacheSizeInMBPerServer / entrySizeMB`` entries (4096 / 2 MiB = 2048 items, upstream's sizing).
 
 kvroute addition, as ``session-affinity-scorer``: an endpoint overloaded by the load-bound rule
@@ -24,23 +26,29 @@ Parameters: ``cacheSizeInMBPerServer`` (4096), ``entrySizeMB`` (2), ``overloadAb
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
 
 from kvroute.datastore.endpoint import Endpoint
+from kvroute.errors import PluginValidationError
 from kvroute.framework.hooks import PreRequest
 from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, SchedulingResult, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.plugins.prefix.hotspot import HotspotGuard
+from kvroute.scheduling.plugins.prefix.mm_producer import TYPE as PRODUCER_TYPE
+from kvroute.scheduling.plugins.prefix.mm_producer import (
+    MmEmbeddingsCacheProducer,
+    MmItemCache,
+    find_producer,
+    request_items,
+)
 from kvroute.scheduling.request import InferenceRequest
 
 TYPE = "mm-embeddings-cache-scorer"
-MAX_ENDPOINTS = 4096
 
 
 class MmEmbeddingsCacheParams(PluginParams):
@@ -53,30 +61,41 @@ class MmEmbeddingsCacheParams(PluginParams):
 class MmEmbeddingsCacheScorer:
     category = ScorerCategory.AFFINITY
 
-    def __init__(self, name: str = TYPE, params: MmEmbeddingsCacheParams | None = None) -> None:
+    def __init__(
+        self,
+        name: str = TYPE,
+        params: MmEmbeddingsCacheParams | None = None,
+        producer: MmEmbeddingsCacheProducer | None = None,
+    ) -> None:
         self.typed_name = TypedName(TYPE, name)
         self.params = p = params or MmEmbeddingsCacheParams()
-        self.capacity = max(1, int(p.cache_size_mb_per_server / p.entry_size_mb))
+        self.producer = producer
         self.guard = HotspotGuard(abs_slack=p.overload_abs_slack, rel_slack=p.overload_rel_slack)
-        self._caches: dict[str, OrderedDict[str, None]] = {}
-
-    @staticmethod
-    def _keys(request: InferenceRequest) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(item.key for item in request.media))
+        if producer is not None:
+            self.items = producer.cache
+        else:
+            self.items = MmItemCache(int(p.cache_size_mb_per_server / p.entry_size_mb))
+        self.capacity = self.items.capacity
 
     def score(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
-        keys = self._keys(request)
+        if self.producer is not None:
+            match = self.producer.match(state, request)
+            keys, produced = match.items, match.matched
+        else:
+            keys, produced = request_items(request), None
         if not keys:
             return {}
         overloaded = self.guard.overloaded(endpoints)
         out: dict[str, float] = {}
         for e in endpoints:
-            cache = self._caches.get(e.name)
-            if cache is None or e.name in overloaded:
+            if e.name in overloaded:
                 continue
-            hits = sum(1 for k in keys if k in cache)
+            if produced is not None:
+                hits = produced.get(e.name, 0)
+            else:
+                hits = self.items.hits(e.name, keys)
             if hits:
                 out[e.name] = hits / len(keys)
         return out
@@ -84,33 +103,31 @@ class MmEmbeddingsCacheScorer:
     def pre_request(
         self, state: CycleState, request: InferenceRequest, result: SchedulingResult
     ) -> None:
-        keys = self._keys(request)
-        primary = result.primary
-        if not keys or primary is None or not primary.targets:
+        if self.producer is not None:  # the producer records (its own PreRequest)
             return
-        name = primary.targets[0].name
-        cache = self._caches.get(name)
-        if cache is None:
-            if len(self._caches) >= MAX_ENDPOINTS:
-                self._caches.pop(next(iter(self._caches)))
-            cache = self._caches[name] = OrderedDict()
-        for k in keys:
-            cache[k] = None
-            cache.move_to_end(k)
-        while len(cache) > self.capacity:
-            cache.popitem(last=False)
+        keys = request_items(request)
+        primary = result.primary
+        if keys and primary is not None and primary.targets:
+            self.items.record(primary.targets[0].name, keys)
 
     def cached(self, endpoint: str) -> tuple[str, ...]:
         """The item keys recorded for ``endpoint``, least recently used first."""
-        return tuple(self._caches.get(endpoint, ()))
+        return self.items.cached(endpoint)
 
 
 def _factory(
     name: str, parameters: Mapping[str, Any], handle: PluginHandle
 ) -> MmEmbeddingsCacheScorer:
-    return MmEmbeddingsCacheScorer(
-        name, parse_params(MmEmbeddingsCacheParams, name, TYPE, parameters)
-    )
+    params = parse_params(MmEmbeddingsCacheParams, name, TYPE, parameters)
+    producer = find_producer(handle)
+    if producer is not None:
+        own = sorted({"cacheSizeInMBPerServer", "entrySizeMB"} & set(parameters or {}))
+        if own:
+            raise PluginValidationError(
+                f"plugin {name!r} ({TYPE}): parameters.{own[0]}: the cache is owned by "
+                f"{PRODUCER_TYPE} {producer.typed_name.name!r}; set its size there"
+            )
+    return MmEmbeddingsCacheScorer(name, params, producer)
 
 
 PLUGINS: Mapping[str, PluginFactory] = {TYPE: _factory}
