@@ -19,13 +19,13 @@ is a failed poll: the previous value stays. It takes no parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from kvroute.config.duration import GoDuration
 from kvroute.datalayer.http_source import (
     HttpPollingSource,
+    HttpSourceParams,
     PollFailed,
     client_ssl,
     round_interval,
@@ -43,22 +43,10 @@ GPU_UTILIZATION = "GPUUtilization"  # the attribute key (upstream's data key nam
 POD_LABEL = "pod"
 
 
-class DcgmDataSourceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    scheme: Literal["http", "https"] = "http"
+class DcgmDataSourceParams(HttpSourceParams):
     path: str = "/metrics"
     port: int = Field(9400, ge=1, le=65535)
-    insecure_skip_verify: bool = Field(True, alias="insecureSkipVerify")
     use_node_address: bool = Field(False, alias="useNodeAddress")
-    interval: GoDuration | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"must start with '/', got {value!r}")
-        return value
 
     @field_validator("use_node_address")
     @classmethod

@@ -19,10 +19,12 @@ import logging
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kvroute.config.duration import GoDuration
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.hostport import format_hostport
 from kvroute.plugins.base import Plugin, TypedName
@@ -42,6 +44,24 @@ def round_interval(seconds: float | None) -> float:
     if seconds is None:
         return BASE_TICK
     return max(1, round(seconds / BASE_TICK)) * BASE_TICK
+
+
+class HttpSourceParams(BaseModel):
+    """The parameters every HTTP-polling source shares (a subclass sets ``path``'s default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    scheme: Literal["http", "https"] = "http"
+    path: str = "/"
+    insecure_skip_verify: bool = Field(True, alias="insecureSkipVerify")
+    interval: GoDuration | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        return value
 
 
 class PollFailed(Exception):

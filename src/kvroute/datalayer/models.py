@@ -19,13 +19,13 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from kvroute.config.duration import GoDuration
 from kvroute.datalayer.http_source import (
     HttpPollingSource,
+    HttpSourceParams,
     PollFailed,
     client_ssl,
     round_interval,
@@ -51,23 +51,11 @@ class ModelData:
     parent: str = ""
 
 
-class ModelsDataSourceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    scheme: Literal["http", "https"] = "http"
+class ModelsDataSourceParams(HttpSourceParams):
     path: str = "/v1/models"
-    insecure_skip_verify: bool = Field(True, alias="insecureSkipVerify")
     ca_cert_path: str = Field("", alias="caCertPath")
     client_cert_path: str = Field("", alias="clientCertPath")
     client_key_path: str = Field("", alias="clientKeyPath")
-    interval: GoDuration | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"must start with '/', got {value!r}")
-        return value
 
     @field_validator("ca_cert_path", "client_cert_path", "client_key_path")
     @classmethod

@@ -56,13 +56,13 @@ from kvroute.plugins.base import Plugin
 from kvroute.protocol.openai import ParsedRequest
 from kvroute.requestcontrol.admission import AdmissionController
 from kvroute.requestcontrol.extensions import (
+    AGENT_IDENTITY_ATTRIBUTE,
     collect_response_metadata,
-    fairness_id,
     run_admitters,
     run_header_processors,
     run_screeners,
 )
-from kvroute.requestcontrol.headers import MODEL_REWRITE, read_aliased
+from kvroute.requestcontrol.headers import FAIRNESS_ID, MODEL_REWRITE, read_aliased
 from kvroute.requestcontrol.hooks import RequestHooks, Usage
 from kvroute.requestcontrol.model_resolution import ResolvedModel
 from kvroute.scheduling.interfaces import (
@@ -78,8 +78,6 @@ from kvroute.scheduling.timing import PluginTimings
 
 log = logging.getLogger(__name__)
 
-FAIRNESS_ID_HEADER = "x-llm-d-inference-fairness-id"
-FAIRNESS_ID_HEADER_ALIAS = "x-gateway-inference-fairness-id"
 DEFAULT_FAIRNESS_ID = "default-flow"
 
 NO_CANDIDATES_MESSAGE = "failed to find endpoint candidates for serving the request"
@@ -453,6 +451,7 @@ class Director:
         body: Mapping[str, Any] = parsed.body
         if resolved.target_model != parsed.model:
             body = {**parsed.body, "model": resolved.target_model}
+        fid = read_aliased(headers, FAIRNESS_ID)
         request = InferenceRequest(
             request_id=request_id,
             incoming_model=resolved.incoming_model,
@@ -466,9 +465,13 @@ class Director:
             request_size_bytes=len(parsed.raw),
             stream=parsed.stream,
             media=parsed.media,
+            fairness_id=fid or self.default_fairness_id,
         )
+        if not self.hooks.header_processors:
+            return request
+        # the fairness header wins; else the agent-identity attribute a processor set
         attributes = run_header_processors(self.hooks.header_processors, request)
-        fid = fairness_id(headers, attributes, FAIRNESS_ID_HEADER, FAIRNESS_ID_HEADER_ALIAS)
+        fid = fid or attributes.get(AGENT_IDENTITY_ATTRIBUTE)
         return replace(request, attributes=attributes, fairness_id=fid or self.default_fairness_id)
 
     def _run_hook(

@@ -56,16 +56,6 @@ def run_header_processors(
     return MappingProxyType(attributes)
 
 
-def fairness_id(headers: Mapping[str, str], attributes: Mapping[str, str], *names: str) -> str:
-    """The first non-empty of: the ``names`` headers, then the ``agent-identity`` attribute;
-    ``""`` when none (the caller falls back to its default flow)."""
-    for name in names:
-        value = headers.get(name)
-        if value:
-            return value
-    return attributes.get(AGENT_IDENTITY_ATTRIBUTE, "")
-
-
 def run_screeners(
     screeners: Sequence[Screener], request: InferenceRequest, endpoints: Sequence[Endpoint]
 ) -> Sequence[Endpoint]:
