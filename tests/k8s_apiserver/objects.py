@@ -18,8 +18,9 @@ def pod(
     deleting: bool = False,
     annotations: Mapping[str, str] | None = None,
     namespace: str = "default",
+    host_ip: str | None = None,
 ) -> Obj:
-    """A Pod as kubelet would report it (``status.podIP``, ``Ready`` condition)."""
+    """A Pod as kubelet would report it (``status.podIP``, ``hostIP``, ``Ready`` condition)."""
     meta: Obj = {"name": name, "namespace": namespace, "labels": dict(labels or {"app": "vllm"})}
     if annotations:
         meta["annotations"] = dict(annotations)
@@ -31,6 +32,8 @@ def pod(
     }
     if ip:
         status["podIP"] = ip
+    if host_ip:
+        status["hostIP"] = host_ip
     return {
         "apiVersion": "v1",
         "kind": "Pod",

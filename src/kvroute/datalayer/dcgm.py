@@ -5,13 +5,16 @@ The source (a :class:`~kvroute.datalayer.plugins.DataLayerSource`, see
 (upstream defaults ``http``, ``9400``, ``/metrics``) from every endpoint, i.e. a DCGM exporter
 running beside the model server (the sidecar layout). Parameters: ``scheme`` (http|https),
 ``path``, ``port``, ``insecureSkipVerify`` (true), ``interval`` (Go duration, rounded to the
-50 ms tick; omitted: every tick) and ``useNodeAddress`` (false). ``useNodeAddress: true`` (the
-DaemonSet layout: scrape the node's IP) is rejected at load: kvroute's endpoints carry no node
-address.
+50 ms tick; omitted: every tick) and ``useNodeAddress`` (false). ``useNodeAddress: true`` is the
+DaemonSet layout: the exporter runs once per node and is scraped at the endpoint's node address
+(the pod's ``status.hostIP``, which Kubernetes discovery records); an endpoint whose node address
+is unknown (``--endpoint`` and file discovery carry none) fails its poll with a message saying
+so, and its previous value stays.
 
 The extractor reads ``DCGM_FI_DEV_GPU_UTIL`` (percent) and stores the highest value over the
 endpoint's GPUs, divided by 100, as the ``GPUUtilization`` attribute (0..1), as upstream. A
-sample with a ``pod`` label counts only when the label equals the endpoint's name; samples
+sample with a ``pod`` label counts only when the label names the endpoint's pod (the endpoint's
+name, or its name without kvroute's ``-rank-<n>`` suffix for data-parallel ranks); samples
 without one always count. A page without the metric (or without a sample for the endpoint)
 is a failed poll: the previous value stays. It takes no parameters.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from kvroute.datalayer.http_source import (
     HttpPollingSource,
@@ -33,6 +36,7 @@ from kvroute.datalayer.http_source import (
 from kvroute.datalayer.prometheus import MetricsParseError, SeriesSelector, decode_page
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import PluginValidationError
+from kvroute.hostport import format_hostport
 from kvroute.plugins.base import TypedName, validate_parameters
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 
@@ -41,6 +45,7 @@ DCGM_EXTRACTOR = "dcgm-extractor"
 GPU_UTIL_METRIC = "DCGM_FI_DEV_GPU_UTIL"
 GPU_UTILIZATION = "GPUUtilization"  # the attribute key (upstream's data key name)
 POD_LABEL = "pod"
+RANK_SUFFIX = "-rank-"  # kvroute's endpoint names: <pod>-rank-<n> (k8s/endpoints.py)
 
 
 class DcgmDataSourceParams(HttpSourceParams):
@@ -48,19 +53,21 @@ class DcgmDataSourceParams(HttpSourceParams):
     port: int = Field(9400, ge=1, le=65535)
     use_node_address: bool = Field(False, alias="useNodeAddress")
 
-    @field_validator("use_node_address")
-    @classmethod
-    def _no_node_address(cls, value: bool) -> bool:
-        if value:
-            raise ValueError(
-                "true (scrape the node's DCGM DaemonSet) is not supported: kvroute's endpoints "
-                "carry no node address; run the exporter as a sidecar (useNodeAddress: false)"
-            )
-        return value
-
 
 class DcgmDataSource(HttpPollingSource):
     extractor_type = DCGM_EXTRACTOR
+    use_node_address = False
+
+    def url(self, endpoint: Endpoint) -> str:
+        if not self.use_node_address:
+            return super().url(endpoint)
+        if not endpoint.node_address:
+            raise PollFailed(
+                f"useNodeAddress: endpoint {endpoint.name!r} has no node address (only "
+                "Kubernetes discovery records a pod's hostIP)"
+            )
+        assert self.port is not None
+        return f"{self.scheme}://{format_hostport(endpoint.node_address, self.port)}{self.path}"
 
     def parse(self, body: bytes) -> Any:
         try:
@@ -83,15 +90,23 @@ class DcgmExtractor:
             raise PollFailed(str(exc)) from None
         if not samples:
             raise PollFailed(f"metric {GPU_UTIL_METRIC} not found in the DCGM page")
-        mine = [s.value for s in samples if s.labels.get(POD_LABEL, endpoint.name) == endpoint.name]
+        mine = [s.value for s in samples if _is_pod_of(s.labels.get(POD_LABEL), endpoint.name)]
         if not mine:
             raise PollFailed(f"{GPU_UTIL_METRIC} has no sample for pod {endpoint.name!r}")
         return {GPU_UTILIZATION: max(0.0, max(mine)) / 100.0}
 
 
+def _is_pod_of(pod: str | None, endpoint_name: str) -> bool:
+    """Whether a sample's ``pod`` label (None: no label) belongs to the endpoint."""
+    if pod is None or pod == endpoint_name:
+        return True
+    head, sep, rank = endpoint_name.rpartition(RANK_SUFFIX)
+    return bool(sep) and head == pod and rank.isdigit()
+
+
 def _source(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> DcgmDataSource:
     params = validate_parameters(DcgmDataSourceParams, name, DCGM_DATA_SOURCE, parameters)
-    return DcgmDataSource(
+    source = DcgmDataSource(
         DCGM_DATA_SOURCE,
         name,
         scheme=params.scheme,
@@ -100,6 +115,8 @@ def _source(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> D
         interval=round_interval(params.interval),
         ssl_context=client_ssl(params.insecure_skip_verify),
     )
+    source.use_node_address = params.use_node_address
+    return source
 
 
 def _extractor(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> DcgmExtractor:

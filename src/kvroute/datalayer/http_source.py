@@ -179,8 +179,12 @@ class HttpPollingSource:
 
     async def _poll_one(self, endpoint: Endpoint) -> None:
         assert self._datastore is not None
-        url = self.url(endpoint)
         self.stats.attempts += 1
+        try:
+            url = self.url(endpoint)
+        except PollFailed as exc:
+            self._failed(endpoint.name, "-", str(exc))
+            return
         try:
             async with asyncio.timeout(self.timeout):
                 body = await self._fetch(url)

@@ -73,28 +73,37 @@ class Datastore:
     # -- endpoint set ---------------------------------------------------------------------
 
     def upsert_endpoint(
-        self, name: str, address: str, port: int, labels: Mapping[str, str] | None = None
+        self,
+        name: str,
+        address: str,
+        port: int,
+        labels: Mapping[str, str] | None = None,
+        *,
+        node_address: str = "",
     ) -> Endpoint:
         """Add an endpoint or update an existing one; returns the stored value.
 
-        A change of labels alone keeps the metrics snapshot and the load counters (same server,
-        new metadata). A change of address or port is a different server (a restarted pod got a
-        new IP): it is reported as REMOVED then ADDED and starts with empty metrics and load, so
-        the old server's numbers are never attributed to the new one.
+        A change of labels (or of the node address) alone keeps the metrics snapshot and the
+        load counters (same server, new metadata). A change of address or port is a different
+        server (a restarted pod got a new IP): it is reported as REMOVED then ADDED and starts
+        with empty metrics and load, so the old server's numbers are never attributed to the
+        new one.
         """
         frozen_labels = MappingProxyType(dict(labels or {}))
         old = self._by_name.get(name)
         if old is not None and old.address == address and old.port == port:
-            if old.labels == frozen_labels:
+            if old.labels == frozen_labels and old.node_address == node_address:
                 return old
-            new = dataclasses.replace(old, labels=frozen_labels)
+            new = dataclasses.replace(old, labels=frozen_labels, node_address=node_address)
             self._by_name[name] = new
             self._snapshot = None
             self._notify(EndpointEvent(EndpointEventKind.LABELS_CHANGED, new))
             return new
         if old is not None:
             self.remove_endpoint(name)
-        new = Endpoint(name=name, address=address, port=port, labels=frozen_labels)
+        new = Endpoint(
+            name=name, address=address, port=port, labels=frozen_labels, node_address=node_address
+        )
         self._by_name[name] = new
         self._by_hostport[new.hostport] = name
         self._snapshot = None

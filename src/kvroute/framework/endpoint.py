@@ -81,6 +81,9 @@ class Endpoint:
     attributes: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({}), compare=False
     )
+    # The IP of the node the endpoint runs on (a pod's ``status.hostIP``), "" when unknown:
+    # where node-level agents (a DCGM exporter DaemonSet) are scraped.
+    node_address: str = ""
 
     @property
     def hostport(self) -> str:

@@ -62,7 +62,13 @@ class EndpointSink(Protocol):
     """Where endpoints go: :class:`kvroute.datastore.store.Datastore` satisfies it."""
 
     def upsert_endpoint(
-        self, name: str, address: str, port: int, labels: Mapping[str, str] | None = None
+        self,
+        name: str,
+        address: str,
+        port: int,
+        labels: Mapping[str, str] | None = None,
+        *,
+        node_address: str = "",
     ) -> object: ...
 
     def remove_endpoint(self, name: str) -> object: ...
@@ -299,7 +305,9 @@ class PoolController:
                 self._sink.remove_endpoint(name)
                 del self._applied[name]
             for ep in change.upserts:
-                self._sink.upsert_endpoint(ep.name, ep.address, ep.port, ep.labels)
+                self._sink.upsert_endpoint(
+                    ep.name, ep.address, ep.port, ep.labels, node_address=ep.node_address
+                )
                 self._applied[ep.name] = ep
             if desired:
                 self._by_pod[key] = desired

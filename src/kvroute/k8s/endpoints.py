@@ -77,6 +77,7 @@ class PodInfo:
     deleting: bool
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    host_ip: str = ""  # status.hostIP: the node's address
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +88,13 @@ class EndpointSpec:
     address: str
     port: int
     labels: Mapping[str, str]
+    node_address: str = ""
 
     def same_as(self, other: EndpointSpec) -> bool:
-        return (self.address, self.port, dict(self.labels)) == (
+        return (self.address, self.port, self.node_address, dict(self.labels)) == (
             other.address,
             other.port,
+            other.node_address,
             dict(other.labels),
         )
 
@@ -160,8 +163,10 @@ def pod_info_from_object(pod: Any) -> PodInfo:
     status = pod.status
     ready = False
     ip: str | None = None
+    host_ip = ""
     if status is not None:
         ip = status.podIP or None
+        host_ip = status.hostIP or ""
         ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
     return PodInfo(
         name=meta.name,
@@ -171,6 +176,7 @@ def pod_info_from_object(pod: Any) -> PodInfo:
         deleting=meta.deletionTimestamp is not None,
         labels=dict(meta.labels or {}),
         annotations=dict(meta.annotations or {}),
+        host_ip=host_ip,
     )
 
 
@@ -206,7 +212,9 @@ def desired_endpoints(spec: PoolSpec | None, pods: Iterable[PodInfo]) -> dict[st
         labels = _frozen(pod.labels)
         for rank, port in active_ports(pod, spec.target_ports):
             name = endpoint_name(pod.name, rank)
-            out[name] = EndpointSpec(name=name, address=pod.ip, port=port, labels=labels)
+            out[name] = EndpointSpec(
+                name=name, address=pod.ip, port=port, labels=labels, node_address=pod.host_ip
+            )
     return out
 
 

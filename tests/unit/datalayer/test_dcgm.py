@@ -92,6 +92,43 @@ async def test_poll_writes_gpu_utilization_attribute(exporter: tuple[Exporter, i
     assert "no sample for pod 'e-nolabel'" in source.stats.last_error
 
 
+async def test_use_node_address_scrapes_the_node_and_matches_ranks_by_pod(
+    exporter: tuple[Exporter, int],
+) -> None:
+    """The DaemonSet layout: the exporter is reached at the node address, not the pod's."""
+    ex, port = exporter
+    source, _ = build({"port": port, "useNodeAddress": True})
+    store = Datastore()
+    # 192.0.2.1 is TEST-NET-1: a scrape of the pod address could not answer
+    store.upsert_endpoint("pod-a-rank-0", "192.0.2.1", 8000, node_address="127.0.0.1")
+    store.upsert_endpoint("pod-b-rank-1", "192.0.2.2", 8000, node_address="127.0.0.1")
+    store.upsert_endpoint("static-0", "127.0.0.1", 8002)  # no node address known
+    source.attach(store)
+    try:
+        await source.poll_all()
+    finally:
+        await source.aclose()
+    assert ex.hits == ["/metrics", "/metrics"]
+    util = {e.name: e.attributes.get("GPUUtilization") for e in store.endpoints()}
+    assert util == {
+        "pod-a-rank-0": pytest.approx(0.72),  # the pod label names the pod, not the rank
+        "pod-b-rank-1": pytest.approx(0.99),
+        "static-0": None,
+    }
+    assert source.stats.failures == 1
+    assert "'static-0' has no node address" in source.stats.last_error
+
+
+def test_pod_label_must_name_the_whole_pod() -> None:
+    store = Datastore()
+    ep = store.upsert_endpoint("pod-a-rank-x", "127.0.0.1", 8000)
+    with pytest.raises(PollFailed, match="no sample for pod"):
+        DcgmExtractor().extract(ep, 'DCGM_FI_DEV_GPU_UTIL{pod="pod-a"} 50\n')
+    ep = store.upsert_endpoint("pod-ab-rank-0", "127.0.0.1", 8001)
+    with pytest.raises(PollFailed, match="no sample for pod"):
+        DcgmExtractor().extract(ep, 'DCGM_FI_DEV_GPU_UTIL{pod="pod-a"} 50\n')
+
+
 async def test_background_loop_follows_changes_and_keeps_value_on_failure(
     exporter: tuple[Exporter, int],
 ) -> None:
@@ -178,7 +215,7 @@ def test_defaults_and_interval_rounding() -> None:
         ({"port": 0}, "parameters.port"),
         ({"path": "metrics"}, "parameters.path"),
         ({"interval": "soon"}, "parameters.interval"),
-        ({"useNodeAddress": True}, "parameters.useNodeAddress"),
+        ({"useNodeAddress": "yes please"}, "parameters.useNodeAddress"),
         ({"portt": 9400}, "parameters.portt"),
     ],
 )

@@ -79,6 +79,17 @@ def test_labels_change_keeps_metrics_and_load() -> None:
     assert updated.load.inflight == 1
 
 
+def test_node_address_change_keeps_metrics_and_load() -> None:
+    store = _store_with("a")
+    store.update_metrics("a", EndpointMetrics(kv_cache_usage=0.5, updated_at=5.0))
+    labels = dict(store.get("a").labels)  # type: ignore[union-attr]
+    updated = store.upsert_endpoint("a", "10.0.0.1", 8000, labels, node_address="192.168.0.7")
+    assert updated.node_address == "192.168.0.7"
+    assert updated.metrics.kv_cache_usage == 0.5
+    same = store.upsert_endpoint("a", "10.0.0.1", 8000, labels, node_address="192.168.0.7")
+    assert same is updated
+
+
 def test_address_change_is_a_new_server_with_fresh_state() -> None:
     store = _store_with("a")
     events: list[EndpointEvent] = []

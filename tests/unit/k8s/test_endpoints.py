@@ -188,4 +188,17 @@ def test_pod_info_from_lightkube_pod() -> None:
         annotations={ACTIVE_PORTS_ANNOTATION: "8000"},
     )
     unready = pod_info_from_object(Pod.from_dict(pod("q", None, ready=False), lazy=False))
-    assert (unready.ready, unready.ip) == (False, None)
+    assert (unready.ready, unready.ip, unready.host_ip) == (False, None, "")
+
+
+def test_node_address_comes_from_host_ip_and_a_move_is_a_change() -> None:
+    """``status.hostIP`` reaches the endpoint (the DCGM DaemonSet is scraped there)."""
+    got = pod_info_from_object(
+        Pod.from_dict(pod("p", "10.1.2.3", host_ip="192.168.0.7"), lazy=False)
+    )
+    assert got.host_ip == "192.168.0.7"
+    desired = desired_endpoints(SPEC, [got])
+    assert {e.node_address for e in desired.values()} == {"192.168.0.7"}
+    moved = desired_endpoints(SPEC, [info("p", ip="10.1.2.3", host_ip="192.168.0.8")])
+    change = diff(desired, moved)
+    assert [e.node_address for e in change.upserts] == ["192.168.0.8", "192.168.0.8"]
