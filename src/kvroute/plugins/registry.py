@@ -67,6 +67,9 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.requestcontrol.plugins.probabilistic_admitter",
     "kvroute.requestcontrol.plugins.agent_identity",
     "kvroute.requestcontrol.plugins.request_attribute_reporter",
+    # issue 18: label filters and the header-label affinity scorer
+    "kvroute.scheduling.plugins.filters.label_selector",
+    "kvroute.scheduling.plugins.scorers.header_label_affinity",
 )
 
 
