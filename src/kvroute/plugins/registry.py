@@ -73,6 +73,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.filters.topology_affinity",
     "kvroute.scheduling.plugins.scorers.topology_affinity",
     "kvroute.datalayer.topology",
+    "kvroute.requestcontrol.plugins.disaggregatedset_rollout",
 )
 
 
