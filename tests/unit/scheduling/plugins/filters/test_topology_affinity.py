@@ -4,14 +4,16 @@ the decode pick disagg-profile-handler publishes."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 
-from kvroute.config.epp_config import parse_epp_config
+from kvroute.config.epp_config import load_epp_config, parse_epp_config
 from kvroute.datalayer.topology import TopologyExtractor
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import Datastore
@@ -19,11 +21,13 @@ from kvroute.errors import PluginValidationError
 from kvroute.framework.hooks import UPSTREAM_HEADERS
 from kvroute.framework.topology import Topology
 from kvroute.plugins.registry import PluginContext, default_registry
+from kvroute.protocol.openai import parse_request
 from kvroute.scheduling.builder import build_scheduling
 from kvroute.scheduling.interfaces import CycleState
 from kvroute.scheduling.plugins.filters.roles import ROLE_LABEL
 from kvroute.scheduling.plugins.filters.topology_affinity import TopologyAffinityFilter
 from kvroute.scheduling.plugins.profile_handlers.disagg import PEER_ENDPOINT
+from kvroute.wiring import build_epp
 from tests.fakes import NOW, make_endpoint, make_request, make_state, names
 
 REGISTRY = default_registry(include_entry_points=False)
@@ -208,3 +212,39 @@ def test_pd_cycle_fails_open_when_no_prefill_pod_is_close() -> None:
         "p-idle": ("prefill", {HOST: "h8"}, 0),
     }
     assert _pd_pick("host", pods) == ("d", "p-idle")
+
+
+CONFIGS = Path(__file__).parents[4] / "testdata" / "configs"
+
+
+def test_director_with_the_pd_topology_config_sends_prefill_to_the_decode_host() -> None:
+    """``pd-topology.yaml`` (the shape of upstream's pd-topology-epp-config.yaml) through
+    build_epp and the Director: a long prompt disaggregates, and the prefiller header names the
+    prefill pod on the decode pod's host even though another prefill pod is idle."""
+    store = Datastore(clock=lambda: NOW)
+    pods = [
+        ("decode-a", "decode", "node-a", 0),
+        ("prefill-a", "prefill", "node-a", 3),  # busier, but on the decode pod's host
+        ("prefill-b", "prefill", "node-b", 0),
+    ]
+    for i, (name, role, host, _) in enumerate(pods):
+        store.upsert_endpoint(name, f"10.0.2.{i + 1}", 8000, {ROLE_LABEL: role, HOST: host})
+    for name, _, _, queue in pods:
+        store.update_metrics(name, make_endpoint(name, waiting=queue).metrics)
+    graph = build_epp(
+        load_epp_config(CONFIGS / "pd-topology.yaml"),
+        store,
+        registry=REGISTRY,
+        rng=random.Random(0),
+        clock=lambda: NOW,
+    )
+    parsed = parse_request(json.dumps({"model": "m", "prompt": "long prompt " * 200}).encode())
+    decision = graph.director.handle_request(parsed, {}, "r1")
+    assert decision.result.primary is not None
+    assert decision.result.primary.targets[0].name == "decode-a"
+    assert decision.upstream_headers["x-prefiller-host-port"] == "10.0.2.2:8000"
+    graph.director.handle_response_complete(decision, None)
+    # the decode pod's host loses its prefill pod: the filter fails open, the idle one serves
+    store.remove_endpoint("prefill-a")
+    decision = graph.director.handle_request(parsed, {}, "r2")
+    assert decision.upstream_headers["x-prefiller-host-port"] == "10.0.2.3:8000"
