@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from kvroute.api.meta import _LABEL_KEY_PATTERN, _LABEL_VALUE_PATTERN, KubeModel, LabelKey, Labels
+from kvroute.api.meta import _LABEL_KEY_PATTERN, _LABEL_VALUE_PATTERN, KubeModel
 
 __all__ = [
     "LabelSelector",
@@ -96,9 +96,14 @@ class Selector:
 class LabelSelectorRequirement(KubeModel):
     """``matchExpressions[i]``."""
 
-    key: LabelKey
+    key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(default_factory=list)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, key: str) -> str:
+        return _check_key(key)
 
     @model_validator(mode="after")
     def _check_values(self) -> LabelSelectorRequirement:
@@ -114,8 +119,16 @@ class LabelSelectorRequirement(KubeModel):
 class LabelSelector(KubeModel):
     """``metav1.LabelSelector``: ``matchLabels`` and ``matchExpressions``, ANDed."""
 
-    match_labels: Labels = Field(default_factory=dict)
+    match_labels: dict[str, str] = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+    @field_validator("match_labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            _check_key(key)
+            _check_value(value)
+        return labels
 
     def selector(self) -> Selector:
         labels = sorted(self.match_labels.items())
