@@ -19,8 +19,8 @@ Keys and values are checked against the Kubernetes label syntax; a bad one is a 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
@@ -84,13 +84,39 @@ class Selector:
     """Requirements ANDed; no requirement matches everything."""
 
     requirements: tuple[Requirement, ...] = ()
+    # One predicate per requirement, built once: matching runs per endpoint per request.
+    _predicates: tuple[Callable[[Mapping[str, str]], bool], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_predicates", tuple(_predicate(r) for r in self.requirements))
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(r.matches(labels) for r in self.requirements)
+        for predicate in self._predicates:  # noqa: SIM110 (a loop: no generator per call)
+            if not predicate(labels):
+                return False
+        return True
 
     @property
     def empty(self) -> bool:
         return not self.requirements
+
+
+def _predicate(req: Requirement) -> Callable[[Mapping[str, str]], bool]:
+    key, values = req.key, req.values
+    if req.operator is Operator.IN and len(values) == 1:
+        (only,) = values
+        return lambda labels: labels.get(key) == only
+    if req.operator is Operator.IN:
+        return lambda labels: labels.get(key) in values
+    if req.operator is Operator.NOT_IN:
+        return lambda labels: labels.get(key) not in values
+    if req.operator is Operator.EXISTS:
+        return lambda labels: key in labels
+    if req.operator is Operator.DOES_NOT_EXIST:
+        return lambda labels: key not in labels
+    return req.matches  # Gt/Lt: rare, the general rule
 
 
 class LabelSelectorRequirement(KubeModel):
