@@ -67,6 +67,13 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.requestcontrol.plugins.probabilistic_admitter",
     "kvroute.requestcontrol.plugins.agent_identity",
     "kvroute.requestcontrol.plugins.request_attribute_reporter",
+    # issue 18: label and topology filters/scorers, the topology extractor, the rollout screener
+    "kvroute.scheduling.plugins.filters.label_selector",
+    "kvroute.scheduling.plugins.scorers.header_label_affinity",
+    "kvroute.scheduling.plugins.filters.topology_affinity",
+    "kvroute.scheduling.plugins.scorers.topology_affinity",
+    "kvroute.datalayer.topology",
+    "kvroute.requestcontrol.plugins.disaggregatedset_rollout",
 )
 
 

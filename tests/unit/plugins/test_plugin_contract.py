@@ -19,6 +19,7 @@ from kvroute.datalayer.plugins import (
     MetricsDataSource,
     RequestParser,
 )
+from kvroute.datalayer.topology import TopologyExtractor
 from kvroute.errors import PluginValidationError
 from kvroute.flowcontrol.policies import is_fairness, is_ordering, is_usage_limit
 from kvroute.plugins.registry import PluginContext, default_registry
@@ -79,6 +80,7 @@ DATA_LAYER_TYPES = (
     Decider,
     DataLayerSource,
     PollingExtractor,
+    TopologyExtractor,  # stamps endpoint attributes from labels (attached to the datastore)
 )
 
 
