@@ -59,6 +59,8 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.scorers.endpoint_attribute",
     "kvroute.datalayer.dcgm",
     "kvroute.datalayer.models",
+    # issue 18: the multicluster-* family
+    "kvroute.datalayer.multicluster",
     # flow control (issue 12): policies and the concurrency detector
     "kvroute.flowcontrol.policies",
     "kvroute.flowcontrol.concurrency",
