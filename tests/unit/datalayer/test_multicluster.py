@@ -443,3 +443,30 @@ async def test_built_graph_discovers_scrapes_and_routes_to_the_idle_cluster(tmp_
 def _endpoint() -> Any:
     store = Datastore()
     return store.upsert_endpoint("default/a", "127.0.0.1", 1)
+
+
+async def test_reads_the_pool_gauges_of_a_kvroute_peer() -> None:
+    """A kvroute EPP as the peer: its own llm_d_epp_* pool gauges, rendered by its registry."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kvroute.observability.llmd_metrics import LlmdMetrics
+
+    registry = CollectorRegistry()
+    metrics = LlmdMetrics(registry)
+    metrics.pool["average_kv_cache_utilization"].labels(name="pool-a").set(0.625)
+    metrics.pool["average_queue_size"].labels(name="pool-a").set(4.5)
+    peer = Peer(generate_latest(registry).decode())
+    runner, port = await serve(peer)
+    source = build({"scheme": "http"})
+    store = Datastore()
+    store.upsert_endpoint("default/kvroute-peer", "127.0.0.1", port)
+    source.attach(store)
+    try:
+        await source.poll_all()
+        ep = store.get("default/kvroute-peer")
+        assert ep is not None
+        assert dict(ep.attributes) == {KV: 0.625, QUEUE: 4.5}
+        assert ep.metrics.waiting_queue_size == 4  # rounded half to even
+    finally:
+        await source.aclose()
+        await runner.cleanup()
