@@ -470,3 +470,56 @@ async def test_reads_the_pool_gauges_of_a_kvroute_peer() -> None:
     finally:
         await source.aclose()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("idle_first", [True, False])
+async def test_the_epp_routes_a_request_to_the_idle_cluster(
+    tmp_path: Path, idle_first: bool
+) -> None:
+    """The whole EPP (EppApp, real gRPC ext_proc, flow control on): clusters from the file,
+    scraped over HTTP; the request's destination is the idle cluster's gateway, whichever of
+    the two it is."""
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    from kvroute.app import EppApp
+    from kvroute.settings import EppSettings
+    from tests.unit.extproc.test_stream import COMPLETION, req_body, req_headers, set_headers
+
+    first, second = Peer(page(0.1, 0)), Peer(page(0.7, 4))  # idle, busy
+    if not idle_first:
+        first.page, second.page = second.page, first.page
+    (r1, p1), (r2, p2) = await serve(first), await serve(second)
+    clusters = tmp_path / "clusters.yaml"
+    clusters.write_text(
+        "endpoints:\n"
+        f"- {{name: one, address: 127.0.0.1, port: '{p1}'}}\n"
+        f"- {{name: two, address: localhost, port: '{p2}'}}\n"
+    )
+    settings = EppSettings(
+        config_text=_config(str(clusters), '{scheme: http, interval: "50ms"}'),
+        grpc_port=0,
+        grpc_health_port=0,
+        metrics_port=0,
+        bind_host="127.0.0.1",
+        secure_serving=False,
+    )
+    try:
+        async with EppApp(settings) as app:
+            for _ in range(200):
+                if all(QUEUE in e.attributes for e in app.datastore.endpoints()):
+                    break
+                await asyncio.sleep(0.02)
+            assert len(app.datastore) == 2
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
+                call = pb_grpc.ExternalProcessorStub(channel).Process()
+                await call.write(req_headers())
+                await call.write(req_body(COMPLETION))
+                reply = await asyncio.wait_for(call.read(), 10)
+                destination = set_headers(reply)["x-gateway-destination-endpoint"]
+                call.cancel()
+        idle = f"127.0.0.1:{p1}" if idle_first else f"localhost:{p2}"
+        assert destination.split(",")[0] == idle
+    finally:
+        await r1.cleanup()
+        await r2.cleanup()
