@@ -27,6 +27,8 @@ from kvroute.datalayer.multicluster import (
     MultiClusterExtractorParams,
     MultiClusterMetricsExtractor,
     MultiClusterMetricsSource,
+    MultiClusterSourceParams,
+    tls_context,
 )
 from kvroute.datalayer.plugins import data_layer_setup
 from kvroute.datastore.store import Datastore
@@ -310,6 +312,18 @@ async def test_https_verifies_the_peer_and_reads_the_ca_late(tmp_path: Path) -> 
         for source in (with_ca, system_roots, insecure):
             await source.aclose()
         await runner.cleanup()
+
+
+def test_unreadable_client_certificate_names_the_parameters(tmp_path: Path) -> None:
+    params = MultiClusterSourceParams(
+        client_cert_path=str(tmp_path / "c.pem"), client_key_path=str(tmp_path / "k.pem")
+    )
+    with pytest.raises(PollFailed, match=r"parameters\.clientCertPath/clientKeyPath"):
+        tls_context(params)
+    assert tls_context(MultiClusterSourceParams(scheme="http", ca_cert_path="/nowhere")) is True
+    skip = tls_context(MultiClusterSourceParams(insecure_skip_verify=True, ca_cert_path="/nowhere"))
+    assert isinstance(skip, ssl.SSLContext)
+    assert skip.verify_mode == ssl.CERT_NONE  # the CA is not even read when not verifying
 
 
 # -- config loading ----------------------------------------------------------------------------

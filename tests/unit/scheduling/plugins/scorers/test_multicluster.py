@@ -171,3 +171,15 @@ def test_prefix_delegation_errors_name_the_multicluster_type() -> None:
     )
     with pytest.raises(PluginValidationError, match="lruCapacityPerServer"):
         _director(text)
+
+
+def test_the_multicluster_scorer_also_reads_a_stock_producer() -> None:
+    text = PAIR.replace(
+        "- type: multicluster-approx-prefix-cache-producer\n  name: cluster-prefix\n",
+        "- type: approx-prefix-cache-producer\n  name: cluster-prefix\n",
+    )
+    _, plugins = _director(text)
+    scorer = plugins["cluster-prefix-scorer"]
+    assert isinstance(scorer, ProducedPrefixScorer)
+    assert scorer.producer is plugins["cluster-prefix"]
+    assert scorer.typed_name.type == "multicluster-prefix-cache-scorer"
