@@ -32,7 +32,8 @@ and what matters about it is its pool's aggregate load, not one pod's. Three plu
   ``llm-d.ai/multicluster-kv-cache-utilization`` and ``llm-d.ai/multicluster-queue-size``
   (upstream's keys), read by the ``multicluster-*`` scorers. Parameters
   ``kvCacheUtilizationMetric`` and ``queueSizeMetric``: a metric spec ``name`` or
-  ``name{label="value",...}`` (defaults: the two gauges above); of several matching series the
+  ``name{label="value",...}`` (defaults, also for an empty value: the two gauges above); of
+  several matching series the
   one with the latest timestamp counts. A gauge missing from the page leaves its attribute as it
   was (the other is still written); a page with neither is a failed poll.
 
@@ -55,7 +56,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from kvroute.datalayer.http_source import (
     HttpPollingSource,
@@ -229,8 +237,11 @@ class MultiClusterExtractorParams(BaseModel):
 
     @field_validator("kv_cache_utilization_metric", "queue_size_metric")
     @classmethod
-    def _spec(cls, value: str) -> str:
-        MetricSpec.parse(value or "")  # raises ValueError naming the problem
+    def _spec(cls, value: str, info: ValidationInfo) -> str:
+        if not value:  # upstream: empty means the default
+            default = cls.model_fields[info.field_name or ""].default
+            return str(default)
+        MetricSpec.parse(value)  # raises ValueError naming the problem
         return value
 
 

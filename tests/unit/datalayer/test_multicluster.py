@@ -113,13 +113,15 @@ def test_extractor_spec_with_labels_and_partial_pages() -> None:
     assert extractor.extract(_endpoint(), only_kv) == {KV: 0.9}
     with pytest.raises(PollFailed, match="none of llm_d_epp_average_kv_cache_utilization"):
         extractor.extract(_endpoint(), "other_metric 1\n")
+    empty = MultiClusterExtractorParams(kv_cache_utilization_metric="")  # upstream: the default
+    assert empty.kv_cache_utilization_metric == "llm_d_epp_average_kv_cache_utilization"
 
 
 @pytest.mark.parametrize(
     ("params", "field"),
     [
         ({"kvCacheUtilizationMetric": "bad name{"}, "parameters.kvCacheUtilizationMetric"),
-        ({"queueSizeMetric": ""}, "parameters.queueSizeMetric"),
+        ({"queueSizeMetric": "q{tier=}"}, "parameters.queueSizeMetric"),
         ({"engineConfigs": []}, "parameters.engineConfigs"),
     ],
 )
