@@ -33,9 +33,9 @@ and what matters about it is its pool's aggregate load, not one pod's. Three plu
   (upstream's keys), read by the ``multicluster-*`` scorers. Parameters
   ``kvCacheUtilizationMetric`` and ``queueSizeMetric``: a metric spec ``name`` or
   ``name{label="value",...}`` (defaults, also for an empty value: the two gauges above); of
-  several matching series the
-  one with the latest timestamp counts. A gauge missing from the page leaves its attribute as it
-  was (the other is still written); a page with neither is a failed poll.
+  several matching series the one with the latest timestamp counts. A gauge missing from the
+  page leaves its attribute as it was (the other is still written); a page with neither is a
+  failed poll.
 
 Differences from upstream, on purpose: the TLS files (``caCertPath``, the client pair) are read
 when the source first scrapes, not when the config loads, so the config can be checked (``kvroute
