@@ -24,10 +24,10 @@ and what matters about it is its pool's aggregate load, not one pod's. Three plu
   interval but at least ``MIN_TIMEOUT_S`` (a peer cluster is further away than a pod).
   kvroute addition: a successful scrape also becomes the cluster's ``EndpointMetrics``
   (``kv_cache_usage`` = the pool's KV-cache utilization, ``waiting_queue_size`` = its average
-  queue, rounded; stamped now), so the saturation detector (``utilization-detector``: a cluster
-  whose average pod queue or KV use crosses its thresholds is saturated) and flow control see
-  clusters as they see pods. Upstream leaves a cluster's metrics empty, so its detector holds
-  every cluster stale, i.e. saturated (it fails closed).
+  queue, rounded; stamped now; only while both attributes are set), so the saturation detector
+  (``utilization-detector``: a cluster whose average pod queue or KV use crosses its thresholds
+  is saturated) and flow control see clusters as they see pods. Upstream leaves a cluster's
+  metrics empty, so its detector holds every cluster stale, i.e. saturated (it fails closed).
 * ``multicluster-metrics-extractor``: the two gauges -> the endpoint attributes
   ``llm-d.ai/multicluster-kv-cache-utilization`` and ``llm-d.ai/multicluster-queue-size``
   (upstream's keys), read by the ``multicluster-*`` scorers. Parameters
@@ -35,7 +35,8 @@ and what matters about it is its pool's aggregate load, not one pod's. Three plu
   ``name{label="value",...}`` (defaults, also for an empty value: the two gauges above); of
   several matching series the one with the latest timestamp counts. A gauge missing from the
   page leaves its attribute as it was (the other is still written); a page with neither is a
-  failed poll.
+  failed poll. A NaN or infinite value (a pool without ready pods averages to NaN) clears the
+  attribute: that scorer leaves the cluster unscored, and its metrics go stale.
 
 Differences from upstream, on purpose: the TLS files (``caCertPath``, the client pair) are read
 when the source first scrapes, not when the config loads, so the config can be checked (``kvroute
@@ -181,26 +182,25 @@ class MultiClusterMetricsSource(HttpPollingSource):
             raise PollFailed(str(exc)) from None
 
     def store(self, endpoint: Endpoint, updates: Mapping[str, object | None]) -> None:
-        """The attributes, and the same aggregates as the cluster's ``EndpointMetrics``."""
+        """The attributes, then, when the cluster has both, the same aggregates as its
+        ``EndpointMetrics`` (with one missing they are not refreshed: they go stale, and the
+        saturation detector fails closed for that cluster, as for a pod that stops answering)."""
         super().store(endpoint, updates)
         assert self._datastore is not None
         current = self._datastore.get(endpoint.name)
         if current is None:
             return
-        old = current.metrics
-        kv = _number(updates.get(KV_CACHE_UTILIZATION_ATTRIBUTE))
-        queue = _number(updates.get(QUEUE_SIZE_ATTRIBUTE))
-        self._datastore.update_metrics(
-            endpoint.name,
-            dataclasses.replace(
-                old,
-                kv_cache_usage=old.kv_cache_usage if kv is None else min(1.0, max(0.0, kv)),
-                waiting_queue_size=(
-                    old.waiting_queue_size if queue is None else max(0, round(queue))
-                ),
-                updated_at=0.0,  # the datastore stamps it with its clock
-            ),
+        kv = _number(current.attributes.get(KV_CACHE_UTILIZATION_ATTRIBUTE))
+        queue = _number(current.attributes.get(QUEUE_SIZE_ATTRIBUTE))
+        if kv is None or queue is None:
+            return
+        metrics = dataclasses.replace(
+            current.metrics,
+            kv_cache_usage=min(1.0, max(0.0, kv)),
+            waiting_queue_size=max(0, round(queue)),
+            updated_at=0.0,  # the datastore stamps it with its clock
         )
+        self._datastore.update_metrics(endpoint.name, metrics)
 
     async def _fetch(self, url: str) -> bytes:
         if self._session is None:
@@ -279,8 +279,8 @@ class MultiClusterMetricsExtractor:
             sample = _latest(s for s in families.get(spec.name, ()) if spec.matches(s))
             if sample is None:
                 missing.append(str(spec))
-            else:
-                updates[key] = sample.value
+            else:  # NaN (a pool with no ready pod) or Inf: no value, the attribute is cleared
+                updates[key] = sample.value if math.isfinite(sample.value) else None
         if not updates:
             raise PollFailed(f"none of {', '.join(missing)} found on the page")
         if missing:
@@ -289,7 +289,7 @@ class MultiClusterMetricsExtractor:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
 

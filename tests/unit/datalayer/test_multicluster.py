@@ -539,3 +539,27 @@ async def test_the_epp_routes_a_request_to_the_idle_cluster(
     finally:
         await r1.cleanup()
         await r2.cleanup()
+
+
+async def test_nan_or_inf_clears_the_attribute_and_stops_the_metrics(
+    peer: tuple[Peer, int],
+) -> None:
+    server, port = peer
+    source = build({"scheme": "http"})
+    store = Datastore()
+    store.upsert_endpoint("default/a", "127.0.0.1", port)
+    source.attach(store)
+    try:
+        await source.poll_all()
+        before = store.get("default/a")
+        assert before is not None
+        assert before.metrics.updated_at > 0
+        server.page = page(float("nan"), float("inf"))  # a pool without ready pods
+        await source.poll_all()
+        after = store.get("default/a")
+        assert after is not None
+        assert dict(after.attributes) == {}
+        assert after.metrics == before.metrics  # not refreshed: it goes stale (fails closed)
+        assert source.stats.failures == 0
+    finally:
+        await source.aclose()
