@@ -202,10 +202,15 @@ class HttpPollingSource:
             logger.warning("unexpected error polling %s (%s)", endpoint.name, url, exc_info=True)
             self._failed(endpoint.name, url, f"{type(exc).__name__}: {exc}")
             return
-        self._datastore.set_attributes(endpoint.name, updates)
+        self.store(endpoint, updates)
         self.stats.successes += 1
         if self.stats.consecutive.pop(endpoint.name, 0) >= WARN_AFTER_FAILURES:
             logger.warning("%s: %s answers again", self.typed_name, endpoint.name)
+
+    def store(self, endpoint: Endpoint, updates: Mapping[str, object | None]) -> None:
+        """Write a successful poll's attribute updates (a subclass may write more)."""
+        assert self._datastore is not None
+        self._datastore.set_attributes(endpoint.name, updates)
 
     async def _fetch(self, url: str) -> bytes:
         if self._session is None:

@@ -19,6 +19,8 @@ What kvroute runs, and what it rejects (by name, at load):
   sources leave out are errors. Without ``dataLayer``, a single declared
   ``metrics-data-source``/``core-metrics-extractor`` is used (two of either are ambiguous: an
   error), else the built-in defaults; a declared :class:`DataLayerSource` must be listed.
+* a plugin's required endpoint attributes (:mod:`kvroute.datalayer.dependencies`) must be
+  produced by an extractor listed in ``dataLayer.sources`` (upstream's missing-producer error).
 * ``parser`` / ``requestHandler.parsers``: only ``openai-parser`` (kvroute parses every body as
   OpenAI). ``passthrough-parser`` (route by load only, body untouched) is rejected: kvroute's
   director needs the parsed model name.
@@ -30,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from kvroute.datalayer.dependencies import missing_producers
 from kvroute.datalayer.mappings import MappingRegistry
 from kvroute.datalayer.scraper import MetricsCollector, MetricsDataSourceParams
 from kvroute.datastore.file_discovery import FILE_DISCOVERY, FileDiscoveryParams
@@ -229,6 +232,7 @@ def data_layer_setup(
             "dataLayer.sources (with its extractors) or remove it"
             for name in declared_others
         )
+        errors.extend(missing_producers(plugins, ()))  # no source lists an extractor
         _raise(errors, source)
         return DataLayerSetup(
             source=_first(plugins, declared_sources, MetricsDataSource),
@@ -283,6 +287,7 @@ def data_layer_setup(
                 f"plugins: {_describe(plugins, name)} is not listed in dataLayer.sources, "
                 "so it would never run; list it or remove it"
             )
+    errors.extend(missing_producers(plugins, [e.plugin_ref for s in specs for e in s.extractors]))
     _raise(errors, source)
     return DataLayerSetup(source=chosen, extractor=extractor, others=tuple(others))
 

@@ -22,6 +22,12 @@ too): current entries are upserted and the ones gone from the file removed. A re
 fails (unreadable, invalid) is logged and the previous endpoints stay; an invalid file at
 startup is a :class:`~kvroute.errors.ConfigError`.
 
+``multicluster-file-discovery`` (Alpha upstream) reads the same file format, watched the same
+way, for a cluster-scoped EPP whose endpoints are peer clusters (each reached at its gateway):
+the only difference is that ``address`` may also be an IPv6 literal or a DNS-1123 hostname
+(``gw.cluster-a.example.com``). Its ``metricsAddress``/``metricsPort`` labels are read by the
+``multicluster-metrics-data-source`` (:mod:`kvroute.datalayer.multicluster`).
+
 :func:`parse_endpoints` is the sans-IO core; :class:`FileDiscovery` is the endpoint source.
 """
 
@@ -31,19 +37,28 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from kvroute.errors import ConfigError
 
 __all__ = [
     "FILE_DISCOVERY",
     "MAX_FILE_BYTES",
+    "MULTICLUSTER_FILE_DISCOVERY",
     "FileDiscovery",
     "FileDiscoveryParams",
     "FileEndpoint",
@@ -53,7 +68,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FILE_DISCOVERY = "file-discovery"
+MULTICLUSTER_FILE_DISCOVERY = "multicluster-file-discovery"
+DISCOVERY_TYPES = (FILE_DISCOVERY, MULTICLUSTER_FILE_DISCOVERY)
 MAX_FILE_BYTES = 1 << 20
+# A DNS-1123 subdomain: dot-separated lowercase labels of [a-z0-9-], each starting and ending
+# alphanumeric, at most 253 characters in all (what Kubernetes accepts as a host name).
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
+_HOSTNAMES = "hostnames"  # the validation-context flag: addresses may be host names
 
 
 class FileDiscoveryParams(BaseModel):
@@ -76,7 +98,9 @@ class _Entry(BaseModel):
 
     @field_validator("address")
     @classmethod
-    def _ipv4(cls, value: str) -> str:
+    def _address(cls, value: str, info: ValidationInfo) -> str:
+        if info.context and info.context.get(_HOSTNAMES):
+            return _host_or_ip(value)
         try:
             ipaddress.IPv4Address(value)
         except ValueError:
@@ -95,6 +119,21 @@ class _Entry(BaseModel):
         return value
 
 
+def _host_or_ip(value: str) -> str:
+    """An IP literal (v4 or v6) or a DNS-1123 subdomain, as a cluster gateway may be reached."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if len(value) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(value):
+        return value
+    raise ValueError(
+        f"{value!r} is neither an IP address nor a DNS-1123 host name (lowercase "
+        "letters, digits, '-' and '.')"
+    )
+
+
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,8 +148,14 @@ class FileEndpoint:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def parse_endpoints(data: bytes, source: str = "<endpoints>") -> list[FileEndpoint]:
-    """The endpoints a file lists, last entry winning per ``namespace/name``."""
+def parse_endpoints(
+    data: bytes, source: str = "<endpoints>", *, hostnames: bool = False
+) -> list[FileEndpoint]:
+    """The endpoints a file lists, last entry winning per ``namespace/name``.
+
+    ``hostnames`` (``multicluster-file-discovery``): an address may be an IPv6 literal or a
+    DNS-1123 host name too, not only an IPv4 address.
+    """
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(f"{source}: {len(data)} bytes; the endpoints file may be at most 1 MiB")
     try:
@@ -118,7 +163,9 @@ def parse_endpoints(data: bytes, source: str = "<endpoints>") -> list[FileEndpoi
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not YAML or JSON: {exc}") from None
     try:
-        parsed = _File.model_validate(doc if doc is not None else {})
+        parsed = _File.model_validate(
+            doc if doc is not None else {}, context={_HOSTNAMES: hostnames}
+        )
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
@@ -151,8 +198,11 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 class FileDiscovery:
     """An endpoint source reading ``path``; see the module docstring."""
 
-    def __init__(self, params: FileDiscoveryParams, *, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self, params: FileDiscoveryParams, *, poll_interval: float = 1.0, hostnames: bool = False
+    ) -> None:
         self.path = Path(params.path)
+        self.hostnames = hostnames  # multicluster-file-discovery: host names allowed
         self.watch = params.watch_file
         self.poll_interval = poll_interval
         self._synced = False
@@ -170,7 +220,7 @@ class FileDiscovery:
             data = self.path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{self.path}: cannot read the endpoints file: {exc}") from None
-        return parse_endpoints(data, str(self.path))
+        return parse_endpoints(data, str(self.path), hostnames=self.hostnames)
 
     def load(self, sink: EndpointSink) -> None:
         """Read the file and reconcile ``sink``; raises :class:`ConfigError` when invalid."""
@@ -205,7 +255,8 @@ class FileDiscovery:
 
 
 def file_discovery_for(config: Any) -> FileDiscovery | None:
-    """The source ``dataLayer.discovery`` names when it is a ``file-discovery`` plugin."""
+    """The source ``dataLayer.discovery`` names: a ``file-discovery`` or a
+    ``multicluster-file-discovery`` plugin (the latter accepts host names as addresses)."""
     data_layer = getattr(config, "data_layer", None)
     ref = getattr(getattr(data_layer, "discovery", None), "plugin_ref", None)
     if ref is None:
@@ -214,10 +265,10 @@ def file_discovery_for(config: Any) -> FileDiscovery | None:
     spec = next((p for p in specs if p.instance_name == ref), None)
     if spec is None:
         raise ConfigError(f"dataLayer.discovery.pluginRef: no plugin named {ref!r}")
-    if spec.type != FILE_DISCOVERY:
+    if spec.type not in DISCOVERY_TYPES:
         raise ConfigError(
             f"dataLayer.discovery.pluginRef: {ref!r} is a {spec.type!r}; kvroute supports "
-            f"the {FILE_DISCOVERY!r} discovery plugin"
+            f"the {FILE_DISCOVERY!r} and {MULTICLUSTER_FILE_DISCOVERY!r} discovery plugins"
         )
     try:
         params = FileDiscoveryParams.model_validate(dict(spec.parameters or {}))
@@ -225,5 +276,5 @@ def file_discovery_for(config: Any) -> FileDiscovery | None:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        raise ConfigError(f"plugin {ref!r} ({FILE_DISCOVERY}): parameters.{problems}") from None
-    return FileDiscovery(params)
+        raise ConfigError(f"plugin {ref!r} ({spec.type}): parameters.{problems}") from None
+    return FileDiscovery(params, hostnames=spec.type == MULTICLUSTER_FILE_DISCOVERY)

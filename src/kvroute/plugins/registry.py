@@ -59,6 +59,10 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.scorers.endpoint_attribute",
     "kvroute.datalayer.dcgm",
     "kvroute.datalayer.models",
+    # issue 18: the multicluster-* family (data layer, scorers, session-affinity filters)
+    "kvroute.datalayer.multicluster",
+    "kvroute.scheduling.plugins.scorers.multicluster",
+    "kvroute.scheduling.plugins.filters.session_affinity",
     # flow control (issue 12): policies and the concurrency detector
     "kvroute.flowcontrol.policies",
     "kvroute.flowcontrol.concurrency",

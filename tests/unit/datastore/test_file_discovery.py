@@ -123,3 +123,91 @@ def test_selected_by_the_config_data_layer_discovery(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"parameters\.path"):
         file_discovery_for(missing)
+
+
+# -- multicluster-file-discovery: peer clusters, reached by host name or IP ---------------------
+
+CLUSTERS = b"""\
+endpoints:
+- {name: cluster-a, address: gw.cluster-a.example.com, port: "443"}
+- name: cluster-b
+  address: "fd00::7"
+  port: 8443
+  labels: {metricsAddress: 10.9.0.1, metricsPort: "9090"}
+- {name: cluster-c, namespace: peers, address: 10.0.0.3, port: "443"}
+"""
+
+
+def test_multicluster_addresses_may_be_host_names_or_any_ip() -> None:
+    eps = parse_endpoints(CLUSTERS, hostnames=True)
+    assert [(e.name, e.address, e.port) for e in eps] == [
+        ("default/cluster-a", "gw.cluster-a.example.com", 443),
+        ("default/cluster-b", "fd00::7", 8443),
+        ("peers/cluster-c", "10.0.0.3", 443),
+    ]
+    assert dict(eps[1].labels) == {"metricsAddress": "10.9.0.1", "metricsPort": "9090"}
+    with pytest.raises(ConfigError, match="is not an IPv4 address"):
+        parse_endpoints(CLUSTERS)  # the pod discovery still wants IPv4
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["Gw.Example.com", "gw_a.example.com", "-gw.example.com", "gw..example.com", "a" * 254],
+)
+def test_multicluster_rejects_what_is_no_host_name(address: str) -> None:
+    data = f"endpoints:\n- {{name: a, address: '{address}', port: 1}}\n".encode()
+    with pytest.raises(ConfigError, match="neither an IP address nor a DNS-1123 host name"):
+        parse_endpoints(data, "clusters.yaml", hostnames=True)
+
+
+async def test_multicluster_discovery_from_config_watches_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "clusters.yaml"
+    path.write_bytes(CLUSTERS)
+    head = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+    config = parse_epp_config(
+        head + "plugins:\n- {name: discovery, type: multicluster-file-discovery, parameters: "
+        f"{{path: '{path}', watchFile: true}}}}\n"
+        "dataLayer: {discovery: {pluginRef: discovery}}\n"
+    )
+    source = file_discovery_for(config)
+    assert source is not None
+    assert source.hostnames
+    assert source.watch
+    source.poll_interval = 0.02
+    store = Datastore()
+    task = asyncio.create_task(source.run(store))
+    try:
+        for _ in range(200):
+            if len(store) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert _names(store) == {
+            "default/cluster-a": "gw.cluster-a.example.com:443",
+            "default/cluster-b": "[fd00::7]:8443",
+            "peers/cluster-c": "10.0.0.3:443",
+        }
+        path.write_bytes(b"endpoints:\n- {name: cluster-d, address: gw.d.example.org, port: 443}\n")
+        for _ in range(200):
+            if source.reloads == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert _names(store) == {"default/cluster-d": "gw.d.example.org:443"}
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_multicluster_discovery_plugin_validates_its_parameters() -> None:
+    from kvroute.errors import PluginValidationError
+    from kvroute.plugins.registry import PluginContext, default_registry
+
+    reg = default_registry(include_entry_points=False)
+    plugin = reg.create("multicluster-file-discovery", "d", {"path": "/c.yaml"}, PluginContext())
+    assert plugin.typed_name.type == "multicluster-file-discovery"
+    with pytest.raises(PluginValidationError, match=r"parameters\.path"):
+        reg.create("multicluster-file-discovery", "d", {}, PluginContext())
+    with pytest.raises(PluginValidationError, match=r"parameters\.watch"):
+        reg.create(
+            "multicluster-file-discovery", "d", {"path": "/c", "watch": True}, PluginContext()
+        )
