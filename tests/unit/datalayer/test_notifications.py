@@ -112,9 +112,11 @@ def test_a_datastore_listener_may_be_listed_and_is_not_sent_events_twice() -> No
     source = graph.setup.plugins["endpoint-notification-source"]
     assert isinstance(source, EndpointNotificationSource)
     assert source.extractors == ()  # the producer follows the datastore itself
-    producer = graph.setup.plugins["mm-embeddings-cache-producer"]
-    assert producer in graph.capabilities.listeners
-    assert source in graph.capabilities.attachables
+    producer: object = graph.setup.plugins["mm-embeddings-cache-producer"]
+    assert any(p is producer for p in graph.capabilities.listeners)
+    assert any(p is source for p in graph.capabilities.attachables)
+    store.upsert_endpoint("a", "10.0.0.1", 8000)
+    assert source.delivered == 0
 
 
 def test_the_source_must_be_listed_in_data_layer() -> None:
