@@ -86,6 +86,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+import zmq
 from pydantic import Field, field_validator
 
 from kvroute.config.duration import parse_go_duration
@@ -123,6 +124,7 @@ log = logging.getLogger(__name__)
 TYPE = "precise-prefix-cache-producer"
 TOKEN_PRODUCER_NAMES = ("token-producer", "tokenizer")
 _RANK = re.compile(r"-rank-(\d+)$")
+BIND_RETRY_S = 5.0
 
 
 class TokenProcessorParams(PluginParams):
@@ -383,10 +385,27 @@ class PrecisePrefixCacheProducer:
             if self.params.kv_events_config.discover_pods:
                 tg.create_task(self._subscriber().run(), name=f"{TYPE} subscriptions")
             if self.listener is not None:
-                tg.create_task(self.listener.run(), name=f"{TYPE} global socket")
+                tg.create_task(self._run_listener(self.listener), name=f"{TYPE} global socket")
             index_cfg = self.params.indexer_config.kv_block_index_config
             if index_cfg.enable_metrics and index_cfg.metrics_logging_interval > 0:
                 tg.create_task(self._log_metrics(index_cfg.metrics_logging_interval))
+
+    async def _run_listener(self, listener: BoundKvEventListener) -> None:
+        # A bind failure (address in use, not local) is retried on its own, so that it does not
+        # take the per-endpoint subscriptions down with it.
+        while True:
+            try:
+                await listener.run()
+            except zmq.ZMQError as exc:
+                log.warning(
+                    "%s %r: cannot bind kvEventsConfig.zmqEndpoint %r: %s (retrying in %.0fs)",
+                    TYPE,
+                    self.typed_name.name,
+                    listener.address,
+                    exc,
+                    BIND_RETRY_S,
+                )
+            await asyncio.sleep(BIND_RETRY_S)
 
     async def _log_metrics(self, interval: float) -> None:
         while True:

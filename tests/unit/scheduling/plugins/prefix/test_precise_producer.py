@@ -7,7 +7,9 @@ a config of the samples' shape built by ``build_epp``, a real ZMQ publisher on l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -405,3 +407,90 @@ def test_prefix_cache_scorer_naming_a_missing_producer_says_which() -> None:
     )
     with pytest.raises((ConfigError, PluginValidationError), match="precise-prefix-cache-producer"):
         build_epp(parse_epp_config(text, "x.yaml"), Datastore())
+
+
+async def test_global_socket_engines_connect_and_are_matched_by_topic(
+    tokenizer: PromptTokenizer,
+) -> None:
+    p = PrecisePrefixCacheProducer(
+        "p",
+        PreciseProducerParams.model_validate(
+            {"kvEventsConfig": {"zmqEndpoint": "tcp://127.0.0.1:*", "discoverPods": False}}
+        ),
+        tokenizer=tokenizer,
+    )
+    assert p.listener is not None
+    runner = asyncio.create_task(p.run_background())
+    ctx = zmq.asyncio.Context()
+    engine = ctx.socket(zmq.PUB)  # the engine connects to the EPP (vLLM: endpoint names a host)
+    engine.setsockopt(zmq.LINGER, 0)
+    a, b = ep("a", "127.0.0.1", 8000), ep("b", "127.0.0.2", 8000)
+    ids = list(tokenizer.encode_text(PROMPT))
+    stored = KvEventBatch(0.0, (BlockStored(tuple(range(6)), None, tuple(ids), 4),))
+    try:
+        await asyncio.wait_for(p.listener.bound.wait(), 5)
+        assert p.listener.last_endpoint is not None
+        engine.connect(p.listener.last_endpoint)
+        async with asyncio.timeout(5):
+            seq = 0
+            while p.index.size("127.0.0.1:8000") < 6:
+                await engine.send_multipart(encode_message("kv@127.0.0.1:8000@m", seq, stored))
+                seq += 1
+                await asyncio.sleep(0.02)
+        state = CycleState(0.0)
+        p.prepare_data(state, req(), [a, b])
+        assert p.score(state, req(), [a, b]) == {"a": 1.0, "b": 0.0}
+        assert p.subscriber is None  # discoverPods: false: no per-endpoint subscription
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        engine.close(0)
+        ctx.term()
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    for _ in range(500):  # up to 5 s
+        if text in caplog.text:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never logged: {text!r}")
+
+
+async def test_a_global_socket_that_cannot_bind_is_retried_without_crashing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    p = producer(kvEventsConfig={"zmqEndpoint": "tcp://192.0.2.1:5557"})  # not a local address
+    runner = asyncio.create_task(p.run_background())
+    try:
+        await _logged(caplog, "cannot bind kvEventsConfig.zmqEndpoint")
+        assert not runner.done()  # the per-endpoint subscriptions keep running
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def test_enable_metrics_logs_the_counts_every_interval(
+    tokenizer: PromptTokenizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kvroute.scheduling.plugins.prefix.precise_producer")
+    index_cfg = {"enableMetrics": True, "metricsLoggingInterval": 20_000_000}  # 20 ms in ns
+    p = producer(indexerConfig={"kvBlockIndexConfig": index_cfg})
+    p.token_source = "token-producer"
+    cycle_with_tokens(p, [ep("a")], list(tokenizer.encode_text(PROMPT)))
+    runner = asyncio.create_task(p.run_background())
+    try:
+        await _logged(caplog, "lookups=1 hits=0 misses=1")
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    quiet = producer(indexerConfig={"kvBlockIndexConfig": {"metricsLoggingInterval": 20_000_000}})
+    caplog.clear()
+    runner = asyncio.create_task(quiet.run_background())
+    await asyncio.sleep(0.1)
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    assert "lookups=" not in caplog.text  # enableMetrics false: no metrics, no log
