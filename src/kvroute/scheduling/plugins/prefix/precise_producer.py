@@ -323,6 +323,7 @@ class PrecisePrefixCacheProducer:
         self._key: StateKey[_Cycle] = StateKey(f"precise-prefix-producer/{name}")
         self._subscribed: dict[str, str] = {}  # endpoint name -> its KV events address
         self._keys: dict[str, str] = {}  # endpoint name -> index key, as notified
+        self.connected: set[str] = set()  # index keys whose publisher a subscription reached
         self.lookups = 0
         self.hits = 0  # lookups where some candidate held at least one block
         self.misses = 0
@@ -359,6 +360,7 @@ class PrecisePrefixCacheProducer:
     def _forget(self, endpoint: Endpoint) -> None:
         key = self._keys.pop(endpoint.name, index_key(endpoint))
         self._subscribed.pop(endpoint.name, None)
+        self.connected.discard(key)
         if self.subscriber is not None:
             self.subscriber.unsubscribe(key)
         if self.listener is not None:
@@ -370,6 +372,7 @@ class PrecisePrefixCacheProducer:
             self.subscriber = KvEventSubscriber(
                 self.index,
                 reorder_window=self.params.reorder_window,
+                on_connected=self.connected.add,
                 topic_filter=self.params.kv_events_config.topic_filter,
             )
         return self.subscriber
