@@ -335,22 +335,30 @@ class PrecisePrefixCacheScorer:
         return out
 
     def merge_replicated(self, entries: Sequence[object], now: float) -> None:
-        max_ttl = self.params.speculative_ttl_seconds
-        checked = []
-        for e in entries:
-            if not isinstance(e, list) or len(e) != 3:
-                raise ValueError("speculative entry is not [server, ttl, hashes]")
-            server, ttl, hashes = e
-            if not isinstance(server, str) or not isinstance(ttl, int | float):
-                raise ValueError("speculative entry types")
-            if not isinstance(hashes, list) or len(hashes) > 1 << 16:
-                raise ValueError("speculative entry hashes")
-            if not all(isinstance(h, int) and not isinstance(h, bool) for h in hashes):
-                raise ValueError("speculative entry hashes")
-            checked.append((server, min(float(ttl), max_ttl), hashes))
+        checked = checked_speculative_entries(entries, self.params.speculative_ttl_seconds)
         for server, ttl, hashes in checked:
             if ttl > 0 and server in self._known:
                 self.index.add_speculative(server, hashes, now=now, ttl=ttl)
+
+
+def checked_speculative_entries(
+    entries: Sequence[object], max_ttl: float
+) -> list[tuple[str, float, list[int]]]:
+    """A peer's ``[server, ttl_s, [hash...]]`` entries, validated all before any is applied
+    (``ValueError`` on a malformed one); each TTL capped at ``max_ttl``."""
+    checked = []
+    for e in entries:
+        if not isinstance(e, list) or len(e) != 3:
+            raise ValueError("speculative entry is not [server, ttl, hashes]")
+        server, ttl, hashes = e
+        if not isinstance(server, str) or not isinstance(ttl, int | float):
+            raise ValueError("speculative entry types")
+        if not isinstance(hashes, list) or len(hashes) > 1 << 16:
+            raise ValueError("speculative entry hashes")
+        if not all(isinstance(h, int) and not isinstance(h, bool) for h in hashes):
+            raise ValueError("speculative entry hashes")
+        checked.append((server, min(float(ttl), max_ttl), hashes))
+    return checked
 
 
 def _factory(

@@ -113,6 +113,7 @@ from kvroute.scheduling.plugins.prefix.approximate import PREFILL_PROFILE, Prefi
 from kvroute.scheduling.plugins.prefix.precise import (
     KV_EVENTS_ENDPOINT_LABEL,
     PreciseMatch,
+    checked_speculative_entries,
     match_token_blocks,
 )
 from kvroute.scheduling.plugins.prefix.precise_index import PreciseIndex
@@ -324,6 +325,7 @@ class PrecisePrefixCacheProducer:
         self._subscribed: dict[str, str] = {}  # endpoint name -> its KV events address
         self._keys: dict[str, str] = {}  # endpoint name -> index key, as notified
         self.connected: set[str] = set()  # index keys whose publisher a subscription reached
+        self._outbox: list[list[Any]] | None = None  # replicated speculative entries
         self.lookups = 0
         self.hits = 0  # lookups where some candidate held at least one block
         self.misses = 0
@@ -524,12 +526,33 @@ class PrecisePrefixCacheProducer:
         prefill = result.profile_results.get(PREFILL_PROFILE)
         if prefill is not None and prefill.targets and result.primary_profile != PREFILL_PROFILE:
             targets.append(prefill.targets[0])
+        ttl = self.params.speculative_ttl
         for target in targets:
             chain = cycle.match.hashes.get(target.name)
             if chain:
-                self.index.add_speculative(
-                    index_key(target), chain, now=state.now, ttl=self.params.speculative_ttl
-                )
+                self.index.add_speculative(index_key(target), chain, now=state.now, ttl=ttl)
+                if self._outbox is not None:
+                    self._outbox.append([index_key(target), ttl, list(chain)])
+
+    # -- ReplicatedState (active-active peers; kvroute.replicasync) ----------------------------
+
+    def replication_channel(self) -> str:
+        return f"{TYPE}/{self.typed_name.name}"
+
+    def drain_replicated(self) -> list[Any]:
+        """Speculative entries made here since the last drain: ``[address:port, ttl_s,
+        [hash...]]``. Stored blocks need no sync: every replica has its own subscriptions."""
+        out, self._outbox = self._outbox or [], []
+        return out
+
+    def merge_replicated(self, entries: Sequence[object], now: float) -> None:
+        checked = checked_speculative_entries(entries, self.params.speculative_ttl)
+        known = set(self._keys.values())
+        if self.listener is not None:
+            known |= self.listener.pods
+        for server, ttl, hashes in checked:
+            if ttl > 0 and server in known:
+                self.index.add_speculative(server, hashes, now=now, ttl=ttl)
 
 
 def _token_source(handle: PluginHandle) -> str | None:

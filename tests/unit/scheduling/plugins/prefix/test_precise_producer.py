@@ -494,3 +494,23 @@ async def test_enable_metrics_logs_the_counts_every_interval(
     with contextlib.suppress(asyncio.CancelledError):
         await runner
     assert "lookups=" not in caplog.text  # enableMetrics false: no metrics, no log
+
+
+def test_speculative_entries_replicate_to_peers(tokenizer: PromptTokenizer) -> None:
+    ids = list(tokenizer.encode_text(PROMPT))
+    a = ep("a")
+    here, peer = (producer(speculativeIndexing=True) for _ in range(2))
+    for p in (here, peer):
+        p.token_source = "token-producer"
+        p.extract_endpoint(EndpointEvent(EndpointEventKind.ADDED, a))
+    assert here.drain_replicated() == []  # recording starts with the first drain
+    state = cycle_with_tokens(here, [a], ids)
+    here.pre_request(state, req(), SchedulingResult({"default": ProfileResult((a,))}, "default"))
+    entries = here.drain_replicated()
+    assert [(e[0], e[1]) for e in entries] == [("127.0.0.1:8000", 2.0)]
+    with pytest.raises(ValueError, match="speculative entry"):
+        peer.merge_replicated([*entries, ["x", "soon", []]], 0.0)  # all checked before any
+    assert peer.score(cycle_with_tokens(peer, [a], ids), req(), [a]) == {"a": 0.0}
+    peer.merge_replicated(entries, 0.0)
+    assert peer.score(cycle_with_tokens(peer, [a], ids), req(), [a]) == {"a": 1.0}
+    assert peer.replication_channel() == "precise-prefix-cache-producer/p"
