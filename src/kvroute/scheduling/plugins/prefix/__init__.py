@@ -5,7 +5,7 @@ One concept per module: ``hashing`` (block hash chains), ``index`` (the LRU inde
 ``precise`` (``precise-prefix-cache-scorer``), ``producer`` (upstream's split spelling:
 ``token-producer``, ``approx-prefix-cache-producer``), ``hotspot`` (the anti-hotspot rule) and
 ``mm_producer`` (``mm-embeddings-cache-producer``), ``burst`` (``burst-prefix-cache-producer``),
-``precise_producer`` (``precise-prefix-cache-producer``).
+``precise_producer`` (``precise-prefix-cache-producer``, its parameters in ``precise_params``).
 ``PLUGINS`` is what the registry loads.
 """
 
