@@ -60,10 +60,12 @@ Parameters (upstream's names and defaults) and what they do here:
   upstream's producer (which takes its endpoints from the notification source).
   ``podDiscoveryConfig.replaySocketPort`` > 0 is rejected (no replay socket here: lost events
   drop the endpoint's entries until fresh ones arrive).
-* ``indexerConfig.kvBlockIndexConfig.enableMetrics`` (false): counts lookups, hits and misses
-  (:attr:`PrecisePrefixCacheProducer.lookups` and friends) and, with ``metricsLoggingInterval``
-  (a Go duration in nanoseconds, or a duration string; 0 = off), logs them with the index's
-  stored/removed counts at INFO every interval. They are not exported as Prometheus series.
+* ``indexerConfig.kvBlockIndexConfig.enableMetrics`` (false): keeps upstream's index counters
+  (:meth:`PrecisePrefixCacheProducer.index_metrics`: ``kv_cache_index_admissions_total``,
+  ``_evictions_total``, ``_lookup_requests_total``, ``_lookup_hits_total`` = the best
+  endpoint's leading blocks per lookup; all 0 while it is false) and, with
+  ``metricsLoggingInterval`` (a Go duration in nanoseconds, or a duration string; 0 = off),
+  logs them at INFO every interval. kvroute's ``/metrics`` does not export them yet.
   ``inMemoryConfig``, ``redisConfig``, ``costAwareMemoryConfig`` and
   ``indexerConfig.kvCacheBackendConfigs`` (per-medium weights) are rejected by name: kvroute's
   index is in-memory, bounded by what the engines hold, and counts a block held in any medium as
@@ -125,6 +127,12 @@ TYPE = "precise-prefix-cache-producer"
 TOKEN_PRODUCER_NAMES = ("token-producer", "tokenizer")
 _RANK = re.compile(r"-rank-(\d+)$")
 BIND_RETRY_S = 5.0
+INDEX_METRICS = (  # upstream's names (pkg/kvcache/metrics), without the llm_d_epp_ prefix
+    "kv_cache_index_admissions_total",
+    "kv_cache_index_evictions_total",
+    "kv_cache_index_lookup_requests_total",
+    "kv_cache_index_lookup_hits_total",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +189,9 @@ class PrecisePrefixCacheProducer:
         self._keys: dict[str, str] = {}  # endpoint name -> index key, as notified
         self.connected: set[str] = set()  # index keys whose publisher a subscription reached
         self._outbox: list[list[Any]] | None = None  # replicated speculative entries
-        self.lookups = 0
-        self.hits = 0  # lookups where some candidate held at least one block
-        self.misses = 0
+        self.metrics_enabled = p.indexer_config.kv_block_index_config.enable_metrics
+        self.lookups = 0  # with enableMetrics: lookups made
+        self.lookup_hits = 0  # with enableMetrics: the best endpoint's leading blocks, summed
 
     # -- endpoint events (endpoint-notification-source) ----------------------------------------
 
@@ -272,13 +280,17 @@ class PrecisePrefixCacheProducer:
             await asyncio.sleep(interval)
             log.info("%s", self.metrics_line())
 
-    def metrics_line(self) -> str:
+    def index_metrics(self) -> dict[str, int]:
+        """Upstream's index counters (all 0 unless ``enableMetrics``)."""
+        if not self.metrics_enabled:
+            return dict.fromkeys(INDEX_METRICS, 0)
         s = self.index.stats
-        return (
-            f"{TYPE} {self.typed_name.name!r}: lookups={self.lookups} hits={self.hits} "
-            f"misses={self.misses} stored={s.stored} removed={s.removed} cleared={s.cleared} "
-            f"resyncs={s.resyncs} keys={len(self.index)}"
-        )
+        values = (s.stored, s.removed, self.lookups, self.lookup_hits)
+        return dict(zip(INDEX_METRICS, values, strict=True))
+
+    def metrics_line(self) -> str:
+        counts = " ".join(f"{k}={v}" for k, v in self.index_metrics().items())
+        return f"{TYPE} {self.typed_name.name!r}: {counts} keys={len(self.index)}"
 
     async def aclose(self) -> None:
         if self.subscriber is not None:
@@ -330,11 +342,9 @@ class PrecisePrefixCacheProducer:
                 max_blocks=self.params.max_prefix_blocks_to_match,
                 now=state.now,
             )
-            self.lookups += 1
-            if any(match.matched.values()):
-                self.hits += 1
-            else:
-                self.misses += 1
+            if self.metrics_enabled:
+                self.lookups += 1
+                self.lookup_hits += max(match.matched.values(), default=0)
         state.write(self._key, _Cycle(match, keys))
         sizes = {e.name: self.block_size(e) for e in endpoints}
         cached = {n: b * sizes.get(n, 0) for n, b in match.matched.items()}

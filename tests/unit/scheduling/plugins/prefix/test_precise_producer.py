@@ -118,8 +118,25 @@ def test_match_from_engine_events_and_the_scorer_over_it(tokenizer: PromptTokeni
     info = state.get(PREFIX_CACHE_MATCH, None)
     assert info is not None
     assert info.cached_tokens == {"a": 24, "b": 12, "c": 0}
-    assert (p.lookups, p.hits, p.misses) == (1, 1, 0)
-    assert "lookups=1 hits=1 misses=0" in p.metrics_line()
+    assert p.index_metrics()["kv_cache_index_lookup_requests_total"] == 0  # enableMetrics off
+
+
+def test_enable_metrics_counts_upstreams_index_counters(tokenizer: PromptTokenizer) -> None:
+    p = producer(indexerConfig={"kvBlockIndexConfig": {"enableMetrics": True}})
+    p.token_source = "token-producer"
+    a, b = ep("a"), ep("b", "127.0.0.2")
+    ids = list(tokenizer.encode_text(PROMPT))
+    store_blocks(p, a, ids[:12])
+    store_blocks(p, b, ids)
+    cycle_with_tokens(p, [a, b], ids)
+    cycle_with_tokens(p, [a], ids)
+    assert p.index_metrics() == {
+        "kv_cache_index_admissions_total": 9,
+        "kv_cache_index_evictions_total": 0,
+        "kv_cache_index_lookup_requests_total": 2,
+        "kv_cache_index_lookup_hits_total": 6 + 3,  # the best candidate's leading blocks
+    }
+    assert "kv_cache_index_lookup_requests_total=2" in p.metrics_line()
 
 
 def test_no_tokens_matches_nothing(tokenizer: PromptTokenizer) -> None:
@@ -328,7 +345,8 @@ async def test_end_to_end_kv_events_make_the_director_prefer_that_endpoint(tmp_p
                     seq += 1
                     await asyncio.sleep(0.02)
             assert [await route(i) for i in range(1, 4)] == ["a", "a", "a"]
-            assert p.hits == 3
+            hits = p.index_metrics()["kv_cache_index_lookup_hits_total"]
+            assert hits == 3 * 6  # three lookups, six leading blocks each
             store.remove_endpoint("a")  # delete: unsubscribed and its blocks dropped
             assert set(p.subscriber.subscriptions) == {"127.0.0.2:8000"}
             assert p.index.size("127.0.0.1:8000") == 0
@@ -418,7 +436,7 @@ async def test_enable_metrics_logs_the_counts_every_interval(
     cycle_with_tokens(p, [ep("a")], list(tokenizer.encode_text(PROMPT)))
     runner = asyncio.create_task(p.run_background())
     try:
-        await _logged(caplog, "lookups=1 hits=0 misses=1")
+        await _logged(caplog, "kv_cache_index_lookup_requests_total=1")
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -430,7 +448,7 @@ async def test_enable_metrics_logs_the_counts_every_interval(
     runner.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await runner
-    assert "lookups=" not in caplog.text  # enableMetrics false: no metrics, no log
+    assert "kv_cache_index" not in caplog.text  # enableMetrics false: no metrics, no log
 
 
 def test_speculative_entries_replicate_to_peers(tokenizer: PromptTokenizer) -> None:
