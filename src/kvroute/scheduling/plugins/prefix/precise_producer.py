@@ -68,11 +68,12 @@ Parameters (upstream's names and defaults) and what they do here:
   logs them at INFO every interval. kvroute's ``/metrics`` does not export them yet.
   ``inMemoryConfig``, ``redisConfig``, ``costAwareMemoryConfig`` and
   ``indexerConfig.kvCacheBackendConfigs`` (per-medium weights) are rejected by name: kvroute's
-  index is in-memory, bounded by what the engines hold, and counts a block held in any medium as
-  1. ``tokenizersPoolConfig`` is rejected, as upstream.
+  index is in-memory, bounded by what the engines hold, and counts a block held in any medium
+  as one block. ``tokenizersPoolConfig`` is rejected, as upstream.
 * ``speculativeIndexing`` (false), ``speculativeTTL`` ("2s"): after a routing decision, the
-  chosen endpoint (and the prefill endpoint, if any) is assumed to hold the request's blocks
-  until the TTL passes or its events arrive.
+  chosen endpoint (and the prefill endpoint, if any) is assumed to hold the request's blocks for
+  the TTL, which covers the time until its own events arrive; these entries are shared with
+  active-active peers (``ReplicatedState``), stored blocks are not (each replica subscribes).
 * kvroute's own: ``tokenizer``, ``tokenizerCacheSize`` (1024), ``maxPrefixBlocksToMatch``
   (2048), ``reorderWindow`` (8), ``maxBlocksPerServer`` (4000000).
 
@@ -137,8 +138,7 @@ INDEX_METRICS = (  # upstream's names (pkg/kvcache/metrics), without the llm_d_e
 
 @dataclass(frozen=True, slots=True)
 class _Cycle:
-    match: PreciseMatch
-    keys: Mapping[str, str]  # endpoint name -> index key (address:port)
+    match: PreciseMatch  # keyed by endpoint name
 
 
 def index_key(endpoint: Endpoint) -> str:
@@ -217,8 +217,9 @@ class PrecisePrefixCacheProducer:
         address = self.kv_events_endpoint(endpoint)
         if self._subscribed.get(endpoint.name) == address:
             return
-        if endpoint.name in self._subscribed:
+        if endpoint.name in self._subscribed:  # a new publisher address: a new stream
             self.index.remove_server(key)
+            self.connected.discard(key)
         self._subscribed[endpoint.name] = address
         self._subscriber().subscribe(key, address)
 
@@ -328,7 +329,6 @@ class PrecisePrefixCacheProducer:
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> None:
         tokens = self._tokens(state, request)
-        keys = {e.name: index_key(e) for e in endpoints}
         if not tokens:
             match = PreciseMatch(0, {}, {})
         else:
@@ -345,7 +345,7 @@ class PrecisePrefixCacheProducer:
             if self.metrics_enabled:
                 self.lookups += 1
                 self.lookup_hits += max(match.matched.values(), default=0)
-        state.write(self._key, _Cycle(match, keys))
+        state.write(self._key, _Cycle(match))
         sizes = {e.name: self.block_size(e) for e in endpoints}
         cached = {n: b * sizes.get(n, 0) for n, b in match.matched.items()}
         state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo(cached))
