@@ -315,7 +315,8 @@ class KvEventSubscriber:
     :meth:`run` owns, started when it starts (or at once while it runs) and all cancelled when
     it is cancelled or :meth:`aclose` is called. On a monitor DISCONNECTED event the server is
     resynced (its entries dropped and marked unknown) and the sequence baseline reset; ZMQ
-    reconnects by itself and the next batch is a new baseline.
+    reconnects by itself and the next batch is a new baseline. ``topic_filter`` is the SUB
+    socket's subscription prefix (``""``: every topic; upstream's default is ``"kv@"``).
     """
 
     def __init__(
@@ -324,9 +325,11 @@ class KvEventSubscriber:
         *,
         reorder_window: int = 8,
         on_connected: Callable[[str], None] | None = None,
+        topic_filter: str = "",
     ) -> None:
         self._sink = sink
         self._reorder_window = reorder_window
+        self._topic_filter = topic_filter.encode()
         self._ctx: zmq.asyncio.Context | None = None
         self._subs: dict[str, _Subscription] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -409,7 +412,7 @@ class KvEventSubscriber:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.SUBSCRIBE, self._topic_filter)
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         try:
             sock.connect(endpoint)

@@ -54,6 +54,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "kvroute.scheduling.plugins.latency",
     "kvroute.scheduling.plugins.filters.prefix_cache_affinity",
     "kvroute.datalayer.plugins",
+    "kvroute.datalayer.notifications",  # issue 18: endpoint-notification-source
     # issue 18: endpoint attributes and the data sources that produce them
     "kvroute.scheduling.plugins.filters.endpoint_attribute",
     "kvroute.scheduling.plugins.scorers.endpoint_attribute",

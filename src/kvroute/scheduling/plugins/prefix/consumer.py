@@ -3,15 +3,19 @@
 Upstream's consumers name a producer (``prefixPluginName``); here the producer is the
 approximate ``prefix-cache-scorer`` instance of that name, which must be declared before the
 consumer in ``plugins`` (it is its own PrepareData hook, so its match is in the CycleState by the
-time any filter or scorer runs).
+time any filter or scorer runs). A ``prefix-cache-scorer`` over a
+``precise-prefix-cache-producer`` hands the consumer that producer's match.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 from kvroute.errors import PluginValidationError
 from kvroute.plugins.registry import PluginHandle
 from kvroute.scheduling.plugins.prefix.approximate import TYPE as PREFIX_TYPE
 from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
+from kvroute.scheduling.plugins.prefix.precise_producer import PrecisePrefixCacheProducer
 from kvroute.scheduling.plugins.prefix.producer import ProducedPrefixScorer
 
 DEFAULT_PREFIX_PLUGIN = PREFIX_TYPE
@@ -28,6 +32,11 @@ def find_prefix_plugin(
             f"{prefix_name!r} declared before it (declare a {PREFIX_TYPE} first)"
         ) from None
     if isinstance(plugin, ProducedPrefixScorer):  # upstream's split spelling: read its producer
+        if isinstance(plugin.producer, PrecisePrefixCacheProducer):
+            # The consumers read only ``match(state, request, endpoints)``, which the precise
+            # producer provides with the same PrefixMatch type; typed as the approximate
+            # scorer until the consumers' annotations name a protocol.
+            return cast("PrefixCacheScorer", plugin.producer)
         if not isinstance(plugin.producer, PrefixCacheScorer):
             raise PluginValidationError(
                 f"plugin {name!r} ({type_name}): parameters.prefixPluginName: {prefix_name!r} "

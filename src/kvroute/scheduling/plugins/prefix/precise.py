@@ -33,7 +33,7 @@ request, every endpoint scores 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -92,6 +92,51 @@ class PreciseMatch:
     total_blocks: int
     matched: Mapping[str, int]
     hashes: Mapping[str, tuple[int, ...]]  # per server (block size and LoRA root may differ)
+
+
+def _by_name(endpoint: Endpoint) -> str:
+    return endpoint.name
+
+
+def match_token_blocks(
+    index: PreciseIndex,
+    tokens: Sequence[int],
+    request: InferenceRequest,
+    endpoints: Sequence[Endpoint],
+    *,
+    key: Callable[[Endpoint], str],
+    block_size: Callable[[Endpoint], int],
+    max_blocks: int,
+    now: float,
+) -> PreciseMatch:
+    """How many leading blocks of ``tokens`` each endpoint holds in ``index``.
+
+    Endpoints with the same block size and KV namespace (the LoRA adapter when the endpoint
+    serves it, else the base model) share one hash chain; ``key(e)`` is the server name the
+    index knows ``e`` by. The result is keyed by endpoint name.
+    """
+    groups: dict[tuple[int, str], list[Endpoint]] = {}
+    model = request.target_model
+    for e in endpoints:
+        lora = (
+            model if model in e.metrics.active_models or model in e.metrics.waiting_models else ""
+        )
+        groups.setdefault((block_size(e), lora), []).append(e)
+    matched: dict[str, int] = {}
+    hashes: dict[str, tuple[int, ...]] = {}
+    total = 0
+    for (size, lora), members in groups.items():
+        chain = tuple(
+            token_block_hashes(
+                tokens, block_size=size, root=token_root_hash(lora), max_blocks=max_blocks
+            )
+        )
+        total = max(total, len(chain))
+        counts = index.matched_blocks(chain, [key(e) for e in members], now)
+        for e in members:
+            hashes[e.name] = chain
+            matched[e.name] = counts[key(e)]
+    return PreciseMatch(total, matched, hashes)
 
 
 class PrecisePrefixCacheScorer:
@@ -221,34 +266,16 @@ class PrecisePrefixCacheScorer:
             tokens = self.tokenizer.encode_request(request)
         if tokens is None:
             return PreciseMatch(0, {}, {})
-        # Servers with the same block size and KV namespace share one hash chain.
-        groups: dict[tuple[int, str], list[str]] = {}
-        for e in endpoints:
-            model = request.target_model
-            lora = (
-                model
-                if model in e.metrics.active_models or model in e.metrics.waiting_models
-                else ""
-            )
-            groups.setdefault((self.block_size(e), lora), []).append(e.name)
-        matched: dict[str, int] = {}
-        hashes: dict[str, tuple[int, ...]] = {}
-        total = 0
-        for (size, lora), names in groups.items():
-            chain = tuple(
-                token_block_hashes(
-                    tokens,
-                    block_size=size,
-                    root=token_root_hash(lora),
-                    max_blocks=self.params.max_prefix_blocks_to_match,
-                )
-            )
-            total = max(total, len(chain))
-            counts = self.index.matched_blocks(chain, names, state.now)
-            for name in names:
-                hashes[name] = chain
-                matched[name] = counts[name]
-        return PreciseMatch(total, matched, hashes)
+        return match_token_blocks(
+            self.index,
+            tokens,
+            request,
+            endpoints,
+            key=_by_name,
+            block_size=self.block_size,
+            max_blocks=self.params.max_prefix_blocks_to_match,
+            now=state.now,
+        )
 
     # -- Scorer --------------------------------------------------------------------------------
 
@@ -308,22 +335,30 @@ class PrecisePrefixCacheScorer:
         return out
 
     def merge_replicated(self, entries: Sequence[object], now: float) -> None:
-        max_ttl = self.params.speculative_ttl_seconds
-        checked = []
-        for e in entries:
-            if not isinstance(e, list) or len(e) != 3:
-                raise ValueError("speculative entry is not [server, ttl, hashes]")
-            server, ttl, hashes = e
-            if not isinstance(server, str) or not isinstance(ttl, int | float):
-                raise ValueError("speculative entry types")
-            if not isinstance(hashes, list) or len(hashes) > 1 << 16:
-                raise ValueError("speculative entry hashes")
-            if not all(isinstance(h, int) and not isinstance(h, bool) for h in hashes):
-                raise ValueError("speculative entry hashes")
-            checked.append((server, min(float(ttl), max_ttl), hashes))
+        checked = checked_speculative_entries(entries, self.params.speculative_ttl_seconds)
         for server, ttl, hashes in checked:
             if ttl > 0 and server in self._known:
                 self.index.add_speculative(server, hashes, now=now, ttl=ttl)
+
+
+def checked_speculative_entries(
+    entries: Sequence[object], max_ttl: float
+) -> list[tuple[str, float, list[int]]]:
+    """A peer's ``[server, ttl_s, [hash...]]`` entries, validated all before any is applied
+    (``ValueError`` on a malformed one); each TTL capped at ``max_ttl``."""
+    checked = []
+    for e in entries:
+        if not isinstance(e, list) or len(e) != 3:
+            raise ValueError("speculative entry is not [server, ttl, hashes]")
+        server, ttl, hashes = e
+        if not isinstance(server, str) or not isinstance(ttl, int | float):
+            raise ValueError("speculative entry types")
+        if not isinstance(hashes, list) or len(hashes) > 1 << 16:
+            raise ValueError("speculative entry hashes")
+        if not all(isinstance(h, int) and not isinstance(h, bool) for h in hashes):
+            raise ValueError("speculative entry hashes")
+        checked.append((server, min(float(ttl), max_ttl), hashes))
+    return checked
 
 
 def _factory(

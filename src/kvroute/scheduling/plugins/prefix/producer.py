@@ -58,12 +58,15 @@ from kvroute.scheduling.plugins.prefix.approximate import (
     ProducerParams,
 )
 from kvroute.scheduling.plugins.prefix.burst import BurstPrefixCacheProducer
+from kvroute.scheduling.plugins.prefix.precise_producer import PrecisePrefixCacheProducer
 from kvroute.scheduling.plugins.prefix.render import RenderTokenProducer, VllmParams
 from kvroute.scheduling.request import InferenceRequest
 
 log = logging.getLogger(__name__)
 
 PRODUCER_TYPE = "approx-prefix-cache-producer"
+# What a ``prefix-cache-scorer`` may name in ``prefixMatchInfoProducerName``.
+MatchProducer = PrefixCacheScorer | BurstPrefixCacheProducer | PrecisePrefixCacheProducer
 TOKEN_PRODUCER_TYPE = "token-producer"
 TOKEN_PRODUCER_ALIAS = "tokenizer"  # upstream's legacy name, deprecated
 
@@ -74,7 +77,7 @@ class ProducedPrefixScorer:
 
     category = ScorerCategory.AFFINITY
 
-    def __init__(self, name: str, producer: PrefixCacheScorer | BurstPrefixCacheProducer) -> None:
+    def __init__(self, name: str, producer: MatchProducer) -> None:
         self.typed_name = TypedName(SCORER_TYPE, name)
         self.producer = producer
 
@@ -136,16 +139,14 @@ def _producer_factory(
     return producer
 
 
-def _declared_producer(
-    handle: PluginHandle, producer_name: str
-) -> PrefixCacheScorer | BurstPrefixCacheProducer | None:
+def _declared_producer(handle: PluginHandle, producer_name: str) -> MatchProducer | None:
     try:
         plugin = handle.plugin(producer_name)
     except PluginValidationError:
         return None
     if isinstance(plugin, PrefixCacheScorer) and plugin.typed_name.type == PRODUCER_TYPE:
         return plugin
-    if isinstance(plugin, BurstPrefixCacheProducer):
+    if isinstance(plugin, BurstPrefixCacheProducer | PrecisePrefixCacheProducer):
         return plugin
     return None
 
@@ -161,7 +162,8 @@ def _scorer_factory(
         if producer_key in raw:
             raise PluginValidationError(
                 f"plugin {name!r} ({SCORER_TYPE}): parameters.{producer_key}: no "
-                f"{PRODUCER_TYPE} (or burst-prefix-cache-producer) named {producer_name!r} "
+                f"{PRODUCER_TYPE} (or burst-/precise-prefix-cache-producer) named "
+                f"{producer_name!r} "
                 "declared before it"
             )
         return _own_producer_scorer(name, raw, handle)
