@@ -40,8 +40,11 @@ from kvroute.scheduling.plugins.latency.producer import TYPE as PRODUCER_TYPE
 from kvroute.scheduling.plugins.latency.producer import PredictedLatencyProducer
 from kvroute.scheduling.plugins.latency.scorer import find_producer
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
-from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
-from kvroute.scheduling.plugins.prefix.consumer import DEFAULT_PREFIX_PLUGIN, find_prefix_plugin
+from kvroute.scheduling.plugins.prefix.consumer import (
+    DEFAULT_PREFIX_PLUGIN,
+    PrefixMatcher,
+    find_prefix_plugin,
+)
 from kvroute.scheduling.request import InferenceRequest
 
 TYPE = "prefix-cache-affinity-filter"
@@ -66,7 +69,7 @@ class PrefixCacheAffinityFilter:
         self,
         name: str,
         params: PrefixAffinityParams,
-        prefix: PrefixCacheScorer,
+        prefix: PrefixMatcher,
         producer: PredictedLatencyProducer | None = None,
         rng: random.Random | None = None,
     ) -> None:

@@ -9,21 +9,37 @@ time any filter or scorer runs). A ``prefix-cache-scorer`` over a
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Sequence
+from typing import Protocol
 
+from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import PluginValidationError
+from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginHandle
+from kvroute.scheduling.interfaces import CycleState
 from kvroute.scheduling.plugins.prefix.approximate import TYPE as PREFIX_TYPE
-from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
+from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer, PrefixMatch
 from kvroute.scheduling.plugins.prefix.precise_producer import PrecisePrefixCacheProducer
 from kvroute.scheduling.plugins.prefix.producer import ProducedPrefixScorer
+from kvroute.scheduling.request import InferenceRequest
 
 DEFAULT_PREFIX_PLUGIN = PREFIX_TYPE
 
 
+class PrefixMatcher(Protocol):
+    """What a prefix consumer reads: this cycle's match (the approximate scorer/producer and
+    the precise producer both provide it, with the same :class:`PrefixMatch` type)."""
+
+    typed_name: TypedName
+
+    def match(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> PrefixMatch: ...
+
+
 def find_prefix_plugin(
     handle: PluginHandle, prefix_name: str, name: str, type_name: str
-) -> PrefixCacheScorer:
+) -> PrefixMatcher:
     try:
         plugin = handle.plugin(prefix_name)
     except PluginValidationError:
@@ -33,10 +49,7 @@ def find_prefix_plugin(
         ) from None
     if isinstance(plugin, ProducedPrefixScorer):  # upstream's split spelling: read its producer
         if isinstance(plugin.producer, PrecisePrefixCacheProducer):
-            # The consumers read only ``match(state, request, endpoints)``, which the precise
-            # producer provides with the same PrefixMatch type; typed as the approximate
-            # scorer until the consumers' annotations name a protocol.
-            return cast("PrefixCacheScorer", plugin.producer)
+            return plugin.producer
         if not isinstance(plugin.producer, PrefixCacheScorer):
             raise PluginValidationError(
                 f"plugin {name!r} ({type_name}): parameters.prefixPluginName: {prefix_name!r} "

@@ -65,6 +65,9 @@ from kvroute.scheduling.request import InferenceRequest
 log = logging.getLogger(__name__)
 
 PRODUCER_TYPE = "approx-prefix-cache-producer"
+# The same producer under the multi-cluster type (scheduling/plugins/scorers/multicluster.py).
+MULTICLUSTER_PRODUCER_TYPE = "multicluster-approx-prefix-cache-producer"
+_APPROX_PRODUCER_TYPES = frozenset({PRODUCER_TYPE, MULTICLUSTER_PRODUCER_TYPE})
 # What a ``prefix-cache-scorer`` may name in ``prefixMatchInfoProducerName``.
 MatchProducer = PrefixCacheScorer | BurstPrefixCacheProducer | PrecisePrefixCacheProducer
 TOKEN_PRODUCER_TYPE = "token-producer"
@@ -144,7 +147,7 @@ def _declared_producer(handle: PluginHandle, producer_name: str) -> MatchProduce
         plugin = handle.plugin(producer_name)
     except PluginValidationError:
         return None
-    if isinstance(plugin, PrefixCacheScorer) and plugin.typed_name.type == PRODUCER_TYPE:
+    if isinstance(plugin, PrefixCacheScorer) and plugin.typed_name.type in _APPROX_PRODUCER_TYPES:
         return plugin
     if isinstance(plugin, BurstPrefixCacheProducer | PrecisePrefixCacheProducer):
         return plugin

@@ -49,6 +49,7 @@ from kvroute.scheduling.plugins.prefix import PLUGINS as PREFIX_PLUGINS
 from kvroute.scheduling.plugins.prefix.approximate import TYPE as PREFIX_SCORER_TYPE
 from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
 from kvroute.scheduling.plugins.prefix.producer import (
+    MULTICLUSTER_PRODUCER_TYPE,
     PRODUCER_TYPE,
     ProducedPrefixScorer,
     ScorerParams,
@@ -58,7 +59,7 @@ from kvroute.scheduling.request import InferenceRequest
 KV_CACHE_TYPE = "multicluster-kv-cache-utilization-scorer"
 QUEUE_TYPE = "multicluster-queue-scorer"
 PREFIX_TYPE = "multicluster-prefix-cache-scorer"
-APPROX_PRODUCER_TYPE = "multicluster-approx-prefix-cache-producer"
+APPROX_PRODUCER_TYPE = MULTICLUSTER_PRODUCER_TYPE
 
 
 class _NoParams(PluginParams):

@@ -31,8 +31,11 @@ from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, SchedulingResult, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.plugins.prefix.approximate import TYPE as PREFIX_TYPE
-from kvroute.scheduling.plugins.prefix.approximate import PrefixCacheScorer
-from kvroute.scheduling.plugins.prefix.consumer import DEFAULT_PREFIX_PLUGIN, find_prefix_plugin
+from kvroute.scheduling.plugins.prefix.consumer import (
+    DEFAULT_PREFIX_PLUGIN,
+    PrefixMatcher,
+    find_prefix_plugin,
+)
 from kvroute.scheduling.request import InferenceRequest
 
 TYPE = "no-hit-lru-scorer"
@@ -47,7 +50,7 @@ class NoHitLruParams(PluginParams):
 class NoHitLruScorer:
     category = ScorerCategory.DISTRIBUTION
 
-    def __init__(self, name: str, params: NoHitLruParams, prefix: PrefixCacheScorer) -> None:
+    def __init__(self, name: str, params: NoHitLruParams, prefix: PrefixMatcher) -> None:
         self.typed_name = TypedName(TYPE, name)
         self.params = params
         self.prefix = prefix

@@ -96,6 +96,8 @@ plugins:
 - type: max-score-picker
 """
 
+STOCK_SCORER = PAIR.replace("type: multicluster-prefix-cache-scorer", "type: prefix-cache-scorer")
+
 ONE_PLUGIN = """\
 apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
@@ -130,7 +132,7 @@ def _body(prompt: str) -> bytes:
     return json.dumps({"model": "m", "prompt": prompt, "max_tokens": 4}).encode()
 
 
-@pytest.mark.parametrize("text", [PAIR, ONE_PLUGIN])
+@pytest.mark.parametrize("text", [PAIR, STOCK_SCORER, ONE_PLUGIN])
 def test_prefix_delegations_route_a_repeated_prefix_back_to_its_cluster(text: str) -> None:
     d, plugins = _director(text)
     prompt = "the same long system prompt for every turn " * 40
@@ -140,7 +142,10 @@ def test_prefix_delegations_route_a_repeated_prefix_back_to_its_cluster(text: st
     ]
     assert {x.target.name for x in again} == {first.target.name}
     types = {p.typed_name.type for p in plugins.values()}  # type: ignore[attr-defined]
-    assert "multicluster-prefix-cache-scorer" in types
+    scorer_type = (
+        "prefix-cache-scorer" if text is STOCK_SCORER else "multicluster-prefix-cache-scorer"
+    )
+    assert scorer_type in types
 
 
 def test_the_pair_binds_the_scorer_to_the_multicluster_producer() -> None:
