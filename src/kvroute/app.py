@@ -472,6 +472,7 @@ async def build_director_backend(
     from kvroute.extproc.director_backend import Codec, DirectorBackend
     from kvroute.extproc.response_filter import OpenAIResponseFilter
     from kvroute.observability.disagg_metrics import register_disagg_metrics
+    from kvroute.observability.kv_index_metrics import register_kv_index_metrics
     from kvroute.observability.render_metrics import register_render_metrics
     from kvroute.plugins.registry import default_registry
     from kvroute.requestcontrol.model_resolution import ModelResolver
@@ -511,6 +512,7 @@ async def build_director_backend(
     # P/D decisions (llm_d_epp_disagg_decision_total), when a disagg handler is configured.
     register_disagg_metrics(metrics.registry, list(graph.setup.plugins.values()))
     register_render_metrics(metrics.registry, list(graph.setup.plugins.values()))
+    register_kv_index_metrics(metrics.registry, list(graph.setup.plugins.values()))
     codec = Codec(
         parse_request=parsers.parse_request,
         rewrite_request_body=parsers.rewrite_request_body,

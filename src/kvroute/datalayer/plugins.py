@@ -15,10 +15,11 @@ What kvroute runs, and what it rejects (by name, at load):
   defaults, unless a listed source ``replaces_metrics``). Every other listed source is a plugin
   implementing :class:`DataLayerSource` (its own polling or notifications, run through the
   plugin lifecycle); it validates the extractors listed under it. A source or extractor of a
-  type that is neither, two metrics sources, or a declared source/extractor that the listed
-  sources leave out are errors. Without ``dataLayer``, a single declared
-  ``metrics-data-source``/``core-metrics-extractor`` is used (two of either are ambiguous: an
-  error), else the built-in defaults; a declared :class:`DataLayerSource` must be listed.
+  type that is neither, two metrics sources, or a declared source/extractor (a core-metrics or a
+  polling source's extractor) that the listed sources leave out are errors. Without
+  ``dataLayer``, a single declared ``metrics-data-source``/``core-metrics-extractor`` is used
+  (two of either are ambiguous: an error), else the built-in defaults; a declared
+  :class:`DataLayerSource` or polling extractor must be listed.
 * a plugin's required endpoint attributes (:mod:`kvroute.datalayer.dependencies`) must be
   produced by an extractor listed in ``dataLayer.sources`` (upstream's missing-producer error).
 * ``parser`` / ``requestHandler.parsers``: only ``openai-parser`` (kvroute parses every body as
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kvroute.datalayer.dependencies import missing_producers
+from kvroute.datalayer.http_source import PollingExtractor
 from kvroute.datalayer.mappings import MappingRegistry
 from kvroute.datalayer.scraper import MetricsCollector, MetricsDataSourceParams
 from kvroute.datastore.file_discovery import FILE_DISCOVERY, FileDiscoveryParams
@@ -216,6 +218,8 @@ def data_layer_setup(
     declared_sources = _of_type(plugins, MetricsDataSource)
     declared_extractors = _of_type(plugins, CoreMetricsExtractor)
     declared_others = [n for n, p in plugins.items() if isinstance(p, DataLayerSource)]
+    # extractors of a polling source (dcgm, models, multicluster): they run only when listed
+    declared_polling = [n for n, p in plugins.items() if isinstance(p, PollingExtractor)]
     specs = config.data_layer.sources if config.data_layer is not None else []
     if not specs:
         for kind, names in (
@@ -231,6 +235,11 @@ def data_layer_setup(
             f"plugins: {_describe(plugins, name)} is a data source: list it in "
             "dataLayer.sources (with its extractors) or remove it"
             for name in declared_others
+        )
+        errors.extend(
+            f"plugins: {_describe(plugins, name)} is an extractor: list it under its source "
+            "in dataLayer.sources or remove it"
+            for name in declared_polling
         )
         errors.extend(missing_producers(plugins, ()))  # no source lists an extractor
         _raise(errors, source)
@@ -281,7 +290,7 @@ def data_layer_setup(
                 f"{path}.pluginRef: {_describe(plugins, spec.plugin_ref)} is not a data source"
             )
     listed = {s.plugin_ref for s in specs} | {e.plugin_ref for s in specs for e in s.extractors}
-    for name in declared_sources + declared_extractors + declared_others:
+    for name in declared_sources + declared_extractors + declared_others + declared_polling:
         if name not in listed:
             errors.append(
                 f"plugins: {_describe(plugins, name)} is not listed in dataLayer.sources, "

@@ -309,3 +309,24 @@ def test_an_other_source_must_be_listed() -> None:
     assert "plugin 's' (test-source) is a data source: list it in dataLayer.sources" in (
         exc.value.message
     )
+
+
+@pytest.mark.parametrize(
+    ("data_layer", "needle"),
+    [
+        ("", "plugin 'gpu' (dcgm-extractor) is an extractor: list it under its source"),
+        (
+            "dataLayer:\n  sources: [{pluginRef: metrics-data-source}]\n",
+            "plugin 'gpu' (dcgm-extractor) is not listed in dataLayer.sources",
+        ),
+    ],
+)
+def test_a_polling_extractor_must_be_listed(data_layer: str, needle: str) -> None:
+    """A declared dcgm/models/multicluster extractor that no source lists would never run."""
+    text = HEAD + (
+        "plugins:\n" + SCORER + "- {name: gpu, type: dcgm-extractor}\n"
+        "- type: metrics-data-source\n" + data_layer
+    )
+    with pytest.raises(ConfigError) as exc:
+        build_scheduling(parse_epp_config(text, "dl.yaml"), default_registry())
+    assert needle in exc.value.message

@@ -143,8 +143,9 @@ class RenderTokenProducer:
         if now - self._logged_at >= _LOG_EVERY_S:
             self._logged_at = now
             log.warning(
-                "token-producer %r: vLLM render failed (%s); the request is hashed from its "
-                "text estimate (%d failure(s) so far)",
+                "token-producer %r: vLLM render failed (%s); approx-prefix-cache-producer hashes "
+                "the request's text estimate, precise-prefix-cache-producer matches nothing "
+                "for it (%d failure(s) so far)",
                 self.typed_name.name,
                 why,
                 self.failures,
