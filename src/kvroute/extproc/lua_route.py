@@ -60,6 +60,7 @@ ROUTE_HTTP_PATH = "/kvroute.route.v1.Route/Decide"
 # The stream checks --max-request-body-bytes itself (413); the transport only refuses what is far
 # beyond any body Envoy's buffer limit lets through, plus the header block.
 _HEAD_ALLOWANCE = 2 * 1024 * 1024
+ROUTE_BACKLOG = 4096
 
 
 class RouteRequestError(ValueError):
@@ -316,7 +317,12 @@ async def serving_routes(
     remove_stale_socket(path)
     loop = asyncio.get_running_loop()
     limit = max_body_bytes + _HEAD_ALLOWANCE
-    server = await loop.create_unix_server(lambda: _RouteProtocol(shell, limit), str(path))
+    # HTTP/1.1: Envoy opens one connection per call in flight (a request queued in flow
+    # control holds one), so bursts of hundreds arrive at once; asyncio's default backlog of
+    # 100 refused some (Envoy then answers the call 503 itself).
+    server = await loop.create_unix_server(
+        lambda: _RouteProtocol(shell, limit), str(path), backlog=ROUTE_BACKLOG
+    )
     os.chmod(path, 0o600)
     try:
         yield
