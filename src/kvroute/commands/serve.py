@@ -44,12 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--transport",
-        choices=["ext_proc", "lua"],
+        choices=["ext_proc", "lua", "auto"],
         default="ext_proc",
         help="how Envoy asks the EPP for each routing decision: ext_proc (default: an ext_proc "
         "stream per request) or lua (no ext_proc: Envoy's Lua filter sends headers and body in "
         "one HTTP/1.1 call over a private Unix socket; needs --response-processing tap and one "
-        "EPP; a fraction of the EPP's CPU per request, see docs/benchmarks.md)",
+        "EPP; about half the EPP's CPU per request, see docs/benchmarks.md); auto: lua where "
+        "it can run, else ext_proc",
     )
     _add_edge_arguments(parser)
     parser.add_argument(
@@ -146,7 +147,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if args.epp_replicas != 1:
-        if args.transport != "ext_proc":
+        if args.transport == "lua":
             raise ConfigError("--transport lua runs one EPP; --epp-replicas needs ext_proc")
         return await _serve_replicas(args, settings, stop)
     gateway = Gateway(

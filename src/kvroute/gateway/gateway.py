@@ -41,7 +41,7 @@ from kvroute.settings import EppSettings, parse_endpoint_url
 DEFAULT_LOG_DIR = Path(".kvroute")
 # How Envoy asks the EPP for a routing decision: an ext_proc stream (upstream's protocol), or
 # one HTTP/1.1 call from Envoy's Lua filter (kvroute.gateway.request_lua; tap responses only).
-TRANSPORTS = ("ext_proc", "lua")
+TRANSPORTS = ("ext_proc", "lua", "auto")
 LUA_BUFFER_SLACK = 1024 * 1024
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class Gateway:
         self.epp = EppApp(base, backend_factory=backend_factory)
         if transport not in TRANSPORTS:
             raise ConfigError(f"--transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
+        if transport == "auto":
+            transport = "lua" if lua_fits(base, private_sockets) else "ext_proc"
         # lua (issue 19): no ext_proc filter; Envoy's Lua asks the EPP's route socket.
         self.transport = transport
         self.epp.lua_route = transport == "lua"
@@ -204,6 +206,18 @@ class Gateway:
         if self.socket_dir is not None:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
             self.socket_dir = None
+
+
+def lua_fits(s: EppSettings, private_sockets: bool = True) -> bool:
+    """``--transport auto``: lua where it can run (tap with the HTTP report over the private
+    sockets, no TLS, no explicit --grpc-port), ext_proc otherwise."""
+    return (
+        private_sockets
+        and s.grpc_port == 0
+        and s.response_processing is ResponseProcessing.TAP
+        and s.tap_report == "http"
+        and not s.secure_serving
+    )
 
 
 def failopen_settings(s: EppSettings) -> EppSettings:
