@@ -139,6 +139,14 @@ async def test_server_gets_the_rewritten_model(stack: Stack) -> None:
     assert SERVERS[0].seen_models[-1] == "base"  # parsed whole: content-length was reset
 
 
+async def test_other_paths_are_404_without_asking_the_epp(stack: Stack) -> None:
+    before = await _counters(stack)
+    r = await stack.client.get("/v1/models")
+    assert r.status_code == 404
+    after = await _counters(stack)
+    assert _delta(before, after, f"cluster.{ROUTE_CLUSTER}.upstream_rq_total") == 0
+
+
 async def test_bad_request_answered_by_the_epp(stack: Stack) -> None:
     r = await stack.client.post("/v1/completions", content=b"{not json")
     assert r.status_code == 400, r.text

@@ -61,6 +61,7 @@ from kvroute.gateway.failopen import FailOpenRewrites, failopen_rewrite_filter
 from kvroute.gateway.request_lua import (
     disconnect_access_log,
     request_lua_filter,
+    request_lua_per_route_disabled,
     route_cluster,
 )
 from kvroute.gateway.response_tap import response_tap_filter
@@ -301,6 +302,8 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
             }
         routes += [picked, unpicked]
     routes.append(not_found_route())
+    if opts.route_uds:  # lua: the EPP is not asked about a 404 either
+        routes[-1]["typed_per_filter_config"].update(request_lua_per_route_disabled())
     return routes
 
 

@@ -41,6 +41,7 @@ from kvroute.extproc.lua_route import ROUTE_HTTP_PATH
 from kvroute.extproc.tap import TAP_NAMESPACE
 
 ROUTE_CLUSTER = "kvroute_epp_route"
+FILTER_NAME = "kvroute.request_route"
 
 _T = "type.googleapis.com/"
 
@@ -129,11 +130,22 @@ def lua_source(*, fail_open: bool) -> str:
 def request_lua_filter(*, fail_open: bool) -> dict[str, Any]:
     """The Lua HTTP filter that routes each request (in place of ext_proc)."""
     return {
-        "name": "kvroute.request_route",
+        "name": FILTER_NAME,
         "typed_config": {
             "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": lua_source(fail_open=fail_open)},
         },
+    }
+
+
+def request_lua_per_route_disabled() -> dict[str, Any]:
+    """``typed_per_filter_config`` entry that turns the filter off on a route (the 404 route:
+    paths that are not inference APIs never reach the EPP)."""
+    return {
+        FILTER_NAME: {
+            "@type": _T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+            "disabled": True,
+        }
     }
 
 

@@ -59,6 +59,13 @@ def test_no_ext_proc_the_lua_filter_in_its_place(tmp_path: Path) -> None:
     assert "typed_extension_protocol_options" not in route  # HTTP/1.1
 
 
+def test_the_404_route_does_not_ask_the_epp(tmp_path: Path) -> None:
+    routes = _hcm(build_bootstrap(_opts(tmp_path)))["route_config"]["virtual_hosts"][0]["routes"]
+    per_filter = routes[-1]["typed_per_filter_config"]
+    assert routes[-1]["direct_response"]["status"] == 404
+    assert per_filter["kvroute.request_route"]["disabled"] is True
+
+
 def test_the_body_fits_the_connection_buffer_and_every_route(tmp_path: Path) -> None:
     doc = build_bootstrap(_opts(tmp_path))
     listener = doc["static_resources"]["listeners"][0]
