@@ -164,21 +164,24 @@ class LuaRouteShell:
         headers, has_body, body = decode_request(payload)
         stream = ExtProcStream(self._backend, self._options)
         self.active += 1
-        waiting = False
         try:
             out: list[Any] = []
             for message in ext_proc_messages(headers, has_body, body):
                 out += await stream.areceive(message)
             answer = encode_answer(out, body)
-        except asyncio.CancelledError:
-            self.cancelled += 1
+        except BaseException as exc:
+            # Routed, but the answer never reaches Envoy (the client left, or it cannot be
+            # encoded): the request is not forwarded, so its exchange ends here, once.
+            if stream.close():
+                stream.expire_tap()
+            if isinstance(exc, asyncio.CancelledError):
+                self.cancelled += 1
+            if isinstance(exc, ProtocolViolation):
+                raise RouteRequestError(str(exc)) from None
             raise
-        except ProtocolViolation as exc:
-            raise RouteRequestError(str(exc)) from None
         finally:
             self.active -= 1
-            waiting = stream.close()
-        if waiting:
+        if stream.close():  # completion waits for the response tap's report
             self._hold(stream)
         return answer
 

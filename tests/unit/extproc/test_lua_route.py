@@ -8,6 +8,7 @@ Unix sockets and a real FIFO, the client side written by hand as Envoy's HTTP/1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -156,6 +157,24 @@ def test_rejections_are_immediate_answers(
         assert "h content-type\tapplication/json" in lines
         assert json.loads(out)["error"]["code"] == "rejected-ttl-expired"
     assert backend.completions == []
+
+
+def test_an_answer_that_cannot_be_encoded_ends_the_exchange_once() -> None:
+    """A plugin header with a line break cannot go to Envoy: the call fails (the Lua filter
+    answers 503) and the routed exchange is completed at once, not left in flight."""
+
+    class BadHeader(_Backend):
+        async def route(self, request: RoutingInput) -> Routed:
+            routed = await super().route(request)
+            return dataclasses.replace(routed, upstream_headers={"x-plugin": "a\nb"})
+
+    backend = BadHeader()
+    shell, _ = _shell(backend)
+    with pytest.raises(ValueError, match="line break"):
+        asyncio.run(shell.decide(_call(POST, COMPLETION)))
+    assert len(backend.completions) == 1
+    assert backend.completions[0].disconnected
+    assert shell.active == 0
 
 
 def test_header_only_request_is_routed_and_complete_at_once() -> None:
