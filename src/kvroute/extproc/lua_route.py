@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,20 @@ def _remove_fifo(path: Path) -> None:
             path.unlink()
 
 
+def raise_fd_limit() -> int:
+    """Soft ``RLIMIT_NOFILE`` up to the hard limit; returns the new soft limit.
+
+    Each call in flight is a connection (HTTP/1.1), so a flow-control queue of thousands holds
+    thousands of sockets here (and in Envoy, which is started after this and inherits the
+    limit); a common soft default of 1024 would refuse them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def route_socket_for(grpc_uds: Path) -> Path:
     """The route socket beside the ext_proc socket (same private directory)."""
     return grpc_uds.with_name(grpc_uds.name + "-route")
@@ -318,6 +333,7 @@ async def serving_routes(
 ) -> AsyncIterator[None]:
     """Serve routing calls on the Unix socket ``path`` until exit."""
     remove_stale_socket(path)
+    raise_fd_limit()
     loop = asyncio.get_running_loop()
     limit = max_body_bytes + _HEAD_ALLOWANCE
     # HTTP/1.1: Envoy opens one connection per call in flight (a request queued in flow

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from kvroute.extproc.lua_route import (
     RouteRequestError,
     decode_request,
     disconnect_fifo_for,
+    raise_fd_limit,
     route_socket_for,
     serving_disconnects,
     serving_routes,
@@ -316,3 +318,14 @@ def test_stream_tap_report_path_is_the_same_as_ext_procs() -> None:
     stream.tap_report(parse_report(_payload(stream.tap_id, "whole", SSE)))
     assert stream.completed
     assert len(backend.completions) == 1
+
+
+def test_fd_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+    try:
+        got = raise_fd_limit()
+        assert got == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert got == hard or (hard == resource.RLIM_INFINITY and got >= 512)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
