@@ -185,6 +185,12 @@ class EppApp:
         self.processor: ExternalProcessor | None = None
         # tap over a private Unix socket: the HTTP/1.1 report socket (kvroute.extproc.tap_http)
         self.tap_http_socket: Path | None = None
+        # ``kvroute serve --transport lua`` (issue 19): Envoy's Lua filter asks for each routing
+        # decision over HTTP/1.1 on this socket instead of an ext_proc stream (set before entry).
+        self.lua_route = False
+        self.route_socket: Path | None = None
+        self.ended_fifo: Path | None = None  # Envoy's access log of unreported exchanges
+        self.route_shell: Any = None  # kvroute.extproc.lua_route.LuaRouteShell
         self._backend_factory = backend_factory
         self._source = endpoint_source or endpoint_source_for(settings)
         self._stack: contextlib.AsyncExitStack | None = None
@@ -289,10 +295,39 @@ class EppApp:
             handle = self.processor.handle_tap_report
             await stack.enter_async_context(serving_reports(path, handle))
             self.tap_http_socket = path
+        if self.lua_route:
+            await self._serve_lua_route(stack, built.backend, options)
         await server.start()
         stack.push_async_callback(self._drain, server)
         if built.on_shutdown is not None:  # LIFO: runs before the drain starts
             stack.callback(built.on_shutdown)
+
+    async def _serve_lua_route(
+        self, stack: contextlib.AsyncExitStack, backend: RoutingBackend, options: StreamOptions
+    ) -> None:
+        from kvroute.extproc.lua_route import (
+            LuaRouteShell,
+            disconnect_fifo_for,
+            route_socket_for,
+            serving_disconnects,
+            serving_routes,
+        )
+
+        s = self.settings
+        if self.tap_http_socket is None or s.grpc_uds is None or self.processor is None:
+            raise ConfigError(
+                "--transport lua needs --response-processing tap with the HTTP report "
+                "(--tap-report http), kvroute serve's private sockets (no --grpc-port) and no TLS"
+            )
+        processor = self.processor
+        self.route_shell = LuaRouteShell(backend, options, processor.hold_for_report)
+        fifo = disconnect_fifo_for(s.grpc_uds)
+        await stack.enter_async_context(serving_disconnects(fifo, processor.report_disconnect))
+        self.ended_fifo = fifo
+        path = route_socket_for(s.grpc_uds)
+        limit = s.max_request_body_bytes
+        await stack.enter_async_context(serving_routes(path, self.route_shell, limit))
+        self.route_socket = path
 
     async def _drain(self, server: grpc.aio.Server) -> None:
         """Shutdown (SIGTERM): stop taking streams, let running ones finish, then cut them.

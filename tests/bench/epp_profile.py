@@ -1,6 +1,7 @@
 """Profile the EPP's own CPU per request under gateway load (issue 19, the request half).
 
-Run: ``python -m tests.bench.epp_profile --rps 50 --duration 6 [--tokens 64] [--profile]``
+Run: ``python -m tests.bench.epp_profile --rps 50 --duration 6 [--tokens 64] [--profile]
+[--transport lua]``
 
 The gateway (``kvroute.gateway.Gateway``: EPP in this process, Envoy a child, ``tap`` by
 default) routes to two ``MiniModelServer``s in a child process; the open-loop load generator of
@@ -55,7 +56,7 @@ async def _load(url: str, rps: float, duration: float, tokens: int) -> tuple[int
 
 async def main(args: argparse.Namespace) -> None:
     with backends(2, 0.005) as eps:
-        async with Gateway(eps, log_dir=Path(".kvroute")) as gw:
+        async with Gateway(eps, log_dir=Path(".kvroute"), transport=args.transport) as gw:
             await asyncio.sleep(1.0)
             c0, w0 = time.process_time(), time.monotonic()
             await asyncio.sleep(3.0)
@@ -90,6 +91,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=6.0)
     p.add_argument("--tokens", type=int, default=0, help="streamed tokens per answer; 0: JSON")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--transport", choices=["ext_proc", "lua"], default="ext_proc")
     asyncio.run(main(p.parse_args(argv)))
     return 0
 

@@ -107,10 +107,13 @@ def gateway(endpoints: Sequence[str], mode: str, log_dir: Path) -> Any:
     port = _free_port()
     cmd = [sys.executable, "-m", "kvroute.cli", "serve", "--port", str(port)]
     # "tap-grpc": tap with the report over gRPC (before issue 19's request-half work).
-    processing, _, report = mode.partition("-")
+    # "lua": tap responses, requests routed by Envoy's Lua filter (--transport lua, no ext_proc).
+    processing, _, report = ("tap", "", "") if mode == "lua" else mode.partition("-")
     cmd += ["--metrics-port", "0", "--response-processing", processing, "--log-dir", str(log_dir)]
     if report:
         cmd += ["--tap-report", report]
+    if mode == "lua":
+        cmd += ["--transport", "lua"]
     for e in endpoints:
         cmd += ["--endpoint", e]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -329,7 +332,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         "--modes",
         nargs="+",
         default=["full", "light", "tap"],
-        help="response processing per gateway; tap-grpc / tap-http also pick --tap-report",
+        help="response processing per gateway; tap-grpc / tap-http also pick --tap-report; "
+        "lua: tap with --transport lua",
     )
     p.add_argument("--ramp-modes", nargs="*", default=["full", "tap"])
     args = p.parse_args(argv)

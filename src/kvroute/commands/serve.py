@@ -42,6 +42,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--transport",
+        choices=["ext_proc", "lua", "auto"],
+        default="ext_proc",
+        help="how Envoy asks the EPP for each routing decision: ext_proc (default: an ext_proc "
+        "stream per request) or lua (no ext_proc: Envoy's Lua filter sends headers and body in "
+        "one HTTP/1.1 call over a private Unix socket; needs --response-processing tap and one "
+        "EPP; about half the EPP's CPU per request, see docs/benchmarks.md); auto: lua where "
+        "it can run, else ext_proc",
+    )
     _add_edge_arguments(parser)
     parser.add_argument(
         "--epp-replicas",
@@ -137,6 +147,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if args.epp_replicas != 1:
+        if args.transport == "lua":
+            raise ConfigError("--transport lua runs one EPP; --epp-replicas needs ext_proc")
         return await _serve_replicas(args, settings, stop)
     gateway = Gateway(
         settings=settings,
@@ -147,6 +159,7 @@ async def _serve(args: argparse.Namespace) -> int:
         envoy_concurrency=args.envoy_concurrency,
         edge=_edge_options(args),
         drain_timeout_s=settings.drain_timeout_s,  # Envoy drains first, then the EPP
+        transport=args.transport,
     )
     async with gateway as gw:
         assert gw.envoy is not None

@@ -129,6 +129,21 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             if stream.completed:
                 self._tapped.pop(report.tap_id, None)
 
+    def hold_for_report(self, stream: ExtProcStream, ttl_s: float = RELEASED_TAP_TTL_S) -> None:
+        """A stream routed outside ``Process`` (the Lua transport, :mod:`kvroute.extproc.
+        lua_route`) waits here for its tap report, at most ``ttl_s`` (a disconnect then)."""
+        self._tapped[stream.tap_id] = stream
+        asyncio.get_running_loop().call_later(ttl_s, self._expire_tap, stream)
+
+    def report_disconnect(self, tap_id: str) -> bool:
+        """The gateway saw the exchange ``tap_id`` end without its report (the client left):
+        complete it now as a disconnect. False when it is not held (reported already)."""
+        stream = self._tapped.pop(tap_id, None)
+        if stream is None:
+            return False
+        stream.expire_tap()
+        return True
+
     def _expire_tap(self, stream: ExtProcStream) -> None:
         if self._tapped.pop(stream.tap_id, None) is not None:
             stream.expire_tap()

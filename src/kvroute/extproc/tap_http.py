@@ -77,9 +77,13 @@ class ReportParser:
     """Sans-IO: bytes in, complete report payloads out (``feed``), in order.
 
     Raises :class:`TapHttpError` at the first request it refuses; what was already returned
-    stands, nothing after it is read."""
+    stands, nothing after it is read. ``path`` and ``max_bytes``: the one path served and the
+    largest body accepted (the Lua route call of :mod:`kvroute.extproc.lua_route` reuses this
+    parser with its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str = TAP_HTTP_PATH, max_bytes: int = MAX_REPORT_BYTES) -> None:
+        self._path = path
+        self._max_bytes = max_bytes
         self._buf = bytearray()
         self._head: _Head | None = None
         self.close_after = False  # the last request asked for ``connection: close``
@@ -96,7 +100,7 @@ class ReportParser:
                     return out
                 if end > MAX_HEAD_BYTES:
                     raise TapHttpError(431, "request header block too large")
-                self._head = _parse_head(bytes(self._buf[:end]))
+                self._head = _parse_head(bytes(self._buf[:end]), self._path, self._max_bytes)
                 del self._buf[: end + 4]
             if len(self._buf) < self._head.length:
                 return out
@@ -109,7 +113,7 @@ class ReportParser:
                 return out
 
 
-def _parse_head(raw: bytes) -> _Head:
+def _parse_head(raw: bytes, path: str, max_bytes: int) -> _Head:
     try:
         text = raw.decode("latin-1")
         request_line, *lines = text.split("\r\n")
@@ -118,10 +122,10 @@ def _parse_head(raw: bytes) -> _Head:
         raise TapHttpError(400, "malformed request line") from None
     if not version.startswith("HTTP/1."):
         raise TapHttpError(400, f"unsupported protocol {version!r}")
-    if target.split("?", 1)[0] != TAP_HTTP_PATH:
-        raise TapHttpError(404, f"no such path {target!r}; reports go to {TAP_HTTP_PATH}")
+    if target.split("?", 1)[0] != path:
+        raise TapHttpError(404, f"no such path {target!r}; requests go to {path}")
     if method != "POST":
-        raise TapHttpError(405, f"method {method!r}: reports are POSTed")
+        raise TapHttpError(405, f"method {method!r}: requests are POSTed")
     length: int | None = None
     close = version == "HTTP/1.0"
     for line in lines:
@@ -139,8 +143,8 @@ def _parse_head(raw: bytes) -> _Head:
             close = value.lower() == "close"
     if length is None:
         raise TapHttpError(411, "a report needs a content-length")
-    if length > MAX_REPORT_BYTES:
-        raise TapHttpError(413, f"report of {length} bytes over the {MAX_REPORT_BYTES} limit")
+    if length > max_bytes:
+        raise TapHttpError(413, f"request body of {length} bytes over the {max_bytes} limit")
     return _Head(length=length, close=close)
 
 
@@ -187,7 +191,7 @@ def report_socket_for(grpc_uds: Path) -> Path:
 @contextlib.asynccontextmanager
 async def serving_reports(path: Path, handle: Callable[[bytes], None]) -> AsyncIterator[None]:
     """Serve reports on the Unix socket ``path`` (replacing a stale socket file) until exit."""
-    _remove_stale_socket(path)
+    remove_stale_socket(path)
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: _ReportProtocol(handle), str(path))
     os.chmod(path, 0o600)
@@ -198,10 +202,10 @@ async def serving_reports(path: Path, handle: Callable[[bytes], None]) -> AsyncI
         # Envoy may keep its keep-alive connections open; do not wait on them for long.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1.0)
-        _remove_stale_socket(path)
+        remove_stale_socket(path)
 
 
-def _remove_stale_socket(path: Path) -> None:
+def remove_stale_socket(path: Path) -> None:
     """A socket file left behind is replaced; anything else at ``path`` is left alone (binding
     then fails with a clear OSError)."""
     with contextlib.suppress(FileNotFoundError):

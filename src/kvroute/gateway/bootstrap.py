@@ -58,6 +58,12 @@ from kvroute.gateway.edge import (
     strip_client_headers_filter,
 )
 from kvroute.gateway.failopen import FailOpenRewrites, failopen_rewrite_filter
+from kvroute.gateway.request_lua import (
+    disconnect_access_log,
+    request_lua_filter,
+    request_lua_per_route_disabled,
+    route_cluster,
+)
 from kvroute.gateway.response_tap import response_tap_filter
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -95,6 +101,11 @@ class BootstrapOptions:
     # tap: the EPP's HTTP/1.1 report socket (``EppApp.tap_http_socket``; issue 19): the Lua
     # filter reports there instead of over gRPC, unless the metadata names a replica's cluster.
     tap_http_uds: str | None = None
+    # ``--transport lua`` (issue 19): no ext_proc filter; the Lua filter of
+    # ``kvroute.gateway.request_lua`` asks the EPP's route socket (``tap`` responses only).
+    route_uds: str | None = None
+    # lua: the EPP's FIFO for exchanges that ended without a report (client disconnects).
+    ended_fifo: str | None = None
     endpoints: Sequence[tuple[str, int]] = field(default_factory=tuple)  # for FailOpen
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
     # FailOpen: the EPP's model rewrites, applied by Envoy to requests the EPP did not route
@@ -280,6 +291,8 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
         else:
             unpicked = {
                 "match": dict(match),
+                # lua: the body is buffered on this route, before the EPP's answer picks one
+                **({"request_body_buffer_limit": buffer_limit} if opts.route_uds else {}),
                 "direct_response": {
                     "status": 503,
                     "body": {
@@ -289,6 +302,8 @@ def _routes(opts: BootstrapOptions) -> list[dict[str, Any]]:
             }
         routes += [picked, unpicked]
     routes.append(not_found_route())
+    if opts.route_uds:  # lua: the EPP is not asked about a 404 either
+        routes[-1]["typed_per_filter_config"].update(request_lua_per_route_disabled())
     return routes
 
 
@@ -406,7 +421,9 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
                 if opts.response_processing == "tap"
                 else []
             ),
-            ext_proc_filter(opts),
+            request_lua_filter(fail_open=opts.failure_mode is FailureMode.FAIL_OPEN)
+            if opts.route_uds
+            else ext_proc_filter(opts),
             *_failopen_filters(opts),
             {
                 "name": "envoy.filters.http.router",
@@ -424,6 +441,8 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
                 },
             }
         ]
+    if opts.ended_fifo:
+        hcm.setdefault("access_log", []).append(disconnect_access_log(opts.ended_fifo))
     timeout = _duration(opts.connect_timeout_s)
     epp_hosts = list(opts.epp_endpoints) or [(opts.epp_host, opts.epp_port)]
     epp = _static_cluster(EPP_CLUSTER, epp_hosts, timeout)
@@ -480,6 +499,8 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         lb["address"] = {"pipe": {"path": opts.tap_http_uds}}
         tap_http["circuit_breakers"] = _UNLIMITED
         clusters.append(tap_http)
+    if opts.route_uds:
+        clusters.append(route_cluster(opts.route_uds, timeout))
     if _needs_failopen_cluster(opts):
         clusters.append(_static_cluster(FAILOPEN_CLUSTER, opts.endpoints, timeout))
         if opts.upstream_h2c:
@@ -499,6 +520,13 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
                     "address": _address(opts.listen_host, opts.port),
                     # Finding 2: a second process must not silently share the port.
                     "enable_reuse_port": False,
+                    # lua: the Lua filter's body() is bounded by the connection's buffer limit
+                    # (1 MiB by default; the route's limit does not apply before routing).
+                    **(
+                        {"per_connection_buffer_limit_bytes": opts.request_body_buffer_limit_bytes}
+                        if opts.route_uds
+                        else {}
+                    ),
                     "filter_chains": [
                         {
                             "filters": [

@@ -118,8 +118,10 @@ class EnvoyProcess:
         concurrency: int = 1,
         log_level: str = "warning",
         ready_timeout_s: float = 30.0,
+        file_flush_interval_ms: int | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._file_flush_ms = file_flush_interval_ms  # Envoy's --file-flush-interval-msec
         self._log_dir = log_dir
         self._concurrency = concurrency
         self._log_level = log_level
@@ -170,6 +172,8 @@ class EnvoyProcess:
             "--concurrency",
             str(self._concurrency),
         ]
+        if self._file_flush_ms is not None:
+            argv += ["--file-flush-interval-msec", str(self._file_flush_ms)]
         self._proc = await asyncio.create_subprocess_exec(
             *die_with_parent_argv(argv),
             stdin=asyncio.subprocess.DEVNULL,

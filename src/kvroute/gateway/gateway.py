@@ -39,6 +39,10 @@ from kvroute.observability.tracing import TracingConfig
 from kvroute.settings import EppSettings, parse_endpoint_url
 
 DEFAULT_LOG_DIR = Path(".kvroute")
+# How Envoy asks the EPP for a routing decision: an ext_proc stream (upstream's protocol), or
+# one HTTP/1.1 call from Envoy's Lua filter (kvroute.gateway.request_lua; tap responses only).
+TRANSPORTS = ("ext_proc", "lua", "auto")
+LUA_BUFFER_SLACK = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +71,7 @@ class Gateway:
         private_sockets: bool = True,
         drain_timeout_s: float = 30.0,
         upstream_h2c: bool | None = None,
+        transport: str = "ext_proc",
     ) -> None:
         base = settings or EppSettings(
             grpc_port=0,
@@ -85,6 +90,13 @@ class Gateway:
             base = failopen_settings(base)
         self.settings = base
         self.epp = EppApp(base, backend_factory=backend_factory)
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"--transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
+        if transport == "auto":
+            transport = "lua" if lua_fits(base, private_sockets) else "ext_proc"
+        # lua (issue 19): no ext_proc filter; Envoy's Lua asks the EPP's route socket.
+        self.transport = transport
+        self.epp.lua_route = transport == "lua"
         self._host = host
         self._port = port
         self._failure_mode = failure_mode
@@ -111,6 +123,8 @@ class Gateway:
             epp_uds=str(s.grpc_uds) if s.grpc_uds is not None else None,
             admin_uds=str(self.socket_dir / "admin.sock") if self.socket_dir else None,
             tap_http_uds=str(self.epp.tap_http_socket) if self.epp.tap_http_socket else None,
+            route_uds=str(self.epp.route_socket) if self.epp.route_socket else None,
+            ended_fifo=str(self.epp.ended_fifo) if self.epp.ended_fifo else None,
             epp_tls=s.secure_serving,
             endpoints=s.endpoints,
             failure_mode=self._failure_mode,
@@ -120,7 +134,10 @@ class Gateway:
             response_processing=s.response_processing.value,
             upstream_lb=self._upstream_lb,
             epp_health_check=s.health_checking,
-            request_body_buffer_limit_bytes=s.max_request_body_bytes,
+            # lua: Envoy buffers the body before the EPP sees it; a little over the EPP's limit
+            # so that a body just over it gets the EPP's 413 (far over: Envoy's own, early).
+            request_body_buffer_limit_bytes=s.max_request_body_bytes
+            + (LUA_BUFFER_SLACK if self.transport == "lua" else 0),
             upstream_h2c=self._upstream_h2c
             if self._upstream_h2c is not None
             else pool_speaks_h2c(s),
@@ -132,6 +149,10 @@ class Gateway:
         # An explicit --grpc-port is honoured (TCP, as before): the operator wants the EPP
         # reachable there; private sockets otherwise.
         private = self._private_sockets and self.settings.grpc_port == 0
+        if self.transport == "lua" and not private:
+            raise ConfigError(
+                "--transport lua needs kvroute serve's private sockets (no --grpc-port)"
+            )
         if private and self.settings.grpc_uds is None:
             self.socket_dir = Path(tempfile.mkdtemp(prefix="kvroute-"))  # mode 0700
             self.settings = dataclasses.replace(
@@ -146,7 +167,11 @@ class Gateway:
         try:
             bootstrap = build_bootstrap(self.bootstrap_options())
             self.envoy = EnvoyProcess(
-                bootstrap, log_dir=self._log_dir, concurrency=self._concurrency
+                bootstrap,
+                log_dir=self._log_dir,
+                concurrency=self._concurrency,
+                # lua: disconnects reach the EPP through an access log; flushed at 50 ms
+                file_flush_interval_ms=50 if self.transport == "lua" else None,
             )
             await self.envoy.start()
             if self.settings.health_checking and not await self.envoy.wait_cluster_healthy(
@@ -181,6 +206,18 @@ class Gateway:
         if self.socket_dir is not None:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
             self.socket_dir = None
+
+
+def lua_fits(s: EppSettings, private_sockets: bool = True) -> bool:
+    """``--transport auto``: lua where it can run (tap with the HTTP report over the private
+    sockets, no TLS, no explicit --grpc-port), ext_proc otherwise."""
+    return (
+        private_sockets
+        and s.grpc_port == 0
+        and s.response_processing is ResponseProcessing.TAP
+        and s.tap_report == "http"
+        and not s.secure_serving
+    )
 
 
 def failopen_settings(s: EppSettings) -> EppSettings:

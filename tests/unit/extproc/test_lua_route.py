@@ -1,0 +1,331 @@
+"""The Lua transport's EPP side (``kvroute.extproc.lua_route``): wire format, the shell around a
+tap-mode :class:`ExtProcStream`, and the real Unix socket and FIFO it serves.
+
+The backend is test_stream's deterministic one (no scheduler); the sockets are real asyncio
+Unix sockets and a real FIFO, the client side written by hand as Envoy's HTTP/1.1 client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvroute.config.extproc_options import ResponseProcessing
+from kvroute.errors import EppError
+from kvroute.extproc.backend import Routed, RoutingInput
+from kvroute.extproc.lua_route import (
+    ROUTE_HTTP_PATH,
+    LuaRouteShell,
+    RouteRequestError,
+    decode_request,
+    disconnect_fifo_for,
+    raise_fd_limit,
+    route_socket_for,
+    serving_disconnects,
+    serving_routes,
+)
+from kvroute.extproc.server import ExternalProcessor
+from kvroute.extproc.stream import ExtProcStream, StreamOptions
+from kvroute.extproc.tap import parse_report
+from tests.unit.extproc.test_stream import COMPLETION, REWRITE, _Backend
+from tests.unit.extproc.test_tap import SSE, _payload
+
+TAP = StreamOptions(response_processing=ResponseProcessing.TAP, max_request_body_bytes=1000)
+
+
+def _call(headers: dict[str, str], body: bytes | None) -> bytes:
+    lines = ["B" if body is not None else "H", *(f"{k}:{v}" for k, v in headers.items()), ""]
+    return "\n".join(lines).encode() + b"\n" + (body or b"")
+
+
+POST = {":method": "POST", ":path": "/v1/completions", "x-request-id": "r1"}
+
+
+def _parse(answer: bytes) -> tuple[str, list[str], bytes]:
+    head, _, body = answer.partition(b"\n\n")
+    first, *lines = head.decode().split("\n")
+    return first, lines, body
+
+
+def _shell(backend: Any) -> tuple[LuaRouteShell, ExternalProcessor]:
+    processor = ExternalProcessor(backend, TAP)
+    return LuaRouteShell(backend, TAP, processor.hold_for_report), processor
+
+
+def test_decode_request_reads_flag_headers_and_body() -> None:
+    headers, has_body, body = decode_request(_call({**POST, "x-a": "b:c\td"}, b"{}\n\nx"))
+    assert has_body
+    assert body == b"{}\n\nx"
+    assert headers == [
+        (":method", b"POST"),
+        (":path", b"/v1/completions"),
+        ("x-request-id", b"r1"),
+        ("x-a", b"b:c\td"),
+    ]
+    assert decode_request(b"H\n:method:GET\n\n") == ([(":method", b"GET")], False, b"")
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (b"B\n:path:/x", "empty line"),
+        (b"Q\n:path:/x\n\n", "first line"),
+        (b"B\nnocolon\n\n", "malformed header"),
+        (b"B\n:\n\n", "malformed header"),
+    ],
+)
+def test_decode_request_refuses_what_lua_cannot_send(payload: bytes, needle: str) -> None:
+    with pytest.raises(RouteRequestError, match=needle):
+        decode_request(payload)
+
+
+def test_routed_answer_sets_destination_strips_control_headers_and_holds_for_report() -> None:
+    async def scenario() -> tuple[bytes, LuaRouteShell, ExternalProcessor, _Backend]:
+        backend = _Backend()
+        shell, processor = _shell(backend)
+        answer = await shell.decide(_call({**POST, **REWRITE}, COMPLETION))
+        return answer, shell, processor, backend
+
+    answer, shell, processor, backend = asyncio.run(scenario())
+    first, lines, body = _parse(answer)
+    assert first == "R"
+    assert "h x-gateway-destination-endpoint\t10.0.0.1:8000,10.0.0.2:8000" in lines
+    assert "d x-gateway-model-name-rewrite" in lines  # the control header does not go upstream
+    assert not any(line.startswith("h content-length") for line in lines)  # Lua's setBytes
+    meta = dict(line[2:].split("\t", 1) for line in lines if line.startswith("m "))
+    assert set(meta) == {"id", "from", "to"}
+    assert json.loads(meta["from"]) == "served-name"
+    assert json.loads(meta["to"]) == "food-review"
+    assert "b" in lines
+    assert json.loads(body)["model"] == "served-name"
+    assert backend.routed_inputs[0].model_rewrite == "served-name"
+    assert backend.completions == []  # completion waits for the tap report
+    # The tap report (the response half, unchanged) completes it with usage.
+    processor.handle_tap_report(_payload(meta["id"], "whole", SSE))
+    assert len(backend.completions) == 1
+    outcome = backend.completions[0]
+    assert outcome.via_tap
+    assert not outcome.disconnected
+    assert outcome.usage is not None
+    assert outcome.usage.completion_tokens == 2
+    assert shell.active == 0
+
+
+def test_unchanged_body_is_not_sent_back() -> None:
+    class Same(_Backend):
+        async def route(self, request: RoutingInput) -> Routed:
+            return Routed(endpoints=("10.0.0.9:8000",), body=bytes(request.body))
+
+    first, lines, body = _parse(asyncio.run(_shell(Same())[0].decide(_call(POST, COMPLETION))))
+    assert first == "R"
+    assert "b" not in lines
+    assert body == b""
+    assert "h x-gateway-destination-endpoint\t10.0.0.9:8000" in lines
+
+
+class _Dropped(EppError):
+    http_status = 429
+
+    def __init__(self) -> None:
+        super().__init__("request timed out in queue")
+        self.dropped_reason = "rejected-ttl-expired"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "error", "status", "needle"),
+    [
+        (POST, COMPLETION, _Dropped(), 429, "rejected-ttl-expired"),
+        (POST, b"{not json", None, 400, "BadRequest"),
+        (POST, None, None, 400, "needs a JSON request body"),
+        (POST, b'{"model":"m","prompt":"' + b"x" * 2000 + b'"}', None, 413, "exceeds the limit"),
+    ],
+)
+def test_rejections_are_immediate_answers(
+    headers: dict[str, str], body: bytes | None, error: EppError | None, status: int, needle: str
+) -> None:
+    backend = _Backend(error=error)
+    first, lines, out = _parse(asyncio.run(_shell(backend)[0].decide(_call(headers, body))))
+    assert first == f"X {status}"
+    assert needle in out.decode() + "\n".join(lines)
+    if error is not None:
+        assert "h x-llm-d-request-dropped-reason\trejected-ttl-expired" in lines
+        assert "h content-type\tapplication/json" in lines
+        assert json.loads(out)["error"]["code"] == "rejected-ttl-expired"
+    assert backend.completions == []
+
+
+def test_an_answer_that_cannot_be_encoded_ends_the_exchange_once() -> None:
+    """A plugin header with a line break cannot go to Envoy: the call fails (the Lua filter
+    answers 503) and the routed exchange is completed at once, not left in flight."""
+
+    class BadHeader(_Backend):
+        async def route(self, request: RoutingInput) -> Routed:
+            routed = await super().route(request)
+            return dataclasses.replace(routed, upstream_headers={"x-plugin": "a\nb"})
+
+    backend = BadHeader()
+    shell, _ = _shell(backend)
+    with pytest.raises(ValueError, match="line break"):
+        asyncio.run(shell.decide(_call(POST, COMPLETION)))
+    assert len(backend.completions) == 1
+    assert backend.completions[0].disconnected
+    assert shell.active == 0
+
+
+def test_header_only_request_is_routed_and_complete_at_once() -> None:
+    backend = _Backend()
+    call = _call({":method": "GET", ":path": "/v1/models"}, None)
+    first, lines, _ = _parse(asyncio.run(_shell(backend)[0].decide(call)))
+    assert first == "R"
+    assert "h x-gateway-destination-endpoint\t10.0.0.1:8000" in lines
+    assert not any(line.startswith("m id") for line in lines)  # no report asked for
+    assert len(backend.completions) == 1
+    assert not backend.completions[0].disconnected
+
+
+def test_report_disconnect_completes_a_held_exchange_once() -> None:
+    async def scenario() -> tuple[_Backend, list[bool]]:
+        backend = _Backend()
+        shell, processor = _shell(backend)
+        _, lines, _ = _parse(await shell.decide(_call(POST, COMPLETION)))
+        tap_id = next(line[5:] for line in lines if line.startswith("m id\t"))
+        got = [processor.report_disconnect(tap_id), processor.report_disconnect(tap_id)]
+        processor.handle_tap_report(_payload(tap_id, "whole", SSE))  # too late: ignored
+        return backend, got
+
+    backend, got = asyncio.run(scenario())
+    assert got == [True, False]
+    assert len(backend.completions) == 1
+    assert backend.completions[0].disconnected
+    assert backend.completions[0].usage is None
+
+
+def _http(body: bytes, path: str = ROUTE_HTTP_PATH) -> bytes:
+    return f"POST {path} HTTP/1.1\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head.split(b"\r\n")[0], await reader.readexactly(length)
+
+
+class _Blocking(_Backend):
+    """Routing waits (a request queued in flow control) until cancelled or released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.cancelled = 0
+
+    async def route(self, request: RoutingInput) -> Routed:
+        self.entered.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return await super().route(request)
+
+
+def test_socket_answers_in_order_and_cancels_routing_when_envoy_closes(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[tuple[bytes, bytes]], _Blocking, LuaRouteShell]:
+        path = route_socket_for(tmp_path / "epp.sock")
+        assert path.name == "epp.sock-route"
+        backend = _Blocking()
+        shell, _ = _shell(backend)
+        answers = []
+        async with serving_routes(path, shell, 1000):
+            assert path.stat().st_mode & 0o777 == 0o600
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            backend.release.set()
+            writer.write(_http(_call(POST, COMPLETION)) + _http(b"Q\n\n"))
+            answers.append(await _read_answer(reader))
+            answers.append(await _read_answer(reader))
+            writer.write(_http(b"", path="/other"))
+            answers.append(((await reader.read()).split(b"\r\n")[0], b""))  # refused, closed
+            writer.close()
+            # A queued request whose client left: Envoy closes the call's connection.
+            backend.release.clear()
+            backend.entered.clear()
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(_http(_call(POST, COMPLETION)))
+            await asyncio.wait_for(backend.entered.wait(), 5)
+            writer.close()
+            for _ in range(100):
+                if backend.cancelled:
+                    break
+                await asyncio.sleep(0.01)
+        assert not path.exists()
+        return answers, backend, shell
+
+    answers, backend, shell = asyncio.run(scenario())
+    assert answers[0][0] == b"HTTP/1.1 200 OK"
+    assert answers[0][1].startswith(b"R\n")
+    assert answers[1][0].startswith(b"HTTP/1.1 400")
+    assert b"first line" in answers[1][1]
+    assert answers[2][0] == b"HTTP/1.1 404 Not Found"
+    assert backend.cancelled == 1
+    assert shell.cancelled == 1
+    assert shell.active == 0
+    assert len(backend.routed_inputs) == 1  # the cancelled one never got past the wait
+
+
+def test_fifo_lines_report_unreported_exchanges(tmp_path: Path) -> None:
+    ended: list[str] = []
+
+    async def scenario() -> None:
+        path = disconnect_fifo_for(tmp_path / "epp.sock")
+        async with serving_disconnects(path, ended.append):
+            assert path.stat().st_mode & 0o777 == 0o600
+            fd = os.open(path, os.O_WRONLY)  # as Envoy's access log does
+            os.write(fd, b"1a\n-\n")
+            os.write(fd, b"2")  # a line split across writes
+            os.write(fd, b"b\n")
+            os.close(fd)
+            os.write(fd2 := os.open(path, os.O_WRONLY), b"3c\n")  # a reopened writer
+            os.close(fd2)
+            for _ in range(100):
+                if len(ended) == 3:
+                    break
+                await asyncio.sleep(0.01)
+        assert not path.exists()
+
+    asyncio.run(scenario())
+    assert ended == ["1a", "2b", "3c"]
+
+
+def test_stream_tap_report_path_is_the_same_as_ext_procs() -> None:
+    """The held stream is an ordinary tap-mode ExtProcStream (its report parser and rules)."""
+    backend = _Backend()
+
+    async def scenario() -> ExtProcStream:
+        held: list[ExtProcStream] = []
+        shell = LuaRouteShell(backend, TAP, held.append)
+        await shell.decide(_call(POST, COMPLETION))
+        return held[0]
+
+    stream = asyncio.run(scenario())
+    assert stream.awaiting_tap_report
+    stream.tap_report(parse_report(_payload(stream.tap_id, "whole", SSE)))
+    assert stream.completed
+    assert len(backend.completions) == 1
+
+
+def test_fd_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+    try:
+        got = raise_fd_limit()
+        assert got == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert got == hard or (hard == resource.RLIM_INFINITY and got >= 512)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
