@@ -14,12 +14,13 @@ Parameters (upstream names and defaults): ``idleThreshold`` 0, ``maxBusyScore`` 
 (upstream's ``(max - n) / max`` squeezes 30 vs 40 in flight into 0.25 vs 0).
 
 kvroute: a dead zone around the least loaded candidate, as the prefix scorer's hot-spot guard
-has, from three parameters (each default 0 = upstream): ``slack`` (requests), ``relativeSlack``
-(a fraction of the candidates' mean in-flight count) and ``idleSlack`` (requests, shrinking as the
+has, from four parameters (each default 0 = upstream): ``slack`` (requests), ``relativeSlack``
+(a fraction of the candidates' mean in-flight count), ``idleSlack`` (requests, shrinking as the
 pool fills: ``idleSlack - low``, gone once the least loaded candidate has ``idleSlack`` in
-flight). With ``low`` the smallest ``n`` among the candidates and ``mean`` their mean::
+flight) and ``meanIdleSlack`` (the same, fading with the mean: ``meanIdleSlack - mean``). With
+``low`` the smallest ``n`` among the candidates and ``mean`` their mean::
 
-    dz    = max(slack, relativeSlack * mean, idleSlack - low)
+    dz    = max(slack, relativeSlack * mean, idleSlack - low, meanIdleSlack - mean)
     n'(e) = low + max(0, n(e) - low - dz)
 
 and the formula above runs on ``n'`` (``idleThreshold`` still tests the raw count). Endpoints
@@ -55,6 +56,7 @@ class ActiveRequestParams(PluginParams):
     slack: int = Field(default=0, ge=0)
     relative_slack: float = Field(default=0.0, ge=0.0, alias="relativeSlack")
     idle_slack: int = Field(default=0, ge=0, alias="idleSlack")
+    mean_idle_slack: int = Field(default=0, ge=0, alias="meanIdleSlack")
 
 
 class ActiveRequestScorer:
@@ -74,7 +76,10 @@ class ActiveRequestScorer:
         raw = [e.load.inflight for e in endpoints]
         least = min(raw)
         p = self.params
-        dz = max(float(p.slack), p.relative_slack * sum(raw) / len(raw), p.idle_slack - least)
+        mean = sum(raw) / len(raw)
+        dz = max(
+            float(p.slack), p.relative_slack * mean, p.idle_slack - least, p.mean_idle_slack - mean
+        )
         loads = raw if dz <= 0 else [least + max(0.0, n - least - dz) for n in raw]
         top = max(loads)
         low = least if self.params.normalize else 0

@@ -116,3 +116,19 @@ def test_idle_slack_fades_as_the_pool_fills() -> None:
     assert s.score(make_state(), make_request(), busy) == ActiveRequestScorer().score(
         make_state(), make_request(), busy
     )
+
+
+def test_mean_idle_slack_fades_with_the_mean() -> None:
+    s = ActiveRequestScorer(params=ActiveRequestParams(mean_idle_slack=16))
+    # mean 6: dz 10, b (12 in flight) is 2 beyond it -> n' 0 and 2
+    light = [make_endpoint("a", inflight=0), make_endpoint("b", inflight=12)]
+    assert s.score(make_state(), make_request(), light) == {"a": 1.0, "b": 0.0}
+    light = [make_endpoint("a", inflight=0), make_endpoint("b", inflight=8)]
+    assert s.score(make_state(), make_request(), light) == {"a": 1.0, "b": 1.0}
+    # an idle endpoint among busy ones: mean 20, no dead zone, upstream's counts
+    busy = [make_endpoint("a", inflight=0), make_endpoint("b", inflight=40)]
+    assert s.score(make_state(), make_request(), busy) == {"a": 1.0, "b": 0.0}
+    busy = [make_endpoint("a", inflight=30), make_endpoint("b", inflight=40)]
+    assert s.score(make_state(), make_request(), busy) == ActiveRequestScorer().score(
+        make_state(), make_request(), busy
+    )
