@@ -12,6 +12,22 @@ Parameters (upstream names and defaults): ``idleThreshold`` 0, ``maxBusyScore`` 
 (false = upstream). With ``true`` the busy score is a min-max over the candidates,
 ``(max - n) / (max - min) * maxBusyScore``, which keeps separating endpoints when all are busy
 (upstream's ``(max - n) / max`` squeezes 30 vs 40 in flight into 0.25 vs 0).
+
+kvroute: a dead zone around the least loaded candidate, as the prefix scorer's hot-spot guard
+has, from four parameters (each default 0 = upstream): ``slack`` (requests), ``relativeSlack``
+(a fraction of the candidates' mean in-flight count), ``idleSlack`` (requests, shrinking as the
+pool fills: ``idleSlack - low``, gone once the least loaded candidate has ``idleSlack`` in
+flight) and ``meanIdleSlack`` (the same, fading with the mean: ``meanIdleSlack - mean``). With
+``low`` the smallest ``n`` among the candidates and ``mean`` their mean::
+
+    dz    = max(slack, relativeSlack * mean, idleSlack - low, meanIdleSlack - mean)
+    n'(e) = low + max(0, n(e) - low - dz)
+
+and the formula above runs on ``n'`` (``idleThreshold`` still tests the raw count). Endpoints
+within ``dz`` requests of the least loaded one score alike; beyond it only the excess counts.
+Why: at light load a few requests in flight on the server holding a request's prefix would
+otherwise move its score from 1 to 0 and, at weight 2, outweigh prefix affinity, while near
+saturation (where ``idleSlack`` has faded) the exact counts are what spreads first tokens.
 """
 
 from __future__ import annotations
@@ -37,6 +53,10 @@ class ActiveRequestParams(PluginParams):
     max_busy_score: float = Field(default=1.0, ge=0.0, le=1.0, alias="maxBusyScore")
     request_timeout: GoDuration | None = Field(default=None, alias="requestTimeout")
     normalize: bool = False
+    slack: int = Field(default=0, ge=0)
+    relative_slack: float = Field(default=0.0, ge=0.0, alias="relativeSlack")
+    idle_slack: int = Field(default=0, ge=0, alias="idleSlack")
+    mean_idle_slack: int = Field(default=0, ge=0, alias="meanIdleSlack")
 
 
 class ActiveRequestScorer:
@@ -53,13 +73,20 @@ class ActiveRequestScorer:
             return {}
         idle = self.params.idle_threshold
         busy = self.params.max_busy_score
-        loads = [e.load.inflight for e in endpoints]
+        raw = [e.load.inflight for e in endpoints]
+        least = min(raw)
+        p = self.params
+        mean = sum(raw) / len(raw)
+        dz = max(
+            float(p.slack), p.relative_slack * mean, p.idle_slack - least, p.mean_idle_slack - mean
+        )
+        loads = raw if dz <= 0 else [least + max(0.0, n - least - dz) for n in raw]
         top = max(loads)
-        low = min(loads) if self.params.normalize else 0
+        low = least if self.params.normalize else 0
         span = top - low
         out: dict[str, float] = {}
-        for e, n in zip(endpoints, loads, strict=True):
-            out[e.name] = 1.0 if n <= idle or span <= 0 else (top - n) / span * busy
+        for e, n, eff in zip(endpoints, raw, loads, strict=True):
+            out[e.name] = 1.0 if n <= idle or span <= 0 else (top - eff) / span * busy
         return out
 
 

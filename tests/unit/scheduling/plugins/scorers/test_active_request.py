@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from kvroute.errors import PluginValidationError
 from kvroute.plugins.registry import PluginContext, default_registry
 from kvroute.scheduling.plugins.scorers.active_request import (
     ActiveRequestParams,
@@ -48,3 +51,84 @@ def test_normalize_is_min_max_among_busy_endpoints() -> None:
     }
     s = ActiveRequestScorer(params=ActiveRequestParams(normalize=True))
     assert s.score(make_state(), make_request(), eps) == {"a": 1.0, "b": 0.5, "c": 0.0}
+
+
+def test_slack_default_is_upstream() -> None:
+    eps = [make_endpoint("a", inflight=0), make_endpoint("b", inflight=1)]
+    assert ActiveRequestScorer().score(make_state(), make_request(), eps) == {"a": 1.0, "b": 0.0}
+
+
+def test_slack_hides_small_differences_at_light_load() -> None:
+    eps = [
+        make_endpoint("a", inflight=0),
+        make_endpoint("b", inflight=1),
+        make_endpoint("c", inflight=2),
+    ]
+    s = ActiveRequestScorer(params=ActiveRequestParams(slack=2))
+    assert s.score(make_state(), make_request(), eps) == {"a": 1.0, "b": 1.0, "c": 1.0}
+
+
+def test_slack_counts_only_the_excess() -> None:
+    eps = [
+        make_endpoint("a", inflight=10),
+        make_endpoint("b", inflight=12),
+        make_endpoint("c", inflight=16),
+        make_endpoint("d", inflight=20),
+    ]
+    s = ActiveRequestScorer(params=ActiveRequestParams(slack=2))
+    # n' = 10, 10, 14, 18; upstream formula (18 - n') / 18
+    out = s.score(make_state(), make_request(), eps)
+    assert out == {"a": 8 / 18, "b": 8 / 18, "c": 4 / 18, "d": 0.0}
+    s = ActiveRequestScorer(params=ActiveRequestParams(slack=2, normalize=True))
+    out = s.score(make_state(), make_request(), eps)
+    assert out == {"a": 1.0, "b": 1.0, "c": 0.5, "d": 0.0}
+
+
+def test_relative_slack_scales_with_the_mean() -> None:
+    eps = [make_endpoint("a", inflight=30), make_endpoint("b", inflight=40)]
+    eps.append(make_endpoint("c", inflight=50))
+    # mean 40, 0.25 * 40 = 10 beats slack 1: n' = 30, 30, 40
+    s = ActiveRequestScorer(params=ActiveRequestParams(slack=1, relative_slack=0.25))
+    out = s.score(make_state(), make_request(), eps)
+    assert out == {"a": 0.25, "b": 0.25, "c": 0.0}
+
+
+def test_slack_parameters_by_name_and_rejected_when_negative() -> None:
+    reg = default_registry(include_entry_points=False)
+    p = reg.create(
+        "active-request-scorer", "x", {"slack": 3, "relativeSlack": 0.1}, PluginContext()
+    )
+    assert isinstance(p, ActiveRequestScorer)
+    assert (p.params.slack, p.params.relative_slack) == (3, 0.1)
+    with pytest.raises(PluginValidationError, match="slack"):
+        reg.create("active-request-scorer", "x", {"slack": -1}, PluginContext())
+
+
+def test_idle_slack_fades_as_the_pool_fills() -> None:
+    s = ActiveRequestScorer(params=ActiveRequestParams(idle_slack=8))
+    light = [make_endpoint("a", inflight=0), make_endpoint("b", inflight=6)]
+    assert s.score(make_state(), make_request(), light) == {"a": 1.0, "b": 1.0}
+    # least 3: dz 5, b's excess 1 -> n' 3 and 4
+    some = [make_endpoint("a", inflight=3), make_endpoint("b", inflight=9)]
+    assert s.score(make_state(), make_request(), some) == {"a": 0.25, "b": 0.0}
+    # least 8 or more: the exact counts, as upstream
+    busy = [make_endpoint("a", inflight=30), make_endpoint("b", inflight=40)]
+    assert s.score(make_state(), make_request(), busy) == ActiveRequestScorer().score(
+        make_state(), make_request(), busy
+    )
+
+
+def test_mean_idle_slack_fades_with_the_mean() -> None:
+    s = ActiveRequestScorer(params=ActiveRequestParams(mean_idle_slack=16))
+    # mean 6: dz 10, b (12 in flight) is 2 beyond it -> n' 0 and 2
+    light = [make_endpoint("a", inflight=0), make_endpoint("b", inflight=12)]
+    assert s.score(make_state(), make_request(), light) == {"a": 1.0, "b": 0.0}
+    light = [make_endpoint("a", inflight=0), make_endpoint("b", inflight=8)]
+    assert s.score(make_state(), make_request(), light) == {"a": 1.0, "b": 1.0}
+    # an idle endpoint among busy ones: mean 20, no dead zone, upstream's counts
+    busy = [make_endpoint("a", inflight=0), make_endpoint("b", inflight=40)]
+    assert s.score(make_state(), make_request(), busy) == {"a": 1.0, "b": 0.0}
+    busy = [make_endpoint("a", inflight=30), make_endpoint("b", inflight=40)]
+    assert s.score(make_state(), make_request(), busy) == ActiveRequestScorer().score(
+        make_state(), make_request(), busy
+    )
