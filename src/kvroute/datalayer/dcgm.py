@@ -36,6 +36,7 @@ from kvroute.datalayer.http_source import (
 from kvroute.datalayer.prometheus import MetricsParseError, SeriesSelector, decode_page
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.errors import PluginValidationError
+from kvroute.framework.endpoint import split_rank_name
 from kvroute.hostport import format_hostport
 from kvroute.plugins.base import TypedName, validate_parameters
 from kvroute.plugins.registry import PluginFactory, PluginHandle
@@ -45,7 +46,6 @@ DCGM_EXTRACTOR = "dcgm-extractor"
 GPU_UTIL_METRIC = "DCGM_FI_DEV_GPU_UTIL"
 GPU_UTILIZATION = "GPUUtilization"  # the attribute key (upstream's data key name)
 POD_LABEL = "pod"
-RANK_SUFFIX = "-rank-"  # kvroute's endpoint names: <pod>-rank-<n> (k8s/endpoints.py)
 
 
 class DcgmDataSourceParams(HttpSourceParams):
@@ -100,8 +100,8 @@ def _is_pod_of(pod: str | None, endpoint_name: str) -> bool:
     """Whether a sample's ``pod`` label (None: no label) belongs to the endpoint."""
     if pod is None or pod == endpoint_name:
         return True
-    head, sep, rank = endpoint_name.rpartition(RANK_SUFFIX)
-    return bool(sep) and head == pod and rank.isdigit()
+    head, rank = split_rank_name(endpoint_name)
+    return rank is not None and head == pod
 
 
 def _source(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> DcgmDataSource:

@@ -17,6 +17,20 @@ from types import MappingProxyType
 from kvroute.hostport import format_hostport
 
 ENGINE_TYPE_LABEL = "inference.networking.k8s.io/engine-type"
+RANK_SEPARATOR = "-rank-"  # Kubernetes discovery names one endpoint per rank <pod>-rank-<i>
+
+
+def rank_endpoint_name(pod: str, rank: int) -> str:
+    """The endpoint name of ``pod``'s data-parallel rank ``rank``."""
+    return f"{pod}{RANK_SEPARATOR}{rank}"
+
+
+def split_rank_name(name: str) -> tuple[str, int | None]:
+    """``<pod>-rank-<i>`` -> ``(pod, i)``; any other endpoint name -> ``(name, None)``."""
+    head, sep, tail = name.rpartition(RANK_SEPARATOR)
+    if sep and tail.isascii() and tail.isdigit():
+        return head, int(tail)
+    return name, None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from kvroute.framework.endpoint import rank_endpoint_name
+
 ACTIVE_PORTS_ANNOTATION = "inference.networking.k8s.io/active-ports"
 MAX_TARGET_PORTS = 8
 
@@ -198,7 +200,7 @@ def active_ports(pod: PodInfo, target_ports: tuple[int, ...]) -> list[tuple[int,
 
 
 def endpoint_name(pod_name: str, rank: int) -> str:
-    return f"{pod_name}-rank-{rank}"
+    return rank_endpoint_name(pod_name, rank)
 
 
 def desired_endpoints(spec: PoolSpec | None, pods: Iterable[PodInfo]) -> dict[str, EndpointSpec]:

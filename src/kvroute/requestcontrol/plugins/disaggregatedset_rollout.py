@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -54,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from kvroute.api.labels import Selector, parse_selector
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import Datastore, EndpointEvent
+from kvroute.framework.endpoint import split_rank_name
 from kvroute.framework.hooks import Screener
 from kvroute.framework.request import InferenceRequest
 from kvroute.plugins.base import TypedName, validate_parameters
@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 TYPE = "disaggregatedset-rollout-screener"
 DEFAULT_REVISION_LABEL = "disaggregatedset.x-k8s.io/revision"
 DEFAULT_ROLE_LABEL = "disaggregatedset.x-k8s.io/role"
-_RANK_SUFFIX = re.compile(r"-rank-\d+$")
 
 
 class _Strict(BaseModel):
@@ -231,7 +230,7 @@ class DisaggregatedSetRolloutScreener:
             revision = e.labels.get(self.revision_label, "")
             role = e.labels.get(self.role_label, "")
             if revision and role and self.scope.matches(e.labels):
-                pods[_RANK_SUFFIX.sub("", e.name)] = (revision, role)
+                pods[split_rank_name(e.name)[0]] = (revision, role)
         counts: dict[str, dict[str, int]] = {}
         for revision, role in pods.values():
             per = counts.setdefault(revision, {})

@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -97,6 +96,7 @@ from kvroute.datalayer.tokenization import PromptTokenizer, RequestTokenizer
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.datastore.store import EndpointEvent, EndpointEventKind
 from kvroute.errors import ConfigError, PluginValidationError
+from kvroute.framework.endpoint import split_rank_name
 from kvroute.framework.hooks import PrepareData, PreRequest
 from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, PrefixCacheMatchInfo
 from kvroute.hostport import format_hostport
@@ -126,7 +126,6 @@ log = logging.getLogger(__name__)
 
 TYPE = "precise-prefix-cache-producer"
 TOKEN_PRODUCER_NAMES = ("token-producer", "tokenizer")
-_RANK = re.compile(r"-rank-(\d+)$")
 BIND_RETRY_S = 5.0
 INDEX_METRICS = (  # upstream's names (pkg/kvcache/metrics), without the llm_d_epp_ prefix
     "kv_cache_index_admissions_total",
@@ -148,8 +147,7 @@ def index_key(endpoint: Endpoint) -> str:
 
 def rank_of(endpoint: Endpoint) -> int:
     """Data-parallel rank from kvroute's ``<pod>-rank-<i>`` endpoint names (else 0)."""
-    found = _RANK.search(endpoint.name)
-    return int(found.group(1)) if found else 0
+    return split_rank_name(endpoint.name)[1] or 0
 
 
 class PrecisePrefixCacheProducer:
