@@ -78,6 +78,7 @@ async def main(args: argparse.Namespace) -> None:
                 if d >= 0.01:
                     print(f"  thread {tid} {name}: {d * 1000 / max(1, n):.3f} ms/req")
             if prof:
+                prof.dump_stats(".kvroute/epp.prof")
                 text = io.StringIO()
                 stats = pstats.Stats(prof, stream=text)
                 stats.sort_stats("tottime").print_stats(30)

@@ -112,8 +112,7 @@ def gateway(endpoints: Sequence[str], mode: str, log_dir: Path) -> Any:
     cmd += ["--metrics-port", "0", "--response-processing", processing, "--log-dir", str(log_dir)]
     if report:
         cmd += ["--tap-report", report]
-    if mode == "lua":
-        cmd += ["--transport", "lua"]
+    cmd += ["--transport", "lua" if mode == "lua" else "ext_proc"]  # serve's default is auto
     for e in endpoints:
         cmd += ["--endpoint", e]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)

@@ -183,7 +183,10 @@ async def test_released_streams_still_complete_through_the_tap_report(tmp_path: 
             endpoints=(("127.0.0.1", server.port),), health_checking=True,
             secure_serving=False, response_processing=ResponseProcessing.TAP,
         )  # fmt: skip
-        gw = Gateway(settings=settings, failure_mode=FailureMode.FAIL_OPEN, log_dir=tmp_path)
+        gw = Gateway(
+            settings=settings, failure_mode=FailureMode.FAIL_OPEN, log_dir=tmp_path,
+            transport="ext_proc",  # released ext_proc streams: the lua transport has none
+        )  # fmt: skip
         assert gw.settings.release_routed_streams
         async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
             for stream in (True, False, True):

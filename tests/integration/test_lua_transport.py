@@ -1,4 +1,5 @@
-"""``kvroute serve --transport lua`` through a real Envoy (issue 19): no ext_proc at all.
+"""``kvroute serve``'s default transport (``auto`` = lua here) through a real Envoy (issue 19):
+no ext_proc at all.
 
 Envoy's Lua filter buffers each request, asks the EPP's route socket in one HTTP/1.1 call and
 applies the answer (``kvroute.gateway.request_lua``); the response tap reports each response
@@ -60,8 +61,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 resources=[resources],
                 config_text=CONFIG,
                 log_dir=tmp,
-                transport="lua",
-            )
+            )  # no transport: the default (auto) picks lua for serve's private sockets
+            assert gw.transport == "lua"
             async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
                 yield Stack(gw, client, outcomes)
     finally:
@@ -191,7 +192,9 @@ async def test_disconnect_mid_stream_recorded_once(stack: Stack) -> None:
 
 
 def _fc_gateway(server: MiniModelServer, tmp_path: Path, ttl: str) -> Gateway:
-    return Gateway([server.url], config_text=_config(ttl), log_dir=tmp_path, transport="lua")
+    gw = Gateway([server.url], config_text=_config(ttl), log_dir=tmp_path)
+    assert gw.transport == "lua"  # the default
+    return gw
 
 
 async def test_ttl_expiry_is_429_with_the_dropped_reason(tmp_path: Path) -> None:

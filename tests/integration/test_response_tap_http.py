@@ -45,7 +45,10 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     mp.setattr(director_backend.DirectorBackend, "complete", complete)
     try:
         async with mini_pool([server]):
-            gw = Gateway([server.url], resources=[resources], config_text=CONFIG, log_dir=tmp)
+            gw = Gateway(
+                [server.url], resources=[resources], config_text=CONFIG, log_dir=tmp,
+                transport="ext_proc",  # this file is about the ext_proc stream + HTTP report
+            )  # fmt: skip
             async with gw, httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
                 yield Stack(gw, client, outcomes)
     finally:

@@ -45,12 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transport",
         choices=["ext_proc", "lua", "auto"],
-        default="ext_proc",
-        help="how Envoy asks the EPP for each routing decision: ext_proc (default: an ext_proc "
-        "stream per request) or lua (no ext_proc: Envoy's Lua filter sends headers and body in "
-        "one HTTP/1.1 call over a private Unix socket; needs --response-processing tap and one "
-        "EPP; about half the EPP's CPU per request, see docs/benchmarks.md); auto: lua where "
-        "it can run, else ext_proc",
+        default="auto",
+        help="how Envoy asks the EPP for each routing decision: lua (no ext_proc: Envoy's Lua "
+        "filter sends headers and body in one HTTP/1.1 call over a private Unix socket; needs "
+        "--response-processing tap, the HTTP tap report, no TLS and one EPP; about half the "
+        "EPP's CPU per request, see docs/benchmarks.md) or ext_proc (an ext_proc stream per "
+        "request, what any other gateway uses); auto (default): lua where it can run, else "
+        "ext_proc",
     )
     _add_edge_arguments(parser)
     parser.add_argument(
@@ -165,7 +166,7 @@ async def _serve(args: argparse.Namespace) -> int:
         assert gw.envoy is not None
         print(f"kvroute serve: gateway ready at {gw.url}", flush=True)
         print(
-            f"  EPP ext_proc {_ext_proc_address(gw)}, metrics :{gw.epp.ports.metrics}/metrics, "
+            f"  EPP {_epp_address(gw)}, metrics :{gw.epp.ports.metrics}/metrics, "
             f"{len(gw.epp.datastore)} endpoint(s); Envoy pid {gw.envoy.pid}; "
             f"Envoy log: {gw.envoy.log_path}",
             flush=True,
@@ -175,9 +176,14 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ext_proc_address(gw: Any) -> str:
+def _epp_address(gw: Any) -> str:
+    """Where Envoy asks the EPP: its route socket (``--transport lua``) or its ext_proc port."""
+    if gw.transport == "lua":
+        return f"route socket unix:{gw.epp.route_socket} (transport lua)"
     uds = gw.epp.settings.grpc_uds
-    return f"unix:{uds}" if uds is not None else f":{gw.epp.ports.grpc}"
+    if uds is not None:
+        return f"ext_proc unix:{uds}"
+    return f"ext_proc :{gw.epp.ports.grpc}"
 
 
 # Flags the replica set sets itself for each child (ports, loopback, sync peers and key).

@@ -71,7 +71,7 @@ class Gateway:
         private_sockets: bool = True,
         drain_timeout_s: float = 30.0,
         upstream_h2c: bool | None = None,
-        transport: str = "ext_proc",
+        transport: str = "auto",
     ) -> None:
         base = settings or EppSettings(
             grpc_port=0,

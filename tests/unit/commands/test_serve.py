@@ -30,3 +30,9 @@ def test_only_changed_epp_flags_are_passed_and_per_replica_ones_are_left_out() -
     ]
     assert args.epp_replicas == 3
     assert epp_child_args(_args([])) == []
+
+
+def test_transport_defaults_to_auto() -> None:
+    """``serve`` with no flag lets the gateway pick lua where it can run (issue 19)."""
+    assert _args([]).transport == "auto"
+    assert _args(["--transport", "ext_proc"]).transport == "ext_proc"

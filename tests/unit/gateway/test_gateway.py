@@ -30,8 +30,15 @@ def test_auto_picks_lua_only_where_it_can_run() -> None:
     assert not lua_fits(s, private_sockets=False)
 
 
-def test_default_stays_ext_proc() -> None:
+def test_default_is_auto_so_lua_where_it_can_run() -> None:
     gw = Gateway(EP)
+    assert gw.transport == "lua"
+    assert gw.epp.lua_route
+    assert Gateway(EP, response_processing=ResponseProcessing.FULL).transport == "ext_proc"
+
+
+def test_ext_proc_still_chosen_by_name() -> None:
+    gw = Gateway(EP, transport="ext_proc")
     assert gw.transport == "ext_proc"
     assert not gw.epp.lua_route
     assert gw.bootstrap_options().route_uds is None
