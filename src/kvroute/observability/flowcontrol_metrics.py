@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kvroute.flowcontrol.item import QueueItem
 from kvroute.flowcontrol.queues import FlowQueues
+from kvroute.observability.fast_histogram import FastHistogram
 
 PREFIXES = ("llm_d_epp_flow_control_", "inference_extension_flow_control_")
 QUEUE_BUCKETS = (
@@ -36,7 +37,7 @@ class FlowControlMetrics:
     def __init__(self, registry: CollectorRegistry, pool: str) -> None:
         self.pool = pool
         self._duration = [
-            Histogram(
+            FastHistogram(
                 f"{p}request_queue_duration_seconds",
                 "Time requests spent in the flow-control queue, by outcome",
                 ["fairness_id", "priority", "outcome", "inference_pool", "model_name",

@@ -10,7 +10,9 @@ EPP and compares the two).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from kvroute.observability.fast_histogram import FastHistogram
 
 PREFIX = "llm_d_epp_"
 REQUEST_LABELS = ("model_name", "target_model_name", "fairness_id", "priority")
@@ -43,8 +45,8 @@ class LlmdMetrics:
 
         def hist(
             name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = req
-        ) -> Histogram:
-            return Histogram(p + name, doc, labels, buckets=buckets, registry=r)
+        ) -> FastHistogram:
+            return FastHistogram(p + name, doc, labels, buckets=buckets, registry=r)
 
         self.request_total = Counter(
             p + "request_total", "Counter of inference objective requests.", req, registry=r
@@ -89,13 +91,13 @@ class LlmdMetrics:
         self.request_running = Gauge(
             p + "request_running", "Requests in flight through the EPP.", req, registry=r
         )
-        self.request_processing = Histogram(
+        self.request_processing = FastHistogram(
             p + "request_processing_duration_seconds",
             "EPP time spent on the request path (parse, admission, scheduling, rewrite).",
             buckets=FAST_BUCKETS,
             registry=r,
         )
-        self.scheduler_e2e = Histogram(
+        self.scheduler_e2e = FastHistogram(
             p + "scheduler_e2e_duration_seconds",
             "End-to-end scheduling latency distribution in seconds.",
             buckets=FAST_BUCKETS,
@@ -107,7 +109,7 @@ class LlmdMetrics:
             ("status", "target_model_name", *ENDPOINT_LABELS),
             registry=r,
         )
-        self.plugin_duration = Histogram(
+        self.plugin_duration = FastHistogram(
             p + "plugin_duration_seconds",
             "Plugin processing latency in seconds per extension point, plugin type and name.",
             ("extension_point", "plugin_type", "plugin_name"),

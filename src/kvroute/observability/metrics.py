@@ -16,12 +16,13 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 
 from kvroute import __version__
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.observability.autoscaling_metrics import AutoscalingMetrics
 from kvroute.observability.decisions import DecisionLog
+from kvroute.observability.fast_histogram import FastHistogram
 from kvroute.observability.llmd_metrics import LlmdMetrics
 from kvroute.requestcontrol.hooks import Usage
 from kvroute.scheduling.timing import PluginTimings
@@ -63,49 +64,49 @@ class EppMetrics:
             [*_MODEL, "error_code"],
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = FastHistogram(
             "inference_objective_request_duration_seconds",
             "Inference objective response latency distribution in seconds.",
             _MODEL,
             buckets=REQUEST_DURATION_BUCKETS,
             registry=r,
         )
-        self.request_sizes = Histogram(
+        self.request_sizes = FastHistogram(
             "inference_objective_request_sizes",
             "Inference objective requests size distribution in bytes.",
             _MODEL,
             buckets=SIZE_BUCKETS,
             registry=r,
         )
-        self.response_sizes = Histogram(
+        self.response_sizes = FastHistogram(
             "inference_objective_response_sizes",
             "Inference objective responses size distribution in bytes.",
             _MODEL,
             buckets=SIZE_BUCKETS,
             registry=r,
         )
-        self.input_tokens = Histogram(
+        self.input_tokens = FastHistogram(
             "inference_objective_input_tokens",
             "Inference objective input token count distribution for requests.",
             _MODEL,
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
-        self.output_tokens = Histogram(
+        self.output_tokens = FastHistogram(
             "inference_objective_output_tokens",
             "Inference objective output token count distribution for requests.",
             _MODEL,
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
-        self.prompt_cached_tokens = Histogram(
+        self.prompt_cached_tokens = FastHistogram(
             "inference_objective_prompt_cached_tokens",
             "Inference objective prompt cached token count distribution for requests.",
             _MODEL,
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
-        self.ntpot = Histogram(
+        self.ntpot = FastHistogram(
             "inference_objective_normalized_time_per_output_token_seconds",
             "Inference objective latency divided by number of output tokens in seconds.",
             _MODEL,
@@ -148,7 +149,7 @@ class EppMetrics:
             ["model_server_pod", "name"],
             registry=r,
         )
-        self.scheduler_e2e = Histogram(
+        self.scheduler_e2e = FastHistogram(
             "inference_extension_scheduler_e2e_duration_seconds",
             "End-to-end scheduling latency distribution in seconds.",
             buckets=SCHED_BUCKETS,
@@ -160,7 +161,7 @@ class EppMetrics:
             ["status", "target_model_name"],
             registry=r,
         )
-        self.plugin_duration = Histogram(
+        self.plugin_duration = FastHistogram(
             "inference_extension_plugin_duration_seconds",
             "Plugin processing latency distribution in seconds for each extension point.",
             ["extension_point", "plugin_type", "plugin_name"],
