@@ -57,7 +57,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import itertools
-import json
 import logging
 import time
 import uuid
@@ -82,7 +81,8 @@ from kvroute.extproc.backend import (
     subset_from_metadata,
 )
 from kvroute.extproc.body_budget import BodyBudget
-from kvroute.extproc.tap import TAP_NAMESPACE, TapReport
+from kvroute.extproc.rejection import rejection
+from kvroute.extproc.tap import TAP_NAMESPACE, TapReport, tap_metadata
 from kvroute.framework.hooks import PLUGIN_OWNED_HEADERS
 from kvroute.protocol.paths import is_inference_path
 from kvroute.requestcontrol.headers import MODEL_REWRITE, OBJECTIVE, read_aliased
@@ -398,7 +398,9 @@ class ExtProcStream:
         self.state = State.ROUTED
         metadata = routed.metadata
         if self._tap:
-            tap: dict[str, Any] = {**tap_metadata(self.tap_id, routed)}
+            tap: dict[str, Any] = tap_metadata(
+                self.tap_id, routed.incoming_model, routed.target_model
+            )
             if self.tap_cluster:
                 tap["cluster"] = self.tap_cluster
             if routed.response_headers:  # Envoy skips the response headers: Lua adds these
@@ -438,21 +440,10 @@ class ExtProcStream:
             self._backend.rejected(error, rin)
         except Exception:  # error metrics must not cost the client its answer
             log.exception("recording a rejected request failed")
-        reason: str | None = getattr(error, "dropped_reason", None)
-        if reason is None:
-            extra = (
-                ()
-                if error.reason_header is None
-                else ((DROPPED_REASON_HEADER, error.reason_header),)
-            )
-            return [msg.immediate_response(error.http_status, error.response_body(), headers=extra)]
+        a = rejection(error)
         return [
             msg.immediate_response(
-                error.http_status,
-                openai_error_json(error, reason),
-                content_type="application/json",
-                headers=[(DROPPED_REASON_HEADER, reason)],
-                details=reason,
+                a.status, a.body, content_type=a.content_type, headers=a.headers, details=a.details
             )
         ]
 
@@ -589,35 +580,6 @@ _HANDLERS: dict[Event, Callable[[ExtProcStream, Any], list[Any]]] = {
     Event.RESPONSE_BODY: ExtProcStream._on_response_body,
     Event.RESPONSE_TRAILERS: ExtProcStream._on_response_trailers,
 }
-
-
-DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
-_OPENAI_ERROR_TYPES = {429: "rate_limit_exceeded", 503: "service_unavailable"}
-
-
-def openai_error_json(error: EppError, reason: str) -> str:
-    """The OpenAI error document for a dropped request (``code`` = the dropped reason)."""
-    return json.dumps(
-        {
-            "error": {
-                "message": error.response_body(),
-                "type": _OPENAI_ERROR_TYPES.get(error.http_status, "server_error"),
-                "param": None,
-                "code": reason,
-            }
-        }
-    )
-
-
-def tap_metadata(tap_id: str, routed: Routed) -> dict[str, str]:
-    """What the Lua filter needs: the report id, and the JSON-encoded served (``from``) and
-    client-facing (``to``) model names when the model was rewritten."""
-    out = {"id": tap_id}
-    incoming, target = routed.incoming_model, routed.target_model
-    if incoming and target and incoming != target:
-        out["from"] = json.dumps(target, ensure_ascii=False)
-        out["to"] = json.dumps(incoming, ensure_ascii=False)
-    return out
 
 
 def _internal(exc: Exception) -> EppError:

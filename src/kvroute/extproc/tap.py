@@ -27,6 +27,7 @@ __all__ = [
     "TapReport",
     "TapReportError",
     "parse_report",
+    "tap_metadata",
 ]
 
 TAP_NAMESPACE = "kvroute.tap"
@@ -127,3 +128,13 @@ def parse_report(payload: bytes) -> TapReport:
         head=rest[:head_len],
         tail=rest[head_len:],
     )
+
+
+def tap_metadata(tap_id: str, incoming_model: str, target_model: str) -> dict[str, str]:
+    """What the Lua filter needs: the report id, and the JSON-encoded served (``from``) and
+    client-facing (``to``) model names when the model was rewritten."""
+    out = {"id": tap_id}
+    if incoming_model and target_model and incoming_model != target_model:
+        out["from"] = json.dumps(target_model, ensure_ascii=False)
+        out["to"] = json.dumps(incoming_model, ensure_ascii=False)
+    return out
