@@ -7,7 +7,8 @@ Run::
 Groups:
 
 * ``stream-request``: the request half of one exchange through the real state machine and the
-  real director backend (parse, resolve, schedule over 8 endpoints, rewrite, chunk), 1 KB body.
+  real director backend (parse, resolve, schedule over 8 endpoints, rewrite, chunk), 1 KB body;
+  in ``full`` and ``tap`` mode from ext_proc messages, and as ``--transport lua``'s route call.
 * ``stream-response``: the response half in ``full`` mode for a 256-token SSE stream (one
   ext_proc message per token, model restore + usage scan on each) vs a JSON body, vs ``light``.
 * ``grpc-roundtrip``: one ``ProcessingRequest`` -> ``ProcessingResponse`` over a real grpc.aio
@@ -34,6 +35,7 @@ from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.datastore.endpoint import EndpointMetrics
 from kvroute.datastore.store import Datastore
 from kvroute.extproc.backend import RoutingBackend
+from kvroute.extproc.lua_route import LuaRouteShell
 from kvroute.extproc.server import ExternalProcessor, build_ext_proc_server
 from kvroute.extproc.stream import ExtProcStream, StreamOptions
 from kvroute.observability.metrics import EppMetrics
@@ -124,6 +126,35 @@ def test_request_half(benchmark: Any, backend: RoutingBackend) -> None:
     def run() -> None:
         s = _request_half(backend, ResponseProcessing.FULL)
         s.close()
+
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="stream-request")
+def test_request_half_tap(benchmark: Any, backend: RoutingBackend) -> None:
+    """The same request in ``tap`` mode over ext_proc messages (``kvroute serve``'s ext_proc)."""
+
+    def run() -> None:
+        s = _request_half(backend, ResponseProcessing.TAP)
+        s.close()
+        s.expire_tap()
+
+    benchmark(run)
+
+
+LUA_CALL = (
+    b"B\n:method:POST\n:path:/v1/completions\nx-request-id:r\n\n" + REQ_BODY.request_body.body
+)
+
+
+@pytest.mark.benchmark(group="stream-request")
+def test_request_half_lua(benchmark: Any, backend: RoutingBackend) -> None:
+    """The same request as ``--transport lua``'s route call: line format in, line format out
+    (``LuaRouteShell.decide``, no HTTP framing)."""
+    shell = LuaRouteShell(backend, StreamOptions(ResponseProcessing.TAP), lambda s: s.expire_tap())
+
+    def run() -> None:
+        assert _LOOP.run_until_complete(shell.decide(LUA_CALL)).startswith(b"R\n")
 
     benchmark(run)
 

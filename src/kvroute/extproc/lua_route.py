@@ -8,11 +8,12 @@ over a private Unix socket beside the EPP's ext_proc socket, and applies the ans
 response half is the ``tap`` response processing as before (the Lua response tap reports each
 response to :mod:`kvroute.extproc.tap_http`).
 
-This module is a shell, not a second implementation: each call is turned into the two ext_proc
-messages Envoy would have sent (request headers, request body), fed to a fresh
-:class:`~kvroute.extproc.stream.ExtProcStream` in ``tap`` mode, and the stream's answer (the
-header mutation with the destination, the ``kvroute.tap`` metadata, the forwarded body, or an
-``ImmediateResponse``) is written back in the line format below. So every rule of the request
+This module is a shell, not a second implementation: each call's headers and body are handed
+whole to a fresh :class:`~kvroute.extproc.stream.ExtProcStream` in ``tap`` mode
+(``aroute_whole``: what Envoy's request headers and body messages would do), and the stream's
+answer (the destination and header mutations, the ``kvroute.tap`` metadata, the forwarded body,
+or a refusal) is written by :class:`LuaAnswers` in the line format below, with no protobuf
+message built and read back per request. So every rule of the request
 path (413, the shared body budget, rejections and their dropped-reason header, control headers
 stripped, plugin headers set, model rewrite, flow control) is the stream's, unchanged.
 
@@ -39,17 +40,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-
 from kvroute.extproc.backend import RoutingBackend
+from kvroute.extproc.messages import DESTINATION_ENDPOINT_HEADER, REQUEST_ID_HEADER
+from kvroute.extproc.rejection import Rejection
 from kvroute.extproc.stream import ExtProcStream, ProtocolViolation, StreamOptions
 from kvroute.extproc.tap import TAP_NAMESPACE
 from kvroute.extproc.tap_http import ReportParser as _Parser
@@ -68,8 +69,9 @@ class RouteRequestError(ValueError):
     """A call Lua cannot have sent (answered 400)."""
 
 
-def decode_request(payload: bytes) -> tuple[list[tuple[str, bytes]], bool, bytes]:
-    """``(headers, has_body, body)`` of one call; raises :class:`RouteRequestError`."""
+def decode_request(payload: bytes) -> tuple[dict[str, str], bytes | None]:
+    """``(headers, body)`` of one call (headers lower-cased, body None for a header-only
+    request); raises :class:`RouteRequestError`."""
     head, sep, body = payload.partition(b"\n\n")
     if not sep:
         raise RouteRequestError("no end of the header block (an empty line)")
@@ -77,24 +79,14 @@ def decode_request(payload: bytes) -> tuple[list[tuple[str, bytes]], bool, bytes
     flag = lines[0]
     if flag not in (b"B", b"H"):
         raise RouteRequestError(f"first line must be B or H, got {flag[:10]!r}")
-    headers: list[tuple[str, bytes]] = []
+    headers: dict[str, str] = {}
     for line in lines[1:]:
         cut = line.find(b":", 1)  # pseudo-headers start with ':'
         if cut <= 0:
             raise RouteRequestError(f"malformed header line {line[:40]!r}")
-        headers.append((line[:cut].decode("latin-1").lower(), line[cut + 1 :]))
-    return headers, flag == b"B", body
-
-
-def ext_proc_messages(headers: list[tuple[str, bytes]], has_body: bool, body: bytes) -> list[Any]:
-    """The ``ProcessingRequest`` messages Envoy's ext_proc filter would have sent."""
-    hm = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v) for k, v in headers])
-    out = [
-        pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=hm, end_of_stream=not has_body))
-    ]
-    if has_body:
-        out.append(pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)))
-    return out
+        # As the ext_proc stream reads Envoy's raw values: UTF-8, undecodable bytes replaced.
+        headers[line[:cut].decode("latin-1").lower()] = line[cut + 1 :].decode("utf-8", "replace")
+    return headers, (body if flag == b"B" else None)
 
 
 def _line_value(value: str) -> str:
@@ -103,44 +95,62 @@ def _line_value(value: str) -> str:
     return value
 
 
-def encode_answer(responses: list[Any], original_body: bytes) -> bytes:
-    """The stream's ``ProcessingResponse`` messages as the answer Lua applies."""
-    for r in responses:
-        if r.WhichOneof("response") == "immediate_response":
-            imm = r.immediate_response
-            lines = [f"X {imm.status.code}"]
-            for opt in imm.headers.set_headers:
-                value = opt.header.raw_value.decode("utf-8", "replace") or opt.header.value
-                lines.append(f"h {opt.header.key}\t{_line_value(value)}")
-            return ("\n".join(lines) + "\n\n").encode() + bytes(imm.body)
-    lines = ["R"]
-    forwarded: list[bytes] = []
-    for r in responses:
-        kind = r.WhichOneof("response")
-        if kind == "request_headers":
-            mutation = r.request_headers.response.header_mutation
-            for opt in mutation.set_headers:
-                key = opt.header.key
-                if key == "content-length":  # Lua's setBytes sets it for a replaced body
-                    continue
-                value = opt.header.raw_value.decode("utf-8", "replace") or opt.header.value
+class _Route(list[str]):
+    """The ``R`` answer's lines (the body, when forwarded, follows as bytes)."""
+
+
+class LuaAnswers:
+    """The stream's request-path answers in the line format above (no protobuf per request)."""
+
+    def route(
+        self,
+        *,
+        endpoint_header: str,
+        content_length: int | None,  # Lua's setBytes sets it for a replaced body
+        request_id: str | None,
+        remove: Iterable[str],
+        extra_metadata: Mapping[str, Mapping[str, Any]],
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> _Route:
+        lines = _Route(["R", f"h {DESTINATION_ENDPOINT_HEADER}\t{_line_value(endpoint_header)}"])
+        if request_id is not None:
+            lines.append(f"h {REQUEST_ID_HEADER}\t{_line_value(request_id)}")
+        for key, value in (extra_headers or {}).items():
+            if key != "content-length":
                 lines.append(f"h {key}\t{_line_value(value)}")
-            lines += [f"d {name}" for name in mutation.remove_headers]
-            fields = r.dynamic_metadata.fields
-            if TAP_NAMESPACE in fields:
-                for key, v in fields[TAP_NAMESPACE].struct_value.fields.items():
-                    if v.WhichOneof("kind") == "struct_value":  # "headers": response headers
-                        for name, hv in v.struct_value.fields.items():
-                            lines.append(f"r {name}\t{_line_value(hv.string_value)}")
-                    else:
-                        lines.append(f"m {key}\t{_line_value(v.string_value)}")
-        elif kind == "request_body":
-            forwarded.append(r.request_body.response.body_mutation.streamed_response.body)
-    body = b"".join(forwarded)
-    if forwarded and body != original_body:
-        lines.append("b")
-        return ("\n".join(lines) + "\n\n").encode() + body
-    return ("\n".join(lines) + "\n\n").encode()
+        lines += [f"d {name}" for name in remove]
+        for key, v in extra_metadata.get(TAP_NAMESPACE, {}).items():
+            if isinstance(v, Mapping):  # "headers": response headers the tap adds
+                lines += [f"r {name}\t{_line_value(str(hv))}" for name, hv in v.items()]
+            else:
+                lines.append(f"m {key}\t{_line_value(str(v))}")
+        return lines
+
+    def body(self, body: bytes) -> Iterable[Any]:
+        return (body,)
+
+    def reject(self, rejection: Rejection) -> bytes:
+        a = rejection
+        lines = [f"X {a.status}", f"h content-type\t{_line_value(a.content_type)}"]
+        lines += [f"h {k}\t{_line_value(v)}" for k, v in a.headers]
+        return ("\n".join(lines) + "\n\n").encode() + a.body.encode()
+
+
+LUA_ANSWERS = LuaAnswers()
+
+
+def encode_answer(out: list[Any], original_body: bytes | None) -> bytes:
+    """What :class:`LuaAnswers` wrote for one request, as the call's answer."""
+    if not out or isinstance(out[0], bytes):  # a refusal is one answer
+        if not out:
+            raise ValueError("the stream gave no answer for a whole request")
+        return bytes(out[0])
+    lines, forwarded = out[0], out[1:]
+    assert isinstance(lines, _Route)
+    text = ("\n".join(lines) + "\n\n").encode()
+    if forwarded and forwarded[0] != original_body:
+        return text[:-1] + b"b\n\n" + bytes(forwarded[0])
+    return text
 
 
 class LuaRouteShell:
@@ -156,20 +166,17 @@ class LuaRouteShell:
         hold: Callable[[ExtProcStream], None],
     ) -> None:
         self._backend = backend
-        self._options = options
+        self._options = dataclasses.replace(options, answers=LUA_ANSWERS)
         self._hold = hold
         self.active = 0
         self.cancelled = 0  # calls whose connection closed before the answer (client left)
 
     async def decide(self, payload: bytes) -> bytes:
-        headers, has_body, body = decode_request(payload)
+        headers, body = decode_request(payload)
         stream = ExtProcStream(self._backend, self._options)
         self.active += 1
         try:
-            out: list[Any] = []
-            for message in ext_proc_messages(headers, has_body, body):
-                out += await stream.areceive(message)
-            answer = encode_answer(out, body)
+            answer = encode_answer(await stream.aroute_whole(headers, body), body)
         except BaseException as exc:
             # Routed, but the answer never reaches Envoy (the client left, or it cannot be
             # encoded): the request is not forwarded, so its exchange ends here, once.

@@ -72,6 +72,7 @@ from kvroute.errors import (
     ServiceUnavailableError,
 )
 from kvroute.extproc import messages as msg
+from kvroute.extproc.answers import EXT_PROC_ANSWERS, RequestAnswers
 from kvroute.extproc.backend import (
     Outcome,
     ResponseFilter,
@@ -139,6 +140,8 @@ class StreamOptions:
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
     # Shared by every stream of one server (``--max-buffered-body-bytes``); None: unbounded.
     body_budget: BodyBudget | None = None
+    # How request-path answers are written (ext_proc messages; the Lua route call its own).
+    answers: RequestAnswers = EXT_PROC_ANSWERS
 
 
 def _default_request_id() -> str:
@@ -221,6 +224,21 @@ class ExtProcStream:
         self._pending = None
         return itertools.chain(await self._route_async(rin), out)
 
+    async def aroute_whole(self, headers: dict[str, str], body: bytes | None) -> list[Any]:
+        """A whole request at once (lower-cased headers, the body or None for a header-only
+        request), from a transport that buffers it (the Lua route call): what the request
+        headers and body messages would do, without building them."""
+        if self.state is not State.AWAIT_REQUEST_HEADERS:
+            raise ProtocolViolation(f"a whole request in state {self.state.value}")
+        out = self._request_headers(headers, body is None)
+        if body is not None:  # the headers left the stream waiting for it (REQUEST_BODY)
+            out += self._request_body(body, True)
+        rin = self._pending
+        if rin is None:
+            return out
+        self._pending = None
+        return [*await self._route_async(rin), *out]
+
     def close(self) -> bool:
         """The stream ended (normally, or the client went away): complete exactly once.
 
@@ -273,13 +291,16 @@ class ExtProcStream:
                 self._served = served.string_value
 
     def _on_request_headers(self, headers: Any) -> list[Any]:
-        self._headers = msg.decode_headers(headers)
+        return self._request_headers(msg.decode_headers(headers), headers.end_of_stream)
+
+    def _request_headers(self, decoded: dict[str, str], end_of_stream: bool) -> list[Any]:
+        self._headers = decoded
         rid = self._headers.get(msg.REQUEST_ID_HEADER, "")
         if not rid:
             rid = self._new_request_id()
             self._generated_request_id = True
         self.request_id = rid
-        if headers.end_of_stream:
+        if end_of_stream:
             path = self._headers.get(":path", "")
             if is_inference_path(path):  # finding 1 (issue 20): never routed unvalidated
                 return self._reject(
@@ -306,7 +327,7 @@ class ExtProcStream:
         self._skip_response_body = self._light or self._tap
         self.state = State.ROUTED
         return [
-            msg.routing_headers_response(
+            self._options.answers.route(
                 endpoint_header=target,
                 content_length=None,
                 request_id=self.request_id if self._generated_request_id else None,
@@ -316,7 +337,9 @@ class ExtProcStream:
         ]
 
     def _on_request_body(self, body: Any) -> list[Any]:
-        chunk: bytes = body.body
+        return self._request_body(body.body, body.end_of_stream)
+
+    def _request_body(self, chunk: bytes, end_of_stream: bool) -> list[Any]:
         if self._dropped is None and len(self._body) + len(chunk) > self._max_body:
             self._dropped = len(self._body)
             self._release_body()
@@ -331,7 +354,7 @@ class ExtProcStream:
             self._dropped += len(chunk)
         else:
             self._body += chunk
-        if not body.end_of_stream:
+        if not end_of_stream:
             return []
         return self._end_of_body()
 
@@ -407,7 +430,8 @@ class ExtProcStream:
                 tap["headers"] = dict(routed.response_headers)
             metadata = {**metadata, TAP_NAMESPACE: tap}
             self._tap_sent = True
-        head = msg.routing_headers_response(
+        answers = self._options.answers
+        head = answers.route(
             endpoint_header=routed.endpoint_header,
             content_length=len(routed.body),
             request_id=self.request_id if self._generated_request_id else None,
@@ -415,7 +439,7 @@ class ExtProcStream:
             extra_metadata=metadata,
             extra_headers=routed.upstream_headers,
         )
-        return itertools.chain((head,), msg.iter_body_chunks(routed.body, request=True))
+        return itertools.chain((head,), answers.body(routed.body))
 
     def _control_headers_present(self, setting: Mapping[str, str] | None = None) -> list[str]:
         """Control headers to strip; plugin-owned ones (``x-prefiller-host-port``) too, unless
@@ -440,12 +464,7 @@ class ExtProcStream:
             self._backend.rejected(error, rin)
         except Exception:  # error metrics must not cost the client its answer
             log.exception("recording a rejected request failed")
-        a = rejection(error)
-        return [
-            msg.immediate_response(
-                a.status, a.body, content_type=a.content_type, headers=a.headers, details=a.details
-            )
-        ]
+        return [self._options.answers.reject(rejection(error))]
 
     # -- response path ------------------------------------------------------------------------
 

@@ -60,16 +60,17 @@ def _shell(backend: Any) -> tuple[LuaRouteShell, ExternalProcessor]:
 
 
 def test_decode_request_reads_flag_headers_and_body() -> None:
-    headers, has_body, body = decode_request(_call({**POST, "x-a": "b:c\td"}, b"{}\n\nx"))
-    assert has_body
+    headers, body = decode_request(_call({**POST, "x-a": "b:c\td", "X-U": "\u00e9"}, b"{}\n\nx"))
     assert body == b"{}\n\nx"
-    assert headers == [
-        (":method", b"POST"),
-        (":path", b"/v1/completions"),
-        ("x-request-id", b"r1"),
-        ("x-a", b"b:c\td"),
-    ]
-    assert decode_request(b"H\n:method:GET\n\n") == ([(":method", b"GET")], False, b"")
+    assert headers == {
+        ":method": "POST",
+        ":path": "/v1/completions",
+        "x-request-id": "r1",
+        "x-a": "b:c\td",
+        "x-u": "\u00e9",  # UTF-8 bytes read back as text, the name lower-cased
+    }
+    assert decode_request(b"H\n:method:GET\n\n") == ({":method": "GET"}, None)
+    assert decode_request(b"H\nx-b:\xff\n\n")[0] == {"x-b": "\ufffd"}  # as ext_proc's raw_value
 
 
 @pytest.mark.parametrize(
