@@ -137,8 +137,9 @@ async def test_a_full_band_displaces_the_noisy_tenants_newest_not_the_quiet_one(
         httpx.AsyncClient(base_url=gw.url, timeout=30) as c,
     ):
         noisy = {fid: "noisy"}
+        # 3 s of tokens: the queue steps below must happen while it runs, also on a loaded box.
         long = asyncio.create_task(
-            c.post("/v1/completions", json={**BODY, "max_tokens": 20}, headers=noisy)
+            c.post("/v1/completions", json={**BODY, "max_tokens": 60}, headers=noisy)
         )
         assert await _until(lambda: server.inflight == 1)
         queue = "llm_d_epp_flow_control_queue_size"
