@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.errors import EppError
@@ -330,3 +332,90 @@ def test_fd_limit_is_raised_to_the_hard_limit() -> None:
         assert got == hard or (hard == resource.RLIM_INFINITY and got >= 512)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _proto_view(out: list[Any]) -> tuple[str, set[str], bytes]:
+    """An ext_proc answer read the way the old shell read it, in the Lua line vocabulary."""
+    for r in out:
+        if r.WhichOneof("response") == "immediate_response":
+            imm = r.immediate_response
+            sets = {
+                f"h {o.header.key}\t{o.header.raw_value.decode()}" for o in imm.headers.set_headers
+            }
+            return f"X {imm.status.code}", sets, bytes(imm.body)
+    lines: set[str] = set()
+    body = b""
+    for r in out:
+        kind = r.WhichOneof("response")
+        if kind == "request_headers":
+            mutation = r.request_headers.response.header_mutation
+            lines |= {
+                f"h {o.header.key}\t{o.header.raw_value.decode()}"
+                for o in mutation.set_headers
+                if o.header.key != "content-length"
+            }
+            lines |= {f"d {name}" for name in mutation.remove_headers}
+            tap = r.dynamic_metadata.fields["kvroute.tap"].struct_value.fields
+            lines |= {f"m {k}\t{v.string_value}" for k, v in tap.items() if k != "id"}
+        elif kind == "request_body":
+            body += r.request_body.response.body_mutation.streamed_response.body
+    return "R", lines, body
+
+
+def _ext_proc_messages(headers: dict[str, str], body: bytes | None) -> list[Any]:
+    """What Envoy's ext_proc filter sends for this request."""
+    hm = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    )
+    out = [
+        pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=hm, end_of_stream=body is None))
+    ]
+    if body is not None:
+        out.append(pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)))
+    return out
+
+
+NO_ID = {":method": "POST", ":path": "/v1/completions", "x-gateway-destination-endpoint": "evil"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "error"),
+    [
+        ({**POST, **REWRITE}, COMPLETION, None),
+        (NO_ID, COMPLETION, None),  # a client-set destination is stripped; an id is generated
+        (POST, COMPLETION, _Dropped()),
+        (POST, b"{not json", None),
+        (POST, None, None),
+        (POST, b'{"model":"m","prompt":"' + b"x" * 2000 + b'"}', None),
+    ],
+)
+def test_lua_answers_say_what_the_ext_proc_messages_say(
+    headers: dict[str, str], body: bytes | None, error: EppError | None
+) -> None:
+    """The same request through ext_proc messages and through the route call: the same
+    destination, header sets and removals, tap metadata (the report id aside), forwarded body
+    and refusals (status, headers, body). Generated request ids differ (uuid4) and are compared
+    by presence."""
+
+    async def both() -> tuple[list[Any], bytes]:
+        proto = ExtProcStream(_Backend(error=error), TAP)
+        out: list[Any] = []
+        for m in _ext_proc_messages(headers, body):
+            out += await proto.areceive(m)
+        return out, await _shell(_Backend(error=error))[0].decide(_call(headers, body))
+
+    out, answer = asyncio.run(both())
+    first, lines, lua_body = _parse(answer)
+    kind, expected, proto_body = _proto_view(out)
+    assert first == kind
+
+    def comparable(xs: set[str]) -> set[str]:
+        return {x if not x.startswith("h x-request-id\t") else "h x-request-id" for x in xs}
+
+    got = {line for line in lines if not line.startswith("m id\t") and line != "b"}
+    assert comparable(got) == comparable(expected)
+    if kind == "R":
+        assert ("b" in lines) == (proto_body != body)
+        assert (lua_body if "b" in lines else body) == proto_body
+    else:
+        assert lua_body == proto_body
