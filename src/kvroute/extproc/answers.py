@@ -9,24 +9,28 @@ format directly, with no protobuf built and read back per request (issue 19).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvroute.extproc import messages as msg
 from kvroute.extproc.rejection import Rejection
 
 
+@dataclass(frozen=True, slots=True)
+class RouteAnswer:
+    """The routing decision as the request-headers answer carries it."""
+
+    endpoint_header: str  # x-gateway-destination-endpoint (and envoy.lb metadata)
+    content_length: int | None  # of the forwarded body; None: header-only request
+    request_id: str | None  # set on the request when the EPP generated it
+    remove: Sequence[str]  # request headers to strip
+    metadata: Mapping[str, Mapping[str, Any]]  # dynamic metadata by namespace
+    headers: Mapping[str, str] | None = None  # request headers to set
+
+
 class RequestAnswers(Protocol):
-    def route(
-        self,
-        *,
-        endpoint_header: str,
-        content_length: int | None,
-        request_id: str | None,
-        remove: Iterable[str],
-        extra_metadata: Mapping[str, Mapping[str, Any]],
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> Any:
+    def route(self, answer: RouteAnswer) -> Any:
         """The routing decision (the request-headers answer)."""
         ...
 
@@ -42,23 +46,15 @@ class RequestAnswers(Protocol):
 class ExtProcAnswers:
     """Envoy's ext_proc messages (:mod:`kvroute.extproc.messages`)."""
 
-    def route(
-        self,
-        *,
-        endpoint_header: str,
-        content_length: int | None,
-        request_id: str | None,
-        remove: Iterable[str],
-        extra_metadata: Mapping[str, Mapping[str, Any]],
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> Any:
+    def route(self, answer: RouteAnswer) -> Any:
+        a = answer
         return msg.routing_headers_response(
-            endpoint_header=endpoint_header,
-            content_length=content_length,
-            request_id=request_id,
-            remove=remove,
-            extra_metadata=extra_metadata,
-            extra_headers=extra_headers,
+            endpoint_header=a.endpoint_header,
+            content_length=a.content_length,
+            request_id=a.request_id,
+            remove=a.remove,
+            extra_metadata=a.metadata,
+            extra_headers=a.headers,
         )
 
     def body(self, body: bytes) -> Iterable[Any]:

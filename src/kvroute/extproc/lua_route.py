@@ -48,6 +48,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kvroute.extproc.answers import RouteAnswer
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.messages import DESTINATION_ENDPOINT_HEADER, REQUEST_ID_HEADER
 from kvroute.extproc.rejection import Rejection
@@ -102,24 +103,16 @@ class _Route(list[str]):
 class LuaAnswers:
     """The stream's request-path answers in the line format above (no protobuf per request)."""
 
-    def route(
-        self,
-        *,
-        endpoint_header: str,
-        content_length: int | None,  # Lua's setBytes sets it for a replaced body
-        request_id: str | None,
-        remove: Iterable[str],
-        extra_metadata: Mapping[str, Mapping[str, Any]],
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> _Route:
-        lines = _Route(["R", f"h {DESTINATION_ENDPOINT_HEADER}\t{_line_value(endpoint_header)}"])
-        if request_id is not None:
-            lines.append(f"h {REQUEST_ID_HEADER}\t{_line_value(request_id)}")
-        for key, value in (extra_headers or {}).items():
+    def route(self, answer: RouteAnswer) -> _Route:
+        a = answer  # content_length: Lua's setBytes sets it for a replaced body
+        lines = _Route(["R", f"h {DESTINATION_ENDPOINT_HEADER}\t{_line_value(a.endpoint_header)}"])
+        if a.request_id is not None:
+            lines.append(f"h {REQUEST_ID_HEADER}\t{_line_value(a.request_id)}")
+        for key, value in (a.headers or {}).items():
             if key != "content-length":
                 lines.append(f"h {key}\t{_line_value(value)}")
-        lines += [f"d {name}" for name in remove]
-        for key, v in extra_metadata.get(TAP_NAMESPACE, {}).items():
+        lines += [f"d {name}" for name in a.remove]
+        for key, v in a.metadata.get(TAP_NAMESPACE, {}).items():
             if isinstance(v, Mapping):  # "headers": response headers the tap adds
                 lines += [f"r {name}\t{_line_value(str(hv))}" for name, hv in v.items()]
             else:

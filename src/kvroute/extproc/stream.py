@@ -72,7 +72,7 @@ from kvroute.errors import (
     ServiceUnavailableError,
 )
 from kvroute.extproc import messages as msg
-from kvroute.extproc.answers import EXT_PROC_ANSWERS, RequestAnswers
+from kvroute.extproc.answers import EXT_PROC_ANSWERS, RequestAnswers, RouteAnswer
 from kvroute.extproc.backend import (
     Outcome,
     ResponseFilter,
@@ -328,11 +328,13 @@ class ExtProcStream:
         self.state = State.ROUTED
         return [
             self._options.answers.route(
-                endpoint_header=target,
-                content_length=None,
-                request_id=self.request_id if self._generated_request_id else None,
-                remove=self._control_headers_present(),
-                extra_metadata={},
+                RouteAnswer(
+                    endpoint_header=target,
+                    content_length=None,
+                    request_id=self.request_id if self._generated_request_id else None,
+                    remove=self._control_headers_present(),
+                    metadata={},
+                )
             )
         ]
 
@@ -432,12 +434,14 @@ class ExtProcStream:
             self._tap_sent = True
         answers = self._options.answers
         head = answers.route(
-            endpoint_header=routed.endpoint_header,
-            content_length=len(routed.body),
-            request_id=self.request_id if self._generated_request_id else None,
-            remove=self._control_headers_present(routed.upstream_headers),
-            extra_metadata=metadata,
-            extra_headers=routed.upstream_headers,
+            RouteAnswer(
+                endpoint_header=routed.endpoint_header,
+                content_length=len(routed.body),
+                request_id=self.request_id if self._generated_request_id else None,
+                remove=self._control_headers_present(routed.upstream_headers),
+                metadata=metadata,
+                headers=routed.upstream_headers,
+            )
         )
         return itertools.chain((head,), answers.body(routed.body))
 
