@@ -24,6 +24,7 @@ from kvroute.observability.autoscaling_metrics import AutoscalingMetrics
 from kvroute.observability.decisions import DecisionLog
 from kvroute.observability.fast_histogram import FastHistogram
 from kvroute.observability.llmd_metrics import LlmdMetrics
+from kvroute.observability.request_series import CompletedSeries, Labels, RoutedSeries
 from kvroute.requestcontrol.hooks import Usage
 from kvroute.scheduling.timing import PluginTimings
 
@@ -187,6 +188,9 @@ class EppMetrics:
         # of the EPP's own per-request Python). Request series are never removed, so a child
         # stays valid; the cache grows with the same label sets the metrics themselves hold.
         self._children: dict[tuple[object, ...], Any] = {}
+        # The same for the children of one request label set (request_series.py).
+        self._routed: dict[Labels, RoutedSeries] = {}
+        self._completed: dict[Labels, CompletedSeries] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -227,20 +231,22 @@ class EppMetrics:
         processing_s: float,
     ) -> None:
         """A request was scheduled and is about to be forwarded."""
-        prio = str(priority)
-        self._child(self.request_total, model, target, prio).inc()
-        self._child(self.request_sizes, model, target).observe(request_bytes)
+        labels = (model, target, fairness_id, str(priority))
+        s = self._routed.get(labels)
+        if s is None:
+            s = self._routed[labels] = RoutedSeries(self, labels)
+        s.request_total.inc()
+        s.request_sizes.observe(request_bytes)
+        s.total.inc()
+        s.size.observe(request_bytes)
         self._child(self.scheduler_attempts, "success", target).inc()
         x = self.llmd
-        labels = (model, target, fairness_id, prio)
-        self._child(x.request_total, *labels).inc()
-        self._child(x.request_size, *labels).observe(request_bytes)
         ep = ("", "", "") if endpoint is None else (endpoint.name, self.namespace, endpoint.port)
         self._child(x.scheduler_attempts, "success", target, *ep).inc()
         x.request_processing.observe(processing_s)
         # Last: record_complete() undoes these.
-        self._child(self.running_requests, model).inc()
-        self._child(x.request_running, *labels).inc()
+        s.running.inc()
+        s.llmd_running.inc()
 
     def record_complete(
         self,
@@ -257,33 +263,41 @@ class EppMetrics:
         streaming: bool,
     ) -> None:
         """A routed request finished (or its stream ended)."""
-        prio = str(priority)
-        labels = (model, target, fairness_id, prio)
-        x = self.llmd
-        self._child(self.running_requests, model).dec()
-        self._child(x.request_running, *labels).dec()
+        labels = (model, target, fairness_id, str(priority))
+        routed = self._routed.get(labels)
+        if routed is not None:
+            routed.running.dec()
+            routed.llmd_running.dec()
+        else:  # completed without record_routed (not on the director's path)
+            self._child(self.running_requests, model).dec()
+            self._child(self.llmd.request_running, *labels).dec()
         if status is not None and status >= 400:
             self._child(self.request_error_total, model, target, "ModelServerError").inc()
-            self._child(x.request_error_total, *labels, "ModelServerError").inc()
-        self._child(self.request_duration, model, target).observe(elapsed_s)
-        self._child(x.request_duration, *labels).observe(elapsed_s)
-        self._child(self.response_sizes, model, target).observe(response_bytes)
-        self._child(x.response_size, *labels).observe(response_bytes)
+            self._child(self.llmd.request_error_total, *labels, "ModelServerError").inc()
+        s = self._completed.get(labels)
+        if s is None:
+            s = self._completed[labels] = CompletedSeries(self, labels)
+        s.duration.observe(elapsed_s)
+        s.llmd_duration.observe(elapsed_s)
+        s.response_sizes.observe(response_bytes)
+        s.response_size.observe(response_bytes)
         if ttft_s is not None:
-            self._child(x.ttft, *labels, "true" if streaming else "false").observe(ttft_s)
+            s.ttft(streaming).observe(ttft_s)
         tokens = None if usage is None else usage.completion_tokens
         self.recent.add_completion(model, status, ttft_s, elapsed_s, tokens)
         if usage is None:
             return
-        self._child(self.input_tokens, model, target).observe(usage.prompt_tokens)
-        self._child(self.output_tokens, model, target).observe(usage.completion_tokens)
-        self._child(self.prompt_cached_tokens, model, target).observe(usage.cached_tokens)
-        self._child(x.input_tokens, *labels).observe(usage.prompt_tokens)
-        self._child(x.output_tokens, *labels).observe(usage.completion_tokens)
-        self._child(x.cached_tokens, *labels).observe(usage.cached_tokens)
+        inp, out, cached, x_inp, x_out, x_cached = s.tokens()
+        inp.observe(usage.prompt_tokens)
+        out.observe(usage.completion_tokens)
+        cached.observe(usage.cached_tokens)
+        x_inp.observe(usage.prompt_tokens)
+        x_out.observe(usage.completion_tokens)
+        x_cached.observe(usage.cached_tokens)
         if usage.completion_tokens > 0:
-            self._child(self.ntpot, model, target).observe(elapsed_s / usage.completion_tokens)
-            self._child(x.ntpot, *labels).observe(elapsed_s / usage.completion_tokens)
+            ntpot, x_ntpot = s.ntpot()
+            ntpot.observe(elapsed_s / usage.completion_tokens)
+            x_ntpot.observe(elapsed_s / usage.completion_tokens)
 
     def record_error(
         self,

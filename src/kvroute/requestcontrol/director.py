@@ -38,6 +38,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from time import perf_counter
@@ -201,6 +202,7 @@ class Director:
         self.clock = clock
         self.disable_subset_filter = disable_subset_filter
         self.timings = timings
+        self._hook_series: dict[tuple[str, int], deque[float]] = {}  # (point, id(hook)) -> buffer
         self.flow_control = flow_control
         self.default_fairness_id = default_fairness_id
         classified = hooks if isinstance(hooks, RequestHooks) else RequestHooks.of(hooks)
@@ -484,8 +486,13 @@ class Director:
         except Exception:
             log.exception("%s hook %s failed; continuing", point, hook.typed_name)
         if self.timings is not None:
-            tn = hook.typed_name
-            self.timings.series(point, tn.type, tn.name).append(perf_counter() - t0)
+            buf = self._hook_series.get((point, id(hook)))
+            if buf is None:  # looked up once per hook: hooks live as long as the director
+                tn = hook.typed_name
+                buf = self._hook_series[point, id(hook)] = self.timings.series(
+                    point, tn.type, tn.name
+                )
+            buf.append(perf_counter() - t0)
 
 
 def _by_hostport(
