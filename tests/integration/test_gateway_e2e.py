@@ -3,8 +3,9 @@
 The model servers are the project's simulator (``kvroute_sim.SimCluster``, profile ``tiny``:
 real vLLM-like scheduling, queues, KV cache and LoRA slots, fast steps). Two checks use the
 small ``MiniModelServer`` instead, each saying why. Everything runs on loopback with OS-chosen
-ports. The shared ``stack`` runs twice: once with the
-Envoy config kvroute generates (``kvroute serve``), once with the hand-written upstream-shaped
+ports. The shared ``stack`` runs three times: with the Envoy config kvroute generates
+(``kvroute serve``) with serve's defaults (tap responses, so the lua transport) and with full
+response processing over ext_proc, and with the hand-written upstream-shaped
 ``examples/envoy/envoy.yaml`` (TLS to the EPP, ORIGINAL_DST, health-checked ext_proc cluster),
 the drop-in-compatibility proof. Tests that need a different Envoy or EPP start their own.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -27,6 +29,7 @@ import pytest_asyncio
 import yaml
 
 from kvroute.app import EppApp
+from kvroute.config.extproc_options import ResponseProcessing
 from kvroute.gateway.bootstrap import BootstrapOptions, FailureMode, build_bootstrap
 from kvroute.gateway.envoy import EnvoyProcess
 from kvroute.gateway.gateway import Gateway
@@ -113,7 +116,10 @@ class Stack:
         return f"127.0.0.1:{server.port}"
 
 
-KINDS = ["kvroute-config", "upstream-shaped-config"]
+# kvroute-config: what ``kvroute serve`` generates with its defaults (tap, so the lua transport);
+# -ext-proc: the same Envoy config with full response processing over ext_proc (kvroute epp's
+# default); the upstream shape (ext_proc, full, TLS).
+KINDS = ["kvroute-config", "kvroute-config-ext-proc", "upstream-shaped-config"]
 # The simulators, the EPP and the test's clients share one event loop (and a 2-core box): at
 # upstream's 50 ms interval a scrape's 40 ms timeout fails under the saturation test's 120
 # streams, the endpoints' data goes stale and the queues are never seen past the threshold.
@@ -126,7 +132,7 @@ async def _start_gateway(
     """EPP + Envoy in front of ``urls``: kvroute's generated config or the upstream shape."""
     resources = tmp / "pool.yaml"
     resources.write_text(RESOURCES)
-    if kind == "kvroute-config":
+    if kind.startswith("kvroute-config"):
         gw_settings = EppSettings(
             grpc_port=0,
             grpc_health_port=0,
@@ -138,7 +144,13 @@ async def _start_gateway(
             health_checking=True,
             refresh_metrics_interval_s=SCRAPE_INTERVAL_S,
         )
-        gw = await stack_.enter_async_context(Gateway(settings=gw_settings, log_dir=tmp))
+        if kind == "kvroute-config":  # kvroute serve's defaults: tap responses, lua transport
+            gw_settings = dataclasses.replace(
+                gw_settings, response_processing=ResponseProcessing.TAP, secure_serving=False
+            )
+        gw = Gateway(settings=gw_settings, log_dir=tmp)  # the default transport, auto
+        assert gw.transport == ("lua" if kind == "kvroute-config" else "ext_proc")
+        await stack_.enter_async_context(gw)
         return gw.url, gw.epp
     settings = EppSettings(
         grpc_port=0,
@@ -226,7 +238,7 @@ async def test_model_restored_stream_and_not(
     else:
         assert r.json()["model"] == "food-review"
         assert r.json()["usage"]["completion_tokens"] == 8
-    if stack.kind == "kvroute-config":  # the upstream shape does not add this header
+    if stack.kind.startswith("kvroute-config"):  # the upstream shape does not add this header
         assert r.headers["x-gateway-destination-endpoint-served"] == stack.hostport(served)
 
 
@@ -341,7 +353,7 @@ async def test_unknown_model_passes_through_as_upstream(stack: Stack) -> None:
 
 async def test_header_only_get_is_routed(stack: Stack) -> None:
     r = await stack.client.get("/v1/models")
-    if stack.kind == "kvroute-config":  # issue 20 finding 1: only inference APIs pass
+    if stack.kind.startswith("kvroute-config"):  # issue 20 finding 1: only inference APIs pass
         assert r.status_code == 404
         assert "only inference APIs are routed" in r.text
         return
