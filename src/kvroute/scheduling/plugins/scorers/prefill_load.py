@@ -33,13 +33,15 @@ server holding a shared system prompt, for a conversation's first turn) are stil
 themselves by the formula above; the others get no score (0). When fewer than two candidates
 are that close (a conversation's later turns, whose history one server holds) it returns no
 scores, as without the margin. So prefill load still chooses between equal caches, and never
-pulls a request away from the one server that holds most of it.
+pulls a request away from the one server that holds most of it. ``prefixHitMarginScope``
+says who is scored when two or more are that close: ``near`` (the default) only they, ``all``
+every candidate (the gate opens, as if no candidate held the prefix).
 
 Parameters (kvroute; no upstream plugin of this name): ``mode`` (``max``), ``thresholdTokens``
 (8192, used by ``threshold`` only; about one scheduler step's token budget),
 ``prefixHitThreshold`` (0, in [0, 1]), ``prefixHitMargin`` (0, in [0, 1]; needs
-``prefixHitThreshold``). Memory: none of its own (the counter lives on the endpoint's load
-ledger).
+``prefixHitThreshold``), ``prefixHitMarginScope`` (``near``). Memory: none of its own (the
+counter lives on the endpoint's load ledger).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class PrefillLoadParams(PluginParams):
     threshold_tokens: int = Field(default=8192, ge=1, alias="thresholdTokens")
     prefix_hit_threshold: float = Field(default=0.0, ge=0.0, le=1.0, alias="prefixHitThreshold")
     prefix_hit_margin: float = Field(default=0.0, ge=0.0, le=1.0, alias="prefixHitMargin")
+    prefix_hit_margin_scope: Literal["near", "all"] = Field(
+        default="near", alias="prefixHitMarginScope"
+    )
 
     @model_validator(mode="after")
     def _margin_needs_threshold(self) -> PrefillLoadParams:
@@ -98,9 +103,11 @@ class PrefillLoadScorer:
                         return {}
                     floor = best - margin * prompt
                     cached = info.cached_tokens
-                    endpoints = [e for e in endpoints if cached.get(e.name, 0) >= floor]
-                    if len(endpoints) < 2:
+                    near = [e for e in endpoints if cached.get(e.name, 0) >= floor]
+                    if len(near) < 2:
                         return {}
+                    if self.params.prefix_hit_margin_scope == "near":
+                        endpoints = near
         return self._formula(endpoints)
 
     def _formula(self, endpoints: Sequence[Endpoint]) -> dict[str, float]:

@@ -107,3 +107,21 @@ def test_prefix_hit_margin_is_validated() -> None:
         reg.create(
             "prefill-load-scorer", "p", {"prefixHitThreshold": 0.5, "prefixHitMargin": 2}, ctx
         )
+
+
+def test_prefix_hit_margin_scope_all_opens_the_gate_for_everyone() -> None:
+    eps = [_with_prefill("a", 100), _with_prefill("b", 400), _with_prefill("c", 0)]
+    params = PrefillLoadParams(
+        prefix_hit_threshold=0.5, prefix_hit_margin=0.1, prefix_hit_margin_scope="all"
+    )
+    s = PrefillLoadScorer(params=params)
+    request = make_request(prompt="x" * 400)  # 100 tokens
+    state = make_state()
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"a": 90, "b": 85}))
+    assert s.score(state, request, eps) == {"a": 0.75, "b": 0.0, "c": 1.0}  # c scored too
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"a": 90, "b": 70}))
+    assert s.score(state, request, eps) == {}  # one holder: still gated
+    with pytest.raises(PluginValidationError, match="prefixHitMarginScope"):
+        default_registry(include_entry_points=False).create(
+            "prefill-load-scorer", "p", {"prefixHitMarginScope": "some"}, PluginContext()
+        )
