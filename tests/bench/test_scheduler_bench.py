@@ -7,13 +7,16 @@ Run::
 What one timed call is:
 
 * ``cycle[default-N]``: what the director runs per request around the scheduler for the default
-  profile (prefix-cache-scorer 3, lora-affinity-scorer 4, session-affinity-scorer 1, queue-scorer
+  profile (prefix-cache-scorer 3, lora-affinity-scorer 4, session-affinity-scorer 3, queue-scorer
   1, kv-cache-utilization-scorer 1, active-request-scorer 2, token-load-scorer 1,
-  prefill-load-scorer 2, max-score-picker with tieTolerance):
+  prefill-load-scorer 2 with its prefix-hit gate and margin, max-score-picker with tieTolerance):
   every PrepareData hook, then ``Scheduler.schedule`` over a frozen tuple of N endpoints. The
   prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and plugin timing is
   on, as in the EPP.
 * ``cycle[default-warm-N]``: the same with the prompt cached on every tenth endpoint.
+* ``cycle[default-round3-N]`` / ``cycle[default-round3-warm-N]``: the default of issue 11's
+  second and third rounds (session-affinity-scorer 1, no ``prefixHitMargin``), for the fourth
+  round's change in the same run.
 * ``cycle[default-no-prefill-N]``: the default without ``prefill-load-scorer`` (the default
   before the issue-11 second round), for that scorer's cost in the same run.
 * ``cycle[upstream-N]``: upstream's default (queue 2, KV 2, prefix 3, max-score-picker), which
@@ -39,6 +42,7 @@ from typing import Any
 import pytest
 
 from kvroute.config.epp_config import (
+    KVROUTE_DEFAULT_CONFIG_TEXT,
     PluginSpec,
     ProfilePluginRef,
     builtin_epp_config,
@@ -153,6 +157,41 @@ def test_cycle_default_profile_warm(benchmark: Any, n: int) -> None:
     for e in endpoints[::10]:
         scorer.index.add(e.name, hashes)
     assert len(scorer.index.match_longest_prefix(hashes)) == len(endpoints[::10])
+    result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
+
+
+def _round3_text() -> str:
+    """The default profile before issue 11's fourth round (its two changes undone)."""
+    text = KVROUTE_DEFAULT_CONFIG_TEXT
+    for new, old in (
+        (", prefixHitMargin: 0.15, prefixHitMarginScope: all}", "}"),
+        (
+            "{pluginRef: session-affinity-scorer, weight: 3}",
+            "{pluginRef: session-affinity-scorer, weight: 1}",
+        ),
+    ):
+        assert text.count(new) == 1, new
+        text = text.replace(new, old)
+    return text
+
+
+@pytest.mark.parametrize("n", [100, 1000], ids=lambda n: f"default-round3-{n}")
+def test_cycle_default_round3(benchmark: Any, n: int) -> None:
+    result = benchmark(_cycle(_setup(_round3_text()), _endpoints(n)))
+    assert result.primary is not None
+
+
+@pytest.mark.parametrize("n", [100, 1000], ids=lambda n: f"default-round3-warm-{n}")
+def test_cycle_default_round3_warm(benchmark: Any, n: int) -> None:
+    """``default-warm-N`` with the round-3 default: one endpoint in ten caches the prompt."""
+    setup = _setup(_round3_text())
+    endpoints = _endpoints(n)
+    scorer = setup.plugins["prefix-cache-scorer"]
+    assert isinstance(scorer, PrefixCacheScorer)
+    _level, hashes = scorer.hash_request(_request(), endpoints)
+    for e in endpoints[::10]:
+        scorer.index.add(e.name, hashes)
     result = benchmark(_cycle(setup, endpoints))
     assert result.primary is not None
 

@@ -354,7 +354,7 @@ plugins:
 - type: token-load-scorer
   parameters: {{normalize: true}}
 - type: prefill-load-scorer
-  parameters: {{prefixHitThreshold: 0.5}}
+  parameters: {{prefixHitThreshold: 0.5, prefixHitMargin: 0.15, prefixHitMarginScope: all}}
 - type: max-score-picker
   parameters: {{tieTolerance: 0.05}}
 schedulingProfiles:
@@ -362,7 +362,7 @@ schedulingProfiles:
   plugins:
   - {{pluginRef: prefix-cache-scorer, weight: 3}}
   - {{pluginRef: lora-affinity-scorer, weight: 4}}
-  - {{pluginRef: session-affinity-scorer, weight: 1}}
+  - {{pluginRef: session-affinity-scorer, weight: 3}}
   - {{pluginRef: mm-embeddings-cache-scorer, weight: 6}}
   - {{pluginRef: queue-scorer, weight: 1}}
   - {{pluginRef: kv-cache-utilization-scorer, weight: 1}}

@@ -27,10 +27,21 @@ scorer returns no scores and leaves the choice to the affinity scorers. A reques
 cached conversation then goes where its cache is, as llm-d's affinity filter keeps it, while
 requests with no such prefix are spread by prefill load.
 
+``prefixHitMargin`` (0 = off; used only with ``prefixHitThreshold``): when the gate closes, the
+candidates whose cached share is within ``prefixHitMargin`` of the best candidate's (e.g. every
+server holding a shared system prompt, for a conversation's first turn) are still scored among
+themselves by the formula above; the others get no score (0). When fewer than two candidates
+are that close (a conversation's later turns, whose history one server holds) it returns no
+scores, as without the margin. So prefill load still chooses between equal caches, and never
+pulls a request away from the one server that holds most of it. ``prefixHitMarginScope``
+says who is scored when two or more are that close: ``near`` (the default) only they, ``all``
+every candidate (the gate opens, as if no candidate held the prefix).
+
 Parameters (kvroute; no upstream plugin of this name): ``mode`` (``max``), ``thresholdTokens``
 (8192, used by ``threshold`` only; about one scheduler step's token budget),
-``prefixHitThreshold`` (0, in [0, 1]). Memory: none of its own (the counter lives on the
-endpoint's load ledger).
+``prefixHitThreshold`` (0, in [0, 1]), ``prefixHitMargin`` (0, in [0, 1]; needs
+``prefixHitThreshold``), ``prefixHitMarginScope`` (``near``). Memory: none of its own (the
+counter lives on the endpoint's load ledger).
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kvroute.datastore.endpoint import Endpoint
 from kvroute.framework.scheduling import PREFIX_CACHE_MATCH
@@ -56,6 +67,16 @@ class PrefillLoadParams(PluginParams):
     mode: Literal["max", "minmax", "threshold"] = "max"
     threshold_tokens: int = Field(default=8192, ge=1, alias="thresholdTokens")
     prefix_hit_threshold: float = Field(default=0.0, ge=0.0, le=1.0, alias="prefixHitThreshold")
+    prefix_hit_margin: float = Field(default=0.0, ge=0.0, le=1.0, alias="prefixHitMargin")
+    prefix_hit_margin_scope: Literal["near", "all"] = Field(
+        default="near", alias="prefixHitMarginScope"
+    )
+
+    @model_validator(mode="after")
+    def _margin_needs_threshold(self) -> PrefillLoadParams:
+        if self.prefix_hit_margin > 0.0 and self.prefix_hit_threshold <= 0.0:
+            raise ValueError("prefixHitMargin needs prefixHitThreshold > 0 (it refines that gate)")
+        return self
 
 
 class PrefillLoadScorer:
@@ -75,8 +96,21 @@ class PrefillLoadScorer:
             info = state.get(PREFIX_CACHE_MATCH, None)
             if info is not None and info.cached_tokens:
                 prompt = len(request.prompt_text) / CHARS_PER_TOKEN
-                if prompt > 0 and max(info.cached_tokens.values()) >= hit * prompt:
-                    return {}
+                best = max(info.cached_tokens.values())
+                if prompt > 0 and best >= hit * prompt:
+                    margin = self.params.prefix_hit_margin
+                    if margin <= 0.0:
+                        return {}
+                    floor = best - margin * prompt
+                    cached = info.cached_tokens
+                    near = [e for e in endpoints if cached.get(e.name, 0) >= floor]
+                    if len(near) < 2:
+                        return {}
+                    if self.params.prefix_hit_margin_scope == "near":
+                        endpoints = near
+        return self._formula(endpoints)
+
+    def _formula(self, endpoints: Sequence[Endpoint]) -> dict[str, float]:
         loads = [e.load.prefill_tokens for e in endpoints]
         mode = self.params.mode
         if mode == "threshold":

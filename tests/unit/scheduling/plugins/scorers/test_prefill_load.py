@@ -39,7 +39,7 @@ def test_threshold_mode_is_absolute() -> None:
 
 @pytest.mark.parametrize("mode", ["max", "minmax"])
 def test_equal_loads_score_equal(mode: str) -> None:
-    s = PrefillLoadScorer(params=PrefillLoadParams(mode=mode))  # type: ignore[arg-type]
+    s = PrefillLoadScorer(params=PrefillLoadParams(mode=mode))
     idle = [_with_prefill("a", 0), _with_prefill("b", 0)]
     assert s.score(make_state(), make_request(), idle) == {"a": 1.0, "b": 1.0}
     busy = s.score(make_state(), make_request(), [_with_prefill("a", 300), _with_prefill("b", 300)])
@@ -74,3 +74,54 @@ def test_prefix_hit_threshold_leaves_cached_requests_to_affinity() -> None:
     assert s.score(state, request, eps) == {}
     off = PrefillLoadScorer()  # threshold 0: prefix data is ignored
     assert off.score(state, request, eps) == {"a": 0.75, "b": 0.0}
+
+
+def test_prefix_hit_margin_scores_only_the_near_best_holders() -> None:
+    eps = [_with_prefill("a", 100), _with_prefill("b", 400), _with_prefill("c", 0)]
+    s = PrefillLoadScorer(params=PrefillLoadParams(prefix_hit_threshold=0.5, prefix_hit_margin=0.1))
+    request = make_request(prompt="x" * 400)  # 100 tokens
+    state = make_state()
+    # a shared system prompt on a and b (90 / 85 tokens), none on c: a and b within 10% of the
+    # best, so prefill load chooses between them; c (no cache) is not scored
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"a": 90, "b": 85}))
+    assert s.score(state, request, eps) == {"a": 0.75, "b": 0.0}
+    # one server holds the conversation (90), the next best 70: nothing to choose, no scores
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"a": 90, "b": 70}))
+    assert s.score(state, request, eps) == {}
+    # below the gate the margin plays no part: every candidate scored
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"a": 40, "b": 40}))
+    assert s.score(state, request, eps) == {"a": 0.75, "b": 0.0, "c": 1.0}
+
+
+def test_prefix_hit_margin_is_validated() -> None:
+    reg = default_registry(include_entry_points=False)
+    ctx = PluginContext()
+    plugin = reg.create(
+        "prefill-load-scorer", "p", {"prefixHitThreshold": 0.5, "prefixHitMargin": 0.1}, ctx
+    )
+    assert isinstance(plugin, PrefillLoadScorer)
+    assert plugin.params.prefix_hit_margin == 0.1
+    with pytest.raises(PluginValidationError, match="prefixHitMargin"):
+        reg.create("prefill-load-scorer", "p", {"prefixHitMargin": 0.1}, ctx)
+    with pytest.raises(PluginValidationError, match="prefixHitMargin"):
+        reg.create(
+            "prefill-load-scorer", "p", {"prefixHitThreshold": 0.5, "prefixHitMargin": 2}, ctx
+        )
+
+
+def test_prefix_hit_margin_scope_all_opens_the_gate_for_everyone() -> None:
+    eps = [_with_prefill("a", 100), _with_prefill("b", 400), _with_prefill("c", 0)]
+    params = PrefillLoadParams(
+        prefix_hit_threshold=0.5, prefix_hit_margin=0.1, prefix_hit_margin_scope="all"
+    )
+    s = PrefillLoadScorer(params=params)
+    request = make_request(prompt="x" * 400)  # 100 tokens
+    state = make_state()
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"a": 90, "b": 85}))
+    assert s.score(state, request, eps) == {"a": 0.75, "b": 0.0, "c": 1.0}  # c scored too
+    state.write(PREFIX_CACHE_MATCH, PrefixCacheMatchInfo({"a": 90, "b": 70}))
+    assert s.score(state, request, eps) == {}  # one holder: still gated
+    with pytest.raises(PluginValidationError, match="prefixHitMarginScope"):
+        default_registry(include_entry_points=False).create(
+            "prefill-load-scorer", "p", {"prefixHitMarginScope": "some"}, PluginContext()
+        )
