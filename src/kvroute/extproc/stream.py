@@ -55,7 +55,6 @@ usage. A tap stream whose body does come through (an upstream-shaped Envoy) is h
 from __future__ import annotations
 
 import dataclasses
-import enum
 import itertools
 import logging
 import time
@@ -83,55 +82,23 @@ from kvroute.extproc.backend import (
 )
 from kvroute.extproc.body_budget import BodyBudget
 from kvroute.extproc.rejection import rejection
+from kvroute.extproc.stream_states import TRANSITIONS, Event, ProtocolViolation, State
 from kvroute.extproc.tap import TAP_NAMESPACE, TapReport, tap_metadata
 from kvroute.framework.hooks import PLUGIN_OWNED_HEADERS
 from kvroute.protocol.paths import is_inference_path
 from kvroute.requestcontrol.headers import MODEL_REWRITE, OBJECTIVE, read_aliased
 
+__all__ = [
+    "Event",
+    "ExtProcStream",
+    "ProtocolViolation",
+    "ResponseProcessing",
+    "State",
+    "StreamOptions",
+]
+
 log = logging.getLogger(__name__)
 _TAP_IDS = itertools.count(1)
-
-
-# Generous: a 1M-token prompt as JSON is a few MB; this only stops runaway uploads.
-class State(enum.Enum):
-    AWAIT_REQUEST_HEADERS = "await-request-headers"
-    REQUEST_BODY = "request-body"
-    ROUTED = "routed"  # request answered; waiting for the upstream's response headers
-    RESPONSE_BODY = "response-body"
-    COMPLETE = "complete"  # response fully seen; completion recorded
-    REJECTED = "rejected"  # an ImmediateResponse was sent; nothing else follows
-
-
-class Event(enum.Enum):
-    REQUEST_HEADERS = "request_headers"
-    REQUEST_BODY = "request_body"
-    REQUEST_TRAILERS = "request_trailers"
-    RESPONSE_HEADERS = "response_headers"
-    RESPONSE_BODY = "response_body"
-    RESPONSE_TRAILERS = "response_trailers"
-
-
-# Which events each state accepts; anything else is a protocol violation by the proxy.
-# A response before the request was routed is a local reply of a filter ahead of ext_proc (the
-# gateway's header limit, Envoy's own errors): passed through untouched, nothing is recorded.
-TRANSITIONS: dict[State, frozenset[Event]] = {
-    State.AWAIT_REQUEST_HEADERS: frozenset({Event.REQUEST_HEADERS, Event.RESPONSE_HEADERS}),
-    State.REQUEST_BODY: frozenset(
-        {Event.REQUEST_BODY, Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS}
-    ),
-    # RESPONSE_TRAILERS: light/tap skip the response headers and body, so a gRPC response's
-    # trailers are the first response message the EPP sees.
-    State.ROUTED: frozenset(
-        {Event.REQUEST_TRAILERS, Event.RESPONSE_HEADERS, Event.RESPONSE_TRAILERS}
-    ),
-    State.RESPONSE_BODY: frozenset({Event.RESPONSE_BODY, Event.RESPONSE_TRAILERS}),
-    State.COMPLETE: frozenset({Event.RESPONSE_TRAILERS, Event.RESPONSE_BODY}),
-    State.REJECTED: frozenset(Event),
-}
-
-
-class ProtocolViolation(Exception):
-    """The proxy sent a message the protocol does not allow here (aborts the gRPC stream)."""
 
 
 @dataclass(frozen=True, slots=True)
