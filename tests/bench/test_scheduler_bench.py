@@ -149,7 +149,14 @@ def test_cycle_default_profile_warm(benchmark: Any, n: int) -> None:
     """The default profile when the prompt is cached: one endpoint in ten holds all its blocks,
     so the prefix scorer's hot-spot guard and every affinity path run (the empty-index case
     above skips them)."""
-    setup = _setup(None)
+    setup, endpoints = _warm(None, n)
+    result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
+
+
+def _warm(config_text: str | None, n: int) -> tuple[SchedulingSetup, tuple[Endpoint, ...]]:
+    """A setup whose prefix index has the bench prompt on every tenth of ``n`` endpoints."""
+    setup = _setup(config_text)
     endpoints = _endpoints(n)
     scorer = setup.plugins["prefix-cache-scorer"]
     assert isinstance(scorer, PrefixCacheScorer)
@@ -157,8 +164,7 @@ def test_cycle_default_profile_warm(benchmark: Any, n: int) -> None:
     for e in endpoints[::10]:
         scorer.index.add(e.name, hashes)
     assert len(scorer.index.match_longest_prefix(hashes)) == len(endpoints[::10])
-    result = benchmark(_cycle(setup, endpoints))
-    assert result.primary is not None
+    return setup, endpoints
 
 
 def _round3_text() -> str:
@@ -185,13 +191,7 @@ def test_cycle_default_round3(benchmark: Any, n: int) -> None:
 @pytest.mark.parametrize("n", [100, 1000], ids=lambda n: f"default-round3-warm-{n}")
 def test_cycle_default_round3_warm(benchmark: Any, n: int) -> None:
     """``default-warm-N`` with the round-3 default: one endpoint in ten caches the prompt."""
-    setup = _setup(_round3_text())
-    endpoints = _endpoints(n)
-    scorer = setup.plugins["prefix-cache-scorer"]
-    assert isinstance(scorer, PrefixCacheScorer)
-    _level, hashes = scorer.hash_request(_request(), endpoints)
-    for e in endpoints[::10]:
-        scorer.index.add(e.name, hashes)
+    setup, endpoints = _warm(_round3_text(), n)
     result = benchmark(_cycle(setup, endpoints))
     assert result.primary is not None
 
