@@ -134,11 +134,11 @@ LUA_ANSWERS = LuaAnswers()
 
 def encode_answer(out: list[Any], original_body: bytes | None) -> bytes:
     """What :class:`LuaAnswers` wrote for one request, as the call's answer."""
-    if not out or isinstance(out[0], bytes):  # a refusal is one answer
-        if not out:
-            raise ValueError("the stream gave no answer for a whole request")
-        return bytes(out[0])
+    if not out:
+        raise ValueError("the stream gave no answer for a whole request")
     lines, forwarded = out[0], out[1:]
+    if isinstance(lines, bytes):  # a refusal: the whole answer
+        return lines
     assert isinstance(lines, _Route)
     text = ("\n".join(lines) + "\n\n").encode()
     if forwarded and forwarded[0] != original_body:

@@ -184,12 +184,7 @@ class ExtProcStream:
         """:meth:`areceive` as an iterator: the forwarded body's chunk messages are built one
         at a time as the caller (the gRPC shell) sends them, so a 20 MB body is not held twice
         (the body and all its messages) while it goes out (issue 14)."""
-        out = self.receive(request)
-        rin = self._pending
-        if rin is None:
-            return iter(out)
-        self._pending = None
-        return itertools.chain(await self._route_async(rin), out)
+        return await self._answer_with_route(self.receive(request))
 
     async def aroute_whole(self, headers: dict[str, str], body: bytes | None) -> list[Any]:
         """A whole request at once (lower-cased headers, the body or None for a header-only
@@ -200,11 +195,15 @@ class ExtProcStream:
         out = self._request_headers(headers, body is None)
         if body is not None:  # the headers left the stream waiting for it (REQUEST_BODY)
             out += self._request_body(body, True)
+        return list(await self._answer_with_route(out))
+
+    async def _answer_with_route(self, out: list[Any]) -> Iterator[Any]:
+        """``out``, preceded by the routing answer when the request just became routable."""
         rin = self._pending
         if rin is None:
-            return out
+            return iter(out)
         self._pending = None
-        return [*await self._route_async(rin), *out]
+        return itertools.chain(await self._route_async(rin), out)
 
     def close(self) -> bool:
         """The stream ended (normally, or the client went away): complete exactly once.
