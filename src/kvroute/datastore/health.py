@@ -72,6 +72,14 @@ class PassiveHealth:
         if rec is not None and rec.ejections:
             log.warning("endpoint %s answered again; back in rotation", hostport)
 
+    def all_routable(self) -> bool:
+        """No ejection is in force (the common case: the caller can skip per-endpoint checks)."""
+        records = self._records
+        if not records:
+            return True
+        now = self._clock()
+        return all(now >= rec.ejected_until for rec in records.values())
+
     def routable(self, hostport: str) -> bool:
         rec = self._records.get(hostport)
         return rec is None or self._clock() >= rec.ejected_until

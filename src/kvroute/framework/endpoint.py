@@ -98,11 +98,16 @@ class Endpoint:
     # The IP of the node the endpoint runs on (a pod's ``status.hostIP``), "" when unknown:
     # where node-level agents (a DCGM exporter DaemonSet) are scraped.
     node_address: str = ""
+    # ``hostport``, formatted once (the request path reads it several times per endpoint).
+    _hostport: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hostport", format_hostport(self.address, self.port))
 
     @property
     def hostport(self) -> str:
         """The value Envoy expects in ``x-gateway-destination-endpoint``."""
-        return format_hostport(self.address, self.port)
+        return self._hostport
 
     @property
     def engine_type(self) -> str:

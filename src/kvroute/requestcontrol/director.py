@@ -510,6 +510,8 @@ def _by_hostport(
 def _routable(health: PassiveHealth, snapshot: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
     """The endpoints passive health has not ejected; all of them if it ejected every one (a
     pool-wide fault must still reach a server, as Envoy's panic threshold does)."""
+    if health.all_routable():
+        return snapshot
     routable = tuple(e for e in snapshot if health.routable(e.hostport))
     return routable or snapshot
 
