@@ -361,7 +361,7 @@ schedulingProfiles:
 - name: default
   plugins:
   - {{pluginRef: prefix-cache-scorer, weight: 3}}
-  - {{pluginRef: lora-affinity-scorer, weight: 4}}
+  - {{pluginRef: lora-affinity-scorer, weight: 8}}
   - {{pluginRef: session-affinity-scorer, weight: 3}}
   - {{pluginRef: mm-embeddings-cache-scorer, weight: 6}}
   - {{pluginRef: queue-scorer, weight: 1}}
