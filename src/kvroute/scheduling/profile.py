@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from time import perf_counter
 from typing import overload
 
@@ -39,6 +40,7 @@ from kvroute.scheduling.interfaces import (
     Scorer,
 )
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 from kvroute.scheduling.timing import PluginTimings
 
 
@@ -162,15 +164,15 @@ class SchedulerProfile:
             if not eps:
                 self._fail(state, f)
                 return None
-        totals = dict.fromkeys([e.name for e in eps], 0.0)
-        for scorer, weight, buf in self._scorers:
-            if buf is None:
-                raw = scorer.score(state, request, eps)
-            else:
-                t0 = perf_counter()
-                raw = scorer.score(state, request, eps)
-                buf.append(perf_counter() - t0)
-            _accumulate(totals, raw, weight)
+        keys = [e.name for e in eps]
+        n = len(keys)
+        if len(dict.fromkeys(keys)) != n:
+            # Duplicate names (never in a pool, where names are unique): one total per name.
+            totals = self._accumulate_dicts(state, request, eps)
+        else:
+            totals = dict(
+                zip(keys, self._accumulate_column(state, request, eps, keys), strict=True)
+            )
         if totals_out is not None:
             totals_out.update(totals)
         buf = self._picker_buf
@@ -180,6 +182,65 @@ class SchedulerProfile:
         result = self._picker.pick(state, ScoredView(eps, totals))
         buf.append(perf_counter() - t0)
         return result
+
+    def _accumulate_column(
+        self,
+        state: CycleState,
+        request: InferenceRequest,
+        eps: Sequence[Endpoint],
+        keys: list[str],
+    ) -> list[float]:
+        """Every scorer's weighted, clamped scores summed per candidate, in candidate order.
+
+        The totals are a list aligned with ``keys`` (unique names): a :class:`ScoreColumn` over
+        ``eps`` is added position by position, a dict with exactly the candidates' keys is read
+        in candidate order with one C-level ``itemgetter`` call, anything else (sparse, extra
+        keys) goes through a name -> position index. Each total receives the same float
+        additions in the same scorer order as :func:`_accumulate` would give it.
+        """
+        n = len(keys)
+        acc = [0.0] * n
+        column = itemgetter(*keys) if n > 1 else None
+        index: dict[str, int] | None = None
+        for scorer, weight, buf in self._scorers:
+            if buf is None:
+                raw = scorer.score(state, request, eps)
+            else:
+                t0 = perf_counter()
+                raw = scorer.score(state, request, eps)
+                buf.append(perf_counter() - t0)
+            if type(raw) is ScoreColumn and raw.endpoints is eps:
+                acc = _add_aligned(acc, raw, weight)
+                continue
+            if not raw:
+                continue
+            if column is not None and type(raw) is dict and len(raw) == n:
+                try:
+                    vals = column(raw)
+                except KeyError:  # as many keys as candidates, but not the same ones
+                    pass
+                else:
+                    acc = _add_column(acc, vals, weight)
+                    continue
+            if index is None:
+                index = dict(zip(keys, range(n), strict=True))
+            _accumulate_sparse(acc, index, raw, weight)
+        return acc
+
+    def _accumulate_dicts(
+        self, state: CycleState, request: InferenceRequest, eps: Sequence[Endpoint]
+    ) -> dict[str, float]:
+        """The plain dict accumulation (used when candidate names repeat)."""
+        totals = dict.fromkeys([e.name for e in eps], 0.0)
+        for scorer, weight, buf in self._scorers:
+            if buf is None:
+                raw = scorer.score(state, request, eps)
+            else:
+                t0 = perf_counter()
+                raw = scorer.score(state, request, eps)
+                buf.append(perf_counter() - t0)
+            _accumulate(totals, raw, weight)
+        return totals
 
     def _fail(self, state: CycleState, emptied_by: Filter) -> None:
         reason = f"filter {emptied_by.typed_name} left no endpoints"
@@ -276,6 +337,43 @@ def _accumulate(totals: dict[str, float], raw: Mapping[str, float], weight: floa
             else:
                 v = 0.0
             totals[k] += v * weight
+
+
+def _add_aligned(acc: list[float], raw: ScoreColumn, weight: float) -> list[float]:
+    """Add a :class:`ScoreColumn` over the profile's own candidates, position by position."""
+    col = raw.column
+    if col is None:
+        c = clamp01(raw.value) * weight
+        if c == 0.0:  # t + 0.0 is t: totals start at +0.0, so none is -0.0
+            return acc
+        return [t + c for t in acc]
+    return _add_column(acc, col, weight)
+
+
+def _add_column(acc: list[float], vals: Sequence[float], weight: float) -> list[float]:
+    """``acc[i] + clamp01(vals[i]) * weight``: the same float operations, in the same order, as
+    :func:`_accumulate` on a dict (so totals are bit-identical), without its two dict lookups
+    per candidate. ``v <= 1.0 and v >= 0.0`` is false for NaN, which :func:`clamp01` makes 0.
+    """
+    return [
+        t + (v if v <= 1.0 and v >= 0.0 else clamp01(v)) * weight
+        for t, v in zip(acc, vals, strict=True)
+    ]
+
+
+def _accumulate_sparse(
+    acc: list[float], index: Mapping[str, int], raw: Mapping[str, float], weight: float
+) -> None:
+    """:func:`_accumulate` into the candidate-ordered column ``acc`` (``index``: name -> slot)."""
+    for k, v in raw.items():
+        i = index.get(k)
+        if i is not None:
+            if v >= 0.0:
+                if v > 1.0:
+                    v = 1.0
+            else:
+                v = 0.0
+            acc[i] += v * weight
 
 
 def _series(

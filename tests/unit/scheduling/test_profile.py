@@ -16,6 +16,7 @@ from kvroute.scheduling.interfaces import (
     PluginTrace,
     ProfileResult,
     ScoredEndpoint,
+    Scorer,
     ScorerCategory,
 )
 from kvroute.scheduling.plugins.pickers.max_score import MaxScorePicker
@@ -23,9 +24,11 @@ from kvroute.scheduling.profile import (
     SchedulerProfile,
     ScoredView,
     WeightedScorer,
+    _accumulate,
     clamp01,
 )
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 from kvroute.scheduling.timing import PluginTimings
 from tests.fakes import make_endpoint, make_request, make_state, names
 
@@ -208,3 +211,95 @@ def test_scored_view_is_a_sequence_of_scored_endpoints() -> None:
 )
 def test_clamp01(value: float, expected: float) -> None:
     assert clamp01(value) == expected
+
+
+class ColumnScorer:
+    """Returns a :class:`ScoreColumn` over the candidates it is given (values or uniform)."""
+
+    category = ScorerCategory.DISTRIBUTION
+
+    def __init__(self, name: str, column: list[float] | None, value: float = 0.0) -> None:
+        self.typed_name = TypedName("column-scorer", name)
+        self.column = column
+        self.value = value
+
+    def score(
+        self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
+    ) -> Mapping[str, float]:
+        if self.column is None:
+            return ScoreColumn.uniform(endpoints, self.value)
+        return ScoreColumn(endpoints, self.column[: len(endpoints)])
+
+
+def _bits(totals: Mapping[str, float]) -> dict[str, str]:
+    return {k: v.hex() for k, v in totals.items()}
+
+
+def test_column_totals_are_bit_identical_to_dict_accumulation() -> None:
+    """Random mixes of dense dicts (in and out of candidate order), sparse dicts, dicts with
+    unknown keys, NaN / infinities / out-of-range values, aligned columns and uniform columns:
+    the fast path's totals equal, bit for bit, what plain dict accumulation (``_accumulate``,
+    which the traced path uses) gives, and so does a scorer returning the same values as a dict.
+    """
+    rng = random.Random(11)
+    eps = tuple(make_endpoint(f"e{i}") for i in range(12))
+    specials = [math.nan, math.inf, -math.inf, -0.0, 1.5, -0.25, 1.0, 0.0]
+    for _ in range(200):
+        scorers: list[WeightedScorer] = []
+        for j in range(rng.randint(1, 8)):
+            vals = [rng.choice(specials) if rng.random() < 0.1 else rng.random() for _ in eps]
+            kind = rng.randrange(5)
+            w = rng.choice([0.0, 0.5, 1.0, 2.0, 3.0, 1 / 3])
+            s: Scorer
+            if kind == 0:
+                s = ColumnScorer(f"c{j}", vals)
+            elif kind == 1:
+                s = ColumnScorer(f"u{j}", None, rng.choice([0.0, 1.0, rng.random(), math.nan]))
+            elif kind == 2:
+                pairs = list(zip([e.name for e in eps], vals, strict=True))
+                rng.shuffle(pairs)
+                s = FixedScorer(f"d{j}", dict(pairs))
+            elif kind == 3:
+                s = FixedScorer(
+                    f"s{j}", {e.name: v for e, v in zip(eps, vals, strict=True) if v > 0.5}
+                )
+            else:
+                extra = {e.name: v for e, v in zip(eps[1:], vals, strict=False)}
+                s = FixedScorer(f"x{j}", {"ghost": 0.9, **extra})
+            scorers.append(WeightedScorer(s, w))
+        fast: dict[str, float] = {}
+        SchedulerProfile("p", [], scorers, MaxScorePicker()).run(
+            make_state(), make_request(), eps, None, fast
+        )
+        slow = dict.fromkeys([e.name for e in eps], 0.0)
+        for ws in scorers:
+            _accumulate(slow, dict(ws.scorer.score(make_state(), make_request(), eps)), ws.weight)
+        assert _bits(fast) == _bits(slow)
+
+
+def test_score_column_reads_as_the_dict_it_replaces() -> None:
+    eps = (make_endpoint("a"), make_endpoint("b"))
+    col = ScoreColumn(eps, [0.25, 1.0])
+    assert col == {"a": 0.25, "b": 1.0}
+    assert dict.__eq__({"a": 0.25, "b": 1.0}, col) is NotImplemented  # so == reflects to col
+    assert {"a": 0.25, "b": 1.0} == col  # noqa: SIM300 (the reflected comparison is the test)
+    assert dict(col) == {"a": 0.25, "b": 1.0}
+    assert col["b"] == 1.0
+    assert "a" in col
+    assert "z" not in col
+    assert len(col) == 2
+    assert list(col.values()) == [0.25, 1.0]
+    assert ScoreColumn.uniform(eps, 1.0) == {"a": 1.0, "b": 1.0}
+    assert not ScoreColumn.uniform((), 1.0)
+    with pytest.raises(ValueError, match="1 values for 2 endpoints"):
+        ScoreColumn(eps, [0.5])
+
+
+def test_duplicate_candidate_names_keep_one_total_per_name() -> None:
+    eps = (make_endpoint("a"), make_endpoint("a"), make_endpoint("b"))
+    totals: dict[str, float] = {}
+    scorers = [WeightedScorer(ColumnScorer("c", [0.1, 0.2, 0.3]), 1.0)]
+    SchedulerProfile("p", [], scorers, MaxScorePicker()).run(
+        make_state(), make_request(), eps, None, totals
+    )
+    assert totals == {"a": 0.2, "b": 0.3}  # the dict path: a later name wins, as in a dict

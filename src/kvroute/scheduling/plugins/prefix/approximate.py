@@ -68,6 +68,7 @@ from kvroute.scheduling.plugins.prefix.hashing import (
 from kvroute.scheduling.plugins.prefix.hotspot import HotspotGuard, HotspotPolicy
 from kvroute.scheduling.plugins.prefix.index import PrefixIndex
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 
 T = TypeVar("T")
 
@@ -333,7 +334,7 @@ class PrefixCacheScorer:
         match = self.match(state, request, endpoints)
         total = match.total_blocks
         if total == 0 or not match.matched:  # no endpoint holds a block: no guard needed
-            return dict.fromkeys([e.name for e in endpoints], 0.0)
+            return ScoreColumn.uniform(endpoints, 0.0)
         overloaded = self.guard.overloaded(endpoints)
         explain = state.get(EXPLAIN, None)
         if explain is not None:

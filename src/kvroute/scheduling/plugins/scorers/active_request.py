@@ -44,6 +44,7 @@ from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 
 TYPE = "active-request-scorer"
 
@@ -84,10 +85,15 @@ class ActiveRequestScorer:
         top = max(loads)
         low = least if self.params.normalize else 0
         span = top - low
-        out: dict[str, float] = {}
-        for e, n, eff in zip(endpoints, raw, loads, strict=True):
-            out[e.name] = 1.0 if n <= idle or span <= 0 else (top - eff) / span * busy
-        return out
+        if span <= 0 or (top if loads is raw else max(raw)) <= idle:  # every candidate: 1.0
+            return ScoreColumn.uniform(endpoints, 1.0)
+        return ScoreColumn(
+            endpoints,
+            [
+                1.0 if n <= idle else (top - eff) / span * busy
+                for n, eff in zip(raw, loads, strict=True)
+            ],
+        )
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> ActiveRequestScorer:

@@ -17,6 +17,7 @@ from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 
 TYPE = "kv-cache-utilization-scorer"
 
@@ -34,7 +35,7 @@ class KvCacheUtilizationScorer:
     def score(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
-        return {e.name: 1.0 - e.metrics.kv_cache_usage for e in endpoints}
+        return ScoreColumn(endpoints, [1.0 - e.metrics.kv_cache_usage for e in endpoints])
 
 
 def _factory(

@@ -58,6 +58,7 @@ from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 
 TYPE = "prefill-load-scorer"
 CHARS_PER_TOKEN = 4  # the director's and the prefix index's estimate for untokenised text
@@ -110,19 +111,18 @@ class PrefillLoadScorer:
                         endpoints = near
         return self._formula(endpoints)
 
-    def _formula(self, endpoints: Sequence[Endpoint]) -> dict[str, float]:
+    def _formula(self, endpoints: Sequence[Endpoint]) -> Mapping[str, float]:
         loads = [e.load.prefill_tokens for e in endpoints]
         mode = self.params.mode
         if mode == "threshold":
             limit = float(self.params.threshold_tokens)
-            pairs = zip(endpoints, loads, strict=True)
-            return {e.name: 1.0 - min(1.0, b / limit) for e, b in pairs}
+            return ScoreColumn(endpoints, [1.0 - min(1.0, b / limit) for b in loads])
         hi = max(loads)
         lo = min(loads) if mode == "minmax" else 0
         if hi <= lo:
-            return dict.fromkeys([e.name for e in endpoints], 1.0)
+            return ScoreColumn.uniform(endpoints, 1.0)
         span = float(hi - lo)
-        return {e.name: (hi - b) / span for e, b in zip(endpoints, loads, strict=True)}
+        return ScoreColumn(endpoints, [(hi - b) / span for b in loads])
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> PrefillLoadScorer:

@@ -28,6 +28,7 @@ from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 
 TYPE = "queue-scorer"
 
@@ -55,14 +56,19 @@ class QueueScorer:
         return min_max_low_is_best(endpoints, qs)
 
 
-def min_max_low_is_best(endpoints: Sequence[Endpoint], values: Sequence[int]) -> dict[str, float]:
-    """Upstream's min-max normalisation where the smallest value scores 1 and the largest 0."""
+def min_max_low_is_best(
+    endpoints: Sequence[Endpoint], values: Sequence[int]
+) -> Mapping[str, float]:
+    """Upstream's min-max normalisation where the smallest value scores 1 and the largest 0.
+
+    Returned as a :class:`ScoreColumn` aligned with ``endpoints`` (uniform 1.0 when all equal).
+    """
     lo = min(values)
     hi = max(values)
     if hi == lo:
-        return dict.fromkeys([e.name for e in endpoints], 1.0)
+        return ScoreColumn.uniform(endpoints, 1.0)
     span = float(hi - lo)
-    return {e.name: (hi - v) / span for e, v in zip(endpoints, values, strict=True)}
+    return ScoreColumn(endpoints, [(hi - v) / span for v in values])
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> QueueScorer:

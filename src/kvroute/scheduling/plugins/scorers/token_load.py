@@ -29,6 +29,7 @@ from kvroute.scheduling.interfaces import CycleState, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.plugins.scorers.queue import min_max_low_is_best
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 
 TYPE = "token-load-scorer"
 
@@ -53,7 +54,11 @@ class TokenLoadScorer:
         if self.params.normalize:
             return min_max_low_is_best(endpoints, [e.load.inflight_tokens for e in endpoints])
         limit = float(self.params.queue_threshold_tokens)
-        return {e.name: 1.0 - min(1.0, e.load.inflight_tokens / limit) for e in endpoints}
+        loads = [e.load.inflight_tokens for e in endpoints]
+        lo = min(loads)
+        if lo == max(loads):  # the same formula, evaluated once (an idle pool)
+            return ScoreColumn.uniform(endpoints, 1.0 - min(1.0, lo / limit))
+        return ScoreColumn(endpoints, [1.0 - min(1.0, b / limit) for b in loads])
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> TokenLoadScorer:
