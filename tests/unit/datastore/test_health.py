@@ -62,8 +62,11 @@ def test_all_routable_is_false_only_while_an_ejection_is_in_force() -> None:
     h = PassiveHealth(clock, threshold=2, base_ejection_s=10.0)
     assert h.all_routable()
     h.failure("a:1", "HTTP 503")  # below the threshold: counted, not ejected
-    assert h.all_routable() and h.routable("a:1")
+    assert h.all_routable()
+    assert h.routable("a:1")
     h.failure("a:1", "HTTP 503")
-    assert not h.all_routable() and not h.routable("a:1")
+    assert not h.all_routable()
+    assert not h.routable("a:1")
     clock.now += 10.0
-    assert h.all_routable() and h.routable("a:1")
+    assert h.all_routable()
+    assert h.routable("a:1")
