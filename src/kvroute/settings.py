@@ -26,19 +26,27 @@ import argparse
 import dataclasses
 import os
 import socket
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvroute.config.duration import parse_go_duration
 from kvroute.config.extproc_options import (
     DEFAULT_MAX_BUFFERED_BODY_BYTES,
     DEFAULT_MAX_REQUEST_BODY_BYTES,
     ResponseProcessing,
 )
+from kvroute.config.flags import (
+    FLAG_KEY,
+    UNSET,
+    Flag,
+    duration,
+    endpoint_ports,
+    flag,
+    from_env,
+    parse_bool,
+    parse_endpoint_url,
+)
 from kvroute.errors import ConfigError
-from kvroute.hostport import split_hostport
 
 __all__ = [
     "EppSettings",
@@ -52,72 +60,6 @@ __all__ = [
     "parse_endpoint_url",
     "settings_from_args",
 ]
-
-_FLAG = "kvroute.flag"
-_UNSET: Any = object()
-
-
-def duration(text: str) -> float:
-    """A flag duration: Go syntax (``50ms``, ``1m30s``) or bare seconds (``1.5``)."""
-    try:
-        return parse_go_duration(text, bare_seconds=True)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def parse_bool(text: str) -> bool:
-    """Go's ``strconv.ParseBool`` spellings, as upstream's bool flags take them."""
-    low = text.strip().lower()
-    if low in ("1", "true", "t", "yes", "y"):
-        return True
-    if low in ("0", "false", "f", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def parse_endpoint_url(url: str) -> tuple[str, int]:
-    """``http://10.0.0.1:8000``, ``10.0.0.1:8000`` or ``http://[::1]:8000`` -> (host, port)."""
-    _, sep, rest = url.strip().partition("://")
-    hostport = (rest if sep else url.strip()).split("/", 1)[0].rpartition("@")[2]
-    try:
-        return split_hostport(hostport)
-    except ValueError:
-        raise ConfigError(f"--endpoint {url!r}: expected http://HOST:PORT") from None
-
-
-def _ports(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError as exc:
-        raise ConfigError(f"--endpoint-target-ports: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Flag:
-    """How one :class:`EppSettings` field appears on the command line."""
-
-    name: str
-    help: str | None = None
-    parse: Callable[[str], Any] | None = None  # argparse ``type``
-    convert: Callable[[Any], Any] | None = None  # parsed flag value -> field value
-    flag_default: Any = _UNSET  # the flag's default when it differs from the field's
-    gateway_default: Any = _UNSET  # ``kvroute serve``'s default
-    metavar: str | None = None
-    choices: Sequence[str] | None = None
-    repeat: bool = False  # ``action="append"``
-    optional_value: bool = False  # ``--flag`` alone means True (``nargs="?"``)
-    exclusive: str | None = None  # name of a mutually exclusive group
-    gateway_aliases: tuple[str, ...] = ()
-
-
-def flag(name: str, **options: Any) -> dict[str, Flag]:
-    """``metadata=`` for an :class:`EppSettings` field that is also the flag ``name``."""
-    return {_FLAG: Flag(name=name, **options)}
-
-
-def from_env(variable: str, fallback: str) -> Callable[[], str]:
-    """A ``default_factory``: the environment variable ``variable``, else ``fallback``."""
-    return lambda: os.environ.get(variable, fallback)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,7 +151,7 @@ class EppSettings:
         default=(),
         metadata=flag(
             "--endpoint-target-ports",
-            convert=_ports,
+            convert=endpoint_ports,
             flag_default="",
             help="comma-separated ports for --endpoint-selector",
         ),
@@ -533,17 +475,19 @@ class EppSettings:
 
 def flags() -> list[tuple[dataclasses.Field[Any], Flag]]:
     """Every field that is a flag, with its flag declaration, in declaration order."""
-    return [(f, f.metadata[_FLAG]) for f in dataclasses.fields(EppSettings) if _FLAG in f.metadata]
+    return [
+        (f, f.metadata[FLAG_KEY]) for f in dataclasses.fields(EppSettings) if FLAG_KEY in f.metadata
+    ]
 
 
 def _flag_default(f: dataclasses.Field[Any], spec: Flag, gateway: bool) -> Any:
-    if gateway and spec.gateway_default is not _UNSET:
+    if gateway and spec.gateway_default is not UNSET:
         return spec.gateway_default
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()  # e.g. from_env: read when the parser is built
     if spec.repeat:
         return []
-    if spec.flag_default is not _UNSET:
+    if spec.flag_default is not UNSET:
         return spec.flag_default
     return f.default
 
