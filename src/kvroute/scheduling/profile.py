@@ -203,12 +203,7 @@ class SchedulerProfile:
         column = itemgetter(*keys) if n > 1 else None
         index: dict[str, int] | None = None
         for scorer, weight, buf in self._scorers:
-            if buf is None:
-                raw = scorer.score(state, request, eps)
-            else:
-                t0 = perf_counter()
-                raw = scorer.score(state, request, eps)
-                buf.append(perf_counter() - t0)
+            raw = _score(scorer, buf, state, request, eps)
             if type(raw) is ScoreColumn and raw.endpoints is eps:
                 acc = _add_aligned(acc, raw, weight)
                 continue
@@ -233,12 +228,7 @@ class SchedulerProfile:
         """The plain dict accumulation (used when candidate names repeat)."""
         totals = dict.fromkeys([e.name for e in eps], 0.0)
         for scorer, weight, buf in self._scorers:
-            if buf is None:
-                raw = scorer.score(state, request, eps)
-            else:
-                t0 = perf_counter()
-                raw = scorer.score(state, request, eps)
-                buf.append(perf_counter() - t0)
+            raw = _score(scorer, buf, state, request, eps)
             _accumulate(totals, raw, weight)
         return totals
 
@@ -320,6 +310,22 @@ class SchedulerProfile:
             )
         )
         return result
+
+
+def _score(
+    scorer: Scorer,
+    buf: deque[float] | None,
+    state: CycleState,
+    request: InferenceRequest,
+    eps: Sequence[Endpoint],
+) -> Mapping[str, float]:
+    """One scorer's result, timed into ``buf`` when plugin timing is on."""
+    if buf is None:
+        return scorer.score(state, request, eps)
+    t0 = perf_counter()
+    raw = scorer.score(state, request, eps)
+    buf.append(perf_counter() - t0)
+    return raw
 
 
 def _accumulate(totals: dict[str, float], raw: Mapping[str, float], weight: float) -> None:
