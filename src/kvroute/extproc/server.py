@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvroute.extproc.backend import RoutingBackend
 from kvroute.extproc.stream import ExtProcStream, ProtocolViolation, StreamOptions
 from kvroute.extproc.tap import TAP_CLUSTER_PREFIX, TAP_SERVICE, TapReportError, parse_report
+from kvroute.extproc.tap_wait import ReportWaits
 from kvroute.hostport import format_hostport
 from kvroute.observability import tracing
 
@@ -62,6 +63,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.released_streams = 0
         self.active_streams = 0
         self._tapped: dict[str, ExtProcStream] = {}  # tap id -> open stream (tap mode)
+        # Deadlines of the streams that wait for their report (closed, or routed by the Lua
+        # transport): one loop timer for the earliest, not one per stream (tap_wait.py).
+        self._waits = ReportWaits()
+        self._wait_timer: asyncio.TimerHandle | None = None
         self.tap_cluster: str | None = None  # set when serving on TCP (build_ext_proc_server)
         self.late_tap_reports = 0
 
@@ -92,8 +97,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             self.active_streams -= 1
             if stream.close():  # completion waits for the tap report, at most TAP_GRACE_S
-                grace = RELEASED_TAP_TTL_S if released else TAP_GRACE_S
-                asyncio.get_running_loop().call_later(grace, self._expire_tap, stream)
+                self._wait_for_report(stream, RELEASED_TAP_TTL_S if released else TAP_GRACE_S)
             elif stream.tap_id:
                 self._tapped.pop(stream.tap_id, None)
             tracing.exit_grpc_call(trace_token)
@@ -128,25 +132,56 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             stream.tap_report(report)
             if stream.completed:
                 self._tapped.pop(report.tap_id, None)
+                self._waits.discard(report.tap_id)
 
-    def hold_for_report(self, stream: ExtProcStream, ttl_s: float = RELEASED_TAP_TTL_S) -> None:
+    def hold_for_report(self, stream: ExtProcStream, ttl_s: float | None = None) -> None:
         """A stream routed outside ``Process`` (the Lua transport, :mod:`kvroute.extproc.
-        lua_route`) waits here for its tap report, at most ``ttl_s`` (a disconnect then)."""
+        lua_route`) waits here for its tap report, at most ``ttl_s`` (default
+        ``RELEASED_TAP_TTL_S``; a disconnect then)."""
         self._tapped[stream.tap_id] = stream
-        asyncio.get_running_loop().call_later(ttl_s, self._expire_tap, stream)
+        self._wait_for_report(stream, RELEASED_TAP_TTL_S if ttl_s is None else ttl_s)
 
     def report_disconnect(self, tap_id: str) -> bool:
         """The gateway saw the exchange ``tap_id`` end without its report (the client left):
         complete it now as a disconnect. False when it is not held (reported already)."""
         stream = self._tapped.pop(tap_id, None)
+        self._waits.discard(tap_id)
         if stream is None:
             return False
         stream.expire_tap()
         return True
 
-    def _expire_tap(self, stream: ExtProcStream) -> None:
-        if self._tapped.pop(stream.tap_id, None) is not None:
-            stream.expire_tap()
+    @property
+    def waiting_reports(self) -> int:
+        """Exchanges whose report is awaited with a deadline (what the expiry keeps)."""
+        return len(self._waits)
+
+    def _wait_for_report(self, stream: ExtProcStream, ttl_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._waits.add(stream.tap_id, ttl_s, loop.time())
+        timer = self._wait_timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._wait_timer = loop.call_at(deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """The earliest wait ran out (or its stream completed since: then nothing is due):
+        complete the due exchanges as disconnects, arm the timer for the next deadline."""
+        loop = asyncio.get_running_loop()
+        self._wait_timer = None
+        # A timer may run up to the clock's resolution early: 1 ms of slack, never a busy loop.
+        for tap_id in self._waits.pop_due(loop.time() + 1e-3):
+            stream = self._tapped.pop(tap_id, None)
+            if stream is None:
+                continue
+            try:
+                stream.expire_tap()
+            except Exception:  # bookkeeping: one failure must not strand the others
+                log.exception("completing exchange %s as a disconnect failed", tap_id)
+        deadline = self._waits.next_deadline()
+        if deadline is not None:
+            self._wait_timer = loop.call_at(deadline, self._expire_due)
 
     def tap_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(

@@ -419,3 +419,50 @@ def test_lua_answers_say_what_the_ext_proc_messages_say(
         assert (lua_body if "b" in lines else body) == proto_body
     else:
         assert lua_body == proto_body
+
+
+def test_a_reported_exchange_is_not_kept_until_its_wait_runs_out() -> None:
+    """Issue 19, fifth round: each held exchange used to be a one-hour loop timer holding its
+    stream, so every request (its body too) stayed in memory an hour after its report. Now a
+    report forgets the exchange at once, and the loop keeps one timer for all the waits."""
+    import gc
+    import weakref
+
+    async def scenario() -> tuple[list[weakref.ref[ExtProcStream]], ExternalProcessor, int]:
+        backend = _Backend()
+        shell, processor = _shell(backend)
+        refs: list[weakref.ref[ExtProcStream]] = []
+        for _ in range(5):
+            _, lines, _ = _parse(await shell.decide(_call(POST, COMPLETION)))
+            tap_id = next(line[5:] for line in lines if line.startswith("m id\t"))
+            refs.append(weakref.ref(processor._tapped[tap_id]))
+            processor.handle_tap_report(_payload(tap_id, "whole", SSE))
+        gc.collect()
+        timers = len(asyncio.get_running_loop()._scheduled)  # type: ignore[attr-defined]
+        return refs, processor, timers
+
+    refs, processor, timers = asyncio.run(scenario())
+    assert [r() for r in refs] == [None] * 5
+    assert processor.waiting_reports == 0
+    assert timers <= 1
+
+
+def test_held_exchanges_without_a_report_expire_as_disconnects_in_order() -> None:
+    async def scenario() -> _Backend:
+        backend = _Backend()
+        _, processor = _shell(backend)
+        for ttl in (0.05, 0.02):  # the second, shorter wait re-arms the one timer earlier
+            stream = ExtProcStream(backend, TAP)
+            await stream.aroute_whole(POST, COMPLETION)
+            assert stream.close()
+            processor.hold_for_report(stream, ttl)
+        assert processor.waiting_reports == 2
+        for _ in range(100):
+            if len(backend.completions) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert processor.waiting_reports == 0
+        return backend
+
+    backend = asyncio.run(scenario())
+    assert [c.disconnected for c in backend.completions] == [True, True]
