@@ -40,13 +40,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
 import resource
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import types
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kvroute.extproc.answers import RouteAnswer
 from kvroute.extproc.backend import RoutingBackend
@@ -188,7 +190,12 @@ class LuaRouteShell:
 
 
 class _RouteProtocol(asyncio.Protocol):
-    """One Envoy connection: calls answered in order, the running one cancelled on close."""
+    """One Envoy connection: calls answered in order, the running one cancelled on close.
+
+    A call is answered eagerly, inside ``data_received``, when routing does not have to wait
+    (no flow-control queueing: nearly every call); only a call that waits continues in a task.
+    Issue 19, fifth round: a task per call cost one more event-loop pass (and its zero-timeout
+    ``epoll_wait``) per request."""
 
     def __init__(self, shell: LuaRouteShell, max_bytes: int) -> None:
         self._shell = shell
@@ -211,33 +218,73 @@ class _RouteProtocol(asyncio.Protocol):
             transport.write(http_response(exc.status, str(exc), close=True))
             transport.close()
             return
-        if self._task is None and self._queue:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._task is None:
+            self._drain()
 
-    async def _run(self) -> None:
+    def _drain(self) -> None:
+        """Answer the queued calls in order; the first that has to wait goes on in a task."""
         transport = self._transport
         assert transport is not None
         while self._queue:
-            payload = self._queue.pop(0)
+            call = self._answer(self._queue.pop(0))
+            # Its own context, as a task would have (tracing sets context variables).
+            ctx = contextvars.copy_context()
             try:
-                answer = http_response_bytes(200, await self._shell.decide(payload))
-            except RouteRequestError as exc:
-                log.warning("bad Lua route call: %s", exc)
-                answer = http_response(400, str(exc))
-            except Exception:  # the stream answers every routing failure; this is a bug here
-                log.exception("Lua route call failed")
-                answer = http_response(500, "kvroute: routing call failed")
-            if transport.is_closing():
-                return
-            transport.write(answer)
-        self._task = None
+                waiting = ctx.run(call.send, None)
+            except StopIteration as done:
+                if transport.is_closing():
+                    return
+                transport.write(done.value)
+                continue
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._resume(call, waiting), context=ctx)
+            return
         if self._parser.close_after:
             transport.close()
+
+    async def _resume(self, call: Coroutine[Any, Any, bytes], waiting: Any) -> None:
+        answer = await _continue(call, waiting)
+        self._task = None
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        transport.write(answer)
+        self._drain()
+
+    async def _answer(self, payload: bytes) -> bytes:
+        try:
+            return http_response_bytes(200, await self._shell.decide(payload))
+        except RouteRequestError as exc:
+            log.warning("bad Lua route call: %s", exc)
+            return http_response(400, str(exc))
+        except Exception:  # the stream answers every routing failure; this is a bug here
+            log.exception("Lua route call failed")
+            return http_response(500, "kvroute: routing call failed")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._task is not None:
             self._task.cancel()  # the client left: out of the flow-control queue
         self._queue.clear()
+
+
+@types.coroutine
+def _continue(call: Coroutine[Any, Any, bytes], waiting: Any) -> Generator[Any, Any, bytes]:
+    """Drive ``call`` on from its first suspension (it yielded ``waiting``, a future) inside
+    the awaiting task: what the task would have done had it started ``call`` itself."""
+    while True:
+        try:
+            sent = yield waiting
+        except BaseException as exc:  # the task was cancelled: into the call, as await does
+            try:
+                waiting = call.throw(exc)
+            except StopIteration as done:
+                return cast(bytes, done.value)
+        else:
+            try:
+                waiting = call.send(sent)
+            except StopIteration as done:
+                return cast(bytes, done.value)
 
 
 def http_response_bytes(status: int, body: bytes) -> bytes:

@@ -466,3 +466,33 @@ def test_held_exchanges_without_a_report_expire_as_disconnects_in_order() -> Non
 
     backend = asyncio.run(scenario())
     assert [c.disconnected for c in backend.completions] == [True, True]
+
+
+def test_a_call_that_waits_goes_on_in_a_task_and_the_next_call_keeps_its_place(
+    tmp_path: Path,
+) -> None:
+    """Calls are answered eagerly in ``data_received`` unless routing waits (flow control);
+    one that waits continues in a task, and a call pipelined behind it on the same connection
+    is answered after it, not before."""
+
+    async def scenario() -> tuple[list[tuple[bytes, bytes]], _Blocking]:
+        path = route_socket_for(tmp_path / "epp.sock")
+        backend = _Blocking()
+        shell, _ = _shell(backend)
+        async with serving_routes(path, shell, 1000):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            other = dict(POST, **{"x-request-id": "r2"})
+            writer.write(_http(_call(POST, COMPLETION)) + _http(_call(other, COMPLETION)))
+            await asyncio.wait_for(backend.entered.wait(), 5)
+            await asyncio.sleep(0.05)
+            early = len(reader._buffer)  # type: ignore[attr-defined]
+            backend.release.set()
+            answers = [await _read_answer(reader), await _read_answer(reader)]
+            writer.close()
+        assert early == 0  # nothing answered while the first call waited
+        return answers, backend
+
+    answers, backend = asyncio.run(scenario())
+    assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 2
+    assert [r.headers.get("x-request-id") for r in backend.routed_inputs] == ["r1", "r2"]
+    assert all(a[1].startswith(b"R\n") for a in answers)
