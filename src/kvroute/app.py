@@ -179,7 +179,9 @@ class EppApp:
     ) -> None:
         self.settings = settings
         self.datastore = Datastore()
-        self.metrics = EppMetrics(settings.pool_label)
+        self.metrics = EppMetrics(
+            settings.pool_label, fairness_label_limit=settings.fairness_id_metric_label_limit
+        )
         self.ports = BoundPorts()
         self.tls = tls
         self.processor: ExternalProcessor | None = None
@@ -519,7 +521,12 @@ async def build_director_backend(
     from kvroute.observability.autoscaling_metrics import flow_control_providers
     from kvroute.observability.flowcontrol_metrics import FlowControlMetrics
 
-    flow_metrics = FlowControlMetrics(metrics.registry, settings.pool_label)
+    flow_metrics = FlowControlMetrics(
+        metrics.registry,
+        settings.pool_label,
+        model_labels=metrics.model_labels,
+        fairness_labels=metrics.fairness_labels,
+    )
     graph = build_epp(
         config,
         datastore,

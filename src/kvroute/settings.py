@@ -119,6 +119,15 @@ class EppSettings:
         default=2.0,
         metadata=flag("--metrics-staleness-threshold", parse=duration, flag_default="2s"),
     )
+    fairness_id_metric_label_limit: int = field(
+        default=1000,
+        metadata=flag(
+            "--fairness-id-metric-label-limit",
+            parse=int,
+            help="distinct fairness IDs that get their own metric label; later ones read "
+            "'other' (0: every ID but default-flow does)",
+        ),
+    )
     secure_serving: bool = field(
         default=True,
         metadata=flag(
@@ -451,6 +460,11 @@ class EppSettings:
             raise ConfigError(
                 "--sync-peer-timeout must be at least 4 x --sync-interval and at most 60s, "
                 f"got {self.sync_peer_timeout_s}"
+            )
+        if self.fairness_id_metric_label_limit < 0:
+            raise ConfigError(
+                "--fairness-id-metric-label-limit must not be negative, got "
+                f"{self.fairness_id_metric_label_limit}"
             )
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout must not be negative, got {self.drain_timeout_s}")

@@ -10,8 +10,9 @@ still emits for the queue duration, size and bytes:
 * ``capacity_utilization_requests`` / ``capacity_utilization_bytes{priority,inference_pool}``
   (gauges, 0..1 of the band's ``maxRequests`` / ``maxBytes``).
 
-A flow that empties is reported 0 once, then its series is removed, so arbitrary fairness IDs do
-not grow the registry without bound.
+A flow that empties is reported 0 once, then its series is removed, and fairness IDs and model
+names are bounded labels (:mod:`kvroute.observability.label_limit`, shared with the request
+metrics), so arbitrary client values do not grow the registry without bound.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from kvroute.flowcontrol.item import QueueItem
 from kvroute.flowcontrol.queues import FlowQueues
 from kvroute.observability.fast_histogram import FastHistogram
+from kvroute.observability.label_limit import LabelLimit
 
 PREFIXES = ("llm_d_epp_flow_control_", "inference_extension_flow_control_")
 QUEUE_BUCKETS = (
@@ -34,8 +36,17 @@ QUEUE_BUCKETS = (
 class FlowControlMetrics:
     """The :class:`~kvroute.flowcontrol.runtime.FlowObserver` that feeds Prometheus."""
 
-    def __init__(self, registry: CollectorRegistry, pool: str) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        pool: str,
+        *,
+        model_labels: LabelLimit | None = None,
+        fairness_labels: LabelLimit | None = None,
+    ) -> None:
         self.pool = pool
+        self._model = model_labels or LabelLimit("model name")
+        self._fairness = fairness_labels or LabelLimit("fairness ID", pinned=("default-flow",))
         self._duration = [
             FastHistogram(
                 f"{p}request_queue_duration_seconds",
@@ -96,17 +107,22 @@ class FlowControlMetrics:
         prio = str(item.priority)
         self.requests.labels(outcome, prio, self.pool).inc()
         if waited_s > 0.0 or outcome != "Dispatched":  # the fast path never queued
+            model = self._model
+            labels = (
+                self._fairness(item.fairness_id), prio, outcome, self.pool,
+                model(item.model_name), model(item.target_model_name),
+            )  # fmt: skip
             for h in self._duration:
-                h.labels(
-                    item.fairness_id, prio, outcome, self.pool, item.model_name,
-                    item.target_model_name,
-                ).observe(waited_s)  # fmt: skip
+                h.labels(*labels).observe(waited_s)
 
     def refresh(self, queues: FlowQueues) -> None:
         pool = self.pool
         current: dict[tuple[str, str], tuple[int, int]] = {}
+        fairness = self._fairness
         for prio, fid, count, size in queues.flow_stats_bytes():
-            current[(fid, str(prio))] = (count, size)
+            key = (fairness(fid), str(prio))  # flows past the label limit add up in "other"
+            seen = current.get(key, (0, 0))
+            current[key] = (seen[0] + count, seen[1] + size)
         for key in self._zeroed - current.keys():  # reported 0 last time: drop the series
             for g in (*self._size, *self._bytes):
                 g.remove(key[0], key[1], pool)

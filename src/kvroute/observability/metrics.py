@@ -23,6 +23,7 @@ from kvroute.datastore.endpoint import Endpoint
 from kvroute.observability.autoscaling_metrics import AutoscalingMetrics
 from kvroute.observability.decisions import DecisionLog
 from kvroute.observability.fast_histogram import FastHistogram
+from kvroute.observability.label_limit import DEFAULT_LABEL_LIMIT, LabelLimit
 from kvroute.observability.llmd_metrics import LlmdMetrics
 from kvroute.observability.request_series import CompletedSeries, Labels, RoutedSeries
 from kvroute.requestcontrol.hooks import Usage
@@ -49,9 +50,21 @@ PLUGIN_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.00
 class EppMetrics:
     """All EPP metrics for one app, registered in ``self.registry``."""
 
-    def __init__(self, pool_name: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        pool_name: str,
+        registry: CollectorRegistry | None = None,
+        *,
+        fairness_label_limit: int = DEFAULT_LABEL_LIMIT,
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.pool_name = pool_name
+        # Request-derived labels, bounded (label_limit.py): the body's model names and the
+        # client's fairness IDs (``--fairness-id-metric-label-limit``).
+        self.model_labels = LabelLimit("model name")
+        self.fairness_labels = LabelLimit(
+            "fairness ID", fairness_label_limit, pinned=("default-flow",)
+        )
         r = self.registry
         self.request_total = Counter(
             "inference_objective_request_total",
@@ -216,6 +229,14 @@ class EppMetrics:
 
     # -- per-request recording (both name sets) ------------------------------------------------
 
+    def _labels(self, model: str, target: str, fairness_id: str, priority: int) -> Labels:
+        """The request labels, bounded. The target too: a client header
+        (``x-llm-d-model-name-rewrite``) can set it."""
+        m = self.model_labels
+        bounded = m(model)
+        t = bounded if target == model else m(target)
+        return bounded, t, self.fairness_labels(fairness_id), str(priority)
+
     def record_scheduled(self, seconds: float) -> None:
         self.scheduler_e2e.observe(seconds)
         self.llmd.scheduler_e2e.observe(seconds)
@@ -231,7 +252,7 @@ class EppMetrics:
         processing_s: float,
     ) -> None:
         """A request was scheduled and is about to be forwarded."""
-        labels = (model, target, fairness_id, str(priority))
+        labels = self._labels(model, target, fairness_id, priority)
         s = self._routed.get(labels)
         if s is None:
             s = self._routed[labels] = RoutedSeries(self, labels)
@@ -263,16 +284,16 @@ class EppMetrics:
         streaming: bool,
     ) -> None:
         """A routed request finished (or its stream ended)."""
-        labels = (model, target, fairness_id, str(priority))
+        labels = self._labels(model, target, fairness_id, priority)
         routed = self._routed.get(labels)
         if routed is not None:
             routed.running.dec()
             routed.llmd_running.dec()
         else:  # completed without record_routed (not on the director's path)
-            self._child(self.running_requests, model).dec()
+            self._child(self.running_requests, labels[0]).dec()
             self._child(self.llmd.request_running, *labels).dec()
         if status is not None and status >= 400:
-            self._child(self.request_error_total, model, target, "ModelServerError").inc()
+            self._child(self.request_error_total, *labels[:2], "ModelServerError").inc()
             self._child(self.llmd.request_error_total, *labels, "ModelServerError").inc()
         s = self._completed.get(labels)
         if s is None:
@@ -310,8 +331,9 @@ class EppMetrics:
         scheduling_failure: bool,
     ) -> None:
         """A request was rejected by the EPP (``code``: the error's upstream code name)."""
-        self.request_error_total.labels(model, target, code).inc()
-        self.llmd.request_error_total.labels(model, target, fairness_id, str(priority), code).inc()
+        labels = self._labels(model, target, fairness_id, priority)
+        self.request_error_total.labels(*labels[:2], code).inc()
+        self.llmd.request_error_total.labels(*labels, code).inc()
         if scheduling_failure:
             self.scheduler_attempts.labels("failure", target).inc()
             self.llmd.scheduler_attempts.labels("failure", target, "", "", "").inc()
