@@ -1,10 +1,11 @@
 """Generated workloads: named presets of request shapes and arrival processes, all seeded.
 
 A workload is a list of :class:`BenchRequest` sorted by arrival time. Prompts are token-id tuples
-(what the simulated engine caches and hashes) that render to text deterministically (what
-kvroute's prefix scorer hashes and what the live generator sends), so a prefix shared in tokens is
-also shared in text. Requests that share nothing get disjoint token-id ranges, which costs nothing
-to generate and can never produce an accidental cache hit.
+(what the simulated engine caches and hashes) that render to text deterministically, ~4
+characters per token (:mod:`kvroute_bench.text`: what kvroute's prefix scorer hashes and what the
+live generator sends), so a prefix shared in tokens is also shared in text. Requests that share
+nothing get disjoint token-id ranges, which costs nothing to generate and can never produce an
+accidental cache hit.
 
 Presets follow the shapes in ``docs/benchmarks.md`` / the performance-model reference (§6):
 ShareGPT-like lengths, upstream's shared-prefix benchmark, multi-turn chat, multi-LoRA with Zipf
@@ -28,6 +29,7 @@ from typing import Any
 
 from kvroute.sdk import Criticality
 from kvroute_bench.arrivals import arrival_times
+from kvroute_bench.text import render
 
 # Token ids from here up are handed out once each (never shared). Ids stay below 2**32, which is
 # what the simulator's block hashing packs them into.
@@ -66,9 +68,10 @@ class BenchRequest:
         return len(self.prompt)
 
     def text(self) -> str:
-        """The prompt rendered as words, one word per token, so shared token prefixes stay
-        shared text prefixes (kvroute's approximate prefix scorer hashes characters)."""
-        return " ".join(f"w{t}" for t in self.prompt)
+        """The prompt rendered as short words, one per token and ~4 characters per token
+        (:mod:`kvroute_bench.text`), so shared token prefixes stay shared text prefixes and the
+        EPP's ``len(text) / 4`` token estimates match the simulated prompt."""
+        return render(self.prompt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import random
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -37,6 +38,9 @@ from kvroute.scheduling.plugins.prefix.precise import (
 )
 from kvroute.scheduling.plugins.prefix.precise_index import PreciseIndex
 from kvroute.scheduling.request import ApiKind, InferenceRequest
+
+if TYPE_CHECKING:
+    from kvroute_bench.workload import BenchRequest
 
 pytestmark = pytest.mark.bench
 
@@ -258,8 +262,9 @@ def test_precise_index_memory(request: pytest.FixtureRequest) -> None:
 #   level3        queue 2 + kv 2 + precise-prefix-cache-scorer 3 fed by the engines' KV events
 # and the pooled-cache oracle's hit rate (kvroute_bench.cache_bound, one LRU of the pool's size).
 #
-# The workload's prompts are token ids rendered as "w<id>" words (kvroute_bench.workload), so a
-# tokenizer for levels 2-3 is the exact inverse: ``_WordIdTokenizer``. Level 3 applies each
+# The workload's prompts are token ids rendered as short words (kvroute_bench.text), a mapping
+# that is not invertible, so the tokenizer for levels 2-3 looks each prompt's text up among the
+# stage's requests and returns their exact ids: ``_WordIdTokenizer``. Level 3 applies each
 # step's events when the step starts (the harness has no hook at its end): optimistic by one
 # step (tens of ms), the same order as the speculative entries' 2 s TTL already assumes.
 
@@ -298,13 +303,16 @@ schedulingProfiles:
 
 
 class _WordIdTokenizer:
-    """The bench workload's prompt text ``"w12 w7 ..."`` back to its token ids."""
+    """The bench workload's prompt text back to its token ids (looked up in the stage)."""
+
+    def __init__(self, requests: Sequence[BenchRequest]) -> None:
+        self._ids = {r.text(): r.prompt for r in requests}
 
     def encode_request(self, request: InferenceRequest) -> list[int] | None:
         prompt = request.body.get("prompt")
-        if not isinstance(prompt, str):
+        if not isinstance(prompt, str) or prompt not in self._ids:
             return None
-        return [int(word[1:]) for word in prompt.split()]
+        return list(self._ids[prompt])
 
 
 def _prefix_plugins(router: object) -> list[object]:
@@ -312,7 +320,9 @@ def _prefix_plugins(router: object) -> list[object]:
     return [ws.scorer for p in scheduler.profiles.values() for ws in p.scorers]
 
 
-def _cluster_router(policy: str, tmp: Path, tokenizer_dir: Path, seed: int) -> object:
+def _cluster_router(
+    policy: str, tmp: Path, tokenizer_dir: Path, seed: int, requests: Sequence[BenchRequest]
+) -> object:
     from kvroute_bench.baselines import BASELINES
     from kvroute_bench.epp_router import EppRouter
 
@@ -338,7 +348,7 @@ def _cluster_router(policy: str, tmp: Path, tokenizer_dir: Path, seed: int) -> o
     if policy in ("level2", "level3"):
         for plugin in _prefix_plugins(router):
             if isinstance(plugin, PrefixCacheScorer | PrecisePrefixCacheScorer):
-                plugin.tokenizer = _WordIdTokenizer()
+                plugin.tokenizer = _WordIdTokenizer(requests)
     return router
 
 
@@ -403,7 +413,7 @@ def run_cluster(
     oracle = pooled_cache_hit_rate(requests, capacity_blocks=replicas * blocks).hit_rate
     rows: list[dict[str, object]] = []
     for policy in policies:
-        router = _cluster_router(policy, tmp, tokenizer_dir, seed)
+        router = _cluster_router(policy, tmp, tokenizer_dir, seed, requests)
         engines = _engines(policy, router, replicas, overrides)
         result = run_stage(
             requests,
