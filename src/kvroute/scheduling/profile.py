@@ -43,6 +43,11 @@ from kvroute.scheduling.request import InferenceRequest
 from kvroute.scheduling.scores import ScoreColumn
 from kvroute.scheduling.timing import PluginTimings
 
+# Up to this many names, a sparse result is placed by scanning the candidate names (C-level
+# ``list.index``) rather than building a name -> slot index (measured at 100 candidates: ten
+# scans cost about what building the index does).
+FEW = 8
+
 
 class ScoredView(Sequence[ScoredEndpoint]):
     """The picker's input: survivors in filter order plus their weighted totals.
@@ -279,6 +284,9 @@ class SchedulerProfile:
             elif consts:
                 acc = _add_constants(acc, consts)
                 consts = []
+            if index is None and len(sparse) <= FEW:
+                _accumulate_few(acc, keys, sparse, weight)
+                continue
             if index is None:
                 index = dict(zip(keys, range(n), strict=True))
             _accumulate_sparse(acc, index, sparse, weight)
@@ -449,6 +457,25 @@ def _add_constants(acc: list[float], consts: Sequence[float]) -> list[float]:
             acc = [t + a for t in acc]
             i += 1
     return acc
+
+
+def _accumulate_few(
+    acc: list[float], keys: list[str], raw: Mapping[str, float], weight: float
+) -> None:
+    """:func:`_accumulate_sparse` for a handful of names, found by a C-level ``list.index``
+    scan each instead of building the name -> slot index (a session's one endpoint, a prefix
+    held on a few servers)."""
+    for k, v in raw.items():
+        try:
+            i = keys.index(k)
+        except ValueError:  # not a candidate
+            continue
+        if v >= 0.0:
+            if v > 1.0:
+                v = 1.0
+        else:
+            v = 0.0
+        acc[i] += v * weight
 
 
 def _accumulate_sparse(

@@ -65,7 +65,11 @@ from kvroute.scheduling.plugins.prefix.hashing import (
     token_block_hashes,
     token_root_hash,
 )
-from kvroute.scheduling.plugins.prefix.hotspot import HotspotGuard, HotspotPolicy
+from kvroute.scheduling.plugins.prefix.hotspot import (
+    HotspotGuard,
+    HotspotPolicy,
+    held_not_overloaded,
+)
 from kvroute.scheduling.plugins.prefix.index import PrefixIndex
 from kvroute.scheduling.request import InferenceRequest
 from kvroute.scheduling.scores import ScoreColumn
@@ -335,18 +339,21 @@ class PrefixCacheScorer:
         total = match.total_blocks
         if total == 0 or not match.matched:  # no endpoint holds a block: no guard needed
             return ScoreColumn.uniform(endpoints, 0.0)
-        overloaded = self.guard.overloaded(endpoints)
+        matched = match.matched
         explain = state.get(EXPLAIN, None)
         if explain is not None:
+            overloaded = self.guard.overloaded(endpoints)
             explain.append(
                 f"level {match.level}: {total} blocks; matched "
-                + ", ".join(f"{n}={c}" for n, c in sorted(match.matched.items()))
+                + ", ".join(f"{n}={c}" for n, c in sorted(matched.items()))
                 + (f"; overloaded (affinity off): {sorted(overloaded)}" if overloaded else "")
             )
-        return {
-            e.name: 0.0 if e.name in overloaded else match.matched.get(e.name, 0) / total
-            for e in endpoints
-        }
+        # matched / total on the servers holding a block (0 elsewhere and on overloaded ones):
+        # a sparse column, so only those few are touched here and in the profile
+        limit = self.guard.limit(endpoints)
+        if limit is None:
+            return ScoreColumn.sparse(endpoints, {n: c / total for n, c in matched.items()})
+        return ScoreColumn.sparse(endpoints, held_not_overloaded(endpoints, matched, total, limit))
 
     # -- PreRequest ----------------------------------------------------------------------------
 
