@@ -14,6 +14,8 @@ What one timed call is:
   prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and plugin timing is
   on, as in the EPP.
 * ``cycle[default-warm-N]``: the same with the prompt cached on every tenth endpoint.
+* ``cycle[default-lora-100]``: the same for a request to the LoRA adapter ``lora-a``, which
+  some endpoints have loaded (``lora-affinity-scorer`` scores every candidate).
 * ``cycle[default-round3-N]`` / ``cycle[default-round3-warm-N]``: the default of issue 11's
   second and third rounds (session-affinity-scorer 1, no ``prefixHitMargin``), for the fourth
   round's change in the same run.
@@ -112,18 +114,20 @@ def _setup(config_text: str | None, profile: str = "default") -> SchedulingSetup
     )
 
 
-def _request() -> InferenceRequest:
+def _request(model: str = "base") -> InferenceRequest:
     return InferenceRequest(
         request_id="bench",
-        incoming_model="base",
-        target_model="base",
+        incoming_model=model,
+        target_model=model,
         prompt_text=PROMPT,
-        body={"model": "base", "prompt": PROMPT},
+        body={"model": model, "prompt": PROMPT},
     )
 
 
-def _cycle(setup: SchedulingSetup, endpoints: tuple[Endpoint, ...]) -> Callable[[], Any]:
-    request = _request()
+def _cycle(
+    setup: SchedulingSetup, endpoints: tuple[Endpoint, ...], model: str = "base"
+) -> Callable[[], Any]:
+    request = _request(model)
     prepare = [h for h in setup.hooks if callable(getattr(h, "prepare_data", None))]
     schedule = setup.scheduler.schedule
 
@@ -151,6 +155,12 @@ def test_cycle_default_profile_warm(benchmark: Any, n: int) -> None:
     above skips them)."""
     setup, endpoints = _warm(None, n)
     result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
+
+
+def test_cycle_default_profile_lora_100(benchmark: Any) -> None:
+    """The default profile for a request to an adapter some endpoints have loaded."""
+    result = benchmark(_cycle(_setup(None), _endpoints(100), "lora-a"))
     assert result.primary is not None
 
 
