@@ -14,6 +14,9 @@ What one timed call is:
   prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and plugin timing is
   on, as in the EPP.
 * ``cycle[default-warm-N]``: the same with the prompt cached on every tenth endpoint.
+* ``cycle[default-busy-100]``: the same with requests in flight on every endpoint (random
+  in-flight counts, tokens, prefill backlog and sends since the scrape), so the load scorers
+  return per-endpoint columns instead of the idle pool's uniform ones.
 * ``cycle[default-lora-100]``: the same for a request to the LoRA adapter ``lora-a``, which
   some endpoints have loaded (``lora-affinity-scorer`` scores every candidate).
 * ``cycle[default-round3-N]`` / ``cycle[default-round3-warm-N]``: the default of issue 11's
@@ -155,6 +158,23 @@ def test_cycle_default_profile_warm(benchmark: Any, n: int) -> None:
     above skips them)."""
     setup, endpoints = _warm(None, n)
     result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
+
+
+def _busy(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """``endpoints`` with requests in flight (seeded): the EPP's own load counters set."""
+    rng = random.Random(7)
+    for e in endpoints:
+        e.load.inflight = rng.randint(0, 40)
+        e.load.inflight_tokens = e.load.inflight * rng.randint(100, 3000)
+        e.load.prefill_tokens = rng.randint(0, 8000)
+        e.load.sent_since_scrape = rng.randint(0, 3)
+    return endpoints
+
+
+def test_cycle_default_profile_busy_100(benchmark: Any) -> None:
+    """The default profile over a pool with requests in flight everywhere."""
+    result = benchmark(_cycle(_setup(None), _busy(_endpoints(100))))
     assert result.primary is not None
 
 

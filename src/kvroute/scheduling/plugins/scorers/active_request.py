@@ -93,6 +93,10 @@ class ActiveRequestScorer:
         # int only then), none negative and all exact as floats: then ``low <= eff <= top``, so
         # ``0 <= top - eff <= span`` after rounding too, and ``busy`` is at most 1.
         unit = type(total) is int and least >= 0 and top < _EXACT and 0.0 <= busy <= 1.0
+        if loads is raw:  # no dead zone: the same formula without pairing each count with itself
+            return ScoreColumn(
+                endpoints, [1.0 if n <= idle else (top - n) / span * busy for n in raw], unit=unit
+            )
         return ScoreColumn(
             endpoints,
             [
