@@ -350,10 +350,13 @@ class PrefixCacheScorer:
             )
         # matched / total on the servers holding a block (0 elsewhere and on overloaded ones):
         # a sparse column, so only those few are touched here and in the profile
-        limit = self.guard.limit(endpoints)
-        if limit is None:
+        got = self.guard.loads_over(endpoints)
+        if got is None:
             return ScoreColumn.sparse(endpoints, {n: c / total for n, c in matched.items()})
-        return ScoreColumn.sparse(endpoints, held_not_overloaded(endpoints, matched, total, limit))
+        loads, limit = got
+        return ScoreColumn.sparse(
+            endpoints, held_not_overloaded(endpoints, loads, matched, total, limit)
+        )
 
     # -- PreRequest ----------------------------------------------------------------------------
 

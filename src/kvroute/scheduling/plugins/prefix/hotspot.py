@@ -62,6 +62,11 @@ class HotspotGuard:
         got = self._loads_over(endpoints)
         return None if got is None else got[1]
 
+    def loads_over(self, endpoints: Sequence[Endpoint]) -> tuple[list[int], float] | None:
+        """Every candidate's :func:`endpoint_load` (in candidate order) and :meth:`limit`;
+        None when nobody is overloaded."""
+        return self._loads_over(endpoints)
+
     def _loads_over(self, endpoints: Sequence[Endpoint]) -> tuple[list[int], float] | None:
         """Every candidate's load and the overload threshold; None when nobody is overloaded."""
         if self.policy is HotspotPolicy.NONE or len(endpoints) < 2:
@@ -88,18 +93,17 @@ class HotspotGuard:
 
 
 def held_not_overloaded(
-    endpoints: Sequence[Endpoint], held: Mapping[str, int], total: int, limit: float
+    endpoints: Sequence[Endpoint],
+    loads: Sequence[int],
+    held: Mapping[str, int],
+    total: int,
+    limit: float,
 ) -> dict[str, float]:
-    """``held[name] / total`` for the candidates in ``held`` whose load is at most ``limit``
-    (:meth:`HotspotGuard.limit`): what a prefix scorer gives the servers holding blocks, found
-    without building the set of every overloaded candidate. A name is left out if any
-    candidate of that name is overloaded, as membership in :meth:`HotspotGuard.overloaded`."""
-    out: dict[str, float] = {}
-    over: set[str] = set()
-    for e in [e for e in endpoints if e.name in held]:  # the few holders, in one C-fast pass
-        if endpoint_load(e) > limit:
-            over.add(e.name)
-            out.pop(e.name, None)
-        elif e.name not in over:
-            out[e.name] = held[e.name] / total
-    return out
+    """``held[name] / total`` for the candidates in ``held`` whose load (``loads``, aligned with
+    ``endpoints``: :meth:`HotspotGuard.loads_over`) is at most ``limit``: what a prefix scorer
+    gives the servers holding blocks, without building the set of every overloaded candidate.
+    A name is left out if any candidate of that name is overloaded, as membership in
+    :meth:`HotspotGuard.overloaded`."""
+    holders = [(e.name, load) for e, load in zip(endpoints, loads, strict=True) if e.name in held]
+    over = {name for name, load in holders if load > limit}
+    return {name: held[name] / total for name, _ in holders if name not in over}

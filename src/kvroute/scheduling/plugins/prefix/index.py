@@ -58,8 +58,11 @@ class PrefixIndex:
             if run is not None:
                 _count_run(counts, run, length)
             run, length = servers, 1
-        if run is not None:
-            _count_run(counts, run, length)
+        if run is None:
+            return counts
+        if not counts and not isinstance(run, str):  # one run (the common case): one C call
+            return dict.fromkeys(run, length)
+        _count_run(counts, run, length)
         return counts
 
     def servers(self) -> frozenset[str]:

@@ -50,12 +50,15 @@ def test_held_not_overloaded_is_the_old_dict_on_holders() -> None:
         eps = _random_pool(rng)
         total = rng.randint(1, 16)
         held = {f"e{i}": rng.randint(1, total) for i in range(45) if rng.random() < 0.3}
-        limit = guard.limit(eps)
-        if limit is None:
+        got = guard.loads_over(eps)
+        if got is None:
             continue
+        loads, limit = got
+        assert limit == guard.limit(eps)
+        assert loads == [endpoint_load(e) for e in eps]
         over = guard.overloaded(eps)
         old = {e.name: 0.0 if e.name in over else held.get(e.name, 0) / total for e in eps}
-        new = held_not_overloaded(eps, held, total, limit)
+        new = held_not_overloaded(eps, loads, held, total, limit)
         assert {n: old[n] for n in old if old[n] != 0.0} == new
 
 
