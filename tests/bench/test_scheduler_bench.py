@@ -172,15 +172,17 @@ def _busy(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
     return endpoints
 
 
-def test_cycle_default_profile_busy_100(benchmark: Any) -> None:
+@pytest.mark.parametrize("n", [100], ids=lambda n: f"default-busy-{n}")
+def test_cycle_default_profile_busy(benchmark: Any, n: int) -> None:
     """The default profile over a pool with requests in flight everywhere."""
-    result = benchmark(_cycle(_setup(None), _busy(_endpoints(100))))
+    result = benchmark(_cycle(_setup(None), _busy(_endpoints(n))))
     assert result.primary is not None
 
 
-def test_cycle_default_profile_lora_100(benchmark: Any) -> None:
+@pytest.mark.parametrize("n", [100], ids=lambda n: f"default-lora-{n}")
+def test_cycle_default_profile_lora(benchmark: Any, n: int) -> None:
     """The default profile for a request to an adapter some endpoints have loaded."""
-    result = benchmark(_cycle(_setup(None), _endpoints(100), "lora-a"))
+    result = benchmark(_cycle(_setup(None), _endpoints(n), "lora-a"))
     assert result.primary is not None
 
 
