@@ -96,12 +96,17 @@ class PrefixIndex:
         if lru is None:
             lru = self._lru[server] = OrderedDict()
         index = self._hash_to_servers
+        refresh = lru.move_to_end
+        held_by = index.get
         for h in hashes:
             if h in lru:
-                lru.move_to_end(h)
+                refresh(h)
                 continue
             lru[h] = None
-            add_holder(index, h, server)
+            if held_by(h) is None:  # add_holder's first case inlined: a block nobody holds
+                index[h] = server
+            else:
+                add_holder(index, h, server)
         self._evict_to(server, lru, self.capacity(server))
 
     def remove_server(self, server: str) -> None:
