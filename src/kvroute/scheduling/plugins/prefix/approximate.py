@@ -289,15 +289,22 @@ class PrefixCacheScorer:
         if endpoints is self._observed:
             self._observed_at = now  # same frozen endpoints as last cycle: nothing new to tune
         else:
+            # A new tuple: the datastore builds one whenever any endpoint's metrics change, so
+            # with many endpoints nearly every cycle comes here. Sightings and capacities are
+            # independent, so each gets its own tight loop (invariants bound once).
+            last = self._observed_at
             for e in self._observed:  # the previous tuple's last sighting
-                seen[e.name] = self._observed_at
+                seen[e.name] = last
             self._observed, self._observed_at = endpoints, now
             for e in endpoints:
                 seen[e.name] = now
-                if self.params.auto_tune and e.metrics.cache_num_blocks > 0:
+            if self.params.auto_tune:
+                tuned = self._tuned_capacity
+                tuned_to = tuned.get
+                for e in endpoints:
                     blocks = e.metrics.cache_num_blocks
-                    if self._tuned_capacity.get(e.name) != blocks:
-                        self._tuned_capacity[e.name] = blocks
+                    if blocks > 0 and tuned_to(e.name) != blocks:
+                        tuned[e.name] = blocks
                         self.index.set_capacity(e.name, blocks)
         if now >= self._next_prune:
             for e in self._observed:
