@@ -14,6 +14,17 @@ What one timed call is:
   prompt is 1 KB of text (16 prefix blocks), the prefix index starts empty and plugin timing is
   on, as in the EPP.
 * ``cycle[default-warm-N]``: the same with the prompt cached on every tenth endpoint.
+* ``cycle[default-busy-100]``: the same with requests in flight on every endpoint (random
+  in-flight counts, tokens, prefill backlog and sends since the scrape), so the load scorers
+  return per-endpoint columns instead of the idle pool's uniform ones.
+* ``cycle[default-fresh-100]``: the same over endpoints that report their KV cache as vLLM does
+  (``cache_block_size`` 16, ``cache_num_blocks`` 4096), handed over as a new tuple every cycle:
+  the datastore builds a new snapshot whenever any endpoint's metrics change, which with 100
+  endpoints scraped every 50 ms is nearly every request (the other cases reuse one tuple, so
+  per-snapshot work, such as the prefix scorer's auto-tune pass, runs once). The copy of the
+  tuple is inside the timed call (~0.4 µs).
+* ``cycle[default-lora-100]``: the same for a request to the LoRA adapter ``lora-a``, which
+  some endpoints have loaded (``lora-affinity-scorer`` scores every candidate).
 * ``cycle[default-round3-N]`` / ``cycle[default-round3-warm-N]``: the default of issue 11's
   second and third rounds (session-affinity-scorer 1, no ``prefixHitMargin``), for the fourth
   round's change in the same run.
@@ -34,6 +45,7 @@ Endpoint metrics are random but fixed (seeded): queues 0..20, KV 0..0.95, a few 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -112,18 +124,20 @@ def _setup(config_text: str | None, profile: str = "default") -> SchedulingSetup
     )
 
 
-def _request() -> InferenceRequest:
+def _request(model: str = "base") -> InferenceRequest:
     return InferenceRequest(
         request_id="bench",
-        incoming_model="base",
-        target_model="base",
+        incoming_model=model,
+        target_model=model,
         prompt_text=PROMPT,
-        body={"model": "base", "prompt": PROMPT},
+        body={"model": model, "prompt": PROMPT},
     )
 
 
-def _cycle(setup: SchedulingSetup, endpoints: tuple[Endpoint, ...]) -> Callable[[], Any]:
-    request = _request()
+def _cycle(
+    setup: SchedulingSetup, endpoints: tuple[Endpoint, ...], model: str = "base"
+) -> Callable[[], Any]:
+    request = _request(model)
     prepare = [h for h in setup.hooks if callable(getattr(h, "prepare_data", None))]
     schedule = setup.scheduler.schedule
 
@@ -151,6 +165,57 @@ def test_cycle_default_profile_warm(benchmark: Any, n: int) -> None:
     above skips them)."""
     setup, endpoints = _warm(None, n)
     result = benchmark(_cycle(setup, endpoints))
+    assert result.primary is not None
+
+
+def _busy(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """``endpoints`` with requests in flight (seeded): the EPP's own load counters set."""
+    rng = random.Random(7)
+    for e in endpoints:
+        e.load.inflight = rng.randint(0, 40)
+        e.load.inflight_tokens = e.load.inflight * rng.randint(100, 3000)
+        e.load.prefill_tokens = rng.randint(0, 8000)
+        e.load.sent_since_scrape = rng.randint(0, 3)
+    return endpoints
+
+
+@pytest.mark.parametrize("n", [100], ids=lambda n: f"default-busy-{n}")
+def test_cycle_default_profile_busy(benchmark: Any, n: int) -> None:
+    """The default profile over a pool with requests in flight everywhere."""
+    result = benchmark(_cycle(_setup(None), _busy(_endpoints(n))))
+    assert result.primary is not None
+
+
+@pytest.mark.parametrize("n", [100], ids=lambda n: f"default-fresh-{n}")
+def test_cycle_default_profile_fresh_snapshot(benchmark: Any, n: int) -> None:
+    """The default profile over vLLM-like endpoints, a new candidate tuple every cycle."""
+    endpoints = [
+        dataclasses.replace(
+            e,
+            metrics=dataclasses.replace(e.metrics, cache_block_size=16, cache_num_blocks=4096),
+        )
+        for e in _endpoints(n)
+    ]
+    setup = _setup(None)
+    request = _request()
+    prepare = [h for h in setup.hooks if callable(getattr(h, "prepare_data", None))]
+    schedule = setup.scheduler.schedule
+
+    def one() -> Any:
+        snapshot = tuple(endpoints)  # a new tuple (of the same endpoints), as after a scrape
+        state = CycleState(NOW)
+        for hook in prepare:
+            hook.prepare_data(state, request, snapshot)  # type: ignore[attr-defined]
+        return schedule(request, snapshot, state=state)
+
+    result = benchmark(one)
+    assert result.primary is not None
+
+
+@pytest.mark.parametrize("n", [100], ids=lambda n: f"default-lora-{n}")
+def test_cycle_default_profile_lora(benchmark: Any, n: int) -> None:
+    """The default profile for a request to an adapter some endpoints have loaded."""
+    result = benchmark(_cycle(_setup(None), _endpoints(n), "lora-a"))
     assert result.primary is not None
 
 

@@ -10,6 +10,14 @@ of values in the same order (``column``), or one value shared by every candidate
 position by position with a list comprehension (a uniform column: one constant), with the same
 float operations in the same order as the dict path, so totals and decisions are bit-identical.
 
+Two refinements let the profile skip work it would otherwise do per candidate:
+
+* ``unit=True`` promises that every value is already in [0, 1] (no NaN), so the profile adds
+  ``value * weight`` without its clamp (``clamp01(v)`` is ``v`` there, so totals are unchanged);
+  only a scorer that can prove it (``min_max_low_is_best`` over integers) sets it;
+* :meth:`ScoreColumn.sparse`: 0.0 for every candidate except the few named (a prefix hit on some
+  servers), so the profile adds only those (adding ``0.0 * weight`` is a no-op on a total).
+
 Anything else reading the result sees an ordinary read-only mapping (the dict is built on first
 access), equal to the dict the scorer used to return.
 """
@@ -25,22 +33,28 @@ from kvroute.datastore.endpoint import Endpoint
 class ScoreColumn(Mapping[str, float]):
     """Scores for ``endpoints`` in order: ``column[i]`` is ``endpoints[i]``'s score.
 
-    ``column`` is ``None`` for a uniform column, whose every candidate scores ``value``.
+    ``column`` is ``None`` for a uniform column, whose every candidate scores ``value``, and for
+    a sparse one (``only`` set), whose candidates score 0.0 except those ``only`` names.
+    ``unit``: every value of ``column`` is in [0, 1] and none is NaN (the profile skips its clamp).
     """
 
-    __slots__ = ("_map", "column", "endpoints", "value")
+    __slots__ = ("_map", "column", "endpoints", "only", "unit", "value")
 
     def __init__(
         self,
         endpoints: Sequence[Endpoint],
         column: list[float] | None,
         value: float = 0.0,
+        *,
+        unit: bool = False,
     ) -> None:
         if column is not None and len(column) != len(endpoints):
             raise ValueError(f"ScoreColumn: {len(column)} values for {len(endpoints)} endpoints")
         self.endpoints = endpoints
         self.column = column
         self.value = value
+        self.unit = unit
+        self.only: Mapping[str, float] | None = None
         self._map: dict[str, float] | None = None
 
     @classmethod
@@ -48,16 +62,27 @@ class ScoreColumn(Mapping[str, float]):
         """Every candidate scores ``value``."""
         return cls(endpoints, None, value)
 
+    @classmethod
+    def sparse(cls, endpoints: Sequence[Endpoint], only: Mapping[str, float]) -> ScoreColumn:
+        """Every candidate scores 0.0 except those named in ``only`` (names that are not
+        candidates are ignored)."""
+        col = cls(endpoints, None, 0.0)
+        col.only = only
+        return col
+
     def as_dict(self) -> dict[str, float]:
         """The equivalent ``{name: score}`` dict (built once; a later name wins, as in a dict)."""
         m = self._map
         if m is None:
             names = [e.name for e in self.endpoints]
-            m = (
-                dict.fromkeys(names, self.value)
-                if self.column is None
-                else dict(zip(names, self.column, strict=True))
-            )
+            if self.column is not None:
+                m = dict(zip(names, self.column, strict=True))
+            else:
+                m = dict.fromkeys(names, self.value)
+                if self.only is not None:
+                    for k, v in self.only.items():
+                        if k in m:
+                            m[k] = v
             self._map = m
         return m
 

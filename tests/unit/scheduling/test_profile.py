@@ -218,17 +218,29 @@ class ColumnScorer:
 
     category = ScorerCategory.DISTRIBUTION
 
-    def __init__(self, name: str, column: list[float] | None, value: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        column: list[float] | None,
+        value: float = 0.0,
+        *,
+        unit: bool = False,
+        only: Mapping[str, float] | None = None,
+    ) -> None:
         self.typed_name = TypedName("column-scorer", name)
         self.column = column
         self.value = value
+        self.unit = unit
+        self.only = only
 
     def score(
         self, state: CycleState, request: InferenceRequest, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
+        if self.only is not None:
+            return ScoreColumn.sparse(endpoints, self.only)
         if self.column is None:
             return ScoreColumn.uniform(endpoints, self.value)
-        return ScoreColumn(endpoints, self.column[: len(endpoints)])
+        return ScoreColumn(endpoints, self.column[: len(endpoints)], unit=self.unit)
 
 
 def _bits(totals: Mapping[str, float]) -> dict[str, str]:
@@ -237,24 +249,32 @@ def _bits(totals: Mapping[str, float]) -> dict[str, str]:
 
 def test_column_totals_are_bit_identical_to_dict_accumulation() -> None:
     """Random mixes of dense dicts (in and out of candidate order), sparse dicts, dicts with
-    unknown keys, NaN / infinities / out-of-range values, aligned columns and uniform columns:
-    the fast path's totals equal, bit for bit, what plain dict accumulation (``_accumulate``,
-    which the traced path uses) gives, and so does a scorer returning the same values as a dict.
+    unknown keys, NaN / infinities / out-of-range values, aligned columns (clamped or ``unit``),
+    uniform columns (runs of them, before and after the first column) and sparse columns, with
+    the odd infinite weight: the fast path's totals equal, bit for bit, what plain dict
+    accumulation (``_accumulate``, which the traced path uses) gives, and so does a scorer
+    returning the same values as a dict.
     """
     rng = random.Random(11)
     eps = tuple(make_endpoint(f"e{i}") for i in range(12))
     specials = [math.nan, math.inf, -math.inf, -0.0, 1.5, -0.25, 1.0, 0.0]
-    for _ in range(200):
+    for case in range(600):
         scorers: list[WeightedScorer] = []
-        for j in range(rng.randint(1, 8)):
+        for j in range(rng.randint(1, 9)):
             vals = [rng.choice(specials) if rng.random() < 0.1 else rng.random() for _ in eps]
-            kind = rng.randrange(5)
-            w = rng.choice([0.0, 0.5, 1.0, 2.0, 3.0, 1 / 3])
+            kind = rng.randrange(8)
+            w = rng.choice([0.0, 0.5, 1.0, 2.0, 3.0, 1 / 3, math.inf if case % 7 == 0 else 1.0])
             s: Scorer
             if kind == 0:
                 s = ColumnScorer(f"c{j}", vals)
-            elif kind == 1:
+            elif kind in (1, 5):
                 s = ColumnScorer(f"u{j}", None, rng.choice([0.0, 1.0, rng.random(), math.nan]))
+            elif kind == 6:
+                unit_vals = [rng.choice([0.0, 1.0, rng.random()]) for _ in eps]
+                s = ColumnScorer(f"n{j}", unit_vals, unit=True)
+            elif kind == 7:
+                only = {e.name: v for e, v in zip(eps, vals, strict=True) if rng.random() < 0.3}
+                s = ColumnScorer(f"p{j}", None, only={"ghost": 1.0, **only})
             elif kind == 2:
                 pairs = list(zip([e.name for e in eps], vals, strict=True))
                 rng.shuffle(pairs)
@@ -268,7 +288,7 @@ def test_column_totals_are_bit_identical_to_dict_accumulation() -> None:
                 s = FixedScorer(f"x{j}", {"ghost": 0.9, **extra})
             scorers.append(WeightedScorer(s, w))
         fast: dict[str, float] = {}
-        SchedulerProfile("p", [], scorers, MaxScorePicker()).run(
+        SchedulerProfile("p", [], scorers, RecordingPicker()).run(
             make_state(), make_request(), eps, None, fast
         )
         slow = dict.fromkeys([e.name for e in eps], 0.0)

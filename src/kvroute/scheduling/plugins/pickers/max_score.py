@@ -23,7 +23,7 @@ from kvroute.plugins.registry import PluginFactory, PluginHandle, handle_rng
 from kvroute.scheduling.interfaces import CycleState, Picker, ProfileResult, ScoredEndpoint
 from kvroute.scheduling.plugins.params import parse_params
 from kvroute.scheduling.plugins.pickers.picker_params import PickerParams
-from kvroute.scheduling.profile import as_arrays
+from kvroute.scheduling.profile import ScoredView, as_arrays
 
 TYPE = "max-score-picker"
 
@@ -42,11 +42,20 @@ class MaxScorePicker:
         self.tie_tolerance = tie_tolerance
 
     def pick(self, state: CycleState, scored: Sequence[ScoredEndpoint]) -> ProfileResult:
+        k = self.max_num_of_endpoints
+        if k == 1 and type(scored) is ScoredView and scored.column is not None:
+            # The profile's totals as a list aligned with the endpoints (unique names): the same
+            # values in the same order as the dict below, so the same max, ties and draw.
+            col = scored.column
+            if not col:
+                return ProfileResult(())
+            best = max(col) - self.tie_tolerance
+            ties = [e for e, t in zip(scored.endpoints, col, strict=True) if t >= best]
+            return ProfileResult((ties[0] if len(ties) == 1 else self.rng.choice(ties),))
         endpoints, totals = as_arrays(scored)
         n = len(endpoints)
         if n == 0:
             return ProfileResult(())
-        k = self.max_num_of_endpoints
         if k == 1:
             best = max(totals.values()) - self.tie_tolerance
             ties = [e for e in endpoints if totals[e.name] >= best]

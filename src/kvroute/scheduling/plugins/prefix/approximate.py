@@ -65,7 +65,11 @@ from kvroute.scheduling.plugins.prefix.hashing import (
     token_block_hashes,
     token_root_hash,
 )
-from kvroute.scheduling.plugins.prefix.hotspot import HotspotGuard, HotspotPolicy
+from kvroute.scheduling.plugins.prefix.hotspot import (
+    HotspotGuard,
+    HotspotPolicy,
+    held_not_overloaded,
+)
 from kvroute.scheduling.plugins.prefix.index import PrefixIndex
 from kvroute.scheduling.request import InferenceRequest
 from kvroute.scheduling.scores import ScoreColumn
@@ -285,15 +289,22 @@ class PrefixCacheScorer:
         if endpoints is self._observed:
             self._observed_at = now  # same frozen endpoints as last cycle: nothing new to tune
         else:
+            # A new tuple: the datastore builds one whenever any endpoint's metrics change, so
+            # with many endpoints nearly every cycle comes here. Sightings and capacities are
+            # independent, so each gets its own tight loop (invariants bound once).
+            last = self._observed_at
             for e in self._observed:  # the previous tuple's last sighting
-                seen[e.name] = self._observed_at
+                seen[e.name] = last
             self._observed, self._observed_at = endpoints, now
             for e in endpoints:
                 seen[e.name] = now
-                if self.params.auto_tune and e.metrics.cache_num_blocks > 0:
+            if self.params.auto_tune:
+                tuned = self._tuned_capacity
+                tuned_to = tuned.get
+                for e in endpoints:
                     blocks = e.metrics.cache_num_blocks
-                    if self._tuned_capacity.get(e.name) != blocks:
-                        self._tuned_capacity[e.name] = blocks
+                    if blocks > 0 and tuned_to(e.name) != blocks:
+                        tuned[e.name] = blocks
                         self.index.set_capacity(e.name, blocks)
         if now >= self._next_prune:
             for e in self._observed:
@@ -335,18 +346,24 @@ class PrefixCacheScorer:
         total = match.total_blocks
         if total == 0 or not match.matched:  # no endpoint holds a block: no guard needed
             return ScoreColumn.uniform(endpoints, 0.0)
-        overloaded = self.guard.overloaded(endpoints)
+        matched = match.matched
         explain = state.get(EXPLAIN, None)
         if explain is not None:
+            overloaded = self.guard.overloaded(endpoints)
             explain.append(
                 f"level {match.level}: {total} blocks; matched "
-                + ", ".join(f"{n}={c}" for n, c in sorted(match.matched.items()))
+                + ", ".join(f"{n}={c}" for n, c in sorted(matched.items()))
                 + (f"; overloaded (affinity off): {sorted(overloaded)}" if overloaded else "")
             )
-        return {
-            e.name: 0.0 if e.name in overloaded else match.matched.get(e.name, 0) / total
-            for e in endpoints
-        }
+        # matched / total on the servers holding a block (0 elsewhere and on overloaded ones):
+        # a sparse column, so only those few are touched here and in the profile
+        got = self.guard.loads_over(endpoints)
+        if got is None:
+            return ScoreColumn.sparse(endpoints, {n: c / total for n, c in matched.items()})
+        loads, limit = got
+        return ScoreColumn.sparse(
+            endpoints, held_not_overloaded(endpoints, loads, matched, total, limit)
+        )
 
     # -- PreRequest ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from kvroute.scheduling.request import ApiKind, InferenceRequest
 
 AVERAGE_CHARS_PER_TOKEN = 4
 _TOKEN_ROOT_PREFIX = b"kvroute/tokens\x00"
+_PACK_U64 = struct.Struct("<Q").pack
 
 _GO_ESCAPES = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -155,11 +156,10 @@ def char_block_hashes(data: bytes, *, block_chars: int, max_blocks: int, root: i
     out: list[int] = []
     prev = root
     digest = xxhash.xxh64_intdigest
-    pack = struct.Struct("<Q").pack
-    view = memoryview(data)
-    for i in range(n_blocks):
-        start = i * block_chars
-        prev = digest(bytes(view[start : start + block_chars]) + pack(prev))
+    pack = _PACK_U64
+    # a bytes slice is one copy (a memoryview slice then bytes() was two objects per block)
+    for start in range(0, n_blocks * block_chars, block_chars):
+        prev = digest(data[start : start + block_chars] + pack(prev))
         out.append(prev)
     return out
 

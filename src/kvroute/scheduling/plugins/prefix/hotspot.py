@@ -22,7 +22,7 @@ far less than re-prefilling a long shared prefix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -49,19 +49,61 @@ class HotspotGuard:
 
     def overloaded(self, endpoints: Sequence[Endpoint]) -> frozenset[str]:
         """Names of the candidates whose prefix affinity is suspended this cycle."""
-        if self.policy is HotspotPolicy.NONE or len(endpoints) < 2:
+        got = self._loads_over(endpoints)
+        if got is None:
             return frozenset()
+        loads, limit = got
+        return frozenset([e.name for e, load in zip(endpoints, loads, strict=True) if load > limit])
+
+    def limit(self, endpoints: Sequence[Endpoint]) -> float | None:
+        """The load above which a candidate is overloaded this cycle (:func:`endpoint_load`
+        ``> limit``), or None when none is: for a caller that only asks about a few candidates,
+        which then need not build the whole :meth:`overloaded` set."""
+        got = self._loads_over(endpoints)
+        return None if got is None else got[1]
+
+    def loads_over(self, endpoints: Sequence[Endpoint]) -> tuple[list[int], float] | None:
+        """Every candidate's :func:`endpoint_load` (in candidate order) and :meth:`limit`;
+        None when nobody is overloaded."""
+        return self._loads_over(endpoints)
+
+    def _loads_over(self, endpoints: Sequence[Endpoint]) -> tuple[list[int], float] | None:
+        """Every candidate's load and the overload threshold; None when nobody is overloaded."""
+        if self.policy is HotspotPolicy.NONE or len(endpoints) < 2:
+            return None
         # endpoint_load() inlined: this runs on every request with a prefix match, and a call
-        # per endpoint was a quarter of the default profile's cycle at 100 endpoints
-        loads: list[int] = []
-        append = loads.append
-        for e in endpoints:
-            m, load = e.metrics, e.load
-            scraped = m.waiting_queue_size + m.running_queue_size + load.sent_since_scrape
-            append(scraped if scraped > load.inflight else load.inflight)
+        # per endpoint was a quarter of the default profile's cycle at 100 endpoints (a
+        # comprehension, with the two objects bound once each, beats a loop with append)
+        loads = [
+            s
+            if (
+                s := (m := e.metrics).waiting_queue_size
+                + m.running_queue_size
+                + (ld := e.load).sent_since_scrape
+            )
+            > ld.inflight
+            else ld.inflight
+            for e in endpoints
+        ]
         least = min(loads)
         if max(loads) - least <= self.abs_slack:  # the common case: nobody is far ahead
-            return frozenset()
+            return None
         # load - least > abs_slack and load > rel_slack * least, as one threshold
-        limit = max(least + self.abs_slack, self.rel_slack * least)
-        return frozenset(e.name for e, load in zip(endpoints, loads, strict=True) if load > limit)
+        return loads, max(least + self.abs_slack, self.rel_slack * least)
+
+
+def held_not_overloaded(
+    endpoints: Sequence[Endpoint],
+    loads: Sequence[int],
+    held: Mapping[str, int],
+    total: int,
+    limit: float,
+) -> dict[str, float]:
+    """``held[name] / total`` for the candidates in ``held`` whose load (``loads``, aligned with
+    ``endpoints``: :meth:`HotspotGuard.loads_over`) is at most ``limit``: what a prefix scorer
+    gives the servers holding blocks, without building the set of every overloaded candidate.
+    A name is left out if any candidate of that name is overloaded, as membership in
+    :meth:`HotspotGuard.overloaded`."""
+    holders = [(e.name, load) for e, load in zip(endpoints, loads, strict=True) if e.name in held]
+    over = {name for name, load in holders if load > limit}
+    return {name: held[name] / total for name, _ in holders if name not in over}

@@ -37,18 +37,32 @@ class PrefixIndex:
 
     def match_longest_prefix(self, hashes: Sequence[int]) -> dict[str, int]:
         """Upstream ``matchLongestPrefix``: walk in order, stop at the first block no server has,
-        and count per server the blocks it holds along the way."""
+        and count per server the blocks it holds along the way.
+
+        Consecutive blocks with the same holders (a prefix cached by the same servers, the
+        common case) are counted as one run: one C-level set comparison per block instead of a
+        dict update per server per block. Counts and their key order are those of the
+        block-by-block walk (a server is first counted in the first block that lists it).
+        """
         counts: dict[str, int] = {}
         lookup = self._hash_to_servers.get
+        run: Holders | None = None
+        length = 0
         for h in hashes:
             servers = lookup(h)
             if servers is None:
                 break
-            if isinstance(servers, str):
-                counts[servers] = counts.get(servers, 0) + 1
+            if servers == run:
+                length += 1
                 continue
-            for server in servers:
-                counts[server] = counts.get(server, 0) + 1
+            if run is not None:
+                _count_run(counts, run, length)
+            run, length = servers, 1
+        if run is None:
+            return counts
+        if not counts and not isinstance(run, str):  # one run (the common case): one C call
+            return dict.fromkeys(run, length)
+        _count_run(counts, run, length)
         return counts
 
     def servers(self) -> frozenset[str]:
@@ -82,12 +96,17 @@ class PrefixIndex:
         if lru is None:
             lru = self._lru[server] = OrderedDict()
         index = self._hash_to_servers
+        refresh = lru.move_to_end
+        held_by = index.get
         for h in hashes:
             if h in lru:
-                lru.move_to_end(h)
+                refresh(h)
                 continue
             lru[h] = None
-            add_holder(index, h, server)
+            if held_by(h) is None:  # add_holder's first case inlined: a block nobody holds
+                index[h] = server
+            else:
+                add_holder(index, h, server)
         self._evict_to(server, lru, self.capacity(server))
 
     def remove_server(self, server: str) -> None:
@@ -117,3 +136,12 @@ class PrefixIndex:
 
     def holders(self, h: int) -> frozenset[str]:
         return frozenset(holder_names(self._hash_to_servers.get(h)))
+
+
+def _count_run(counts: dict[str, int], holders: Holders, blocks: int) -> None:
+    """Add ``blocks`` to the count of every server in ``holders``."""
+    if isinstance(holders, str):
+        counts[holders] = counts.get(holders, 0) + blocks
+        return
+    for server in holders:
+        counts[server] = counts.get(server, 0) + blocks

@@ -47,6 +47,7 @@ from kvroute.scheduling.request import InferenceRequest
 from kvroute.scheduling.scores import ScoreColumn
 
 TYPE = "active-request-scorer"
+_EXACT = 1 << 53  # integers below this are exact as floats
 
 
 class ActiveRequestParams(PluginParams):
@@ -77,7 +78,8 @@ class ActiveRequestScorer:
         raw = [e.load.inflight for e in endpoints]
         least = min(raw)
         p = self.params
-        mean = sum(raw) / len(raw)
+        total = sum(raw)
+        mean = total / len(raw)
         dz = max(
             float(p.slack), p.relative_slack * mean, p.idle_slack - least, p.mean_idle_slack - mean
         )
@@ -87,12 +89,21 @@ class ActiveRequestScorer:
         span = top - low
         if span <= 0 or (top if loads is raw else max(raw)) <= idle:  # every candidate: 1.0
             return ScoreColumn.uniform(endpoints, 1.0)
+        # Every value is in [0, 1] (no clamp needed) when the counts are integers (``sum`` is an
+        # int only then), none negative and all exact as floats: then ``low <= eff <= top``, so
+        # ``0 <= top - eff <= span`` after rounding too, and ``busy`` is at most 1.
+        unit = type(total) is int and least >= 0 and top < _EXACT and 0.0 <= busy <= 1.0
+        if loads is raw:  # no dead zone: the same formula without pairing each count with itself
+            return ScoreColumn(
+                endpoints, [1.0 if n <= idle else (top - n) / span * busy for n in raw], unit=unit
+            )
         return ScoreColumn(
             endpoints,
             [
                 1.0 if n <= idle else (top - eff) / span * busy
                 for n, eff in zip(raw, loads, strict=True)
             ],
+            unit=unit,
         )
 
 

@@ -55,6 +55,7 @@ from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 
 TYPE = "lora-affinity-scorer"
 RECHECK_S = 0.05  # how long a name found in no adapter list stays "not an adapter"
@@ -133,17 +134,26 @@ class LoraAffinityScorer:
                 self._learn(adapter, endpoints, state.now)
             if adapter in self._adapters:
                 known = self._adapters
-                return {
-                    e.name: lora_affinity_with_inflight(e, adapter, e.load.inflight_models, known)
-                    for e in endpoints
-                }
+                # an aligned column (every value is 1, 0.8, 0.6 or 0: ``unit``); the first test
+                # of lora_affinity_with_inflight inlined, so a server with the adapter loaded
+                # costs no call
+                return ScoreColumn(
+                    endpoints,
+                    [
+                        1.0
+                        if adapter in e.metrics.active_models
+                        else lora_affinity_with_inflight(e, adapter, e.load.inflight_models, known)
+                        for e in endpoints
+                    ],
+                    unit=True,
+                )
             # Not (yet) known as an adapter -- a base model, or an adapter no scrape has listed:
             # upstream's formula on the scrape alone. Counting the EPP's in-flight adapters
             # against free slots here would steer base-model traffic away from every server
             # the EPP just gave LoRA work and pile it onto the rest (seen in `kvroute demo`).
             if self.params.neutral_unknown_models:
                 return {}  # no preference: every endpoint gets the same (zero) contribution
-        return {e.name: lora_affinity(e, adapter) for e in endpoints}
+        return ScoreColumn(endpoints, [lora_affinity(e, adapter) for e in endpoints], unit=True)
 
     def _learn(self, model: str, endpoints: Sequence[Endpoint], now: float) -> None:
         checked = self._not_adapters.get(model)

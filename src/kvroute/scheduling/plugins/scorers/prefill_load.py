@@ -104,11 +104,14 @@ class PrefillLoadScorer:
                         return {}
                     floor = best - margin * prompt
                     cached = info.cached_tokens
-                    near = [e for e in endpoints if cached.get(e.name, 0) >= floor]
-                    if len(near) < 2:
+                    if self.params.prefix_hit_margin_scope == "near" or floor <= 0:
+                        near = [e for e in endpoints if cached.get(e.name, 0) >= floor]
+                        if len(near) < 2:
+                            return {}
+                        if self.params.prefix_hit_margin_scope == "near":
+                            endpoints = near
+                    elif _fewer_than_two_near(endpoints, cached, floor):
                         return {}
-                    if self.params.prefix_hit_margin_scope == "near":
-                        endpoints = near
         return self._formula(endpoints)
 
     def _formula(self, endpoints: Sequence[Endpoint]) -> Mapping[str, float]:
@@ -123,6 +126,24 @@ class PrefillLoadScorer:
             return ScoreColumn.uniform(endpoints, 1.0)
         span = float(hi - lo)
         return ScoreColumn(endpoints, [(hi - b) / span for b in loads])
+
+
+def _fewer_than_two_near(
+    endpoints: Sequence[Endpoint], cached: Mapping[str, int], floor: float
+) -> bool:
+    """``len([e for e in endpoints if cached.get(e.name, 0) >= floor]) < 2`` for ``floor > 0``
+    (only a server in ``cached`` can reach it), counting by C-level ``list.count`` over the
+    candidates' names for the few servers at or above the floor."""
+    names: list[str] | None = None
+    count = 0
+    for name, tokens in cached.items():
+        if tokens >= floor:
+            if names is None:
+                names = [e.name for e in endpoints]
+            count += names.count(name)
+            if count >= 2:
+                return False
+    return True
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> PrefillLoadScorer:

@@ -62,13 +62,16 @@ def min_max_low_is_best(
     """Upstream's min-max normalisation where the smallest value scores 1 and the largest 0.
 
     Returned as a :class:`ScoreColumn` aligned with ``endpoints`` (uniform 1.0 when all equal).
+    Over integers (the counters these scorers read; ``sum`` is an ``int`` only when every value
+    is one) every score is in [0, 1] and none is NaN: ``0 <= hi - v <= hi - lo`` exactly, and
+    rounding to float keeps that order, so the column is marked ``unit`` (no clamp needed).
     """
     lo = min(values)
     hi = max(values)
     if hi == lo:
         return ScoreColumn.uniform(endpoints, 1.0)
     span = float(hi - lo)
-    return ScoreColumn(endpoints, [(hi - v) / span for v in values])
+    return ScoreColumn(endpoints, [(hi - v) / span for v in values], unit=type(sum(values)) is int)
 
 
 def _factory(name: str, parameters: Mapping[str, Any], handle: PluginHandle) -> QueueScorer:

@@ -43,7 +43,7 @@ from kvroute.plugins.base import TypedName
 from kvroute.plugins.registry import PluginFactory, PluginHandle
 from kvroute.scheduling.interfaces import CycleState, SchedulingResult, Scorer, ScorerCategory
 from kvroute.scheduling.plugins.params import PluginParams, parse_params
-from kvroute.scheduling.plugins.prefix.hotspot import HotspotGuard
+from kvroute.scheduling.plugins.prefix.hotspot import HotspotGuard, endpoint_load
 from kvroute.scheduling.request import InferenceRequest
 
 TYPE = "session-affinity-scorer"
@@ -131,9 +131,13 @@ class SessionAffinityScorer:
         if key is None:
             return {}
         target = self._target_of(key)
-        if target is None or not any(e.name == target for e in endpoints):
+        if target is None:
             return {}
-        if target in self.guard.overloaded(endpoints):
+        bound = [e for e in endpoints if e.name == target]
+        if not bound:
+            return {}
+        limit = self.guard.limit(endpoints)  # overloaded: endpoint_load(e) > limit
+        if limit is not None and any(endpoint_load(e) > limit for e in bound):
             return {}
         return {target: 1.0}
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from kvroute.scheduling.plugins.prefix.holders import holder_names
 from kvroute.scheduling.plugins.prefix.index import PrefixIndex
 
 
@@ -85,3 +88,29 @@ def test_holders_grow_to_a_set_and_shrink_back() -> None:
     assert index.match_longest_prefix([1]) == {"a": 1}
     index.remove_server("a")
     assert index.holders(1) == frozenset()
+
+
+def _walk(index: PrefixIndex, hashes: list[int]) -> list[tuple[str, int]]:
+    """The block-by-block reference walk: counts in first-seen order."""
+    counts: dict[str, int] = {}
+    for h in hashes:
+        holders = index.holders(h)
+        if not holders:
+            break
+        for server in holder_names(index._hash_to_servers[h]):
+            counts[server] = counts.get(server, 0) + 1
+    return list(counts.items())
+
+
+def test_match_counts_runs_as_the_block_walk_does() -> None:
+    """Random servers holding random runs of a chain: the run-counting match gives the counts,
+    and their key order, of the plain block-by-block walk."""
+    rng = random.Random(4)
+    for _ in range(200):
+        index = PrefixIndex(64)
+        chain = list(range(1, rng.randint(2, 40)))
+        for s in range(rng.randint(1, 6)):
+            start = rng.randrange(len(chain))
+            index.add(f"s{s}", chain[start : start + rng.randint(1, len(chain))])
+        query = chain[rng.randrange(3) :]
+        assert list(index.match_longest_prefix(query).items()) == _walk(index, query)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kvroute.errors import PluginValidationError
@@ -10,6 +12,7 @@ from kvroute.scheduling.plugins.scorers.active_request import (
     ActiveRequestParams,
     ActiveRequestScorer,
 )
+from kvroute.scheduling.scores import ScoreColumn
 from tests.fakes import make_endpoint, make_request, make_state
 
 
@@ -132,3 +135,32 @@ def test_mean_idle_slack_fades_with_the_mean() -> None:
     assert s.score(make_state(), make_request(), busy) == ActiveRequestScorer().score(
         make_state(), make_request(), busy
     )
+
+
+def test_unit_columns_hold_only_scores_in_range() -> None:
+    """Random pools and parameters: a column marked ``unit`` (the profile then skips its clamp)
+    has every value in [0, 1], and integer counts that are not negative give one."""
+    rng = random.Random(6)
+    marked = 0
+    for _ in range(400):
+        params = ActiveRequestParams.model_validate(
+            {
+                "idleThreshold": rng.choice([0, 0, 2]),
+                "maxBusyScore": rng.choice([1.0, 0.5]),
+                "normalize": rng.random() < 0.5,
+                "slack": rng.choice([0, 0, 3]),
+                "relativeSlack": rng.choice([0.0, 0.2]),
+                "idleSlack": rng.choice([0, 4]),
+                "meanIdleSlack": rng.choice([0, 5]),
+            }
+        )
+        eps = [
+            make_endpoint(f"e{i}", inflight=rng.randrange(40)) for i in range(rng.randint(1, 12))
+        ]
+        col = ActiveRequestScorer(params=params).score(make_state(), make_request(), eps)
+        assert isinstance(col, ScoreColumn)
+        if col.column is not None:
+            assert col.unit
+            marked += 1
+            assert all(0.0 <= v <= 1.0 for v in col.column)
+    assert marked > 100

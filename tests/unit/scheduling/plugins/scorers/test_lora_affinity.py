@@ -22,8 +22,11 @@ from kvroute.scheduling.plugins.scorers.lora_affinity import (
     RECHECK_S,
     LoraAffinityParams,
     LoraAffinityScorer,
+    lora_affinity,
+    lora_affinity_with_inflight,
 )
 from kvroute.scheduling.request import InferenceRequest
+from kvroute.scheduling.scores import ScoreColumn
 from kvroute.wiring import build_epp
 from tests.fakes import NOW, make_endpoint, make_request, make_state
 
@@ -277,3 +280,42 @@ def test_neutral_unknown_models_gives_base_traffic_no_preference() -> None:
     e1 = make_endpoint("e1", active=["ad-2", "ad-3"], max_active=2)
     assert scorer.score(make_state(), make_request("base"), [e0, e1]) == {}
     assert scorer.score(make_state(), make_request("ad-1"), [e0, e1]) == {"e0": 1.0, "e1": 0.0}
+
+
+def test_adapter_scores_are_a_unit_column_of_the_per_endpoint_formula() -> None:
+    """Random pools: the scorer's column equals the per-endpoint formula (with and without the
+    in-flight adapters), and every value is one of upstream's four levels (``unit`` holds)."""
+    rng = random.Random(12)
+    names = ["a1", "a2", "a3", "a4"]
+    for inflight_adapters in (True, False):
+        scorer = LoraAffinityScorer(
+            params=LoraAffinityParams.model_validate({"inflightAdapters": inflight_adapters})
+        )
+        _learn(scorer, *names)
+        for _ in range(200):
+            eps = []
+            for i in range(rng.randint(1, 10)):
+                e = make_endpoint(
+                    f"e{i}",
+                    active=rng.sample(names, rng.randint(0, 2)),
+                    waiting_models=rng.sample(names, rng.randint(0, 1)),
+                    max_active=rng.randint(0, 4),
+                )
+                for m in rng.sample(names, rng.randint(0, 2)):
+                    e.load.inflight_models[m] = 1
+                eps.append(e)
+            target = rng.choice(names)
+            col = scorer.score(make_state(), make_request(target), eps)
+            assert isinstance(col, ScoreColumn)
+            assert col.unit
+            if inflight_adapters:
+                known = set(names)
+                expected = {
+                    e.name: lora_affinity_with_inflight(e, target, e.load.inflight_models, known)
+                    for e in eps
+                }
+            else:
+                expected = {e.name: lora_affinity(e, target) for e in eps}
+            assert dict(col) == expected
+            assert col.column is not None
+            assert set(col.column) <= {0.0, 0.6, 0.8, 1.0}

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kvroute.errors import PluginValidationError
 from kvroute.framework.scheduling import PREFIX_CACHE_MATCH, PrefixCacheMatchInfo
 from kvroute.plugins.registry import PluginContext, default_registry
-from kvroute.scheduling.plugins.scorers.prefill_load import PrefillLoadParams, PrefillLoadScorer
+from kvroute.scheduling.plugins.scorers.prefill_load import (
+    PrefillLoadParams,
+    PrefillLoadScorer,
+    _fewer_than_two_near,
+)
 from tests.fakes import make_endpoint, make_request, make_state
 
 
@@ -125,3 +131,15 @@ def test_prefix_hit_margin_scope_all_opens_the_gate_for_everyone() -> None:
         default_registry(include_entry_points=False).create(
             "prefill-load-scorer", "p", {"prefixHitMarginScope": "some"}, PluginContext()
         )
+
+
+def test_margin_gate_counts_near_holders_as_the_candidate_scan_does() -> None:
+    """``_fewer_than_two_near`` (the scope-``all`` shortcut) against the plain count over the
+    candidates, with holders that are not candidates and duplicate candidate names."""
+    rng = random.Random(8)
+    for _ in range(500):
+        eps = [make_endpoint(f"e{rng.randrange(30)}") for _ in range(rng.randint(1, 20))]
+        cached = {f"e{i}": rng.randrange(0, 2000, 64) for i in range(35) if rng.random() < 0.3}
+        floor = rng.choice([1, 63, 64, 500, 1999, 5000])
+        plain = len([e for e in eps if cached.get(e.name, 0) >= floor]) < 2
+        assert _fewer_than_two_near(eps, cached, floor) == plain

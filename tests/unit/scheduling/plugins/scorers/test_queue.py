@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
-from kvroute.scheduling.plugins.scorers.queue import QueueScorer, QueueScorerParams
+from kvroute.scheduling.plugins.scorers.queue import (
+    QueueScorer,
+    QueueScorerParams,
+    min_max_low_is_best,
+)
+from kvroute.scheduling.scores import ScoreColumn
 from tests.fakes import make_endpoint, make_request, make_state
 
 CASES = [
@@ -43,3 +51,25 @@ def test_empty_candidates_score_nothing() -> None:
 def test_params_use_upstream_camel_case_key() -> None:
     params = QueueScorerParams.model_validate({"inflightAccounting": False})
     assert params.inflight_accounting is False
+
+
+def test_min_max_over_integers_is_a_unit_column() -> None:
+    """Integer counters give scores in [0, 1] without NaN: the profile may skip its clamp."""
+    rng = random.Random(5)
+    for _ in range(200):
+        values = [
+            rng.randint(-(1 << 60), 1 << 60) if rng.random() < 0.1 else rng.randint(0, 50)
+            for _ in range(rng.randint(2, 30))
+        ]
+        col = min_max_low_is_best([make_endpoint(f"e{i}") for i in range(len(values))], values)
+        assert isinstance(col, ScoreColumn)
+        if col.column is not None:
+            assert col.unit
+            assert all(0.0 <= v <= 1.0 for v in col.column)
+
+
+def test_min_max_over_floats_is_not_marked_unit() -> None:
+    eps = [make_endpoint(f"e{i}") for i in range(3)]
+    col = min_max_low_is_best(eps, [1, math.nan, 3.0])  # type: ignore[list-item]
+    assert isinstance(col, ScoreColumn)
+    assert not col.unit
