@@ -8,8 +8,8 @@ Reads ``<preset>-s<seed>.json`` (the ~4-characters-per-token text, every policy)
 ``oldtext/<preset>-s<seed>.json`` (the old ``w<id>`` text: the text-reading policies only).
 With ``--old`` the text-reading policies' rows (``sglang-cache-aware``, ``upstream-default``,
 ``kvroute``) come from ``oldtext/``; the others read token ids, so their rows are the same under
-both texts. "Passes" = the default's value at or below every baseline's times 1.03 (the done-when's "at or
-below every baseline, within +-3%"), on the mean over seeds and at each seed.
+both texts. "Passes" = the default's value at or below every baseline's times 1.03 (the
+done-when's "at or below every baseline, within +-3%"), on the mean over seeds and at each seed.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ PRESETS = (
     "code-generation",
     "shared-prefix",
     "shared-prefix-low",
+    # no shared prefixes (new text only)
+    "heterogeneous",
+    "sharegpt",
+    "heterogeneous-datacenter",
+    "sharegpt-heavy",
+    "mixed-criticality",
+    "bursty",
+    "multi-lora",
 )
 SEEDS = (1, 2, 3)
 BASELINES = (
@@ -83,7 +91,7 @@ def summary(old_text: bool = False) -> list[str]:
     for preset in PRESETS:
         runs = merged_old(preset) if old_text else load(preset)
         old = load(preset, HERE / "oldtext")
-        if not runs:
+        if not runs or (old_text and not old):
             continue
         seeds = sorted(runs)
         for qps in sorted(runs[seeds[0]]):
@@ -119,12 +127,17 @@ def full() -> list[str]:
         seeds = sorted(runs)
         for qps in sorted(runs[seeds[0]]):
             lines += ["", f"#### {preset} at {qps:g} QPS (seeds {','.join(map(str, seeds))})", ""]
-            lines += ["| policy | p90 TTFT ms, mean (per seed) | p90 e2e s | hit % |", "|---|---|---|---|"]
+            lines += [
+                "| policy | p90 TTFT ms, mean (per seed) | p90 e2e s | hit % |",
+                "|---|---|---|---|",
+            ]
             for policy in (*BASELINES, DEFAULT, "oracle"):
                 t = values(runs, qps, policy, "ttft_p90", 1000.0)
                 e = values(runs, qps, policy, "e2e_p90", 1.0)
                 h = values(runs, qps, policy, "prefix_hit_rate", 100.0)
-                lines.append(f"| {policy} | {fmt(t, '{:.0f}')} | {fmt(e, '{:.2f}')} | {fmt(h, '{:.1f}')} |")
+                lines.append(
+                    f"| {policy} | {fmt(t, '{:.0f}')} | {fmt(e, '{:.2f}')} | {fmt(h, '{:.1f}')} |"
+                )
             for policy in ("sglang-cache-aware", "upstream-default", DEFAULT):
                 if old and all(qps in old[s] and policy in old[s][qps] for s in old):
                     t = values(old, qps, policy, "ttft_p90", 1000.0)

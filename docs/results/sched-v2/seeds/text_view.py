@@ -25,7 +25,9 @@ def old(tokens: tuple[int, ...]) -> str:
 
 
 def main() -> None:
-    print("| preset | text | over the window | prefix score of a shared-part holder | gate closed |")
+    print(
+        "| preset | text | over the window | prefix score of a shared-part holder | gate closed |"
+    )
     print("|---|---|---|---|---|")
     for name in PRESETS:
         spec = resolve_spec(name)
