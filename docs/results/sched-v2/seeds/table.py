@@ -2,11 +2,14 @@
 
     python docs/results/sched-v2/seeds/table.py            # the summary table (Markdown)
     python docs/results/sched-v2/seeds/table.py --full     # + every policy, mean and per seed
+    python docs/results/sched-v2/seeds/table.py --old      # the same verdicts with the old text
 
 Reads ``<preset>-s<seed>.json`` (the ~4-characters-per-token text, every policy) and
 ``oldtext/<preset>-s<seed>.json`` (the old ``w<id>`` text: the text-reading policies only).
-"Passes" = the default's value at or below every baseline's times 1.03 (the done-when's "at or
-below every baseline, within +-3%"), on the mean over seeds and at each seed.
+With ``--old`` the text-reading policies' rows (``sglang-cache-aware``, ``upstream-default``,
+``kvroute``) come from ``oldtext/``; the others read token ids, so their rows are the same under
+both texts. "Passes" = the default's value at or below every baseline's times 1.03 (the
+done-when's "at or below every baseline, within +-3%"), on the mean over seeds and at each seed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ PRESETS = (
     "code-generation",
     "shared-prefix",
     "shared-prefix-low",
+    # no shared prefixes (new text only)
+    "heterogeneous",
+    "sharegpt",
+    "heterogeneous-datacenter",
+    "sharegpt-heavy",
+    "mixed-criticality",
+    "bursty",
+    "multi-lora",
 )
 SEEDS = (1, 2, 3)
 BASELINES = (
@@ -52,6 +63,15 @@ def load(preset: str, folder: Path = HERE) -> Runs:
     return out
 
 
+def merged_old(preset: str) -> Runs:
+    """Every policy under the old text: the token-reading ones are text-independent."""
+    runs = load(preset)
+    for seed, stages in load(preset, HERE / "oldtext").items():
+        for qps, rows in stages.items():
+            runs[seed][qps].update(rows)
+    return runs
+
+
 def values(runs: Runs, qps: float, policy: str, metric: str, scale: float) -> list[float]:
     return [runs[s][qps][policy][metric] * scale for s in sorted(runs) if policy in runs[s][qps]]
 
@@ -61,7 +81,7 @@ def fmt(vals: list[float], spec: str) -> str:
     return f"{spec.format(statistics.fmean(vals))} ({per})"
 
 
-def summary() -> list[str]:
+def summary(old_text: bool = False) -> list[str]:
     head = (
         "| preset | offered QPS | seeds | default p90 TTFT ms, mean (s1 / s2 / s3) | best baseline "
         "(mean) | TTFT passes: mean, seeds | default p90 e2e s | best baseline | e2e passes | "
@@ -69,9 +89,9 @@ def summary() -> list[str]:
     )
     lines = [head, "|" + "---|" * 10]
     for preset in PRESETS:
-        runs = load(preset)
+        runs = merged_old(preset) if old_text else load(preset)
         old = load(preset, HERE / "oldtext")
-        if not runs:
+        if not runs or (old_text and not old):
             continue
         seeds = sorted(runs)
         for qps in sorted(runs[seeds[0]]):
@@ -107,12 +127,17 @@ def full() -> list[str]:
         seeds = sorted(runs)
         for qps in sorted(runs[seeds[0]]):
             lines += ["", f"#### {preset} at {qps:g} QPS (seeds {','.join(map(str, seeds))})", ""]
-            lines += ["| policy | p90 TTFT ms, mean (per seed) | p90 e2e s | hit % |", "|---|---|---|---|"]
+            lines += [
+                "| policy | p90 TTFT ms, mean (per seed) | p90 e2e s | hit % |",
+                "|---|---|---|---|",
+            ]
             for policy in (*BASELINES, DEFAULT, "oracle"):
                 t = values(runs, qps, policy, "ttft_p90", 1000.0)
                 e = values(runs, qps, policy, "e2e_p90", 1.0)
                 h = values(runs, qps, policy, "prefix_hit_rate", 100.0)
-                lines.append(f"| {policy} | {fmt(t, '{:.0f}')} | {fmt(e, '{:.2f}')} | {fmt(h, '{:.1f}')} |")
+                lines.append(
+                    f"| {policy} | {fmt(t, '{:.0f}')} | {fmt(e, '{:.2f}')} | {fmt(h, '{:.1f}')} |"
+                )
             for policy in ("sglang-cache-aware", "upstream-default", DEFAULT):
                 if old and all(qps in old[s] and policy in old[s][qps] for s in old):
                     t = values(old, qps, policy, "ttft_p90", 1000.0)
@@ -126,7 +151,7 @@ def full() -> list[str]:
 
 
 if __name__ == "__main__":
-    out = summary()
+    out = summary(old_text="--old" in sys.argv[1:])
     if "--full" in sys.argv[1:]:
         out += full()
     print("\n".join(out))
