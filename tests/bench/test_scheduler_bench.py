@@ -238,7 +238,7 @@ def _round3_text() -> str:
     for new, old in (
         (", prefixHitMargin: 0.15, prefixHitMarginScope: all}", "}"),
         (
-            "{pluginRef: session-affinity-scorer, weight: 3}",
+            "{pluginRef: session-affinity-scorer, weight: 2}",
             "{pluginRef: session-affinity-scorer, weight: 1}",
         ),
     ):

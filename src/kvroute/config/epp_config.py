@@ -362,7 +362,7 @@ schedulingProfiles:
   plugins:
   - {{pluginRef: prefix-cache-scorer, weight: 3}}
   - {{pluginRef: lora-affinity-scorer, weight: 8}}
-  - {{pluginRef: session-affinity-scorer, weight: 3}}
+  - {{pluginRef: session-affinity-scorer, weight: 2}}
   - {{pluginRef: mm-embeddings-cache-scorer, weight: 6}}
   - {{pluginRef: queue-scorer, weight: 1}}
   - {{pluginRef: kv-cache-utilization-scorer, weight: 1}}
