@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from kvroute.flowcontrol.item import QueueItem
 from kvroute.flowcontrol.queues import FlowQueues
 from kvroute.observability.fast_histogram import FastHistogram
-from kvroute.observability.label_limit import LabelLimit
+from kvroute.observability.label_limit import LabelLimit, fairness_limit
 
 PREFIXES = ("llm_d_epp_flow_control_", "inference_extension_flow_control_")
 QUEUE_BUCKETS = (
@@ -46,7 +46,7 @@ class FlowControlMetrics:
     ) -> None:
         self.pool = pool
         self._model = model_labels or LabelLimit("model name")
-        self._fairness = fairness_labels or LabelLimit("fairness ID", pinned=("default-flow",))
+        self._fairness = fairness_labels or fairness_limit()
         self._duration = [
             FastHistogram(
                 f"{p}request_queue_duration_seconds",

@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-__all__ = ["DEFAULT_LABEL_LIMIT", "OVERFLOW", "LabelLimit"]
+__all__ = ["DEFAULT_LABEL_LIMIT", "OVERFLOW", "LabelLimit", "fairness_limit"]
 
 log = logging.getLogger(__name__)
 
 OVERFLOW = "other"
 DEFAULT_LABEL_LIMIT = 1000
+DEFAULT_FLOW = "default-flow"  # the fairness ID of a request without one (never folded)
 
 
 class LabelLimit:
@@ -63,3 +64,8 @@ class LabelLimit:
     def distinct(self) -> int:
         """Values admitted under their own label (pinned ones not counted)."""
         return len(self._admitted) - self._pinned
+
+
+def fairness_limit(limit: int = DEFAULT_LABEL_LIMIT) -> LabelLimit:
+    """The fairness-ID bound: ``limit`` client IDs, ``default-flow`` pinned."""
+    return LabelLimit("fairness ID", limit, pinned=(DEFAULT_FLOW,))

@@ -23,7 +23,7 @@ from kvroute.datastore.endpoint import Endpoint
 from kvroute.observability.autoscaling_metrics import AutoscalingMetrics
 from kvroute.observability.decisions import DecisionLog
 from kvroute.observability.fast_histogram import FastHistogram
-from kvroute.observability.label_limit import DEFAULT_LABEL_LIMIT, LabelLimit
+from kvroute.observability.label_limit import DEFAULT_LABEL_LIMIT, LabelLimit, fairness_limit
 from kvroute.observability.llmd_metrics import LlmdMetrics
 from kvroute.observability.request_series import CompletedSeries, Labels, RoutedSeries
 from kvroute.requestcontrol.hooks import Usage
@@ -62,9 +62,7 @@ class EppMetrics:
         # Request-derived labels, bounded (label_limit.py): the body's model names and the
         # client's fairness IDs (``--fairness-id-metric-label-limit``).
         self.model_labels = LabelLimit("model name")
-        self.fairness_labels = LabelLimit(
-            "fairness ID", fairness_label_limit, pinned=("default-flow",)
-        )
+        self.fairness_labels = fairness_limit(fairness_label_limit)
         r = self.registry
         self.request_total = Counter(
             "inference_objective_request_total",
@@ -260,10 +258,11 @@ class EppMetrics:
         s.request_sizes.observe(request_bytes)
         s.total.inc()
         s.size.observe(request_bytes)
-        self._child(self.scheduler_attempts, "success", target).inc()
+        bounded_target = labels[1]
+        self._child(self.scheduler_attempts, "success", bounded_target).inc()
         x = self.llmd
         ep = ("", "", "") if endpoint is None else (endpoint.name, self.namespace, endpoint.port)
-        self._child(x.scheduler_attempts, "success", target, *ep).inc()
+        self._child(x.scheduler_attempts, "success", bounded_target, *ep).inc()
         x.request_processing.observe(processing_s)
         # Last: record_complete() undoes these.
         s.running.inc()
@@ -335,8 +334,8 @@ class EppMetrics:
         self.request_error_total.labels(*labels[:2], code).inc()
         self.llmd.request_error_total.labels(*labels, code).inc()
         if scheduling_failure:
-            self.scheduler_attempts.labels("failure", target).inc()
-            self.llmd.scheduler_attempts.labels("failure", target, "", "", "").inc()
+            self.scheduler_attempts.labels("failure", labels[1]).inc()
+            self.llmd.scheduler_attempts.labels("failure", labels[1], "", "", "").inc()
 
     def refresh_pool(self, endpoints: Iterable[Endpoint], ready: int | None = None) -> None:
         """Pool gauges from one datastore snapshot (upstream ``RefreshPrometheusMetrics``).

@@ -72,6 +72,12 @@ def test_a_flood_of_distinct_fairness_ids_and_models_stays_bounded_and_balanced(
         if line.startswith("llm_d_epp_request_total{")
     }
     assert len(models) == 1001  # 1000 admitted + "other"
+    attempt_targets = {
+        line.split('target_model_name="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("llm_d_epp_scheduler_attempts_total{")
+    }
+    assert len(attempt_targets) == 1001  # the scheduler-attempt series are bounded too
     assert OVERFLOW in models
     running = m.registry.get_sample_value(
         "llm_d_epp_request_running",
